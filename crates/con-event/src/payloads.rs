@@ -1,0 +1,845 @@
+//! One struct per (kind, current version), plus the frozen older versions
+//! that are still decoded and upcast.
+//!
+//! Rules that keep stored bytes readable forever: never reorder, remove or
+//! insert fields or enum variants in a struct that has been released; change
+//! a payload by adding a new version (and an upcast from the old one).
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::codec::{self, DecodeError};
+use crate::ids::{BlobRef, Digest};
+use crate::kinds::{KindSpec, Priority};
+
+/// Behaviour shared by every payload type.
+pub trait Kind: Serialize + DeserializeOwned + Sized {
+    /// The kind's registry entry.
+    const SPEC: KindSpec;
+
+    /// Decodes `bytes` written at `version`, upcasting older versions.
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        if version == Self::SPEC.version {
+            codec::decode(Self::SPEC.name, bytes)
+        } else {
+            Err(DecodeError::UnknownVersion {
+                kind: Self::SPEC.name,
+                version,
+            })
+        }
+    }
+
+    /// journald `MESSAGE`.
+    fn message(&self) -> String;
+
+    /// journald `PRIORITY` for this event.
+    fn priority(&self) -> Priority {
+        Self::SPEC.priority
+    }
+
+    /// Extra journal fields beyond the envelope's.
+    fn journal_fields(&self, _out: &mut Vec<(&'static str, String)>) {}
+
+    /// Agent the event is about, when not (only) its actor.
+    fn subject_agent(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Provenance of a task as decided by the kernel (SPEC §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    /// Owned by root or a member of group `trusted`; regular file, one link.
+    Verified,
+    /// Anything else.
+    Unverified,
+}
+
+impl Trust {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trust::Verified => "verified",
+            Trust::Unverified => "unverified",
+        }
+    }
+}
+
+/// `inbox.arrived`: a `.task` file appeared in an inbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxArrived {
+    /// Inbox owner: an agent name, or `outer` for the outer inbox.
+    pub inbox: String,
+    /// Absolute path of the task file when it arrived.
+    pub path: String,
+    /// Owner uid from `lstat`.
+    pub owner_uid: u32,
+    /// Owner gid from `lstat`.
+    pub owner_gid: u32,
+    /// Mode bits from `lstat`.
+    pub mode: u32,
+    /// Hard link count from `lstat`.
+    pub nlink: u64,
+    /// Whether the directory entry was a symlink.
+    pub symlink: bool,
+    /// Kernel-decided provenance.
+    pub trust: Trust,
+    /// Why that trust (e.g. "owner uid 0", "2 hard links").
+    pub trust_reason: String,
+    /// The content, stored as a blob (its digest is the file's SHA-256).
+    pub content: BlobRef,
+}
+
+impl Kind for InboxArrived {
+    const SPEC: KindSpec = KindSpec {
+        id: 1,
+        name: "inbox.arrived",
+        version: 1,
+        message_id: "ec6897a08a18430ca4aacfb45a32f0cb",
+        priority: Priority::Notice,
+        subject: "Task arrived in inbox @CON_INBOX@",
+        description: "A .task file appeared in an inbox. Its owner, trust (decided from lstat, never from content), size, SHA-256 and content were recorded in the con event log, so the task can be examined even after the file is gone. Unverified tasks are framed as untrusted data for the agent.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "task {} arrived in inbox {} ({}, uid {}, {} bytes)",
+            self.path,
+            self.inbox,
+            self.trust.as_str(),
+            self.owner_uid,
+            self.content.len
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_INBOX", self.inbox.clone()));
+        out.push(("CON_PATH", self.path.clone()));
+        out.push(("CON_TRUST", self.trust.as_str().into()));
+        out.push(("CON_OWNER_UID", self.owner_uid.to_string()));
+        out.push(("CON_SHA256", self.content.digest.to_hex()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.inbox)
+    }
+}
+
+/// `task.routed`: a task (or its response) was moved on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRouted {
+    /// Where it came from (an agent name, or `outer`).
+    pub from: String,
+    /// Where it went (an agent name, `processed` or `outbox`).
+    pub to: String,
+    /// Destination path.
+    pub path: String,
+}
+
+impl Kind for TaskRouted {
+    const SPEC: KindSpec = KindSpec {
+        id: 2,
+        name: "task.routed",
+        version: 1,
+        message_id: "e9ef4deb8e554c02a48813de7632d38b",
+        priority: Priority::Info,
+        subject: "Task routed from @CON_FROM@ to @CON_TO@",
+        description: "A task file (or the response to it) was moved: from the outer inbox to the concierge, to processed/ after a run, or a response to the outbox.",
+    };
+    fn message(&self) -> String {
+        format!("task routed from {} to {} ({})", self.from, self.to, self.path)
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_FROM", self.from.clone()));
+        out.push(("CON_TO", self.to.clone()));
+        out.push(("CON_PATH", self.path.clone()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.from)
+    }
+}
+
+/// `session.started`: an agent run began working on one task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStarted {
+    /// The agent.
+    pub agent: String,
+    /// Runner (`builtin`, `claude`, `exec:…`).
+    pub runner: String,
+    /// Provider, for the built-in runner.
+    pub provider: Option<String>,
+    /// Model, where known.
+    pub model: Option<String>,
+    /// Trust of the task being worked on.
+    pub trust: Trust,
+    /// The assembled system prompt (AGENTS.md + skills + framing).
+    pub prompt: BlobRef,
+}
+
+impl Kind for SessionStarted {
+    const SPEC: KindSpec = KindSpec {
+        id: 3,
+        name: "session.started",
+        version: 1,
+        message_id: "26f1dd5d8a7f4d0c80c62ed1fd1a34ed",
+        priority: Priority::Notice,
+        subject: "Agent @CON_AGENT@ started session @CON_SESSION@",
+        description: "An agent run picked a task from its inbox and began a session. The assembled prompt is stored as a blob; `con replay @CON_SESSION@` shows the whole session.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "agent {} started a session ({}, {} task, model {})",
+            self.agent,
+            self.runner,
+            self.trust.as_str(),
+            self.model.as_deref().unwrap_or("-")
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_RUNNER", self.runner.clone()));
+        if let Some(m) = &self.model {
+            out.push(("CON_MODEL", m.clone()));
+        }
+        out.push(("CON_TRUST", self.trust.as_str().into()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.agent)
+    }
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The model produced a final answer.
+    Ok,
+    /// The tool-iteration cap was reached.
+    MaxIterations,
+    /// The session wall clock ran out.
+    Timeout,
+    /// The daily budget was exhausted before a model call.
+    Budget,
+    /// The provider failed after retries.
+    ProviderError,
+    /// The runner itself failed (exec runner exit, IO error…).
+    RunnerError,
+    /// Enforcement killed the session.
+    Killed,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::MaxIterations => "max_iterations",
+            Outcome::Timeout => "timeout",
+            Outcome::Budget => "budget",
+            Outcome::ProviderError => "provider_error",
+            Outcome::RunnerError => "runner_error",
+            Outcome::Killed => "killed",
+        }
+    }
+}
+
+/// `session.ended`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnded {
+    /// The agent.
+    pub agent: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Tool-loop iterations used.
+    pub iterations: u32,
+    /// Wall-clock duration.
+    pub duration_ms: u64,
+    /// Final response, if one was produced.
+    pub response: Option<BlobRef>,
+    /// Detail for non-ok outcomes.
+    pub detail: String,
+}
+
+impl Kind for SessionEnded {
+    const SPEC: KindSpec = KindSpec {
+        id: 4,
+        name: "session.ended",
+        version: 1,
+        message_id: "3c872adf44a7491fab9264eeabbcdbd3",
+        priority: Priority::Notice,
+        subject: "Agent @CON_AGENT@ ended session @CON_SESSION@: @CON_OUTCOME@",
+        description: "An agent session ended. CON_OUTCOME is ok, max_iterations, timeout, budget, provider_error, runner_error or killed.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "agent {} ended its session: {} after {} iterations, {} ms",
+            self.agent,
+            self.outcome.as_str(),
+            self.iterations,
+            self.duration_ms
+        )
+    }
+    fn priority(&self) -> Priority {
+        match self.outcome {
+            Outcome::Ok => Priority::Notice,
+            _ => Priority::Warning,
+        }
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_OUTCOME", self.outcome.as_str().into()));
+        out.push(("CON_DURATION_MS", self.duration_ms.to_string()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.agent)
+    }
+}
+
+/// `llm.request`: the gateway sent a request to a model provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmRequest {
+    /// Provider name.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// Tool-loop iteration (1-based).
+    pub iteration: u32,
+    /// The request body as sent (minus credentials).
+    pub request: BlobRef,
+}
+
+impl Kind for LlmRequest {
+    const SPEC: KindSpec = KindSpec {
+        id: 5,
+        name: "llm.request",
+        version: 1,
+        message_id: "de72435a1f2340d59de95c969567c744",
+        priority: Priority::Info,
+        subject: "Model request to @CON_MODEL@",
+        description: "The daemon sent a model request on behalf of an agent session. The full request body (without credentials) is stored as a blob.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "model request #{} to {}/{} ({} bytes)",
+            self.iteration, self.provider, self.model, self.request.len
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_PROVIDER", self.provider.clone()));
+        out.push(("CON_MODEL", self.model.clone()));
+    }
+}
+
+/// `llm.response`: a provider answered (or failed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmResponse {
+    /// Provider name.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// HTTP status, if a response was received.
+    pub status: Option<u16>,
+    /// Attempts made (1 = no retry).
+    pub attempts: u32,
+    /// Time from first send to final answer.
+    pub latency_ms: u64,
+    /// Input tokens reported by the provider.
+    pub input_tokens: u64,
+    /// Output tokens reported by the provider.
+    pub output_tokens: u64,
+    /// Cost in millionths of a US dollar, from the configured price table.
+    pub cost_micro_usd: u64,
+    /// Response body, if any.
+    pub response: Option<BlobRef>,
+    /// Error, if the call failed.
+    pub error: Option<String>,
+}
+
+impl Kind for LlmResponse {
+    const SPEC: KindSpec = KindSpec {
+        id: 6,
+        name: "llm.response",
+        version: 1,
+        message_id: "a27be821b2b946f6be710987ac2aabfd",
+        priority: Priority::Info,
+        subject: "Model response from @CON_MODEL@",
+        description: "A model provider answered a request (or failed after retries). Token usage and cost are recorded for budget enforcement.",
+    };
+    fn message(&self) -> String {
+        match &self.error {
+            None => format!(
+                "model response from {}/{}: {} in / {} out tokens, {} ms",
+                self.provider, self.model, self.input_tokens, self.output_tokens, self.latency_ms
+            ),
+            Some(e) => format!(
+                "model call to {}/{} failed after {} attempts: {}",
+                self.provider, self.model, self.attempts, e
+            ),
+        }
+    }
+    fn priority(&self) -> Priority {
+        if self.error.is_some() {
+            Priority::Err
+        } else {
+            Priority::Info
+        }
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_PROVIDER", self.provider.clone()));
+        out.push(("CON_MODEL", self.model.clone()));
+        out.push(("CON_INPUT_TOKENS", self.input_tokens.to_string()));
+        out.push(("CON_OUTPUT_TOKENS", self.output_tokens.to_string()));
+        out.push(("CON_COST_MICRO_USD", self.cost_micro_usd.to_string()));
+    }
+}
+
+/// `tool.call`: the model asked for a tool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Provider's call id (pairs the result).
+    pub call_id: String,
+    /// Tool name (`exec`, `read_file`, …).
+    pub tool: String,
+    /// JSON arguments as the model sent them.
+    pub arguments: BlobRef,
+}
+
+impl Kind for ToolCall {
+    const SPEC: KindSpec = KindSpec {
+        id: 7,
+        name: "tool.call",
+        version: 1,
+        message_id: "011493a580324908a21b031f3d85e6cf",
+        priority: Priority::Info,
+        subject: "Tool call @CON_TOOL@",
+        description: "An agent's model requested a tool call. The arguments are stored as a blob.",
+    };
+    fn message(&self) -> String {
+        format!("tool call {} ({})", self.tool, self.call_id)
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_TOOL", self.tool.clone()));
+        out.push(("CON_CALL_ID", self.call_id.clone()));
+    }
+}
+
+/// `tool.result`: a tool finished.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// Pairs the call.
+    pub call_id: String,
+    /// Tool name.
+    pub tool: String,
+    /// Exit code for `exec`.
+    pub exit_code: Option<i32>,
+    /// Duration.
+    pub duration_ms: u64,
+    /// Output as returned to the model.
+    pub output: BlobRef,
+    /// Whether the output was capped.
+    pub truncated: bool,
+    /// Tool error (permission denied, timeout…), returned to the model.
+    pub error: Option<String>,
+}
+
+impl Kind for ToolResult {
+    const SPEC: KindSpec = KindSpec {
+        id: 8,
+        name: "tool.result",
+        version: 1,
+        message_id: "3853c6a376174a858ad79d36d3f4715e",
+        priority: Priority::Info,
+        subject: "Tool result @CON_TOOL@",
+        description: "A tool call finished. Output (as returned to the model) is stored as a blob; CON_EXIT_CODE is set for exec.",
+    };
+    fn message(&self) -> String {
+        match (&self.error, self.exit_code) {
+            (Some(e), _) => format!("tool {} failed: {}", self.tool, e),
+            (None, Some(code)) => format!(
+                "tool {} exited {} in {} ms ({} bytes)",
+                self.tool, code, self.duration_ms, self.output.len
+            ),
+            (None, None) => format!(
+                "tool {} done in {} ms ({} bytes)",
+                self.tool, self.duration_ms, self.output.len
+            ),
+        }
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_TOOL", self.tool.clone()));
+        out.push(("CON_CALL_ID", self.call_id.clone()));
+        if let Some(code) = self.exit_code {
+            out.push(("CON_EXIT_CODE", code.to_string()));
+        }
+    }
+}
+
+/// Result of one contract check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// The check held.
+    Pass,
+    /// The check did not hold.
+    Fail,
+    /// Not evaluated (not applicable, or its scope agent is gone). Not a failure.
+    Skipped,
+    /// The check could not be evaluated (bad script, spawn error).
+    Error,
+    /// The check ran past its timeout and its process group was killed.
+    Timeout,
+}
+
+impl CheckStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Pass => "pass",
+            CheckStatus::Fail => "fail",
+            CheckStatus::Skipped => "skipped",
+            CheckStatus::Error => "error",
+            CheckStatus::Timeout => "timeout",
+        }
+    }
+}
+
+/// `contract.result`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractResult {
+    /// Contract id (`CON-SYS-001`).
+    pub contract: String,
+    /// Check name within the contract.
+    pub check: String,
+    /// Agent the contract is scoped to, if any.
+    pub scope_agent: Option<String>,
+    /// Outcome.
+    pub status: CheckStatus,
+    /// Output or reason.
+    pub detail: String,
+    /// Duration.
+    pub duration_ms: u64,
+}
+
+impl Kind for ContractResult {
+    const SPEC: KindSpec = KindSpec {
+        id: 9,
+        name: "contract.result",
+        version: 1,
+        message_id: "8dd54b7e302142f791bf7edffa61e1a8",
+        priority: Priority::Info,
+        subject: "Contract @CON_CONTRACT@: @CON_STATUS@",
+        description: "A contract check was evaluated by the healthcheck. CON_STATUS is pass, fail, skipped (not a failure), error or timeout.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "contract {} check {}: {}{}",
+            self.contract,
+            self.check,
+            self.status.as_str(),
+            if self.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.detail)
+            }
+        )
+    }
+    fn priority(&self) -> Priority {
+        match self.status {
+            CheckStatus::Pass | CheckStatus::Skipped => Priority::Info,
+            CheckStatus::Fail | CheckStatus::Error | CheckStatus::Timeout => Priority::Warning,
+        }
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_CONTRACT", self.contract.clone()));
+        out.push(("CON_CHECK", self.check.clone()));
+        out.push(("CON_STATUS", self.status.as_str().into()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        self.scope_agent.as_deref()
+    }
+}
+
+/// `enforcement.action`: recorded before an enforcement acts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcementAction {
+    /// Contract that triggered it.
+    pub contract: String,
+    /// `alert`, `kill_session`, `quarantine`, `halt_agents`, `halt_workers`, `escalate`.
+    pub action: String,
+    /// Target agent, if the action has one.
+    pub target: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+impl Kind for EnforcementAction {
+    const SPEC: KindSpec = KindSpec {
+        id: 10,
+        name: "enforcement.action",
+        version: 1,
+        message_id: "fd1868d7d8504244b66c18558f1a59a0",
+        priority: Priority::Warning,
+        subject: "Enforcement @CON_ACTION@ by @CON_CONTRACT@",
+        description: "A failed contract triggered an enforcement action. This entry is written before the action is carried out; an enforcement.done entry follows with the result.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "enforcement {} on {} by contract {}: {}",
+            self.action,
+            self.target.as_deref().unwrap_or("system"),
+            self.contract,
+            self.reason
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_CONTRACT", self.contract.clone()));
+        out.push(("CON_ACTION", self.action.clone()));
+        if let Some(t) = &self.target {
+            out.push(("CON_TARGET", t.clone()));
+        }
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        self.target.as_deref()
+    }
+}
+
+/// `enforcement.done`: recorded after an enforcement acted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcementDone {
+    /// Contract that triggered it.
+    pub contract: String,
+    /// The action.
+    pub action: String,
+    /// Target agent, if any.
+    pub target: Option<String>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Detail or error.
+    pub detail: String,
+}
+
+impl Kind for EnforcementDone {
+    const SPEC: KindSpec = KindSpec {
+        id: 11,
+        name: "enforcement.done",
+        version: 1,
+        message_id: "eb4aca849ecd493da5b9c93b64f77149",
+        priority: Priority::Notice,
+        subject: "Enforcement @CON_ACTION@ finished",
+        description: "An enforcement action finished. If it failed, the target may still be running: check `con status`.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "enforcement {} on {} {}: {}",
+            self.action,
+            self.target.as_deref().unwrap_or("system"),
+            if self.ok { "done" } else { "FAILED" },
+            self.detail
+        )
+    }
+    fn priority(&self) -> Priority {
+        if self.ok {
+            Priority::Notice
+        } else {
+            Priority::Err
+        }
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_CONTRACT", self.contract.clone()));
+        out.push(("CON_ACTION", self.action.clone()));
+        if let Some(t) = &self.target {
+            out.push(("CON_TARGET", t.clone()));
+        }
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        self.target.as_deref()
+    }
+}
+
+/// Administrative condition of an agent (durable; survives restarts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentCondition {
+    /// May be started.
+    Active,
+    /// Stopped until `con resume`.
+    Halted,
+    /// Isolated until `con resume`.
+    Quarantined,
+    /// Removed from the conspiracy.
+    Decommissioned,
+}
+
+impl AgentCondition {
+    fn as_str(self) -> &'static str {
+        match self {
+            AgentCondition::Active => "active",
+            AgentCondition::Halted => "halted",
+            AgentCondition::Quarantined => "quarantined",
+            AgentCondition::Decommissioned => "decommissioned",
+        }
+    }
+}
+
+/// `agent.state` version 2 (current).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// The agent.
+    pub agent: String,
+    /// New condition.
+    pub condition: AgentCondition,
+    /// Why (operator command, contract id…).
+    pub reason: String,
+}
+
+/// `agent.state` version 1: only a halted flag, no reason. Kept so records
+/// of this version keep decoding; upcast to [`AgentState`] on read. It is
+/// also the exemplar of the upcast path that every later kind change follows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStateV1 {
+    /// The agent.
+    pub agent: String,
+    /// Whether it was halted.
+    pub halted: bool,
+}
+
+impl From<AgentStateV1> for AgentState {
+    fn from(v1: AgentStateV1) -> Self {
+        AgentState {
+            agent: v1.agent,
+            condition: if v1.halted {
+                AgentCondition::Halted
+            } else {
+                AgentCondition::Active
+            },
+            reason: String::new(),
+        }
+    }
+}
+
+impl Kind for AgentState {
+    const SPEC: KindSpec = KindSpec {
+        id: 12,
+        name: "agent.state",
+        version: 2,
+        message_id: "d507bd7c1c0e444186a05386a3d890f7",
+        priority: Priority::Notice,
+        subject: "Agent @CON_AGENT_SUBJECT@ is now @CON_CONDITION@",
+        description: "The administrative condition of an agent changed (active, halted, quarantined, decommissioned). Halts and quarantines are durable: the agent is not started again until `con resume`.",
+    };
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        match version {
+            1 => codec::decode::<AgentStateV1>("agent.state v1", bytes).map(Into::into),
+            2 => codec::decode("agent.state", bytes),
+            _ => Err(DecodeError::UnknownVersion {
+                kind: Self::SPEC.name,
+                version,
+            }),
+        }
+    }
+    fn message(&self) -> String {
+        let mut m = format!("agent {} is now {}", self.agent, self.condition.as_str());
+        if !self.reason.is_empty() {
+            m.push_str(": ");
+            m.push_str(&self.reason);
+        }
+        m
+    }
+    fn priority(&self) -> Priority {
+        match self.condition {
+            AgentCondition::Active => Priority::Notice,
+            _ => Priority::Warning,
+        }
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_AGENT_SUBJECT", self.agent.clone()));
+        out.push(("CON_CONDITION", self.condition.as_str().into()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.agent)
+    }
+}
+
+/// `journal.mirror_degraded`: journald entries are being lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalMirrorDegraded {
+    /// What went wrong (socket missing, send error, queue full).
+    pub reason: String,
+    /// First seq that may be missing from the journal.
+    pub first_unmirrored_seq: u64,
+}
+
+impl Kind for JournalMirrorDegraded {
+    const SPEC: KindSpec = KindSpec {
+        id: 13,
+        name: "journal.mirror_degraded",
+        version: 1,
+        message_id: "91f79451c2a6443f8226af3156e396db",
+        priority: Priority::Err,
+        subject: "con journal mirror degraded",
+        description: "The journald mirror of the con event log stopped keeping up (journald missing, refusing, or stuck). Appends to the event log are unaffected; journal entries from CON_FIRST_UNMIRRORED_SEQ on may be missing until a journal.mirror_recovered entry. The event log remains the record of truth: use `con logs` or `con replay`.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "journal mirror degraded from seq {}: {}",
+            self.first_unmirrored_seq, self.reason
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push((
+            "CON_FIRST_UNMIRRORED_SEQ",
+            self.first_unmirrored_seq.to_string(),
+        ));
+    }
+}
+
+/// `journal.mirror_recovered`: journald accepts entries again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalMirrorRecovered {
+    /// Events that were not mirrored while degraded.
+    pub dropped: u64,
+}
+
+impl Kind for JournalMirrorRecovered {
+    const SPEC: KindSpec = KindSpec {
+        id: 14,
+        name: "journal.mirror_recovered",
+        version: 1,
+        message_id: "d31a76f6a77b4c5b9e0c5cc77e50fabd",
+        priority: Priority::Notice,
+        subject: "con journal mirror recovered",
+        description: "journald accepts con entries again after a degradation. CON_DROPPED events were not mirrored meanwhile; they are in the event log.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "journal mirror recovered; {} events were not mirrored",
+            self.dropped
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_DROPPED", self.dropped.to_string()));
+    }
+}
+
+/// `chain.checkpoint`: the chain head at some seq, for external anchoring.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainCheckpoint {
+    /// Last seq covered.
+    pub through_seq: u64,
+    /// Chain hash of that seq.
+    pub head: Digest,
+}
+
+impl Kind for ChainCheckpoint {
+    const SPEC: KindSpec = KindSpec {
+        id: 15,
+        name: "chain.checkpoint",
+        version: 1,
+        message_id: "304c9d7530144b1b995794138b6e19e2",
+        priority: Priority::Notice,
+        subject: "con event log checkpoint at seq @CON_THROUGH_SEQ@",
+        description: "The hash of the con event log chain at a given seq. Copied to the journal (and any central journal server) so that a later rewrite of the log, even one that recomputes every hash, is detectable by comparing against this entry.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "event log checkpoint: seq {} hash {}",
+            self.through_seq, self.head
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_THROUGH_SEQ", self.through_seq.to_string()));
+        out.push(("CON_HEAD", self.head.to_hex()));
+    }
+}
