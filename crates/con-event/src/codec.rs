@@ -60,8 +60,10 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes with the frozen codec; all bytes must be consumed.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
-    options().deserialize(bytes).map_err(|e| DecodeError::Malformed {
-        what,
-        reason: e.to_string(),
-    })
+    options()
+        .deserialize(bytes)
+        .map_err(|e| DecodeError::Malformed {
+            what,
+            reason: e.to_string(),
+        })
 }

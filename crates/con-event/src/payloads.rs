@@ -143,7 +143,10 @@ impl Kind for TaskRouted {
         description: "A task file (or the response to it) was moved: from the outer inbox to the concierge, to processed/ after a run, or a response to the outbox.",
     };
     fn message(&self) -> String {
-        format!("task routed from {} to {} ({})", self.from, self.to, self.path)
+        format!(
+            "task routed from {} to {} ({})",
+            self.from, self.to, self.path
+        )
     }
     fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
         out.push(("CON_FROM", self.from.clone()));

@@ -280,7 +280,10 @@ fn unknown_kind_version_and_format_are_errors_not_panics() {
     let stored = encode_stored(&env.encode_record(), &Digest::default());
     assert!(matches!(
         Event::from_stored(&stored).unwrap_err(),
-        DecodeError::UnknownVersion { kind: "agent.state", version: 9 }
+        DecodeError::UnknownVersion {
+            kind: "agent.state",
+            version: 9
+        }
     ));
     let mut record = envelope(15, 1, vec![]).encode_record();
     record[0] = 2;

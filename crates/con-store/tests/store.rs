@@ -1,0 +1,228 @@
+//! Behaviour of the log: append, read back, indexes, blobs, verify, reopen.
+
+use con_event::payloads::*;
+use con_event::*;
+use con_store::*;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("log")).unwrap();
+    (dir, store)
+}
+
+fn routed(n: u64) -> NewEvent {
+    NewEvent::system(TaskRouted {
+        from: "outer".into(),
+        to: "concierge".into(),
+        path: format!("/srv/con/agents/concierge/inbox/{n}.task"),
+    })
+}
+
+fn append_n(store: &Store, n: u64) -> Vec<Appended> {
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    let appender = writer.appender();
+    let tickets: Vec<_> = (1..=n).map(|i| appender.submit(routed(i))).collect();
+    let acks = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    writer.shutdown().unwrap();
+    acks
+}
+
+#[test]
+fn appends_get_gap_free_seqs_and_a_valid_chain() {
+    let (_dir, store) = open();
+    let acks = append_n(&store, 500);
+    let seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+    assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
+    let report = store.verify().unwrap().unwrap();
+    assert_eq!(report.events, 500);
+    assert_eq!(report.head.hash, acks[499].hash);
+    let e = store.get(42).unwrap().unwrap();
+    assert_eq!(e.envelope.prev_hash, acks[40].hash);
+    match e.payload {
+        Payload::TaskRouted(p) => assert!(p.path.ends_with("/42.task")),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn reopening_continues_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let first = {
+        let store = Store::open(&path).unwrap();
+        let id = store.log_id().unwrap();
+        (append_n(&store, 10), id)
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.log_id().unwrap(), first.1, "log id is stable");
+    assert_eq!(store.head().unwrap().seq, 10);
+    let more = append_n(&store, 5);
+    assert_eq!(more[0].seq, 11);
+    assert_eq!(
+        store.get(11).unwrap().unwrap().envelope.prev_hash,
+        first.0[9].hash
+    );
+    assert_eq!(store.verify().unwrap().unwrap().events, 15);
+}
+
+#[test]
+fn a_second_open_of_the_same_log_is_refused_with_a_clear_error() {
+    let (dir, _store) = open();
+    let err = match Store::open(&dir.path().join("log")) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("second open succeeded"),
+    };
+    assert!(err.contains("in use by another process"), "{err}");
+}
+
+#[test]
+fn flipped_byte_is_detected_and_its_seq_named() {
+    // Flip bytes at several offsets of one record: in the envelope header,
+    // the payload, and the stored hash.
+    for offset_from_end in [1usize, 20, 40, 60, 90] {
+        let (_dir, store) = open();
+        append_n(&store, 100);
+        let key = 37u64.to_be_bytes();
+        let mut value = store.raw_log().get(key).unwrap().unwrap().to_vec();
+        let i = value.len().saturating_sub(offset_from_end);
+        value[i] ^= 0x01;
+        store.raw_log().insert(key, value).unwrap();
+        let broken = store.verify().unwrap().unwrap_err();
+        assert_eq!(broken.seq, 37, "offset -{offset_from_end}: {broken:?}");
+    }
+}
+
+#[test]
+fn rewriting_a_record_with_a_recomputed_hash_breaks_the_next_link() {
+    let (_dir, store) = open();
+    append_n(&store, 10);
+    let stored = store.raw_log().get(5u64.to_be_bytes()).unwrap().unwrap();
+    let mut env = Envelope::decode_record(decode_stored(&stored).unwrap().record).unwrap();
+    env.actor.uid = 4242;
+    let record = env.encode_record();
+    let forged = encode_stored(&record, &chain_hash(&env.prev_hash, &record));
+    store.raw_log().insert(5u64.to_be_bytes(), forged).unwrap();
+    let broken = store.verify().unwrap().unwrap_err();
+    assert_eq!(broken.seq, 6, "{broken:?}");
+    assert!(broken.reason.contains("prev_hash"), "{}", broken.reason);
+}
+
+#[test]
+fn a_missing_record_is_named() {
+    let (_dir, store) = open();
+    append_n(&store, 10);
+    store.raw_log().remove(4u64.to_be_bytes()).unwrap();
+    let broken = store.verify().unwrap().unwrap_err();
+    assert_eq!(broken.seq, 4);
+    assert!(broken.reason.contains("missing"));
+}
+
+#[test]
+fn attachments_are_stored_content_addressed_and_indexes_find_events() {
+    let (_dir, store) = open();
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    let app = writer.appender();
+    let content = b"please rotate the logs".to_vec();
+    let session = SessionId([7; 16]);
+    let arrived = NewEvent {
+        actor: Actor::system(),
+        session: None,
+        task: Some("t1".into()),
+        causation: None,
+        payload: InboxArrived {
+            inbox: "sysadmin".into(),
+            path: "/srv/con/agents/sysadmin/inbox/t1.task".into(),
+            owner_uid: 1005,
+            owner_gid: 1005,
+            mode: 0o100600,
+            nlink: 1,
+            symlink: false,
+            trust: Trust::Unverified,
+            trust_reason: "owner uid 1005 is not trusted".into(),
+            content: BlobRef::of(&content),
+        }
+        .into(),
+        attachments: vec![content.clone()],
+    };
+    app.append(arrived.clone()).unwrap();
+    app.append(arrived).unwrap(); // same content twice: one blob
+    let started = NewEvent {
+        actor: Actor {
+            uid: 1005,
+            agent: Some("sysadmin".into()),
+        },
+        session: Some(session),
+        task: Some("t1".into()),
+        causation: Some(1),
+        payload: SessionStarted {
+            agent: "sysadmin".into(),
+            runner: "builtin".into(),
+            provider: None,
+            model: None,
+            trust: Trust::Unverified,
+            prompt: BlobRef::of(b"prompt"),
+        }
+        .into(),
+        attachments: vec![b"prompt".to_vec()],
+    };
+    app.append(started).unwrap();
+    app.append(routed(9)).unwrap();
+    writer.shutdown().unwrap();
+
+    assert_eq!(store.blob(&Digest::of(&content)).unwrap().unwrap(), content);
+    assert_eq!(
+        store.blob(&Digest::of(b"prompt")).unwrap().unwrap(),
+        b"prompt"
+    );
+    assert_eq!(store.blob(&Digest::of(b"nope")).unwrap(), None);
+
+    let by_session: Vec<u64> = store
+        .session_events(&session)
+        .map(|e| e.unwrap().seq())
+        .collect();
+    assert_eq!(by_session, vec![3]);
+    // Arrivals are about the inbox's agent even though root recorded them.
+    let by_agent: Vec<u64> = store
+        .agent_events("sysadmin")
+        .map(|e| e.unwrap().seq())
+        .collect();
+    assert_eq!(by_agent, vec![1, 2, 3]);
+    let concierge: Vec<u64> = store
+        .agent_events("outer")
+        .map(|e| e.unwrap().seq())
+        .collect();
+    assert_eq!(concierge, vec![4]);
+}
+
+#[test]
+fn submissions_after_shutdown_fail_cleanly() {
+    let (_dir, store) = open();
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    let app = writer.appender();
+    writer.shutdown().unwrap();
+    assert_eq!(app.append(routed(1)), Err(AppendError::Stopped));
+}
+
+#[test]
+fn many_threads_appending_share_flushes_and_lose_nothing() {
+    let (_dir, store) = open();
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let app = writer.appender();
+            std::thread::spawn(move || {
+                (0..200)
+                    .map(|i| app.append(routed(i)).unwrap().seq)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    writer.shutdown().unwrap();
+    all.sort_unstable();
+    assert_eq!(all, (1..=1600).collect::<Vec<_>>());
+    assert_eq!(store.verify().unwrap().unwrap().events, 1600);
+}
