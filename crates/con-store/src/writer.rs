@@ -7,7 +7,7 @@
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use con_event::{Digest, Envelope, Event, EventId, NewEvent, chain_hash, encode_stored};
 use tokio::sync::oneshot;
@@ -50,6 +50,13 @@ pub struct CommittedEvent {
 pub trait CommitObserver: Send {
     /// Called once per batch, in seq order.
     fn committed(&mut self, batch: Vec<CommittedEvent>);
+
+    /// Events the observer wants recorded about itself (e.g. a degraded
+    /// journal mirror). Polled after every batch and when the writer is idle;
+    /// they are committed like any other event, with nobody waiting.
+    fn pending_events(&mut self) -> Vec<NewEvent> {
+        Vec::new()
+    }
 }
 
 /// Writer tuning.
@@ -57,19 +64,21 @@ pub trait CommitObserver: Send {
 pub struct WriterConfig {
     /// Most events committed with one flush.
     pub max_batch: usize,
+    /// How often an idle writer polls its observer for events of its own.
+    pub idle_poll: Duration,
 }
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { max_batch: 4096 }
+        Self {
+            max_batch: 4096,
+            idle_poll: Duration::from_millis(250),
+        }
     }
 }
 
 enum Request {
-    Append(
-        Box<NewEvent>,
-        oneshot::Sender<Result<Appended, AppendError>>,
-    ),
+    Append(Box<NewEvent>, Reply),
     Shutdown,
 }
 
@@ -96,8 +105,8 @@ impl Appender {
     /// Queues `event`; the ticket resolves once it is durable.
     pub fn submit(&self, event: NewEvent) -> Ticket {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Request::Append(_, tx))) =
-            self.0.send(Request::Append(Box::new(event), tx))
+        if let Err(mpsc::SendError(Request::Append(_, Some(tx)))) =
+            self.0.send(Request::Append(Box::new(event), Some(tx)))
         {
             let _ = tx.send(Err(AppendError::Stopped));
         }
@@ -178,17 +187,19 @@ struct WriterState {
     failed: Option<AppendError>,
 }
 
-type Reply = oneshot::Sender<Result<Appended, AppendError>>;
+type Reply = Option<oneshot::Sender<Result<Appended, AppendError>>>;
 
 impl WriterState {
     fn run(&mut self, rx: &mpsc::Receiver<Request>) -> Result<(), AppendError> {
         let mut batch: Vec<(Box<NewEvent>, Reply)> = Vec::with_capacity(self.config.max_batch);
         loop {
             let mut shutting_down = false;
-            match rx.recv() {
+            match rx.recv_timeout(self.config.idle_poll) {
                 Ok(Request::Append(e, r)) => batch.push((e, r)),
-                Ok(Request::Shutdown) => shutting_down = true,
-                Err(mpsc::RecvError) => shutting_down = true,
+                Ok(Request::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    shutting_down = true
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             // Take whatever else is already waiting; on shutdown, everything.
             while shutting_down || batch.len() < self.config.max_batch {
@@ -202,10 +213,24 @@ impl WriterState {
                 }
             }
             self.commit(&mut batch);
+            self.commit_observer_events(&mut batch);
             if shutting_down {
                 return self.failed.clone().map_or(Ok(()), Err);
             }
         }
+    }
+
+    fn commit_observer_events(&mut self, batch: &mut Vec<(Box<NewEvent>, Reply)>) {
+        let Some(observer) = self.observer.as_mut() else {
+            return;
+        };
+        batch.extend(
+            observer
+                .pending_events()
+                .into_iter()
+                .map(|e| (Box::new(e), None)),
+        );
+        self.commit(batch);
     }
 
     fn commit(&mut self, batch: &mut Vec<(Box<NewEvent>, Reply)>) {
@@ -214,7 +239,7 @@ impl WriterState {
         }
         if let Some(err) = &self.failed {
             for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(err.clone()));
+                reply_with(reply, Err(err.clone()));
             }
             return;
         }
@@ -233,10 +258,13 @@ impl WriterState {
             Ok(()) => {
                 let mut committed = Vec::with_capacity(done.len());
                 for ((event, attachments), reply) in done {
-                    let _ = reply.send(Ok(Appended {
-                        seq: event.seq(),
-                        hash: event.hash,
-                    }));
+                    reply_with(
+                        reply,
+                        Ok(Appended {
+                            seq: event.seq(),
+                            hash: event.hash,
+                        }),
+                    );
                     committed.push(CommittedEvent { event, attachments });
                 }
                 if let Some(observer) = self.observer.as_mut() {
@@ -250,10 +278,10 @@ impl WriterState {
                 let err = AppendError::Failed(e.to_string());
                 self.head = start_head;
                 for (_, reply) in done {
-                    let _ = reply.send(Err(err.clone()));
+                    reply_with(reply, Err(err.clone()));
                 }
                 for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(err.clone()));
+                    reply_with(reply, Err(err.clone()));
                 }
                 self.failed = Some(err);
             }
@@ -297,6 +325,13 @@ impl WriterState {
             },
             new.attachments,
         ))
+    }
+}
+
+fn reply_with(reply: Reply, result: Result<Appended, AppendError>) {
+    if let Some(tx) = reply {
+        // The submitter may have given up waiting; the event stands anyway.
+        let _ = tx.send(result);
     }
 }
 

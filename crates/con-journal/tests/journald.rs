@@ -1,0 +1,379 @@
+//! The mirror against a real systemd-journald (`scripts/ensure-journald.sh`
+//! starts one where PID 1 is not systemd; `make test` runs it first).
+//!
+//! Degradation scenarios run in a private mount namespace (the test binary
+//! re-executes itself under `unshare --mount`) where journald's socket is
+//! missing or is a socket nobody reads, so the host's journald is untouched.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use con_event::payloads::*;
+use con_event::*;
+use con_journal::*;
+use con_store::*;
+
+const SCENARIO_ENV: &str = "CON_JOURNAL_SCENARIO";
+
+fn start(
+    capacity: usize,
+) -> (
+    tempfile::TempDir,
+    Store,
+    GroupCommitWriter,
+    MirrorStatus,
+    String,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("log")).unwrap();
+    let log_id = store.log_id().unwrap();
+    let (mirror, status) = JournalMirror::spawn(MirrorConfig {
+        queue_capacity: capacity,
+        context: MirrorContext {
+            log_id: log_id.clone(),
+            system: "journald-test".into(),
+        },
+    })
+    .unwrap();
+    let writer = GroupCommitWriter::spawn(
+        store.clone(),
+        WriterConfig::default(),
+        Some(Box::new(mirror)),
+    )
+    .unwrap();
+    (dir, store, writer, status, log_id)
+}
+
+fn journal_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new("journalctl")
+        .args(["-t", "con", "-o", "json", "--all", "--no-pager"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn committed_events_reach_journald_with_their_fields() {
+    assert!(
+        Path::new("/run/systemd/journal/socket").exists(),
+        "journald is not running: run scripts/ensure-journald.sh (make test does)"
+    );
+    let (_dir, store, writer, status, log_id) = start(1024);
+    let app = writer.appender();
+    let session = SessionId([0xab; 16]);
+    let prompt = b"You are the sysadmin. Check the disk.".to_vec();
+    app.append(NewEvent::system(TaskRouted {
+        from: "outer".into(),
+        to: "sysadmin".into(),
+        path: "/srv/con/agents/sysadmin/inbox/t1.task".into(),
+    }))
+    .unwrap();
+    let started = app
+        .append(NewEvent {
+            actor: Actor {
+                uid: 1234,
+                agent: Some("sysadmin".into()),
+            },
+            session: Some(session),
+            task: Some("t1".into()),
+            causation: Some(1),
+            payload: SessionStarted {
+                agent: "sysadmin".into(),
+                runner: "builtin".into(),
+                provider: Some("openrouter".into()),
+                model: Some("m1".into()),
+                trust: Trust::Verified,
+                prompt: BlobRef::of(&prompt),
+            }
+            .into(),
+            attachments: vec![prompt.clone()],
+        })
+        .unwrap();
+    app.append(NewEvent::system(ContractResult {
+        contract: "CON-SYS-001".into(),
+        check: "disk".into(),
+        scope_agent: None,
+        status: CheckStatus::Fail,
+        detail: "5% free".into(),
+        duration_ms: 3,
+    }))
+    .unwrap();
+
+    let seq_filter = format!("CON_SEQ={}", started.seq);
+    let log_filter = format!("CON_LOG_ID={log_id}");
+    let entry = wait_for("the session.started entry", Duration::from_secs(10), || {
+        journal_json(&[&log_filter, &seq_filter]).into_iter().next()
+    });
+    let field = |k: &str| {
+        entry[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {k} in {entry}"))
+            .to_owned()
+    };
+    assert_eq!(field("SYSLOG_IDENTIFIER"), "con");
+    assert_eq!(field("MESSAGE_ID"), "26f1dd5d8a7f4d0c80c62ed1fd1a34ed");
+    assert_eq!(field("PRIORITY"), "5");
+    assert_eq!(field("CON_EVENT"), "session_started");
+    assert_eq!(field("CON_AGENT"), "sysadmin");
+    assert_eq!(field("CON_UID"), "1234");
+    assert_eq!(field("CON_SESSION"), session.to_hex());
+    assert_eq!(field("CON_TASK"), "t1");
+    assert_eq!(field("CON_CAUSATION"), "1");
+    assert_eq!(field("CON_HASH"), started.hash.to_hex());
+    assert_eq!(field("CON_SYSTEM"), "journald-test");
+    assert_eq!(field("CON_MODEL"), "m1");
+    assert!(field("MESSAGE").contains("agent sysadmin started a session"));
+    assert!(field("CON_PAYLOAD").contains("\"runner\":\"builtin\""));
+    assert_eq!(
+        field("CON_BLOB"),
+        format!(
+            "sha256:{} {}",
+            Digest::of(&prompt),
+            String::from_utf8_lossy(&prompt)
+        )
+    );
+
+    // The agent/kind query a sysadmin would type.
+    let by_agent = journal_json(&[
+        &log_filter,
+        "CON_AGENT=sysadmin",
+        "CON_EVENT=session_started",
+    ]);
+    assert_eq!(by_agent.len(), 1);
+
+    let all = wait_for("all three entries", Duration::from_secs(10), || {
+        let all = journal_json(&[&log_filter]);
+        (all.len() >= 3).then_some(all)
+    });
+    let seqs: HashSet<String> = all
+        .iter()
+        .map(|e| e["CON_SEQ"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seqs, HashSet::from(["1".into(), "2".into(), "3".into()]));
+    let failed_check = all
+        .iter()
+        .find(|e| e["CON_EVENT"] == "contract_result")
+        .unwrap();
+    assert_eq!(failed_check["PRIORITY"], "4", "a failed check is a warning");
+    assert_eq!(failed_check["CON_CONTRACT"], "CON-SYS-001");
+
+    assert_eq!(status.health(), MirrorHealth::Healthy);
+    writer.shutdown().unwrap();
+    assert_eq!(
+        store.verify().unwrap().unwrap().events,
+        3,
+        "no incident events"
+    );
+}
+
+/// Re-runs `scenario` as root in a private mount namespace.
+fn in_private_mount_namespace(scenario: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "scenario_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SCENARIO_ENV, scenario)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scenario {scenario} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn missing_journald_degrades_the_mirror_but_never_the_log() {
+    in_private_mount_namespace("missing");
+}
+
+#[test]
+fn stuck_journald_never_blocks_appends_and_recovery_is_recorded() {
+    in_private_mount_namespace("stuck");
+}
+
+fn mirror_events(store: &Store) -> Vec<Payload> {
+    store
+        .events_from(1)
+        .map(|e| e.unwrap().payload)
+        .filter(|p| {
+            matches!(
+                p,
+                Payload::JournalMirrorDegraded(_) | Payload::JournalMirrorRecovered(_)
+            )
+        })
+        .collect()
+}
+
+fn routed(i: u64) -> NewEvent {
+    NewEvent::system(TaskRouted {
+        from: "outer".into(),
+        to: "concierge".into(),
+        path: format!("/srv/con/inbox/{i}.task"),
+    })
+}
+
+/// Appends `n` events with many in flight, failing (instead of hanging) if
+/// the log stops acknowledging.
+fn append_many(app: &Appender, n: u64) {
+    let app = app.clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let tickets: Vec<_> = (0..n).map(|i| app.submit(routed(i))).collect();
+        for t in tickets {
+            t.wait().unwrap();
+        }
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("appends blocked: the journal mirror is on the write path");
+}
+
+#[test]
+#[ignore = "child of the degradation tests; needs a private mount namespace"]
+fn scenario_child() {
+    let scenario = std::env::var(SCENARIO_ENV).expect("run by a degradation test");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", "/run/systemd/journal"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs over /run/systemd/journal");
+    match scenario.as_str() {
+        "missing" => {
+            let (_dir, store, writer, status, _) = start(1024);
+            append_many(&writer.appender(), 500);
+            let events = wait_for(
+                "journal.mirror_degraded in the log",
+                Duration::from_secs(10),
+                || {
+                    let ev = mirror_events(&store);
+                    (!ev.is_empty()).then_some(ev)
+                },
+            );
+            match &events[0] {
+                Payload::JournalMirrorDegraded(d) => {
+                    assert!(d.reason.contains("not reachable"), "{}", d.reason);
+                    assert_eq!(d.first_unmirrored_seq, 1);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                events.len(),
+                1,
+                "one incident, not one per event: {events:?}"
+            );
+            assert!(
+                matches!(status.health(), MirrorHealth::Degraded { dropped, .. } if dropped >= 500)
+            );
+            writer.shutdown().unwrap();
+            assert!(store.verify().unwrap().unwrap().events >= 501);
+        }
+        "stuck" => {
+            // A journald that accepts the connection but never reads.
+            let socket =
+                std::os::unix::net::UnixDatagram::bind("/run/systemd/journal/socket").unwrap();
+            let (_dir, store, writer, _status, _) = start(64);
+            append_many(&writer.appender(), 5_000);
+            let events = wait_for(
+                "journal.mirror_degraded in the log",
+                Duration::from_secs(10),
+                || {
+                    let ev = mirror_events(&store);
+                    (!ev.is_empty()).then_some(ev)
+                },
+            );
+            match &events[0] {
+                Payload::JournalMirrorDegraded(d) => {
+                    assert!(d.reason.contains("queue full"), "{}", d.reason)
+                }
+                other => panic!("{other:?}"),
+            }
+            // journald starts reading again: the mirror catches up and says so.
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                while socket.recv(&mut buf).is_ok() {}
+            });
+            append_many(&writer.appender(), 10);
+            let events = wait_for(
+                "journal.mirror_recovered in the log",
+                Duration::from_secs(20),
+                || {
+                    let ev = mirror_events(&store);
+                    ev.iter()
+                        .any(|p| matches!(p, Payload::JournalMirrorRecovered(_)))
+                        .then_some(ev)
+                },
+            );
+            match events.last() {
+                Some(Payload::JournalMirrorRecovered(r)) => assert!(r.dropped > 0),
+                other => panic!("{other:?}"),
+            }
+            writer.shutdown().unwrap();
+            assert!(store.verify().unwrap().is_ok());
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+#[test]
+fn shipped_catalog_is_current_and_journalctl_accepts_it() {
+    let shipped_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog/con.catalog");
+    let generated = catalog();
+    if std::env::var_os("CON_BLESS").is_some() {
+        std::fs::write(&shipped_path, &generated).unwrap();
+    }
+    let shipped = std::fs::read_to_string(&shipped_path).unwrap();
+    assert_eq!(
+        shipped, generated,
+        "catalog/con.catalog is stale: regenerate with CON_BLESS=1"
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("usr/lib/systemd/catalog");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("con.catalog"), &shipped).unwrap();
+    let root_arg = format!("--root={}", root.path().display());
+    let update = Command::new("journalctl")
+        .args([&root_arg, "--update-catalog"])
+        .output()
+        .unwrap();
+    assert!(
+        update.status.success() && update.stderr.is_empty(),
+        "{update:?}"
+    );
+    let list = Command::new("journalctl")
+        .args([&root_arg, "--list-catalog"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for kind in KINDS {
+        let line = format!("{} con: {}", kind.message_id, kind.subject);
+        assert!(list.contains(&line), "catalog lacks {line}\n{list}");
+    }
+}
