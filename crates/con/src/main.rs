@@ -1,1 +1,66 @@
-fn main() {}
+//! `con`: the command line of the con agent operating system.
+//!
+//! Each subcommand is a thin shell over a library crate; this binary owns
+//! argument parsing, path resolution from the global flags, output
+//! formatting and exit codes.
+
+mod config_cmd;
+mod paths;
+mod verify_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::paths::Paths;
+
+/// con: a Linux agent operating system.
+///
+/// Every agent is a Linux user, agents talk through filesystem inboxes, and
+/// every action is recorded in a hash-chained event log mirrored to journald.
+#[derive(Debug, Parser)]
+#[command(name = "con", version, propagate_version = true)]
+struct Cli {
+    /// Root prefix for every con path (config, inboxes, event log).
+    #[arg(
+        long,
+        env = "CON_ROOT",
+        global = true,
+        default_value = "/",
+        value_name = "DIR"
+    )]
+    root: std::path::PathBuf,
+
+    /// Config file [default: <root>/etc/con/con.toml].
+    #[arg(long, env = "CON_CONFIG", global = true, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Walk the event log's hash chain and name the first bad seq.
+    Verify(verify_cmd::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let paths = Paths::new(cli.root, cli.config);
+    let result = match cli.command {
+        Command::Config(cmd) => config_cmd::run(cmd, &paths),
+        Command::Verify(args) => verify_cmd::run(args, &paths),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the whole cause chain, colon-separated.
+            eprintln!("con: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Where things live on a host, all under one root prefix (SPEC §3).
+
+use std::path::PathBuf;
+
+/// Resolved host paths.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    root: PathBuf,
+    config: Option<PathBuf>,
+}
+
+impl Paths {
+    /// Paths under `root`; `config` overrides the config file location.
+    pub fn new(root: PathBuf, config: Option<PathBuf>) -> Self {
+        Self { root, config }
+    }
+
+    fn under(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    /// The outer config file.
+    pub fn config_file(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| self.under("/etc/con/con.toml"))
+    }
+
+    /// The event log database directory.
+    pub fn event_log(&self) -> PathBuf {
+        self.under("/var/lib/con/events")
+    }
+}

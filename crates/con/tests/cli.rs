@@ -1,0 +1,213 @@
+//! Black-box tests of the real `con` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use con_event::NewEvent;
+use con_event::payloads::TaskRouted;
+use con_store::{GroupCommitWriter, Store, WriterConfig};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// `con` with a clean environment (no CON_* leaking in from the caller),
+/// run from the workspace root so relative paths print stably.
+fn con(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_con"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(workspace())
+        .args(args);
+    cmd
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_only_working_commands() {
+    let out = con(&["--help"]).output().unwrap();
+    assert!(out.status.success());
+    insta::assert_snapshot!(stdout(&out));
+}
+
+#[test]
+fn config_check_prints_the_resolved_default_profile() {
+    let out = con(&["config", "check", "configs/default/con.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    insta::assert_snapshot!(stdout(&out));
+}
+
+#[test]
+fn config_check_json_of_the_minimal_profile() {
+    let out = con(&["config", "check", "--json", "configs/minimal/con.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    insta::assert_json_snapshot!(json);
+}
+
+#[test]
+fn environment_overrides_show_in_the_resolved_agents() {
+    let out = con(&["config", "check", "--json", "configs/minimal/con.toml"])
+        .env("CON_AGENT_CONCIERGE_MODEL", "local/llama")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["agents"][0]["model"], "local/llama");
+}
+
+#[test]
+fn config_check_finds_the_config_under_the_root_prefix() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc/con")).unwrap();
+    std::fs::copy(
+        workspace().join("configs/minimal/con.toml"),
+        root.path().join("etc/con/con.toml"),
+    )
+    .unwrap();
+    let out = con(&["config", "check"])
+        .env("CON_ROOT", root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("etc/con/con.toml: ok"));
+}
+
+#[test]
+fn a_bad_config_is_one_line_naming_file_agent_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("con.toml");
+    std::fs::write(
+        &file,
+        "[[agents]]\nname = \"ok\"\ntier = \"worker\"\n\n[[agents]]\nname = \"../etc\"\ntier = \"worker\"\n",
+    )
+    .unwrap();
+    let out = con(&["config", "check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).is_empty());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("con: error: "), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(
+        err.contains("agents[1]") && err.contains("../etc") && err.contains("name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = con(&["config", "check", "/nonexistent/con.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/con.toml"), "{err}");
+}
+
+fn make_log(dir: &Path, n: u64) -> PathBuf {
+    let db = dir.join("events");
+    let store = Store::open(&db).unwrap();
+    let writer = GroupCommitWriter::spawn(store, WriterConfig::default(), None).unwrap();
+    let app = writer.appender();
+    for i in 0..n {
+        app.append(NewEvent::system(TaskRouted {
+            from: "outer".into(),
+            to: "concierge".into(),
+            path: format!("/srv/con/inbox/{i}.task"),
+        }))
+        .unwrap();
+    }
+    writer.shutdown().unwrap();
+    db
+}
+
+#[test]
+fn verify_accepts_an_intact_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_log(dir.path(), 50);
+    let out = con(&["verify", "--db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("chain ok: 50 events, head seq 50"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn verify_names_the_seq_of_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_log(dir.path(), 50);
+    {
+        let store = Store::open(&db).unwrap();
+        let key = 17u64.to_be_bytes();
+        let mut value = store.raw_log().get(key).unwrap().unwrap().to_vec();
+        let mid = value.len() / 2;
+        value[mid] ^= 0x40;
+        store.raw_log().insert(key, value).unwrap();
+        store.flush().unwrap();
+    }
+    let out = con(&["verify", "--db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("chain broken at seq 17"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = con(&["verify", "--json", "--db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["ok"], false);
+    assert_eq!(json["first_bad_seq"], 17);
+    assert_eq!(json["events"], 16);
+}
+
+#[test]
+fn verify_of_a_log_in_use_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_log(dir.path(), 3);
+    let _held = Store::open(&db).unwrap();
+    let out = con(&["verify", "--db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("in use by another process"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn verify_defaults_to_the_log_under_the_root_prefix() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("var/lib/con")).unwrap();
+    make_log(&root.path().join("var/lib/con"), 4);
+    let out = con(&["verify", "--root", root.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("chain ok: 4 events"));
+}
