@@ -5,7 +5,10 @@
 //!   exists iff its log entry exists.
 //! - `blobs`: `sha256 → bytes`, content-addressed large payloads.
 //! - `by_session`: `session id ‖ seq → ()`, `by_agent`: `agent ‖ 0 ‖ seq → ()`.
-//!   Derived from `log`; rebuilt from `meta.indexed_through` on open.
+//!   Derived from `log` after commit, from the `meta.indexed_through`
+//!   watermark: on open, before every indexed query, and whenever the owner
+//!   calls [`Store::catch_up_indexes`]. Keeping them off the commit path
+//!   makes the append one sled insert per event.
 //! - `checkpoints`: projection name → (version, through seq, state).
 //! - `meta`: the log id and index watermark.
 //!
@@ -82,6 +85,8 @@ pub struct Store {
     by_agent: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
+    /// Serialises index catch-up so the watermark only moves forward.
+    index_lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 fn seq_key(seq: u64) -> [u8; 8] {
@@ -137,6 +142,7 @@ impl Store {
             by_agent: db.open_tree("by_agent")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
+            index_lock: Default::default(),
             db,
         };
         if store.meta.get(META_LOG_ID)?.is_none() {
@@ -201,18 +207,20 @@ impl Store {
     pub fn session_events(
         &self,
         session: &SessionId,
-    ) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
-        self.indexed(self.by_session.scan_prefix(session.0))
+    ) -> Result<impl Iterator<Item = Result<Event, StoreError>> + '_, StoreError> {
+        self.catch_up_indexes()?;
+        Ok(self.indexed(self.by_session.scan_prefix(session.0)))
     }
 
     /// Events by or about one agent, in seq order.
     pub fn agent_events(
         &self,
         agent: &str,
-    ) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+    ) -> Result<impl Iterator<Item = Result<Event, StoreError>> + '_, StoreError> {
+        self.catch_up_indexes()?;
         let mut prefix = agent.as_bytes().to_vec();
         prefix.push(0);
-        self.indexed(self.by_agent.scan_prefix(prefix))
+        Ok(self.indexed(self.by_agent.scan_prefix(prefix)))
     }
 
     fn indexed<'a>(
@@ -282,10 +290,15 @@ impl Store {
         Ok(())
     }
 
-    /// Re-derives index entries for events committed after the last recorded
-    /// watermark (a crash can persist a log entry without its index entries
-    /// only in the last, unacknowledged-or-just-acknowledged batch).
-    fn catch_up_indexes(&self) -> Result<(), StoreError> {
+    /// Derives index entries for every event committed after the watermark.
+    /// Idempotent and safe to call concurrently with the writer; a crash
+    /// between an event and its index entries only means they are derived
+    /// again next time.
+    pub fn catch_up_indexes(&self) -> Result<(), StoreError> {
+        let _guard = self
+            .index_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let through = match self.meta.get(META_INDEXED_THROUGH)? {
             Some(v) => key_seq(&v)?,
             None => 0,
@@ -295,10 +308,13 @@ impl Store {
             return Ok(());
         }
         for event in self.events_from(through + 1) {
-            self.index_event(&event?)?;
+            let event = event?;
+            if event.seq() > head {
+                break;
+            }
+            self.index_event(&event)?;
         }
         self.set_indexed_through(head)?;
-        self.db.flush()?;
         Ok(())
     }
 

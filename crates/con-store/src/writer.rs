@@ -137,6 +137,7 @@ impl GroupCommitWriter {
         let mut state = WriterState {
             store,
             head,
+            instance: *uuid::Uuid::new_v4().as_bytes(),
             config,
             observer,
             failed: None,
@@ -182,6 +183,8 @@ impl Drop for GroupCommitWriter {
 struct WriterState {
     store: Store,
     head: Head,
+    /// Random per writer start; half of every event id.
+    instance: [u8; 16],
     config: WriterConfig,
     observer: Option<Box<dyn CommitObserver>>,
     failed: Option<AppendError>,
@@ -250,7 +253,6 @@ impl WriterState {
                 let event = self.write_one(*new)?;
                 done.push((event, reply));
             }
-            self.store.set_indexed_through(self.head.seq)?;
             self.store.db.flush()?;
             Ok(())
         })();
@@ -288,6 +290,15 @@ impl WriterState {
         }
     }
 
+    /// `instance[..8] ‖ seq`: unique across logs and restarts (random half)
+    /// and within a log (seq half), without a random draw per event.
+    fn event_id(&self, seq: u64) -> EventId {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.instance[..8]);
+        id[8..].copy_from_slice(&seq.to_be_bytes());
+        EventId(id)
+    }
+
     fn write_one(&mut self, new: NewEvent) -> Result<(Event, Vec<Vec<u8>>), StoreError> {
         for blob in &new.attachments {
             self.store.put_blob(blob)?;
@@ -295,7 +306,7 @@ impl WriterState {
         let seq = self.head.seq + 1;
         let envelope = Envelope {
             seq,
-            id: EventId(*uuid::Uuid::now_v7().as_bytes()),
+            id: self.event_id(seq),
             ts_unix_nanos: now_nanos(),
             actor: new.actor,
             session: new.session,
@@ -311,11 +322,6 @@ impl WriterState {
         self.store
             .log
             .insert(seq_key(seq), encode_stored(&record, &hash))?;
-        self.store.index(
-            seq,
-            envelope.session.as_ref(),
-            [envelope.actor.agent.as_deref(), new.payload.subject_agent()],
-        )?;
         self.head = Head { seq, hash };
         Ok((
             Event {

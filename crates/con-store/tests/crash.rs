@@ -138,6 +138,12 @@ fn acknowledged_events_survive_sigkill() {
                 other => panic!("round {round}: seq {seq} is {other:?}"),
             }
         }
+        // The derived index catches up with everything that was committed.
+        let indexed = store.agent_events("crash").unwrap().count() as u64;
+        assert_eq!(
+            indexed, report.events,
+            "round {round}: index of agent 'crash'"
+        );
         acked_total += acks.len();
         drop(store);
     }

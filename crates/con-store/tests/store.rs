@@ -178,17 +178,20 @@ fn attachments_are_stored_content_addressed_and_indexes_find_events() {
 
     let by_session: Vec<u64> = store
         .session_events(&session)
+        .unwrap()
         .map(|e| e.unwrap().seq())
         .collect();
     assert_eq!(by_session, vec![3]);
     // Arrivals are about the inbox's agent even though root recorded them.
     let by_agent: Vec<u64> = store
         .agent_events("sysadmin")
+        .unwrap()
         .map(|e| e.unwrap().seq())
         .collect();
     assert_eq!(by_agent, vec![1, 2, 3]);
     let concierge: Vec<u64> = store
         .agent_events("outer")
+        .unwrap()
         .map(|e| e.unwrap().seq())
         .collect();
     assert_eq!(concierge, vec![4]);

@@ -1,0 +1,176 @@
+//! The file as written: every table optional, every key known.
+//!
+//! Values stay loosely typed here (strings, i64) so that range and enum checks happen
+//! in `resolve`, where the error can name the agent and the field; only TOML-level
+//! problems (syntax, wrong type, unknown key) are left to serde and carry a line:col.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub system: Option<RawSystem>,
+    pub base: Option<RawBase>,
+    /// The seed's spelling of `[base.<tier>]`.
+    pub defaults: Option<RawDefaults>,
+    pub network: Option<RawNetwork>,
+    pub contracts: Option<RawContracts>,
+    pub dashboard: Option<RawDashboard>,
+    pub infra: Option<RawInfra>,
+    #[serde(default)]
+    pub agents: Vec<RawAgent>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSystem {
+    pub name: Option<String>,
+}
+
+/// The overridable fields, as they appear at every level.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLevel {
+    /// `cli` is the seed's name for it.
+    #[serde(alias = "cli")]
+    pub runner: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub api_key_env: Option<String>,
+    pub base_url: Option<String>,
+    pub max_sessions: Option<i64>,
+    pub max_iterations: Option<i64>,
+    pub max_session_min: Option<i64>,
+    pub daily_budget_usd: Option<f64>,
+}
+
+/// `[base]`: the overridable fields plus one sub-table per tier.
+///
+/// Spelled out instead of `#[serde(flatten)]` because flatten silently disables
+/// `deny_unknown_fields`, and typo protection is the point.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBase {
+    #[serde(alias = "cli")]
+    pub runner: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub api_key_env: Option<String>,
+    pub base_url: Option<String>,
+    pub max_sessions: Option<i64>,
+    pub max_iterations: Option<i64>,
+    pub max_session_min: Option<i64>,
+    pub daily_budget_usd: Option<f64>,
+    pub officer: Option<RawLevel>,
+    pub operator: Option<RawLevel>,
+    pub worker: Option<RawLevel>,
+}
+
+impl RawBase {
+    pub fn level(&self) -> RawLevel {
+        RawLevel {
+            runner: self.runner.clone(),
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            api_key_env: self.api_key_env.clone(),
+            base_url: self.base_url.clone(),
+            max_sessions: self.max_sessions,
+            max_iterations: self.max_iterations,
+            max_session_min: self.max_session_min,
+            daily_budget_usd: self.daily_budget_usd,
+        }
+    }
+}
+
+/// `[defaults.<tier>]` (legacy); only tier tables, as in the seed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDefaults {
+    pub officer: Option<RawLevel>,
+    pub operator: Option<RawLevel>,
+    pub worker: Option<RawLevel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNetwork {
+    pub outbound_filter: Option<bool>,
+    pub allowed_ports: Option<Vec<u16>>,
+    pub allow_dns: Option<bool>,
+    pub allow_loopback: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawContracts {
+    pub system: Option<RawSystemContracts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSystemContracts {
+    pub healthcheck_interval: Option<String>,
+    pub disk_min_free_pct: Option<i64>,
+    pub mem_min_free_pct: Option<i64>,
+    /// `max_load_factor` is the Go original's name for the same threshold.
+    #[serde(alias = "max_load_factor")]
+    pub max_load_per_cpu: Option<f64>,
+    pub max_session_min: Option<i64>,
+    pub log_max_mb: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDashboard {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInfra {
+    pub supervisor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAgent {
+    /// Optional here so a missing name is reported with the agent's index, not a span.
+    pub name: Option<String>,
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub mode: Option<String>,
+    pub cron: Option<String>,
+    #[serde(alias = "cli")]
+    pub runner: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub api_key_env: Option<String>,
+    pub base_url: Option<String>,
+    pub max_sessions: Option<i64>,
+    pub max_iterations: Option<i64>,
+    pub max_session_min: Option<i64>,
+    pub daily_budget_usd: Option<f64>,
+    pub instructions: Option<String>,
+}
+
+impl RawAgent {
+    pub fn level(&self) -> RawLevel {
+        RawLevel {
+            runner: self.runner.clone(),
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            api_key_env: self.api_key_env.clone(),
+            base_url: self.base_url.clone(),
+            max_sessions: self.max_sessions,
+            max_iterations: self.max_iterations,
+            max_session_min: self.max_session_min,
+            daily_budget_usd: self.daily_budget_usd,
+        }
+    }
+}
