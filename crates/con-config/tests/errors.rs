@@ -1,5 +1,7 @@
 //! Every rejected config gives exactly one expected line.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

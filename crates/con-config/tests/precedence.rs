@@ -1,6 +1,8 @@
 //! Resolution order: agent > base.<tier> > base > built-in defaults, with each level's
 //! environment override just above that level's file value.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;

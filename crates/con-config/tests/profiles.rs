@@ -1,5 +1,7 @@
 //! The shipped profiles and the seed's documented config load and resolve as intended.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,8 @@
 //!
 //! Needs visudo (Debian package `sudo`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::path::Path;
 use std::process::Command;
 

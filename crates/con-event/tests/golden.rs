@@ -4,6 +4,8 @@
 //!
 //! Regenerate (only when adding a kind or version): `CON_BLESS=1 cargo test -p con-event --test golden`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::path::PathBuf;
 
 use con_event::payloads::*;

@@ -1,5 +1,7 @@
 //! Property tests of the record codec.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use con_event::*;
 use proptest::prelude::*;
 

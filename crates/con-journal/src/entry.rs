@@ -72,11 +72,11 @@ pub fn entry_for(event: &Event, attachments: &[Vec<u8>], ctx: &MirrorContext) ->
     for blob in attachments {
         // journald values are bytes, but the logger's field API takes text;
         // binary or large contents stay in the blob store only.
-        if blob.len() <= BLOB_INLINE_MAX {
-            if let Ok(text) = std::str::from_utf8(blob) {
-                let digest = con_event::Digest::of(blob);
-                fields.push(("CON_BLOB", format!("sha256:{digest} {text}")));
-            }
+        if blob.len() <= BLOB_INLINE_MAX
+            && let Ok(text) = std::str::from_utf8(blob)
+        {
+            let digest = con_event::Digest::of(blob);
+            fields.push(("CON_BLOB", format!("sha256:{digest} {text}")));
         }
     }
     JournalEntry {

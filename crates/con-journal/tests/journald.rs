@@ -5,6 +5,8 @@
 //! re-executes itself under `unshare --mount`) where journald's socket is
 //! missing or is a socket nobody reads, so the host's journald is untouched.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;

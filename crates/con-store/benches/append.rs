@@ -13,6 +13,8 @@
 //!
 //! Run: `cargo bench -p con-store --bench append` (prints a Markdown table).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::collections::VecDeque;
 use std::time::Instant;
 

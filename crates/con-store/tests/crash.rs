@@ -6,6 +6,8 @@
 //! the content that was acknowledged, and that the chain is valid. Repeated on
 //! the same log, so recovery after a crash is itself crashed into.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -97,10 +99,10 @@ fn acknowledged_events_survive_sigkill() {
             let mut acks = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some((seq, marker)) = line.split_once(' ') {
-                    if let Ok(seq) = seq.parse::<u64>() {
-                        acks.push((seq, marker.to_owned()));
-                    }
+                if let Some((seq, marker)) = line.split_once(' ')
+                    && let Ok(seq) = seq.parse::<u64>()
+                {
+                    acks.push((seq, marker.to_owned()));
                 }
             }
             acks

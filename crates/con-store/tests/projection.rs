@@ -1,5 +1,7 @@
 //! Projections: resuming from checkpoints equals rebuilding from scratch.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use con_event::payloads::*;
 use con_event::*;
 use con_projection::{FleetStatus, Projection};

@@ -1,5 +1,7 @@
 //! Behaviour of the log: append, read back, indexes, blobs, verify, reopen.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use con_event::payloads::*;
 use con_event::*;
 use con_store::*;

@@ -1,5 +1,7 @@
 //! Black-box tests of the real `con` binary.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
