@@ -14,9 +14,9 @@ BIN := target/release/con
 run: deps build
 	@echo "==> checking $(CONFIG)"
 	$(BIN) config check $(CONFIG)
-	@if [ -d "$${CON_ROOT:-/}/var/lib/con/events" ]; then \
+	@if [ -d "$${CON_ROOT:-}/var/lib/con/events" ]; then \
 	  echo "==> verifying the event log"; $(BIN) verify; \
-	else echo "==> no event log yet at $${CON_ROOT:-/}/var/lib/con/events (the daemon creates it)"; fi
+	else echo "==> no event log yet at $${CON_ROOT:-}/var/lib/con/events (the daemon creates it)"; fi
 
 ## test: lint, then every unit, integration, crash and journald test.
 test: deps journald lint
