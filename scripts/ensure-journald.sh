@@ -3,12 +3,13 @@
 # machines whose PID 1 is not systemd). Idempotent.
 set -eu
 sock=/run/systemd/journal/socket
-if [ -S "$sock" ] && journalctl -n 0 >/dev/null 2>&1 && \
-   python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.connect('$sock')" 2>/dev/null; then
+# systemd-cat fails when nothing accepts on journald's stdout socket, so this
+# tells a live journald from a stale socket left by a dead one.
+if [ -S "$sock" ] && systemd-cat -t con-ensure-journald true 2>/dev/null; then
   exit 0
 fi
 if [ -d /run/systemd/system ]; then
-  echo "ensure-journald: systemd is PID 1 but journald's socket is missing; start systemd-journald.service" >&2
+  echo "ensure-journald: systemd is PID 1 but journald does not answer; check systemd-journald.service" >&2
   exit 1
 fi
 mkdir -p /run/systemd/journal

@@ -4,9 +4,24 @@
 use bincode::Options;
 use serde::{Serialize, de::DeserializeOwned};
 
-/// Upper bound on one decoded record, so hostile or corrupt bytes cannot make
-/// the decoder allocate without limit.
-const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest encoded record (envelope with payload). Events carry references;
+/// large contents go to blobs. The same bound on decode keeps hostile or
+/// corrupt bytes from making the decoder allocate without limit.
+pub const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+
+/// Why a value could not be encoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodeError {
+    /// Larger than the limit for its kind of value.
+    #[error("encoded size exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit that was exceeded.
+        limit: u64,
+    },
+    /// bincode refused the value (a type that cannot be encoded).
+    #[error("cannot encode: {0}")]
+    Codec(String),
+}
 
 /// Why stored bytes could not be turned back into an event.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,26 +56,40 @@ pub enum DecodeError {
 
 // Fixed-width little-endian integers, and every byte must be consumed: an
 // accidentally appended field must fail loudly instead of decoding as garbage.
-fn options() -> impl Options {
+fn options(limit: u64) -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .with_little_endian()
         .reject_trailing_bytes()
-        .with_limit(MAX_RECORD_BYTES)
+        .with_limit(limit)
 }
 
-/// Encodes with the frozen codec (fixint, little-endian).
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising plain structs into a Vec cannot fail: there is no IO, no
-    // maps with non-string keys and no size limit on the encode side that our
-    // types could reach. Falling back to an empty vec would corrupt silently,
-    // so the impossible case is surfaced by the golden tests instead.
-    options().serialize(value).unwrap_or_default()
+/// Encodes a record part with the frozen codec (fixint, little-endian),
+/// refusing anything over [`MAX_RECORD_BYTES`].
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    encode_with_limit(value, MAX_RECORD_BYTES)
 }
 
-/// Decodes with the frozen codec; all bytes must be consumed.
+/// [`encode`] with another size limit (projection state, which can be large).
+pub fn encode_with_limit<T: Serialize>(value: &T, limit: u64) -> Result<Vec<u8>, EncodeError> {
+    options(limit).serialize(value).map_err(|e| match *e {
+        bincode::ErrorKind::SizeLimit => EncodeError::TooLarge { limit },
+        other => EncodeError::Codec(other.to_string()),
+    })
+}
+
+/// Decodes a record part with the frozen codec; all bytes must be consumed.
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
-    options()
+    decode_with_limit(what, bytes, MAX_RECORD_BYTES)
+}
+
+/// [`decode`] with another size limit.
+pub fn decode_with_limit<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    limit: u64,
+) -> Result<T, DecodeError> {
+    options(limit)
         .deserialize(bytes)
         .map_err(|e| DecodeError::Malformed {
             what,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::codec::{self, DecodeError};
+use crate::codec::{self, DecodeError, EncodeError};
 use crate::ids::{Digest, EventId, SessionId};
 use crate::kinds::Payload;
 
@@ -66,12 +66,12 @@ pub struct Envelope {
 
 impl Envelope {
     /// `FORMAT_V1 ‖ bincode(self)`: the canonical bytes that are hashed.
-    pub fn encode_record(&self) -> Vec<u8> {
-        let body = codec::encode(self);
+    pub fn encode_record(&self) -> Result<Vec<u8>, EncodeError> {
+        let body = codec::encode(self)?;
         let mut record = Vec::with_capacity(1 + body.len());
         record.push(FORMAT_V1);
         record.extend_from_slice(&body);
-        record
+        Ok(record)
     }
 
     /// Inverse of [`Envelope::encode_record`].

@@ -101,7 +101,8 @@ macro_rules! id128 {
 }
 
 id128!(
-    /// Globally unique id of one event (assigned by the writer, time-ordered).
+    /// Globally unique id of one event, assigned by the writer: a random
+    /// per-writer-start half and the seq.
     EventId
 );
 id128!(

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::codec::{self, DecodeError};
+use crate::codec::{self, DecodeError, EncodeError};
 use crate::payloads::{self, Kind};
 
 /// syslog priority of a journal entry (`PRIORITY=`).
@@ -93,7 +93,7 @@ macro_rules! registry {
             }
 
             /// bincode of the payload at the current version.
-            pub fn encode(&self) -> Vec<u8> {
+            pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
                 match self {
                     $(Payload::$variant(p) => codec::encode(p),)*
                 }

@@ -19,7 +19,7 @@ mod ids;
 mod kinds;
 pub mod payloads;
 
-pub use codec::DecodeError;
+pub use codec::{DecodeError, EncodeError, MAX_RECORD_BYTES};
 pub use envelope::{
     Actor, Envelope, Event, FORMAT_V1, NewEvent, StoredEvent, chain_hash, decode_stored,
     encode_stored,

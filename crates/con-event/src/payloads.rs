@@ -122,14 +122,28 @@ impl Kind for InboxArrived {
 }
 
 /// `task.routed`: a task (or its response) was moved on.
+///
+/// A task leaves `from`'s inbox unless `to` is [`TaskRouted::OUTBOX`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRouted {
     /// Where it came from (an agent name, or `outer`).
     pub from: String,
-    /// Where it went (an agent name, `processed` or `outbox`).
+    /// Where it went: an agent name (moved into that agent's inbox),
+    /// `processed` (done), or `outbox` (the response was written; the task
+    /// itself has not left the inbox yet).
     pub to: String,
     /// Destination path.
     pub path: String,
+}
+
+impl TaskRouted {
+    /// `to` value for a response written to the outbox.
+    pub const OUTBOX: &'static str = "outbox";
+
+    /// Whether the task left `from`'s inbox.
+    pub fn leaves_inbox(&self) -> bool {
+        self.to != Self::OUTBOX
+    }
 }
 
 impl Kind for TaskRouted {
@@ -294,6 +308,8 @@ impl Kind for SessionEnded {
 /// `llm.request`: the gateway sent a request to a model provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LlmRequest {
+    /// Agent on whose behalf the gateway called (the actor is the gateway).
+    pub agent: String,
     /// Provider name.
     pub provider: String,
     /// Model name.
@@ -324,11 +340,16 @@ impl Kind for LlmRequest {
         out.push(("CON_PROVIDER", self.provider.clone()));
         out.push(("CON_MODEL", self.model.clone()));
     }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.agent)
+    }
 }
 
 /// `llm.response`: a provider answered (or failed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LlmResponse {
+    /// Agent on whose behalf the gateway called; charged for the cost.
+    pub agent: String,
     /// Provider name.
     pub provider: String,
     /// Model name.
@@ -386,6 +407,9 @@ impl Kind for LlmResponse {
         out.push(("CON_INPUT_TOKENS", self.input_tokens.to_string()));
         out.push(("CON_OUTPUT_TOKENS", self.output_tokens.to_string()));
         out.push(("CON_COST_MICRO_USD", self.cost_micro_usd.to_string()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.agent)
     }
 }
 

@@ -19,7 +19,7 @@ fn blob(s: &str) -> BlobRef {
 fn samples() -> Vec<(&'static str, u16, Vec<u8>, Payload)> {
     let current = |p: Payload| -> (&'static str, u16, Vec<u8>, Payload) {
         let spec = p.spec();
-        (spec.name, spec.version, p.encode(), p)
+        (spec.name, spec.version, p.encode().unwrap(), p)
     };
     vec![
         current(
@@ -69,6 +69,7 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, Payload)> {
         ),
         current(
             LlmRequest {
+                agent: "sysadmin".into(),
                 provider: "anthropic".into(),
                 model: "claude-sonnet-4.6".into(),
                 iteration: 3,
@@ -78,6 +79,7 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, Payload)> {
         ),
         current(
             LlmResponse {
+                agent: "sysadmin".into(),
                 provider: "anthropic".into(),
                 model: "claude-sonnet-4.6".into(),
                 status: Some(200),
@@ -155,7 +157,8 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, Payload)> {
             codec::encode(&AgentStateV1 {
                 agent: "scout".into(),
                 halted: true,
-            }),
+            })
+            .unwrap(),
             AgentState {
                 agent: "scout".into(),
                 condition: AgentCondition::Halted,
@@ -222,7 +225,7 @@ fn every_kind_and_version_decodes_from_golden_bytes() {
     for (name, version, payload_bytes, expected) in samples {
         let spec = kind_by_name(name).unwrap();
         let env = envelope(spec.id, version, payload_bytes);
-        let record = env.encode_record();
+        let record = env.encode_record().unwrap();
         let stored = encode_stored(&record, &chain_hash(&env.prev_hash, &record));
         let path = golden_path(name, version);
         if bless {
@@ -272,14 +275,14 @@ fn registry_ids_names_and_message_ids_are_unique_and_well_formed() {
 #[test]
 fn unknown_kind_version_and_format_are_errors_not_panics() {
     let env = envelope(999, 1, vec![]);
-    let record = env.encode_record();
+    let record = env.encode_record().unwrap();
     let stored = encode_stored(&record, &Digest::default());
     assert_eq!(
         Event::from_stored(&stored).unwrap_err(),
         DecodeError::UnknownKind(999)
     );
     let env = envelope(12, 9, vec![]);
-    let stored = encode_stored(&env.encode_record(), &Digest::default());
+    let stored = encode_stored(&env.encode_record().unwrap(), &Digest::default());
     assert!(matches!(
         Event::from_stored(&stored).unwrap_err(),
         DecodeError::UnknownVersion {
@@ -287,7 +290,7 @@ fn unknown_kind_version_and_format_are_errors_not_panics() {
             version: 9
         }
     ));
-    let mut record = envelope(15, 1, vec![]).encode_record();
+    let mut record = envelope(15, 1, vec![]).encode_record().unwrap();
     record[0] = 2;
     assert_eq!(
         Event::from_stored(&encode_stored(&record, &Digest::default())).unwrap_err(),
@@ -297,12 +300,69 @@ fn unknown_kind_version_and_format_are_errors_not_panics() {
 
 #[test]
 fn trailing_payload_bytes_are_rejected() {
-    let mut payload = Payload::from(JournalMirrorRecovered { dropped: 1 }).encode();
+    let mut payload = Payload::from(JournalMirrorRecovered { dropped: 1 })
+        .encode()
+        .unwrap();
     payload.push(0);
     let env = envelope(14, 1, payload);
-    let stored = encode_stored(&env.encode_record(), &Digest::default());
+    let stored = encode_stored(&env.encode_record().unwrap(), &Digest::default());
     assert!(matches!(
         Event::from_stored(&stored),
         Err(DecodeError::Malformed { .. })
     ));
+}
+
+/// bincode stores an enum variant as its index: inserting or reordering a
+/// variant would silently re-label every stored value. Pin every variant of
+/// every stored enum.
+#[test]
+fn stored_enum_variant_indexes_never_change() {
+    fn index<T: serde::Serialize>(v: &T) -> u32 {
+        let bytes = codec::encode(v).unwrap();
+        u32::from_le_bytes(bytes[..4].try_into().unwrap())
+    }
+    let trust = [Trust::Verified, Trust::Unverified];
+    let outcome = [
+        Outcome::Ok,
+        Outcome::MaxIterations,
+        Outcome::Timeout,
+        Outcome::Budget,
+        Outcome::ProviderError,
+        Outcome::RunnerError,
+        Outcome::Killed,
+    ];
+    let check = [
+        CheckStatus::Pass,
+        CheckStatus::Fail,
+        CheckStatus::Skipped,
+        CheckStatus::Error,
+        CheckStatus::Timeout,
+    ];
+    let condition = [
+        AgentCondition::Active,
+        AgentCondition::Halted,
+        AgentCondition::Quarantined,
+        AgentCondition::Decommissioned,
+    ];
+    assert_eq!(trust.iter().map(index).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        outcome.iter().map(index).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(check.iter().map(index).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert_eq!(
+        condition.iter().map(index).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+}
+
+#[test]
+fn an_oversized_record_is_refused_at_encode_time() {
+    let env = envelope(9, 1, vec![0u8; MAX_RECORD_BYTES as usize + 1]);
+    assert_eq!(
+        env.encode_record(),
+        Err(EncodeError::TooLarge {
+            limit: MAX_RECORD_BYTES
+        })
+    );
 }

@@ -7,6 +7,11 @@
 //! full queue drops the entry, and any loss (queue full, socket missing,
 //! send error) flips the mirror to *degraded*, which is itself recorded in
 //! the log (`journal.mirror_degraded`, later `journal.mirror_recovered`).
+//!
+//! The mirror is at-least-once across restarts: it records how far it got
+//! (a store marker) and, when started, first re-sends what the log committed
+//! beyond that point (e.g. entries still queued when the daemon was killed).
+//! Consumers can de-duplicate on `CON_LOG_ID` + `CON_SEQ`.
 
 mod catalog;
 mod entry;
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use con_event::NewEvent;
 use con_event::payloads::{JournalMirrorDegraded, JournalMirrorRecovered};
-use con_store::{CommitObserver, CommittedEvent};
+use con_store::{CommitObserver, CommittedEvent, Store};
 use systemd_journal_logger::JournalLog;
 
 pub use catalog::catalog;
@@ -52,12 +57,17 @@ pub enum MirrorHealth {
 struct Shared {
     degraded: Option<(u64, String)>,
     dropped: u64,
+    /// Highest seq lost so far: only delivering something newer than it
+    /// proves the mirror keeps up again (entries queued before the loss
+    /// would otherwise make it flap between degraded and recovered).
+    last_lost: u64,
     incidents: Vec<NewEvent>,
 }
 
 impl Shared {
     fn lost(&mut self, seq: u64, reason: impl FnOnce() -> String) {
         self.dropped += 1;
+        self.last_lost = self.last_lost.max(seq);
         if self.degraded.is_none() {
             let reason = reason();
             self.incidents.push(NewEvent::system(JournalMirrorDegraded {
@@ -68,8 +78,8 @@ impl Shared {
         }
     }
 
-    fn delivered(&mut self) {
-        if self.degraded.take().is_some() {
+    fn delivered(&mut self, seq: u64) {
+        if seq > self.last_lost && self.degraded.take().is_some() {
             self.incidents
                 .push(NewEvent::system(JournalMirrorRecovered {
                     dropped: self.dropped,
@@ -112,15 +122,23 @@ impl MirrorStatus {
 }
 
 impl JournalMirror {
-    /// Starts the sender thread. The thread is detached: if journald is stuck
-    /// it may never return, and nothing must wait for it.
-    pub fn spawn(config: MirrorConfig) -> std::io::Result<(Self, MirrorStatus)> {
+    /// Starts the sender thread for `store`'s log. Before anything new, it
+    /// re-sends the durable events past the mirror's marker. The thread is
+    /// detached: if journald is stuck it may never return, and nothing must
+    /// wait for it.
+    pub fn spawn(config: MirrorConfig, store: Store) -> std::io::Result<(Self, MirrorStatus)> {
         let (tx, rx) = mpsc::sync_channel::<CommittedEvent>(config.queue_capacity.max(1));
         let shared = SharedState::default();
         let thread_shared = shared.clone();
+        // Fixed now: everything after this reaches the thread through `tx`.
+        let backlog_end = store.head().seq;
         std::thread::Builder::new()
             .name("con-journal-mirror".into())
-            .spawn(move || Sender::new(config.context, thread_shared).run(&rx))?;
+            .spawn(move || {
+                let mut sender = Sender::new(config.context, thread_shared, store);
+                sender.backfill(backlog_end);
+                sender.run(&rx);
+            })?;
         Ok((
             Self {
                 tx,
@@ -155,41 +173,107 @@ impl CommitObserver for JournalMirror {
 /// Retry connecting to journald at most this often while it is absent.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Store marker holding the last seq the mirror attempted.
+pub const MARKER: &str = "journal-mirror";
+
+/// How often the marker is written while entries flow.
+const MARKER_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Sender {
     context: MirrorContext,
     shared: SharedState,
+    store: Store,
     journal: Option<JournalLog>,
     last_connect: Option<Instant>,
     connect_error: String,
+    attempted: u64,
+    marker: u64,
+    marker_written: Instant,
 }
 
 impl Sender {
-    fn new(context: MirrorContext, shared: SharedState) -> Self {
+    fn new(context: MirrorContext, shared: SharedState, store: Store) -> Self {
         Self {
             context,
             shared,
+            store,
             journal: None,
             last_connect: None,
             connect_error: String::new(),
+            attempted: 0,
+            marker: 0,
+            marker_written: Instant::now(),
         }
     }
 
-    fn run(mut self, rx: &mpsc::Receiver<CommittedEvent>) {
-        while let Ok(committed) = rx.recv() {
-            let seq = committed.event.seq();
-            let entry = entry_for(&committed.event, &committed.attachments, &self.context);
-            let result = match self.connected() {
-                Some(journal) => entry
-                    .send(journal)
-                    .map_err(|e| format!("journald refused an entry: {e}")),
-                None => Err(format!("journald is not reachable: {}", self.connect_error)),
-            };
-            let mut shared = lock(&self.shared);
-            match result {
-                Ok(()) => shared.delivered(),
-                Err(reason) => shared.lost(seq, || reason),
+    /// Re-sends durable events between the marker and `end` (committed before
+    /// this mirror started, possibly never mirrored). Their attachments are
+    /// in the blob store, not repeated here.
+    fn backfill(&mut self, end: u64) {
+        let from = match self.store.marker(MARKER) {
+            Ok(m) => m + 1,
+            Err(e) => {
+                lock(&self.shared).lost(1, || format!("cannot read the mirror marker: {e}"));
+                return;
+            }
+        };
+        if from > end {
+            return;
+        }
+        let store = self.store.clone();
+        for event in store.events_from(from) {
+            match event {
+                Ok(event) if event.seq() <= end => self.send(&event, &[]),
+                Ok(_) => break,
+                Err(e) => {
+                    lock(&self.shared)
+                        .lost(from, || format!("cannot read the log to back-fill: {e}"));
+                    break;
+                }
             }
         }
+        self.write_marker();
+    }
+
+    fn run(mut self, rx: &mpsc::Receiver<CommittedEvent>) {
+        loop {
+            match rx.recv_timeout(MARKER_INTERVAL) {
+                Ok(committed) => {
+                    self.send(&committed.event, &committed.attachments);
+                    if self.marker_written.elapsed() >= MARKER_INTERVAL {
+                        self.write_marker();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => self.write_marker(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.write_marker();
+    }
+
+    fn send(&mut self, event: &con_event::Event, attachments: &[Vec<u8>]) {
+        let seq = event.seq();
+        let entry = entry_for(event, attachments, &self.context);
+        let result = match self.connected() {
+            Some(journal) => entry
+                .send(journal)
+                .map_err(|e| format!("journald refused an entry: {e}")),
+            None => Err(format!("journald is not reachable: {}", self.connect_error)),
+        };
+        self.attempted = seq;
+        let mut shared = lock(&self.shared);
+        match result {
+            Ok(()) => shared.delivered(seq),
+            Err(reason) => shared.lost(seq, || reason),
+        }
+    }
+
+    fn write_marker(&mut self) {
+        // Advisory: a failure only means more re-sending after a restart.
+        if self.attempted > self.marker && self.store.set_marker(MARKER, self.attempted).is_ok() {
+            self.marker = self.attempted;
+        }
+        self.marker_written = Instant::now();
     }
 
     fn connected(&mut self) -> Option<&JournalLog> {

@@ -89,7 +89,9 @@ impl Projection for FleetStatus {
             Payload::InboxArrived(p) => self.agent(&p.inbox, seq).inbox_depth += 1,
             Payload::TaskRouted(p) => {
                 let a = self.agent(&p.from, seq);
-                a.inbox_depth = a.inbox_depth.saturating_sub(1);
+                if p.leaves_inbox() {
+                    a.inbox_depth = a.inbox_depth.saturating_sub(1);
+                }
             }
             Payload::SessionStarted(p) => {
                 let a = self.agent(&p.agent, seq);
@@ -108,19 +110,14 @@ impl Projection for FleetStatus {
                 }
             }
             Payload::LlmResponse(p) => {
-                // The gateway (root) records model calls; charge the agent
-                // that owns the session, else the actor.
-                let agent = session
-                    .and_then(|s| self.open_sessions.get(&s).cloned())
-                    .or_else(|| event.envelope.actor.agent.clone());
-                if let Some(agent) = agent {
-                    let day = event.envelope.ts_unix_nanos.div_euclid(NANOS_PER_DAY);
-                    *self
-                        .agent(&agent, seq)
-                        .spend_micro_usd_by_day
-                        .entry(day)
-                        .or_default() += p.cost_micro_usd;
-                }
+                let day = event.envelope.ts_unix_nanos.div_euclid(NANOS_PER_DAY);
+                let spent = self
+                    .agent(&p.agent, seq)
+                    .spend_micro_usd_by_day
+                    .entry(day)
+                    .or_default();
+                // Provider-reported usage must not wrap a budget counter.
+                *spent = spent.saturating_add(p.cost_micro_usd);
             }
             Payload::ContractResult(p) => {
                 self.checks.insert(

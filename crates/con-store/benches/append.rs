@@ -112,7 +112,7 @@ fn group_commit(n: u64, in_flight: usize) -> f64 {
     store.catch_up_indexes().unwrap();
     let rate = n as f64 / t.elapsed().as_secs_f64();
     w.shutdown().unwrap();
-    assert_eq!(store.head().unwrap().seq, n);
+    assert_eq!(store.head().seq, n);
     rate
 }
 

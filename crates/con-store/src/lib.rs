@@ -5,21 +5,25 @@
 //!   exists iff its log entry exists.
 //! - `blobs`: `sha256 → bytes`, content-addressed large payloads.
 //! - `by_session`: `session id ‖ seq → ()`, `by_agent`: `agent ‖ 0 ‖ seq → ()`.
-//!   Derived from `log` after commit, from the `meta.indexed_through`
-//!   watermark: on open, before every indexed query, and whenever the owner
-//!   calls [`Store::catch_up_indexes`]. Keeping them off the commit path
-//!   makes the append one sled insert per event.
-//! - `checkpoints`: projection name → (version, through seq, state).
-//! - `meta`: the log id and index watermark.
+//!   Derived from `log` after commit, up to a watermark (seq + hash) in
+//!   `meta`: on open, before every indexed query, and whenever the owner calls
+//!   [`Store::catch_up_indexes`]. Keeping them off the commit path makes the
+//!   append one sled insert per event. A watermark that no longer matches the
+//!   log (a restored or truncated log) makes the indexes rebuild from seq 1.
+//! - `checkpoints`: projection name → (version, through seq, its hash, state).
+//! - `meta`: the log id and the index watermark.
 //!
-//! Only the [`GroupCommitWriter`] appends. Durability comes from one
-//! `flush()` per batch, after which every event of the batch is acknowledged.
+//! Only the [`GroupCommitWriter`] appends, one per store. Durability comes from
+//! one `flush()` per batch, after which every event of the batch is
+//! acknowledged and becomes visible to readers (the *durable head*).
 
 mod projections;
 mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use con_event::{DecodeError, Digest, Event, SessionId};
 
@@ -27,7 +31,7 @@ pub use projections::ProjectionError;
 pub use verify::{ChainBreak, VerifyReport};
 pub use writer::{
     AppendError, Appended, Appender, CommitObserver, CommittedEvent, GroupCommitWriter, Ticket,
-    WriterConfig,
+    WriterConfig, WriterStats,
 };
 
 const META_LOG_ID: &[u8] = b"log_id";
@@ -42,36 +46,63 @@ pub enum StoreError {
     )]
     Locked(PathBuf),
     /// sled could not open the database.
-    #[error("{path}: cannot open the event log: {source}")]
+    #[error("{path}: cannot open the event log: {cause}")]
     Open {
         /// Database directory.
         path: PathBuf,
         /// sled's error.
-        source: sled::Error,
+        cause: sled::Error,
     },
     /// A sled operation failed.
     #[error("event log: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(sled::Error),
     /// A stored event could not be decoded.
-    #[error("event log seq {seq}: {source}")]
+    #[error("event log seq {seq}: {cause}")]
     Decode {
         /// Seq of the bad record.
         seq: u64,
         /// What was wrong.
-        source: DecodeError,
+        cause: DecodeError,
     },
     /// A key in the log tree is not 8 bytes.
     #[error("event log: malformed key {0:02x?}")]
     BadKey(Vec<u8>),
+    /// A writer is already running on this store.
+    #[error("event log: a writer is already running on this store")]
+    WriterActive,
+    /// The writer thread could not be started.
+    #[error("event log: cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
-/// The last committed position of the chain.
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
+}
+
+/// A position of the chain: a seq and that record's hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Head {
     /// Last seq (0 for an empty log).
     pub seq: u64,
     /// Its chain hash (zero for an empty log).
     pub hash: Digest,
+}
+
+impl Head {
+    fn to_bytes(self) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        b[..8].copy_from_slice(&self.seq.to_be_bytes());
+        b[8..].copy_from_slice(&self.hash.0);
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Self> {
+        let seq = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+        let hash = Digest(b.get(8..40)?.try_into().ok()?);
+        Some(Head { seq, hash })
+    }
 }
 
 /// An open event log. Cheap to clone (sled handles are shared).
@@ -85,8 +116,12 @@ pub struct Store {
     by_agent: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
+    /// Last flushed (acknowledged) position; readers see nothing beyond it.
+    durable: Arc<Mutex<Head>>,
+    /// Set while a writer runs: two writers would hand out the same seqs.
+    writer_active: Arc<AtomicBool>,
     /// Serialises index catch-up so the watermark only moves forward.
-    index_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    index_lock: Arc<Mutex<()>>,
 }
 
 fn seq_key(seq: u64) -> [u8; 8] {
@@ -94,11 +129,18 @@ fn seq_key(seq: u64) -> [u8; 8] {
 }
 
 fn key_seq(key: &[u8]) -> Result<u64, StoreError> {
-    let tail: [u8; 8] = key
-        .get(key.len().saturating_sub(8)..)
-        .and_then(|t| t.try_into().ok())
-        .ok_or_else(|| StoreError::BadKey(key.to_vec()))?;
-    Ok(u64::from_be_bytes(tail))
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::BadKey(key.to_vec()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn index_key_seq(key: &[u8]) -> Result<u64, StoreError> {
+    key.len()
+        .checked_sub(8)
+        .map_or(Err(StoreError::BadKey(key.to_vec())), |at| {
+            key_seq(&key[at..])
+        })
 }
 
 fn agent_key(agent: &str, seq: u64) -> Vec<u8> {
@@ -116,10 +158,35 @@ fn session_key(session: &SessionId, seq: u64) -> [u8; 24] {
     k
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Guarded values are plain data updated in one assignment: a panic
+    // elsewhere cannot leave them torn.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Store {
     /// Opens (or creates) the log at `path` and brings the derived indexes up
     /// to the log's head.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let store = Self::open_sled(path)?;
+        if store.meta.get(META_LOG_ID)?.is_none() {
+            store
+                .meta
+                .insert(META_LOG_ID, uuid::Uuid::new_v4().as_bytes().as_slice())?;
+            store.db.flush()?;
+        }
+        store.catch_up_indexes()?;
+        Ok(store)
+    }
+
+    /// Opens an existing log for inspection (`con verify`, forensics on a
+    /// copy): nothing is derived or written, so a damaged log stays as it was
+    /// found and opening it cannot fail on the damage.
+    pub fn open_for_inspection(path: &Path) -> Result<Self, StoreError> {
+        Self::open_sled(path)
+    }
+
+    fn open_sled(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).open().map_err(|e| match e {
             // sled wraps the flock failure in an `Other` error with the OS
             // error in its message.
@@ -129,30 +196,35 @@ impl Store {
             {
                 StoreError::Locked(path.to_owned())
             }
-            source => StoreError::Open {
+            cause => StoreError::Open {
                 path: path.to_owned(),
-                source,
+                cause,
             },
         })?;
-        let store = Store {
+        let log = db.open_tree("log")?;
+        let durable = Self::last_record(&log).unwrap_or_default();
+        Ok(Store {
             path: path.to_owned(),
-            log: db.open_tree("log")?,
+            log,
             blobs: db.open_tree("blobs")?,
             by_session: db.open_tree("by_session")?,
             by_agent: db.open_tree("by_agent")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
-            index_lock: Default::default(),
+            durable: Arc::new(Mutex::new(durable)),
+            writer_active: Arc::default(),
+            index_lock: Arc::default(),
             db,
-        };
-        if store.meta.get(META_LOG_ID)?.is_none() {
-            store
-                .meta
-                .insert(META_LOG_ID, uuid::Uuid::new_v4().as_bytes().as_slice())?;
-            store.db.flush()?;
-        }
-        store.catch_up_indexes()?;
-        Ok(store)
+        })
+    }
+
+    /// The last record physically in the log, if it can be read.
+    fn last_record(log: &sled::Tree) -> Option<Head> {
+        let (k, v) = log.last().ok()??;
+        Some(Head {
+            seq: key_seq(&k).ok()?,
+            hash: con_event::decode_stored(&v).ok()?.hash,
+        })
     }
 
     /// Directory of the database.
@@ -170,36 +242,33 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Last committed seq and hash.
-    pub fn head(&self) -> Result<Head, StoreError> {
-        match self.log.last()? {
-            None => Ok(Head::default()),
-            Some((k, v)) => {
-                let seq = key_seq(&k)?;
-                let stored = con_event::decode_stored(&v)
-                    .map_err(|source| StoreError::Decode { seq, source })?;
-                Ok(Head {
-                    seq,
-                    hash: stored.hash,
-                })
-            }
-        }
+    /// Last durable (acknowledged) seq and hash.
+    pub fn head(&self) -> Head {
+        *lock(&self.durable)
     }
 
-    /// The event at `seq`.
+    pub(crate) fn set_durable(&self, head: Head) {
+        *lock(&self.durable) = head;
+    }
+
+    /// The event at `seq`, if it is durable.
     pub fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        if seq > self.head().seq {
+            return Ok(None);
+        }
         self.log
             .get(seq_key(seq))?
-            .map(|v| Event::from_stored(&v).map_err(|source| StoreError::Decode { seq, source }))
+            .map(|v| Event::from_stored(&v).map_err(|cause| StoreError::Decode { seq, cause }))
             .transpose()
     }
 
-    /// Events with seq ≥ `from`, in order.
+    /// Durable events with seq ≥ `from`, in order.
     pub fn events_from(&self, from: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
-        self.log.range(seq_key(from)..).map(|item| {
+        let head = self.head().seq;
+        self.log.range(seq_key(from)..=seq_key(head)).map(|item| {
             let (k, v) = item?;
             let seq = key_seq(&k)?;
-            Event::from_stored(&v).map_err(|source| StoreError::Decode { seq, source })
+            Event::from_stored(&v).map_err(|cause| StoreError::Decode { seq, cause })
         })
     }
 
@@ -223,14 +292,11 @@ impl Store {
         Ok(self.indexed(self.by_agent.scan_prefix(prefix)))
     }
 
-    fn indexed<'a>(
-        &'a self,
-        keys: sled::Iter,
-    ) -> impl Iterator<Item = Result<Event, StoreError>> + 'a {
+    fn indexed(&self, keys: sled::Iter) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
         keys.filter_map(move |item| {
             let seq = match item
                 .map_err(StoreError::from)
-                .and_then(|(k, _)| key_seq(&k))
+                .and_then(|(k, _)| index_key_seq(&k))
             {
                 Ok(seq) => seq,
                 Err(e) => return Some(Err(e)),
@@ -254,67 +320,81 @@ impl Store {
         Ok(())
     }
 
-    /// Adds the index entries of one event.
-    fn index(
-        &self,
-        event_seq: u64,
-        session: Option<&SessionId>,
-        agents: [Option<&str>; 2],
-    ) -> Result<(), StoreError> {
-        if let Some(s) = session {
-            self.by_session.insert(session_key(s, event_seq), &[])?;
-        }
-        let [a, b] = agents;
-        if let Some(a) = a {
-            self.by_agent.insert(agent_key(a, event_seq), &[])?;
-        }
-        if let Some(b) = b.filter(|b| Some(*b) != a) {
-            self.by_agent.insert(agent_key(b, event_seq), &[])?;
-        }
-        Ok(())
-    }
-
     fn index_event(&self, event: &Event) -> Result<(), StoreError> {
-        self.index(
-            event.seq(),
-            event.envelope.session.as_ref(),
-            [
-                event.envelope.actor.agent.as_deref(),
-                event.payload.subject_agent(),
-            ],
-        )
-    }
-
-    fn set_indexed_through(&self, seq: u64) -> Result<(), StoreError> {
-        self.meta.insert(META_INDEXED_THROUGH, &seq_key(seq))?;
+        let seq = event.seq();
+        if let Some(s) = &event.envelope.session {
+            self.by_session.insert(session_key(s, seq), &[])?;
+        }
+        let actor = event.envelope.actor.agent.as_deref();
+        let subject = event.payload.subject_agent();
+        if let Some(a) = actor {
+            self.by_agent.insert(agent_key(a, seq), &[])?;
+        }
+        if let Some(s) = subject.filter(|s| Some(*s) != actor) {
+            self.by_agent.insert(agent_key(s, seq), &[])?;
+        }
         Ok(())
     }
 
-    /// Derives index entries for every event committed after the watermark.
+    /// The stored hash of `seq`, if that record exists and is readable.
+    fn hash_at(&self, seq: u64) -> Result<Option<Digest>, StoreError> {
+        Ok(self
+            .log
+            .get(seq_key(seq))?
+            .and_then(|v| con_event::decode_stored(&v).ok().map(|s| s.hash)))
+    }
+
+    /// Whether `position` still describes this log (same record at that seq).
+    fn still_matches(&self, position: Head) -> Result<bool, StoreError> {
+        if position.seq == 0 {
+            return Ok(true);
+        }
+        Ok(position.seq <= self.head().seq && self.hash_at(position.seq)? == Some(position.hash))
+    }
+
+    /// Derives index entries for every durable event after the watermark.
     /// Idempotent and safe to call concurrently with the writer; a crash
     /// between an event and its index entries only means they are derived
     /// again next time.
     pub fn catch_up_indexes(&self) -> Result<(), StoreError> {
-        let _guard = self
-            .index_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let through = match self.meta.get(META_INDEXED_THROUGH)? {
-            Some(v) => key_seq(&v)?,
-            None => 0,
-        };
-        let head = self.head()?.seq;
-        if head <= through {
+        let _guard = lock(&self.index_lock);
+        let mut through = self
+            .meta
+            .get(META_INDEXED_THROUGH)?
+            .and_then(|v| Head::from_bytes(&v))
+            .unwrap_or_default();
+        if !self.still_matches(through)? {
+            // The log was replaced or cut back under the indexes.
+            self.by_session.clear()?;
+            self.by_agent.clear()?;
+            through = Head::default();
+        }
+        let head = self.head();
+        if head.seq <= through.seq {
             return Ok(());
         }
-        for event in self.events_from(through + 1) {
-            let event = event?;
-            if event.seq() > head {
-                break;
-            }
-            self.index_event(&event)?;
+        for event in self.events_from(through.seq + 1) {
+            self.index_event(&event?)?;
         }
-        self.set_indexed_through(head)?;
+        self.meta
+            .insert(META_INDEXED_THROUGH, head.to_bytes().as_slice())?;
+        Ok(())
+    }
+
+    /// A follower's named position (e.g. how far the journal mirror got).
+    /// Followers are at-least-once: a marker is advisory and may lag.
+    pub fn marker(&self, name: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(format!("marker/{name}"))?
+            .and_then(|v| key_seq(&v).ok())
+            .unwrap_or(0))
+    }
+
+    /// Records a follower's position; durable with the writer's next flush.
+    pub fn set_marker(&self, name: &str, seq: u64) -> Result<(), StoreError> {
+        self.meta
+            .insert(format!("marker/{name}"), seq_key(seq).as_slice())?;
         Ok(())
     }
 

@@ -3,7 +3,10 @@
 use con_projection::Projection;
 use serde::{Deserialize, Serialize};
 
-use crate::{Store, StoreError};
+use crate::{Head, Store, StoreError};
+
+/// Projection state can outgrow an event record by far.
+const MAX_STATE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Why a projection could not be computed.
 #[derive(Debug, thiserror::Error)]
@@ -25,81 +28,101 @@ pub enum ProjectionError {
 struct Checkpoint {
     version: u32,
     through_seq: u64,
+    /// Hash of the record at `through_seq`: ties the state to this exact log.
+    through_hash: [u8; 32],
     state: Vec<u8>,
 }
 
 impl Store {
     /// The projection's current state: the stored checkpoint plus every
-    /// event after it. Saves a new checkpoint when it advanced.
+    /// durable event after it. Saves a new checkpoint when it advanced.
     pub fn project<P: Projection>(&self) -> Result<P, ProjectionError> {
-        let head = self.head()?.seq;
-        let (mut state, through) = match self.load_checkpoint::<P>()? {
-            // A checkpoint beyond the head belongs to another log (a copied
-            // checkpoint tree, a restored backup): it cannot be trusted.
-            Some((state, through)) if through <= head => (state, through),
-            _ => (P::default(), 0),
-        };
-        self.fold_from(&mut state, through, head).map(|()| state)
+        let (mut state, through) = self.load_checkpoint::<P>()?.unwrap_or_default();
+        let head = self.fold(&mut state, through.seq)?;
+        if head != through {
+            self.save_checkpoint(&state, head)?;
+        }
+        Ok(state)
     }
 
     /// Recomputes the projection from seq 1, ignoring any checkpoint, and
     /// stores the result as the new checkpoint.
     pub fn rebuild<P: Projection>(&self) -> Result<P, ProjectionError> {
-        let head = self.head()?.seq;
         let mut state = P::default();
-        self.fold_from(&mut state, 0, head)?;
+        let head = self.fold(&mut state, 0)?;
+        self.save_checkpoint(&state, head)?;
         Ok(state)
     }
 
-    fn fold_from<P: Projection>(
-        &self,
-        state: &mut P,
-        through: u64,
-        head: u64,
-    ) -> Result<(), ProjectionError> {
-        if through >= head {
-            return Ok(());
-        }
-        let mut last = through;
+    /// Applies the durable events after `through`; returns the position reached.
+    fn fold<P: Projection>(&self, state: &mut P, through: u64) -> Result<Head, ProjectionError> {
+        let mut reached = Head::default();
         for event in self.events_from(through + 1) {
             let event = event?;
-            if event.seq() > head {
-                break;
-            }
             state.apply(&event);
-            last = event.seq();
+            reached = Head {
+                seq: event.seq(),
+                hash: event.hash,
+            };
         }
-        self.save_checkpoint(state, last)
+        if reached.seq == 0 {
+            // Nothing new: stay where the checkpoint was.
+            let hash = self.hash_at(through)?.unwrap_or_default();
+            reached = Head { seq: through, hash };
+        }
+        Ok(reached)
     }
 
-    fn load_checkpoint<P: Projection>(&self) -> Result<Option<(P, u64)>, ProjectionError> {
+    fn load_checkpoint<P: Projection>(&self) -> Result<Option<(P, Head)>, ProjectionError> {
         let Some(bytes) = self.checkpoints.get(P::NAME).map_err(StoreError::from)? else {
             return Ok(None);
         };
-        // An undecodable or outdated checkpoint is only a cache miss.
-        let Ok(cp) = con_event::codec::decode::<Checkpoint>("checkpoint", &bytes) else {
+        // An undecodable, outdated or foreign checkpoint is only a cache miss.
+        let Ok(cp) = con_event::codec::decode_with_limit::<Checkpoint>(
+            "checkpoint",
+            &bytes,
+            MAX_STATE_BYTES,
+        ) else {
             return Ok(None);
         };
-        if cp.version != P::VERSION {
+        let through = Head {
+            seq: cp.through_seq,
+            hash: con_event::Digest(cp.through_hash),
+        };
+        if cp.version != P::VERSION || !self.still_matches(through)? {
             return Ok(None);
         }
-        Ok(con_event::codec::decode::<P>("projection state", &cp.state)
+        Ok(
+            con_event::codec::decode_with_limit::<P>(
+                "projection state",
+                &cp.state,
+                MAX_STATE_BYTES,
+            )
             .ok()
-            .map(|s| (s, cp.through_seq)))
+            .map(|s| (s, through)),
+        )
     }
 
     fn save_checkpoint<P: Projection>(
         &self,
         state: &P,
-        through_seq: u64,
+        through: Head,
     ) -> Result<(), ProjectionError> {
+        let encode_error = |e: con_event::EncodeError| ProjectionError::State {
+            name: P::NAME,
+            reason: e.to_string(),
+        };
         let cp = Checkpoint {
             version: P::VERSION,
-            through_seq,
-            state: con_event::codec::encode(state),
+            through_seq: through.seq,
+            through_hash: through.hash.0,
+            state: con_event::codec::encode_with_limit(state, MAX_STATE_BYTES)
+                .map_err(encode_error)?,
         };
+        let bytes = con_event::codec::encode_with_limit(&cp, MAX_STATE_BYTES + 1024)
+            .map_err(encode_error)?;
         self.checkpoints
-            .insert(P::NAME, con_event::codec::encode(&cp))
+            .insert(P::NAME, bytes)
             .map_err(StoreError::from)?;
         Ok(())
     }

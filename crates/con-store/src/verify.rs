@@ -20,64 +20,77 @@ pub struct ChainBreak {
     pub seq: u64,
     /// What is wrong with it.
     pub reason: String,
+    /// The last good position before it.
+    pub last_good: Head,
 }
 
 impl Store {
-    /// Walks the whole log from seq 1 and checks, for every record: no gap,
-    /// it decodes, its envelope seq matches its key, its `prev_hash` is the
-    /// previous record's hash, and its stored hash is `SHA-256(prev ‖ record)`.
-    /// Returns the first break.
+    /// Walks every record physically in the log from seq 1 and checks: no gap,
+    /// a well-formed key, it decodes, its envelope seq matches its key, its
+    /// `prev_hash` is the previous record's hash, its stored hash is
+    /// `SHA-256(prev ‖ record)`, and its payload decodes. Returns the first
+    /// break. Only a failure to read the database at all is an `Err`.
     pub fn verify(&self) -> Result<Result<VerifyReport, ChainBreak>, StoreError> {
-        let mut prev = Digest::default();
-        let mut expected = 1u64;
+        let mut good = Head::default();
         for item in self.log.iter() {
             let (k, v) = item?;
-            let seq = key_seq(&k)?;
-            let fail = |reason: String| Ok(Err(ChainBreak { seq, reason }));
+            let expected = good.seq + 1;
+            let fail = |seq: u64, reason: String| {
+                Ok(Err(ChainBreak {
+                    seq,
+                    reason,
+                    last_good: good,
+                }))
+            };
+            let seq = match key_seq(&k) {
+                Ok(seq) => seq,
+                Err(e) => return fail(expected, format!("{e} where seq {expected} belongs")),
+            };
             if seq != expected {
-                return Ok(Err(ChainBreak {
-                    seq: expected,
-                    reason: format!("missing (the next stored seq is {seq})"),
-                }));
+                return fail(expected, format!("missing (the next stored seq is {seq})"));
             }
             let stored = match decode_stored(&v) {
                 Ok(s) => s,
-                Err(e) => return fail(format!("undecodable record: {e}")),
+                Err(e) => return fail(seq, format!("undecodable record: {e}")),
             };
             let envelope = match Envelope::decode_record(stored.record) {
                 Ok(e) => e,
-                Err(e) => return fail(format!("undecodable envelope: {e}")),
+                Err(e) => return fail(seq, format!("undecodable envelope: {e}")),
             };
             if envelope.seq != seq {
-                return fail(format!("record claims seq {}", envelope.seq));
+                return fail(seq, format!("record claims seq {}", envelope.seq));
             }
-            if envelope.prev_hash != prev {
-                return fail(format!(
-                    "prev_hash {} is not the hash of seq {} ({prev})",
-                    envelope.prev_hash,
-                    seq - 1
-                ));
+            if envelope.prev_hash != good.hash {
+                return fail(
+                    seq,
+                    format!(
+                        "prev_hash {} is not the hash of seq {} ({})",
+                        envelope.prev_hash, good.seq, good.hash
+                    ),
+                );
             }
-            let computed = chain_hash(&prev, stored.record);
+            let computed: Digest = chain_hash(&good.hash, stored.record);
             if computed != stored.hash {
-                return fail(format!(
-                    "content does not match its hash (stored {}, computed {computed})",
-                    stored.hash
-                ));
+                return fail(
+                    seq,
+                    format!(
+                        "content does not match its hash (stored {}, computed {computed})",
+                        stored.hash
+                    ),
+                );
             }
             if let Err(e) = Payload::decode(envelope.kind, envelope.kind_version, &envelope.payload)
             {
-                return fail(format!("undecodable payload: {e}"));
+                return fail(seq, format!("undecodable payload: {e}"));
             }
-            prev = computed;
-            expected += 1;
+            good = Head {
+                seq,
+                hash: computed,
+            };
         }
         Ok(Ok(VerifyReport {
-            events: expected - 1,
-            head: Head {
-                seq: expected - 1,
-                hash: prev,
-            },
+            events: good.seq,
+            head: good,
         }))
     }
 }

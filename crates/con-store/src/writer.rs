@@ -2,9 +2,12 @@
 //!
 //! One thread owns the write path. It takes every request that is waiting
 //! (up to `max_batch`), assigns gap-free seqs, chains and inserts them, flushes
-//! sled once, and only then acknowledges the whole batch. Many concurrent
-//! appenders therefore share one fsync.
+//! sled once, and only then acknowledges the whole batch and publishes the new
+//! durable head to readers. Many concurrent appenders therefore share one
+//! fsync.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,9 +33,14 @@ pub enum AppendError {
     /// The writer has shut down (or was never reachable).
     #[error("the event log writer has stopped")]
     Stopped,
-    /// Writing or flushing failed; the writer refuses further appends because
-    /// durability of anything after this point is unknown.
-    #[error("the event log writer failed: {0}")]
+    /// This event cannot be stored (e.g. too large: contents belong in
+    /// attachments). Nothing was written; other events are unaffected.
+    #[error("event rejected: {0}")]
+    Rejected(String),
+    /// Writing or flushing failed. Whether this batch reached the disk is
+    /// unknown; the writer refuses every further append, and a restart
+    /// recovers the log's true head from disk.
+    #[error("the event log writer failed (outcome of this append unknown): {0}")]
     Failed(String),
 }
 
@@ -77,6 +85,17 @@ impl Default for WriterConfig {
     }
 }
 
+/// Counters of the writer since it started.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Events committed.
+    pub events: AtomicU64,
+    /// Flushes (one per committed batch).
+    pub flushes: AtomicU64,
+}
+
+type Reply = Option<oneshot::Sender<Result<Appended, AppendError>>>;
+
 enum Request {
     Append(Box<NewEvent>, Reply),
     Shutdown,
@@ -86,7 +105,8 @@ enum Request {
 pub struct Ticket(oneshot::Receiver<Result<Appended, AppendError>>);
 
 impl Ticket {
-    /// Blocks until the event is durable (or failed). Not for async contexts.
+    /// Blocks until the event is durable (or failed). Panics if called from
+    /// inside an async runtime: use [`Ticket::wait_async`] there.
     pub fn wait(self) -> Result<Appended, AppendError> {
         self.0.blocking_recv().unwrap_or(Err(AppendError::Stopped))
     }
@@ -113,7 +133,7 @@ impl Appender {
         Ticket(rx)
     }
 
-    /// Submits and waits.
+    /// Submits and waits (blocking; see [`Ticket::wait`]).
     pub fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
         self.submit(event).wait()
     }
@@ -123,38 +143,60 @@ impl Appender {
 pub struct GroupCommitWriter {
     tx: mpsc::Sender<Request>,
     thread: Option<JoinHandle<Result<(), AppendError>>>,
+    stats: Arc<WriterStats>,
 }
 
 impl GroupCommitWriter {
-    /// Starts the writer thread on `store`.
+    /// Starts the writer thread on `store`. Fails if another writer runs on
+    /// the same store: two writers would hand out the same seqs.
     pub fn spawn(
         store: Store,
         config: WriterConfig,
         observer: Option<Box<dyn CommitObserver>>,
     ) -> Result<Self, StoreError> {
-        let head = store.head()?;
+        if store.writer_active.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::WriterActive);
+        }
+        let head = store.head();
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(WriterStats::default());
+        let mut instance = [0u8; 8];
+        instance.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
         let mut state = WriterState {
-            store,
+            store: store.clone(),
             head,
-            instance: *uuid::Uuid::new_v4().as_bytes(),
+            instance,
             config,
             observer,
             failed: None,
+            stats: stats.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("con-log-writer".into())
-            .spawn(move || state.run(&rx))
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            .spawn(move || {
+                let result = state.run(&rx);
+                state.store.writer_active.store(false, Ordering::SeqCst);
+                result
+            })
+            .map_err(|e| {
+                store.writer_active.store(false, Ordering::SeqCst);
+                StoreError::Thread(e)
+            })?;
         Ok(Self {
             tx,
             thread: Some(thread),
+            stats,
         })
     }
 
     /// A new submission handle.
     pub fn appender(&self) -> Appender {
         Appender(self.tx.clone())
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// Commits everything already submitted, then stops the thread. Later
@@ -183,14 +225,13 @@ impl Drop for GroupCommitWriter {
 struct WriterState {
     store: Store,
     head: Head,
-    /// Random per writer start; half of every event id.
-    instance: [u8; 16],
+    /// Random per writer start; the first half of every event id.
+    instance: [u8; 8],
     config: WriterConfig,
     observer: Option<Box<dyn CommitObserver>>,
     failed: Option<AppendError>,
+    stats: Arc<WriterStats>,
 }
-
-type Reply = Option<oneshot::Sender<Result<Appended, AppendError>>>;
 
 impl WriterState {
     fn run(&mut self, rx: &mpsc::Receiver<Request>) -> Result<(), AppendError> {
@@ -246,18 +287,24 @@ impl WriterState {
             }
             return;
         }
-        let start_head = self.head;
         let mut done = Vec::with_capacity(batch.len());
         let result = (|| -> Result<(), StoreError> {
             for (new, reply) in batch.drain(..) {
-                let event = self.write_one(*new)?;
-                done.push((event, reply));
+                match self.write_one(*new)? {
+                    Ok(event) => done.push((event, reply)),
+                    Err(rejected) => reply_with(reply, Err(rejected)),
+                }
             }
             self.store.db.flush()?;
             Ok(())
         })();
         match result {
             Ok(()) => {
+                self.store.set_durable(self.head);
+                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .events
+                    .fetch_add(done.len() as u64, Ordering::Relaxed);
                 let mut committed = Vec::with_capacity(done.len());
                 for ((event, attachments), reply) in done {
                     reply_with(
@@ -274,11 +321,10 @@ impl WriterState {
                 }
             }
             Err(e) => {
-                // Nothing of this batch is acknowledged. What reached disk is
-                // unknown, so the in-memory head is not trusted either: the
-                // writer stops, and a restart recovers the head from disk.
+                // Nothing of this batch is acknowledged, and nothing after it
+                // will be: what reached the disk is unknown, so only a restart
+                // (which reads the head back from disk) can continue safely.
                 let err = AppendError::Failed(e.to_string());
-                self.head = start_head;
                 for (_, reply) in done {
                     reply_with(reply, Err(err.clone()));
                 }
@@ -290,20 +336,33 @@ impl WriterState {
         }
     }
 
-    /// `instance[..8] ‖ seq`: unique across logs and restarts (random half)
-    /// and within a log (seq half), without a random draw per event.
+    /// `instance ‖ seq`: unique across logs and restarts (random half) and
+    /// within a log (seq half), without a random draw per event.
     fn event_id(&self, seq: u64) -> EventId {
         let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.instance[..8]);
+        id[..8].copy_from_slice(&self.instance);
         id[8..].copy_from_slice(&seq.to_be_bytes());
         EventId(id)
     }
 
-    fn write_one(&mut self, new: NewEvent) -> Result<(Event, Vec<Vec<u8>>), StoreError> {
-        for blob in &new.attachments {
-            self.store.put_blob(blob)?;
-        }
+    /// Writes one event (not yet durable). The outer error is a store
+    /// failure (fatal for the writer); the inner one rejects only this event.
+    #[allow(clippy::type_complexity)]
+    fn write_one(
+        &mut self,
+        new: NewEvent,
+    ) -> Result<Result<(Event, Vec<Vec<u8>>), AppendError>, StoreError> {
         let seq = self.head.seq + 1;
+        let kind = new.payload.spec();
+        let payload = match new.payload.encode() {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(Err(AppendError::Rejected(format!(
+                    "{} payload: {e}",
+                    kind.name
+                ))));
+            }
+        };
         let envelope = Envelope {
             seq,
             id: self.event_id(seq),
@@ -312,25 +371,36 @@ impl WriterState {
             session: new.session,
             task: new.task,
             causation: new.causation,
-            kind: new.payload.spec().id,
-            kind_version: new.payload.spec().version,
-            payload: new.payload.encode(),
+            kind: kind.id,
+            kind_version: kind.version,
+            payload,
             prev_hash: self.head.hash,
         };
-        let record = envelope.encode_record();
+        let record = match envelope.encode_record() {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Err(AppendError::Rejected(format!(
+                    "{} record: {e}",
+                    kind.name
+                ))));
+            }
+        };
+        for blob in &new.attachments {
+            self.store.put_blob(blob)?;
+        }
         let hash = chain_hash(&self.head.hash, &record);
         self.store
             .log
             .insert(seq_key(seq), encode_stored(&record, &hash))?;
         self.head = Head { seq, hash };
-        Ok((
+        Ok(Ok((
             Event {
                 envelope,
                 payload: new.payload,
                 hash,
             },
             new.attachments,
-        ))
+        )))
     }
 }
 

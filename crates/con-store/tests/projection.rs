@@ -26,11 +26,15 @@ fn arb_event() -> impl Strategy<Value = NewEvent> {
             trust_reason: "owner uid 0".into(),
             content: BlobRef::of(b"t"),
         })),
-        agent.clone().prop_map(|a| NewEvent::system(TaskRouted {
-            from: a.into(),
-            to: "processed".into(),
-            path: "/y".into(),
-        })),
+        (
+            agent.clone(),
+            proptest::sample::select(vec!["processed", "outbox", "sysadmin"])
+        )
+            .prop_map(|(a, to)| NewEvent::system(TaskRouted {
+                from: a.into(),
+                to: to.into(),
+                path: "/y".into(),
+            })),
         (agent.clone(), session.clone()).prop_map(|(a, s)| NewEvent {
             session: Some(s),
             ..NewEvent::system(SessionStarted {
@@ -53,9 +57,10 @@ fn arb_event() -> impl Strategy<Value = NewEvent> {
                 detail: String::new(),
             })
         }),
-        (session, 0u64..5000).prop_map(|(s, cost)| NewEvent {
+        (agent.clone(), session, 0u64..5000).prop_map(|(a, s, cost)| NewEvent {
             session: Some(s),
             ..NewEvent::system(LlmResponse {
+                agent: a.into(),
                 provider: "openrouter".into(),
                 model: "m".into(),
                 status: Some(200),
@@ -117,34 +122,54 @@ proptest! {
             in_memory.apply(&e.unwrap());
         }
         prop_assert_eq!(&in_memory, &rebuilt);
-        prop_assert_eq!(rebuilt.through_seq, store.head().unwrap().seq);
+        prop_assert_eq!(rebuilt.through_seq, store.head().seq);
     }
 }
 
+fn halt(app: &Appender, agent: &str) {
+    app.append(NewEvent::system(AgentState {
+        agent: agent.into(),
+        condition: AgentCondition::Halted,
+        reason: String::new(),
+    }))
+    .unwrap();
+}
+
+/// A log restored from an older backup and then grown again must not be
+/// folded on top of a checkpoint taken from the log it replaced.
 #[test]
-fn a_checkpoint_ahead_of_the_log_is_discarded() {
+fn a_checkpoint_from_a_replaced_log_is_discarded() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Store::open(&dir.path().join("a")).unwrap();
-    let writer = GroupCommitWriter::spawn(a.clone(), WriterConfig::default(), None).unwrap();
-    for _ in 0..5 {
-        writer
-            .appender()
-            .append(NewEvent::system(AgentState {
-                agent: "scout".into(),
-                condition: AgentCondition::Halted,
-                reason: String::new(),
-            }))
-            .unwrap();
+    let path = dir.path().join("log");
+    {
+        let store = Store::open(&path).unwrap();
+        let writer =
+            GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+        for _ in 0..5 {
+            halt(&writer.appender(), "scout");
+        }
+        writer.shutdown().unwrap();
+        let state = store.project::<FleetStatus>().unwrap();
+        assert_eq!(state.agents["scout"].condition, AgentCondition::Halted);
+        assert_eq!(state.through_seq, 5);
+        // Roll back to seq 2, as restoring an older copy would.
+        for seq in 3u64..=5 {
+            store.raw_log().remove(seq.to_be_bytes()).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.project::<FleetStatus>().unwrap().through_seq, 2);
+    // The log grows past the old checkpoint's seq with different events.
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    for _ in 0..4 {
+        halt(&writer.appender(), "other");
     }
     writer.shutdown().unwrap();
-    let state = a.project::<FleetStatus>().unwrap();
-    assert_eq!(state.agents["scout"].condition, AgentCondition::Halted);
-    assert_eq!(state.through_seq, 5);
-    // Roll the log back (as a restored backup would) and append something
-    // else: the checkpoint at seq 5 no longer describes this log.
-    for seq in 3u64..=5 {
-        a.raw_log().remove(seq.to_be_bytes()).unwrap();
-    }
-    let state = a.project::<FleetStatus>().unwrap();
-    assert_eq!(state.through_seq, 2, "rebuilt from scratch");
+    let incremental = store.project::<FleetStatus>().unwrap();
+    let rebuilt = store.rebuild::<FleetStatus>().unwrap();
+    assert_eq!(incremental, rebuilt);
+    assert_eq!(rebuilt.through_seq, 6);
+    assert_eq!(rebuilt.agents["scout"].last_seq, 2);
+    assert_eq!(rebuilt.agents["other"].last_seq, 6);
 }

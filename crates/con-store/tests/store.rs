@@ -57,7 +57,7 @@ fn reopening_continues_the_chain() {
     };
     let store = Store::open(&path).unwrap();
     assert_eq!(store.log_id().unwrap(), first.1, "log id is stable");
-    assert_eq!(store.head().unwrap().seq, 10);
+    assert_eq!(store.head().seq, 10);
     let more = append_n(&store, 5);
     assert_eq!(more[0].seq, 11);
     assert_eq!(
@@ -101,7 +101,7 @@ fn rewriting_a_record_with_a_recomputed_hash_breaks_the_next_link() {
     let stored = store.raw_log().get(5u64.to_be_bytes()).unwrap().unwrap();
     let mut env = Envelope::decode_record(decode_stored(&stored).unwrap().record).unwrap();
     env.actor.uid = 4242;
-    let record = env.encode_record();
+    let record = env.encode_record().unwrap();
     let forged = encode_stored(&record, &chain_hash(&env.prev_hash, &record));
     store.raw_log().insert(5u64.to_be_bytes(), forged).unwrap();
     let broken = store.verify().unwrap().unwrap_err();
@@ -230,4 +230,93 @@ fn many_threads_appending_share_flushes_and_lose_nothing() {
     all.sort_unstable();
     assert_eq!(all, (1..=1600).collect::<Vec<_>>());
     assert_eq!(store.verify().unwrap().unwrap().events, 1600);
+}
+
+#[test]
+fn a_second_writer_on_the_same_store_is_refused() {
+    let (_dir, store) = open();
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    assert!(matches!(
+        GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None),
+        Err(StoreError::WriterActive)
+    ));
+    writer.shutdown().unwrap();
+    // Once the first one is gone, a new writer may start and continues the chain.
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    assert_eq!(writer.appender().append(routed(1)).unwrap().seq, 1);
+    writer.shutdown().unwrap();
+}
+
+#[test]
+fn an_oversized_event_is_rejected_alone_and_the_log_stays_healthy() {
+    let (_dir, store) = open();
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    let app = writer.appender();
+    let before = app.submit(routed(1));
+    let huge = app.submit(NewEvent::system(TaskRouted {
+        from: "outer".into(),
+        to: "concierge".into(),
+        path: "x".repeat(MAX_RECORD_BYTES as usize + 10),
+    }));
+    let after = app.submit(routed(2));
+    assert_eq!(before.wait().unwrap().seq, 1);
+    match huge.wait() {
+        Err(AppendError::Rejected(reason)) => assert!(reason.contains("limit"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(after.wait().unwrap().seq, 2, "no gap, no poisoning");
+    writer.shutdown().unwrap();
+    assert_eq!(store.verify().unwrap().unwrap().events, 2);
+}
+
+#[test]
+fn concurrent_appenders_share_flushes() {
+    let (_dir, store) = open();
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    let app = writer.appender();
+    let tickets: Vec<_> = (0..2000).map(|i| app.submit(routed(i))).collect();
+    for t in tickets {
+        t.wait().unwrap();
+    }
+    let events = writer
+        .stats()
+        .events
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let flushes = writer
+        .stats()
+        .flushes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    writer.shutdown().unwrap();
+    assert_eq!(events, 2000);
+    assert!(
+        flushes * 10 <= events,
+        "{flushes} flushes for {events} events: no group commit"
+    );
+}
+
+#[test]
+fn indexes_follow_a_log_that_was_cut_back_and_grew_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    {
+        let store = Store::open(&path).unwrap();
+        append_n(&store, 6);
+        assert_eq!(store.agent_events("outer").unwrap().count(), 6);
+        // Cut the log back to 3 records (an older copy restored).
+        for seq in 4u64..=6 {
+            store.raw_log().remove(seq.to_be_bytes()).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.head().seq, 3);
+    append_n(&store, 2);
+    // Seqs 4 and 5 now hold different events; the index must not point at
+    // the old ones nor miss the new ones.
+    let seqs: Vec<u64> = store
+        .agent_events("outer")
+        .unwrap()
+        .map(|e| e.unwrap().seq())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
 }

@@ -31,7 +31,7 @@ pub fn run(cmd: ConfigCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::Check { path, json } => {
             let path = path.unwrap_or_else(|| paths.config_file());
-            let env: BTreeMap<String, String> = std::env::vars().collect();
+            let env = environment()?;
             let config = con_config::load(&path, &env)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&config)?);
@@ -41,6 +41,24 @@ pub fn run(cmd: ConfigCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The process environment as text. Variables that are not UTF-8 cannot be
+/// con overrides; they are skipped unless they claim to be one.
+fn environment() -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for (key, value) in std::env::vars_os() {
+        match (key.into_string(), value.into_string()) {
+            (Ok(k), Ok(v)) => {
+                env.insert(k, v);
+            }
+            (Ok(k), Err(_)) if k.starts_with("CON_") => {
+                anyhow::bail!("env {k}: value is not valid UTF-8")
+            }
+            _ => {}
+        }
+    }
+    Ok(env)
 }
 
 fn render(config: &Config) -> String {

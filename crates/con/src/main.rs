@@ -48,8 +48,23 @@ enum Command {
     Verify(verify_cmd::VerifyArgs),
 }
 
+/// Agents may be granted specific `con` commands through sudo; they must not
+/// be able to point a root `con` at a config or tree they wrote themselves.
+fn refuse_path_overrides_under_sudo(cli: &Cli) -> anyhow::Result<()> {
+    if std::env::var_os("SUDO_UID").is_some()
+        && (cli.root != std::path::Path::new("/") || cli.config.is_some())
+    {
+        anyhow::bail!("--root/--config (CON_ROOT/CON_CONFIG) are refused when run through sudo");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = refuse_path_overrides_under_sudo(&cli) {
+        eprintln!("con: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let paths = Paths::new(cli.root, cli.config);
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &paths),

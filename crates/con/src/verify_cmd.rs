@@ -28,6 +28,7 @@ struct Outcome {
     db: PathBuf,
     ok: bool,
     events: u64,
+    /// The last seq that verified, and its hash.
     head_seq: u64,
     head_hash: String,
     first_bad_seq: Option<u64>,
@@ -40,7 +41,9 @@ pub fn run(args: VerifyArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
     if !db.join("db").exists() {
         anyhow::bail!("{}: no event log here", db.display());
     }
-    let store = Store::open(&db)?;
+    // Inspection mode: a damaged log must be reported, not repaired or
+    // refused, and verifying must not change what it verifies.
+    let store = Store::open_for_inspection(&db)?;
     let result = store
         .verify()
         .with_context(|| format!("{}: reading the event log", db.display()))?;
@@ -57,9 +60,9 @@ pub fn run(args: VerifyArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
         Err(broken) => Outcome {
             db: db.clone(),
             ok: false,
-            events: broken.seq.saturating_sub(1),
-            head_seq: store.head()?.seq,
-            head_hash: store.head()?.hash.to_hex(),
+            events: broken.last_good.seq,
+            head_seq: broken.last_good.seq,
+            head_hash: broken.last_good.hash.to_hex(),
             first_bad_seq: Some(broken.seq),
             reason: Some(broken.reason.clone()),
         },

@@ -156,19 +156,25 @@ fn verify_accepts_an_intact_log() {
     );
 }
 
+fn corrupt(db: &Path, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
+    // Inspection mode: derives nothing, so the corruption is the first thing
+    // any later open meets.
+    let store = Store::open_for_inspection(db).unwrap();
+    let key = seq.to_be_bytes();
+    let mut value = store.raw_log().get(key).unwrap().unwrap().to_vec();
+    edit(&mut value);
+    store.raw_log().insert(key, value).unwrap();
+    store.flush().unwrap();
+}
+
 #[test]
 fn verify_names_the_seq_of_a_flipped_byte() {
     let dir = tempfile::tempdir().unwrap();
     let db = make_log(dir.path(), 50);
-    {
-        let store = Store::open(&db).unwrap();
-        let key = 17u64.to_be_bytes();
-        let mut value = store.raw_log().get(key).unwrap().unwrap().to_vec();
-        let mid = value.len() / 2;
-        value[mid] ^= 0x40;
-        store.raw_log().insert(key, value).unwrap();
-        store.flush().unwrap();
-    }
+    corrupt(&db, 17, |v| {
+        let mid = v.len() / 2;
+        v[mid] ^= 0x40;
+    });
     let out = con(&["verify", "--db", db.to_str().unwrap()])
         .output()
         .unwrap();
@@ -189,6 +195,23 @@ fn verify_names_the_seq_of_a_flipped_byte() {
 }
 
 #[test]
+fn verify_names_a_truncated_record_that_was_never_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = make_log(dir.path(), 50);
+    corrupt(&db, 17, |v| v.truncate(20));
+    let out = con(&["verify", "--db", db.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("chain broken at seq 17: undecodable record"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+#[test]
 fn verify_of_a_log_in_use_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let db = make_log(dir.path(), 3);
@@ -200,6 +223,49 @@ fn verify_of_a_log_in_use_says_so() {
     let err = stderr(&out);
     assert!(err.contains("in use by another process"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn path_overrides_are_refused_under_sudo() {
+    let out = con(&["config", "check", "--config", "/tmp/evil.toml"])
+        .env("SUDO_UID", "1001")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("refused when run through sudo"),
+        "{}",
+        stderr(&out)
+    );
+    let out = con(&["verify"])
+        .env("SUDO_UID", "1001")
+        .env("CON_ROOT", "/tmp/x")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("refused when run through sudo"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_non_utf8_environment_does_not_crash_config_check() {
+    use std::os::unix::ffi::OsStrExt;
+    let out = con(&["config", "check", "configs/minimal/con.toml"])
+        .env("SOME_BINARY", std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = con(&["config", "check", "configs/minimal/con.toml"])
+        .env("CON_BASE_MODEL", std::ffi::OsStr::from_bytes(b"\xff"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "con: error: env CON_BASE_MODEL: value is not valid UTF-8\n"
+    );
 }
 
 #[test]

@@ -1,0 +1,173 @@
+//! What `FleetStatus` folds each kind of event into.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use con_event::payloads::*;
+use con_event::*;
+use con_projection::{FleetStatus, Projection};
+
+const DAY: i64 = 86_400 * 1_000_000_000;
+
+fn fold(events: Vec<(i64, Option<u8>, Payload)>) -> FleetStatus {
+    let mut state = FleetStatus::default();
+    for (i, (ts, session, payload)) in events.into_iter().enumerate() {
+        let spec = payload.spec();
+        let event = Event {
+            envelope: Envelope {
+                seq: i as u64 + 1,
+                id: EventId::default(),
+                ts_unix_nanos: ts,
+                actor: Actor::system(),
+                session: session.map(|s| SessionId([s; 16])),
+                task: None,
+                causation: None,
+                kind: spec.id,
+                kind_version: spec.version,
+                payload: payload.encode().unwrap(),
+                prev_hash: Digest::default(),
+            },
+            payload,
+            hash: Digest::default(),
+        };
+        state.apply(&event);
+    }
+    state
+}
+
+fn arrived(inbox: &str) -> Payload {
+    InboxArrived {
+        inbox: inbox.into(),
+        path: format!("/srv/con/agents/{inbox}/inbox/t.task"),
+        owner_uid: 0,
+        owner_gid: 0,
+        mode: 0o100600,
+        nlink: 1,
+        symlink: false,
+        trust: Trust::Verified,
+        trust_reason: "owner uid 0".into(),
+        content: BlobRef::of(b"x"),
+    }
+    .into()
+}
+
+fn routed(from: &str, to: &str) -> Payload {
+    TaskRouted {
+        from: from.into(),
+        to: to.into(),
+        path: "/p".into(),
+    }
+    .into()
+}
+
+fn cost(agent: &str, micro_usd: u64) -> Payload {
+    LlmResponse {
+        agent: agent.into(),
+        provider: "openrouter".into(),
+        model: "m".into(),
+        status: Some(200),
+        attempts: 1,
+        latency_ms: 1,
+        input_tokens: 1,
+        output_tokens: 1,
+        cost_micro_usd: micro_usd,
+        response: None,
+        error: None,
+    }
+    .into()
+}
+
+#[test]
+fn inbox_depth_counts_tasks_not_responses() {
+    let s = fold(vec![
+        (0, None, arrived("sysadmin")),
+        (0, None, arrived("sysadmin")),
+        (0, None, routed("sysadmin", TaskRouted::OUTBOX)),
+        (0, None, routed("sysadmin", "processed")),
+        (0, None, routed("outer", "concierge")),
+    ]);
+    assert_eq!(s.agents["sysadmin"].inbox_depth, 1);
+    assert_eq!(s.agents["outer"].inbox_depth, 0, "never below zero");
+    assert_eq!(s.through_seq, 5);
+}
+
+#[test]
+fn sessions_open_and_close_with_their_outcome() {
+    let started = |a: &str| -> Payload {
+        SessionStarted {
+            agent: a.into(),
+            runner: "builtin".into(),
+            provider: None,
+            model: None,
+            trust: Trust::Verified,
+            prompt: BlobRef::of(b"p"),
+        }
+        .into()
+    };
+    let ended = |a: &str, outcome| -> Payload {
+        SessionEnded {
+            agent: a.into(),
+            outcome,
+            iterations: 1,
+            duration_ms: 1,
+            response: None,
+            detail: String::new(),
+        }
+        .into()
+    };
+    let s = fold(vec![
+        (0, Some(1), started("sysadmin")),
+        (0, Some(2), started("sysadmin")),
+        (0, Some(1), ended("sysadmin", Outcome::Timeout)),
+    ]);
+    let a = &s.agents["sysadmin"];
+    assert_eq!(a.running_sessions, 1);
+    assert_eq!(a.sessions_total, 2);
+    assert_eq!(a.last_outcome, Some(Outcome::Timeout));
+    assert_eq!(s.open_sessions.len(), 1);
+}
+
+#[test]
+fn spend_is_per_agent_per_utc_day_and_saturates() {
+    let s = fold(vec![
+        (DAY * 3 + 5, None, cost("scout", 700)),
+        (DAY * 3 + 10, None, cost("scout", 300)),
+        (DAY * 4, None, cost("scout", 1)),
+        (DAY * 4, None, cost("sysadmin", u64::MAX)),
+        (DAY * 4, None, cost("sysadmin", 10)),
+    ]);
+    let scout = &s.agents["scout"].spend_micro_usd_by_day;
+    assert_eq!(scout[&3], 1000);
+    assert_eq!(scout[&4], 1);
+    assert_eq!(s.agents["sysadmin"].spend_micro_usd_by_day[&4], u64::MAX);
+}
+
+#[test]
+fn last_contract_result_and_agent_condition_win() {
+    let check = |status| -> Payload {
+        ContractResult {
+            contract: "CON-SYS-001".into(),
+            check: "disk".into(),
+            scope_agent: None,
+            status,
+            detail: String::new(),
+            duration_ms: 1,
+        }
+        .into()
+    };
+    let condition = |c| -> Payload {
+        AgentState {
+            agent: "scout".into(),
+            condition: c,
+            reason: String::new(),
+        }
+        .into()
+    };
+    let s = fold(vec![
+        (0, None, check(CheckStatus::Fail)),
+        (0, None, condition(AgentCondition::Quarantined)),
+        (0, None, check(CheckStatus::Pass)),
+    ]);
+    assert_eq!(s.checks["CON-SYS-001/disk"].status, CheckStatus::Pass);
+    assert_eq!(s.checks["CON-SYS-001/disk"].seq, 3);
+    assert_eq!(s.agents["scout"].condition, AgentCondition::Quarantined);
+}
