@@ -20,7 +20,7 @@ run: deps build
 
 ## test: lint, then every unit, integration, crash and journald test.
 test: deps journald lint
-	$(CARGO) test --workspace --all-targets --locked
+	$(CARGO) test --workspace --lib --bins --tests --locked
 	$(CARGO) test --workspace --doc --locked
 
 deps:

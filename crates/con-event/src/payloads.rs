@@ -79,6 +79,13 @@ pub struct InboxArrived {
     pub mode: u32,
     /// Hard link count from `lstat`.
     pub nlink: u64,
+    /// Device and inode from `lstat`: with the path and `ctime_unix_nanos`,
+    /// they identify one arrival, so a restart does not record it twice.
+    pub dev: u64,
+    /// Inode number.
+    pub inode: u64,
+    /// Status change time from `lstat`, nanoseconds since the Unix epoch.
+    pub ctime_unix_nanos: i64,
     /// Whether the directory entry was a symlink.
     pub symlink: bool,
     /// Kernel-decided provenance.
