@@ -272,27 +272,53 @@ impl Store {
         })
     }
 
-    /// Events of one session, in seq order.
+    /// Events of one session with seq ≥ `from`, in seq order.
     pub fn session_events(
         &self,
         session: &SessionId,
+        from: u64,
     ) -> Result<impl Iterator<Item = Result<Event, StoreError>> + '_, StoreError> {
         self.catch_up_indexes()?;
-        Ok(self.indexed(self.by_session.scan_prefix(session.0)))
+        let prefix = session.0;
+        Ok(self.indexed(
+            self.by_session
+                .range(session_key(session, from)..)
+                .take_while(move |item| {
+                    item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
+                }),
+        ))
     }
 
-    /// Events by or about one agent, in seq order.
+    /// Events by or about one agent with seq ≥ `from`, in seq order.
     pub fn agent_events(
         &self,
         agent: &str,
+        from: u64,
     ) -> Result<impl Iterator<Item = Result<Event, StoreError>> + '_, StoreError> {
         self.catch_up_indexes()?;
         let mut prefix = agent.as_bytes().to_vec();
         prefix.push(0);
-        Ok(self.indexed(self.by_agent.scan_prefix(prefix)))
+        Ok(self.indexed(
+            self.by_agent
+                .range(agent_key(agent, from)..)
+                .take_while(move |item| {
+                    item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
+                }),
+        ))
     }
 
-    fn indexed(&self, keys: sled::Iter) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+    /// The stored bytes (`record ‖ hash`) of a durable event.
+    pub fn raw(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if seq > self.head().seq {
+            return Ok(None);
+        }
+        Ok(self.log.get(seq_key(seq))?.map(|v| v.to_vec()))
+    }
+
+    fn indexed(
+        &self,
+        keys: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'static,
+    ) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
         keys.filter_map(move |item| {
             let seq = match item
                 .map_err(StoreError::from)

@@ -141,7 +141,7 @@ fn acknowledged_events_survive_sigkill() {
             }
         }
         // The derived index catches up with everything that was committed.
-        let indexed = store.agent_events("crash").unwrap().count() as u64;
+        let indexed = store.agent_events("crash", 1).unwrap().count() as u64;
         assert_eq!(
             indexed, report.events,
             "round {round}: index of agent 'crash'"

@@ -182,20 +182,20 @@ fn attachments_are_stored_content_addressed_and_indexes_find_events() {
     assert_eq!(store.blob(&Digest::of(b"nope")).unwrap(), None);
 
     let by_session: Vec<u64> = store
-        .session_events(&session)
+        .session_events(&session, 1)
         .unwrap()
         .map(|e| e.unwrap().seq())
         .collect();
     assert_eq!(by_session, vec![3]);
     // Arrivals are about the inbox's agent even though root recorded them.
     let by_agent: Vec<u64> = store
-        .agent_events("sysadmin")
+        .agent_events("sysadmin", 1)
         .unwrap()
         .map(|e| e.unwrap().seq())
         .collect();
     assert_eq!(by_agent, vec![1, 2, 3]);
     let concierge: Vec<u64> = store
-        .agent_events("outer")
+        .agent_events("outer", 1)
         .unwrap()
         .map(|e| e.unwrap().seq())
         .collect();
@@ -304,7 +304,7 @@ fn indexes_follow_a_log_that_was_cut_back_and_grew_again() {
     {
         let store = Store::open(&path).unwrap();
         append_n(&store, 6);
-        assert_eq!(store.agent_events("outer").unwrap().count(), 6);
+        assert_eq!(store.agent_events("outer", 1).unwrap().count(), 6);
         // Cut the log back to 3 records (an older copy restored).
         for seq in 4u64..=6 {
             store.raw_log().remove(seq.to_be_bytes()).unwrap();
@@ -317,7 +317,7 @@ fn indexes_follow_a_log_that_was_cut_back_and_grew_again() {
     // Seqs 4 and 5 now hold different events; the index must not point at
     // the old ones nor miss the new ones.
     let seqs: Vec<u64> = store
-        .agent_events("outer")
+        .agent_events("outer", 1)
         .unwrap()
         .map(|e| e.unwrap().seq())
         .collect();

@@ -5,7 +5,10 @@
 //! formatting and exit codes.
 
 mod config_cmd;
+mod daemon_cmd;
+mod logs_cmd;
 mod paths;
+mod status_cmd;
 mod verify_cmd;
 
 use std::process::ExitCode;
@@ -35,6 +38,16 @@ struct Cli {
     #[arg(long, env = "CON_CONFIG", global = true, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
 
+    /// Prefix of agent user names.
+    #[arg(
+        long,
+        env = "CON_USER_PREFIX",
+        global = true,
+        default_value = "a-",
+        value_name = "PREFIX"
+    )]
+    user_prefix: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -46,15 +59,25 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// Walk the event log's hash chain and name the first bad seq.
     Verify(verify_cmd::VerifyArgs),
+    /// Run the daemon (root): owner of the event log, serving the socket.
+    Daemon(daemon_cmd::DaemonArgs),
+    /// Show events from the log (through the daemon).
+    Logs(logs_cmd::LogsArgs),
+    /// Show agents, inboxes, sessions and checks (through the daemon).
+    Status(status_cmd::StatusArgs),
 }
 
 /// Agents may be granted specific `con` commands through sudo; they must not
 /// be able to point a root `con` at a config or tree they wrote themselves.
 fn refuse_path_overrides_under_sudo(cli: &Cli) -> anyhow::Result<()> {
     if std::env::var_os("SUDO_UID").is_some()
-        && (cli.root != std::path::Path::new("/") || cli.config.is_some())
+        && (cli.root != std::path::Path::new("/")
+            || cli.config.is_some()
+            || cli.user_prefix != "a-")
     {
-        anyhow::bail!("--root/--config (CON_ROOT/CON_CONFIG) are refused when run through sudo");
+        anyhow::bail!(
+            "--root/--config/--user-prefix (CON_ROOT/CON_CONFIG/CON_USER_PREFIX) are refused when run through sudo"
+        );
     }
     Ok(())
 }
@@ -65,10 +88,13 @@ fn main() -> ExitCode {
         eprintln!("con: error: {e:#}");
         return ExitCode::FAILURE;
     }
-    let paths = Paths::new(cli.root, cli.config);
+    let paths = Paths::new(cli.root, cli.config, cli.user_prefix);
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &paths),
         Command::Verify(args) => verify_cmd::run(args, &paths),
+        Command::Daemon(args) => daemon_cmd::run(args, &paths),
+        Command::Logs(args) => logs_cmd::run(args, &paths),
+        Command::Status(args) => status_cmd::run(args, &paths),
     };
     match result {
         Ok(code) => code,

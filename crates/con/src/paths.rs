@@ -7,12 +7,22 @@ use std::path::PathBuf;
 pub struct Paths {
     root: PathBuf,
     config: Option<PathBuf>,
+    user_prefix: String,
 }
 
 impl Paths {
     /// Paths under `root`; `config` overrides the config file location.
-    pub fn new(root: PathBuf, config: Option<PathBuf>) -> Self {
-        Self { root, config }
+    pub fn new(root: PathBuf, config: Option<PathBuf>, user_prefix: String) -> Self {
+        Self {
+            root,
+            config,
+            user_prefix,
+        }
+    }
+
+    /// Prefix of agent user names (`a-`).
+    pub fn user_prefix(&self) -> &str {
+        &self.user_prefix
     }
 
     fn under(&self, path: &str) -> PathBuf {
@@ -24,6 +34,11 @@ impl Paths {
         self.config
             .clone()
             .unwrap_or_else(|| self.under("/etc/con/con.toml"))
+    }
+
+    /// The daemon's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.under("/run/con/con.sock")
     }
 
     /// The event log database directory.

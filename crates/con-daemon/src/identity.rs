@@ -1,0 +1,128 @@
+//! Who is on the other end of a connection, from `SO_PEERCRED` alone.
+
+use con_event::{KindSpec, Payload};
+use nix::unistd::{Group, Uid, User};
+
+/// A caller as the kernel identified it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// Root, or a member of the trusted group.
+    Operator {
+        /// Its uid.
+        uid: u32,
+    },
+    /// An agent user (`<prefix><name>`).
+    Agent {
+        /// Its uid.
+        uid: u32,
+        /// Agent name (the user name without the prefix).
+        name: String,
+    },
+}
+
+impl Identity {
+    /// The uid.
+    pub fn uid(&self) -> u32 {
+        match self {
+            Identity::Operator { uid } | Identity::Agent { uid, .. } => *uid,
+        }
+    }
+
+    /// The agent name, for agents.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Identity::Agent { name, .. } => Some(name),
+            Identity::Operator { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Operator { uid } => write!(f, "operator (uid {uid})"),
+            Identity::Agent { uid, name } => write!(f, "agent {name} (uid {uid})"),
+        }
+    }
+}
+
+/// Maps a peer uid to an identity; anyone else is refused.
+pub fn identify(uid: u32, user_prefix: &str, trusted_group: &str) -> Result<Identity, String> {
+    if uid == 0 {
+        return Ok(Identity::Operator { uid });
+    }
+    let user = User::from_uid(Uid::from_raw(uid))
+        .map_err(|e| format!("uid {uid}: cannot look up the user: {e}"))?
+        .ok_or_else(|| format!("uid {uid} has no user entry"))?;
+    if let Ok(Some(group)) = Group::from_name(trusted_group)
+        && (user.gid == group.gid || group.mem.contains(&user.name))
+    {
+        return Ok(Identity::Operator { uid });
+    }
+    if let Some(name) = user.name.strip_prefix(user_prefix)
+        && con_config::validate_agent_name(name).is_ok()
+    {
+        return Ok(Identity::Agent {
+            uid,
+            name: name.to_owned(),
+        });
+    }
+    Err(format!(
+        "uid {uid} ({}) is neither an operator nor an agent",
+        user.name
+    ))
+}
+
+/// Kinds only the daemon itself records (its inbox watcher, its journal
+/// mirror, its chain checkpoints, and — as the LLM gateway — model calls).
+fn daemon_only(kind: &KindSpec) -> bool {
+    use con_event::payloads::*;
+    [
+        InboxArrived::SPEC.id,
+        LlmRequest::SPEC.id,
+        LlmResponse::SPEC.id,
+        JournalMirrorDegraded::SPEC.id,
+        JournalMirrorRecovered::SPEC.id,
+        ChainCheckpoint::SPEC.id,
+    ]
+    .contains(&kind.id)
+}
+
+/// Kinds an agent process records about its own work.
+fn agent_kind(kind: &KindSpec) -> bool {
+    use con_event::payloads::*;
+    [
+        SessionStarted::SPEC.id,
+        SessionEnded::SPEC.id,
+        ToolCall::SPEC.id,
+        ToolResult::SPEC.id,
+        TaskRouted::SPEC.id,
+    ]
+    .contains(&kind.id)
+}
+
+/// Whether `identity` may append `payload`; the reason when not.
+pub fn may_append(identity: &Identity, payload: &Payload) -> Result<(), String> {
+    let kind = payload.spec();
+    if daemon_only(kind) {
+        return Err(format!(
+            "{} events are recorded by the daemon only",
+            kind.name
+        ));
+    }
+    match identity {
+        Identity::Operator { .. } => Ok(()),
+        Identity::Agent { name, .. } => {
+            if !agent_kind(kind) {
+                return Err(format!("agents may not record {} events", kind.name));
+            }
+            match payload.subject_agent() {
+                Some(subject) if subject != name => Err(format!(
+                    "agent {name} may not record {} events about agent {subject}",
+                    kind.name
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The con daemon: the only process that opens the event log.
+//!
+//! It listens on a Unix socket; every connection's identity comes from
+//! `SO_PEERCRED` ([`identity`]), never from what the client says. Appends go
+//! through the store's group-commit writer and are answered only once
+//! durable. Committed events are mirrored to journald and wake followers.
+//!
+//! Lifecycle: [`Daemon::run`] binds, tells systemd it is ready
+//! (`sd_notify READY=1`), serves until the shutdown future resolves, then
+//! stops accepting, lets in-flight requests finish, commits and acknowledges
+//! everything submitted, and returns.
+
+pub mod identity;
+mod server;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use con_journal::{JournalMirror, MirrorConfig, MirrorContext, MirrorStatus};
+use con_store::{
+    CommitObserver, CommittedEvent, GroupCommitWriter, Store, StoreError, WriterConfig,
+};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+/// Where and how the daemon runs.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Unix socket to listen on.
+    pub socket: PathBuf,
+    /// Event log directory.
+    pub db: PathBuf,
+    /// `[system] name` (journal `CON_SYSTEM`).
+    pub system_name: String,
+    /// Agent user name prefix (`a-`).
+    pub user_prefix: String,
+    /// Group whose members are operators.
+    pub trusted_group: String,
+    /// Journal mirror queue length.
+    pub mirror_capacity: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// Why the daemon could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The event log could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Filesystem setup (directories, socket) failed.
+    #[error("{path}: {cause}")]
+    Setup {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        cause: std::io::Error,
+    },
+    /// The final commit on shutdown failed.
+    #[error("shutdown: {0}")]
+    Shutdown(String),
+}
+
+fn setup_err(path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |cause| DaemonError::Setup {
+        path: path.to_owned(),
+        cause,
+    }
+}
+
+/// Creates `dir` (and parents) and sets its mode.
+fn ensure_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(dir).map_err(setup_err(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(setup_err(dir))
+}
+
+/// The writer's observer: mirror to journald, then wake followers.
+struct DaemonObserver {
+    mirror: JournalMirror,
+    head: watch::Sender<u64>,
+}
+
+impl CommitObserver for DaemonObserver {
+    fn committed(&mut self, batch: Vec<CommittedEvent>) {
+        let last = batch.last().map(|c| c.event.seq());
+        self.mirror.committed(batch);
+        if let Some(seq) = last {
+            self.head.send_replace(seq);
+        }
+    }
+
+    fn pending_events(&mut self) -> Vec<con_event::NewEvent> {
+        self.mirror.pending_events()
+    }
+}
+
+/// Shared by every connection.
+pub(crate) struct Shared {
+    pub(crate) config: DaemonConfig,
+    pub(crate) store: Store,
+    pub(crate) appender: con_store::Appender,
+    pub(crate) head: watch::Receiver<u64>,
+    pub(crate) mirror: MirrorStatus,
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+/// A running daemon's handles.
+pub struct Daemon;
+
+impl Daemon {
+    /// Opens the log, binds the socket and serves until `shutdown` resolves.
+    pub async fn run(
+        config: DaemonConfig,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
+        // The log directory is root's alone: agents reach the log only
+        // through the socket.
+        if let Some(parent) = config.db.parent() {
+            ensure_dir(parent, 0o700)?;
+        }
+        let store = Store::open(&config.db)?;
+        ensure_dir(&config.db, 0o700)?;
+        let (mirror, mirror_status) = JournalMirror::spawn(
+            MirrorConfig {
+                queue_capacity: config.mirror_capacity,
+                context: MirrorContext {
+                    log_id: store.log_id()?,
+                    system: config.system_name.clone(),
+                },
+            },
+            store.clone(),
+        )
+        .map_err(setup_err(&config.db))?;
+        let (head_tx, head_rx) = watch::channel(store.head().seq);
+        let writer = GroupCommitWriter::spawn(
+            store.clone(),
+            WriterConfig::default(),
+            Some(Box::new(DaemonObserver {
+                mirror,
+                head: head_tx,
+            })),
+        )?;
+
+        let listener = bind(&config.socket)?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            store,
+            appender: writer.appender(),
+            head: head_rx,
+            mirror: mirror_status,
+            stopping: stop_rx,
+        });
+
+        // Ready: the socket accepts and the log is open.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        connections.spawn(server::serve(shared.clone(), stream));
+                    }
+                    // EMFILE and friends: keep serving the connections we have.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+
+        // Drain: refuse new connections, let requests in flight finish.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        drop(listener);
+        let _ = std::fs::remove_file(&config.socket);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(config.drain_timeout, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            connections.abort_all();
+        }
+        drop(shared);
+        // Commits and acknowledges everything submitted, then stops.
+        tokio::task::spawn_blocking(move || writer.shutdown())
+            .await
+            .map_err(|e| DaemonError::Shutdown(e.to_string()))?
+            .map_err(|e| DaemonError::Shutdown(e.to_string()))
+    }
+}
+
+/// Binds the socket: any local user may connect (identity decides what they
+/// may do), nobody but root may replace it.
+fn bind(socket: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = socket.parent() {
+        ensure_dir(dir, 0o755)?;
+    }
+    // A socket left by a killed daemon; a live daemon holds the log lock, so
+    // reaching this point means no other daemon serves it.
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(setup_err(socket)(e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(setup_err(socket))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(setup_err(socket))?;
+    Ok(listener)
+}

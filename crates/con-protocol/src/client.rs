@@ -1,0 +1,118 @@
+//! A blocking client for the CLI and agent runs.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use crate::{
+    ClientEvent, ErrorCode, FrameError, LEN_BYTES, Query, Request, Response, StatusReport,
+    check_len, decode_body, encode_frame,
+};
+use con_event::Digest;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon is not reachable (no daemon: no audit, no action).
+    #[error("cannot reach the con daemon at {path}: {cause} (is `con daemon` running?)")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// OS error.
+        cause: std::io::Error,
+    },
+    /// The connection failed mid-call.
+    #[error("connection to the con daemon failed: {0}")]
+    Io(std::io::Error),
+    /// A frame could not be sent or understood.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The daemon refused the request.
+    #[error("the con daemon refused: {message}")]
+    Refused {
+        /// Class.
+        code: ErrorCode,
+        /// Its explanation.
+        message: String,
+    },
+    /// The daemon answered something that does not fit the request.
+    #[error("unexpected answer from the con daemon")]
+    Unexpected,
+}
+
+/// A connection to the daemon.
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects to the daemon's socket.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        UnixStream::connect(path)
+            .map(|stream| Self { stream })
+            .map_err(|cause| ClientError::Connect {
+                path: path.display().to_string(),
+                cause,
+            })
+    }
+
+    fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let frame = encode_frame(request)?;
+        self.stream.write_all(&frame).map_err(ClientError::Io)
+    }
+
+    /// Reads one response.
+    pub fn receive(&mut self) -> Result<Response, ClientError> {
+        let mut prefix = [0u8; LEN_BYTES];
+        self.stream
+            .read_exact(&mut prefix)
+            .map_err(ClientError::Io)?;
+        let len = check_len(prefix)?;
+        let mut rest = vec![0u8; len];
+        self.stream.read_exact(&mut rest).map_err(ClientError::Io)?;
+        match decode_body(&rest)? {
+            Response::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Ok(other),
+        }
+    }
+
+    /// Appends an event; returns once it is durable.
+    pub fn append(&mut self, event: ClientEvent) -> Result<(u64, Digest), ClientError> {
+        self.send(&Request::Append(event))?;
+        match self.receive()? {
+            Response::Appended { seq, hash } => Ok((seq, hash)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Current status.
+    pub fn status(&mut self) -> Result<StatusReport, ClientError> {
+        self.send(&Request::Status)?;
+        match self.receive()? {
+            Response::Status(report) => Ok(report),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Runs a query, calling `each` with every stored event; returns the head
+    /// at the end (never returns while following, unless `each` says stop by
+    /// returning `false`).
+    pub fn query(
+        &mut self,
+        query: Query,
+        mut each: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<u64, ClientError> {
+        self.send(&Request::Query(query))?;
+        loop {
+            match self.receive()? {
+                Response::Event(bytes) => {
+                    if !each(bytes) {
+                        return Ok(0);
+                    }
+                }
+                Response::End { head_seq } => return Ok(head_seq),
+                _ => return Err(ClientError::Unexpected),
+            }
+        }
+    }
+}

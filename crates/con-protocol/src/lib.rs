@@ -1,0 +1,202 @@
+//! The protocol spoken on the daemon's Unix socket.
+//!
+//! A frame is `len: u32 (big-endian) ‖ version: u8 ‖ body`, where `len`
+//! counts the version byte and the body, and the body is a [`Request`] or
+//! [`Response`] in con's frozen codec. A frame longer than
+//! [`MAX_FRAME_BYTES`] or of another version is refused before its body is
+//! read. Nothing in a request names its sender: the daemon takes identity
+//! from the kernel (`SO_PEERCRED`).
+
+mod client;
+
+use con_event::{Digest, SessionId};
+use serde::{Deserialize, Serialize};
+
+pub use client::{Client, ClientError};
+
+/// Protocol version carried by every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest frame accepted (task contents and tool outputs travel as
+/// attachments, so this bounds them too).
+pub const MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Bytes of the length prefix.
+pub const LEN_BYTES: usize = 4;
+
+/// An event as a client submits it. The daemon adds the actor (from the
+/// kernel), seq, id, time and chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientEvent {
+    /// Session, if any.
+    pub session: Option<SessionId>,
+    /// Task, if any.
+    pub task: Option<String>,
+    /// Causing event's seq, if any.
+    pub causation: Option<u64>,
+    /// Kind id.
+    pub kind: u16,
+    /// Kind version the payload is encoded at.
+    pub kind_version: u16,
+    /// Encoded payload.
+    pub payload: Vec<u8>,
+    /// Contents referenced by the payload's blob references.
+    pub attachments: Vec<Vec<u8>>,
+}
+
+/// Which events a query returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// First seq (1 for everything).
+    pub from_seq: u64,
+    /// Only events by or about this agent.
+    pub agent: Option<String>,
+    /// Only this kind id.
+    pub kind: Option<u16>,
+    /// Only this session.
+    pub session: Option<SessionId>,
+    /// At most this many events.
+    pub limit: Option<u64>,
+    /// Keep the stream open and send new events as they are committed.
+    pub follow: bool,
+}
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Append one event; answered with [`Response::Appended`] once durable.
+    Append(ClientEvent),
+    /// Stream events; answered with [`Response::Event`]s then
+    /// [`Response::End`] (never ends when following).
+    Query(Query),
+    /// Current state; answered with [`Response::Status`].
+    Status,
+}
+
+/// Error classes, so clients can react without parsing messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The frame could not be decoded; the connection is closed.
+    BadFrame,
+    /// The frame exceeds [`MAX_FRAME_BYTES`]; the connection is closed.
+    TooLarge,
+    /// The caller's identity may not do this.
+    Forbidden,
+    /// The request was understood but refused (bad payload, unknown kind…).
+    Rejected,
+    /// The daemon cannot serve it now (shutting down, log failed).
+    Unavailable,
+}
+
+/// What the daemon knows about the caller and the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The caller as the daemon sees it (`operator`, `agent <name>`).
+    pub identity: String,
+    /// Durable head of the log.
+    pub head_seq: u64,
+    /// Its hash.
+    pub head_hash: Digest,
+    /// The log's id.
+    pub log_id: String,
+    /// The fleet projection, in the frozen codec
+    /// (`con_projection::FleetStatus`).
+    pub fleet: Vec<u8>,
+    /// journald mirror health, one line.
+    pub journal_mirror: String,
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The event is durable at this position.
+    Appended {
+        /// Its seq.
+        seq: u64,
+        /// Its chain hash.
+        hash: Digest,
+    },
+    /// One stored event (`record ‖ hash`; decode with `Event::from_stored`).
+    Event(Vec<u8>),
+    /// End of a query's results.
+    End {
+        /// The durable head when the query finished.
+        head_seq: u64,
+    },
+    /// Answer to [`Request::Status`].
+    Status(StatusReport),
+    /// The request failed.
+    Error {
+        /// Class.
+        code: ErrorCode,
+        /// One-line explanation.
+        message: String,
+    },
+}
+
+/// A frame that cannot be accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// Declared length over [`MAX_FRAME_BYTES`] (or zero).
+    #[error("frame length {0} is outside 1..={MAX_FRAME_BYTES}")]
+    BadLength(u32),
+    /// Another protocol version.
+    #[error("protocol version {0} is not supported (this is {PROTOCOL_VERSION})")]
+    BadVersion(u8),
+    /// The body does not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The message is too large to send.
+    #[error("message too large to send: {0}")]
+    TooLarge(String),
+}
+
+/// Encodes one message as a complete frame.
+pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let body = con_event::codec::encode_with_limit(message, u64::from(MAX_FRAME_BYTES) - 1)
+        .map_err(|e| FrameError::TooLarge(e.to_string()))?;
+    let len = u32::try_from(body.len() + 1).map_err(|e| FrameError::TooLarge(e.to_string()))?;
+    let mut frame = Vec::with_capacity(LEN_BYTES + 1 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.push(PROTOCOL_VERSION);
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Validates a length prefix; returns the number of bytes that follow it.
+pub fn check_len(prefix: [u8; LEN_BYTES]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix);
+    if len == 0 || len > MAX_FRAME_BYTES {
+        return Err(FrameError::BadLength(len));
+    }
+    usize::try_from(len).map_err(|_| FrameError::BadLength(len))
+}
+
+/// Decodes what follows a valid length prefix: version byte and body.
+pub fn decode_body<T: serde::de::DeserializeOwned>(rest: &[u8]) -> Result<T, FrameError> {
+    match rest.split_first() {
+        Some((&PROTOCOL_VERSION, body)) => {
+            con_event::codec::decode_with_limit("frame", body, u64::from(MAX_FRAME_BYTES))
+                .map_err(|e| FrameError::Malformed(e.to_string()))
+        }
+        Some((&v, _)) => Err(FrameError::BadVersion(v)),
+        None => Err(FrameError::Malformed("empty frame".into())),
+    }
+}
+
+/// Decodes the first complete frame in `buf`: `Ok(None)` if more bytes are
+/// needed, else the message and the bytes it used.
+pub fn decode_frame<T: serde::de::DeserializeOwned>(
+    buf: &[u8],
+) -> Result<Option<(T, usize)>, FrameError> {
+    let Some(prefix) = buf.get(..LEN_BYTES) else {
+        return Ok(None);
+    };
+    let mut p = [0u8; LEN_BYTES];
+    p.copy_from_slice(prefix);
+    let len = check_len(p)?;
+    let Some(rest) = buf.get(LEN_BYTES..LEN_BYTES + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(rest)?, LEN_BYTES + len)))
+}

@@ -1,0 +1,674 @@
+//! The daemon, black-box: the real `con daemon` in a temp root, real Linux
+//! users connecting to its socket, kills and restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use con_event::payloads::*;
+use con_event::{Event, Payload, SessionId};
+use con_protocol::{Client, ClientError, ClientEvent, ErrorCode, Query};
+
+const CLIENT_ENV: &str = "CON_TEST_CLIENT";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// A temp root an agent user can traverse (mktemp's 0700 would hide the socket).
+struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("con-daemon-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/con")).unwrap();
+        std::fs::copy(
+            workspace().join("configs/default/con.toml"),
+            dir.path().join("etc/con/con.toml"),
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.path().join("run/con/con.sock")
+    }
+
+    fn db(&self) -> PathBuf {
+        self.path().join("var/lib/con/events")
+    }
+}
+
+fn prefix() -> String {
+    format!("ct{}-", std::process::id())
+}
+
+/// A running `con daemon`; SIGTERMed (and reaped) on drop.
+struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(root: &Root) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_con"))
+            .args([
+                "--root",
+                root.path().to_str().unwrap(),
+                "--user-prefix",
+                &prefix(),
+                "daemon",
+            ])
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while UnixStream::connect(root.socket()).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child: Some(child) }
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+    }
+}
+
+/// A Linux user created for one test, removed on drop.
+struct TestUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+static USERS: AtomicU32 = AtomicU32::new(0);
+
+impl TestUser {
+    fn agent(agent: &str) -> Self {
+        Self::create(&format!("{}{agent}", prefix()))
+    }
+
+    fn stranger() -> Self {
+        let n = USERS.fetch_add(1, Ordering::SeqCst);
+        Self::create(&format!("cx{}n{n}", std::process::id()))
+    }
+
+    fn create(name: &str) -> Self {
+        let out = Command::new("useradd")
+            .args(["-M", "-U", "-s", "/usr/sbin/nologin", name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").args([flag, name]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        };
+        Self {
+            name: name.to_owned(),
+            uid: id("-u"),
+            gid: id("-g"),
+        }
+    }
+
+    /// `cmd` run as this user (no supplementary groups, like an agent).
+    fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={}", self.uid),
+            &format!("--regid={}", self.gid),
+            "--clear-groups",
+            "--",
+        ])
+        .arg(program);
+        cmd
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+fn client_event(payload: Payload, session: Option<SessionId>) -> ClientEvent {
+    let spec = payload.spec();
+    ClientEvent {
+        session,
+        task: None,
+        causation: None,
+        kind: spec.id,
+        kind_version: spec.version,
+        payload: payload.encode().unwrap(),
+        attachments: vec![],
+    }
+}
+
+fn tool_call(id: &str) -> Payload {
+    ToolCall {
+        call_id: id.into(),
+        tool: "exec".into(),
+        arguments: con_event::BlobRef::of(b"{}"),
+    }
+    .into()
+}
+
+/// The test binary re-run as another user: performs one client action and
+/// prints its outcome on stdout.
+#[test]
+#[ignore = "client half of the identity tests; run as another user"]
+fn client_as_other_user() {
+    let action = std::env::var(CLIENT_ENV).unwrap();
+    let socket = PathBuf::from(std::env::var("CON_TEST_SOCKET").unwrap());
+    let outcome = |r: Result<(u64, con_event::Digest), ClientError>| match r {
+        Ok((seq, _)) => format!("OK {seq}"),
+        Err(ClientError::Refused { code, message }) => format!("REFUSED {code:?} {message}"),
+        Err(e) => format!("ERROR {e}"),
+    };
+    let line = match action.as_str() {
+        "tool-call" => outcome(
+            Client::connect(&socket)
+                .and_then(|mut c| c.append(client_event(tool_call("spoof"), None))),
+        ),
+        "session-for-other" => outcome(Client::connect(&socket).and_then(|mut c| {
+            c.append(client_event(
+                SessionStarted {
+                    agent: "someone-else".into(),
+                    runner: "builtin".into(),
+                    provider: None,
+                    model: None,
+                    trust: Trust::Verified,
+                    prompt: con_event::BlobRef::of(b""),
+                }
+                .into(),
+                Some(SessionId([1; 16])),
+            ))
+        })),
+        "inbox-arrived" => outcome(Client::connect(&socket).and_then(|mut c| {
+            c.append(client_event(
+                InboxArrived {
+                    inbox: "x".into(),
+                    path: "/x.task".into(),
+                    owner_uid: 0,
+                    owner_gid: 0,
+                    mode: 0,
+                    nlink: 1,
+                    dev: 0,
+                    inode: 0,
+                    ctime_unix_nanos: 0,
+                    symlink: false,
+                    trust: Trust::Verified,
+                    trust_reason: "forged".into(),
+                    content: con_event::BlobRef::of(b""),
+                }
+                .into(),
+                None,
+            ))
+        })),
+        "read-other-agent" => match Client::connect(&socket).and_then(|mut c| {
+            c.query(
+                Query {
+                    from_seq: 1,
+                    agent: Some("root-only".into()),
+                    ..Query::default()
+                },
+                |_| true,
+            )
+        }) {
+            Err(ClientError::Refused { code, message }) => format!("REFUSED {code:?} {message}"),
+            other => format!("UNEXPECTED {other:?}"),
+        },
+        "read-own" => {
+            let mut kinds = Vec::new();
+            let r = Client::connect(&socket).and_then(|mut c| {
+                c.query(
+                    Query {
+                        from_seq: 1,
+                        ..Query::default()
+                    },
+                    |b| {
+                        kinds.push(
+                            Event::from_stored(&b)
+                                .unwrap()
+                                .envelope
+                                .actor
+                                .agent
+                                .unwrap_or_default(),
+                        );
+                        true
+                    },
+                )
+            });
+            format!("{r:?} {}", kinds.join(","))
+        }
+        other => panic!("unknown action {other}"),
+    };
+    println!("RESULT {line}");
+}
+
+fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let out = user
+        .command(&exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "client_as_other_user",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CLIENT_ENV, action)
+        .env("CON_TEST_SOCKET", root.socket())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_owned()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no result from {action} as {}: {stdout}{}",
+                user.name,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+fn all_events(root: &Root) -> Vec<Event> {
+    let mut events = Vec::new();
+    Client::connect(&root.socket())
+        .unwrap()
+        .query(
+            Query {
+                from_seq: 1,
+                ..Query::default()
+            },
+            |b| {
+                events.push(Event::from_stored(&b).unwrap());
+                true
+            },
+        )
+        .unwrap();
+    events
+}
+
+#[test]
+fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() {
+    let root = Root::new();
+    let _daemon = Daemon::start(&root);
+    let scout = TestUser::agent("scout");
+    let stranger = TestUser::stranger();
+
+    let ok = run_as(&scout, &root, "tool-call");
+    assert!(ok.starts_with("OK "), "{ok}");
+    let seq: u64 = ok[3..].parse().unwrap();
+    let event = all_events(&root)
+        .into_iter()
+        .find(|e| e.seq() == seq)
+        .unwrap();
+    assert_eq!(
+        event.envelope.actor.uid, scout.uid,
+        "stamped with the peer's uid"
+    );
+    assert_eq!(event.envelope.actor.agent.as_deref(), Some("scout"));
+
+    let refused = run_as(&scout, &root, "session-for-other");
+    assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
+    assert!(refused.contains("about agent someone-else"), "{refused}");
+    let refused = run_as(&scout, &root, "inbox-arrived");
+    assert!(
+        refused.starts_with("REFUSED Forbidden") && refused.contains("daemon only"),
+        "{refused}"
+    );
+
+    let refused = run_as(&stranger, &root, "tool-call");
+    assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
+    assert!(
+        refused.contains("neither an operator nor an agent"),
+        "{refused}"
+    );
+
+    // Reading: only its own events.
+    let refused = run_as(&scout, &root, "read-other-agent");
+    assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
+    let own = run_as(&scout, &root, "read-own");
+    assert!(own.starts_with("Ok("), "{own}");
+    assert!(own.ends_with(" scout"), "only scout's events: {own}");
+
+    // Nothing forged reached the log.
+    let events = all_events(&root);
+    assert_eq!(events.len(), 1, "{events:?}");
+}
+
+#[test]
+fn an_agent_cannot_open_the_log_files() {
+    let root = Root::new();
+    let _daemon = Daemon::start(&root);
+    let reader = TestUser::agent("reader");
+    for target in [root.db().join("db"), root.db().join("conf"), root.db()] {
+        let out = reader
+            .command(Path::new("/bin/cat"))
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}: {}",
+            target.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = reader
+        .command(Path::new("/bin/ls"))
+        .arg(root.db())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the log directory is not listable");
+    // But the socket is reachable.
+    assert!(run_as(&reader, &root, "tool-call").starts_with("OK "));
+}
+
+fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply); // the daemon closes after a bad frame
+    reply
+}
+
+#[test]
+fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
+    let root = Root::new();
+    let _daemon = Daemon::start(&root);
+    // Garbage body with a plausible length.
+    let mut garbage = 9u32.to_be_bytes().to_vec();
+    garbage.push(con_protocol::PROTOCOL_VERSION);
+    garbage.extend_from_slice(&[0xff; 8]);
+    let reply = raw_exchange(&root.socket(), &garbage);
+    let (resp, used) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
+        .unwrap()
+        .unwrap();
+    assert_eq!(used, reply.len(), "closed after one reply");
+    assert!(
+        matches!(
+            resp,
+            con_protocol::Response::Error {
+                code: ErrorCode::BadFrame,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+    // A length far over the limit: refused before any body is read.
+    let reply = raw_exchange(&root.socket(), &u32::MAX.to_be_bytes());
+    let (resp, _) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            resp,
+            con_protocol::Response::Error {
+                code: ErrorCode::TooLarge,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+    // Wrong version.
+    let mut frame = con_protocol::encode_frame(&con_protocol::Request::Status).unwrap();
+    frame[4] = 77;
+    let reply = raw_exchange(&root.socket(), &frame);
+    let (resp, _) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            resp,
+            con_protocol::Response::Error {
+                code: ErrorCode::BadFrame,
+                ..
+            }
+        ),
+        "{resp:?}"
+    );
+    // A payload that is not what its kind says.
+    let mut c = Client::connect(&root.socket()).unwrap();
+    let mut bad = client_event(tool_call("x"), None);
+    bad.payload.truncate(3);
+    assert!(matches!(
+        c.append(bad),
+        Err(ClientError::Refused {
+            code: ErrorCode::Rejected,
+            ..
+        })
+    ));
+    // The daemon still serves.
+    assert!(c.append(client_event(tool_call("y"), None)).is_ok());
+    assert_eq!(all_events(&root).len(), 1);
+}
+
+fn marker_of(event: &Event) -> Option<String> {
+    match &event.payload {
+        Payload::ToolCall(t) => Some(t.call_id.clone()),
+        _ => None,
+    }
+}
+
+/// 4 clients append concurrently; the daemon is SIGKILLed at random moments
+/// and restarted. Every acknowledged event is present exactly once and the
+/// chain verifies.
+#[test]
+fn acknowledged_appends_survive_daemon_sigkill() {
+    let root = Root::new();
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    for round in 0..8 {
+        let mut daemon = Daemon::start(&root);
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let socket = root.socket();
+                std::thread::spawn(move || {
+                    let mut acks = Vec::new();
+                    let Ok(mut client) = Client::connect(&socket) else {
+                        return acks;
+                    };
+                    for n in 0.. {
+                        let marker = format!("r{round}c{c}n{n}");
+                        match client.append(client_event(tool_call(&marker), None)) {
+                            Ok((seq, _)) => acks.push((seq, marker)),
+                            Err(_) => break,
+                        }
+                    }
+                    acks
+                })
+            })
+            .collect();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(50 + seed % 400));
+        daemon.kill9();
+        for c in clients {
+            acked.extend(c.join().unwrap());
+        }
+    }
+    let _daemon = Daemon::start(&root);
+    let events = all_events(&root);
+    let mut count: HashMap<String, u32> = HashMap::new();
+    for e in &events {
+        if let Some(m) = marker_of(e) {
+            *count.entry(m).or_default() += 1;
+        }
+    }
+    assert!(
+        acked.len() > 100,
+        "only {} acknowledged appends",
+        acked.len()
+    );
+    for (seq, marker) in &acked {
+        assert_eq!(
+            count.get(marker),
+            Some(&1),
+            "{marker} (acked as seq {seq}) must be present exactly once"
+        );
+        let e = events.iter().find(|e| e.seq() == *seq).unwrap();
+        assert_eq!(marker_of(e).as_deref(), Some(marker.as_str()));
+    }
+    assert!(count.values().all(|&n| n == 1), "no event is duplicated");
+    drop(_daemon);
+    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args(["verify", "--db", root.db().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let root = Root::new();
+    let mut daemon = Daemon::start(&root);
+    let socket = root.socket();
+    let client = std::thread::spawn(move || {
+        let mut client = Client::connect(&socket).unwrap();
+        let mut acks = Vec::new();
+        for n in 0.. {
+            match client.append(client_event(tool_call(&format!("t{n}")), None)) {
+                Ok((seq, _)) => acks.push(seq),
+                Err(_) => break,
+            }
+        }
+        acks
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(!root.socket().exists(), "socket removed");
+    let acks = client.join().unwrap();
+    assert!(!acks.is_empty());
+    let store = con_store::Store::open_for_inspection(&root.db()).unwrap();
+    let report = store.verify().unwrap().unwrap();
+    assert!(
+        report.events >= *acks.last().unwrap(),
+        "every acknowledged append is in the log"
+    );
+}
+
+#[test]
+fn logs_follow_streams_new_events_and_status_reports_the_head() {
+    let root = Root::new();
+    let _daemon = Daemon::start(&root);
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "logs",
+            "-f",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut c = Client::connect(&root.socket()).unwrap();
+    for n in 0..3 {
+        c.append(client_event(tool_call(&format!("f{n}")), None))
+            .unwrap();
+    }
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["kind"], "tool.call");
+        assert_eq!(v["actor"]["uid"], 0);
+        seen.push(v["payload"]["call_id"].as_str().unwrap().to_owned());
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    assert_eq!(seen, ["f0", "f1", "f2"]);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args(["--root", root.path().to_str().unwrap(), "status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["head_seq"], 3);
+    assert_eq!(v["journal_mirror"], "healthy");
+    assert!(v["identity"].as_str().unwrap().starts_with("operator"));
+}
+
+#[test]
+fn without_a_daemon_clients_fail_with_one_clear_line() {
+    let root = Root::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args(["--root", root.path().to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cannot reach the con daemon"), "{err}");
+}
