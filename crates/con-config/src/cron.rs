@@ -123,58 +123,98 @@ const DOW: FieldSpec = FieldSpec {
 /// assert_eq!(cron_to_on_calendar("*/15 * * * 1-5").unwrap(), "Mon..Fri *-*-* *:00/15:00");
 /// ```
 pub fn cron_to_on_calendar(expr: &str) -> Result<String, CronError> {
-    let expr = expr.trim();
-    let text = match expr.strip_prefix('@') {
-        Some(alias) => match alias.to_ascii_lowercase().as_str() {
-            "hourly" => "0 * * * *",
-            "daily" | "midnight" => "0 0 * * *",
-            "weekly" => "0 0 * * 0",
-            "monthly" => "0 0 1 * *",
-            "yearly" | "annually" => "0 0 1 1 *",
-            _ => return Err(CronError::UnknownAlias(expr.to_owned())),
-        },
-        None => expr,
-    };
-    let fields: Vec<&str> = text.split_whitespace().collect();
-    let [minute, hour, dom, month, dow] = fields[..] else {
-        return Err(CronError::FieldCount(fields.len()));
-    };
+    CronSchedule::parse(expr).map(|s| s.on_calendar())
+}
 
-    let minutes = parse_field(minute, &MINUTE)?;
-    let hours = parse_field(hour, &HOUR)?;
-    let doms = parse_field(dom, &DOM)?;
-    let months = parse_field(month, &MONTH)?;
-    // Sunday is both 0 and 7 in cron; fold onto 0.
-    let dows: BTreeSet<u32> = parse_field(dow, &DOW)?.into_iter().map(|d| d % 7).collect();
+/// A parsed 5-field cron schedule: the exact set of values each field matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSchedule {
+    minutes: BTreeSet<u32>,
+    hours: BTreeSet<u32>,
+    doms: BTreeSet<u32>,
+    months: BTreeSet<u32>,
+    /// 0 = Sunday … 6 = Saturday.
+    dows: BTreeSet<u32>,
+}
 
-    // Vixie cron (and cronie) decide OR-vs-AND by whether the field text starts with
-    // '*', not by what it matches: "1-31" is "restricted" and ORs with the weekday.
-    // Rejecting whenever neither starts with '*' keeps us exactly on the AND side.
-    if !dom.starts_with('*') && !dow.starts_with('*') {
-        return Err(CronError::DomAndDow);
-    }
+impl CronSchedule {
+    /// Parses a 5-field expression or an `@alias`, rejecting what systemd
+    /// cannot express the same way (see [`cron_to_on_calendar`]).
+    pub fn parse(expr: &str) -> Result<Self, CronError> {
+        let expr = expr.trim();
+        let text = match expr.strip_prefix('@') {
+            Some(alias) => match alias.to_ascii_lowercase().as_str() {
+                "hourly" => "0 * * * *",
+                "daily" | "midnight" => "0 0 * * *",
+                "weekly" => "0 0 * * 0",
+                "monthly" => "0 0 1 * *",
+                "yearly" | "annually" => "0 0 1 1 *",
+                _ => return Err(CronError::UnknownAlias(expr.to_owned())),
+            },
+            None => expr,
+        };
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let [minute, hour, dom, month, dow] = fields[..] else {
+            return Err(CronError::FieldCount(fields.len()));
+        };
 
-    if let Some(&first_dom) = doms.first() {
-        let longest = months.iter().map(|&m| days_in_month(m)).max().unwrap_or(31);
-        if first_dom > longest {
-            return Err(CronError::NeverFires { dom: first_dom });
+        let minutes = parse_field(minute, &MINUTE)?;
+        let hours = parse_field(hour, &HOUR)?;
+        let doms = parse_field(dom, &DOM)?;
+        let months = parse_field(month, &MONTH)?;
+        // Sunday is both 0 and 7 in cron; fold onto 0.
+        let dows: BTreeSet<u32> = parse_field(dow, &DOW)?.into_iter().map(|d| d % 7).collect();
+
+        // Vixie cron (and cronie) decide OR-vs-AND by whether the field text starts with
+        // '*', not by what it matches: "1-31" is "restricted" and ORs with the weekday.
+        // Rejecting whenever neither starts with '*' keeps us exactly on the AND side.
+        if !dom.starts_with('*') && !dow.starts_with('*') {
+            return Err(CronError::DomAndDow);
         }
+
+        if let Some(&first_dom) = doms.first() {
+            let longest = months.iter().map(|&m| days_in_month(m)).max().unwrap_or(31);
+            if first_dom > longest {
+                return Err(CronError::NeverFires { dom: first_dom });
+            }
+        }
+        Ok(Self {
+            minutes,
+            hours,
+            doms,
+            months,
+            dows,
+        })
     }
 
-    let mut out = String::new();
-    if dows.len() < 7 {
-        out.push_str(&format_weekdays(&dows));
-        out.push(' ');
+    /// The equivalent systemd `OnCalendar=` expression, in systemd's normalized form.
+    pub fn on_calendar(&self) -> String {
+        let mut out = String::new();
+        if self.dows.len() < 7 {
+            out.push_str(&format_weekdays(&self.dows));
+            out.push(' ');
+        }
+        let _ = write!(
+            out,
+            "*-{}-{} {}:{}:00",
+            format_set(&self.months, &MONTH),
+            format_set(&self.doms, &DOM),
+            format_set(&self.hours, &HOUR),
+            format_set(&self.minutes, &MINUTE),
+        );
+        out
     }
-    let _ = write!(
-        out,
-        "*-{}-{} {}:{}:00",
-        format_set(&months, &MONTH),
-        format_set(&doms, &DOM),
-        format_set(&hours, &HOUR),
-        format_set(&minutes, &MINUTE),
-    );
-    Ok(out)
+
+    /// Whether the schedule fires in this minute (`weekday`: 0 = Sunday).
+    /// Day-of-month and day-of-week are ANDed, as in systemd; `parse` rejects
+    /// the expressions where cron would OR them.
+    pub fn matches(&self, minute: u32, hour: u32, day: u32, month: u32, weekday: u32) -> bool {
+        self.minutes.contains(&minute)
+            && self.hours.contains(&hour)
+            && self.doms.contains(&day)
+            && self.months.contains(&month)
+            && self.dows.contains(&(weekday % 7))
+    }
 }
 
 /// Longest length of a month in any year (February counts leap years).

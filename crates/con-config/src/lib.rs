@@ -25,7 +25,7 @@ mod resolve;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-pub use cron::{CronError, cron_to_on_calendar};
+pub use cron::{CronError, CronSchedule, cron_to_on_calendar};
 pub use error::{ConfigError, ErrorKind};
 pub use model::{
     Agent, Config, ContractsConfig, Dashboard, Infra, KnownCli, Mode, Network, Provider, Runner,

@@ -84,6 +84,8 @@ fn daemon_only(kind: &KindSpec) -> bool {
         JournalMirrorDegraded::SPEC.id,
         JournalMirrorRecovered::SPEC.id,
         ChainCheckpoint::SPEC.id,
+        RunStarted::SPEC.id,
+        RunExited::SPEC.id,
     ]
     .contains(&kind.id)
 }

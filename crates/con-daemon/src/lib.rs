@@ -12,6 +12,9 @@
 
 pub mod identity;
 mod server;
+mod supervisor;
+
+pub use supervisor::{SupervisedAgent, SupervisorConfig};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,8 @@ pub struct DaemonConfig {
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Start agent runs from the daemon (no systemd), if set.
+    pub supervisor: Option<SupervisorConfig>,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -154,6 +159,12 @@ impl Daemon {
             stopping: stop_rx,
         });
 
+        let (_wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let supervisor = config
+            .supervisor
+            .clone()
+            .map(|sc| tokio::spawn(supervisor::Supervisor::new(shared.clone(), sc).run(wake_rx)));
+
         // Ready: the socket accepts and the log is open.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         let mut connections = tokio::task::JoinSet::new();
@@ -184,6 +195,9 @@ impl Daemon {
         if drained.is_err() {
             connections.abort_all();
         }
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
         drop(shared);
         // Commits and acknowledges everything submitted, then stops.
         tokio::task::spawn_blocking(move || writer.shutdown())
@@ -191,6 +205,12 @@ impl Daemon {
             .map_err(|e| DaemonError::Shutdown(e.to_string()))?
             .map_err(|e| DaemonError::Shutdown(e.to_string()))
     }
+}
+
+/// Resolves once the daemon starts shutting down.
+pub(crate) async fn until_stopping(mut stopping: watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here.
+    let _ = stopping.wait_for(|s| *s).await.map(|_| ());
 }
 
 /// Binds the socket: any local user may connect (identity decides what they

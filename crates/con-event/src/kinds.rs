@@ -165,4 +165,6 @@ registry! {
     JournalMirrorDegraded,
     JournalMirrorRecovered,
     ChainCheckpoint,
+    RunStarted,
+    RunExited,
 }

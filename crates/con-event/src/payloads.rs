@@ -877,3 +877,97 @@ impl Kind for ChainCheckpoint {
         out.push(("CON_HEAD", self.head.to_hex()));
     }
 }
+
+/// `run.started`: the supervisor started an agent run (`con run <agent>`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStarted {
+    /// The agent.
+    pub agent: String,
+    /// Process id of the run.
+    pub pid: u32,
+    /// What triggered it: `inbox`, `cron` or `continuous`.
+    pub trigger: String,
+}
+
+impl Kind for RunStarted {
+    const SPEC: KindSpec = KindSpec {
+        id: 16,
+        name: "run.started",
+        version: 1,
+        message_id: "b1563e67e5a147869c599761976f7731",
+        priority: Priority::Info,
+        subject: "Run of agent @CON_AGENT@ started",
+        description: "The supervisor started `con run` for an agent, as the agent's own Linux user with a scrubbed environment.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "started a run of agent {} (pid {}, {})",
+            self.agent, self.pid, self.trigger
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_PID", self.pid.to_string()));
+        out.push(("CON_TRIGGER", self.trigger.clone()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.agent)
+    }
+}
+
+/// `run.exited`: an agent run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunExited {
+    /// The agent.
+    pub agent: String,
+    /// Process id of the run.
+    pub pid: u32,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Signal, if it was killed.
+    pub signal: Option<i32>,
+    /// Wall-clock duration.
+    pub duration_ms: u64,
+}
+
+impl Kind for RunExited {
+    const SPEC: KindSpec = KindSpec {
+        id: 17,
+        name: "run.exited",
+        version: 1,
+        message_id: "f267023740924ab883b4a77ce622aa52",
+        priority: Priority::Info,
+        subject: "Run of agent @CON_AGENT@ exited",
+        description: "An agent run ended. CON_EXIT_CODE or CON_SIGNAL says how; a failing run is retried with back-off while its inbox holds tasks.",
+    };
+    fn message(&self) -> String {
+        let how = match (self.exit_code, self.signal) {
+            (Some(code), _) => format!("exited {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "ended".to_owned(),
+        };
+        format!(
+            "run of agent {} (pid {}) {how} after {} ms",
+            self.agent, self.pid, self.duration_ms
+        )
+    }
+    fn priority(&self) -> Priority {
+        if self.exit_code == Some(0) {
+            Priority::Info
+        } else {
+            Priority::Warning
+        }
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_PID", self.pid.to_string()));
+        if let Some(code) = self.exit_code {
+            out.push(("CON_EXIT_CODE", code.to_string()));
+        }
+        if let Some(sig) = self.signal {
+            out.push(("CON_SIGNAL", sig.to_string()));
+        }
+        out.push(("CON_DURATION_MS", self.duration_ms.to_string()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.agent)
+    }
+}

@@ -178,6 +178,24 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, Payload)> {
         ),
         current(JournalMirrorRecovered { dropped: 17 }.into()),
         current(
+            RunStarted {
+                agent: "sysadmin".into(),
+                pid: 4242,
+                trigger: "inbox".into(),
+            }
+            .into(),
+        ),
+        current(
+            RunExited {
+                agent: "sysadmin".into(),
+                pid: 4242,
+                exit_code: None,
+                signal: Some(9),
+                duration_ms: 1500,
+            }
+            .into(),
+        ),
+        current(
             ChainCheckpoint {
                 through_seq: 1000,
                 head: Digest::of(b"head"),

@@ -138,7 +138,9 @@ impl Projection for FleetStatus {
             | Payload::EnforcementDone(_)
             | Payload::JournalMirrorDegraded(_)
             | Payload::JournalMirrorRecovered(_)
-            | Payload::ChainCheckpoint(_) => {}
+            | Payload::ChainCheckpoint(_)
+            | Payload::RunStarted(_)
+            | Payload::RunExited(_) => {}
         }
     }
 }

@@ -58,7 +58,15 @@ impl Client {
 
     fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let frame = encode_frame(request)?;
-        self.stream.write_all(&frame).map_err(ClientError::Io)
+        match self.stream.write_all(&frame) {
+            Ok(()) => Ok(()),
+            // The daemon may have refused the connection (and closed it)
+            // before reading anything: its reason is waiting to be read.
+            Err(e) => match self.receive() {
+                Err(refused @ ClientError::Refused { .. }) => Err(refused),
+                _ => Err(ClientError::Io(e)),
+            },
+        }
     }
 
     /// Reads one response.

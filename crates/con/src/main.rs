@@ -9,11 +9,13 @@ mod daemon_cmd;
 mod logs_cmd;
 mod paths;
 mod status_cmd;
+mod task_cmd;
 mod verify_cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::paths::Paths;
 
@@ -65,6 +67,18 @@ enum Command {
     Logs(logs_cmd::LogsArgs),
     /// Show agents, inboxes, sessions and checks (through the daemon).
     Status(status_cmd::StatusArgs),
+    /// Drop a task into the outer inbox (or an agent's inbox), as yourself.
+    Task(task_cmd::TaskArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for con and every subcommand into DIR.
+    Manpages {
+        /// Output directory.
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Agents may be granted specific `con` commands through sudo; they must not
@@ -82,6 +96,26 @@ fn refuse_path_overrides_under_sudo(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `con.1` plus `con-<sub>.1` for every subcommand (nested ones too).
+fn write_manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    fn render(cmd: clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+        let cmd = cmd.name(name.to_owned());
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| path.display().to_string())?;
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            render(sub.clone(), &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    render(cmd, "con", dir)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = refuse_path_overrides_under_sudo(&cli) {
@@ -95,6 +129,12 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon_cmd::run(args, &paths),
         Command::Logs(args) => logs_cmd::run(args, &paths),
         Command::Status(args) => status_cmd::run(args, &paths),
+        Command::Task(args) => task_cmd::run(args, &paths),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "con", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => write_manpages(&dir),
     };
     match result {
         Ok(code) => code,

@@ -20,6 +20,11 @@ impl Paths {
         }
     }
 
+    /// The root prefix.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// Prefix of agent user names (`a-`).
     pub fn user_prefix(&self) -> &str {
         &self.user_prefix
@@ -39,6 +44,16 @@ impl Paths {
     /// The daemon's socket.
     pub fn socket(&self) -> PathBuf {
         self.under("/run/con/con.sock")
+    }
+
+    /// The outer inbox (human → concierge).
+    pub fn outer_inbox(&self) -> PathBuf {
+        self.under("/srv/con/inbox")
+    }
+
+    /// An agent's inbox. `agent` must be a validated agent name.
+    pub fn agent_inbox(&self, agent: &str) -> PathBuf {
+        self.under("/srv/con/agents").join(agent).join("inbox")
     }
 
     /// The event log database directory.
