@@ -9,14 +9,19 @@ BIN := target/release/con
 
 .PHONY: run test deps journald build lint fmt bench catalog golden clean
 
-## run: build con and run what exists so far — validate the profile and
-## verify the event log (the daemon joins here once it exists).
+## run: build con, lay out the host for the profile, verify the event log if
+## there is one, and run the daemon in the foreground (Ctrl-C stops it cleanly).
 run: deps build
 	@echo "==> checking $(CONFIG)"
 	$(BIN) config check $(CONFIG)
+	@echo "==> preparing directories (users, ACLs and units come with con bootstrap)"
+	./scripts/dev-setup.sh $(BIN) $(PROFILE)
 	@if [ -d "$${CON_ROOT:-}/var/lib/con/events" ]; then \
 	  echo "==> verifying the event log"; $(BIN) verify; \
-	else echo "==> no event log yet at $${CON_ROOT:-}/var/lib/con/events (the daemon creates it)"; fi
+	else echo "==> no event log yet: the daemon creates it"; fi
+	@echo "==> starting the daemon; in another shell: $(BIN) status, $(BIN) logs -f, $(BIN) task \"hello\""
+	./scripts/ensure-journald.sh
+	exec $(BIN) daemon
 
 ## test: lint, then every unit, integration, crash and journald test.
 test: deps journald lint
