@@ -10,6 +10,7 @@
 //! stops accepting, lets in-flight requests finish, commits and acknowledges
 //! everything submitted, and returns.
 
+mod arrivals;
 pub mod identity;
 mod server;
 mod supervisor;
@@ -47,6 +48,8 @@ pub struct DaemonConfig {
     pub drain_timeout: Duration,
     /// Start agent runs from the daemon (no systemd), if set.
     pub supervisor: Option<SupervisorConfig>,
+    /// Inboxes whose arrivals are recorded (the outer one and every agent's).
+    pub inboxes: Vec<con_inbox::InboxSpec>,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -63,6 +66,9 @@ pub enum DaemonError {
         /// The OS error.
         cause: std::io::Error,
     },
+    /// The inbox watcher could not start.
+    #[error("inbox watcher: {0}")]
+    Watch(#[from] con_inbox::WatchError),
     /// The final commit on shutdown failed.
     #[error("shutdown: {0}")]
     Shutdown(String),
@@ -159,7 +165,14 @@ impl Daemon {
             stopping: stop_rx,
         });
 
-        let (_wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let arrivals = arrivals::Arrivals::start(
+            &shared.store,
+            shared.appender.clone(),
+            config.inboxes.clone(),
+            &config.trusted_group,
+            wake_tx,
+        )?;
         let supervisor = config
             .supervisor
             .clone()
@@ -198,6 +211,10 @@ impl Daemon {
         if let Some(supervisor) = supervisor {
             let _ = supervisor.await;
         }
+        // Every arrival seen so far is committed before the writer stops.
+        tokio::task::spawn_blocking(move || arrivals.stop())
+            .await
+            .map_err(|e| DaemonError::Shutdown(e.to_string()))?;
         drop(shared);
         // Commits and acknowledges everything submitted, then stops.
         tokio::task::spawn_blocking(move || writer.shutdown())

@@ -8,7 +8,7 @@
 //! quarantined or decommissioned agent, keeps continuous agents running and
 //! fires cron agents on their schedule (UTC). Every start and exit is an event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -76,17 +76,37 @@ struct Exit {
     duration: Duration,
 }
 
-/// `*.task` entries of `dir`, sorted by name (oldest first).
-fn tasks_in(dir: &Path) -> Vec<PathBuf> {
+/// A task not announced by a wake-up is acted on only once it is this old:
+/// by then the watcher has recorded its arrival (acting first would break
+/// "recorded before acted on"); this path only catches missed wake-ups.
+const UNANNOUNCED_MIN_AGE: Duration = Duration::from_secs(2);
+
+/// `*.task` entries of `dir` at least `min_age` old, sorted by name
+/// (oldest first).
+fn tasks_in(dir: &Path, min_age: Duration) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut tasks: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "task"))
+        .filter(|p| {
+            min_age.is_zero()
+                || std::fs::symlink_metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age))
+        })
         .collect();
     tasks.sort();
     tasks
+}
+
+fn min_age(woken: &HashSet<String>, inbox: &str) -> Duration {
+    if woken.contains(inbox) {
+        Duration::ZERO
+    } else {
+        UNANNOUNCED_MIN_AGE
+    }
 }
 
 pub(crate) struct Supervisor {
@@ -118,17 +138,20 @@ impl Supervisor {
         loop {
             tokio::select! {
                 () = &mut stop => return,
-                _ = tick.tick() => self.round(true).await,
-                Some(_) = wake.recv() => {
+                _ = tick.tick() => self.round(&HashSet::new(), true).await,
+                Some(inbox) = wake.recv() => {
                     // Coalesce a burst of arrivals into one round.
-                    while wake.try_recv().is_ok() {}
-                    self.round(false).await;
+                    let mut woken = HashSet::from([inbox]);
+                    while let Ok(inbox) = wake.try_recv() {
+                        woken.insert(inbox);
+                    }
+                    self.round(&woken, false).await;
                 }
                 Some(exit) = self.exits.join_next(), if !self.exits.is_empty() => {
                     if let Ok(exit) = exit {
                         self.exited(exit).await;
                     }
-                    self.round(false).await;
+                    self.round(&HashSet::new(), false).await;
                 }
             }
         }
@@ -139,8 +162,8 @@ impl Supervisor {
         let _ = self.shared.appender.submit(event).wait_async().await;
     }
 
-    async fn round(&mut self, from_tick: bool) {
-        self.route_outer_inbox().await;
+    async fn round(&mut self, woken: &HashSet<String>, from_tick: bool) {
+        self.route_outer_inbox(min_age(woken, "outer")).await;
         let conditions = match self.shared.store.project::<FleetStatus>() {
             Ok(f) => f,
             Err(_) => return,
@@ -173,7 +196,9 @@ impl Supervisor {
                     .map(|_| "cron"),
                 _ => None,
             }
-            .or_else(|| (!tasks_in(&agent.inbox).is_empty()).then_some("inbox"));
+            .or_else(|| {
+                (!tasks_in(&agent.inbox, min_age(woken, &agent.name)).is_empty()).then_some("inbox")
+            });
             if let Some(trigger) = trigger {
                 self.start(&agent.name, trigger).await;
             }
@@ -198,14 +223,14 @@ impl Supervisor {
         ))
     }
 
-    async fn route_outer_inbox(&self) {
+    async fn route_outer_inbox(&self, min_age: Duration) {
         let Some(router) = self.config.router.clone() else {
             return;
         };
         let Some(target) = self.config.agents.iter().find(|a| a.name == router) else {
             return;
         };
-        for task in tasks_in(&self.config.outer_inbox) {
+        for task in tasks_in(&self.config.outer_inbox, min_age) {
             let Some(name) = task.file_name() else {
                 continue;
             };

@@ -108,6 +108,15 @@ pub fn run(args: DaemonArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
         mirror_capacity: 65_536,
         drain_timeout: Duration::from_secs(10),
         supervisor,
+        inboxes: std::iter::once(con_inbox::InboxSpec {
+            name: "outer".into(),
+            dir: paths.outer_inbox(),
+        })
+        .chain(config.agents.iter().map(|a| con_inbox::InboxSpec {
+            name: a.name.clone(),
+            dir: paths.agent_inbox(&a.name),
+        }))
+        .collect(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

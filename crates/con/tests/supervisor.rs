@@ -19,7 +19,8 @@ const STAND_IN: &str = r#"#!/bin/sh
 # Stand-in for `con run`: called as <program> --root R --user-prefix P run AGENT.
 root="$2"; agent="$6"; trace="$root/trace"
 if ! mkdir "$trace/running-$agent" 2>/dev/null; then touch "$trace/OVERLAP-$agent"; fi
-{ echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"; env | sort; } > "$trace/run-$agent-$$"
+{ echo "uid=$(id -u) gid=$(id -g) groups=$(id -G)"; env | sort; } > "$trace/.tmp-$agent-$$"
+mv "$trace/.tmp-$agent-$$" "$trace/run-$agent-$$"
 dir="$root/srv/con/agents/$agent"
 if [ ! -e "$trace/keep-$agent" ]; then
   for f in "$dir"/inbox/*.task; do [ -e "$f" ] && mv "$f" "$dir/processed/"; done
@@ -230,6 +231,28 @@ fn an_outer_task_is_routed_to_the_concierge_which_runs_as_itself_without_secrets
         _ => None,
     });
     assert_eq!(started.unwrap().trigger, "inbox");
+    // Both arrivals are recorded, verified (root wrote the task), and the
+    // concierge's before its run was started.
+    let arrived = |inbox: &str| {
+        events
+            .iter()
+            .find_map(|e| match &e.payload {
+                Payload::InboxArrived(a) if a.inbox == inbox => Some((e.seq(), a.clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no inbox.arrived for {inbox}: {events:?}"))
+    };
+    let (_, outer) = arrived("outer");
+    let (arrived_seq, at_concierge) = arrived("concierge");
+    assert_eq!(outer.trust, con_event::payloads::Trust::Verified);
+    assert_eq!(at_concierge.owner_uid, 0, "routing keeps the owner");
+    assert_eq!(at_concierge.content.digest, outer.content.digest);
+    let started_seq = events
+        .iter()
+        .find(|e| matches!(e.payload, Payload::RunStarted(_)))
+        .unwrap()
+        .seq();
+    assert!(arrived_seq < started_seq, "recorded before acted on");
     let exited = events.iter().find_map(|e| match &e.payload {
         Payload::RunExited(r) => Some(r.clone()),
         _ => None,

@@ -1,0 +1,301 @@
+//! The daemon, measured side by side in one run (see BENCHMARKS.md):
+//!
+//! 1. durable appends/s through the socket with 1 and 8 clients, against the
+//!    same appends straight into a store (same process, same concurrency);
+//! 2. task file renamed into an inbox → its `inbox.arrived` seen by a
+//!    follower (durable), p50/p99;
+//! 3. task renamed into an inbox → `run.started` (agent process spawned as
+//!    its user), p50/p99;
+//! 4. daemon RSS idle and after 1,000,000 events.
+//!
+//! Run as root: `cargo bench -p con --bench daemon`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use con_event::payloads::ToolCall;
+use con_event::{BlobRef, Event, NewEvent, Payload};
+use con_protocol::{Client, ClientEvent, Query};
+use con_store::{GroupCommitWriter, Store, WriterConfig};
+
+const PREFIX: &str = "cbench-";
+
+fn tool_call(n: u64) -> Payload {
+    ToolCall {
+        call_id: format!("call-{n:012}"),
+        tool: "exec".into(),
+        arguments: BlobRef::of(b"{\"command\":\"true\"}"),
+    }
+    .into()
+}
+
+fn client_event(payload: Payload) -> ClientEvent {
+    let spec = payload.spec();
+    ClientEvent {
+        session: None,
+        task: None,
+        causation: None,
+        kind: spec.id,
+        kind_version: spec.version,
+        payload: payload.encode().unwrap(),
+        attachments: vec![],
+    }
+}
+
+fn socket_rate(socket: &Path, clients: u64, per_client: u64) -> f64 {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let socket = socket.to_owned();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&socket).unwrap();
+                for n in 0..per_client {
+                    client
+                        .append(client_event(tool_call(c * per_client + n)))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    (clients * per_client) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn direct_rate(clients: u64, per_client: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("log")).unwrap();
+    let writer = GroupCommitWriter::spawn(store, WriterConfig::default(), None).unwrap();
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let app = writer.appender();
+            std::thread::spawn(move || {
+                for n in 0..per_client {
+                    app.append(NewEvent::system(tool_call(c * per_client + n)))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let rate = (clients * per_client) as f64 / start.elapsed().as_secs_f64();
+    writer.shutdown().unwrap();
+    rate
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Setup {
+    root: tempfile::TempDir,
+    daemon: Child,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.daemon.id().to_string()])
+            .status();
+        let _ = self.daemon.wait();
+        let _ = Command::new("userdel")
+            .arg(format!("{PREFIX}worker"))
+            .output();
+    }
+}
+
+fn setup() -> Setup {
+    let _ = Command::new("userdel")
+        .arg(format!("{PREFIX}worker"))
+        .output();
+    let ok = Command::new("useradd")
+        .args([
+            "-M",
+            "-U",
+            "-s",
+            "/usr/sbin/nologin",
+            &format!("{PREFIX}worker"),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "useradd (run the benchmark as root)");
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(r.join("etc/con")).unwrap();
+    std::fs::write(
+        r.join("etc/con/con.toml"),
+        "[[agents]]\nname = \"worker\"\ntier = \"worker\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(r.join("srv/con/inbox")).unwrap();
+    for sub in ["inbox", "processed"] {
+        let d = r.join("srv/con/agents/worker").join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    // Stand-in for `con run`: take the tasks and leave.
+    let stand_in = r.join("stand-in");
+    std::fs::write(
+        &stand_in,
+        "#!/bin/sh\nd=\"$2/srv/con/agents/$6\"\nfor f in \"$d\"/inbox/*.task; do [ -e \"$f\" ] && mv \"$f\" \"$d/processed/\"; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let daemon = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args([
+            "--root",
+            r.to_str().unwrap(),
+            "--user-prefix",
+            PREFIX,
+            "daemon",
+        ])
+        .args([
+            "--supervisor",
+            "daemon",
+            "--run-program",
+            stand_in.to_str().unwrap(),
+        ])
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = r.join("run/con/con.sock");
+    let start = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Setup { root, daemon }
+}
+
+/// Follows the log from the head; sends (event, time seen) to the channel.
+fn follower(socket: PathBuf, from: u64) -> mpsc::Receiver<(Event, Instant)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut client = Client::connect(&socket).unwrap();
+        let _ = client.query(
+            Query {
+                from_seq: from,
+                follow: true,
+                ..Query::default()
+            },
+            |bytes| {
+                tx.send((Event::from_stored(&bytes).unwrap(), Instant::now()))
+                    .is_ok()
+            },
+        );
+    });
+    rx
+}
+
+fn latencies(setup: &Setup, samples: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let r = setup.root.path();
+    let socket = r.join("run/con/con.sock");
+    let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
+    let events = follower(socket, head + 1);
+    let inbox = r.join("srv/con/agents/worker/inbox");
+    let mut arrived = Vec::new();
+    let mut started = Vec::new();
+    for i in 0..samples {
+        let name = format!("{i:08}.task");
+        let tmp = inbox.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, b"benchmark task").unwrap();
+        let t0 = Instant::now();
+        std::fs::rename(&tmp, inbox.join(&name)).unwrap();
+        let (mut got_arrival, mut got_start) = (false, false);
+        while !(got_arrival && got_start) {
+            let (event, seen) = events.recv_timeout(Duration::from_secs(10)).unwrap();
+            match event.payload {
+                Payload::InboxArrived(a) if a.path.ends_with(&name) => {
+                    arrived.push(seen - t0);
+                    got_arrival = true;
+                }
+                Payload::RunStarted(_) if got_arrival && !got_start => {
+                    started.push(seen - t0);
+                    got_start = true;
+                }
+                _ => {}
+            }
+        }
+        // Let the run finish and leave the inbox empty.
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    arrived.sort();
+    started.sort();
+    (arrived, started)
+}
+
+fn main() {
+    let setup = setup();
+    let socket = setup.root.path().join("run/con/con.sock");
+    let idle_rss = rss_kib(setup.daemon.id());
+
+    let direct_1 = direct_rate(1, 3_000);
+    let socket_1 = socket_rate(&socket, 1, 3_000);
+    let direct_8 = direct_rate(8, 2_000);
+    let socket_8 = socket_rate(&socket, 8, 2_000);
+
+    let (arrived, started) = latencies(&setup, 200);
+
+    // Fill to one million events (8 clients), then measure memory.
+    let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
+    let remaining = 1_000_000u64.saturating_sub(head);
+    let fill_start = Instant::now();
+    socket_rate(&socket, 8, remaining.div_ceil(8));
+    let fill = fill_start.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let full_rss = rss_kib(setup.daemon.id());
+    let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
+
+    println!("| measurement | value | baseline (same run) | ratio |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| durable appends/s, 1 client, socket vs direct | {socket_1:.0} | {direct_1:.0} | {:.2} |",
+        socket_1 / direct_1
+    );
+    println!(
+        "| durable appends/s, 8 clients, socket vs direct | {socket_8:.0} | {direct_8:.0} | {:.2} |",
+        socket_8 / direct_8
+    );
+    println!(
+        "| task rename → inbox.arrived durable, p50 / p99 | {:.2} ms / {:.2} ms | target p99 < 10 ms | |",
+        percentile(&arrived, 0.5).as_secs_f64() * 1e3,
+        percentile(&arrived, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| task rename → run.started (agent process spawned), p50 / p99 | {:.2} ms / {:.2} ms | target p99 < 50 ms | |",
+        percentile(&started, 0.5).as_secs_f64() * 1e3,
+        percentile(&started, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "| daemon RSS idle / after {head} events | {} MiB / {} MiB | | |",
+        idle_rss / 1024,
+        full_rss / 1024
+    );
+    println!(
+        "| filling to 1M events through the socket (8 clients) | {:.0} s | | |",
+        fill.as_secs_f64()
+    );
+}
