@@ -35,6 +35,8 @@ pub use writer::{
 };
 
 const META_LOG_ID: &[u8] = b"log_id";
+/// sled page cache size.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const META_INDEXED_THROUGH: &[u8] = b"indexed_through";
 
 /// Errors of the store.
@@ -187,20 +189,29 @@ impl Store {
     }
 
     fn open_sled(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            // sled wraps the flock failure in an `Other` error with the OS
-            // error in its message.
-            sled::Error::Io(ref io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("could not acquire lock") =>
-            {
-                StoreError::Locked(path.to_owned())
-            }
-            cause => StoreError::Open {
-                path: path.to_owned(),
-                cause,
-            },
-        })?;
+        let db = sled::Config::new()
+            .path(path)
+            // Durability comes from the writer's flush per batch; sled's own
+            // periodic flush would only compete with it for the disk.
+            .flush_every_ms(None)
+            // sled's default page cache is 1 GiB; the log is mostly appended
+            // and read back sequentially.
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| match e {
+                // sled wraps the flock failure in an `Other` error with the OS
+                // error in its message.
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Locked(path.to_owned())
+                }
+                cause => StoreError::Open {
+                    path: path.to_owned(),
+                    cause,
+                },
+            })?;
         let log = db.open_tree("log")?;
         let durable = Self::last_record(&log).unwrap_or_default();
         Ok(Store {

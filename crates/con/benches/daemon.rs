@@ -260,8 +260,12 @@ fn main() {
     let (arrived, started) = latencies(&setup, 200);
 
     // Fill to one million events (8 clients), then measure memory.
+    let target: u64 = std::env::var("CON_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
-    let remaining = 1_000_000u64.saturating_sub(head);
+    let remaining = target.saturating_sub(head);
     let fill_start = Instant::now();
     socket_rate(&socket, 8, remaining.div_ceil(8));
     let fill = fill_start.elapsed();

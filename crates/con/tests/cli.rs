@@ -279,3 +279,32 @@ fn verify_defaults_to_the_log_under_the_root_prefix() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("chain ok: 4 events"));
 }
+
+#[test]
+fn completions_and_manpages_are_generated_from_the_cli() {
+    let out = con(&["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = stdout(&out);
+    assert!(
+        script.contains("_con()") && script.contains("verify"),
+        "{script}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = con(&["manpages", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "con.1",
+        "con-verify.1",
+        "con-config-check.1",
+        "con-daemon.1",
+        "con-logs.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page}: {text}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Daemon, Root, TestUser};
 
@@ -513,4 +513,85 @@ fn without_a_daemon_clients_fail_with_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("cannot reach the con daemon"), "{err}");
+}
+
+#[test]
+fn readiness_is_notified_to_systemd() {
+    let root = Root::new();
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "daemon",
+            "--supervisor",
+            "systemd",
+        ])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // READY is sent once the socket accepts.
+    let connected = UnixStream::connect(root.socket()).is_ok();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let n = notify.recv(&mut buf).unwrap();
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(child.wait().unwrap().success());
+    assert!(message.contains("READY=1"), "{message}");
+    assert!(connected, "READY before the socket accepted");
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+}
+
+#[test]
+fn a_flood_of_tasks_is_recorded_once_each_in_order() {
+    let root = Root::new();
+    let inbox = root.path().join("srv/con/agents/sysadmin/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    // Some tasks wait before the daemon starts: recorded once at startup.
+    for n in 0..100 {
+        std::fs::write(inbox.join(format!("{n:06}.task")), format!("task {n}")).unwrap();
+    }
+    let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
+    for n in 100..10_000 {
+        let tmp = inbox.join(format!(".{n:06}.tmp"));
+        std::fs::write(&tmp, format!("task {n}")).unwrap();
+        std::fs::rename(&tmp, inbox.join(format!("{n:06}.task"))).unwrap();
+    }
+    let start = Instant::now();
+    let names = loop {
+        let names: Vec<String> = all_events(&root)
+            .into_iter()
+            .filter_map(|e| match e.payload {
+                Payload::InboxArrived(a) => Some(a.path.rsplit('/').next().unwrap().to_owned()),
+                _ => None,
+            })
+            .collect();
+        if names.len() >= 10_000 || start.elapsed() > Duration::from_secs(120) {
+            break names;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let expected: Vec<String> = (0..10_000).map(|n| format!("{n:06}.task")).collect();
+    assert_eq!(names.len(), 10_000, "each task recorded exactly once");
+    assert_eq!(names, expected, "in order");
+    // A restart records nothing again.
+    drop(_daemon);
+    let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let again = all_events(&root)
+        .iter()
+        .filter(|e| matches!(e.payload, Payload::InboxArrived(_)))
+        .count();
+    assert_eq!(again, 10_000);
 }
