@@ -12,26 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Daemon, Root, TestUser};
+use common::{Daemon, Root, TestUser, client_event};
 
 use con_event::payloads::*;
 use con_event::{Event, Payload, SessionId};
-use con_protocol::{Client, ClientError, ClientEvent, ErrorCode, Query};
+use con_protocol::{Client, ClientError, ErrorCode, Query};
 
 const CLIENT_ENV: &str = "CON_TEST_CLIENT";
-
-fn client_event(payload: Payload, session: Option<SessionId>) -> ClientEvent {
-    let spec = payload.spec();
-    ClientEvent {
-        session,
-        task: None,
-        causation: None,
-        kind: spec.id,
-        kind_version: spec.version,
-        payload: payload.encode().unwrap(),
-        attachments: vec![],
-    }
-}
 
 fn tool_call(id: &str) -> Payload {
     ToolCall {
@@ -164,21 +151,7 @@ fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
 }
 
 fn all_events(root: &Root) -> Vec<Event> {
-    let mut events = Vec::new();
-    Client::connect(&root.socket())
-        .unwrap()
-        .query(
-            Query {
-                from_seq: 1,
-                ..Query::default()
-            },
-            |b| {
-                events.push(Event::from_stored(&b).unwrap());
-                true
-            },
-        )
-        .unwrap();
-    events
+    common::all_events(&root.socket())
 }
 
 #[test]

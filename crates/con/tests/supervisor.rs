@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Daemon, Root, TestUser};
 use con_event::payloads::{AgentCondition, AgentState};
 use con_event::{Event, Payload};
-use con_protocol::{Client, ClientEvent, Query};
+use con_protocol::Client;
 
 const STAND_IN: &str = r#"#!/bin/sh
 # Stand-in for `con run`: called as <program> --root R --user-prefix P run AGENT.
@@ -119,21 +119,7 @@ impl Conspiracy {
     }
 
     fn events(&self) -> Vec<Event> {
-        let mut events = Vec::new();
-        Client::connect(&self.root.socket())
-            .unwrap()
-            .query(
-                Query {
-                    from_seq: 1,
-                    ..Query::default()
-                },
-                |b| {
-                    events.push(Event::from_stored(&b).unwrap());
-                    true
-                },
-            )
-            .unwrap();
-        events
+        common::all_events(&self.root.socket())
     }
 
     fn set_condition(&self, agent: &str, condition: AgentCondition) {
@@ -143,18 +129,9 @@ impl Conspiracy {
             reason: "test".into(),
         }
         .into();
-        let spec = payload.spec();
         Client::connect(&self.root.socket())
             .unwrap()
-            .append(ClientEvent {
-                session: None,
-                task: None,
-                causation: None,
-                kind: spec.id,
-                kind_version: spec.version,
-                payload: payload.encode().unwrap(),
-                attachments: vec![],
-            })
+            .append(common::client_event(payload, None))
             .unwrap();
     }
 }

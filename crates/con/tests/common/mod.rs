@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use con_event::{Event, Payload, SessionId};
+use con_protocol::{Client, ClientEvent, Query};
+
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -175,4 +178,37 @@ impl Drop for TestUser {
     fn drop(&mut self) {
         let _ = Command::new("userdel").arg(&self.name).output();
     }
+}
+
+/// A client event for `payload` (no task, no causation, no attachments).
+pub fn client_event(payload: Payload, session: Option<SessionId>) -> ClientEvent {
+    let spec = payload.spec();
+    ClientEvent {
+        session,
+        task: None,
+        causation: None,
+        kind: spec.id,
+        kind_version: spec.version,
+        payload: payload.encode().unwrap(),
+        attachments: vec![],
+    }
+}
+
+/// Every event in the log, through the daemon, as root.
+pub fn all_events(socket: &Path) -> Vec<Event> {
+    let mut events = Vec::new();
+    Client::connect(socket)
+        .unwrap()
+        .query(
+            Query {
+                from_seq: 1,
+                ..Query::default()
+            },
+            |b| {
+                events.push(Event::from_stored(&b).unwrap());
+                true
+            },
+        )
+        .unwrap();
+    events
 }
