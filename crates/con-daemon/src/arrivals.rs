@@ -1,19 +1,55 @@
-//! Inbox arrivals: the watcher's events, committed in order, then the
-//! supervisor is woken — an agent is started only for a task whose arrival
-//! is already durable in the log.
+//! Inbox arrivals: the watcher's events, committed in order, then published
+//! as *recorded* — the supervisor acts only on tasks in that set, so nothing
+//! is acted on before its arrival is durable in the log.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use con_event::{NewEvent, Payload};
-use con_inbox::{ArrivalKey, InboxSpec, InboxWatcher, WatcherConfig, arrival_key};
+use con_inbox::{ArrivalKey, InboxSpec, InboxWatcher, WatcherConfig, arrival_key, key_of};
 use con_store::{Appender, Store, Ticket};
 use tokio::sync::mpsc::Sender;
 
-/// Arrivals waiting for their acknowledgement before the supervisor is told.
+/// Arrivals waiting for their acknowledgement before they are published.
 const IN_FLIGHT: usize = 512;
+
+/// How often inbox directories are checked for appearing or being replaced.
+const REWATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Paths of tasks whose arrival is durable in the log. Entries are removed
+/// once the file has left its inbox.
+#[derive(Clone, Default)]
+pub(crate) struct Recorded(Arc<Mutex<HashSet<PathBuf>>>);
+
+impl Recorded {
+    fn insert(&self, path: PathBuf) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path);
+    }
+
+    /// Whether the arrival of the task at `path` is recorded.
+    pub(crate) fn contains(&self, path: &std::path::Path) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(path)
+    }
+
+    /// Forgets tasks that are no longer where they arrived.
+    pub(crate) fn prune(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| std::fs::symlink_metadata(p).is_ok());
+    }
+}
 
 /// Keys of the tasks present now whose arrival is already in the log.
 fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> HashSet<ArrivalKey> {
@@ -25,12 +61,7 @@ fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> HashSet<Arrival
         for entry in entries.flatten() {
             let path = inbox.dir.join(entry.file_name());
             if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                present.insert(ArrivalKey {
-                    path: path.to_string_lossy().into_owned(),
-                    dev: meta.dev(),
-                    inode: meta.ino(),
-                    ctime_unix_nanos: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
-                });
+                present.insert(key_of(&path, &meta));
             }
         }
     }
@@ -51,71 +82,145 @@ fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> HashSet<Arrival
     recorded
 }
 
-/// The running watcher and the thread that records its events.
+/// The running watcher and the threads that record its events and keep
+/// every configured inbox watched.
 pub(crate) struct Arrivals {
-    watcher: InboxWatcher,
+    watcher: Arc<InboxWatcher>,
     recorder: JoinHandle<()>,
+    rewatch: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Arrivals {
-    /// Starts watching the inboxes that exist (missing ones are reported and
-    /// skipped: provisioning creates them).
+    /// Starts watching. Inboxes that do not exist yet, or that are replaced
+    /// later, are (re)watched as soon as they appear; until then nothing in
+    /// them is recorded, so nothing in them is acted on.
     pub(crate) fn start(
         store: &Store,
         appender: Appender,
         inboxes: Vec<InboxSpec>,
         trusted_group: &str,
         wake: Sender<String>,
+        recorded: Recorded,
     ) -> Result<Self, con_inbox::WatchError> {
-        let (present, missing): (Vec<_>, Vec<_>) =
-            inboxes.into_iter().partition(|i| i.dir.is_dir());
-        for inbox in missing {
-            eprintln!(
-                "con daemon: inbox {} ({}) does not exist; not watched",
-                inbox.dir.display(),
-                inbox.name
-            );
+        let already = recorded_and_present(store, &inboxes);
+        for key in &already {
+            recorded.insert(PathBuf::from(&key.path));
         }
-        let recorded = recorded_and_present(store, &present);
         let (tx, rx) = mpsc::sync_channel::<NewEvent>(1024);
-        let watcher = InboxWatcher::start_with_errors(
-            present,
+        let watcher = Arc::new(InboxWatcher::start_with_errors(
+            Vec::new(),
             WatcherConfig {
                 trusted_group: trusted_group.to_owned(),
                 ..WatcherConfig::default()
             },
-            recorded,
+            already,
             tx,
             |e| eprintln!("con daemon: inbox watcher: {e}"),
-        )?;
-        let recorder = std::thread::Builder::new()
-            .name("con-arrivals".into())
-            .spawn(move || record(&rx, &appender, &wake))
-            .map_err(|source| con_inbox::WatchError::Io {
-                op: "spawn the arrivals thread",
-                path: std::path::PathBuf::new(),
-                source,
-            })?;
-        Ok(Self { watcher, recorder })
+        )?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let rewatch = {
+            let watcher = watcher.clone();
+            let stop = stop.clone();
+            spawn("con-inbox-rewatch", move || {
+                rewatch(&watcher, &inboxes, &stop)
+            })?
+        };
+        let recorder = spawn("con-arrivals", move || {
+            record(&rx, &appender, &wake, &recorded)
+        })?;
+        Ok(Self {
+            watcher,
+            recorder,
+            rewatch,
+            stop,
+        })
     }
 
-    /// Stops watching and waits until every arrival seen so far is committed.
+    /// Stops watching and waits until the arrivals handed over so far are
+    /// committed (one the watcher holds at that moment is recorded again at
+    /// the next start: its key is not in the log yet).
     pub(crate) fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.rewatch.join();
         drop(self.watcher);
         let _ = self.recorder.join();
     }
 }
 
-/// Submits arrivals in order, many in flight; wakes the supervisor for each
-/// once it is durable.
-fn record(rx: &mpsc::Receiver<NewEvent>, appender: &Appender, wake: &Sender<String>) {
-    let mut in_flight: VecDeque<(Ticket, String)> = VecDeque::new();
-    let settle = |in_flight: &mut VecDeque<(Ticket, String)>, all: bool| {
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, con_inbox::WatchError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|source| con_inbox::WatchError::Io {
+            op: "spawn a thread",
+            path: PathBuf::new(),
+            source,
+        })
+}
+
+/// (Re)adds each inbox whose directory appeared or was replaced.
+fn rewatch(watcher: &InboxWatcher, inboxes: &[InboxSpec], stop: &AtomicBool) {
+    let mut watched: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut reported: HashSet<String> = HashSet::new();
+    while !stop.load(Ordering::SeqCst) {
+        for inbox in inboxes {
+            let identity = std::fs::metadata(&inbox.dir)
+                .ok()
+                .filter(|m| m.is_dir())
+                .map(|m| (m.dev(), m.ino()));
+            match identity {
+                None => {
+                    if reported.insert(inbox.name.clone()) {
+                        eprintln!(
+                            "con daemon: inbox {} ({}) does not exist; watching for it",
+                            inbox.dir.display(),
+                            inbox.name
+                        );
+                    }
+                }
+                Some(id) if watched.get(&inbox.name) != Some(&id) => {
+                    match watcher.add_inbox(inbox.clone()) {
+                        Ok(()) => {
+                            watched.insert(inbox.name.clone(), id);
+                            reported.remove(&inbox.name);
+                        }
+                        Err(e) => eprintln!("con daemon: inbox watcher: {e}"),
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        std::thread::sleep(REWATCH_INTERVAL);
+    }
+}
+
+/// Submits arrivals in order, many in flight; publishes each as recorded and
+/// wakes the supervisor once it is durable.
+fn record(
+    rx: &mpsc::Receiver<NewEvent>,
+    appender: &Appender,
+    wake: &Sender<String>,
+    recorded: &Recorded,
+) {
+    let mut in_flight: VecDeque<(Ticket, String, PathBuf)> = VecDeque::new();
+    let settle = |in_flight: &mut VecDeque<(Ticket, String, PathBuf)>, all: bool| {
         while in_flight.len() > if all { 0 } else { IN_FLIGHT } {
-            if let Some((ticket, inbox)) = in_flight.pop_front()
-                && ticket.wait().is_ok()
-            {
-                let _ = wake.try_send(inbox);
+            if let Some((ticket, inbox, path)) = in_flight.pop_front() {
+                match ticket.wait() {
+                    Ok(_) => {
+                        recorded.insert(path);
+                        let _ = wake.try_send(inbox);
+                    }
+                    // Not recorded, so never acted on; a restart scans again.
+                    Err(e) => eprintln!(
+                        "con daemon: could not record the arrival of {}: {e}",
+                        path.display()
+                    ),
+                }
             }
         }
     };
@@ -132,11 +237,11 @@ fn record(rx: &mpsc::Receiver<NewEvent>, appender: &Appender, wake: &Sender<Stri
             }
             Err(mpsc::TryRecvError::Disconnected) => break,
         };
-        let inbox = match &event.payload {
-            Payload::InboxArrived(a) => a.inbox.clone(),
-            _ => String::new(),
+        let (inbox, path) = match &event.payload {
+            Payload::InboxArrived(a) => (a.inbox.clone(), PathBuf::from(&a.path)),
+            _ => (String::new(), PathBuf::new()),
         };
-        in_flight.push_back((appender.submit(event), inbox));
+        in_flight.push_back((appender.submit(event), inbox, path));
         settle(&mut in_flight, false);
     }
     settle(&mut in_flight, true);

@@ -166,17 +166,18 @@ impl Daemon {
         });
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
+        let recorded = arrivals::Recorded::default();
         let arrivals = arrivals::Arrivals::start(
             &shared.store,
             shared.appender.clone(),
             config.inboxes.clone(),
             &config.trusted_group,
             wake_tx,
+            recorded.clone(),
         )?;
-        let supervisor = config
-            .supervisor
-            .clone()
-            .map(|sc| tokio::spawn(supervisor::Supervisor::new(shared.clone(), sc).run(wake_rx)));
+        let supervisor = config.supervisor.clone().map(|sc| {
+            tokio::spawn(supervisor::Supervisor::new(shared.clone(), sc, recorded).run(wake_rx))
+        });
 
         // Ready: the socket accepts and the log is open.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

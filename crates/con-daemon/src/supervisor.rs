@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::Shared;
+use crate::arrivals::Recorded;
 
 /// One agent under supervision.
 #[derive(Clone, Debug)]
@@ -63,10 +64,15 @@ const QUICK_FAILURE: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct AgentRuns {
-    running: u32,
+    /// Process ids of the runs in progress.
+    running: HashSet<u32>,
     failures: u32,
     not_before: Option<Instant>,
-    warned_missing_user: bool,
+    warned: bool,
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.min(6)).min(MAX_BACKOFF)
 }
 
 struct Exit {
@@ -76,55 +82,48 @@ struct Exit {
     duration: Duration,
 }
 
-/// A task not announced by a wake-up is acted on only once it is this old:
-/// by then the watcher has recorded its arrival (acting first would break
-/// "recorded before acted on"); this path only catches missed wake-ups.
-const UNANNOUNCED_MIN_AGE: Duration = Duration::from_secs(2);
-
-/// `*.task` entries of `dir` at least `min_age` old, sorted by name
-/// (oldest first).
-fn tasks_in(dir: &Path, min_age: Duration) -> Vec<PathBuf> {
+/// Recorded `*.task` entries of `dir`, sorted by name (oldest first). A task
+/// whose arrival is not durable yet is not there for the supervisor.
+fn tasks_in(dir: &Path, recorded: &Recorded) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut tasks: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "task"))
-        .filter(|p| {
-            min_age.is_zero()
-                || std::fs::symlink_metadata(p)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age))
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "task") && recorded.contains(p))
         .collect();
     tasks.sort();
     tasks
 }
 
-fn min_age(woken: &HashSet<String>, inbox: &str) -> Duration {
-    if woken.contains(inbox) {
-        Duration::ZERO
-    } else {
-        UNANNOUNCED_MIN_AGE
-    }
-}
+/// Least time between two starts of one agent, so a run that exits at once
+/// (successfully or not) cannot turn into a spawn loop.
+const MIN_RESTART: Duration = Duration::from_secs(1);
+
+/// How long runs get to stop when the daemon stops.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Supervisor {
     shared: Arc<Shared>,
     config: SupervisorConfig,
+    recorded: Recorded,
     runs: HashMap<String, AgentRuns>,
     exits: JoinSet<Exit>,
     last_cron_minute: Option<i64>,
+    /// Set when an event could not be recorded: no audit, no action.
+    log_failed: bool,
 }
 
 impl Supervisor {
-    pub(crate) fn new(shared: Arc<Shared>, config: SupervisorConfig) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, config: SupervisorConfig, recorded: Recorded) -> Self {
         Self {
             shared,
             config,
+            recorded,
             runs: HashMap::new(),
             exits: JoinSet::new(),
             last_cron_minute: None,
+            log_failed: false,
         }
     }
 
@@ -137,36 +136,72 @@ impl Supervisor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = &mut stop => return,
-                _ = tick.tick() => self.round(&HashSet::new(), true).await,
-                Some(inbox) = wake.recv() => {
+                () = &mut stop => return self.stop_runs().await,
+                _ = tick.tick() => self.round(true).await,
+                Some(_) = wake.recv() => {
                     // Coalesce a burst of arrivals into one round.
-                    let mut woken = HashSet::from([inbox]);
-                    while let Ok(inbox) = wake.try_recv() {
-                        woken.insert(inbox);
-                    }
-                    self.round(&woken, false).await;
+                    while wake.try_recv().is_ok() {}
+                    self.round(false).await;
                 }
                 Some(exit) = self.exits.join_next(), if !self.exits.is_empty() => {
                     if let Ok(exit) = exit {
                         self.exited(exit).await;
                     }
-                    self.round(&HashSet::new(), false).await;
+                    self.round(false).await;
                 }
             }
         }
     }
 
-    async fn record(&self, event: NewEvent) {
-        // A failing log stops the daemon's writer; nothing more to do here.
-        let _ = self.shared.appender.submit(event).wait_async().await;
+    /// Records `event`; false (and no further action from now on) if the
+    /// log cannot take it.
+    async fn record(&mut self, event: NewEvent) -> bool {
+        match self.shared.appender.submit(event).wait_async().await {
+            Ok(_) => true,
+            Err(e) => {
+                if !self.log_failed {
+                    eprintln!("con daemon: supervisor stops starting runs: {e}");
+                }
+                self.log_failed = true;
+                false
+            }
+        }
     }
 
-    async fn round(&mut self, woken: &HashSet<String>, from_tick: bool) {
-        self.route_outer_inbox(min_age(woken, "outer")).await;
-        let conditions = match self.shared.store.project::<FleetStatus>() {
-            Ok(f) => f,
-            Err(_) => return,
+    /// SIGTERMs every run's session, waits up to `STOP_GRACE`, records exits.
+    async fn stop_runs(&mut self) {
+        for runs in self.runs.values() {
+            for &pid in &runs.running {
+                if let Ok(pid) = i32::try_from(pid) {
+                    // Each run leads its own session and process group.
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.exits.is_empty() {
+            match tokio::time::timeout_at(deadline, self.exits.join_next()).await {
+                Ok(Some(Ok(exit))) => self.exited(exit).await,
+                Ok(Some(Err(_))) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
+    async fn round(&mut self, from_tick: bool) {
+        if self.log_failed {
+            return;
+        }
+        self.recorded.prune();
+        self.route_outer_inbox().await;
+        let shared = self.shared.clone();
+        let Ok(Ok(conditions)) =
+            tokio::task::spawn_blocking(move || shared.store.project::<FleetStatus>()).await
+        else {
+            return;
         };
         let cron_minute = from_tick.then(|| self.new_cron_minute()).flatten();
         for agent in self.config.agents.clone() {
@@ -178,13 +213,13 @@ impl Supervisor {
                 continue;
             }
             let runs = self.runs.entry(agent.name.clone()).or_default();
-            if runs.running >= agent.max_sessions
-                || runs.not_before.is_some_and(|t| Instant::now() < t)
+            let running = u32::try_from(runs.running.len()).unwrap_or(u32::MAX);
+            if running >= agent.max_sessions || runs.not_before.is_some_and(|t| Instant::now() < t)
             {
                 continue;
             }
             let trigger = match agent.mode {
-                Mode::Continuous if runs.running == 0 => Some("continuous"),
+                Mode::Continuous if running == 0 => Some("continuous"),
                 Mode::Cron => cron_minute
                     .as_ref()
                     .filter(|now| {
@@ -197,7 +232,10 @@ impl Supervisor {
                 _ => None,
             }
             .or_else(|| {
-                (!tasks_in(&agent.inbox, min_age(woken, &agent.name)).is_empty()).then_some("inbox")
+                // One more run only while recorded tasks outnumber the runs
+                // already taking them.
+                let pending = tasks_in(&agent.inbox, &self.recorded).len();
+                (u32::try_from(pending).unwrap_or(u32::MAX) > running).then_some("inbox")
             });
             if let Some(trigger) = trigger {
                 self.start(&agent.name, trigger).await;
@@ -223,29 +261,51 @@ impl Supervisor {
         ))
     }
 
-    async fn route_outer_inbox(&self, min_age: Duration) {
+    async fn route_outer_inbox(&mut self) {
         let Some(router) = self.config.router.clone() else {
             return;
         };
-        let Some(target) = self.config.agents.iter().find(|a| a.name == router) else {
+        let Some(target) = self
+            .config
+            .agents
+            .iter()
+            .find(|a| a.name == router)
+            .cloned()
+        else {
             return;
         };
-        for task in tasks_in(&self.config.outer_inbox, min_age) {
-            let Some(name) = task.file_name() else {
+        let inbox = target.inbox.clone();
+        for task in tasks_in(&self.config.outer_inbox, &self.recorded) {
+            let Some(name) = task.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
             };
-            let dest = target.inbox.join(name);
-            if dest.exists() {
-                continue;
-            }
             // rename keeps the inode, so the owner (the provenance) travels
-            // with the task.
-            if std::fs::rename(&task, &dest).is_ok() {
+            // with the task; NOREPLACE never overwrites a task already there.
+            let mut dest = inbox.join(&name);
+            let mut attempt = 0;
+            let moved = loop {
+                match nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &task,
+                    nix::fcntl::AT_FDCWD,
+                    &dest,
+                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+                ) {
+                    Ok(()) => break true,
+                    Err(nix::errno::Errno::EEXIST) if attempt < 100 => {
+                        attempt += 1;
+                        let stem = name.strip_suffix(".task").unwrap_or(&name);
+                        dest = inbox.join(format!("{stem}-{attempt}.task"));
+                    }
+                    Err(e) => {
+                        eprintln!("con daemon: cannot route {}: {e}", task.display());
+                        break false;
+                    }
+                }
+            };
+            if moved {
                 self.record(NewEvent {
-                    task: name
-                        .to_str()
-                        .and_then(|n| n.strip_suffix(".task"))
-                        .map(str::to_owned),
+                    task: name.strip_suffix(".task").map(str::to_owned),
                     ..NewEvent::system(TaskRouted {
                         from: "outer".into(),
                         to: router.clone(),
@@ -259,16 +319,29 @@ impl Supervisor {
 
     async fn start(&mut self, agent: &str, trigger: &str) {
         let user_name = format!("{}{agent}", self.shared.config.user_prefix);
-        let Ok(Some(user)) = User::from_name(&user_name) else {
-            let runs = self.runs.entry(agent.to_owned()).or_default();
-            if !runs.warned_missing_user {
-                runs.warned_missing_user = true;
-                eprintln!("con daemon: cannot start {agent}: no user {user_name}");
+        let user = match User::from_name(&user_name) {
+            Ok(Some(u)) if !u.uid.is_root() && u.gid.as_raw() != 0 => u,
+            found => {
+                let runs = self.runs.entry(agent.to_owned()).or_default();
+                runs.not_before = Some(Instant::now() + MAX_BACKOFF);
+                if !runs.warned {
+                    runs.warned = true;
+                    let why = match found {
+                        Ok(Some(_)) => format!("{user_name} is root or in group root"),
+                        Ok(None) => format!("no user {user_name}"),
+                        Err(e) => format!("cannot look up {user_name}: {e}"),
+                    };
+                    eprintln!("con daemon: not starting {agent}: {why}");
+                }
+                return;
             }
-            return;
         };
-        let mut cmd = tokio::process::Command::new("setpriv");
-        cmd.arg(format!("--reuid={}", user.uid))
+        // setsid: the run leads a new session with no controlling terminal
+        // (it must never reach the terminal the daemon was started from);
+        // setpriv: the agent's uid, gid and supplementary groups.
+        let mut cmd = tokio::process::Command::new("/usr/bin/setsid");
+        cmd.arg("/usr/bin/setpriv")
+            .arg(format!("--reuid={}", user.uid))
             .arg(format!("--regid={}", user.gid))
             .arg("--init-groups")
             .arg("--")
@@ -289,21 +362,30 @@ impl Supervisor {
             .stderr(Stdio::null())
             .kill_on_drop(false);
         let started = Instant::now();
+        let runs = self.runs.entry(agent.to_owned()).or_default();
+        runs.not_before = Some(started + MIN_RESTART);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
+                runs.failures += 1;
+                runs.not_before = Some(started + backoff(runs.failures));
                 eprintln!("con daemon: cannot start {agent}: {e}");
                 return;
             }
         };
         let pid = child.id().unwrap_or(0);
-        self.runs.entry(agent.to_owned()).or_default().running += 1;
-        self.record(NewEvent::system(RunStarted {
-            agent: agent.to_owned(),
-            pid,
-            trigger: trigger.to_owned(),
-        }))
-        .await;
+        runs.running.insert(pid);
+        let recorded = self
+            .record(NewEvent::system(RunStarted {
+                agent: agent.to_owned(),
+                pid,
+                trigger: trigger.to_owned(),
+            }))
+            .await;
+        if !recorded {
+            // No audit, no action.
+            let _ = child.start_kill();
+        }
         let agent = agent.to_owned();
         self.exits.spawn(async move {
             let status = child.wait().await;
@@ -323,14 +405,12 @@ impl Supervisor {
             Err(_) => (None, None),
         };
         let runs = self.runs.entry(exit.agent.clone()).or_default();
-        runs.running = runs.running.saturating_sub(1);
-        if exit_code == Some(0) {
+        runs.running.remove(&exit.pid);
+        if exit_code == Some(0) || exit.duration >= QUICK_FAILURE {
             runs.failures = 0;
-            runs.not_before = None;
-        } else if exit.duration < QUICK_FAILURE {
+        } else {
             runs.failures += 1;
-            let backoff = Duration::from_secs(1 << runs.failures.min(6)).min(MAX_BACKOFF);
-            runs.not_before = Some(Instant::now() + backoff);
+            runs.not_before = Some(Instant::now() + backoff(runs.failures));
         }
         self.record(NewEvent::system(RunExited {
             agent: exit.agent,

@@ -172,7 +172,8 @@ pub(crate) fn classify_with(
 }
 
 /// The arrival key of an absolute `path` whose `lstat` is `meta`.
-pub(crate) fn key_of(path: &Path, meta: &Metadata) -> ArrivalKey {
+/// The arrival key of the entry at `path` with `lstat` result `meta`.
+pub fn key_of(path: &Path, meta: &Metadata) -> ArrivalKey {
     ArrivalKey {
         path: path.to_string_lossy().into_owned(),
         dev: meta.dev(),

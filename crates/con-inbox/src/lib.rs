@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use con_event::payloads::InboxArrived;
 
-pub use classify::{Classified, classify};
+pub use classify::{Classified, classify, key_of};
 pub use watcher::InboxWatcher;
 
 /// One inbox to watch.
