@@ -39,8 +39,20 @@ pub use model::{
 /// short enough that `a-<name>` stays within the 32-byte user-name limit.
 pub const AGENT_NAME_PATTERN: &str = "^[a-z][a-z0-9-]{0,30}$";
 
-/// Checks `name` against [`AGENT_NAME_PATTERN`]; the error is the message to show.
+/// Names the event log uses for things that are not agents (the outer inbox,
+/// routing destinations); an agent by one of these names would be confused
+/// with them, and could read what is recorded under them.
+pub const RESERVED_NAMES: &[&str] = &["outer", "processed", "outbox"];
+
+/// Checks `name` against [`AGENT_NAME_PATTERN`] and [`RESERVED_NAMES`]; the
+/// error is the message to show.
 pub fn validate_agent_name(name: &str) -> Result<(), String> {
+    if RESERVED_NAMES.contains(&name) {
+        return Err(format!(
+            "{name:?} is reserved (reserved: {})",
+            RESERVED_NAMES.join(", ")
+        ));
+    }
     let bytes = name.as_bytes();
     let ok = matches!(bytes.first(), Some(b'a'..=b'z'))
         && bytes.len() <= 31

@@ -72,6 +72,10 @@ fn bad_agent_names() {
         "[[agents]]\ntier = \"worker\"\n",
         "configs/x.toml: agents[0]: name: required",
     );
+    check(
+        &named("outer"),
+        r#"configs/x.toml: agents[0] "outer": name: "outer" is reserved (reserved: outer, processed, outbox)"#,
+    );
     // Reported at the offending entry, after the good ones.
     check(
         &format!("{}{}{}", named("one"), named("two"), named("Bad_Name")),

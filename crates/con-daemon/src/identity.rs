@@ -46,8 +46,15 @@ impl std::fmt::Display for Identity {
     }
 }
 
-/// Maps a peer uid to an identity; anyone else is refused.
-pub fn identify(uid: u32, user_prefix: &str, trusted_group: &str) -> Result<Identity, String> {
+/// Maps a peer uid to an identity; anyone else is refused. Only users of
+/// configured agents are agents (a `<prefix><name>` user of another
+/// conspiracy, or a leftover one, is nobody here).
+pub fn identify(
+    uid: u32,
+    user_prefix: &str,
+    trusted_group: &str,
+    agents: &[String],
+) -> Result<Identity, String> {
     if uid == 0 {
         return Ok(Identity::Operator { uid });
     }
@@ -60,7 +67,7 @@ pub fn identify(uid: u32, user_prefix: &str, trusted_group: &str) -> Result<Iden
         return Ok(Identity::Operator { uid });
     }
     if let Some(name) = user.name.strip_prefix(user_prefix)
-        && con_config::validate_agent_name(name).is_ok()
+        && agents.iter().any(|a| a == name)
     {
         return Ok(Identity::Agent {
             uid,

@@ -42,6 +42,8 @@ pub struct DaemonConfig {
     pub user_prefix: String,
     /// Group whose members are operators.
     pub trusted_group: String,
+    /// Configured agent names: only their users are agents.
+    pub agents: Vec<String>,
     /// Journal mirror queue length.
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
@@ -69,6 +71,9 @@ pub enum DaemonError {
     /// The inbox watcher could not start.
     #[error("inbox watcher: {0}")]
     Watch(#[from] con_inbox::WatchError),
+    /// The configuration cannot be served safely.
+    #[error("{0}")]
+    Config(String),
     /// The final commit on shutdown failed.
     #[error("shutdown: {0}")]
     Shutdown(String),
@@ -115,6 +120,8 @@ pub(crate) struct Shared {
     pub(crate) head: watch::Receiver<u64>,
     pub(crate) mirror: MirrorStatus,
     pub(crate) stopping: watch::Receiver<bool>,
+    /// Open connections per uid.
+    pub(crate) connections: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
 }
 
 /// A running daemon's handles.
@@ -126,6 +133,12 @@ impl Daemon {
         config: DaemonConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), DaemonError> {
+        if config.user_prefix.is_empty() {
+            // Every system account would then look like an agent.
+            return Err(DaemonError::Config(
+                "the agent user prefix must not be empty".into(),
+            ));
+        }
         // The log directory is root's alone: agents reach the log only
         // through the socket.
         if let Some(parent) = config.db.parent() {
@@ -163,6 +176,7 @@ impl Daemon {
             head: head_rx,
             mirror: mirror_status,
             stopping: stop_rx,
+            connections: Default::default(),
         });
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
@@ -191,7 +205,10 @@ impl Daemon {
                         connections.spawn(server::serve(shared.clone(), stream));
                     }
                     // EMFILE and friends: keep serving the connections we have.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(e) => {
+                        eprintln!("con daemon: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }

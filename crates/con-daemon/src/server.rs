@@ -1,6 +1,7 @@
 //! One connection: identify the peer, then answer requests until EOF.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use con_event::{Actor, Event, NewEvent, Payload};
 use con_projection::FleetStatus;
@@ -39,7 +40,15 @@ async fn refuse(wr: &mut OwnedWriteHalf, code: ErrorCode, message: String) -> Re
     send(wr, &Response::Error { code, message }).await
 }
 
-/// Reads one request: `Ok(None)` on a clean end of stream.
+/// Once a frame has started, the rest must follow within this time.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections one non-root uid may hold open at once.
+const MAX_CONNECTIONS_PER_UID: usize = 64;
+
+/// Reads one request: `Ok(None)` on a clean end of stream. The body is read
+/// as it arrives (no buffer of the declared size up front) and must arrive
+/// within `FRAME_TIMEOUT`.
 async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<Request>, FrameError> {
     let mut prefix = [0u8; LEN_BYTES];
     match rd.read_exact(&mut prefix).await {
@@ -48,25 +57,98 @@ async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<Request>, FrameEr
         Err(e) => return Err(FrameError::Malformed(e.to_string())),
     }
     let len = check_len(prefix)?;
-    let mut rest = vec![0u8; len];
-    rd.read_exact(&mut rest)
-        .await
-        .map_err(|e| FrameError::Malformed(format!("truncated frame: {e}")))?;
+    let mut rest = Vec::with_capacity(len.min(64 * 1024));
+    let read = tokio::time::timeout(
+        FRAME_TIMEOUT,
+        (&mut *rd).take(len as u64).read_to_end(&mut rest),
+    )
+    .await
+    .map_err(|_| FrameError::Malformed("frame not completed in time".into()))?
+    .map_err(|e| FrameError::Malformed(format!("truncated frame: {e}")))?;
+    if read != len {
+        return Err(FrameError::Malformed(format!(
+            "truncated frame: {read} of {len} bytes"
+        )));
+    }
     decode_body(&rest).map(Some)
 }
 
+/// Holds one of a uid's connection slots; frees it when dropped.
+struct Slot {
+    shared: Arc<Shared>,
+    uid: u32,
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>, uid: u32) -> Option<Slot> {
+        let mut counts = shared
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(uid).or_default();
+        if uid != 0 && *count >= MAX_CONNECTIONS_PER_UID {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            shared: shared.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = counts.get_mut(&self.uid) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
+}
+
 pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
-    let identity = stream
-        .peer_cred()
-        .map_err(|e| format!("cannot read peer credentials: {e}"))
-        .and_then(|cred| {
-            identify(
-                cred.uid(),
-                &shared.config.user_prefix,
-                &shared.config.trusted_group,
-            )
-        });
+    let cred = stream.peer_cred();
     let (mut rd, mut wr) = stream.into_split();
+    let uid = match cred {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            let _ = refuse(
+                &mut wr,
+                ErrorCode::Forbidden,
+                format!("cannot read peer credentials: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
+    let Some(_slot) = Slot::take(&shared, uid) else {
+        let _ = refuse(
+            &mut wr,
+            ErrorCode::Unavailable,
+            format!("uid {uid} has {MAX_CONNECTIONS_PER_UID} connections open already"),
+        )
+        .await;
+        return;
+    };
+    // User database lookups may block (NSS): off the async workers.
+    let lookup = shared.clone();
+    let identity = tokio::task::spawn_blocking(move || {
+        identify(
+            uid,
+            &lookup.config.user_prefix,
+            &lookup.config.trusted_group,
+            &lookup.config.agents,
+        )
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("identity lookup failed: {e}")));
     let identity = match identity {
         Ok(identity) => identity,
         Err(reason) => {
@@ -100,7 +182,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
 }
 
 async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     identity: &Identity,
     request: Request,
     wr: &mut OwnedWriteHalf,
@@ -113,7 +195,7 @@ async fn handle(
 }
 
 async fn append(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     identity: &Identity,
     event: ClientEvent,
     wr: &mut OwnedWriteHalf,
@@ -124,6 +206,33 @@ async fn append(
     };
     if let Err(reason) = may_append(identity, &payload) {
         return refuse(wr, ErrorCode::Forbidden, format!("{identity}: {reason}")).await;
+    }
+    if let Err(reason) = attachments_match(&payload, &event.attachments) {
+        return refuse(wr, ErrorCode::Rejected, reason).await;
+    }
+    if let (Some(me), Some(session)) = (identity.agent(), event.session) {
+        let lookup = shared.clone();
+        let me = me.to_owned();
+        let opens = matches!(payload, Payload::SessionStarted(_));
+        let owner = tokio::task::spawn_blocking(move || session_owner(&lookup, &session))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let verdict = match owner {
+            Err(e) => Err((ErrorCode::Unavailable, e)),
+            Ok(None) if opens => Ok(()),
+            Ok(None) => Err((
+                ErrorCode::Forbidden,
+                format!("session {session} was not started (session.started comes first)"),
+            )),
+            Ok(Some(owner)) if owner == me => Ok(()),
+            Ok(Some(owner)) => Err((
+                ErrorCode::Forbidden,
+                format!("{identity}: session {session} belongs to agent {owner}"),
+            )),
+        };
+        if let Err((code, reason)) = verdict {
+            return refuse(wr, code, reason).await;
+        }
     }
     let new = NewEvent {
         // The kernel's word, not the client's.
@@ -153,10 +262,16 @@ async fn append(
     }
 }
 
-/// Up to `QUERY_CHUNK` matching durable events from `from`, as stored bytes.
-fn next_chunk(shared: &Shared, query: &Query, from: u64) -> Result<Vec<(u64, Vec<u8>)>, String> {
+/// Up to `QUERY_CHUNK` matching durable events from `from`, as stored
+/// bytes, and the last seq examined (matching or not), so the next chunk
+/// resumes after it instead of re-scanning.
+#[allow(clippy::type_complexity)]
+fn next_chunk(
+    shared: &Shared,
+    query: &Query,
+    from: u64,
+) -> Result<(Vec<(u64, Vec<u8>)>, Option<u64>), String> {
     let store = &shared.store;
-    let matches = |e: &Event| query.kind.is_none_or(|k| e.envelope.kind == k);
     let events: Box<dyn Iterator<Item = Result<Event, con_store::StoreError>>> =
         match (&query.session, &query.agent) {
             (Some(s), _) => Box::new(store.session_events(s, from).map_err(|e| e.to_string())?),
@@ -164,29 +279,29 @@ fn next_chunk(shared: &Shared, query: &Query, from: u64) -> Result<Vec<(u64, Vec
             (None, None) => Box::new(store.events_from(from)),
         };
     let mut out = Vec::new();
-    for event in events {
+    let mut examined = None;
+    for (scanned, event) in events.enumerate() {
         let event = event.map_err(|e| e.to_string())?;
-        if query.agent.as_deref().is_some_and(|a| {
-            event.envelope.actor.agent.as_deref() != Some(a)
-                && event.payload.subject_agent() != Some(a)
-        }) {
-            continue;
+        examined = Some(event.seq());
+        let about_agent = query.agent.as_deref().is_none_or(|a| {
+            event.envelope.actor.agent.as_deref() == Some(a)
+                || event.payload.subject_agent() == Some(a)
+        });
+        if about_agent
+            && query.kind.is_none_or(|k| event.envelope.kind == k)
+            && let Some(raw) = store.raw(event.seq()).map_err(|e| e.to_string())?
+        {
+            out.push((event.seq(), raw));
         }
-        if matches(&event) {
-            let seq = event.seq();
-            if let Some(raw) = store.raw(seq).map_err(|e| e.to_string())? {
-                out.push((seq, raw));
-            }
-            if out.len() >= QUERY_CHUNK {
-                break;
-            }
+        if out.len() >= QUERY_CHUNK || scanned >= QUERY_CHUNK * 16 {
+            break;
         }
     }
-    Ok(out)
+    Ok((out, examined))
 }
 
 async fn query(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     identity: &Identity,
     mut query: Query,
     wr: &mut OwnedWriteHalf,
@@ -207,59 +322,110 @@ async fn query(
             }
         }
     }
+    let query = Arc::new(query);
     let mut from = query.from_seq.max(1);
     let mut remaining = query.limit.unwrap_or(u64::MAX);
     let mut head = shared.head.clone();
-    let mut stopping = shared.stopping.clone();
+    let stop = crate::until_stopping(shared.stopping.clone());
+    tokio::pin!(stop);
     loop {
-        let chunk = match next_chunk(shared, &query, from) {
+        if remaining == 0 {
+            break;
+        }
+        // Log reads may block: off the async workers.
+        let (lookup, q) = (shared.clone(), query.clone());
+        let chunk = tokio::task::spawn_blocking(move || next_chunk(&lookup, &q, from))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let (events, examined) = match chunk {
             Ok(c) => c,
             Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
         };
-        if chunk.is_empty() {
-            if !query.follow || remaining == 0 {
-                return send(
-                    wr,
-                    &Response::End {
-                        head_seq: shared.store.head().seq,
-                    },
-                )
-                .await;
-            }
-            // Wait for the next commit (or shutdown).
-            tokio::select! {
-                changed = head.changed() => if changed.is_err() { return Ok(()) },
-                _ = stopping.wait_for(|s| *s) => return Ok(()),
-            }
-            continue;
-        }
-        for (seq, raw) in chunk {
-            if remaining == 0 {
-                break;
-            }
+        for (_, raw) in events
+            .into_iter()
+            .take(usize::try_from(remaining).unwrap_or(usize::MAX))
+        {
             send(wr, &Response::Event(raw)).await?;
             remaining -= 1;
-            from = seq + 1;
         }
+        match examined {
+            Some(seq) => from = seq + 1,
+            None if query.follow => {
+                // Caught up: wait for the next commit (or shutdown).
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return Ok(()) },
+                    () = &mut stop => return Ok(()),
+                }
+            }
+            None => break,
+        }
+    }
+    send(
+        wr,
+        &Response::End {
+            head_seq: shared.store.head().seq,
+        },
+    )
+    .await
+}
+
+/// The agent that started `session`, if it was started.
+fn session_owner(
+    shared: &Shared,
+    session: &con_event::SessionId,
+) -> Result<Option<String>, String> {
+    let mut events = shared
+        .store
+        .session_events(session, 1)
+        .map_err(|e| e.to_string())?;
+    match events.next() {
+        None => Ok(None),
+        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok(first)) => Ok(Some(first.envelope.actor.agent.unwrap_or_default())),
     }
 }
 
+/// Attachments must be exactly the contents the payload references: nothing
+/// unreferenced is stored, and what is referenced is what was sent.
+fn attachments_match(payload: &Payload, attachments: &[Vec<u8>]) -> Result<(), String> {
+    let referenced = payload.blob_refs();
+    for blob in attachments {
+        let r = con_event::BlobRef::of(blob);
+        if !referenced.contains(&r) {
+            return Err(format!(
+                "attachment sha256:{} ({} bytes) is not referenced by the {} payload",
+                r.digest,
+                r.len,
+                payload.spec().name
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn status(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     identity: &Identity,
     wr: &mut OwnedWriteHalf,
 ) -> Result<(), Closed> {
     let head = shared.store.head();
     // The fleet view is for operators; an agent learns only who it is.
     let fleet = match identity {
-        Identity::Operator { .. } => match shared.store.project::<FleetStatus>() {
-            Ok(f) => con_event::codec::encode_with_limit(
-                &f,
-                u64::from(con_protocol::MAX_FRAME_BYTES) / 2,
-            )
-            .unwrap_or_default(),
-            Err(e) => return refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
-        },
+        Identity::Operator { .. } => {
+            let lookup = shared.clone();
+            let folded = tokio::task::spawn_blocking(move || lookup.store.project::<FleetStatus>())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            match folded {
+                Ok(f) => con_event::codec::encode_with_limit(
+                    &f,
+                    u64::from(con_protocol::MAX_FRAME_BYTES) / 2,
+                )
+                .unwrap_or_default(),
+                Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
+            }
+        }
         Identity::Agent { .. } => Vec::new(),
     };
     let report = StatusReport {

@@ -130,6 +130,13 @@ macro_rules! registry {
                 }
             }
 
+            /// Blobs the payload references.
+            pub fn blob_refs(&self) -> Vec<crate::BlobRef> {
+                match self {
+                    $(Payload::$variant(p) => p.blob_refs(),)*
+                }
+            }
+
             /// The agent this event is about (which may differ from its actor:
             /// the daemon records arrivals in an agent's inbox).
             pub fn subject_agent(&self) -> Option<&str> {

@@ -43,6 +43,11 @@ pub trait Kind: Serialize + DeserializeOwned + Sized {
     fn subject_agent(&self) -> Option<&str> {
         None
     }
+
+    /// Blobs the payload references (their contents travel as attachments).
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        Vec::new()
+    }
 }
 
 /// Provenance of a task as decided by the kernel (SPEC §5).
@@ -125,6 +130,9 @@ impl Kind for InboxArrived {
     }
     fn subject_agent(&self) -> Option<&str> {
         Some(&self.inbox)
+    }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        vec![self.content]
     }
 }
 
@@ -225,6 +233,9 @@ impl Kind for SessionStarted {
     fn subject_agent(&self) -> Option<&str> {
         Some(&self.agent)
     }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        vec![self.prompt]
+    }
 }
 
 /// How a session ended.
@@ -310,6 +321,9 @@ impl Kind for SessionEnded {
     fn subject_agent(&self) -> Option<&str> {
         Some(&self.agent)
     }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        self.response.into_iter().collect()
+    }
 }
 
 /// `llm.request`: the gateway sent a request to a model provider.
@@ -349,6 +363,9 @@ impl Kind for LlmRequest {
     }
     fn subject_agent(&self) -> Option<&str> {
         Some(&self.agent)
+    }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        vec![self.request]
     }
 }
 
@@ -418,6 +435,9 @@ impl Kind for LlmResponse {
     fn subject_agent(&self) -> Option<&str> {
         Some(&self.agent)
     }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        self.response.into_iter().collect()
+    }
 }
 
 /// `tool.call`: the model asked for a tool.
@@ -447,6 +467,9 @@ impl Kind for ToolCall {
     fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
         out.push(("CON_TOOL", self.tool.clone()));
         out.push(("CON_CALL_ID", self.call_id.clone()));
+    }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        vec![self.arguments]
     }
 }
 
@@ -498,6 +521,9 @@ impl Kind for ToolResult {
         if let Some(code) = self.exit_code {
             out.push(("CON_EXIT_CODE", code.to_string()));
         }
+    }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        vec![self.output]
     }
 }
 

@@ -2,9 +2,9 @@
 //!
 //! A frame is `len: u32 (big-endian) ‖ version: u8 ‖ body`, where `len`
 //! counts the version byte and the body, and the body is a [`Request`] or
-//! [`Response`] in con's frozen codec. A frame longer than
-//! [`MAX_FRAME_BYTES`] or of another version is refused before its body is
-//! read. Nothing in a request names its sender: the daemon takes identity
+//! [`Response`] in con's frozen codec. A frame whose declared length is over
+//! [`MAX_FRAME_BYTES`] is refused before its body is read; one of another
+//! version is refused before its body is decoded. Nothing in a request names its sender: the daemon takes identity
 //! from the kernel (`SO_PEERCRED`).
 
 mod client;

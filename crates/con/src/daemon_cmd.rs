@@ -78,12 +78,22 @@ fn supervisor_config(
         .collect();
     Ok(Some(SupervisorConfig {
         run_program,
-        run_args: vec![
-            "--root".into(),
+        // Runs see the same tree and config as the daemon.
+        run_args: [
+            "--root".to_owned(),
             paths.root().display().to_string(),
-            "--user-prefix".into(),
+            "--user-prefix".to_owned(),
             paths.user_prefix().to_owned(),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            paths
+                .explicit_config()
+                .map(|c| ["--config".to_owned(), c.display().to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .collect(),
         agents,
         outer_inbox: paths.outer_inbox(),
         router: config.agent("concierge").map(|a| a.name.clone()),
@@ -105,6 +115,7 @@ pub fn run(args: DaemonArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
         system_name: config.system.name.clone(),
         user_prefix: paths.user_prefix().to_owned(),
         trusted_group: args.trusted_group,
+        agents: config.agents.iter().map(|a| a.name.clone()).collect(),
         mirror_capacity: 65_536,
         drain_timeout: Duration::from_secs(10),
         supervisor,

@@ -12,12 +12,20 @@ pub struct Paths {
 
 impl Paths {
     /// Paths under `root`; `config` overrides the config file location.
+    /// Relative paths are made absolute: paths are recorded in the log and
+    /// handed to processes that run elsewhere (`/`).
     pub fn new(root: PathBuf, config: Option<PathBuf>, user_prefix: String) -> Self {
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         Self {
-            root,
-            config,
+            root: absolute(root),
+            config: config.map(absolute),
             user_prefix,
         }
+    }
+
+    /// The config file given explicitly (`--config`), if any.
+    pub fn explicit_config(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
     }
 
     /// The root prefix.

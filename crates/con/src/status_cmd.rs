@@ -1,11 +1,14 @@
 //! `con status`.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
+use con_event::payloads::CheckStatus;
 use con_projection::FleetStatus;
-use con_protocol::Client;
+use con_protocol::{Client, StatusReport};
 use serde_json::json;
 
 use crate::paths::Paths;
@@ -29,7 +32,7 @@ pub fn run(args: StatusArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("undecodable status from the daemon: {e}"))?,
         )
     };
-    if args.json {
+    let text = if args.json {
         let value = json!({
             "identity": report.identity,
             "log_id": report.log_id,
@@ -38,30 +41,40 @@ pub fn run(args: StatusArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
             "journal_mirror": report.journal_mirror,
             "fleet": fleet,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("you are:        {}", report.identity);
-    println!(
+        serde_json::to_string_pretty(&value)? + "\n"
+    } else {
+        render(&report, fleet.as_ref())
+    };
+    // A closed pipe (`con status | head -1`) is not an error.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(report: &StatusReport, fleet: Option<&FleetStatus>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "you are:        {}", report.identity);
+    let _ = writeln!(
+        out,
         "event log:      {} (head seq {}, {})",
         report.log_id, report.head_seq, report.head_hash
     );
-    println!("journal mirror: {}", report.journal_mirror);
+    let _ = writeln!(out, "journal mirror: {}", report.journal_mirror);
     let Some(fleet) = fleet else {
-        return Ok(ExitCode::SUCCESS);
+        return out;
     };
     let today = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| (d.as_secs() / 86_400) as i64)
+        .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
         .unwrap_or(0);
-    println!();
-    println!(
-        "{:<16} {:<14} {:>6} {:>8} {:>9}  {:<16} {:>12}",
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<14} {:>6} {:>8} {:>9}  {:<16} {:>12}",
         "AGENT", "CONDITION", "INBOX", "RUNNING", "SESSIONS", "LAST OUTCOME", "SPENT TODAY"
     );
     for (name, a) in &fleet.agents {
         let spent = a.spend_micro_usd_by_day.get(&today).copied().unwrap_or(0);
-        println!(
+        let _ = writeln!(
+            out,
             "{:<16} {:<14} {:>6} {:>8} {:>9}  {:<16} {:>12}",
             name,
             format!("{:?}", a.condition).to_lowercase(),
@@ -76,21 +89,19 @@ pub fn run(args: StatusArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
     let failing: Vec<_> = fleet
         .checks
         .iter()
-        .filter(|(_, c)| {
-            !matches!(
-                c.status,
-                con_event::payloads::CheckStatus::Pass | con_event::payloads::CheckStatus::Skipped
-            )
-        })
+        .filter(|(_, c)| !matches!(c.status, CheckStatus::Pass | CheckStatus::Skipped))
         .collect();
-    println!();
     if failing.is_empty() {
-        println!("checks: {} recorded, none failing", fleet.checks.len());
+        let _ = writeln!(
+            out,
+            "\nchecks: {} recorded, none failing",
+            fleet.checks.len()
+        );
     } else {
-        println!("failing checks:");
+        let _ = writeln!(out, "\nfailing checks:");
         for (name, c) in failing {
-            println!("  {name}: {:?} (seq {}) {}", c.status, c.seq, c.detail);
+            let _ = writeln!(out, "  {name}: {:?} (seq {}) {}", c.status, c.seq, c.detail);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }

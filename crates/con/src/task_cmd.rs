@@ -69,7 +69,12 @@ pub fn run(args: TaskArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
     let written = file
         .write_all(message.as_bytes())
         .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, &dest));
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, &dest)
+        })
+        // The rename is durable once the directory is.
+        .and_then(|()| std::fs::File::open(&inbox)?.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("{}: cannot write the task", dest.display()));

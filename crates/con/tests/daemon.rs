@@ -81,11 +81,40 @@ fn client_as_other_user() {
                 None,
             ))
         })),
+        "start-session" => outcome(Client::connect(&socket).and_then(|mut c| {
+            let me = std::env::var("CON_TEST_AGENT").unwrap();
+            c.append(client_event(
+                SessionStarted {
+                    agent: me,
+                    runner: "builtin".into(),
+                    provider: None,
+                    model: None,
+                    trust: Trust::Verified,
+                    prompt: con_event::BlobRef::of(b"p"),
+                }
+                .into(),
+                Some(SessionId([7; 16])),
+            ))
+        })),
+        "tool-in-session" => outcome(Client::connect(&socket).and_then(|mut c| {
+            c.append(client_event(
+                tool_call("in-session"),
+                Some(SessionId([7; 16])),
+            ))
+        })),
+        "tool-in-unstarted-session" => outcome(Client::connect(&socket).and_then(|mut c| {
+            c.append(client_event(tool_call("nowhere"), Some(SessionId([9; 16]))))
+        })),
+        "unreferenced-attachment" => outcome(Client::connect(&socket).and_then(|mut c| {
+            let mut e = client_event(tool_call("stuffed"), None);
+            e.attachments.push(vec![0u8; 4096]);
+            c.append(e)
+        })),
         "read-other-agent" => match Client::connect(&socket).and_then(|mut c| {
             c.query(
                 Query {
                     from_seq: 1,
-                    agent: Some("root-only".into()),
+                    agent: Some("concierge".into()),
                     ..Query::default()
                 },
                 |_| true,
@@ -135,6 +164,12 @@ fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
         ])
         .env(CLIENT_ENV, action)
         .env("CON_TEST_SOCKET", root.socket())
+        .env(
+            "CON_TEST_AGENT",
+            user.name
+                .strip_prefix(&common::prefix())
+                .unwrap_or_default(),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -158,10 +193,13 @@ fn all_events(root: &Root) -> Vec<Event> {
 fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() {
     let root = Root::new();
     let _daemon = Daemon::start(&root);
-    let scout = TestUser::agent("scout");
+    // Configured agents of the default profile, plus users that are not.
+    let sysadmin = TestUser::agent("sysadmin");
+    let strategist = TestUser::agent("strategist");
+    let unconfigured = TestUser::agent("scout");
     let stranger = TestUser::stranger();
 
-    let ok = run_as(&scout, &root, "tool-call");
+    let ok = run_as(&sysadmin, &root, "tool-call");
     assert!(ok.starts_with("OK "), "{ok}");
     let seq: u64 = ok[3..].parse().unwrap();
     let event = all_events(&root)
@@ -169,44 +207,72 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
         .find(|e| e.seq() == seq)
         .unwrap();
     assert_eq!(
-        event.envelope.actor.uid, scout.uid,
+        event.envelope.actor.uid, sysadmin.uid,
         "stamped with the peer's uid"
     );
-    assert_eq!(event.envelope.actor.agent.as_deref(), Some("scout"));
+    assert_eq!(event.envelope.actor.agent.as_deref(), Some("sysadmin"));
 
-    let refused = run_as(&scout, &root, "session-for-other");
+    let refused = run_as(&sysadmin, &root, "session-for-other");
     assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
     assert!(refused.contains("about agent someone-else"), "{refused}");
-    let refused = run_as(&scout, &root, "inbox-arrived");
+    let refused = run_as(&sysadmin, &root, "inbox-arrived");
     assert!(
         refused.starts_with("REFUSED Forbidden") && refused.contains("daemon only"),
         "{refused}"
     );
 
-    let refused = run_as(&stranger, &root, "tool-call");
-    assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
+    // Sessions belong to the agent that started them.
+    assert!(run_as(&sysadmin, &root, "start-session").starts_with("OK "));
+    assert!(run_as(&sysadmin, &root, "tool-in-session").starts_with("OK "));
+    let forged = run_as(&strategist, &root, "tool-in-session");
     assert!(
-        refused.contains("neither an operator nor an agent"),
-        "{refused}"
+        forged.starts_with("REFUSED Forbidden") && forged.contains("belongs to agent sysadmin"),
+        "{forged}"
+    );
+    let orphan = run_as(&sysadmin, &root, "tool-in-unstarted-session");
+    assert!(
+        orphan.starts_with("REFUSED Forbidden") && orphan.contains("not started"),
+        "{orphan}"
+    );
+    // Nothing is stored that the payload does not reference.
+    let stuffed = run_as(&sysadmin, &root, "unreferenced-attachment");
+    assert!(
+        stuffed.starts_with("REFUSED Rejected") && stuffed.contains("not referenced"),
+        "{stuffed}"
     );
 
+    for nobody in [&stranger, &unconfigured] {
+        let refused = run_as(nobody, &root, "tool-call");
+        assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
+        assert!(
+            refused.contains("neither an operator nor an agent"),
+            "{refused}"
+        );
+    }
+
     // Reading: only its own events.
-    let refused = run_as(&scout, &root, "read-other-agent");
+    let refused = run_as(&sysadmin, &root, "read-other-agent");
     assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
-    let own = run_as(&scout, &root, "read-own");
-    assert!(own.starts_with("Ok("), "{own}");
-    assert!(own.ends_with(" scout"), "only scout's events: {own}");
+    let own = run_as(&strategist, &root, "read-own");
+    assert!(
+        own.starts_with("Ok(") && own.ends_with(") "),
+        "strategist recorded nothing, so sees nothing: {own}"
+    );
+    let own = run_as(&sysadmin, &root, "read-own");
+    assert!(
+        own.ends_with(" sysadmin,sysadmin,sysadmin"),
+        "only its own: {own}"
+    );
 
     // Nothing forged reached the log.
-    let events = all_events(&root);
-    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(all_events(&root).len(), 3);
 }
 
 #[test]
 fn an_agent_cannot_open_the_log_files() {
     let root = Root::new();
     let _daemon = Daemon::start(&root);
-    let reader = TestUser::agent("reader");
+    let reader = TestUser::agent("concierge");
     for target in [root.db().join("db"), root.db().join("conf"), root.db()] {
         let out = reader
             .command(Path::new("/bin/cat"))
@@ -567,4 +633,38 @@ fn a_flood_of_tasks_is_recorded_once_each_in_order() {
         .filter(|e| matches!(e.payload, Payload::InboxArrived(_)))
         .count();
     assert_eq!(again, 10_000);
+}
+
+#[test]
+fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
+    let root = Root::new();
+    let _daemon = Daemon::start(&root);
+    let mut c = Client::connect(&root.socket()).unwrap();
+    for n in 0..5 {
+        c.append(client_event(tool_call(&format!("l{n}")), None))
+            .unwrap();
+    }
+    for (args, lines) in [
+        (vec!["-n", "2"], 2),
+        (vec!["--kind", "tool.call", "-n", "3"], 3),
+        (vec!["--kind", "run.exited"], 0),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_con"));
+        cmd.args(["--root", root.path().to_str().unwrap(), "logs"])
+            .args(&args);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            lines,
+            "{args:?}"
+        );
+    }
+    // Still responsive (a spinning query would hold a worker).
+    let status = Client::connect(&root.socket()).unwrap().status().unwrap();
+    assert_eq!(status.head_seq, 5);
 }
