@@ -44,9 +44,10 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: the durable-append benchmark (results go in BENCHMARKS.md).
+## bench: the benchmarks (results go in BENCHMARKS.md); the daemon one needs root.
 bench:
 	$(CARGO) bench -p con-store --bench append
+	$(CARGO) bench -p con --bench daemon
 
 ## catalog / golden: regenerate checked-in generated files after a schema change.
 catalog:

@@ -66,6 +66,10 @@ const QUICK_FAILURE: Duration = Duration::from_secs(5);
 struct AgentRuns {
     /// Process ids of the runs in progress.
     running: HashSet<u32>,
+    /// Per run: the oldest recorded task when it started. If it is still in
+    /// the inbox when the run exits, the run made no progress and counts as
+    /// a failure (a task the run cannot take must not be retried in a loop).
+    oldest_task: HashMap<u32, PathBuf>,
     failures: u32,
     not_before: Option<Instant>,
     warned: bool,
@@ -96,8 +100,8 @@ fn tasks_in(dir: &Path, recorded: &Recorded) -> Vec<PathBuf> {
     tasks
 }
 
-/// Least time between two starts of one agent, so a run that exits at once
-/// (successfully or not) cannot turn into a spawn loop.
+/// Least time between two starts of a continuous agent, so a run that exits
+/// at once cannot turn into a spawn loop.
 const MIN_RESTART: Duration = Duration::from_secs(1);
 
 /// How long runs get to stop when the daemon stops.
@@ -362,8 +366,16 @@ impl Supervisor {
             .stderr(Stdio::null())
             .kill_on_drop(false);
         let started = Instant::now();
+        let oldest = self
+            .config
+            .agents
+            .iter()
+            .find(|a| a.name == agent)
+            .and_then(|a| tasks_in(&a.inbox, &self.recorded).into_iter().next());
         let runs = self.runs.entry(agent.to_owned()).or_default();
-        runs.not_before = Some(started + MIN_RESTART);
+        if trigger == "continuous" {
+            runs.not_before = Some(started + MIN_RESTART);
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -375,6 +387,9 @@ impl Supervisor {
         };
         let pid = child.id().unwrap_or(0);
         runs.running.insert(pid);
+        if let Some(task) = oldest {
+            runs.oldest_task.insert(pid, task);
+        }
         let recorded = self
             .record(NewEvent::system(RunStarted {
                 agent: agent.to_owned(),
@@ -406,7 +421,11 @@ impl Supervisor {
         };
         let runs = self.runs.entry(exit.agent.clone()).or_default();
         runs.running.remove(&exit.pid);
-        if exit_code == Some(0) || exit.duration >= QUICK_FAILURE {
+        let stuck = runs
+            .oldest_task
+            .remove(&exit.pid)
+            .is_some_and(|task| std::fs::symlink_metadata(task).is_ok());
+        if (exit_code == Some(0) && !stuck) || exit.duration >= QUICK_FAILURE {
             runs.failures = 0;
         } else {
             runs.failures += 1;

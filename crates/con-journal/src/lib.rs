@@ -151,7 +151,12 @@ impl JournalMirror {
 
 impl CommitObserver for JournalMirror {
     fn committed(&mut self, batch: Vec<CommittedEvent>) {
-        for event in batch {
+        for mut event in batch {
+            // Only small attachments are copied into journal entries; keeping
+            // the others out of the queue bounds its memory by bytes too.
+            event
+                .attachments
+                .retain(|a| a.len() <= entry::BLOB_INLINE_MAX);
             let seq = event.event.seq();
             match self.tx.try_send(event) {
                 Ok(()) => {}
