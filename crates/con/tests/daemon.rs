@@ -306,6 +306,20 @@ fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
     reply
 }
 
+/// Sends `bytes` on a fresh connection; the daemon must answer with exactly
+/// one error of class `code`, then close.
+fn expect_refusal(socket: &Path, bytes: &[u8], code: ErrorCode) {
+    let reply = raw_exchange(socket, bytes);
+    let (resp, used) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
+        .unwrap()
+        .unwrap();
+    assert_eq!(used, reply.len(), "closed after one reply");
+    match resp {
+        con_protocol::Response::Error { code: got, .. } => assert_eq!(got, code),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
     let root = Root::new();
@@ -314,53 +328,13 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
     let mut garbage = 9u32.to_be_bytes().to_vec();
     garbage.push(con_protocol::PROTOCOL_VERSION);
     garbage.extend_from_slice(&[0xff; 8]);
-    let reply = raw_exchange(&root.socket(), &garbage);
-    let (resp, used) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
-        .unwrap()
-        .unwrap();
-    assert_eq!(used, reply.len(), "closed after one reply");
-    assert!(
-        matches!(
-            resp,
-            con_protocol::Response::Error {
-                code: ErrorCode::BadFrame,
-                ..
-            }
-        ),
-        "{resp:?}"
-    );
+    expect_refusal(&root.socket(), &garbage, ErrorCode::BadFrame);
     // A length far over the limit: refused before any body is read.
-    let reply = raw_exchange(&root.socket(), &u32::MAX.to_be_bytes());
-    let (resp, _) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(
-            resp,
-            con_protocol::Response::Error {
-                code: ErrorCode::TooLarge,
-                ..
-            }
-        ),
-        "{resp:?}"
-    );
+    expect_refusal(&root.socket(), &u32::MAX.to_be_bytes(), ErrorCode::TooLarge);
     // Wrong version.
     let mut frame = con_protocol::encode_frame(&con_protocol::Request::Status).unwrap();
     frame[4] = 77;
-    let reply = raw_exchange(&root.socket(), &frame);
-    let (resp, _) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(
-            resp,
-            con_protocol::Response::Error {
-                code: ErrorCode::BadFrame,
-                ..
-            }
-        ),
-        "{resp:?}"
-    );
+    expect_refusal(&root.socket(), &frame, ErrorCode::BadFrame);
     // A payload that is not what its kind says.
     let mut c = Client::connect(&root.socket()).unwrap();
     let mut bad = client_event(tool_call("x"), None);
