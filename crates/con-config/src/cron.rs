@@ -119,8 +119,8 @@ const DOW: FieldSpec = FieldSpec {
 ///
 /// ```
 /// use con_config::cron_to_on_calendar;
-/// assert_eq!(cron_to_on_calendar("0 8 * * *").unwrap(), "*-*-* 08:00:00");
-/// assert_eq!(cron_to_on_calendar("*/15 * * * 1-5").unwrap(), "Mon..Fri *-*-* *:00/15:00");
+/// assert_eq!(cron_to_on_calendar("0 8 * * *").unwrap(), "*-*-* 08:00:00 UTC");
+/// assert_eq!(cron_to_on_calendar("*/15 * * * 1-5").unwrap(), "Mon..Fri *-*-* *:00/15:00 UTC");
 /// ```
 pub fn cron_to_on_calendar(expr: &str) -> Result<String, CronError> {
     CronSchedule::parse(expr).map(|s| s.on_calendar())
@@ -187,7 +187,10 @@ impl CronSchedule {
         })
     }
 
-    /// The equivalent systemd `OnCalendar=` expression, in systemd's normalized form.
+    /// The equivalent systemd `OnCalendar=` expression, in systemd's normalized
+    /// form. Schedules are in UTC in both supervision modes (systemd timers
+    /// and the daemon's own supervisor), so an agent fires at the same instant
+    /// whichever runs it, whatever the host's time zone.
     pub fn on_calendar(&self) -> String {
         let mut out = String::new();
         if self.dows.len() < 7 {
@@ -202,6 +205,7 @@ impl CronSchedule {
             format_set(&self.hours, &HOUR),
             format_set(&self.minutes, &MINUTE),
         );
+        out.push_str(" UTC");
         out
     }
 

@@ -75,7 +75,7 @@ fn default_profile_resolves() {
                 tier: Tier::Officer,
                 roles: vec!["strategist"],
                 mode: Mode::Cron,
-                on_calendar: Some("*-*-* 08:00:00"),
+                on_calendar: Some("*-*-* 08:00:00 UTC"),
                 runner: Runner::Builtin,
                 provider: Some(Provider::OpenRouter),
                 model: Some(SONNET),
