@@ -272,26 +272,25 @@ fn next_chunk(
     from: u64,
 ) -> Result<(Vec<(u64, Vec<u8>)>, Option<u64>), String> {
     let store = &shared.store;
-    let events: Box<dyn Iterator<Item = Result<Event, con_store::StoreError>>> =
+    let records: Box<dyn Iterator<Item = Result<con_store::Record, con_store::StoreError>>> =
         match (&query.session, &query.agent) {
-            (Some(s), _) => Box::new(store.session_events(s, from).map_err(|e| e.to_string())?),
-            (None, Some(a)) => Box::new(store.agent_events(a, from).map_err(|e| e.to_string())?),
-            (None, None) => Box::new(store.events_from(from)),
+            (Some(s), _) => Box::new(store.session_records(s, from).map_err(|e| e.to_string())?),
+            (None, Some(a)) => Box::new(store.agent_records(a, from).map_err(|e| e.to_string())?),
+            (None, None) => Box::new(store.records_from(from)),
         };
     let mut out = Vec::new();
     let mut examined = None;
-    for (scanned, event) in events.enumerate() {
-        let event = event.map_err(|e| e.to_string())?;
-        examined = Some(event.seq());
+    for (scanned, record) in records.enumerate() {
+        let (seq, raw) = record.map_err(|e| e.to_string())?;
+        // Decoded only to filter; the stored bytes are what is sent.
+        let event = Event::from_stored(&raw).map_err(|e| format!("event log seq {seq}: {e}"))?;
+        examined = Some(seq);
         let about_agent = query.agent.as_deref().is_none_or(|a| {
             event.envelope.actor.agent.as_deref() == Some(a)
                 || event.payload.subject_agent() == Some(a)
         });
-        if about_agent
-            && query.kind.is_none_or(|k| event.envelope.kind == k)
-            && let Some(raw) = store.raw(event.seq()).map_err(|e| e.to_string())?
-        {
-            out.push((event.seq(), raw));
+        if about_agent && query.kind.is_none_or(|k| event.envelope.kind == k) {
+            out.push((seq, raw));
         }
         if out.len() >= QUERY_CHUNK || scanned >= QUERY_CHUNK * 16 {
             break;

@@ -199,7 +199,10 @@ impl Supervisor {
         if self.log_failed {
             return;
         }
-        self.recorded.prune();
+        if from_tick {
+            // Once a second is enough to forget tasks that have left.
+            self.recorded.prune();
+        }
         self.route_outer_inbox().await;
         let shared = self.shared.clone();
         let Ok(Ok(conditions)) =

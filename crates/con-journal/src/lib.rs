@@ -258,9 +258,10 @@ impl Sender {
 
     fn send(&mut self, event: &con_event::Event, attachments: &[Vec<u8>]) {
         let seq = event.seq();
-        let entry = entry_for(event, attachments, &self.context);
-        let result = match self.connected() {
-            Some(journal) => entry
+        // Formatting is skipped while journald is unreachable.
+        self.connect();
+        let result = match &self.journal {
+            Some(journal) => entry_for(event, attachments, &self.context)
                 .send(journal)
                 .map_err(|e| format!("journald refused an entry: {e}")),
             None => Err(format!("journald is not reachable: {}", self.connect_error)),
@@ -281,7 +282,8 @@ impl Sender {
         self.marker_written = Instant::now();
     }
 
-    fn connected(&mut self) -> Option<&JournalLog> {
+    /// (Re)connects to journald if it is not connected and a retry is due.
+    fn connect(&mut self) {
         let due = self
             .last_connect
             .is_none_or(|t| t.elapsed() >= RECONNECT_INTERVAL);
@@ -292,6 +294,5 @@ impl Sender {
                 Err(e) => self.connect_error = e.to_string(),
             }
         }
-        self.journal.as_ref()
     }
 }

@@ -61,8 +61,6 @@ pub struct CheckState {
 pub struct FleetStatus {
     /// Per agent (and `outer` for the outer inbox), by name.
     pub agents: BTreeMap<String, AgentStatus>,
-    /// Open sessions: session id (hex) → agent.
-    pub open_sessions: BTreeMap<String, String>,
     /// Last result per `contract/check`.
     pub checks: BTreeMap<String, CheckState>,
     /// Seq of the last event applied.
@@ -79,12 +77,11 @@ impl FleetStatus {
 
 impl Projection for FleetStatus {
     const NAME: &'static str = "fleet-status";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, event: &Event) {
         let seq = event.seq();
         self.through_seq = seq;
-        let session = event.envelope.session.map(|s| s.to_hex());
         match &event.payload {
             Payload::InboxArrived(p) => self.agent(&p.inbox, seq).inbox_depth += 1,
             Payload::TaskRouted(p) => {
@@ -97,17 +94,11 @@ impl Projection for FleetStatus {
                 let a = self.agent(&p.agent, seq);
                 a.running_sessions += 1;
                 a.sessions_total += 1;
-                if let Some(s) = session {
-                    self.open_sessions.insert(s, p.agent.clone());
-                }
             }
             Payload::SessionEnded(p) => {
                 let a = self.agent(&p.agent, seq);
                 a.running_sessions = a.running_sessions.saturating_sub(1);
                 a.last_outcome = Some(p.outcome);
-                if let Some(s) = session {
-                    self.open_sessions.remove(&s);
-                }
             }
             Payload::LlmResponse(p) => {
                 let day = event.envelope.ts_unix_nanos.div_euclid(NANOS_PER_DAY);

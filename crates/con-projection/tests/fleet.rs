@@ -126,7 +126,6 @@ fn sessions_open_and_close_with_their_outcome() {
     assert_eq!(a.running_sessions, 1);
     assert_eq!(a.sessions_total, 2);
     assert_eq!(a.last_outcome, Some(Outcome::Timeout));
-    assert_eq!(s.open_sessions.len(), 1);
 }
 
 #[test]

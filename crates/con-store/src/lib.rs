@@ -83,6 +83,14 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+/// A stored record: its seq and its bytes (`record ‖ hash`).
+pub type Record = (u64, Vec<u8>);
+
+fn decode_record(record: Result<Record, StoreError>) -> Result<Event, StoreError> {
+    let (seq, bytes) = record?;
+    Event::from_stored(&bytes).map_err(|cause| StoreError::Decode { seq, cause })
+}
+
 /// A position of the chain: a seq and that record's hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Head {
@@ -264,31 +272,28 @@ impl Store {
 
     /// The event at `seq`, if it is durable.
     pub fn get(&self, seq: u64) -> Result<Option<Event>, StoreError> {
-        if seq > self.head().seq {
-            return Ok(None);
-        }
-        self.log
-            .get(seq_key(seq))?
-            .map(|v| Event::from_stored(&v).map_err(|cause| StoreError::Decode { seq, cause }))
+        self.raw(seq)?
+            .map(|bytes| decode_record(Ok((seq, bytes))))
             .transpose()
     }
 
-    /// Durable events with seq ≥ `from`, in order.
-    pub fn events_from(&self, from: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+    /// Durable stored records (`record ‖ hash`) with seq ≥ `from`, in order.
+    /// The primitive the event iterators decode; callers that forward records
+    /// unchanged (the daemon answering a query) read each one only once.
+    pub fn records_from(&self, from: u64) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
         let head = self.head().seq;
         self.log.range(seq_key(from)..=seq_key(head)).map(|item| {
             let (k, v) = item?;
-            let seq = key_seq(&k)?;
-            Event::from_stored(&v).map_err(|cause| StoreError::Decode { seq, cause })
+            Ok((key_seq(&k)?, v.to_vec()))
         })
     }
 
-    /// Events of one session with seq ≥ `from`, in seq order.
-    pub fn session_events(
+    /// Durable records of one session with seq ≥ `from`, in seq order.
+    pub fn session_records(
         &self,
         session: &SessionId,
         from: u64,
-    ) -> Result<impl Iterator<Item = Result<Event, StoreError>> + '_, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<Record, StoreError>> + '_, StoreError> {
         self.catch_up_indexes()?;
         let prefix = session.0;
         Ok(self.indexed(
@@ -300,12 +305,12 @@ impl Store {
         ))
     }
 
-    /// Events by or about one agent with seq ≥ `from`, in seq order.
-    pub fn agent_events(
+    /// Durable records by or about one agent with seq ≥ `from`, in seq order.
+    pub fn agent_records(
         &self,
         agent: &str,
         from: u64,
-    ) -> Result<impl Iterator<Item = Result<Event, StoreError>> + '_, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<Record, StoreError>> + '_, StoreError> {
         self.catch_up_indexes()?;
         let mut prefix = agent.as_bytes().to_vec();
         prefix.push(0);
@@ -316,6 +321,29 @@ impl Store {
                     item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
                 }),
         ))
+    }
+
+    /// Durable events with seq ≥ `from`, in order.
+    pub fn events_from(&self, from: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+        self.records_from(from).map(decode_record)
+    }
+
+    /// Events of one session with seq ≥ `from`, in seq order.
+    pub fn session_events(
+        &self,
+        session: &SessionId,
+        from: u64,
+    ) -> Result<impl Iterator<Item = Result<Event, StoreError>> + '_, StoreError> {
+        Ok(self.session_records(session, from)?.map(decode_record))
+    }
+
+    /// Events by or about one agent with seq ≥ `from`, in seq order.
+    pub fn agent_events(
+        &self,
+        agent: &str,
+        from: u64,
+    ) -> Result<impl Iterator<Item = Result<Event, StoreError>> + '_, StoreError> {
+        Ok(self.agent_records(agent, from)?.map(decode_record))
     }
 
     /// The stored bytes (`record ‖ hash`) of a durable event.
@@ -329,7 +357,7 @@ impl Store {
     fn indexed(
         &self,
         keys: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'static,
-    ) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+    ) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
         keys.filter_map(move |item| {
             let seq = match item
                 .map_err(StoreError::from)
@@ -338,7 +366,9 @@ impl Store {
                 Ok(seq) => seq,
                 Err(e) => return Some(Err(e)),
             };
-            self.get(seq).transpose()
+            self.raw(seq)
+                .map(|raw| raw.map(|bytes| (seq, bytes)))
+                .transpose()
         })
     }
 
