@@ -191,6 +191,14 @@ async fn handle(
         Request::Append(event) => append(shared, identity, event, wr).await,
         Request::Query(query) => self::query(shared, identity, query, wr).await,
         Request::Status => status(shared, identity, wr).await,
+        Request::Llm(_) => {
+            refuse(
+                wr,
+                ErrorCode::Unavailable,
+                "this daemon has no LLM gateway configured".to_owned(),
+            )
+            .await
+        }
     }
 }
 

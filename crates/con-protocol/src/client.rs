@@ -5,7 +5,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::{
-    ClientEvent, ErrorCode, FrameError, LEN_BYTES, Query, Request, Response, StatusReport,
+    ClientEvent, ErrorCode, FrameError, LEN_BYTES, LlmAnswer, LlmCall, Query, Request, Response,
+    StatusReport,
     check_len, decode_body, encode_frame,
 };
 use con_event::Digest;
@@ -91,6 +92,22 @@ impl Client {
             Response::Appended { seq, hash } => Ok((seq, hash)),
             _ => Err(ClientError::Unexpected),
         }
+    }
+
+    /// Asks the daemon to make a model call; returns once the call and its
+    /// answer are recorded.
+    pub fn llm(&mut self, call: LlmCall) -> Result<LlmAnswer, ClientError> {
+        self.send(&Request::Llm(call))?;
+        match self.receive()? {
+            Response::Llm(answer) => Ok(answer),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Bounds how long any one answer may take (`None`: wait forever).
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(timeout).map_err(ClientError::Io)?;
+        self.stream.set_write_timeout(timeout).map_err(ClientError::Io)
     }
 
     /// Current status.

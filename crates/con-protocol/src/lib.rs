@@ -61,6 +61,31 @@ pub struct Query {
     pub follow: bool,
 }
 
+/// A model call an agent asks the daemon (the LLM gateway) to make. The
+/// daemon picks provider, model and key from config: the agent cannot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmCall {
+    /// The agent's open session (one it started).
+    pub session: SessionId,
+    /// The task being worked on, if any.
+    pub task: Option<String>,
+    /// Tool-loop iteration (1 for the first call).
+    pub iteration: u32,
+    /// `con_llm::ChatRequest` as JSON; recorded verbatim in `llm.request`.
+    pub request: Vec<u8>,
+}
+
+/// The daemon's answer to an [`LlmCall`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmAnswer {
+    /// Seq of the recorded `llm.request`.
+    pub request_seq: u64,
+    /// Seq of the recorded `llm.response`.
+    pub response_seq: u64,
+    /// `con_llm::ChatReply` as JSON; recorded verbatim in `llm.response`.
+    pub reply: Vec<u8>,
+}
+
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -71,6 +96,10 @@ pub enum Request {
     Query(Query),
     /// Current state; answered with [`Response::Status`].
     Status,
+    /// A model call through the daemon; answered with [`Response::Llm`]
+    /// (or an error: [`ErrorCode::OverBudget`], [`ErrorCode::Provider`]).
+    /// Agents only.
+    Llm(LlmCall),
 }
 
 /// Error classes, so clients can react without parsing messages.
@@ -86,6 +115,11 @@ pub enum ErrorCode {
     Rejected,
     /// The daemon cannot serve it now (shutting down, log failed).
     Unavailable,
+    /// A model call was refused before it was made: the agent's or its
+    /// tier's daily budget is spent.
+    OverBudget,
+    /// The model provider failed (after retries); the failure is recorded.
+    Provider,
 }
 
 /// What the daemon knows about the caller and the log.
@@ -132,6 +166,9 @@ pub enum Response {
         /// One-line explanation.
         message: String,
     },
+    /// Answer to [`Request::Llm`] (after `Error`: variant indexes of a
+    /// protocol version never move).
+    Llm(LlmAnswer),
 }
 
 /// A frame that cannot be accepted.

@@ -1,0 +1,1 @@
+//! Per-uid nftables egress filtering.
