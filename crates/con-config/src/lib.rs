@@ -28,8 +28,8 @@ use std::path::Path;
 pub use cron::{CronError, CronSchedule, cron_to_on_calendar};
 pub use error::{ConfigError, ErrorKind};
 pub use model::{
-    Agent, Config, ContractsConfig, Dashboard, Infra, KnownCli, Mode, Network, Provider, Runner,
-    Schedule, Supervisor, System, SystemContracts, Tier,
+    Agent, Config, ContractsConfig, Dashboard, Infra, KnownCli, Mode, Network, Price, Provider,
+    Runner, Schedule, Supervisor, System, SystemContracts, Tier,
 };
 
 /// The rule agent names (and role, group and scope names) must follow.

@@ -1,5 +1,6 @@
 //! The resolved, validated configuration: what the rest of con consumes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,8 +23,21 @@ pub struct Config {
     pub dashboard: Dashboard,
     /// `[infra]` (parsed and validated only).
     pub infra: Infra,
+    /// `[pricing."<model>"]`, by model name.
+    pub pricing: BTreeMap<String, Price>,
+    /// `[budgets]`: daily spend caps shared by all agents of a tier.
+    pub tier_budgets: BTreeMap<Tier, f64>,
     /// The `[[agents]]`, resolved, in file order.
     pub agents: Vec<Agent>,
+}
+
+/// What one model costs, in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Price {
+    /// Prompt tokens.
+    pub input_usd_per_mtok: f64,
+    /// Completion tokens.
+    pub output_usd_per_mtok: f64,
 }
 
 impl Config {

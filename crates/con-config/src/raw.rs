@@ -17,8 +17,27 @@ pub(crate) struct RawConfig {
     pub contracts: Option<RawContracts>,
     pub dashboard: Option<RawDashboard>,
     pub infra: Option<RawInfra>,
+    /// `[pricing."<model>"]`: USD per million tokens, for cost accounting.
+    #[serde(default)]
+    pub pricing: std::collections::BTreeMap<String, RawPrice>,
+    pub budgets: Option<RawBudgets>,
     #[serde(default)]
     pub agents: Vec<RawAgent>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrice {
+    pub input_usd_per_mtok: Option<f64>,
+    pub output_usd_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBudgets {
+    pub officer: Option<f64>,
+    pub operator: Option<f64>,
+    pub worker: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

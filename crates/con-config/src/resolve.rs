@@ -12,8 +12,8 @@ use crate::env::{EnvOverrides, parse_env};
 use crate::error::ConfigError;
 use crate::level::{self, Field, Level};
 use crate::model::{
-    Agent, Config, ContractsConfig, Dashboard, Infra, KnownCli, Mode, Network, Provider, Runner,
-    Schedule, Supervisor, System, SystemContracts, Tier,
+    Agent, Config, ContractsConfig, Dashboard, Infra, KnownCli, Mode, Network, Price, Provider,
+    Runner, Schedule, Supervisor, System, SystemContracts, Tier,
 };
 use crate::raw::{RawAgent, RawConfig, RawLevel};
 use crate::{parse_duration_secs, validate_agent_name};
@@ -55,6 +55,8 @@ pub(crate) fn resolve(
     let contracts = resolve_contracts(&raw, path)?;
     let dashboard = resolve_dashboard(&raw, path)?;
     let infra = resolve_infra(&raw, path)?;
+    let pricing = resolve_pricing(&raw, path)?;
+    let tier_budgets = resolve_budgets(&raw, path)?;
 
     let base_raw = raw.base.unwrap_or_default();
     let base_file = section_level(&base_raw.level(), "base", path)?;
@@ -103,8 +105,80 @@ pub(crate) fn resolve(
         contracts,
         dashboard,
         infra,
+        pricing,
+        tier_budgets,
         agents,
     })
+    .and_then(check_budgets_priced)
+}
+
+/// A budget is only enforceable when the model's calls have a cost: an
+/// agent with a budget (its own or its tier's) must use a priced model.
+fn check_budgets_priced(config: Config) -> Result<Config, ConfigError> {
+    for (index, agent) in config.agents.iter().enumerate() {
+        let budgeted =
+            agent.daily_budget_usd.is_some() || config.tier_budgets.contains_key(&agent.tier);
+        let Some(model) = agent.model.as_deref() else {
+            continue;
+        };
+        if budgeted && !config.pricing.contains_key(model) {
+            return Err(ConfigError::agent(
+                &config.source,
+                index,
+                Some(&agent.name),
+                "model",
+                format!(
+                    "{model:?} has a daily budget but no [pricing.\"{model}\"] entry, so its spend could not be counted"
+                ),
+            ));
+        }
+    }
+    Ok(config)
+}
+
+fn check_usd(x: f64) -> Result<f64, String> {
+    if x.is_finite() && x >= 0.0 && x <= 1_000_000.0 {
+        Ok(x)
+    } else {
+        Err(format!("{x} must be a number of USD between 0 and 1000000"))
+    }
+}
+
+fn resolve_pricing(raw: &RawConfig, path: &Path) -> Result<BTreeMap<String, Price>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (model, price) in &raw.pricing {
+        let field = |f: &str| format!("pricing.\"{model}\".{f}");
+        let get = |v: Option<f64>, f: &str| -> Result<f64, ConfigError> {
+            let v = v.ok_or_else(|| ConfigError::section(path, &field(f), "is required"))?;
+            check_usd(v).map_err(|m| ConfigError::section(path, &field(f), m))
+        };
+        out.insert(
+            model.clone(),
+            Price {
+                input_usd_per_mtok: get(price.input_usd_per_mtok, "input_usd_per_mtok")?,
+                output_usd_per_mtok: get(price.output_usd_per_mtok, "output_usd_per_mtok")?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn resolve_budgets(raw: &RawConfig, path: &Path) -> Result<BTreeMap<Tier, f64>, ConfigError> {
+    let mut out = BTreeMap::new();
+    if let Some(b) = &raw.budgets {
+        for (tier, value) in [
+            (Tier::Officer, b.officer),
+            (Tier::Operator, b.operator),
+            (Tier::Worker, b.worker),
+        ] {
+            if let Some(v) = value {
+                let v = check_usd(v)
+                    .map_err(|m| ConfigError::section(path, &format!("budgets.{tier}"), m))?;
+                out.insert(tier, v);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Checks one `[base…]`/`[defaults…]` table, naming `section.field` on error.

@@ -414,3 +414,29 @@ fn error_kinds_and_parts_are_exposed() {
         "/nonexistent/con.toml: cannot read: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn bad_pricing_and_budgets() {
+    check(
+        "[pricing.m]\ninput_usd_per_mtok = 1.0\n",
+        r#"configs/x.toml: pricing."m".output_usd_per_mtok: is required"#,
+    );
+    check(
+        "[pricing.m]\ninput_usd_per_mtok = -1.0\noutput_usd_per_mtok = 1.0\n",
+        r#"configs/x.toml: pricing."m".input_usd_per_mtok: -1 must be a number of USD between 0 and 1000000"#,
+    );
+    check(
+        "[budgets]\nworker = nan\n",
+        "configs/x.toml: budgets.worker: NaN must be a number of USD between 0 and 1000000",
+    );
+    // A budget nobody can count against is refused, whether the agent's own…
+    check(
+        &agent("model = \"m\"\ndaily_budget_usd = 1.0"),
+        r#"configs/x.toml: agents[0] "scout": model: "m" has a daily budget but no [pricing."m"] entry, so its spend could not be counted"#,
+    );
+    // …or its tier's.
+    check(
+        &format!("[budgets]\nworker = 3.0\n{}", agent("model = \"m\"")),
+        r#"configs/x.toml: agents[0] "scout": model: "m" has a daily budget but no [pricing."m"] entry, so its spend could not be counted"#,
+    );
+}

@@ -168,6 +168,9 @@ fn fields_resolve_independently() {
         max_sessions = 3
         [contracts.system]
         max_session_min = 45
+        [pricing.w]
+        input_usd_per_mtok = 1.0
+        output_usd_per_mtok = 2.0
         [[agents]]
         name = "scout"
         tier = "worker"
