@@ -174,4 +174,5 @@ registry! {
     ChainCheckpoint,
     RunStarted,
     RunExited,
+    ProvisionApplied,
 }

@@ -997,3 +997,63 @@ impl Kind for RunExited {
         Some(&self.agent)
     }
 }
+
+/// `provision.applied`: `con bootstrap` (or commission/decommission)
+/// changed the host. Recorded after applying when the daemon is up, so the
+/// log says who changed accounts, permissions and units, and what failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisionApplied {
+    /// The command (`bootstrap`, `commission <name>`, `decommission <name>`).
+    pub command: String,
+    /// Steps applied successfully.
+    pub changes: u32,
+    /// Steps that failed, one line each.
+    pub failed: Vec<String>,
+    /// Agents left disabled because a security-relevant step failed.
+    pub disabled_agents: Vec<String>,
+    /// The applied step lines (`+ user a-x`, `~ mode …`) as a blob.
+    pub steps: BlobRef,
+}
+
+impl Kind for ProvisionApplied {
+    const SPEC: KindSpec = KindSpec {
+        id: 18,
+        name: "provision.applied",
+        version: 1,
+        message_id: "fd833c239fb14a358ae3fc18dfb2d4e7",
+        priority: Priority::Notice,
+        subject: "con provisioning changed the host",
+        description: "con bootstrap, commission or decommission applied changes to users, directories, ACLs, sudoers, units or egress rules. Failed steps are listed; an agent whose security-relevant step failed is left disabled (fail closed).",
+    };
+    fn message(&self) -> String {
+        if self.failed.is_empty() {
+            format!("{}: {} changes applied", self.command, self.changes)
+        } else {
+            format!(
+                "{}: {} changes applied, {} failed (disabled: {})",
+                self.command,
+                self.changes,
+                self.failed.len(),
+                if self.disabled_agents.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.disabled_agents.join(", ")
+                }
+            )
+        }
+    }
+    fn priority(&self) -> Priority {
+        if self.failed.is_empty() {
+            Priority::Notice
+        } else {
+            Priority::Err
+        }
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_CHANGES", self.changes.to_string()));
+        out.push(("CON_FAILED", self.failed.len().to_string()));
+    }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        vec![self.steps]
+    }
+}

@@ -196,6 +196,16 @@ fn samples() -> Vec<(&'static str, u16, Vec<u8>, Payload)> {
             .into(),
         ),
         current(
+            ProvisionApplied {
+                command: "bootstrap".into(),
+                changes: 12,
+                failed: vec!["sudoers a-sysadmin: visudo: syntax error".into()],
+                disabled_agents: vec!["sysadmin".into()],
+                steps: BlobRef::of(b"+ user a-concierge"),
+            }
+            .into(),
+        ),
+        current(
             ChainCheckpoint {
                 through_seq: 1000,
                 head: Digest::of(b"head"),

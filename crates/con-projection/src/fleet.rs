@@ -10,6 +10,12 @@ use crate::Projection;
 
 const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 
+/// The UTC day (days since the Unix epoch) a timestamp falls on: the key of
+/// [`AgentStatus::spend_micro_usd_by_day`].
+pub fn utc_day(unix_nanos: i64) -> i64 {
+    unix_nanos.div_euclid(NANOS_PER_DAY)
+}
+
 /// Current state of one agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -101,7 +107,7 @@ impl Projection for FleetStatus {
                 a.last_outcome = Some(p.outcome);
             }
             Payload::LlmResponse(p) => {
-                let day = event.envelope.ts_unix_nanos.div_euclid(NANOS_PER_DAY);
+                let day = utc_day(event.envelope.ts_unix_nanos);
                 let spent = self
                     .agent(&p.agent, seq)
                     .spend_micro_usd_by_day
@@ -131,7 +137,8 @@ impl Projection for FleetStatus {
             | Payload::JournalMirrorRecovered(_)
             | Payload::ChainCheckpoint(_)
             | Payload::RunStarted(_)
-            | Payload::RunExited(_) => {}
+            | Payload::RunExited(_)
+            | Payload::ProvisionApplied(_) => {}
         }
     }
 }
