@@ -137,7 +137,7 @@ fn check_budgets_priced(config: Config) -> Result<Config, ConfigError> {
 }
 
 fn check_usd(x: f64) -> Result<f64, String> {
-    if x.is_finite() && x >= 0.0 && x <= 1_000_000.0 {
+    if x.is_finite() && (0.0..=1_000_000.0).contains(&x) {
         Ok(x)
     } else {
         Err(format!("{x} must be a number of USD between 0 and 1000000"))

@@ -11,10 +11,12 @@
 //! everything submitted, and returns.
 
 mod arrivals;
+mod gateway;
 pub mod identity;
 mod server;
 mod supervisor;
 
+pub use gateway::{GatewayConfig, Route, micro_usd};
 pub use supervisor::{SupervisedAgent, SupervisorConfig};
 
 use std::os::unix::fs::PermissionsExt;
@@ -52,6 +54,8 @@ pub struct DaemonConfig {
     pub supervisor: Option<SupervisorConfig>,
     /// Inboxes whose arrivals are recorded (the outer one and every agent's).
     pub inboxes: Vec<con_inbox::InboxSpec>,
+    /// Model calls on agents' behalf, if configured.
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -122,6 +126,8 @@ pub(crate) struct Shared {
     pub(crate) stopping: watch::Receiver<bool>,
     /// Open connections per uid.
     pub(crate) connections: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+    /// The LLM gateway, if configured.
+    pub(crate) gateway: Option<gateway::Gateway>,
 }
 
 /// A running daemon's handles.
@@ -167,6 +173,12 @@ impl Daemon {
             })),
         )?;
 
+        let gateway = config
+            .gateway
+            .clone()
+            .map(gateway::Gateway::new)
+            .transpose()
+            .map_err(DaemonError::Config)?;
         let listener = bind(&config.socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -177,6 +189,7 @@ impl Daemon {
             mirror: mirror_status,
             stopping: stop_rx,
             connections: Default::default(),
+            gateway,
         });
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);

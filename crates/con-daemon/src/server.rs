@@ -191,14 +191,7 @@ async fn handle(
         Request::Append(event) => append(shared, identity, event, wr).await,
         Request::Query(query) => self::query(shared, identity, query, wr).await,
         Request::Status => status(shared, identity, wr).await,
-        Request::Llm(_) => {
-            refuse(
-                wr,
-                ErrorCode::Unavailable,
-                "this daemon has no LLM gateway configured".to_owned(),
-            )
-            .await
-        }
+        Request::Llm(call) => llm(shared, identity, call, wr).await,
     }
 }
 
@@ -267,6 +260,52 @@ async fn append(
         }
         Err(AppendError::Rejected(reason)) => refuse(wr, ErrorCode::Rejected, reason).await,
         Err(e) => refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
+    }
+}
+
+/// A model call through the gateway: agents only, in their own sessions.
+async fn llm(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    call: con_protocol::LlmCall,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    let Some(me) = identity.agent() else {
+        return refuse(
+            wr,
+            ErrorCode::Forbidden,
+            format!("{identity}: model calls are made for agent sessions only"),
+        )
+        .await;
+    };
+    let lookup = shared.clone();
+    let session = call.session;
+    let owner = tokio::task::spawn_blocking(move || session_owner(&lookup, &session))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match owner {
+        Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
+        Ok(Some(owner)) if owner == me => {}
+        Ok(Some(owner)) => {
+            return refuse(
+                wr,
+                ErrorCode::Forbidden,
+                format!("{identity}: session {session} belongs to agent {owner}"),
+            )
+            .await;
+        }
+        Ok(None) => {
+            return refuse(
+                wr,
+                ErrorCode::Forbidden,
+                format!("session {session} was not started (session.started comes first)"),
+            )
+            .await;
+        }
+    }
+    match crate::gateway::call(shared, me, call).await {
+        Ok(answer) => send(wr, &Response::Llm(answer)).await,
+        Err(r) => refuse(wr, r.code, r.message).await,
     }
 }
 

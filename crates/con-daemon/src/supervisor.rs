@@ -55,6 +55,10 @@ pub struct SupervisorConfig {
     pub router: Option<String>,
     /// How often inboxes are re-checked without a wake-up.
     pub tick: Duration,
+    /// Whether the daemon starts agent runs itself; when systemd does, the
+    /// daemon still routes the outer inbox (it knows which arrivals are
+    /// recorded, so nothing is routed before it is in the log).
+    pub start_runs: bool,
 }
 
 /// Longest back-off after failing runs.
@@ -204,6 +208,9 @@ impl Supervisor {
             self.recorded.prune();
         }
         self.route_outer_inbox().await;
+        if !self.config.start_runs {
+            return;
+        }
         let shared = self.shared.clone();
         let Ok(Ok(conditions)) =
             tokio::task::spawn_blocking(move || shared.store.project::<FleetStatus>()).await

@@ -2,8 +2,28 @@
 //!
 //! [`chat`] is the provider-neutral schema the runner speaks and the daemon
 //! records (as JSON blobs): what an agent asked and what the model answered,
-//! independent of which provider's wire format carried it.
+//! independent of which provider's wire format carried it. [`openai`] and
+//! [`anthropic`] translate it to and from the two wire formats (pure
+//! functions); [`LlmClient`] sends it to an [`Endpoint`] over HTTP with a
+//! per-attempt timeout and retries; [`Price`] turns [`Usage`] into spend.
+//!
+//! Only the daemon (the LLM gateway) calls models: it holds the API keys,
+//! which live in [`Secret`]s that never print.
 
+pub mod anthropic;
 pub mod chat;
+mod client;
+mod endpoint;
+mod error;
+pub mod openai;
+mod price;
+#[cfg(test)]
+mod test_support;
 
-pub use chat::{ChatReply, ChatRequest, Message, StopReason, ToolCallRequest, ToolOutcome, ToolSpec, Usage};
+pub use chat::{
+    ChatReply, ChatRequest, Message, StopReason, ToolCallRequest, ToolOutcome, ToolSpec, Usage,
+};
+pub use client::{CallOutcome, LlmClient};
+pub use endpoint::{Endpoint, ProviderKind, Secret, default_base_url};
+pub use error::LlmError;
+pub use price::Price;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Args;
 use std::path::PathBuf;
 
-use con_daemon::{Daemon, DaemonConfig, SupervisedAgent, SupervisorConfig};
+use anyhow::Context;
+use con_daemon::{Daemon, DaemonConfig, GatewayConfig, Route, SupervisedAgent, SupervisorConfig};
 
 use crate::paths::Paths;
 
@@ -55,9 +56,6 @@ fn supervisor_config(
         SupervisorMode::Systemd => false,
         SupervisorMode::Auto => !std::path::Path::new("/run/systemd/system").exists(),
     };
-    if !supervise {
-        return Ok(None);
-    }
     let run_program = match &args.run_program {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
@@ -98,7 +96,109 @@ fn supervisor_config(
         outer_inbox: paths.outer_inbox(),
         router: config.agent("concierge").map(|a| a.name.clone()),
         tick: Duration::from_secs(1),
+        start_runs: supervise,
     }))
+}
+
+/// Reads the secrets file (`KEY=value` lines). It must be root's alone: a
+/// key file others can read is refused rather than used. A missing file
+/// means no keys (local servers may need none).
+fn read_secrets(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
+    if meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "{}: holds API keys, so it must be owned by root with mode 0600 (it is uid {} mode {:04o})",
+            path.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    let mut secrets = BTreeMap::new();
+    for item in dotenvy::from_path_iter(path).with_context(|| path.display().to_string())? {
+        // The error names the line, never its value.
+        let (key, value) = item.with_context(|| path.display().to_string())?;
+        secrets.insert(key, value);
+    }
+    Ok(secrets)
+}
+
+/// How each agent's model calls are routed, from config and the secrets.
+fn gateway_config(
+    config: &con_config::Config,
+    secrets: &BTreeMap<String, String>,
+    env_file: &std::path::Path,
+) -> GatewayConfig {
+    let routes = config
+        .agents
+        .iter()
+        .filter(|a| a.runner == con_config::Runner::Builtin)
+        .filter_map(|a| {
+            let provider = a.provider?;
+            let model = a.model.clone()?;
+            let key_var = a
+                .api_key_env
+                .clone()
+                .or_else(|| provider.default_api_key_env().map(str::to_owned));
+            let key = key_var.as_ref().and_then(|v| secrets.get(v)).cloned();
+            let unusable = match (&key_var, &key) {
+                (Some(var), None) if provider != con_config::Provider::OpenAiCompatible => {
+                    Some(format!(
+                        "{var} is not set in {}: no key for provider {}",
+                        env_file.display(),
+                        provider.as_str()
+                    ))
+                }
+                _ => None,
+            };
+            let (endpoint, unusable) = match con_llm::Endpoint::for_provider(
+                provider,
+                &model,
+                a.base_url.as_deref(),
+                key.map(con_llm::Secret::new),
+            ) {
+                Ok(endpoint) => (endpoint, unusable),
+                // Config validation should make this unreachable; if not,
+                // the agent's calls fail with the reason instead of the
+                // daemon refusing to serve everyone.
+                Err(e) => (
+                    con_llm::Endpoint::new(
+                        con_llm::ProviderKind::for_provider(provider),
+                        "",
+                        &model,
+                    ),
+                    Some(format!("agent {}: {e}", a.name)),
+                ),
+            };
+            Some((
+                a.name.clone(),
+                Route {
+                    provider: provider.as_str().to_owned(),
+                    endpoint,
+                    price: config
+                        .pricing
+                        .get(&model)
+                        .copied()
+                        .map(con_llm::Price::from),
+                    daily_budget_micro_usd: a.daily_budget_usd.map(con_daemon::micro_usd),
+                    tier: a.tier,
+                    unusable,
+                },
+            ))
+        })
+        .collect();
+    GatewayConfig {
+        routes,
+        tier_budgets_micro_usd: config
+            .tier_budgets
+            .iter()
+            .map(|(t, usd)| (*t, con_daemon::micro_usd(*usd)))
+            .collect(),
+    }
 }
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
@@ -109,6 +209,9 @@ pub fn run(args: DaemonArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
         .collect();
     let config = con_config::load(&paths.config_file(), &env)?;
     let supervisor = supervisor_config(&args, &config, paths)?;
+    let secrets = read_secrets(&paths.env_file())?;
+    let gateway = gateway_config(&config, &secrets, &paths.env_file());
+    drop(secrets);
     let daemon = DaemonConfig {
         socket: paths.socket(),
         db: paths.event_log(),
@@ -128,6 +231,7 @@ pub fn run(args: DaemonArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
             dir: paths.agent_inbox(&a.name),
         }))
         .collect(),
+        gateway: Some(gateway),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -138,7 +242,7 @@ pub fn run(args: DaemonArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
             daemon.db.display(),
             daemon.socket.display(),
             config.agents.len(),
-            if daemon.supervisor.is_some() {
+            if daemon.supervisor.as_ref().is_some_and(|s| s.start_runs) {
                 "supervising agent runs"
             } else {
                 "agent runs are left to systemd"

@@ -49,6 +49,11 @@ impl Paths {
             .unwrap_or_else(|| self.under("/etc/con/con.toml"))
     }
 
+    /// The secrets file (API keys), root's alone.
+    pub fn env_file(&self) -> PathBuf {
+        self.under("/etc/con/env")
+    }
+
     /// The daemon's socket.
     pub fn socket(&self) -> PathBuf {
         self.under("/run/con/con.sock")

@@ -1,0 +1,249 @@
+//! The LLM gateway: agents ask the daemon to call their model.
+//!
+//! The daemon alone holds API keys (read from `/etc/con/env` at start, never
+//! from its own environment), picks provider, model and key from config —
+//! an agent cannot choose them — checks the agent's and its tier's daily
+//! budget before every call, and records `llm.request` and `llm.response`
+//! itself, so a compromised agent process can neither read a key nor make an
+//! unrecorded call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use con_config::Tier;
+use con_event::payloads::{LlmRequest, LlmResponse};
+use con_event::{BlobRef, NewEvent};
+use con_llm::{ChatRequest, Endpoint, LlmClient, Price};
+use con_projection::{FleetStatus, utc_day};
+use con_protocol::{ErrorCode, LlmAnswer, LlmCall};
+
+use crate::Shared;
+
+/// How one agent's model calls are made.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Provider name as configured (`openrouter`, `anthropic`, …), for events.
+    pub provider: String,
+    /// Where and how to call (with the key, when one is configured).
+    pub endpoint: Endpoint,
+    /// The model's price, if listed in `[pricing]`.
+    pub price: Option<Price>,
+    /// The agent's own daily cap, in millionths of a USD.
+    pub daily_budget_micro_usd: Option<u64>,
+    /// Its tier (for the tier's shared cap).
+    pub tier: Tier,
+    /// Why calls cannot be made at all (e.g. the key is missing), if so.
+    pub unusable: Option<String>,
+}
+
+/// Everything the gateway needs, built from config and the secrets file.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayConfig {
+    /// Per agent (agents without a model, such as exec runners, are absent).
+    pub routes: BTreeMap<String, Route>,
+    /// Daily caps shared by all agents of a tier, in millionths of a USD.
+    pub tier_budgets_micro_usd: BTreeMap<Tier, u64>,
+}
+
+/// Converts a USD amount from config to millionths (saturating).
+pub fn micro_usd(usd: f64) -> u64 {
+    let micro = (usd * 1_000_000.0).round();
+    if micro <= 0.0 {
+        0
+    } else if micro >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        micro as u64
+    }
+}
+
+/// The gateway as the daemon runs it.
+pub(crate) struct Gateway {
+    config: GatewayConfig,
+    client: LlmClient,
+}
+
+/// A refused or failed call, as the client will see it.
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+impl Gateway {
+    pub(crate) fn new(config: GatewayConfig) -> Result<Self, String> {
+        let client = LlmClient::new().map_err(|e| format!("LLM client: {e}"))?;
+        Ok(Self { config, client })
+    }
+
+    /// Whether `agent` may spend more today; the reason when not.
+    fn check_budget(&self, fleet: &FleetStatus, agent: &str, route: &Route) -> Result<(), String> {
+        let today = utc_day(now_unix_nanos());
+        let spent = |name: &str| {
+            fleet
+                .agents
+                .get(name)
+                .and_then(|a| a.spend_micro_usd_by_day.get(&today))
+                .copied()
+                .unwrap_or(0)
+        };
+        if let Some(cap) = route.daily_budget_micro_usd {
+            let used = spent(agent);
+            if used >= cap {
+                return Err(format!(
+                    "agent {agent} has spent {} of its daily budget of {} (UTC day)",
+                    usd(used),
+                    usd(cap)
+                ));
+            }
+        }
+        if let Some(&cap) = self.config.tier_budgets_micro_usd.get(&route.tier) {
+            let used: u64 = self
+                .config
+                .routes
+                .iter()
+                .filter(|(_, r)| r.tier == route.tier)
+                .map(|(name, _)| spent(name))
+                .fold(0, u64::saturating_add);
+            if used >= cap {
+                return Err(format!(
+                    "the {} tier has spent {} of its daily budget of {} (UTC day)",
+                    route.tier,
+                    usd(used),
+                    usd(cap)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn usd(micro: u64) -> String {
+    format!("${:.4}", micro as f64 / 1_000_000.0)
+}
+
+fn now_unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Serves one [`LlmCall`] from `agent`, whose ownership of the session the
+/// caller has checked.
+pub(crate) async fn call(
+    shared: &Arc<Shared>,
+    agent: &str,
+    call: LlmCall,
+) -> Result<LlmAnswer, Refusal> {
+    let Some(gateway) = shared.gateway.as_ref() else {
+        return Err(refusal(
+            ErrorCode::Unavailable,
+            "this daemon has no LLM gateway configured",
+        ));
+    };
+    let Some(route) = gateway.config.routes.get(agent) else {
+        return Err(refusal(
+            ErrorCode::Rejected,
+            format!("agent {agent} has no model configured (its runner does not use the gateway)"),
+        ));
+    };
+    if let Some(why) = &route.unusable {
+        return Err(refusal(ErrorCode::Provider, why.clone()));
+    }
+    let request: ChatRequest = serde_json::from_slice(&call.request)
+        .map_err(|e| refusal(ErrorCode::Rejected, format!("chat request: {e}")))?;
+
+    // Budget before the call: spend is folded from durable llm.response
+    // events, so a call's cost counts before the next call is checked.
+    let lookup = shared.clone();
+    let fleet = tokio::task::spawn_blocking(move || lookup.store.project::<FleetStatus>())
+        .await
+        .map_err(|e| refusal(ErrorCode::Unavailable, e.to_string()))?
+        .map_err(|e| refusal(ErrorCode::Unavailable, e.to_string()))?;
+    gateway
+        .check_budget(&fleet, agent, route)
+        .map_err(|why| refusal(ErrorCode::OverBudget, why))?;
+
+    let model = route.endpoint.model.clone();
+    let mut recorded = NewEvent::system(LlmRequest {
+        agent: agent.to_owned(),
+        provider: route.provider.clone(),
+        model: model.clone(),
+        iteration: call.iteration,
+        request: BlobRef::of(&call.request),
+    });
+    recorded.session = Some(call.session);
+    recorded.task = call.task.clone();
+    recorded.attachments = vec![call.request];
+    // No audit, no action: the call is made only once its request is durable.
+    let request_seq = shared
+        .appender
+        .submit(recorded)
+        .wait_async()
+        .await
+        .map_err(|e| {
+            refusal(
+                ErrorCode::Unavailable,
+                format!("recording llm.request: {e}"),
+            )
+        })?
+        .seq;
+
+    let outcome = gateway.client.call(&route.endpoint, &request).await;
+    let (reply_bytes, error) = match &outcome.result {
+        Ok(reply) => match serde_json::to_vec(reply) {
+            Ok(bytes) => (Some(bytes), None),
+            Err(e) => (None, Some(format!("encoding the reply: {e}"))),
+        },
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let usage = outcome.result.as_ref().map(|r| r.usage).unwrap_or_default();
+    let cost = route.price.map(|p| p.cost_micro_usd(&usage)).unwrap_or(0);
+    let mut recorded = NewEvent::system(LlmResponse {
+        agent: agent.to_owned(),
+        provider: route.provider.clone(),
+        model,
+        status: outcome.status,
+        attempts: outcome.attempts,
+        latency_ms: u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cost_micro_usd: cost,
+        response: reply_bytes.as_deref().map(BlobRef::of),
+        error: error.clone(),
+    });
+    recorded.session = Some(call.session);
+    recorded.task = call.task;
+    recorded.causation = Some(request_seq);
+    recorded.attachments = reply_bytes.iter().cloned().collect();
+    let response_seq = shared
+        .appender
+        .submit(recorded)
+        .wait_async()
+        .await
+        .map_err(|e| {
+            refusal(
+                ErrorCode::Unavailable,
+                format!("recording llm.response: {e}"),
+            )
+        })?
+        .seq;
+    match (reply_bytes, error) {
+        (Some(reply), None) => Ok(LlmAnswer {
+            request_seq,
+            response_seq,
+            reply,
+        }),
+        (_, e) => Err(refusal(
+            ErrorCode::Provider,
+            e.unwrap_or_else(|| "no reply".to_owned()),
+        )),
+    }
+}
