@@ -4,6 +4,7 @@
 //! argument parsing, path resolution from the global flags, output
 //! formatting and exit codes.
 
+mod bootstrap_cmd;
 mod config_cmd;
 mod daemon_cmd;
 mod logs_cmd;
@@ -50,6 +51,16 @@ struct Cli {
     )]
     user_prefix: String,
 
+    /// Prefix of con's group names (agents, officers, operators, workers, trusted).
+    #[arg(
+        long,
+        env = "CON_GROUP_PREFIX",
+        global = true,
+        default_value = "",
+        value_name = "PREFIX"
+    )]
+    group_prefix: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +80,9 @@ enum Command {
     Status(status_cmd::StatusArgs),
     /// Drop a task into the outer inbox (or an agent's inbox), as yourself.
     Task(task_cmd::TaskArgs),
+    /// Create or repair the host state the config implies (users, directories,
+    /// ACLs, sudoers, instructions, units, egress), or check it for drift.
+    Bootstrap(bootstrap_cmd::BootstrapArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -87,10 +101,11 @@ fn refuse_path_overrides_under_sudo(cli: &Cli) -> anyhow::Result<()> {
     if std::env::var_os("SUDO_UID").is_some()
         && (cli.root != std::path::Path::new("/")
             || cli.config.is_some()
-            || cli.user_prefix != "a-")
+            || cli.user_prefix != "a-"
+            || !cli.group_prefix.is_empty())
     {
         anyhow::bail!(
-            "--root/--config/--user-prefix (CON_ROOT/CON_CONFIG/CON_USER_PREFIX) are refused when run through sudo"
+            "--root/--config/--user-prefix/--group-prefix (CON_ROOT/CON_CONFIG/CON_USER_PREFIX/CON_GROUP_PREFIX) are refused when run through sudo"
         );
     }
     Ok(())
@@ -122,6 +137,7 @@ fn main() -> ExitCode {
         eprintln!("con: error: {e:#}");
         return ExitCode::FAILURE;
     }
+    let group_prefix = cli.group_prefix;
     let paths = Paths::new(cli.root, cli.config, cli.user_prefix);
     let result = match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &paths),
@@ -130,6 +146,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => logs_cmd::run(args, &paths),
         Command::Status(args) => status_cmd::run(args, &paths),
         Command::Task(args) => task_cmd::run(args, &paths),
+        Command::Bootstrap(args) => bootstrap_cmd::run(args, &paths, &group_prefix),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "con", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
