@@ -4,8 +4,9 @@
 //! `con-agent@<name>.service` per agent (not a template, so each carries its
 //! own user, writable paths and sandbox), triggered by a `.path` unit
 //! (on-demand), a `.timer` (cron) or kept running (continuous). The system
-//! units are the daemon (`Type=notify`), the outer-inbox router and the
-//! healthcheck timer.
+//! units are the daemon (`Type=notify`) and the healthcheck timer. The
+//! outer inbox has no unit of its own: the daemon watches it and routes its
+//! tasks, because a task must be recorded before anything acts on it.
 //!
 //! Generation is pure: text from config and settings, nothing read from the
 //! host. Every unit passes `systemd-analyze verify`, and the sandbox of each
@@ -153,24 +154,14 @@ pub fn agent_units(
     units
 }
 
-/// The system units: the daemon, the outer-inbox router (path + service) and
-/// the healthcheck (timer + service).
+/// The system units: the daemon (which also watches and routes the outer
+/// inbox) and the healthcheck (timer + service).
 pub fn system_units(config: &Config, settings: &UnitSettings) -> Vec<Unit> {
     vec![
         Unit {
             name: DAEMON_UNIT.to_owned(),
             text: daemon_service(config, settings),
             enable: true,
-        },
-        Unit {
-            name: "con-route-inbox.path".to_owned(),
-            text: route_inbox_path(settings),
-            enable: true,
-        },
-        Unit {
-            name: "con-route-inbox.service".to_owned(),
-            text: route_inbox_service(settings),
-            enable: false,
         },
         Unit {
             name: "con-healthcheck.timer".to_owned(),
@@ -473,68 +464,6 @@ fn daemon_service(config: &Config, settings: &UnitSettings) -> String {
 
     u.section("Install");
     u.set("WantedBy", "multi-user.target");
-    u.finish()
-}
-
-fn route_inbox_path(settings: &UnitSettings) -> String {
-    let mut u = UnitText::new("Route tasks from the outer inbox to the concierge");
-    u.section("Path");
-    u.set(
-        "PathExistsGlob",
-        &escape_path(&settings.layout_srv.join("inbox").join("*.task")),
-    );
-    u.set("Unit", "con-route-inbox.service");
-    u.section("Install");
-    u.set("WantedBy", "paths.target");
-    u.finish()
-}
-
-fn route_inbox_service(settings: &UnitSettings) -> String {
-    let mut u = UnitText::new("Route tasks from the outer inbox to the concierge");
-    u.comment("Routing is recorded: no daemon, no routing.");
-    u.set("Requires", DAEMON_UNIT);
-    u.set("After", DAEMON_UNIT);
-    u.section("Service");
-    u.set("Type", "oneshot");
-    u.set("ExecStart", &exec_line(settings, &["route-inbox"]));
-    u.set("SyslogIdentifier", "con-route-inbox");
-    u.blank();
-    u.comment("Sandbox: root, to move other users' tasks out of the sticky outer inbox into the concierge's 0700 tree (rename keeps the owner, which is the provenance). It needs the daemon's socket and /srv/con, and no network.");
-    u.set("NoNewPrivileges", "yes");
-    u.set(
-        "CapabilityBoundingSet",
-        "CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER",
-    );
-    u.set("AmbientCapabilities", "");
-    u.set("ProtectSystem", "strict");
-    u.set_paths(
-        "ReadWritePaths",
-        "",
-        std::slice::from_ref(&settings.layout_srv),
-    );
-    u.set("ProtectHome", "yes");
-    private_tmp(&mut u, settings);
-    u.set("PrivateDevices", "yes");
-    u.set("DevicePolicy", "closed");
-    u.set("PrivateIPC", "yes");
-    u.set("PrivateMounts", "yes");
-    u.comment("The daemon's socket is a path, reachable from an empty network namespace.");
-    u.set("PrivateNetwork", "yes");
-    u.set("IPAddressDeny", "any");
-    common_kernel_protections(&mut u);
-    u.set("RestrictSUIDSGID", "yes");
-    u.set("MemoryDenyWriteExecute", "yes");
-    u.set("SystemCallFilter", "@system-service");
-    u.comment("It never changes owners or identities.");
-    u.set("SystemCallFilter", "~@privileged");
-    u.set("SystemCallErrorNumber", "EPERM");
-    u.set("SystemCallArchitectures", "native");
-    u.set("RestrictAddressFamilies", "AF_UNIX");
-    u.set("ProcSubset", "pid");
-    u.set("ProtectProc", "invisible");
-    u.set("KeyringMode", "private");
-    u.set("RemoveIPC", "yes");
-    u.set("UMask", "0077");
     u.finish()
 }
 

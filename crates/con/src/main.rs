@@ -7,6 +7,7 @@
 mod bootstrap_cmd;
 mod config_cmd;
 mod daemon_cmd;
+mod healthcheck_cmd;
 mod logs_cmd;
 mod paths;
 mod status_cmd;
@@ -83,6 +84,8 @@ enum Command {
     /// Create or repair the host state the config implies (users, directories,
     /// ACLs, sudoers, instructions, units, egress), or check it for drift.
     Bootstrap(bootstrap_cmd::BootstrapArgs),
+    /// Run con's built-in health checks and record each result.
+    Healthcheck(healthcheck_cmd::HealthcheckArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -146,6 +149,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => logs_cmd::run(args, &paths),
         Command::Status(args) => status_cmd::run(args, &paths),
         Command::Task(args) => task_cmd::run(args, &paths),
+        Command::Healthcheck(args) => healthcheck_cmd::run(args, &paths),
         Command::Bootstrap(args) => bootstrap_cmd::run(args, &paths, &group_prefix),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "con", &mut std::io::stdout());
