@@ -9,19 +9,23 @@ BIN := target/release/con
 
 .PHONY: run test deps journald build lint fmt bench catalog golden clean
 
-## run: build con, lay out the host for the profile, verify the event log if
-## there is one, and run the daemon in the foreground (Ctrl-C stops it cleanly).
+## run: build con, install it as /usr/local/bin/con (the path units and
+## sudoers name), bootstrap the profile onto this host (users, groups,
+## directories, ACLs, sudoers, AGENTS.md, units, nftables egress), verify the
+## event log if there is one, and run the daemon in the foreground (Ctrl-C
+## stops it cleanly). Under a systemd PID 1 the installed units run it instead.
 run: deps build
 	@echo "==> checking $(CONFIG)"
 	$(BIN) config check $(CONFIG)
-	@echo "==> preparing directories (users, ACLs and units come with con bootstrap)"
-	./scripts/dev-setup.sh $(BIN) $(PROFILE)
+	install -m 0755 $(BIN) /usr/local/bin/con
+	@echo "==> bootstrapping the $(PROFILE) profile onto this host"
+	/usr/local/bin/con bootstrap --profile configs/$(PROFILE)
 	@if [ -d "$${CON_ROOT:-}/var/lib/con/events" ]; then \
 	  echo "==> verifying the event log"; $(BIN) verify; \
 	else echo "==> no event log yet: the daemon creates it"; fi
 	@echo "==> starting the daemon; in another shell: $(BIN) status, $(BIN) logs -f, $(BIN) task \"hello\""
 	./scripts/ensure-journald.sh
-	exec $(BIN) daemon
+	exec /usr/local/bin/con daemon
 
 ## test: lint, then every unit, integration, crash and journald test.
 test: deps journald lint
