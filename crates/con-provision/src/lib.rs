@@ -9,11 +9,14 @@
 
 mod api;
 pub mod apply;
+pub mod commission;
+pub mod config_edit;
 pub mod egress;
 mod host;
 pub mod instructions;
 pub mod layout;
 pub mod plan;
+pub mod policy;
 pub mod profile;
 pub mod sudoers;
 pub mod units;
@@ -21,6 +24,8 @@ pub mod units;
 use std::path::Path;
 
 pub use apply::{ApplyOptions, Drift, Report, Step, StepStatus, apply, check};
+pub use commission::{Decommissioned, Installed, commission, decommission};
+pub use config_edit::NewAgent;
 pub use layout::{CON_GROUPS, Layout};
 pub use plan::{Plan, PlanInput, Resource, plan};
 pub use profile::Profile;

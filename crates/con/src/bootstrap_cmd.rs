@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use con_provision::{ApplyOptions, Layout, PlanInput, Profile, StepStatus};
+use con_event::payloads::ProvisionApplied;
+use con_event::{BlobRef, Payload};
+use con_protocol::{Client, ClientEvent};
+use con_provision::{ApplyOptions, Layout, PlanInput, Profile, Report, Step, StepStatus};
 
 use crate::paths::Paths;
 
@@ -94,43 +97,49 @@ pub fn run(args: BootstrapArgs, paths: &Paths, group_prefix: &str) -> anyhow::Re
             netns: None,
         },
     );
-    let changes = report.changes();
-    let failed = report.failed();
-    if args.json {
-        let mut value = serde_json::json!({
-            "changes": changes,
-            "steps": report.steps,
-            "failed": failed,
-        });
-        if args.dry_run {
-            value["plan"] =
-                serde_json::json!(plan.render(&layout.root).lines().collect::<Vec<_>>());
-        }
-        println!("{value}");
-    } else {
-        if args.dry_run {
+    if args.dry_run {
+        let changes = report.changes();
+        if args.json {
+            let value = serde_json::json!({
+                "changes": changes,
+                "steps": report.steps,
+                "failed": report.failed(),
+                "plan": plan.render(&layout.root).lines().collect::<Vec<_>>(),
+            });
+            println!("{value}");
+        } else {
             println!("plan:");
             for line in plan.render(&layout.root).lines() {
                 println!("  {line}");
             }
             println!("changes:");
-        }
-        for step in &report.steps {
-            match &step.status {
-                StepStatus::Failed(e) => println!("{} FAILED: {e}", step.change),
-                StepStatus::Done | StepStatus::Note => println!("{}", step.change),
-            }
-        }
-        if args.dry_run {
+            print_steps(&report);
             println!("bootstrap: {changes} changes (dry run: nothing changed)");
-        } else if changes == 0 && failed.is_empty() {
-            println!("bootstrap: 0 changes (host matches the plan)");
-        } else {
-            println!("bootstrap: {changes} changes");
         }
+        return Ok(exit_code(&report));
     }
+    finish("bootstrap", &report, args.json, paths, Vec::new())
+}
+
+/// Prints each step on its own line, failures with their reason.
+fn print_steps(report: &Report) {
+    for step in &report.steps {
+        println!("{}", step_line(step));
+    }
+}
+
+fn step_line(step: &Step) -> String {
+    match &step.status {
+        StepStatus::Failed(e) => format!("{} FAILED: {e}", step.change),
+        StepStatus::Done | StepStatus::Note => step.change.clone(),
+    }
+}
+
+/// Success, or failure (with one line on stderr) if a step failed.
+fn exit_code(report: &Report) -> ExitCode {
+    let failed = report.failed();
     if failed.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+        return ExitCode::SUCCESS;
     }
     let withheld = if report.withheld.is_empty() {
         String::new()
@@ -141,13 +150,99 @@ pub fn run(args: BootstrapArgs, paths: &Paths, group_prefix: &str) -> anyhow::Re
         )
     };
     eprintln!("con: error: {} step(s) failed{withheld}", failed.len());
-    Ok(ExitCode::FAILURE)
+    ExitCode::FAILURE
+}
+
+/// After an apply (bootstrap, commission, decommission): prints the report,
+/// records `before` and then one `provision.applied` event through the
+/// daemon if it is up, and gives the exit code. `command` is what the event
+/// names (`commission scribe`).
+pub(crate) fn finish(
+    command: &str,
+    report: &Report,
+    json: bool,
+    paths: &Paths,
+    before: Vec<Payload>,
+) -> anyhow::Result<ExitCode> {
+    let changes = report.changes();
+    let recorded = record(command, report, paths, before)?;
+    if json {
+        let value = serde_json::json!({
+            "command": command,
+            "changes": changes,
+            "steps": report.steps,
+            "failed": report.failed(),
+            "withheld": report.withheld,
+            "recorded": recorded,
+        });
+        println!("{value}");
+    } else {
+        print_steps(report);
+        if changes == 0 && report.failed().is_empty() {
+            println!("{command}: 0 changes (host matches the plan)");
+        } else {
+            println!("{command}: {changes} changes");
+        }
+    }
+    Ok(exit_code(report))
+}
+
+/// Appends `before` and a `provision.applied` event for `report`. With no
+/// daemon listening (bootstrap on a fresh host runs before it exists) that
+/// is said on stderr and is not an error; a daemon that refuses is.
+fn record(
+    command: &str,
+    report: &Report,
+    paths: &Paths,
+    before: Vec<Payload>,
+) -> anyhow::Result<bool> {
+    let socket = paths.socket();
+    let Ok(mut client) = Client::connect(&socket) else {
+        eprintln!(
+            "con: the daemon is not running ({}): {command} not recorded in the event log",
+            socket.display()
+        );
+        return Ok(false);
+    };
+    let steps: String = report
+        .steps
+        .iter()
+        .map(step_line)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let applied: Payload = ProvisionApplied {
+        command: command.to_owned(),
+        changes: u32::try_from(report.changes()).unwrap_or(u32::MAX),
+        failed: report.failed().into_iter().map(step_line).collect(),
+        disabled_agents: report.withheld.clone(),
+        steps: BlobRef::of(steps.as_bytes()),
+    }
+    .into();
+    let events = before
+        .into_iter()
+        .map(|p| (p, Vec::new()))
+        .chain([(applied, vec![steps.into_bytes()])]);
+    for (payload, attachments) in events {
+        let spec = payload.spec();
+        client
+            .append(ClientEvent {
+                session: None,
+                task: None,
+                causation: None,
+                kind: spec.id,
+                kind_version: spec.version,
+                payload: payload.encode()?,
+                attachments,
+            })
+            .with_context(|| format!("recording {} for {command}", spec.name))?;
+    }
+    Ok(true)
 }
 
 /// The process environment as text, for config overrides (as `con config check`
 /// reads it). Variables that are not UTF-8 cannot be con overrides; they are
 /// skipped unless they claim to be one.
-fn environment() -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn environment() -> anyhow::Result<BTreeMap<String, String>> {
     let mut env = BTreeMap::new();
     for (key, value) in std::env::vars_os() {
         match (key.into_string(), value.into_string()) {

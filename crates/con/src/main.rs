@@ -5,11 +5,13 @@
 //! formatting and exit codes.
 
 mod bootstrap_cmd;
+mod commission_cmd;
 mod config_cmd;
 mod daemon_cmd;
 mod healthcheck_cmd;
 mod logs_cmd;
 mod paths;
+mod policy_cmd;
 mod status_cmd;
 mod task_cmd;
 mod verify_cmd;
@@ -84,6 +86,16 @@ enum Command {
     /// Create or repair the host state the config implies (users, directories,
     /// ACLs, sudoers, instructions, units, egress), or check it for drift.
     Bootstrap(bootstrap_cmd::BootstrapArgs),
+    /// Add one agent: a new [[agents]] entry in the installed config, then
+    /// the same plan and apply as bootstrap.
+    Commission(commission_cmd::CommissionArgs),
+    /// Remove one agent: stop and delete its units and sudoers, lock its
+    /// account, close its directory (kept for forensics), remove its
+    /// [[agents]] entry, then re-apply the plan.
+    Decommission(commission_cmd::DecommissionArgs),
+    /// Explain what an agent may do, and which config line says so.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Run con's built-in health checks and record each result.
     Healthcheck(healthcheck_cmd::HealthcheckArgs),
     /// Print a shell completion script.
@@ -151,6 +163,9 @@ fn main() -> ExitCode {
         Command::Task(args) => task_cmd::run(args, &paths),
         Command::Healthcheck(args) => healthcheck_cmd::run(args, &paths),
         Command::Bootstrap(args) => bootstrap_cmd::run(args, &paths, &group_prefix),
+        Command::Commission(args) => commission_cmd::commission(args, &paths, &group_prefix),
+        Command::Decommission(args) => commission_cmd::decommission(args, &paths, &group_prefix),
+        Command::Policy(cmd) => policy_cmd::run(cmd, &paths, &group_prefix),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "con", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,448 @@
+//! `con commission` and `con decommission`: one agent added to or removed
+//! from the installed config, then the same plan → apply as bootstrap.
+//!
+//! Everything is validated before anything is touched: the name (the rule
+//! that makes it safe as a user and path name), the roles (they must exist
+//! in the installed profile), the whole resulting config and its plan. Only
+//! then is the config replaced (atomically, owner and mode kept) and the
+//! plan applied. A lock on the config's directory serialises concurrent
+//! runs, so two commissions cannot both edit the same old text.
+//!
+//! Applying a plan only ever converges what the plan names, so removing an
+//! agent from the config withdraws what other resources granted it (ACL
+//! entries on other agents' inboxes, the sysadmin directories, its uid in
+//! the egress set) but leaves its own things alone. Decommissioning
+//! therefore also **retires** the agent, before its entry is removed: its
+//! units are stopped and deleted, its sudoers drop-in deleted, its account
+//! locked and expired with no supplementary groups (kept, so its uid stays
+//! reserved and its files attributable), and its directory made root's
+//! alone (kept for forensics). If retiring fails the config is not
+//! changed, so running the command again retries.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use con_config::Config;
+use nix::unistd::User;
+
+use crate::config_edit::{self, NewAgent};
+use crate::host::NOLOGIN;
+use crate::layout::Layout;
+use crate::plan::{PlanInput, Resource};
+use crate::profile::Profile;
+use crate::{ApplyOptions, ProvisionError, Report, Step, StepStatus};
+
+/// The installed config and its text, and the profile next to it.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The config file's text as read.
+    pub text: String,
+    /// What planning needs (the profile is the config's directory).
+    pub input: PlanInput,
+    /// The directory the profile was read from.
+    pub profile_dir: PathBuf,
+}
+
+impl Installed {
+    /// Reads and validates `layout.config_file` and the profile beside it.
+    pub fn read(layout: &Layout, env: &BTreeMap<String, String>) -> Result<Self, ProvisionError> {
+        let path = &layout.config_file;
+        let text = std::fs::read_to_string(path).map_err(|e| ProvisionError::io(path, &e))?;
+        let config = parse(&text, path, env)?;
+        let profile_dir = path
+            .parent()
+            .map_or_else(|| layout.etc.clone(), Path::to_path_buf);
+        Ok(Self {
+            input: PlanInput {
+                config,
+                profile: Profile::read(&profile_dir)?,
+                install_profile: false,
+            },
+            text,
+            profile_dir,
+        })
+    }
+}
+
+fn parse(
+    text: &str,
+    path: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ProvisionError> {
+    con_config::parse(text, path, env).map_err(|e| ProvisionError::Invalid(e.to_string()))
+}
+
+/// Held for the whole edit: an exclusive `flock` on the config's directory.
+struct ConfigLock {
+    _dir: std::fs::File,
+}
+
+impl ConfigLock {
+    fn take(layout: &Layout) -> Result<Self, ProvisionError> {
+        let dir = layout
+            .config_file
+            .parent()
+            .map_or_else(|| layout.etc.clone(), Path::to_path_buf);
+        let file = std::fs::File::open(&dir).map_err(|e| ProvisionError::io(&dir, &e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| ProvisionError::Invalid(format!("{}: cannot lock: {e}", dir.display())))?;
+        Ok(Self { _dir: file })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ProvisionError> {
+    con_config::validate_agent_name(name)
+        .map_err(|m| ProvisionError::Invalid(format!("agent name {name:?}: {m}")))
+}
+
+/// Adds agent `agent` to the installed config and provisions it. Refused
+/// (with nothing touched) if the name is invalid or taken, if a Linux user
+/// of that name already exists (a decommissioned agent keeps its account
+/// and files, which a new agent must not inherit), if a role is not in the
+/// profile, or if the resulting config or plan is invalid.
+pub fn commission(
+    layout: &Layout,
+    env: &BTreeMap<String, String>,
+    agent: &NewAgent,
+    netns: Option<&str>,
+) -> Result<Report, ProvisionError> {
+    check_name(&agent.name)?;
+    for role in &agent.roles {
+        con_config::validate_agent_name(role)
+            .map_err(|m| ProvisionError::Invalid(format!("role {role:?}: {m}")))?;
+    }
+    let _lock = ConfigLock::take(layout)?;
+    let installed = Installed::read(layout, env)?;
+    let path = &layout.config_file;
+    if installed.input.config.agent(&agent.name).is_some() {
+        return Err(ProvisionError::Invalid(format!(
+            "agent {} already exists in {}",
+            agent.name,
+            path.display()
+        )));
+    }
+    let user = layout.user(&agent.name);
+    if User::from_name(&user)
+        .map_err(|e| ProvisionError::Invalid(format!("user {user}: lookup failed: {e}")))?
+        .is_some()
+    {
+        return Err(ProvisionError::Invalid(format!(
+            "user {user} already exists (a decommissioned agent keeps its account and files); choose another name"
+        )));
+    }
+    let roles_dir = installed.profile_dir.join("roles");
+    for role in &agent.roles {
+        let dir = roles_dir.join(role);
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(ProvisionError::Invalid(format!(
+                "role {role}: no such role in {} (available: {})",
+                roles_dir.display(),
+                available_roles(&roles_dir)
+            )));
+        }
+    }
+    let text = config_edit::add_agent(&installed.text, path, agent)?;
+    let input = PlanInput {
+        config: parse(&text, path, env)?,
+        ..installed.input
+    };
+    let plan = crate::plan(&input, layout)?;
+    config_edit::write_config(path, &text)?;
+    Ok(crate::apply(
+        &plan,
+        layout,
+        &ApplyOptions {
+            dry_run: false,
+            netns: netns.map(str::to_owned),
+        },
+    ))
+}
+
+fn available_roles(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| con_config::validate_agent_name(n).is_ok())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// What decommissioning did.
+#[derive(Debug, Clone, Default)]
+pub struct Decommissioned {
+    /// Retirement steps, then the apply of the plan without the agent.
+    pub report: Report,
+    /// Whether the agent's entry was removed from the config (false when
+    /// retiring it failed: nothing else was then changed).
+    pub removed: bool,
+}
+
+/// Retires agent `name` and removes it from the installed config, then
+/// applies the plan without it (see the module docs). Refused if the name
+/// is invalid or not configured, or if the config without it is invalid.
+pub fn decommission(
+    layout: &Layout,
+    env: &BTreeMap<String, String>,
+    name: &str,
+    netns: Option<&str>,
+) -> Result<Decommissioned, ProvisionError> {
+    check_name(name)?;
+    let _lock = ConfigLock::take(layout)?;
+    let installed = Installed::read(layout, env)?;
+    let path = &layout.config_file;
+    if installed.input.config.agent(name).is_none() {
+        return Err(ProvisionError::Invalid(format!(
+            "no agent named {name} in {}",
+            path.display()
+        )));
+    }
+    // Its units as the current config generates them.
+    let units: Vec<(String, PathBuf)> = crate::plan(&installed.input, layout)?
+        .resources
+        .into_iter()
+        .filter_map(|r| match r {
+            Resource::Unit {
+                name: unit,
+                path,
+                agent: Some(a),
+                ..
+            } if a == name => Some((unit, path)),
+            _ => None,
+        })
+        .collect();
+    let text = config_edit::remove_agent(&installed.text, path, name)?;
+    let input = PlanInput {
+        config: parse(&text, path, env)?,
+        ..installed.input
+    };
+    let plan = crate::plan(&input, layout)?;
+
+    let mut report = Report::default();
+    retire(layout, name, &units, &mut report);
+    if !report.failed().is_empty() {
+        report.steps.push(Step {
+            change: format!(
+                "- {} not changed: agent {name} is not fully retired (run again)",
+                path.display()
+            ),
+            status: StepStatus::Note,
+        });
+        report.withheld.push(name.to_owned());
+        return Ok(Decommissioned {
+            report,
+            removed: false,
+        });
+    }
+    config_edit::write_config(path, &text)?;
+    report.steps.push(Step {
+        change: format!("- agent {name} from {}", path.display()),
+        status: StepStatus::Done,
+    });
+    let applied = crate::apply(
+        &plan,
+        layout,
+        &ApplyOptions {
+            dry_run: false,
+            netns: netns.map(str::to_owned),
+        },
+    );
+    report.steps.extend(applied.steps);
+    report.withheld = applied.withheld;
+    Ok(Decommissioned {
+        report,
+        removed: true,
+    })
+}
+
+/// Whether units are started and stopped here (systemd is PID 1 and this is
+/// the real root), as `apply` decides.
+fn systemd_manages(layout: &Layout) -> bool {
+    layout.is_host_root() && Path::new("/run/systemd/system").is_dir()
+}
+
+fn push(report: &mut Report, change: String, result: Result<(), String>) {
+    report.steps.push(Step {
+        change,
+        status: match result {
+            Ok(()) => StepStatus::Done,
+            Err(e) => StepStatus::Failed(e),
+        },
+    });
+}
+
+/// Stops and removes what belongs to agent `name` alone.
+fn retire(layout: &Layout, name: &str, units: &[(String, PathBuf)], report: &mut Report) {
+    let systemd = systemd_manages(layout);
+    let present: Vec<&(String, PathBuf)> = units
+        .iter()
+        .filter(|(_, path)| std::fs::symlink_metadata(path).is_ok())
+        .collect();
+    if systemd {
+        for (unit, _) in &present {
+            push(
+                report,
+                format!("~ disable --now {unit}"),
+                run("systemctl", &["disable", "--now", unit]),
+            );
+        }
+    }
+    for (_, path) in &present {
+        push(
+            report,
+            format!("- unit {}", path.display()),
+            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display())),
+        );
+    }
+    if systemd && !present.is_empty() {
+        push(
+            report,
+            "~ systemctl daemon-reload".to_owned(),
+            run("systemctl", &["daemon-reload"]),
+        );
+    }
+
+    let sudoers = layout.sudoers_file(name);
+    if std::fs::symlink_metadata(&sudoers).is_ok() {
+        push(
+            report,
+            format!("- sudoers {}", sudoers.display()),
+            std::fs::remove_file(&sudoers).map_err(|e| format!("{}: {e}", sudoers.display())),
+        );
+    }
+
+    let user = layout.user(name);
+    match User::from_name(&user) {
+        Ok(Some(found)) if found.uid.is_root() => push(
+            report,
+            format!("! user {user}"),
+            Err(format!("user {user} has uid 0: refusing to touch it")),
+        ),
+        Ok(Some(_)) => push(
+            report,
+            format!(
+                "~ user {user} locked and expired (usermod -L -e 1), shell {NOLOGIN}, no supplementary groups"
+            ),
+            // Kept, not deleted: its uid stays reserved, so files it left
+            // behind stay attributable and no new account inherits them.
+            run(
+                "usermod",
+                &[
+                    "--lock",
+                    "--expiredate",
+                    "1",
+                    "--shell",
+                    NOLOGIN,
+                    "--groups",
+                    "",
+                    &user,
+                ],
+            ),
+        ),
+        Ok(None) => {}
+        Err(e) => push(
+            report,
+            format!("! user {user}"),
+            Err(format!("lookup failed: {e}")),
+        ),
+    }
+
+    let dir = layout.agent_dir(name);
+    if let Some(change) = close_dir(&dir) {
+        push(
+            report,
+            format!(
+                "~ dir {} root:root 0700, no ACL (kept for forensics)",
+                dir.display()
+            ),
+            change,
+        );
+    }
+}
+
+/// Makes `dir` root's alone (0700, no extended ACL); `None` if it is
+/// missing or already so.
+fn close_dir(dir: &Path) -> Option<Result<(), String>> {
+    let shown = dir.display();
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("{shown}: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Some(Err(format!(
+            "{shown}: not a directory; refusing to touch it"
+        )));
+    }
+    let has_acl = |xattr: &str| {
+        !matches!(
+            rustix::fs::getxattr(dir, xattr, &mut [0u8; 0][..]),
+            Err(rustix::io::Errno::NODATA)
+        )
+    };
+    if meta.uid() == 0
+        && meta.gid() == 0
+        && meta.mode() & 0o7777 == 0o700
+        && !has_acl("system.posix_acl_access")
+        && !has_acl("system.posix_acl_default")
+    {
+        return None;
+    }
+    Some((|| {
+        let root = nix::unistd::Uid::from_raw(0);
+        let root_group = nix::unistd::Gid::from_raw(0);
+        // Mode first: from now on nothing but root gets in, whatever the owner.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{shown}: chmod: {e}"))?;
+        // Without the ACL xattrs the mode bits are the whole story.
+        for xattr in ["system.posix_acl_access", "system.posix_acl_default"] {
+            match rustix::fs::removexattr(dir, xattr) {
+                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => return Err(format!("{shown}: cannot remove {xattr}: {e}")),
+            }
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{shown}: chmod: {e}"))?;
+        nix::unistd::chown(dir, Some(root), Some(root_group))
+            .map_err(|e| format!("{shown}: chown: {e}"))
+    })())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ")
+        ))
+    }
+}
+
+/// Commissioning and decommissioning need root (accounts, ownership,
+/// sudoers); checked first so a non-root run fails on one line.
+pub fn require_root_for(command: &str) -> Result<(), ProvisionError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(ProvisionError::Invalid(format!(
+            "con {command} must run as root"
+        )))
+    }
+}

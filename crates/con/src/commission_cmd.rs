@@ -1,0 +1,109 @@
+//! `con commission` and `con decommission`: add or remove one agent at
+//! runtime (config entry, then the same plan → apply as bootstrap), and
+//! record what changed.
+
+use std::process::ExitCode;
+
+use con_config::Tier;
+use con_event::Payload;
+use con_event::payloads::{AgentCondition, AgentState};
+use con_provision::{Layout, NewAgent};
+
+use crate::bootstrap_cmd::{environment, finish};
+use crate::paths::Paths;
+
+/// `con commission` options.
+#[derive(Debug, clap::Args)]
+pub struct CommissionArgs {
+    /// The new agent's name (`[a-z][a-z0-9-]{0,30}`); its Linux user is
+    /// <user prefix><name>.
+    name: String,
+    /// Its tier: officer, operator or worker.
+    #[arg(long, default_value = "worker", value_name = "TIER")]
+    tier: String,
+    /// A role from the installed profile (<config dir>/roles/<role>);
+    /// repeat for several.
+    #[arg(long = "role", value_name = "ROLE")]
+    roles: Vec<String>,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `con decommission` options.
+#[derive(Debug, clap::Args)]
+pub struct DecommissionArgs {
+    /// The agent to remove.
+    name: String,
+    /// Print JSON instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+fn layout(paths: &Paths, group_prefix: &str) -> anyhow::Result<Layout> {
+    let mut layout = Layout::new(paths.root(), paths.user_prefix(), group_prefix)?;
+    layout.config_file = paths.config_file();
+    Ok(layout)
+}
+
+/// Runs `con commission`.
+pub fn commission(
+    args: CommissionArgs,
+    paths: &Paths,
+    group_prefix: &str,
+) -> anyhow::Result<ExitCode> {
+    // The name becomes a user and path names: checked before anything else.
+    con_config::validate_agent_name(&args.name)
+        .map_err(|m| anyhow::anyhow!("agent name {:?}: {m}", args.name))?;
+    let tier: Tier = args
+        .tier
+        .parse()
+        .map_err(|m| anyhow::anyhow!("--tier: {m}"))?;
+    con_provision::commission::require_root_for("commission")?;
+    let layout = layout(paths, group_prefix)?;
+    let agent = NewAgent {
+        name: args.name,
+        tier,
+        roles: args.roles,
+    };
+    let report = con_provision::commission(&layout, &environment()?, &agent, None)?;
+    finish(
+        &format!("commission {}", agent.name),
+        &report,
+        args.json,
+        paths,
+        Vec::new(),
+    )
+}
+
+/// Runs `con decommission`.
+pub fn decommission(
+    args: DecommissionArgs,
+    paths: &Paths,
+    group_prefix: &str,
+) -> anyhow::Result<ExitCode> {
+    con_config::validate_agent_name(&args.name)
+        .map_err(|m| anyhow::anyhow!("agent name {:?}: {m}", args.name))?;
+    con_provision::commission::require_root_for("decommission")?;
+    let layout = layout(paths, group_prefix)?;
+    let done = con_provision::decommission(&layout, &environment()?, &args.name, None)?;
+    let state: Vec<Payload> = if done.removed {
+        vec![
+            AgentState {
+                agent: args.name.clone(),
+                condition: AgentCondition::Decommissioned,
+                reason: "con decommission".to_owned(),
+            }
+            .into(),
+        ]
+    } else {
+        Vec::new()
+    };
+    finish(
+        &format!("decommission {}", args.name),
+        &done.report,
+        args.json,
+        paths,
+        state,
+    )
+}

@@ -1,0 +1,588 @@
+//! `con bootstrap`, `con commission`, `con decommission` and `con policy
+//! explain`, black-box: the real binary as root on a temp root, with real
+//! Linux users and groups under unique prefixes (removed at the end, even
+//! on failure), run inside a network namespace of its own so the egress
+//! rules never touch the host's ruleset. What the kernel enforces is probed
+//! as the agent's own uid.
+//!
+//! Needs root, `useradd`, `setpriv`, `visudo`, `nft`, `ip netns` and
+//! `systemd-analyze`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use con_event::payloads::AgentCondition;
+use con_event::{BlobRef, Payload};
+
+use common::{Daemon, Root, all_events, workspace};
+
+static HOSTS: AtomicU32 = AtomicU32::new(0);
+
+/// A temp root (holding a copy of `configs/default` as `profile/`), unique
+/// user and group prefixes, and a network namespace; every account with
+/// either prefix and the namespace are removed on drop.
+struct Host {
+    root: Root,
+    user_prefix: String,
+    group_prefix: String,
+    netns: String,
+}
+
+impl Host {
+    fn new() -> Self {
+        // Fixed width, so redacted policy text keeps its alignment.
+        let id = format!(
+            "{:05}{}",
+            std::process::id() % 100_000,
+            char::from(b'a' + u8::try_from(HOSTS.fetch_add(1, Ordering::SeqCst)).unwrap())
+        );
+        let host = Self {
+            root: Root::new(),
+            user_prefix: format!("pu{id}-"),
+            group_prefix: format!("pg{id}-"),
+            netns: format!("con-pv{id}"),
+        };
+        let out = Command::new("ip")
+            .args(["netns", "add", &host.netns])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        copy_dir(&workspace().join("configs/default"), &host.profile());
+        host
+    }
+
+    fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn profile(&self) -> PathBuf {
+        self.path().join("profile")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path().join("etc/con/con.toml")
+    }
+
+    fn user(&self, agent: &str) -> String {
+        format!("{}{agent}", self.user_prefix)
+    }
+
+    fn agent_dir(&self, agent: &str) -> PathBuf {
+        self.path().join("srv/con/agents").join(agent)
+    }
+
+    /// `con --root R --user-prefix P --group-prefix G <args>`, as root, in
+    /// the test's network namespace, with a clean environment.
+    fn con(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns, env!("CARGO_BIN_EXE_con")])
+            .args([
+                "--root",
+                self.path().to_str().unwrap(),
+                "--user-prefix",
+                &self.user_prefix,
+                "--group-prefix",
+                &self.group_prefix,
+            ])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.con(args);
+        assert!(
+            out.status.success(),
+            "con {args:?}: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        text(&out.stdout)
+    }
+
+    fn bootstrap_profile(&self) {
+        let profile = self.profile();
+        self.ok(&["bootstrap", "--profile", profile.to_str().unwrap()]);
+    }
+
+    /// Lines of /etc/passwd and /etc/group naming one of our prefixes.
+    fn accounts(&self) -> BTreeSet<String> {
+        ["/etc/passwd", "/etc/group"]
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.starts_with(&self.user_prefix) || l.starts_with(&self.group_prefix))
+            .collect()
+    }
+
+    /// `script` run by `sh` as the agent's uid, with its groups.
+    fn as_agent(&self, agent: &str, script: &str) -> Output {
+        let user = nix_user(&self.user(agent));
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={}", user.0),
+                &format!("--regid={}", user.1),
+                "--init-groups",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    }
+
+    fn denied(&self, agent: &str, script: &str) {
+        let out = self.as_agent(agent, script);
+        assert!(
+            !out.status.success(),
+            "{agent} must not be able to: {script}"
+        );
+        assert!(
+            text(&out.stderr).contains("ermission denied"),
+            "{agent}: {script}: not refused by the kernel: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let names = |file: &str, prefix: &str| -> Vec<String> {
+            std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split(':').next())
+                .filter(|n| n.starts_with(prefix))
+                .map(str::to_owned)
+                .collect()
+        };
+        for user in names("/etc/passwd", &self.user_prefix) {
+            let _ = Command::new("userdel").arg(&user).output();
+        }
+        for prefix in [&self.user_prefix, &self.group_prefix] {
+            for group in names("/etc/group", prefix) {
+                let _ = Command::new("groupdel").arg(&group).output();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+fn nix_user(name: &str) -> (u32, u32) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id").args([flag, name]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "id {flag} {name}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// Every path under `dir` with its owner, mode and (for files) content.
+fn tree(dir: &Path) -> Vec<(PathBuf, u32, u32, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let content = meta.is_file().then(|| std::fs::read(&path).unwrap());
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push((path, meta.uid(), meta.mode(), content));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Supplementary group names of `user` (without its primary group).
+fn groups_of(user: &str) -> BTreeSet<String> {
+    let all = |flag: &str| {
+        let out = Command::new("id").args([flag, user]).output().unwrap();
+        text(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let primary = all("-gn");
+    all("-Gn")
+        .into_iter()
+        .filter(|g| !primary.contains(g))
+        .collect()
+}
+
+/// The `/etc/shadow` fields of `user`.
+fn shadow(user: &str) -> Vec<String> {
+    std::fs::read_to_string("/etc/shadow")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(':').next() == Some(user))
+        .unwrap_or_else(|| panic!("{user} not in /etc/shadow"))
+        .split(':')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn last_line(s: &str) -> &str {
+    s.lines().last().unwrap_or_default()
+}
+
+#[test]
+fn commission_then_decommission_a_worker() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    let original = std::fs::read(host.config()).unwrap();
+    let mode_before = std::fs::metadata(host.config()).unwrap().mode();
+
+    let out = host.ok(&["commission", "scribe", "--role", "sysadmin"]);
+    assert!(last_line(&out).starts_with("commission scribe: "), "{out}");
+    let user = host.user("scribe");
+    let g = |name: &str| format!("{}{name}", host.group_prefix);
+    assert_eq!(
+        groups_of(&user),
+        BTreeSet::from([g("agents"), g("workers")]),
+        "a worker is in agents and workers only"
+    );
+    let (uid, _) = nix_user(&user);
+    let dir = host.agent_dir("scribe");
+    for sub in ["inbox", "outbox", "processed", "sessions"] {
+        let meta = std::fs::metadata(dir.join(sub)).unwrap();
+        assert!(meta.is_dir() && meta.uid() == uid, "{sub}");
+    }
+    assert!(dir.join("workspace/skills/commission-agent.md").is_file());
+    let sudoers = host.path().join(format!("etc/sudoers.d/con-{user}"));
+    assert!(
+        sudoers.is_file(),
+        "the sysadmin role's sudoers is installed"
+    );
+    let config = std::fs::read_to_string(host.config()).unwrap();
+    assert!(
+        config.ends_with(
+            "\n[[agents]]\nname = \"scribe\"\ntier = \"worker\"\nroles = [\"sysadmin\"]\n"
+        ),
+        "{config}"
+    );
+    assert!(config.starts_with(std::str::from_utf8(&original).unwrap()));
+    assert_eq!(
+        std::fs::metadata(host.config()).unwrap().mode(),
+        mode_before
+    );
+    // The installed config is now the source: a bootstrap has nothing to do.
+    let again = host.ok(&["bootstrap"]);
+    assert_eq!(
+        last_line(&again),
+        "bootstrap: 0 changes (host matches the plan)"
+    );
+    // The new worker can be tasked by operators (ACL granted).
+    host.as_agent(
+        "concierge",
+        &format!("touch {}/inbox/t.task.tmp", dir.display()),
+    );
+    assert!(dir.join("inbox/t.task.tmp").exists());
+
+    let out = host.ok(&["decommission", "scribe"]);
+    assert!(
+        last_line(&out).starts_with("decommission scribe: "),
+        "{out}"
+    );
+    // The config is exactly what it was before the commission.
+    assert_eq!(std::fs::read(host.config()).unwrap(), original);
+    // The account is kept (uid reserved) but locked, expired, nologin,
+    // and in none of con's groups.
+    assert_eq!(nix_user(&user).0, uid);
+    let fields = shadow(&user);
+    assert!(fields[1].starts_with('!'), "password locked: {fields:?}");
+    assert_eq!(fields[7], "1", "expired: {fields:?}");
+    assert!(groups_of(&user).is_empty(), "{:?}", groups_of(&user));
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with(&format!("{user}:")) && l.ends_with(":/usr/sbin/nologin"))
+    );
+    // Units and sudoers are gone, the directory is root's alone.
+    for unit in ["con-agent@scribe.service", "con-agent@scribe.path"] {
+        assert!(
+            !host.path().join("etc/systemd/system").join(unit).exists(),
+            "{unit}"
+        );
+    }
+    assert!(!sudoers.exists());
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, 0, 0o700)
+    );
+    assert!(
+        dir.join("workspace/skills/commission-agent.md").exists(),
+        "kept for forensics"
+    );
+    // No ACL outside its own (closed) directory still names the old user:
+    // its grants on the sysadmin directories are withdrawn by the re-apply.
+    let acl = Command::new("getfacl")
+        .args(["-R", "-p"])
+        .arg(host.path().join("srv/con"))
+        .output()
+        .unwrap();
+    let own = format!("# file: {}", dir.display());
+    let listing = text(&acl.stdout);
+    let naming: Vec<&str> = listing
+        .split("\n\n")
+        .filter(|block| !block.starts_with(&own) && block.contains(&user))
+        .collect();
+    assert!(naming.is_empty(), "{naming:#?}");
+    // The kernel agrees: the old uid cannot get back in.
+    host.denied("scribe", &format!("ls {}", dir.display()));
+    host.denied("scribe", &format!("touch {}/workspace/x", dir.display()));
+    let again = host.ok(&["bootstrap"]);
+    assert_eq!(
+        last_line(&again),
+        "bootstrap: 0 changes (host matches the plan)"
+    );
+
+    // Unknown names are refused; a decommissioned name cannot be reused.
+    let out = host.con(&["decommission", "scribe"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no agent named scribe"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = host.con(&["commission", "scribe"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already exists"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_names_and_roles_are_refused_before_anything_is_touched() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    let before = tree(host.path());
+    let accounts = host.accounts();
+    for (args, why) in [
+        (vec!["commission", "../x"], "must match"),
+        (vec!["commission", "a;b"], "must match"),
+        (vec!["commission", "../../etc/passwd"], "must match"),
+        (vec!["commission", "outer"], "reserved"),
+        (vec!["commission", "ok", "--tier", "root"], "unknown tier"),
+        (vec!["commission", "ok", "--role", "../sysadmin"], "role"),
+        (vec!["commission", "ok", "--role", "nope"], "no such role"),
+        (vec!["commission", "sysadmin"], "already exists"),
+        (vec!["decommission", "../x"], "must match"),
+        (vec!["decommission", "a;b"], "must match"),
+    ] {
+        let out = host.con(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(
+            stderr.starts_with("con: error: ") && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert!(
+        tree(host.path()) == before,
+        "nothing under the root changed"
+    );
+    assert_eq!(host.accounts(), accounts, "no account was created");
+}
+
+#[test]
+fn bootstrap_with_an_invalid_agent_name_creates_nothing() {
+    let host = Host::new();
+    let config = host.config();
+    let text_ok = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text_ok + "\n[[agents]]\nname = \"../evil\"\ntier = \"worker\"\n",
+    )
+    .unwrap();
+    let before = tree(host.path());
+    for args in [vec!["bootstrap"], vec!["bootstrap", "--dry-run"]] {
+        let out = host.con(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("../evil") && stderr.contains("name"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    assert!(tree(host.path()) == before);
+    assert!(host.accounts().is_empty());
+}
+
+/// The policy text with this test's root, prefixes and table name replaced
+/// by the production spellings.
+fn redact(host: &Host, s: &str) -> String {
+    let table = format!("{}con", host.group_prefix).replace('-', "_");
+    s.replace(&table, "con")
+        .replace(&host.user_prefix, "a-")
+        .replace(&host.group_prefix, "")
+}
+
+#[test]
+fn policy_explain_sysadmin() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    host.ok(&["commission", "scribe"]);
+    let contracts = host.path().join("srv/con/contracts");
+    for (file, body) in [
+        (
+            "CON-SYS-001.yaml",
+            "id: CON-SYS-001\ndescription: disk\nscope: system\n",
+        ),
+        (
+            "sysadmin.yml",
+            "id: \"CON-AGENT-007\"\nscope: agent:sysadmin # the host operator\n",
+        ),
+        (
+            "concierge.yaml",
+            "id: CON-AGENT-001\nscope: agent:concierge\n",
+        ),
+        ("notes.txt", "id: not-a-contract\nscope: system\n"),
+    ] {
+        std::fs::write(contracts.join(file), body).unwrap();
+    }
+    let out = host.ok(&["policy", "explain", "sysadmin"]);
+    insta::assert_snapshot!(redact(&host, &out));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&host.ok(&["policy", "explain", "sysadmin", "--json"])).unwrap();
+    assert_eq!(json["agent"], "sysadmin");
+    assert_eq!(json["inboxes"].as_array().unwrap().len(), 4);
+    assert_eq!(json["contracts"]["installed"], 3);
+    assert!(
+        json["units"][0]["exposure"]["score"]["score"].is_string(),
+        "{json}"
+    );
+
+    // A worker tasks no one and has no sudo; the contracts dir is empty
+    // for it only in the sense that none is scoped to it but the system one.
+    let out = host.ok(&["policy", "explain", "scribe"]);
+    assert!(out.contains("inboxes it can write:\n  scribe "), "{out}");
+    assert!(out.contains("sudo: none"), "{out}");
+    assert!(
+        out.contains("  CON-SYS-001  scope system") && !out.contains("CON-AGENT-007"),
+        "{out}"
+    );
+
+    let out = host.con(&["policy", "explain", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr).lines().count(), 1);
+}
+
+#[test]
+fn provision_applied_is_recorded_when_the_daemon_runs() {
+    let host = Host::new();
+    // Before the daemon exists: applied, and said not to be recorded.
+    let profile = host.profile();
+    let out = host.con(&["bootstrap", "--profile", profile.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("daemon is not running")
+            && text(&out.stderr).lines().count() == 1,
+        "{}",
+        text(&out.stderr)
+    );
+    let _daemon = Daemon::start_with(
+        &host.root,
+        &host.user_prefix,
+        &["--supervisor", "systemd"],
+        &[],
+    );
+
+    let commission = host.ok(&["commission", "scribe"]);
+    let decommission = host.ok(&["decommission", "scribe"]);
+    let bootstrap = host.ok(&["bootstrap"]);
+
+    let events = all_events(&host.root.socket());
+    let applied: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::ProvisionApplied(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    let commands: Vec<&str> = applied.iter().map(|p| p.command.as_str()).collect();
+    assert_eq!(
+        commands,
+        ["commission scribe", "decommission scribe", "bootstrap"]
+    );
+    for (p, out) in applied.iter().zip([&commission, &decommission, &bootstrap]) {
+        // The steps blob is exactly the printed step lines.
+        let lines: Vec<&str> = out.lines().collect();
+        let steps = lines[..lines.len() - 1].join("\n");
+        assert_eq!(p.steps, BlobRef::of(steps.as_bytes()), "{}", p.command);
+        let done = lines
+            .iter()
+            .filter(|l| {
+                l.starts_with('+')
+                    || l.starts_with('~')
+                    || l.starts_with("- agent")
+                    || l.starts_with("- unit")
+                    || l.starts_with("- sudoers")
+            })
+            .count();
+        assert_eq!(p.changes as usize, done, "{}: {out}", p.command);
+        assert!(p.failed.is_empty() && p.disabled_agents.is_empty());
+    }
+    assert_eq!(applied[2].changes, 0);
+    let state = events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Payload::AgentState(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("agent.state recorded");
+    assert_eq!(state.agent, "scribe");
+    assert_eq!(state.condition, AgentCondition::Decommissioned);
+}
