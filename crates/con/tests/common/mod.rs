@@ -96,6 +96,10 @@ impl Daemon {
         Self { child: Some(child) }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     pub fn kill9(&mut self) {
         let mut child = self.child.take().unwrap();
         child.kill().unwrap();
