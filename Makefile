@@ -7,7 +7,7 @@ PROFILE ?= default
 CONFIG ?= configs/$(PROFILE)/con.toml
 BIN := target/release/con
 
-.PHONY: run test deps journald build lint fmt bench catalog golden clean
+.PHONY: run test e2e deps journald build lint fmt bench catalog golden clean
 
 ## run: build con, install it as /usr/local/bin/con (the path units and
 ## sudoers name), bootstrap the profile onto this host (users, groups,
@@ -27,10 +27,18 @@ run: deps build
 	./scripts/ensure-journald.sh
 	exec /usr/local/bin/con daemon
 
-## test: lint, then every unit, integration, crash and journald test.
+## test: lint, then every unit, integration, crash and journald test, then
+## the end-to-end suite.
 test: deps journald lint
 	$(CARGO) test --workspace --lib --bins --tests --locked
 	$(CARGO) test --workspace --doc --locked
+	@$(MAKE) --no-print-directory e2e
+
+## e2e: the end-to-end suite under a real systemd (root): systemd-nspawn
+## containers booted from a cached debootstrap image (tests/e2e/README.md).
+e2e: deps
+	$(CARGO) build --locked -p con
+	CON_E2E=1 $(CARGO) test --locked --no-fail-fast -p con-e2e -- --test-threads=1
 
 deps:
 	@./scripts/install-deps.sh
