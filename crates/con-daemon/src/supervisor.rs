@@ -47,6 +47,8 @@ pub struct SupervisorConfig {
     pub run_program: PathBuf,
     /// Arguments before `run <agent>` (e.g. `--root`, `--user-prefix`).
     pub run_args: Vec<String>,
+    /// Arguments after `run <agent>` (e.g. `--trusted-group`).
+    pub run_options: Vec<String>,
     /// Agents.
     pub agents: Vec<SupervisedAgent>,
     /// The outer inbox.
@@ -362,6 +364,7 @@ impl Supervisor {
             .arg(&self.config.run_program)
             .args(&self.config.run_args)
             .args(["run", agent])
+            .args(&self.config.run_options)
             // Nothing of the daemon's environment (which may hold API keys)
             // reaches the agent.
             .env_clear()

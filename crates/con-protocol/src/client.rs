@@ -6,8 +6,7 @@ use std::path::Path;
 
 use crate::{
     ClientEvent, ErrorCode, FrameError, LEN_BYTES, LlmAnswer, LlmCall, Query, Request, Response,
-    StatusReport,
-    check_len, decode_body, encode_frame,
+    StatusReport, check_len, decode_body, encode_frame,
 };
 use con_event::Digest;
 
@@ -106,8 +105,12 @@ impl Client {
 
     /// Bounds how long any one answer may take (`None`: wait forever).
     pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) -> Result<(), ClientError> {
-        self.stream.set_read_timeout(timeout).map_err(ClientError::Io)?;
-        self.stream.set_write_timeout(timeout).map_err(ClientError::Io)
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(ClientError::Io)?;
+        self.stream
+            .set_write_timeout(timeout)
+            .map_err(ClientError::Io)
     }
 
     /// Current status.

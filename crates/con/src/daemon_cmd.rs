@@ -92,6 +92,8 @@ fn supervisor_config(
                 .flatten(),
         )
         .collect(),
+        // Runs frame tasks by the same trust the daemon records.
+        run_options: vec!["--trusted-group".to_owned(), args.trusted_group.clone()],
         agents,
         outer_inbox: paths.outer_inbox(),
         router: config.agent("concierge").map(|a| a.name.clone()),

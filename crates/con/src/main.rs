@@ -12,6 +12,7 @@ mod healthcheck_cmd;
 mod logs_cmd;
 mod paths;
 mod policy_cmd;
+mod run_cmd;
 mod status_cmd;
 mod task_cmd;
 mod verify_cmd;
@@ -77,6 +78,8 @@ enum Command {
     Verify(verify_cmd::VerifyArgs),
     /// Run the daemon (root): owner of the event log, serving the socket.
     Daemon(daemon_cmd::DaemonArgs),
+    /// Work through an agent's inbox (as the agent's user): one LLM tool-loop session per task.
+    Run(run_cmd::RunArgs),
     /// Show events from the log (through the daemon).
     Logs(logs_cmd::LogsArgs),
     /// Show agents, inboxes, sessions and checks (through the daemon).
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => config_cmd::run(cmd, &paths),
         Command::Verify(args) => verify_cmd::run(args, &paths),
         Command::Daemon(args) => daemon_cmd::run(args, &paths),
+        Command::Run(args) => run_cmd::run(args, &paths),
         Command::Logs(args) => logs_cmd::run(args, &paths),
         Command::Status(args) => status_cmd::run(args, &paths),
         Command::Task(args) => task_cmd::run(args, &paths),

@@ -13,7 +13,12 @@ use con_event::payloads::CheckStatus;
 
 fn healthcheck(root: &Root) -> (bool, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_con"))
-        .args(["--root", root.path().to_str().unwrap(), "healthcheck", "--json"])
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "healthcheck",
+            "--json",
+        ])
         .output()
         .unwrap();
     let rows = serde_json::from_slice(&out.stdout)

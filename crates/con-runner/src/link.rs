@@ -1,0 +1,248 @@
+//! The run's link to the daemon: recording events and asking for model calls.
+//!
+//! Sessions talk to a [`DaemonLink`], so the tool loop can be driven by an
+//! in-memory fake in tests; [`ClientLink`] is the real one, over the
+//! daemon's socket.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use con_llm::ChatReply;
+use con_protocol::{Client, ClientError, ClientEvent, ErrorCode, LlmCall};
+
+/// How long an append may take. Appends are bounded separately from the
+/// session's wall clock: the events that close a timed-out session must
+/// still be recorded.
+pub const APPEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a run needs from the daemon.
+pub trait DaemonLink {
+    /// Appends one event; returns its seq once it is durable.
+    fn append(&mut self, event: ClientEvent) -> Result<u64, LinkError>;
+
+    /// Has the daemon make one model call (which it records as
+    /// `llm.request`/`llm.response`); waits at most `timeout`.
+    fn model_call(&mut self, call: LlmCall, timeout: Duration) -> Result<ChatReply, LinkError>;
+}
+
+/// Why a link call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The daemon refused the model call: the daily budget is spent.
+    #[error("daily budget exhausted: {0}")]
+    OverBudget(String),
+    /// The model provider failed (after the daemon's retries).
+    #[error("model provider failed: {0}")]
+    Provider(String),
+    /// No answer within the allotted time.
+    #[error("the daemon did not answer within {} s", .0.as_secs_f64())]
+    TimedOut(Duration),
+    /// The daemon's answer was not a `ChatReply`.
+    #[error("the model reply is not a valid ChatReply: {0}")]
+    BadReply(String),
+    /// Anything else between the run and the daemon.
+    #[error(transparent)]
+    Daemon(ClientError),
+}
+
+/// [`DaemonLink`] over the daemon's Unix socket.
+///
+/// After a call times out the connection may still deliver the late
+/// answer, which would then be taken for the answer to the next request;
+/// the link therefore drops such a connection and reconnects on next use
+/// (sessions belong to the agent, not to a connection).
+pub struct ClientLink {
+    socket: PathBuf,
+    client: Option<Client>,
+}
+
+impl ClientLink {
+    /// Connects to the daemon at `socket`. Failing here is what makes a run
+    /// with no daemon do nothing ("no audit, no action").
+    pub fn connect(socket: &Path) -> Result<Self, ClientError> {
+        let mut client = Client::connect(socket)?;
+        client.set_timeout(Some(APPEND_TIMEOUT))?;
+        Ok(Self {
+            socket: socket.to_owned(),
+            client: Some(client),
+        })
+    }
+
+    fn client(&mut self) -> Result<&mut Client, LinkError> {
+        if self.client.is_none() {
+            let mut client = Client::connect(&self.socket).map_err(LinkError::Daemon)?;
+            client
+                .set_timeout(Some(APPEND_TIMEOUT))
+                .map_err(LinkError::Daemon)?;
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or(LinkError::Daemon(ClientError::Unexpected))
+    }
+
+    /// Maps a client error, dropping the connection when its state is
+    /// unknown (an IO failure or timeout mid-call).
+    fn failed(&mut self, error: ClientError, timeout: Duration) -> LinkError {
+        match error {
+            ClientError::Refused {
+                code: ErrorCode::OverBudget,
+                message,
+            } => LinkError::OverBudget(message),
+            ClientError::Refused {
+                code: ErrorCode::Provider,
+                message,
+            } => LinkError::Provider(message),
+            refused @ ClientError::Refused { .. } => LinkError::Daemon(refused),
+            ClientError::Io(e)
+                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                self.client = None;
+                LinkError::TimedOut(timeout)
+            }
+            other => {
+                self.client = None;
+                LinkError::Daemon(other)
+            }
+        }
+    }
+}
+
+impl DaemonLink for ClientLink {
+    fn append(&mut self, event: ClientEvent) -> Result<u64, LinkError> {
+        let result = self.client()?.append(event);
+        match result {
+            Ok((seq, _)) => Ok(seq),
+            Err(e) => Err(self.failed(e, APPEND_TIMEOUT)),
+        }
+    }
+
+    fn model_call(&mut self, call: LlmCall, timeout: Duration) -> Result<ChatReply, LinkError> {
+        if timeout.is_zero() {
+            return Err(LinkError::TimedOut(timeout));
+        }
+        let client = self.client()?;
+        let result = client
+            .set_timeout(Some(timeout))
+            .and_then(|()| client.llm(call));
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(e) => return Err(self.failed(e, timeout)),
+        };
+        if let Err(e) = self.client()?.set_timeout(Some(APPEND_TIMEOUT)) {
+            return Err(self.failed(e, APPEND_TIMEOUT));
+        }
+        serde_json::from_slice(&answer.reply).map_err(|e| LinkError::BadReply(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    use con_event::{Digest, SessionId};
+    use con_protocol::{LlmAnswer, Request, Response, decode_frame, encode_frame};
+
+    use super::*;
+
+    fn read_request(stream: &mut UnixStream) -> Request {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((request, _)) = decode_frame::<Request>(&buf).unwrap() {
+                return request;
+            }
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "client hung up");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn answer(stream: &mut UnixStream, response: &Response) {
+        stream.write_all(&encode_frame(response).unwrap()).unwrap();
+    }
+
+    fn call() -> LlmCall {
+        LlmCall {
+            session: SessionId([1; 16]),
+            task: Some("t".into()),
+            iteration: 1,
+            request: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn refusals_map_to_outcomes_and_a_timed_out_connection_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("con.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let daemon = std::thread::spawn(move || {
+            let (mut first, _) = listener.accept().unwrap();
+            assert!(matches!(read_request(&mut first), Request::Llm(_)));
+            answer(
+                &mut first,
+                &Response::Error {
+                    code: ErrorCode::OverBudget,
+                    message: "spent".into(),
+                },
+            );
+            assert!(matches!(read_request(&mut first), Request::Llm(_)));
+            // Too late: the link has given up on this connection. The late
+            // answer must not be taken for the next request's.
+            std::thread::sleep(Duration::from_millis(400));
+            let _ = first.write_all(
+                &encode_frame(&Response::Llm(LlmAnswer {
+                    request_seq: 1,
+                    response_seq: 2,
+                    reply: b"late".to_vec(),
+                }))
+                .unwrap(),
+            );
+            let (mut second, _) = listener.accept().unwrap();
+            assert!(matches!(read_request(&mut second), Request::Append(_)));
+            answer(
+                &mut second,
+                &Response::Appended {
+                    seq: 7,
+                    hash: Digest::default(),
+                },
+            );
+        });
+
+        let mut link = ClientLink::connect(&socket).unwrap();
+        let refused = link.model_call(call(), Duration::from_secs(5)).unwrap_err();
+        assert!(
+            matches!(refused, LinkError::OverBudget(ref m) if m == "spent"),
+            "{refused:?}"
+        );
+        let late = link
+            .model_call(call(), Duration::from_millis(100))
+            .unwrap_err();
+        assert!(matches!(late, LinkError::TimedOut(_)), "{late:?}");
+        let event = ClientEvent {
+            session: None,
+            task: None,
+            causation: None,
+            kind: 1,
+            kind_version: 1,
+            payload: vec![],
+            attachments: vec![],
+        };
+        assert_eq!(link.append(event).unwrap(), 7);
+        daemon.join().unwrap();
+    }
+
+    #[test]
+    fn no_daemon_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ClientLink::connect(&dir.path().join("absent.sock"))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("cannot reach the con daemon"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,666 @@
+//! One session per task: record, run (tool loop or exec runner), route.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use con_config::{KnownCli, Runner};
+use con_event::payloads::{
+    Outcome, SessionEnded, SessionStarted, TaskRouted, ToolCall, ToolResult,
+};
+use con_event::{BlobRef, Payload, SessionId};
+use con_llm::{ChatRequest, Message, ToolOutcome};
+use con_protocol::LlmCall;
+use serde_json::json;
+
+use crate::inbox::{Claim, pending};
+use crate::process::{self, ShellCommand, StderrMode};
+use crate::prompt::{self, PromptContext, Task};
+use crate::tools::{self, ToolContext, ToolOutput};
+use crate::{
+    AgentRun, DaemonLink, LinkError, RESPONSE_CAP, RunError, client_event, stops_draining,
+};
+
+/// Bytes of an exec runner's standard error kept for the record.
+const RUNNER_STDERR_CAP: usize = 10_000;
+
+/// How one session went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionReport {
+    /// The session.
+    pub session: SessionId,
+    /// The task id.
+    pub task: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Model calls made (1 for an exec runner).
+    pub iterations: u32,
+    /// Why, for anything but `ok`.
+    pub detail: String,
+    /// Where the response was written, when it was.
+    pub response: Option<PathBuf>,
+    /// Whether the task was moved to `processed/`.
+    pub routed: bool,
+}
+
+/// What a whole run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// One report per session, in order.
+    pub sessions: Vec<SessionReport>,
+    /// The outcome that stopped the run before the inbox was empty, if one
+    /// did (see [`crate::stops_draining`]).
+    pub stopped: Option<Outcome>,
+}
+
+/// Works through the agent's inbox, oldest task first by name, until it is
+/// empty or a session ends in a way that stops draining. A task claimed by
+/// a concurrent run of the same agent is left to it.
+pub fn drain(link: &mut dyn DaemonLink, run: &AgentRun) -> Result<Drained, RunError> {
+    let inbox = run.inbox();
+    let sessions_dir = run.sessions();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
+    let mut drained = Drained::default();
+    loop {
+        if stopping(run) {
+            drained.stopped = Some(Outcome::Killed);
+            return Ok(drained);
+        }
+        let tasks = pending(&inbox).map_err(|e| RunError::io("list", &inbox, e))?;
+        let Some(path) = tasks.into_iter().find(|p| !seen.contains(p)) else {
+            return Ok(drained);
+        };
+        seen.insert(path.clone());
+        let id = task_id(&path);
+        let Some(claim) =
+            Claim::take(&sessions_dir, &id).map_err(|e| RunError::io("lock", &sessions_dir, e))?
+        else {
+            continue;
+        };
+        // Whoever held the claim before may have finished the task.
+        if fs::symlink_metadata(&path).is_err() {
+            claim.release(false);
+            continue;
+        }
+        let report = run_session(link, run, &path)?;
+        let Some(report) = report else {
+            claim.release(false);
+            continue;
+        };
+        claim.release(report.routed);
+        let outcome = report.outcome;
+        drained.sessions.push(report);
+        if stops_draining(outcome) {
+            drained.stopped = Some(outcome);
+            return Ok(drained);
+        }
+    }
+}
+
+fn stopping(run: &AgentRun) -> bool {
+    run.stop.load(Ordering::SeqCst)
+}
+
+const STOPPED: &str = "the run was told to stop (SIGTERM, SIGINT or SIGHUP)";
+
+fn task_id(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_suffix(".task").unwrap_or(&name).to_owned()
+}
+
+/// How the work part of a session ended.
+struct End {
+    outcome: Outcome,
+    iterations: u32,
+    /// The model's (or the CLI's) last text.
+    text: Option<String>,
+    detail: String,
+}
+
+impl End {
+    fn new(outcome: Outcome, iterations: u32, text: Option<String>, detail: String) -> Self {
+        Self {
+            outcome,
+            iterations,
+            text,
+            detail,
+        }
+    }
+}
+
+/// Records events of one session: every one carries the session and task.
+struct Recorder<'a> {
+    link: &'a mut dyn DaemonLink,
+    session: SessionId,
+    task: String,
+}
+
+impl Recorder<'_> {
+    fn append(
+        &mut self,
+        payload: impl Into<Payload>,
+        blobs: Vec<Vec<u8>>,
+    ) -> Result<u64, RunError> {
+        let payload = payload.into();
+        let kind = payload.spec().name;
+        let event = client_event(payload, self.session, &self.task, blobs)?;
+        self.link
+            .append(event)
+            .map_err(|source| RunError::Record { kind, source })
+    }
+}
+
+/// Runs one session for the task at `path`; `Ok(None)` if the task vanished
+/// before it could be read. An `Err` means something could not be recorded
+/// (or the task could not be examined): the task stays where it is.
+pub fn run_session(
+    link: &mut dyn DaemonLink,
+    run: &AgentRun,
+    path: &Path,
+) -> Result<Option<SessionReport>, RunError> {
+    let started = Instant::now();
+    let deadline = started + run.session_limit;
+    let Some(task) = Task::read(path, &run.trusted_group)? else {
+        return Ok(None);
+    };
+    let session = SessionId(*uuid::Uuid::new_v4().as_bytes());
+    let nonce = session.to_hex()[..16].to_owned();
+    let response_path = run.outbox().join(format!("{}.response", task.id));
+    let workspace = run.workspace();
+    let system = prompt::system_prompt(
+        &PromptContext {
+            agent: &run.agent,
+            user: &run.user,
+            home: &run.home,
+            workspace: &workspace,
+            response_path: &response_path,
+        },
+        &task,
+    );
+    let mut rec = Recorder {
+        link,
+        session,
+        task: task.id.clone(),
+    };
+    rec.append(
+        SessionStarted {
+            agent: run.agent.clone(),
+            runner: run.runner.to_string(),
+            provider: run.provider.clone(),
+            model: run.model.clone(),
+            trust: task.trust,
+            prompt: BlobRef::of(system.as_bytes()),
+        },
+        vec![system.clone().into_bytes()],
+    )?;
+    let end = match &run.runner {
+        Runner::Builtin => tool_loop(&mut rec, run, &task, &system, &nonce, deadline)?,
+        Runner::Cli(cli) => exec_runner(
+            &mut rec,
+            run,
+            &task,
+            &system,
+            &nonce,
+            cli_command(*cli),
+            deadline,
+        )?,
+        Runner::Exec(cmd) => exec_runner(&mut rec, run, &task, &system, &nonce, cmd, deadline)?,
+    };
+    finish(&mut rec, run, &task, end, &response_path, started).map(Some)
+}
+
+/// The command line of a known agent CLI, reading its prompt on stdin.
+fn cli_command(cli: KnownCli) -> &'static str {
+    match cli {
+        KnownCli::Claude => "claude -p",
+        KnownCli::Codex => "codex exec -",
+        KnownCli::OpenCode => "opencode run",
+    }
+}
+
+fn time_left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// The built-in tool loop.
+fn tool_loop(
+    rec: &mut Recorder<'_>,
+    run: &AgentRun,
+    task: &Task,
+    system: &str,
+    nonce: &str,
+    deadline: Instant,
+) -> Result<End, RunError> {
+    let mut messages = prompt::history(
+        &run.processed(),
+        &run.outbox(),
+        run.history_tokens,
+        &task.id,
+        &run.trusted_group,
+        nonce,
+    );
+    messages.push(Message::User {
+        content: prompt::task_message(task, nonce, false),
+    });
+    let workspace = run.workspace();
+    let ctx = ToolContext {
+        env: tools::scrubbed_env(&run.home, &run.user, &workspace),
+        workspace,
+        stop: run.stop.clone(),
+    };
+    let specs = tools::specs();
+    let mut last_text: Option<String> = None;
+    let limit = run.session_limit.as_secs();
+    for iteration in 1..=run.max_iterations {
+        let done = iteration - 1;
+        if stopping(run) {
+            return Ok(End::new(Outcome::Killed, done, last_text, STOPPED.into()));
+        }
+        let left = time_left(deadline);
+        if left.is_zero() {
+            return Ok(End::new(
+                Outcome::Timeout,
+                done,
+                last_text,
+                format!("the session wall clock ({limit} s) ran out"),
+            ));
+        }
+        let request = ChatRequest {
+            system: system.to_owned(),
+            messages: messages.clone(),
+            tools: specs.clone(),
+            max_tokens: None,
+        };
+        let request = match serde_json::to_vec(&request) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(End::new(
+                    Outcome::RunnerError,
+                    done,
+                    last_text,
+                    format!("cannot encode the model request: {e}"),
+                ));
+            }
+        };
+        let call = LlmCall {
+            session: rec.session,
+            task: Some(task.id.clone()),
+            iteration,
+            request,
+        };
+        let reply = match rec.link.model_call(call, left) {
+            Ok(reply) => reply,
+            Err(e) => {
+                let (outcome, iterations) = match &e {
+                    // Refused before the call was made.
+                    LinkError::OverBudget(_) => (Outcome::Budget, done),
+                    LinkError::Provider(_) => (Outcome::ProviderError, iteration),
+                    LinkError::TimedOut(_) => (Outcome::Timeout, iteration),
+                    LinkError::BadReply(_) | LinkError::Daemon(_) => {
+                        (Outcome::RunnerError, iteration)
+                    }
+                };
+                let detail = match outcome {
+                    Outcome::Timeout => {
+                        format!("the session wall clock ({limit} s) ran out waiting for the model")
+                    }
+                    _ => e.to_string(),
+                };
+                return Ok(End::new(outcome, iterations, last_text, detail));
+            }
+        };
+        if let Some(text) = reply.content.as_ref().filter(|t| !t.trim().is_empty()) {
+            last_text = Some(text.clone());
+        }
+        if reply.tool_calls.is_empty() {
+            return Ok(End::new(
+                Outcome::Ok,
+                iteration,
+                reply.content,
+                String::new(),
+            ));
+        }
+        if iteration == run.max_iterations {
+            return Ok(End::new(
+                Outcome::MaxIterations,
+                iteration,
+                last_text,
+                format!(
+                    "max_iterations ({}) reached; the {} tool call(s) of the last reply were not run",
+                    run.max_iterations,
+                    reply.tool_calls.len()
+                ),
+            ));
+        }
+        messages.push(Message::Assistant {
+            content: reply.content.clone(),
+            tool_calls: reply.tool_calls.clone(),
+        });
+        let mut results = Vec::with_capacity(reply.tool_calls.len());
+        for (n, call) in reply.tool_calls.iter().enumerate() {
+            if stopping(run) {
+                return Ok(End::new(
+                    Outcome::Killed,
+                    iteration,
+                    last_text,
+                    STOPPED.into(),
+                ));
+            }
+            let left = time_left(deadline);
+            if left.is_zero() {
+                return Ok(End::new(
+                    Outcome::Timeout,
+                    iteration,
+                    last_text,
+                    format!(
+                        "the session wall clock ({limit} s) ran out; {} tool call(s) were not run",
+                        reply.tool_calls.len() - n
+                    ),
+                ));
+            }
+            let arguments = serde_json::to_vec(&call.arguments).unwrap_or_default();
+            rec.append(
+                ToolCall {
+                    call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    arguments: BlobRef::of(&arguments),
+                },
+                vec![arguments],
+            )?;
+            let t0 = Instant::now();
+            let out = tools::run(&ctx, &call.name, &call.arguments, left);
+            record_result(rec, &call.id, &call.name, &out, t0.elapsed())?;
+            results.push(ToolOutcome {
+                call_id: call.id.clone(),
+                content: out.content,
+                is_error: out.is_error,
+            });
+        }
+        messages.push(Message::Tool { results });
+    }
+    // Only reached with max_iterations == 0, which config validation rejects.
+    Ok(End::new(
+        Outcome::MaxIterations,
+        0,
+        last_text,
+        format!("max_iterations ({}) reached", run.max_iterations),
+    ))
+}
+
+fn record_result(
+    rec: &mut Recorder<'_>,
+    call_id: &str,
+    tool: &str,
+    out: &ToolOutput,
+    duration: Duration,
+) -> Result<u64, RunError> {
+    let output = out.content.as_bytes().to_vec();
+    rec.append(
+        ToolResult {
+            call_id: call_id.to_owned(),
+            tool: tool.to_owned(),
+            exit_code: out.exit_code,
+            duration_ms: millis(duration),
+            output: BlobRef::of(&output),
+            truncated: out.truncated,
+            error: out.error.clone(),
+        },
+        vec![output],
+    )
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An external agent CLI: the prompt on stdin, its standard output is the
+/// response. Recorded as one tool call named after the runner.
+fn exec_runner(
+    rec: &mut Recorder<'_>,
+    run: &AgentRun,
+    task: &Task,
+    system: &str,
+    nonce: &str,
+    command: &str,
+    deadline: Instant,
+) -> Result<End, RunError> {
+    let input = format!("{system}\n\n{}\n", prompt::task_message(task, nonce, false));
+    let workspace = run.workspace();
+    let tool = run.runner.to_string();
+    let call_id = "runner".to_owned();
+    let arguments = serde_json::to_vec(&json!({
+        "command": command,
+        "cwd": workspace,
+        "stdin": input,
+    }))
+    .unwrap_or_default();
+    rec.append(
+        ToolCall {
+            call_id: call_id.clone(),
+            tool: tool.clone(),
+            arguments: BlobRef::of(&arguments),
+        },
+        vec![arguments],
+    )?;
+    let env = tools::scrubbed_env(&run.home, &run.user, &workspace);
+    let timeout = time_left(deadline);
+    let t0 = Instant::now();
+    let finished = process::run(ShellCommand {
+        script: command,
+        cwd: &workspace,
+        env: &env,
+        stdin: Some(input.into_bytes()),
+        timeout,
+        stdout_cap: RESPONSE_CAP,
+        stderr: StderrMode::Separate(RUNNER_STDERR_CAP),
+        stop: &run.stop,
+    });
+    let finished = match finished {
+        Ok(f) => f,
+        Err(e) => {
+            let message = format!("cannot run {command:?} in {}: {e}", workspace.display());
+            record_result(
+                rec,
+                &call_id,
+                &tool,
+                &ToolOutput::error(message.clone()),
+                t0.elapsed(),
+            )?;
+            return Ok(End::new(Outcome::RunnerError, 1, None, message));
+        }
+    };
+    let text = String::from_utf8_lossy(&finished.stdout.bytes).into_owned();
+    let stderr = String::from_utf8_lossy(&finished.stderr.bytes)
+        .trim()
+        .to_owned();
+    let error = if finished.stopped {
+        Some(format!("{STOPPED}; the runner's process group was killed"))
+    } else if finished.timed_out {
+        Some(format!(
+            "the session wall clock ({} s) ran out; the runner's process group was killed",
+            run.session_limit.as_secs()
+        ))
+    } else if finished.exit_code != 0 {
+        Some(format!(
+            "{command:?} exited with code {}{}",
+            finished.exit_code,
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!(": {stderr}")
+            }
+        ))
+    } else {
+        None
+    };
+    let out = ToolOutput {
+        content: text.clone(),
+        is_error: error.is_some(),
+        exit_code: Some(finished.exit_code),
+        truncated: finished.stdout.truncated(),
+        error: error.clone(),
+    };
+    record_result(rec, &call_id, &tool, &out, finished.duration)?;
+    let outcome = match (&error, finished.timed_out) {
+        _ if finished.stopped => Outcome::Killed,
+        (_, true) => Outcome::Timeout,
+        (Some(_), false) => Outcome::RunnerError,
+        (None, false) => Outcome::Ok,
+    };
+    Ok(End::new(outcome, 1, Some(text), error.unwrap_or_default()))
+}
+
+/// Writes the response and moves the task (for `ok`, `max_iterations` and
+/// `timeout`), then closes the session.
+fn finish(
+    rec: &mut Recorder<'_>,
+    run: &AgentRun,
+    task: &Task,
+    end: End,
+    response_path: &Path,
+    started: Instant,
+) -> Result<SessionReport, RunError> {
+    let End {
+        mut outcome,
+        iterations,
+        text,
+        mut detail,
+    } = end;
+    let mut response = None;
+    let mut routed = false;
+    if matches!(
+        outcome,
+        Outcome::Ok | Outcome::MaxIterations | Outcome::Timeout
+    ) {
+        let body = match outcome {
+            Outcome::Ok => text.unwrap_or_default(),
+            _ => format!(
+                "[con: this session was stopped before the model finished: {detail}. \
+                 The model's last text follows.]\n\n{}",
+                text.as_deref().unwrap_or("(none)")
+            ),
+        };
+        match route(rec, run, task, &body, response_path) {
+            Ok(moved) => {
+                response = Some(body);
+                routed = moved;
+            }
+            Err(Routing::Record(e)) => return Err(e),
+            Err(Routing::Failed(why, wrote)) => {
+                if wrote {
+                    response = Some(body);
+                }
+                outcome = Outcome::RunnerError;
+                detail = why;
+            }
+        }
+    }
+    let blob = response.as_ref().map(|r| r.as_bytes().to_vec());
+    rec.append(
+        SessionEnded {
+            agent: run.agent.clone(),
+            outcome,
+            iterations,
+            duration_ms: millis(started.elapsed()),
+            response: blob.as_deref().map(BlobRef::of),
+            detail: detail.clone(),
+        },
+        blob.into_iter().collect(),
+    )?;
+    Ok(SessionReport {
+        session: rec.session,
+        task: task.id.clone(),
+        outcome,
+        iterations,
+        detail,
+        response: response.map(|_| response_path.to_owned()),
+        routed,
+    })
+}
+
+enum Routing {
+    /// An event could not be recorded.
+    Record(RunError),
+    /// A file operation failed; whether the response was written.
+    Failed(String, bool),
+}
+
+/// Response to the outbox, task to `processed/`, each step recorded once
+/// done. Returns whether the task moved.
+fn route(
+    rec: &mut Recorder<'_>,
+    run: &AgentRun,
+    task: &Task,
+    body: &str,
+    response_path: &Path,
+) -> Result<bool, Routing> {
+    write_atomically(response_path, body.as_bytes()).map_err(|e| {
+        Routing::Failed(
+            format!("cannot write the response {}: {e}", response_path.display()),
+            false,
+        )
+    })?;
+    rec.append(
+        TaskRouted {
+            from: run.agent.clone(),
+            to: TaskRouted::OUTBOX.into(),
+            path: response_path.display().to_string(),
+        },
+        Vec::new(),
+    )
+    .map_err(Routing::Record)?;
+    let file_name = task
+        .path
+        .file_name()
+        .map(ToOwned::to_owned)
+        .unwrap_or_default();
+    let dest = run.processed().join(file_name);
+    fs::rename(&task.path, &dest).map_err(|e| {
+        Routing::Failed(
+            format!(
+                "cannot move {} to {}: {e}",
+                task.path.display(),
+                dest.display()
+            ),
+            true,
+        )
+    })?;
+    rec.append(
+        TaskRouted {
+            from: run.agent.clone(),
+            to: "processed".into(),
+            path: dest.display().to_string(),
+        },
+        Vec::new(),
+    )
+    .map_err(Routing::Record)?;
+    Ok(true)
+}
+
+/// Writes `path` through a hidden temporary name and a rename, so a reader
+/// never sees half a response.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let written = fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match written.and_then(|()| fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

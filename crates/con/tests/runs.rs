@@ -1,0 +1,658 @@
+//! Agent runs end to end: the real `con` binary as real agent users, the
+//! real daemon as LLM gateway, and a scripted model server on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Root, TestUser, all_events};
+use con_event::payloads::{Outcome, Trust};
+use con_event::{Event, Payload, SessionId};
+use con_llm_script::{ErrorReply, Reply, ScriptedServer, Step};
+use con_runner::prompt::{UNVERIFIED_FRAMING, VERIFIED_FRAMING};
+
+const KEY: &str = "sk-test-0123456789-SECRET";
+const KEY_VAR: &str = "CON_TEST_API_KEY";
+
+/// A conspiracy in a temp root: config, users, directories, secrets. Each
+/// has its own user prefix, so tests running in parallel never share users.
+struct Conspiracy {
+    root: Root,
+    prefix: String,
+    users: Vec<(String, TestUser)>,
+}
+
+static CONSPIRACIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+struct AgentDef<'a> {
+    name: &'a str,
+    tier: &'a str,
+    extra: String,
+}
+
+impl Conspiracy {
+    /// `provider` and `base_url` apply to every agent unless `extra` says
+    /// otherwise.
+    fn new(provider: &str, base_url: &str, agents: &[AgentDef<'_>]) -> Self {
+        let root = Root::new();
+        let mut toml = format!(
+            "[system]\nname = \"runs-test\"\n\n[base]\nprovider = \"{provider}\"\nmodel = \"test-model\"\nbase_url = \"{base_url}\"\napi_key_env = \"{KEY_VAR}\"\n\n[pricing.test-model]\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n\n"
+        );
+        for a in agents {
+            toml.push_str(&format!(
+                "[[agents]]\nname = \"{}\"\ntier = \"{}\"\n{}\n\n",
+                a.name, a.tier, a.extra
+            ));
+        }
+        let etc = root.path().join("etc/con");
+        std::fs::write(etc.join("con.toml"), toml).unwrap();
+        let env = etc.join("env");
+        std::fs::write(&env, format!("{KEY_VAR}={KEY}\n")).unwrap();
+        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for dir in ["srv/con/inbox", "srv/con/agents"] {
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        let n = CONSPIRACIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let prefix = format!("cr{}n{n}-", std::process::id());
+        let mut users = Vec::new();
+        for a in agents {
+            let user = TestUser::create(&format!("{prefix}{}", a.name));
+            let base = root.path().join("srv/con/agents").join(a.name);
+            for sub in ["", "inbox", "outbox", "processed", "workspace", "sessions"] {
+                let d = base.join(sub);
+                std::fs::create_dir_all(&d).unwrap();
+                std::os::unix::fs::chown(&d, Some(user.uid), Some(user.gid)).unwrap();
+                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+            }
+            users.push((a.name.to_owned(), user));
+        }
+        Self {
+            root,
+            prefix,
+            users,
+        }
+    }
+
+    fn user(&self, agent: &str) -> &TestUser {
+        &self.users.iter().find(|(n, _)| n == agent).unwrap().1
+    }
+
+    fn agent_dir(&self, agent: &str, sub: &str) -> PathBuf {
+        self.root
+            .path()
+            .join("srv/con/agents")
+            .join(agent)
+            .join(sub)
+    }
+
+    /// Lets `writer` task `target` (what bootstrap grants operators).
+    fn grant_tasking(&self, writer: &str, target: &str) {
+        let w = &self.user(writer).name;
+        let t = &self.user(target).name;
+        let setfacl = |args: &[&str], path: &Path| {
+            let out = Command::new("setfacl")
+                .args(args)
+                .arg(path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        setfacl(&["-m", &format!("u:{w}:--x")], &self.agent_dir(target, ""));
+        setfacl(
+            &["-m", &format!("u:{w}:rwx,d:u:{t}:rw-,d:u:{w}:rw-")],
+            &self.agent_dir(target, "inbox"),
+        );
+    }
+
+    /// A daemon that leaves starting runs to the test (`--supervisor systemd`).
+    fn daemon(&self) -> Daemon {
+        Daemon::start_with(&self.root, &self.prefix, &["--supervisor", "systemd"], &[])
+    }
+
+    /// A daemon that starts runs itself.
+    fn supervising_daemon(&self) -> Daemon {
+        Daemon::start_with(&self.root, &self.prefix, &["--supervisor", "daemon"], &[])
+    }
+
+    /// `con run <agent>` as the agent's user, as the supervisor would start it.
+    fn run(&self, agent: &str, extra: &[&str]) -> Output {
+        let user = self.user(agent);
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={}", user.uid),
+                &format!("--regid={}", user.gid),
+                "--init-groups",
+                "--",
+                env!("CARGO_BIN_EXE_con"),
+                "--root",
+                self.root.path().to_str().unwrap(),
+                "--user-prefix",
+                &self.prefix,
+                "run",
+                agent,
+            ])
+            .args(extra)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", "/nonexistent")
+            .current_dir("/")
+            .output()
+            .unwrap()
+    }
+
+    /// Drops a task as root (verified) into `agent`'s inbox.
+    fn task(&self, agent: &str, id: &str, text: &str) -> PathBuf {
+        let path = self.agent_dir(agent, "inbox").join(format!("{id}.task"));
+        let tmp = self.agent_dir(agent, "inbox").join(format!(".{id}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn session_events(events: &[Event], session: SessionId) -> Vec<&Event> {
+    events
+        .iter()
+        .filter(|e| e.envelope.session == Some(session))
+        .collect()
+}
+
+fn sessions_of(events: &[Event], agent: &str) -> Vec<SessionId> {
+    events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::SessionStarted(p) if p.agent == agent => e.envelope.session,
+            _ => None,
+        })
+        .collect()
+}
+
+fn kind_names(events: &[&Event]) -> Vec<&'static str> {
+    events.iter().map(|e| e.payload.spec().name).collect()
+}
+
+fn ended(events: &[&Event]) -> (Outcome, String) {
+    events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Payload::SessionEnded(p) => Some((p.outcome, p.detail.clone())),
+            _ => None,
+        })
+        .expect("session.ended")
+}
+
+/// Every string in request `index`'s JSON body, concatenated: what the
+/// model was shown, whatever the wire format.
+fn body_text(server: &ScriptedServer, index: usize) -> String {
+    fn collect(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    collect(&server.requests()[index].body, &mut out);
+    out
+}
+
+fn agent<'a>(name: &'a str, tier: &'a str, extra: &str) -> AgentDef<'a> {
+    AgentDef {
+        name,
+        tier,
+        extra: extra.to_owned(),
+    }
+}
+
+/// The routing flow: a verified task to the concierge; it writes a task
+/// into the sysadmin's inbox with write_file; the sysadmin's run sees it as
+/// unverified (owned by the concierge's user) with the cautionary framing.
+fn routing_flow(provider: &str) {
+    let concierge_model = ScriptedServer::start(vec![]);
+    let sysadmin_model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        provider,
+        &concierge_model.base_url(),
+        &[
+            agent("concierge", "operator", ""),
+            agent(
+                "sysadmin",
+                "operator",
+                &format!("base_url = \"{}\"", sysadmin_model.base_url()),
+            ),
+        ],
+    );
+    c.grant_tasking("concierge", "sysadmin");
+    let job = c.agent_dir("sysadmin", "inbox").join("job-1.task");
+    concierge_model.push(Step::tool_call(
+        "write_file",
+        serde_json::json!({"path": job.to_str().unwrap(), "content": "How full is /var?"}),
+    ));
+    concierge_model.push(Step::text("Routed to the sysadmin as job-1."));
+    sysadmin_model.push(Step::tool_call(
+        "exec",
+        serde_json::json!({"command": "echo 42%"}),
+    ));
+    sysadmin_model.push(Step::text("/var is 42% full."));
+    let _daemon = c.daemon();
+
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    assert_eq!(
+        std::fs::read_to_string(c.agent_dir("concierge", "outbox").join("t-1.response")).unwrap(),
+        "Routed to the sysadmin as job-1."
+    );
+    assert!(
+        c.agent_dir("concierge", "processed")
+            .join("t-1.task")
+            .exists()
+    );
+    // Written by the concierge's user: that is its provenance.
+    assert_eq!(
+        std::fs::metadata(&job).unwrap().uid(),
+        c.user("concierge").uid
+    );
+
+    ok(&c.run("sysadmin", &[]));
+    assert_eq!(
+        std::fs::read_to_string(c.agent_dir("sysadmin", "outbox").join("job-1.response")).unwrap(),
+        "/var is 42% full."
+    );
+    let first = body_text(&sysadmin_model, 0);
+    assert!(first.contains(UNVERIFIED_FRAMING), "{first}");
+    assert!(first.contains("How full is /var?"), "{first}");
+    // The tool result went back to the model.
+    assert!(body_text(&sysadmin_model, 1).contains("42%"));
+    // The concierge's own task was verified (dropped by root).
+    assert!(body_text(&concierge_model, 0).contains(VERIFIED_FRAMING));
+    assert!(!body_text(&concierge_model, 0).contains(UNVERIFIED_FRAMING));
+    // No key in any request the agents caused, but the daemon sent it.
+    for r in concierge_model
+        .requests()
+        .iter()
+        .chain(&sysadmin_model.requests())
+    {
+        let auth = r
+            .header("authorization")
+            .or_else(|| r.header("x-api-key"))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            auth.contains(KEY),
+            "the daemon sends the key: {:?}",
+            r.headers
+        );
+        assert!(!r.body.to_string().contains(KEY));
+    }
+
+    let events = all_events(&c.root.socket());
+    let arrival = events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Payload::InboxArrived(a) if a.path.ends_with("job-1.task") => Some(a.clone()),
+            _ => None,
+        })
+        .expect("arrival of job-1 recorded");
+    assert_eq!(arrival.trust, Trust::Unverified);
+    assert_eq!(arrival.owner_uid, c.user("concierge").uid);
+
+    let expected = [
+        "session.started",
+        "llm.request",
+        "llm.response",
+        "tool.call",
+        "tool.result",
+        "llm.request",
+        "llm.response",
+        "task.routed",
+        "task.routed",
+        "session.ended",
+    ];
+    for agent in ["concierge", "sysadmin"] {
+        let sessions = sessions_of(&events, agent);
+        assert_eq!(sessions.len(), 1, "{agent}");
+        let evs = session_events(&events, sessions[0]);
+        assert_eq!(kind_names(&evs), expected, "{agent}");
+        assert!(evs.windows(2).all(|w| w[0].seq() < w[1].seq()));
+        assert_eq!(ended(&evs).0, Outcome::Ok, "{agent}");
+        // Model calls are recorded by the daemon, everything else by the agent.
+        for e in &evs {
+            let by_agent = e.envelope.actor.agent.as_deref() == Some(agent);
+            let is_llm = matches!(e.payload, Payload::LlmRequest(_) | Payload::LlmResponse(_));
+            assert_eq!(by_agent, !is_llm, "{agent}: {}", e.payload.spec().name);
+        }
+    }
+    // The concierge's session precedes the sysadmin's.
+    let c_end = events
+        .iter()
+        .position(|e| matches!(&e.payload, Payload::SessionEnded(p) if p.agent == "concierge"))
+        .unwrap();
+    let s_start = events
+        .iter()
+        .position(|e| matches!(&e.payload, Payload::SessionStarted(p) if p.agent == "sysadmin"))
+        .unwrap();
+    assert!(c_end < s_start);
+}
+
+#[test]
+fn concierge_tasks_the_sysadmin_openai_wire() {
+    routing_flow("openai-compatible");
+}
+
+#[test]
+fn concierge_tasks_the_sysadmin_anthropic_wire() {
+    routing_flow("anthropic");
+}
+
+#[test]
+fn the_supervisor_runs_a_task_from_the_outer_inbox_to_a_response() {
+    let model = ScriptedServer::start(vec![Step::text("Hello from the concierge.")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("concierge", "operator", "")],
+    );
+    let _daemon = c.supervising_daemon();
+    let outer = c.root.path().join("srv/con/inbox");
+    std::fs::write(outer.join(".hello.tmp"), "Say hello.").unwrap();
+    std::fs::rename(outer.join(".hello.tmp"), outer.join("hello.task")).unwrap();
+    let response = c.agent_dir("concierge", "outbox").join("hello.response");
+    wait_for("the response", Duration::from_secs(30), || {
+        response.exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(response).unwrap(),
+        "Hello from the concierge."
+    );
+    assert!(body_text(&model, 0).contains("Say hello."));
+}
+
+#[test]
+fn a_429_is_retried_after_retry_after_and_recorded() {
+    let model = ScriptedServer::start(vec![
+        Step::Error(ErrorReply::new(429).with_retry_after("1")),
+        Step::Reply(Reply::text("done").with_usage(1000, 500)),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("sysadmin", "operator", "")],
+    );
+    let _daemon = c.daemon();
+    c.task("sysadmin", "t-429", "anything");
+    ok(&c.run("sysadmin", &[]));
+    assert_eq!(model.requests().len(), 2);
+    let events = all_events(&c.root.socket());
+    let response = events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Payload::LlmResponse(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(response.attempts, 2);
+    assert_eq!(response.status, Some(200));
+    assert!(response.error.is_none());
+    assert!(response.cost_micro_usd > 0, "usage is priced: {response:?}");
+}
+
+#[test]
+fn over_budget_stops_before_the_model_call_and_keeps_the_task() {
+    // The first call costs $0.001 (1000 input tokens at $1/Mtok) against a
+    // $0.0001 budget; the second task's call must not be made.
+    let model = ScriptedServer::start(vec![
+        Step::Reply(Reply::text("first").with_usage(1000, 0)),
+        Step::text("never sent"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "daily_budget_usd = 0.0001")],
+    );
+    let _daemon = c.daemon();
+    c.task("scribe", "t-1", "first");
+    let second = c.task("scribe", "t-2", "write a poem");
+    let out = c.run("scribe", &[]);
+    assert_eq!(model.requests().len(), 1, "no model call once over budget");
+    assert!(
+        c.agent_dir("scribe", "outbox")
+            .join("t-1.response")
+            .exists()
+    );
+    assert!(second.exists(), "the task stays queued: {out:?}");
+    let events = all_events(&c.root.socket());
+    let sessions = sessions_of(&events, "scribe");
+    assert_eq!(sessions.len(), 2);
+    let (outcome, detail) = ended(&session_events(&events, sessions[1]));
+    assert_eq!(outcome, Outcome::Budget);
+    assert!(detail.contains("budget"), "{detail}");
+    let requests = events
+        .iter()
+        .filter(|e| matches!(e.payload, Payload::LlmRequest(_)))
+        .count();
+    assert_eq!(requests, 1, "the refused call was never recorded as made");
+}
+
+#[test]
+fn the_iteration_cap_ends_the_session_and_answers_the_task() {
+    let model = ScriptedServer::start(
+        (0..3)
+            .map(|_| Step::tool_call("exec", serde_json::json!({"command": "true"})))
+            .collect(),
+    );
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "max_iterations = 2")],
+    );
+    let _daemon = c.daemon();
+    c.task("scribe", "t-loop", "loop forever");
+    ok(&c.run("scribe", &[]));
+    assert_eq!(model.requests().len(), 2);
+    let response =
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("t-loop.response")).unwrap();
+    assert!(response.contains("max_iterations"), "{response}");
+    assert!(
+        c.agent_dir("scribe", "processed")
+            .join("t-loop.task")
+            .exists()
+    );
+    let events = all_events(&c.root.socket());
+    let (outcome, _) = ended(&session_events(&events, sessions_of(&events, "scribe")[0]));
+    assert_eq!(outcome, Outcome::MaxIterations);
+}
+
+#[test]
+fn an_exec_past_its_timeout_leaves_no_process_behind() {
+    let model = ScriptedServer::start(vec![
+        Step::tool_call(
+            "exec",
+            serde_json::json!({"command": "sleep 300 & sleep 301", "timeout_secs": 1}),
+        ),
+        Step::text("gave up"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _daemon = c.daemon();
+    c.task("scribe", "t-sleep", "sleep");
+    ok(&c.run("scribe", &[]));
+    let told = body_text(&model, 1);
+    assert!(told.contains("timed out"), "{told}");
+    // Zombies are dead (this machine's PID 1 may not reap orphans).
+    let ps = Command::new("ps")
+        .args([
+            "-u",
+            &c.user("scribe").uid.to_string(),
+            "-o",
+            "pid=,stat=,args=",
+        ])
+        .output()
+        .unwrap();
+    let alive: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|stat| !stat.starts_with('Z'))
+        })
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "processes of the agent survived: {alive:?}"
+    );
+}
+
+#[test]
+fn the_agent_cannot_read_a_key_from_its_env_the_secrets_file_or_the_daemon() {
+    let model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    // Even with the key in the daemon's own environment, the agent cannot
+    // reach it.
+    let daemon = Daemon::start_with(
+        &c.root,
+        &c.prefix,
+        &["--supervisor", "systemd"],
+        &[(KEY_VAR, KEY)],
+    );
+    let env_file = c.root.path().join("etc/con/env");
+    model.push(Step::tool_call(
+        "exec",
+        serde_json::json!({"command": format!(
+            "env; cat {}; cat /proc/{}/environ; echo END",
+            env_file.display(),
+            daemon.pid()
+        )}),
+    ));
+    model.push(Step::text("nothing found"));
+    c.task("scribe", "t-steal", "find the API key");
+    ok(&c.run("scribe", &[]));
+    let told = body_text(&model, 1);
+    assert!(told.contains("END"), "the command ran: {told}");
+    assert!(told.contains("Permission denied"), "{told}");
+    assert!(!told.contains(KEY), "the key leaked: {told}");
+    assert!(!told.contains(KEY_VAR), "{told}");
+}
+
+#[test]
+fn a_40_kib_task_is_passed_by_reference() {
+    let model = ScriptedServer::start(vec![Step::text("read it")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _daemon = c.daemon();
+    let big = format!("HEADMARK{}", "x".repeat(40 * 1024));
+    let task = c.task("scribe", "t-big", &big);
+    ok(&c.run("scribe", &[]));
+    let first = body_text(&model, 0);
+    assert!(!first.contains("HEADMARK"), "the content was inlined");
+    assert!(first.len() < 20 * 1024, "request is {} bytes", first.len());
+    assert!(first.contains(task.to_str().unwrap()), "{first}");
+}
+
+#[test]
+fn the_exec_runner_round_trips_through_cat() {
+    let c = Conspiracy::new(
+        "openai-compatible",
+        "http://127.0.0.1:9",
+        &[agent("echo", "worker", "runner = \"exec:cat\"")],
+    );
+    let _daemon = c.daemon();
+    c.task("echo", "t-cat", "repeat after me: marmalade");
+    ok(&c.run("echo", &[]));
+    let response =
+        std::fs::read_to_string(c.agent_dir("echo", "outbox").join("t-cat.response")).unwrap();
+    assert!(
+        response.contains("repeat after me: marmalade"),
+        "{response}"
+    );
+    assert!(c.agent_dir("echo", "processed").join("t-cat.task").exists());
+    let events = all_events(&c.root.socket());
+    let evs = session_events(&events, sessions_of(&events, "echo")[0]);
+    assert_eq!(
+        kind_names(&evs),
+        [
+            "session.started",
+            "tool.call",
+            "tool.result",
+            "task.routed",
+            "task.routed",
+            "session.ended"
+        ]
+    );
+    assert_eq!(ended(&evs).0, Outcome::Ok);
+}
+
+#[test]
+fn the_session_wall_clock_ends_the_session_and_answers_the_task() {
+    let model = ScriptedServer::start(vec![
+        Step::tool_call("exec", serde_json::json!({"command": "sleep 30"})),
+        Step::text("never reached"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _daemon = c.daemon();
+    c.task("scribe", "t-slow", "take your time");
+    let started = Instant::now();
+    ok(&c.run("scribe", &["--session-secs", "2"]));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        model.requests().len(),
+        1,
+        "no model call after the deadline"
+    );
+    let response =
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("t-slow.response")).unwrap();
+    assert!(!response.is_empty());
+    assert!(
+        c.agent_dir("scribe", "processed")
+            .join("t-slow.task")
+            .exists()
+    );
+    let events = all_events(&c.root.socket());
+    let (outcome, detail) = ended(&session_events(&events, sessions_of(&events, "scribe")[0]));
+    assert_eq!(outcome, Outcome::Timeout, "{detail}");
+}
