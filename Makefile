@@ -60,6 +60,7 @@ fmt:
 bench:
 	$(CARGO) bench -p con-store --bench append
 	$(CARGO) bench -p con --bench daemon
+	$(CARGO) bench -p con --bench runs
 
 ## catalog / golden: regenerate checked-in generated files after a schema change.
 catalog:
