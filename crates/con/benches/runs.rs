@@ -15,7 +15,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -170,19 +170,19 @@ fn main() {
         model.push(Step::tool_call("list_dir", serde_json::json!({})));
     }
     model.push(Step::text("done"));
-    let setup = setup(&model.base_url());
-    let d = daemon(&setup, false);
-    drop_task(&setup, "loop");
+    let bench = setup(&model.base_url());
+    let d = daemon(&bench, false);
+    drop_task(&bench, "loop");
     let start = Instant::now();
     let out = Command::new("setpriv")
         .args([
-            &format!("--reuid={}", setup.uid),
-            &format!("--regid={}", setup.gid),
+            &format!("--reuid={}", bench.uid),
+            &format!("--regid={}", bench.gid),
             "--clear-groups",
             "--",
             env!("CARGO_BIN_EXE_con"),
             "--root",
-            setup.root.path().to_str().unwrap(),
+            bench.root.path().to_str().unwrap(),
             "--user-prefix",
             "cbr-",
             "run",
@@ -198,7 +198,7 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let evs = events(&setup);
+    let evs = events(&bench);
     let model_ms: u64 = model_latencies_ms(&evs).iter().sum();
     let calls = ITERATIONS + 1;
     let overhead_ms = (ms(wall) - model_ms as f64) / calls as f64;
@@ -214,16 +214,16 @@ fn main() {
         overhead_ms / model_per_call.max(0.001)
     );
     stop(d);
-    drop(setup);
+    drop(bench);
 
     // 2. Task drop → response, supervised.
     let model = ScriptedServer::start((0..SAMPLES).map(|_| Step::text("pong")).collect());
-    let setup = setup(&model.base_url());
-    let d = daemon(&setup, true);
+    let bench = setup(&model.base_url());
+    let d = daemon(&bench, true);
     let mut samples = Vec::with_capacity(SAMPLES);
     for n in 0..SAMPLES {
         let start = Instant::now();
-        let response = drop_task(&setup, &format!("t{n:03}"));
+        let response = drop_task(&bench, &format!("t{n:03}"));
         while !response.exists() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
@@ -235,7 +235,7 @@ fn main() {
         // Let the run exit before the next task, so each sample starts a run.
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut model_lat: Vec<u64> = model_latencies_ms(&events(&setup));
+    let mut model_lat: Vec<u64> = model_latencies_ms(&events(&bench));
     model_lat.sort_unstable();
     samples.sort();
     println!(
@@ -246,5 +246,5 @@ fn main() {
         ms(percentile(&samples, 0.5)) / (model_lat[model_lat.len() / 2].max(1) as f64)
     );
     stop(d);
-    drop(setup);
+    drop(bench);
 }
