@@ -37,7 +37,7 @@ test: deps journald lint
 ## e2e: the end-to-end suite under a real systemd (root): systemd-nspawn
 ## containers booted from a cached debootstrap image (tests/e2e/README.md).
 e2e: deps
-	$(CARGO) build --locked -p con
+	$(CARGO) build --locked -p con -p con-llm-script
 	CON_E2E=1 $(CARGO) test --locked --no-fail-fast -p con-e2e -- --test-threads=1
 
 deps:

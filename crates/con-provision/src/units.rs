@@ -297,35 +297,47 @@ fn agent_service(
         );
     }
     private_tmp(&mut u, settings);
-    u.set("PrivateDevices", "yes");
-    u.set("DevicePolicy", "closed");
-    u.set("PrivateIPC", "yes");
-    u.set("PrivateMounts", "yes");
-    common_kernel_protections(&mut u);
-    u.set("RestrictSUIDSGID", "yes");
-    if agent.runner == Runner::Builtin {
-        u.set("MemoryDenyWriteExecute", "yes");
+    if sudo {
+        // systemd turns NoNewPrivileges on by itself for a non-root service
+        // that uses any seccomp-based setting (SystemCallFilter=,
+        // SystemCallArchitectures=, RestrictAddressFamilies=,
+        // RestrictNamespaces=, RestrictRealtime=, RestrictSUIDSGID=,
+        // LockPersonality=, MemoryDenyWriteExecute=) or PrivateDevices=,
+        // ProtectKernel*=, ProtectClock=, ProtectHostname= (a seccomp filter
+        // on sethostname), and then sudo refuses to run
+        // (measured under systemd 252 in tests/e2e). A sudo role keeps only
+        // the protections that do not imply it; the sudoers whitelist and
+        // the capability bounding set are what confine it.
+        u.comment("sudo must work: no setting that implies NoNewPrivileges= (seccomp filters, PrivateDevices=, ProtectKernel*=, ProtectClock=, ProtectHostname=); the sudoers whitelist and the capability bounding set confine it.");
+        u.set("DevicePolicy", "closed");
+        u.set("PrivateIPC", "yes");
+        u.set("PrivateMounts", "yes");
+        u.set("ProtectControlGroups", "yes");
+        u.comment("journalctl through sudo reads the boot id under /proc/sys: the full /proc stays mounted.");
     } else {
-        u.comment("External agent CLIs (node, bun) need JIT memory: no MemoryDenyWriteExecute=.");
-    }
-    u.set("SystemCallFilter", "@system-service");
-    if !sudo {
+        u.set("PrivateDevices", "yes");
+        u.set("DevicePolicy", "closed");
+        u.set("PrivateIPC", "yes");
+        u.set("PrivateMounts", "yes");
+        common_kernel_protections(&mut u);
+        u.set("RestrictSUIDSGID", "yes");
+        if agent.runner == Runner::Builtin {
+            u.set("MemoryDenyWriteExecute", "yes");
+        } else {
+            u.comment(
+                "External agent CLIs (node, bun) need JIT memory: no MemoryDenyWriteExecute=.",
+            );
+        }
+        u.set("SystemCallFilter", "@system-service");
         u.comment(
             "Without capabilities these (chown, setuid, …) can only fail; refuse them outright.",
         );
         u.set("SystemCallFilter", "~@privileged");
-    }
-    u.comment("A refused system call fails with EPERM instead of killing the tool the model ran.");
-    u.set("SystemCallErrorNumber", "EPERM");
-    u.set("SystemCallArchitectures", "native");
-    if sudo {
-        u.comment("sudo reports to the audit subsystem and commission sets nftables rules, both over netlink.");
-        u.set(
-            "RestrictAddressFamilies",
-            "AF_UNIX AF_NETLINK AF_INET AF_INET6",
+        u.comment(
+            "A refused system call fails with EPERM instead of killing the tool the model ran.",
         );
-        u.comment("journalctl through sudo reads the boot id under /proc/sys: the full /proc stays mounted.");
-    } else {
+        u.set("SystemCallErrorNumber", "EPERM");
+        u.set("SystemCallArchitectures", "native");
         u.set("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6");
         u.set("ProcSubset", "pid");
     }

@@ -1,0 +1,180 @@
+//! A task end to end under a real systemd: bootstrap the default profile,
+//! point it at a scripted model server inside the container, drop a task in
+//! the outer inbox as root, and get the concierge's answer — routed by the
+//! daemon, started by the concierge's path unit in its hardened sandbox,
+//! the model called through the daemon's gateway, every step in the log
+//! and in the journal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use con_e2e::{CONFIGS_PATH, Container, Image};
+
+const ANSWER: &str = "Hello from the concierge under systemd.";
+const KEY: &str = "sk-e2e-secret-key";
+/// Run by the sysadmin inside its unit: a whitelisted sudo command works,
+/// anything else is refused.
+const SUDO_PROBE: &str = "sudo -n /usr/bin/journalctl --no-pager -n 1 -t con >/dev/null && echo SUDO-ALLOWED; sudo -n /bin/cat /etc/con/env || echo SUDO-REFUSED";
+
+fn script_server_binary() -> std::path::PathBuf {
+    std::env::var_os("CON_E2E_SCRIPT_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| con_e2e::workspace().join("target/debug/con-llm-script"))
+}
+
+#[test]
+fn a_task_is_answered_by_a_systemd_started_agent_run() {
+    if !con_e2e::enabled() {
+        return;
+    }
+    let bin = script_server_binary();
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p con-llm-script`",
+        bin.display()
+    );
+    let image = Image::ensure().unwrap();
+    let c = Container::boot(&image, "taskflow").unwrap();
+    c.copy_in(&bin, "/usr/local/bin/con-llm-script").unwrap();
+
+    // The model, on loopback inside the container: the concierge's answer,
+    // then the sysadmin's sudo probe and answer.
+    c.sh_ok(&format!(
+        r#"cat > /opt/script.json <<'JSON'
+[{{"reply": {{"text": "{ANSWER}", "usage": {{"input_tokens": 10, "output_tokens": 5}}}}}},
+ {{"reply": {{"tool_calls": [{{"name": "exec", "arguments": {{"command": "{SUDO_PROBE}"}}}}]}}}},
+ {{"reply": {{"text": "probed"}}}}]
+JSON
+systemd-run --unit=llm-script /usr/local/bin/con-llm-script --script /opt/script.json --listen 127.0.0.1:18080"#
+    ))
+    .unwrap();
+
+    // The default profile, pointed at it; the key in /etc/con/env.
+    c.sh_ok(&format!(
+        r#"set -e
+cp -a {CONFIGS_PATH}/default /opt/profile
+sed -i 's|^provider = "openrouter"|provider = "openai-compatible"\nbase_url = "http://127.0.0.1:18080/v1"|' /opt/profile/con.toml
+grep -q 'base_url = "http://127.0.0.1:18080/v1"' /opt/profile/con.toml
+install -d -m 0755 /etc/con
+install -m 0600 /dev/null /etc/con/env
+echo 'CON_OPENROUTER_API_KEY={KEY}' > /etc/con/env
+con bootstrap --profile /opt/profile --json > /opt/bootstrap.json
+"#
+    ))
+    .unwrap();
+    let env_mode = c
+        .exec_ok(&["stat", "-c", "%U:%G %a", "/etc/con/env"])
+        .unwrap();
+    assert_eq!(env_mode.stdout_trimmed(), "root:root 600");
+    let key_kept = c.exec_ok(&["cat", "/etc/con/env"]).unwrap();
+    assert!(key_kept.stdout.contains(KEY), "bootstrap keeps the secrets");
+
+    c.exec_ok(&["con", "task", "Say hello."]).unwrap();
+    let start = Instant::now();
+    let response = loop {
+        let out = c
+            .sh("cat /srv/con/agents/concierge/outbox/*.response 2>/dev/null")
+            .unwrap();
+        if out.success() && !out.stdout.is_empty() {
+            break out.stdout;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no response after 60 s;\n{}",
+            c.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(response, ANSWER);
+
+    // systemd started the run (not the daemon), as the agent.
+    let unit = c
+        .exec_ok(&[
+            "systemctl",
+            "show",
+            "-P",
+            "ExecMainStatus,User",
+            "con-agent@concierge.service",
+        ])
+        .unwrap();
+    assert!(unit.stdout.contains("a-concierge"), "{unit}");
+    let processed = c
+        .sh_ok("ls /srv/con/agents/concierge/processed/ | grep -c '\\.task$'")
+        .unwrap();
+    assert_eq!(processed.stdout_trimmed(), "1");
+
+    // The journal alone tells the session's story.
+    let journal = c
+        .exec_ok(&[
+            "journalctl",
+            "-t",
+            "con",
+            "CON_AGENT=concierge",
+            "-o",
+            "json",
+            "--no-pager",
+        ])
+        .unwrap();
+    for event in [
+        "inbox_arrived",
+        "session_started",
+        "llm_request",
+        "llm_response",
+        "task_routed",
+        "session_ended",
+    ] {
+        assert!(
+            journal
+                .stdout
+                .contains(&format!("\"CON_EVENT\":\"{event}\"")),
+            "{event} missing from the journal:\n{}",
+            journal.stdout
+        );
+    }
+    // The key reached the model server only: not the log, not the journal.
+    assert!(!journal.stdout.contains(KEY));
+
+    // The sysadmin's sudo whitelist works inside its hardened unit, and
+    // nothing beyond it does.
+    c.exec_ok(&["con", "task", "--to", "sysadmin", "Probe sudo."])
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let out = c
+            .sh("cat /srv/con/agents/sysadmin/outbox/*.response 2>/dev/null")
+            .unwrap();
+        if out.success() && out.stdout == "probed" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no sysadmin response after 60 s;\n{}",
+            c.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let results = c
+        .exec_ok(&[
+            "journalctl",
+            "-t",
+            "con",
+            "CON_AGENT=sysadmin",
+            "CON_EVENT=tool_result",
+            "-o",
+            "json",
+            "--no-pager",
+        ])
+        .unwrap();
+    assert!(
+        results.stdout.contains("SUDO-ALLOWED"),
+        "{}",
+        results.stdout
+    );
+    assert!(
+        results.stdout.contains("SUDO-REFUSED"),
+        "{}",
+        results.stdout
+    );
+    assert!(!results.stdout.contains(KEY));
+}
