@@ -3,12 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Serialize;
 
 use crate::api::egress;
-use crate::host::{self, Converged};
+use crate::host::{self, Converged, run};
 use crate::layout::Layout;
 use crate::plan::{FileKind, Plan, Resource};
 
@@ -310,23 +309,5 @@ fn start_units(
             change: format!("~ enable --now {name}"),
             status,
         });
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .replace('\n', "; ")
-        ))
     }
 }

@@ -22,13 +22,12 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use con_config::Config;
 use nix::unistd::User;
 
 use crate::config_edit::{self, NewAgent};
-use crate::host::NOLOGIN;
+use crate::host::{NOLOGIN, run};
 use crate::layout::Layout;
 use crate::plan::{PlanInput, Resource};
 use crate::profile::Profile;
@@ -415,24 +414,6 @@ fn close_dir(dir: &Path) -> Option<Result<(), String>> {
         nix::unistd::chown(dir, Some(root), Some(root_group))
             .map_err(|e| format!("{shown}: chown: {e}"))
     })())
-}
-
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .replace('\n', "; ")
-        ))
-    }
 }
 
 /// Commissioning and decommissioning need root (accounts, ownership,

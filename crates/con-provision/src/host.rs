@@ -619,8 +619,9 @@ fn group_name(gid: Gid) -> String {
     }
 }
 
-/// Runs an account tool; its stderr, on one line, is the error.
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
+/// Runs a system tool (useradd, systemctl, …); its stderr, on one line, is
+/// the error.
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(program)
         .args(args)
         .output()
