@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use con_config::Tier;
+use con_event::payloads::AgentCondition;
 use con_event::payloads::{LlmRequest, LlmResponse};
 use con_event::{BlobRef, NewEvent};
-use con_llm::{ChatRequest, Endpoint, LlmClient, Price};
+use con_llm::{ChatRequest, Endpoint, LlmClient, LlmError, Price, Usage};
 use con_projection::{FleetStatus, utc_day};
 use con_protocol::{ErrorCode, LlmAnswer, LlmCall};
 
@@ -61,6 +62,41 @@ pub fn micro_usd(usd: f64) -> u64 {
 pub(crate) struct Gateway {
     config: GatewayConfig,
     client: LlmClient,
+    /// Worst-case cost of the calls in flight, per agent: counted against
+    /// the budget until the call's real cost is recorded, so concurrent
+    /// calls cannot all pass the check at once.
+    reserved: std::sync::Mutex<BTreeMap<String, u64>>,
+}
+
+/// Releases a reservation when the call is over, however it ends.
+struct Reservation<'a> {
+    gateway: &'a Gateway,
+    agent: String,
+    amount: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut reserved) = self.gateway.reserved.lock()
+            && let Some(r) = reserved.get_mut(&self.agent)
+        {
+            *r = r.saturating_sub(self.amount);
+        }
+    }
+}
+
+/// The most a call can cost: its input (estimated generously at one token
+/// per 3 bytes of request) and a full `max_tokens` of output.
+fn worst_case(route: &Route, request_bytes: usize) -> u64 {
+    route
+        .price
+        .map(|p| {
+            p.cost_micro_usd(&Usage {
+                input_tokens: (request_bytes as u64).div_ceil(3),
+                output_tokens: u64::from(route.endpoint.max_tokens),
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// A refused or failed call, as the client will see it.
@@ -79,11 +115,44 @@ fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {
 impl Gateway {
     pub(crate) fn new(config: GatewayConfig) -> Result<Self, String> {
         let client = LlmClient::new().map_err(|e| format!("LLM client: {e}"))?;
-        Ok(Self { config, client })
+        Ok(Self {
+            config,
+            client,
+            reserved: Default::default(),
+        })
     }
 
-    /// Whether `agent` may spend more today; the reason when not.
-    fn check_budget(&self, fleet: &FleetStatus, agent: &str, route: &Route) -> Result<(), String> {
+    /// Checks the budgets and, if the call may go ahead, reserves its
+    /// worst-case cost until it is over.
+    fn reserve<'a>(
+        &'a self,
+        fleet: &FleetStatus,
+        agent: &str,
+        route: &Route,
+        worst: u64,
+    ) -> Result<Reservation<'a>, String> {
+        let mut reserved = self
+            .reserved
+            .lock()
+            .map_err(|_| "budget bookkeeping is unavailable".to_owned())?;
+        self.check_budget(fleet, agent, route, &reserved)?;
+        *reserved.entry(agent.to_owned()).or_default() += worst;
+        Ok(Reservation {
+            gateway: self,
+            agent: agent.to_owned(),
+            amount: worst,
+        })
+    }
+
+    /// Whether `agent` may spend more today (counting calls in flight); the
+    /// reason when not.
+    fn check_budget(
+        &self,
+        fleet: &FleetStatus,
+        agent: &str,
+        route: &Route,
+        reserved: &BTreeMap<String, u64>,
+    ) -> Result<(), String> {
         let today = utc_day(now_unix_nanos());
         let spent = |name: &str| {
             fleet
@@ -92,6 +161,7 @@ impl Gateway {
                 .and_then(|a| a.spend_micro_usd_by_day.get(&today))
                 .copied()
                 .unwrap_or(0)
+                .saturating_add(reserved.get(name).copied().unwrap_or(0))
         };
         if let Some(cap) = route.daily_budget_micro_usd {
             let used = spent(agent);
@@ -157,7 +227,19 @@ pub(crate) async fn call(
     if let Some(why) = &route.unusable {
         return Err(refusal(ErrorCode::Provider, why.clone()));
     }
-    let request: ChatRequest = serde_json::from_slice(&call.request)
+    let mut request: ChatRequest = serde_json::from_slice(&call.request)
+        .map_err(|e| refusal(ErrorCode::Rejected, format!("chat request: {e}")))?;
+    // The output cap is the daemon's, not the agent's: it bounds the cost.
+    request.max_tokens = Some(
+        request
+            .max_tokens
+            .unwrap_or(route.endpoint.max_tokens)
+            .min(route.endpoint.max_tokens),
+    );
+    // What is recorded is what is sent: the parsed request, re-encoded
+    // (fields the schema does not know never reach the provider, so they
+    // are not recorded as if they had).
+    let canonical = serde_json::to_vec(&request)
         .map_err(|e| refusal(ErrorCode::Rejected, format!("chat request: {e}")))?;
 
     // Budget before the call: spend is folded from durable llm.response
@@ -167,8 +249,19 @@ pub(crate) async fn call(
         .await
         .map_err(|e| refusal(ErrorCode::Unavailable, e.to_string()))?
         .map_err(|e| refusal(ErrorCode::Unavailable, e.to_string()))?;
-    gateway
-        .check_budget(&fleet, agent, route)
+    let condition = fleet
+        .agents
+        .get(agent)
+        .map_or(AgentCondition::Active, |a| a.condition);
+    if condition != AgentCondition::Active {
+        return Err(refusal(
+            ErrorCode::Forbidden,
+            format!("agent {agent} is {condition:?}: no model calls"),
+        ));
+    }
+    let worst = worst_case(route, canonical.len());
+    let _reservation = gateway
+        .reserve(&fleet, agent, route, worst)
         .map_err(|why| refusal(ErrorCode::OverBudget, why))?;
 
     let model = route.endpoint.model.clone();
@@ -177,11 +270,11 @@ pub(crate) async fn call(
         provider: route.provider.clone(),
         model: model.clone(),
         iteration: call.iteration,
-        request: BlobRef::of(&call.request),
+        request: BlobRef::of(&canonical),
     });
     recorded.session = Some(call.session);
     recorded.task = call.task.clone();
-    recorded.attachments = vec![call.request];
+    recorded.attachments = vec![canonical];
     // No audit, no action: the call is made only once its request is durable.
     let request_seq = shared
         .appender
@@ -205,7 +298,13 @@ pub(crate) async fn call(
         Err(e) => (None, Some(e.to_string())),
     };
     let usage = outcome.result.as_ref().map(|r| r.usage).unwrap_or_default();
-    let cost = route.price.map(|p| p.cost_micro_usd(&usage)).unwrap_or(0);
+    let cost = match &outcome.result {
+        // A request that timed out or lost its connection may still have
+        // been processed and billed: it counts at its worst case, so
+        // failing calls cannot spend past the budget unseen.
+        Err(LlmError::Timeout { .. } | LlmError::Transport { .. }) => worst,
+        _ => route.price.map(|p| p.cost_micro_usd(&usage)).unwrap_or(0),
+    };
     let mut recorded = NewEvent::system(LlmResponse {
         agent: agent.to_owned(),
         provider: route.provider.clone(),

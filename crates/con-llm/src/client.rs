@@ -117,11 +117,13 @@ impl LlmClient {
             Err(e) => return Attempt::failed(transport(e), Some(status), retry_after),
         };
         if !(200..=299).contains(&status) {
-            let mut excerpt = one_line(&String::from_utf8_lossy(&bytes), EXCERPT_CHARS);
+            let mut body = String::from_utf8_lossy(&bytes).into_owned();
             if let Some(key) = endpoint.api_key.as_ref().filter(|k| !k.expose().is_empty()) {
-                // Some providers echo (part of) a rejected key.
-                excerpt = excerpt.replace(key.expose(), "<redacted>");
+                // Some providers echo (part of) a rejected key. Redact
+                // before cutting, so a cut cannot leave half a key behind.
+                body = body.replace(key.expose(), "<redacted>");
             }
+            let excerpt = one_line(&body, EXCERPT_CHARS);
             return Attempt::failed(
                 LlmError::Status { status, excerpt },
                 Some(status),

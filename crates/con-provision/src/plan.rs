@@ -526,7 +526,9 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         // Root-owned for the same reason: an agent owning its base dir could
         // rename `workspace` away and recreate it with skills of its own.
         let mut base = plain("root", &user, 0o750, a);
-        let mut inbox = plain(&user, &user, 0o700, a);
+        // Sticky: an agent that may write here can rename or delete only the
+        // tasks it wrote itself, not the operator's or another agent's.
+        let mut inbox = plain(&user, &user, 0o1700, a);
         for w in writers(name) {
             base.named.push((AclTag::User(w.clone()), X));
             inbox.named.push((AclTag::User(w.clone()), RWX));

@@ -405,7 +405,7 @@ fn earlier_exchanges_are_replayed_within_the_budget() {
         panic!()
     };
     assert!(
-        content.starts_with("Earlier task old, verified"),
+        content.starts_with("Earlier task \"old\", verified"),
         "{content}"
     );
     assert!(content.contains("What is 2+2?"));
@@ -420,7 +420,7 @@ fn earlier_exchanges_are_replayed_within_the_budget() {
         panic!()
     };
     assert!(
-        content.starts_with("New task new,") && content.contains("And 3+3?"),
+        content.starts_with("New task \"new\",") && content.contains("And 3+3?"),
         "{content}"
     );
 
@@ -489,7 +489,7 @@ fn a_task_from_an_unprivileged_user_is_framed_as_unverified() {
     assert!(request.system.contains(UNVERIFIED_FRAMING));
     let earlier = user_messages(request)[0];
     assert!(
-        earlier.starts_with("Earlier task from-agent, UNVERIFIED"),
+        earlier.starts_with("Earlier task \"from-agent\", UNVERIFIED"),
         "{earlier}"
     );
 }

@@ -122,8 +122,15 @@ fn read_secrets(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Strin
     }
     let mut secrets = BTreeMap::new();
     for item in dotenvy::from_path_iter(path).with_context(|| path.display().to_string())? {
-        // The error names the line, never its value.
-        let (key, value) = item.with_context(|| path.display().to_string())?;
+        // dotenvy's parse errors quote the whole line, key included: say
+        // only where it is.
+        let (key, value) = item.map_err(|e| match e {
+            dotenvy::Error::LineParse(_, index) => anyhow::anyhow!(
+                "{}: cannot parse the entry at character {index} (KEY=value lines; the line is not shown because it may hold a key)",
+                path.display()
+            ),
+            other => anyhow::anyhow!("{}: {}", path.display(), other.to_string().lines().next().unwrap_or("unreadable")),
+        })?;
         secrets.insert(key, value);
     }
     Ok(secrets)

@@ -656,3 +656,63 @@ fn the_session_wall_clock_ends_the_session_and_answers_the_task() {
     let (outcome, detail) = ended(&session_events(&events, sessions_of(&events, "scribe")[0]));
     assert_eq!(outcome, Outcome::Timeout, "{detail}");
 }
+
+/// `con daemon` with a given secrets file: its exit status and stderr.
+fn daemon_with_secrets(content: &str, mode: u32) -> (bool, String) {
+    let root = Root::new();
+    let env = root.path().join("etc/con/env");
+    std::fs::write(&env, content).unwrap();
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(mode)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args(["--root", root.path().to_str().unwrap(), "daemon"])
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_readable_or_malformed_secrets_file_stops_the_daemon_without_showing_a_key() {
+    let (ok, err) = daemon_with_secrets(&format!("{KEY_VAR}={KEY}\n"), 0o644);
+    assert!(!ok);
+    assert!(
+        err.contains("must be owned by root with mode 0600"),
+        "{err}"
+    );
+    assert!(!err.contains(KEY), "{err}");
+
+    let (ok, err) = daemon_with_secrets(&format!("GOOD=1\n{KEY_VAR}=\"{KEY}\n"), 0o600);
+    assert!(!ok);
+    assert!(err.contains("cannot parse"), "{err}");
+    assert!(!err.contains(KEY), "the parse error showed the key: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_halted_agent_gets_no_model_calls() {
+    let model = ScriptedServer::start(vec![Step::text("never sent")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _daemon = c.daemon();
+    let payload: Payload = con_event::payloads::AgentState {
+        agent: "scribe".into(),
+        condition: con_event::payloads::AgentCondition::Halted,
+        reason: "test".into(),
+    }
+    .into();
+    con_protocol::Client::connect(&c.root.socket())
+        .unwrap()
+        .append(common::client_event(payload, None))
+        .unwrap();
+    let task = c.task("scribe", "t-halted", "anything");
+    let out = c.run("scribe", &[]);
+    assert!(!out.status.success());
+    assert!(model.requests().is_empty());
+    assert!(task.exists(), "the task stays queued");
+}

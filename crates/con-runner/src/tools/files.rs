@@ -110,10 +110,51 @@ fn create_parent(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Largest file `edit_file` reads.
+const EDIT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Opens `path` without blocking (a FIFO must not hang the session) and
+/// refuses anything but a regular file (a device must not feed it forever).
+fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<fs::File> {
+    let file = options.custom_flags(OFlag::O_NONBLOCK.bits()).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Writes `content` under a temporary name next to `path`, then renames it
+/// into place: an inbox watcher never sees a half-written task, and readers
+/// see the old content or the new, never a mix.
+fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
+    if let Ok(meta) = fs::symlink_metadata(path)
+        && !meta.is_file()
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "exists and is not a regular file",
+        ));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = fs::File::create_new(&tmp)
+        .and_then(|mut f| f.write_all(content))
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Creates or replaces a file.
 pub(super) fn write_file(ctx: &ToolContext, args: &WriteArgs) -> ToolOutput {
     let path = ctx.resolve(&args.path);
-    match create_parent(&path).and_then(|()| fs::write(&path, &args.content)) {
+    match create_parent(&path).and_then(|()| write_atomically(&path, args.content.as_bytes())) {
         Ok(()) => ToolOutput::ok(format!(
             "wrote {} bytes to {}",
             args.content.len(),
@@ -129,7 +170,18 @@ pub(super) fn edit_file(ctx: &ToolContext, args: &EditArgs) -> ToolOutput {
     if args.old_text.is_empty() {
         return ToolOutput::error("old_text is empty; give the exact text to replace".into());
     }
-    let text = match fs::read(&path) {
+    let read = open_regular(&path, OpenOptions::new().read(true)).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(EDIT_MAX_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > EDIT_MAX_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("larger than {EDIT_MAX_BYTES} bytes; edit it with exec"),
+            ));
+        }
+        Ok(bytes)
+    });
+    let text = match read {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(_) => {
@@ -155,7 +207,9 @@ pub(super) fn edit_file(ctx: &ToolContext, args: &EditArgs) -> ToolOutput {
     }
     let edited = text.replacen(&args.old_text, &args.new_text, 1);
     // Written in place, not replaced: the file keeps its owner, mode and ACLs.
-    match fs::write(&path, edited) {
+    let written = open_regular(&path, OpenOptions::new().write(true).truncate(true))
+        .and_then(|mut f| f.write_all(edited.as_bytes()));
+    match written {
         Ok(()) => ToolOutput::ok(format!("edited {} (1 replacement)", path.display())),
         Err(e) => failed("write", &path, &e),
     }
@@ -165,10 +219,7 @@ pub(super) fn edit_file(ctx: &ToolContext, args: &EditArgs) -> ToolOutput {
 pub(super) fn append_file(ctx: &ToolContext, args: &WriteArgs) -> ToolOutput {
     let path = ctx.resolve(&args.path);
     let appended = create_parent(&path).and_then(|()| {
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)?
+        open_regular(&path, OpenOptions::new().append(true).create(true))?
             .write_all(args.content.as_bytes())
     });
     match appended {
@@ -335,6 +386,28 @@ mod tests {
             "{}",
             out.content
         );
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for (tool, args) in [
+            ("write_file", json!({"path": "pipe", "content": "x"})),
+            ("append_file", json!({"path": "pipe", "content": "x"})),
+            (
+                "edit_file",
+                json!({"path": "pipe", "old_text": "a", "new_text": "b"}),
+            ),
+            (
+                "edit_file",
+                json!({"path": "/dev/zero", "old_text": "a", "new_text": "b"}),
+            ),
+        ] {
+            let out = call(dir.path(), tool, args);
+            assert!(out.is_error, "{tool}: {}", out.content);
+        }
     }
 
     #[test]
