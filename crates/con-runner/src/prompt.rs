@@ -147,14 +147,14 @@ pub fn system_prompt(ctx: &PromptContext<'_>, task: &Task) -> String {
          Linux permissions decide what you may read, write and run, and a refusal is an answer, \
          not something to work around. Your workspace is {ws}; relative paths resolve there. \
          When you are done, reply with your final answer and no tool calls: it is saved as \
-         {response}.\n\n\
+         {response:?}.\n\n\
          # Task provenance\n\n{framing}\n",
         agent = ctx.agent,
         user = ctx.user,
         ws = ctx.workspace.display(),
         // Debug-quoted: the path holds the task's file name, which its
         // writer chose; escaped, it cannot start a line of its own.
-        response = format!("{:?}", ctx.response_path),
+        response = ctx.response_path,
         framing = framing(task.trust),
     ));
     out
@@ -228,10 +228,10 @@ pub fn task_message(task: &Task, nonce: &str, earlier: bool) -> String {
         ),
     };
     format!(
-        "{heading} {id}, {label}.\n\n\
+        "{heading} {id:?}, {label}.\n\n\
          ----- BEGIN {marker} {nonce} -----\n{body}\n----- END {marker} {nonce} -----",
         // Quoted and escaped: the id is a file name its writer chose.
-        id = format!("{:?}", task.id)
+        id = task.id
     )
 }
 
