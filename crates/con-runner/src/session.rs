@@ -171,7 +171,8 @@ pub fn run_session(
     };
     let session = SessionId(*uuid::Uuid::new_v4().as_bytes());
     let nonce = session.to_hex()[..16].to_owned();
-    let response_path = run.outbox().join(format!("{}.response", task.id));
+    // A task may reuse an earlier task's name: never overwrite its answer.
+    let response_path = free_name(&run.outbox(), &task.id, "response");
     let workspace = run.workspace();
     let system = prompt::system_prompt(
         &PromptContext {
@@ -620,17 +621,18 @@ fn route(
         .file_name()
         .map(ToOwned::to_owned)
         .unwrap_or_default();
-    let dest = run.processed().join(file_name);
-    fs::rename(&task.path, &dest).map_err(|e| {
-        Routing::Failed(
-            format!(
-                "cannot move {} to {}: {e}",
-                task.path.display(),
-                dest.display()
-            ),
-            true,
-        )
-    })?;
+    let dest = move_noreplace(&task.path, &run.processed(), &file_name.to_string_lossy()).map_err(
+        |(dest, e)| {
+            Routing::Failed(
+                format!(
+                    "cannot move {} to {}: {e}",
+                    task.path.display(),
+                    dest.display()
+                ),
+                true,
+            )
+        },
+    )?;
     rec.append(
         TaskRouted {
             from: run.agent.clone(),
@@ -641,6 +643,49 @@ fn route(
     )
     .map_err(Routing::Record)?;
     Ok(true)
+}
+
+/// `dir/<stem>.<ext>`, or `dir/<stem>-N.<ext>` for the first N free.
+fn free_name(dir: &Path, stem: &str, ext: &str) -> std::path::PathBuf {
+    (0..1000)
+        .map(|n| {
+            if n == 0 {
+                dir.join(format!("{stem}.{ext}"))
+            } else {
+                dir.join(format!("{stem}-{n}.{ext}"))
+            }
+        })
+        .find(|p| fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| dir.join(format!("{stem}-{}.{ext}", uuid::Uuid::new_v4().simple())))
+}
+
+/// Renames `from` into `dir` under `name` (or `name` with a `-N` suffix)
+/// without ever replacing what is there: an earlier task of the same name
+/// stays in `processed/`.
+fn move_noreplace(
+    from: &Path,
+    dir: &Path,
+    name: &str,
+) -> Result<std::path::PathBuf, (std::path::PathBuf, std::io::Error)> {
+    let stem = name.strip_suffix(".task").unwrap_or(name);
+    let mut dest = dir.join(name);
+    for n in 1..=1000 {
+        match nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            from,
+            nix::fcntl::AT_FDCWD,
+            &dest,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => return Ok(dest),
+            Err(nix::errno::Errno::EEXIST) => dest = dir.join(format!("{stem}-{n}.task")),
+            Err(e) => return Err((dest, e.into())),
+        }
+    }
+    Err((
+        dest,
+        std::io::Error::other("1000 tasks of that name already processed"),
+    ))
 }
 
 /// Writes `path` through a hidden temporary name and a rename, so a reader

@@ -594,3 +594,18 @@ fn an_exec_runner_gets_the_prompt_on_stdin_and_its_output_is_the_response() {
     );
     assert_eq!(tree.inbox_names(), ["cli2.task"]);
 }
+
+#[test]
+fn a_reused_task_name_never_overwrites_an_earlier_answer() {
+    let tree = Tree::new();
+    tree.task("hello", "first");
+    let mut link = FakeLink::new(vec![text("one")]);
+    drain(&mut link, &tree.run).unwrap();
+    tree.task("hello", "second");
+    let mut link = FakeLink::new(vec![text("two")]);
+    drain(&mut link, &tree.run).unwrap();
+
+    assert_eq!(tree.response("hello").as_deref(), Some("one"));
+    assert_eq!(tree.response("hello-1").as_deref(), Some("two"));
+    assert_eq!(tree.processed_names(), ["hello-1.task", "hello.task"]);
+}
