@@ -279,6 +279,19 @@ fn push(report: &mut Report, change: String, result: Result<(), String>) {
     });
 }
 
+/// SIGKILLs every process of `uid`; none running is fine.
+fn kill_all_of(uid: &str) -> Result<(), String> {
+    let status = std::process::Command::new("pkill")
+        .args(["-KILL", "-U", uid])
+        .status()
+        .map_err(|e| format!("cannot run pkill: {e}"))?;
+    // pkill: 0 = signalled some, 1 = none matched.
+    match status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => Err(format!("pkill -KILL -U {uid}: {status}")),
+    }
+}
+
 /// Stops and removes what belongs to agent `name` alone.
 fn retire(layout: &Layout, name: &str, units: &[(String, PathBuf)], report: &mut Report) {
     let systemd = systemd_manages(layout);
@@ -326,27 +339,38 @@ fn retire(layout: &Layout, name: &str, units: &[(String, PathBuf)], report: &mut
             format!("! user {user}"),
             Err(format!("user {user} has uid 0: refusing to touch it")),
         ),
-        Ok(Some(_)) => push(
-            report,
-            format!(
-                "~ user {user} locked and expired (usermod -L -e 1), shell {NOLOGIN}, no supplementary groups"
-            ),
-            // Kept, not deleted: its uid stays reserved, so files it left
-            // behind stay attributable and no new account inherits them.
-            run(
-                "usermod",
-                &[
-                    "--lock",
-                    "--expiredate",
-                    "1",
-                    "--shell",
-                    NOLOGIN,
-                    "--groups",
-                    "",
-                    &user,
-                ],
-            ),
-        ),
+        Ok(Some(found)) => {
+            // Whatever still runs as the agent (a tool that escaped its
+            // process group, a run the daemon started) stops now: once its
+            // uid leaves the egress set it would reach anything.
+            let uid = found.uid.as_raw().to_string();
+            push(
+                report,
+                format!("~ processes of {user} killed (pkill -KILL -U {uid})"),
+                kill_all_of(&uid),
+            );
+            push(
+                report,
+                format!(
+                    "~ user {user} locked and expired (usermod -L -e 1), shell {NOLOGIN}, no supplementary groups"
+                ),
+                // Kept, not deleted: its uid stays reserved, so files it left
+                // behind stay attributable and no new account inherits them.
+                run(
+                    "usermod",
+                    &[
+                        "--lock",
+                        "--expiredate",
+                        "1",
+                        "--shell",
+                        NOLOGIN,
+                        "--groups",
+                        "",
+                        &user,
+                    ],
+                ),
+            );
+        }
         Ok(None) => {}
         Err(e) => push(
             report,

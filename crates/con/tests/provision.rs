@@ -322,11 +322,26 @@ fn commission_then_decommission_a_worker() {
     );
     assert!(dir.join("inbox/t.task.tmp").exists());
 
+    // A process of the agent that outlived its run (it left its process
+    // group) must not outlive the agent.
+    let mut leftover = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            "--regid=0",
+            "--clear-groups",
+            "--",
+            "sleep",
+            "300",
+        ])
+        .spawn()
+        .unwrap();
     let out = host.ok(&["decommission", "scribe"]);
     assert!(
         last_line(&out).starts_with("decommission scribe: "),
         "{out}"
     );
+    let status = leftover.wait().unwrap();
+    assert!(!status.success(), "the leftover process was killed: {status:?}");
     // The config is exactly what it was before the commission.
     assert_eq!(std::fs::read(host.config()).unwrap(), original);
     // The account is kept (uid reserved) but locked, expired, nologin,
