@@ -341,7 +341,10 @@ fn commission_then_decommission_a_worker() {
         "{out}"
     );
     let status = leftover.wait().unwrap();
-    assert!(!status.success(), "the leftover process was killed: {status:?}");
+    assert!(
+        !status.success(),
+        "the leftover process was killed: {status:?}"
+    );
     // The config is exactly what it was before the commission.
     assert_eq!(std::fs::read(host.config()).unwrap(), original);
     // The account is kept (uid reserved) but locked, expired, nologin,
