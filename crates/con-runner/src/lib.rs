@@ -34,7 +34,7 @@ use con_event::payloads::Outcome;
 use con_event::{EncodeError, Payload, SessionId};
 use con_protocol::ClientEvent;
 
-pub use link::{APPEND_TIMEOUT, ClientLink, DaemonLink, LinkError};
+pub use link::{APPEND_TIMEOUT, ClientLink, DaemonLink, LinkError, RecordedTrust};
 pub use session::{Drained, SessionReport, drain, run_session};
 
 /// How long a run told to stop may take to record the end of its session

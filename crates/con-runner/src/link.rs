@@ -24,6 +24,31 @@ pub trait DaemonLink {
     /// Has the daemon make one model call (which it records as
     /// `llm.request`/`llm.response`); waits at most `timeout`.
     fn model_call(&mut self, call: LlmCall, timeout: Duration) -> Result<ChatReply, LinkError>;
+
+    /// The trust the daemon recorded for the arrival of the task at `path`
+    /// (inode `dev`/`inode`) in `agent`'s inbox. The daemon sees what a
+    /// run cannot: a verified file *moved* in from another agent's inbox.
+    /// Links that cannot ask (test fakes) say [`RecordedTrust::Unknown`].
+    fn recorded_trust(
+        &mut self,
+        _agent: &str,
+        _path: &std::path::Path,
+        _dev: u64,
+        _inode: u64,
+    ) -> Result<RecordedTrust, LinkError> {
+        Ok(RecordedTrust::Unknown)
+    }
+}
+
+/// What the daemon's log says about a task's arrival.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordedTrust {
+    /// Recorded, with this trust and reason.
+    Recorded(con_event::payloads::Trust, String),
+    /// Not recorded (yet).
+    Missing,
+    /// This link cannot tell.
+    Unknown,
 }
 
 /// Why a link call failed.
@@ -110,6 +135,43 @@ impl ClientLink {
 }
 
 impl DaemonLink for ClientLink {
+    fn recorded_trust(
+        &mut self,
+        agent: &str,
+        path: &std::path::Path,
+        dev: u64,
+        inode: u64,
+    ) -> Result<RecordedTrust, LinkError> {
+        use con_event::payloads::{InboxArrived, Kind};
+        use con_event::{Event, Payload};
+        let query = con_protocol::Query {
+            from_seq: 1,
+            agent: Some(agent.to_owned()),
+            kind: Some(InboxArrived::SPEC.id),
+            ..Default::default()
+        };
+        let wanted = path.display().to_string();
+        let mut found = RecordedTrust::Missing;
+        let result = self.client()?.query(query, |bytes| {
+            if let Ok(Event {
+                payload: Payload::InboxArrived(a),
+                ..
+            }) = Event::from_stored(&bytes)
+                && a.path == wanted
+                && a.dev == dev
+                && a.inode == inode
+            {
+                // The last record of this file wins.
+                found = RecordedTrust::Recorded(a.trust, a.trust_reason);
+            }
+            true
+        });
+        match result {
+            Ok(_) => Ok(found),
+            Err(e) => Err(self.failed(e, APPEND_TIMEOUT)),
+        }
+    }
+
     fn append(&mut self, event: ClientEvent) -> Result<u64, LinkError> {
         let result = self.client()?.append(event);
         match result {

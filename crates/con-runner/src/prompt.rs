@@ -49,6 +49,8 @@ pub struct Task {
     pub trust_reason: String,
     /// What the model is given of it.
     pub body: TaskBody,
+    /// Device and inode (from `lstat`), to find the daemon's record of it.
+    pub inode: (u64, u64),
 }
 
 /// What of a task goes into the prompt.
@@ -91,6 +93,7 @@ impl Task {
             trust: c.trust,
             trust_reason: c.trust_reason,
             body,
+            inode: (c.key.dev, c.key.inode),
         }
     }
 
@@ -320,6 +323,7 @@ mod tests {
             trust,
             trust_reason: "owner uid 0".into(),
             body,
+            inode: (1, 1),
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use con_config::{KnownCli, Runner};
 use con_event::payloads::{
-    Outcome, SessionEnded, SessionStarted, TaskRouted, ToolCall, ToolResult,
+    Outcome, SessionEnded, SessionStarted, TaskRouted, ToolCall, ToolResult, Trust,
 };
 use con_event::{BlobRef, Payload, SessionId};
 use con_llm::{ChatRequest, Message, ToolOutcome};
@@ -17,6 +17,7 @@ use con_protocol::LlmCall;
 use serde_json::json;
 
 use crate::inbox::{Claim, pending};
+use crate::link::RecordedTrust;
 use crate::process::{self, ShellCommand, StderrMode};
 use crate::prompt::{self, PromptContext, Task};
 use crate::tools::{self, ToolContext, ToolOutput};
@@ -156,6 +157,49 @@ impl Recorder<'_> {
     }
 }
 
+/// How long a run waits for the daemon to record a task's arrival (under
+/// systemd the run can start before the daemon's watcher got to it).
+const ARRIVAL_WAIT: Duration = Duration::from_secs(2);
+
+/// A task is verified only if both the kernel (`lstat`, now) and the
+/// daemon's record of its arrival say so: the daemon knows when a verified
+/// file was moved in from another agent's inbox. Not recorded after
+/// [`ARRIVAL_WAIT`]: unverified.
+fn settle_trust(
+    link: &mut dyn DaemonLink,
+    run: &AgentRun,
+    task: &mut Task,
+) -> Result<(), RunError> {
+    if task.trust != Trust::Verified {
+        return Ok(());
+    }
+    let waited = Instant::now();
+    loop {
+        let recorded = link
+            .recorded_trust(&run.agent, &task.path, task.inode.0, task.inode.1)
+            .map_err(|source| RunError::Record {
+                kind: "inbox.arrived (query)",
+                source,
+            })?;
+        match recorded {
+            RecordedTrust::Unknown | RecordedTrust::Recorded(Trust::Verified, _) => return Ok(()),
+            RecordedTrust::Recorded(Trust::Unverified, reason) => {
+                task.trust = Trust::Unverified;
+                task.trust_reason = reason;
+                return Ok(());
+            }
+            RecordedTrust::Missing if waited.elapsed() < ARRIVAL_WAIT => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            RecordedTrust::Missing => {
+                task.trust = Trust::Unverified;
+                task.trust_reason = "its arrival is not recorded by the daemon".to_owned();
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Runs one session for the task at `path`; `Ok(None)` if the task vanished
 /// before it could be read. An `Err` means something could not be recorded
 /// (or the task could not be examined): the task stays where it is.
@@ -166,9 +210,10 @@ pub fn run_session(
 ) -> Result<Option<SessionReport>, RunError> {
     let started = Instant::now();
     let deadline = started + run.session_limit;
-    let Some(task) = Task::read(path, &run.trusted_group)? else {
+    let Some(mut task) = Task::read(path, &run.trusted_group)? else {
         return Ok(None);
     };
+    settle_trust(link, run, &mut task)?;
     let session = SessionId(*uuid::Uuid::new_v4().as_bytes());
     let nonce = session.to_hex()[..16].to_owned();
     // A task may reuse an earlier task's name: never overwrite its answer.

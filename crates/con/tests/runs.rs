@@ -716,3 +716,57 @@ fn a_halted_agent_gets_no_model_calls() {
     assert!(model.requests().is_empty());
     assert!(task.exists(), "the task stays queued");
 }
+
+#[test]
+fn a_verified_task_forwarded_by_an_agent_arrives_unverified() {
+    let concierge_model = ScriptedServer::start(vec![]);
+    let sysadmin_model = ScriptedServer::start(vec![Step::text("declined")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &concierge_model.base_url(),
+        &[
+            agent("concierge", "operator", ""),
+            agent(
+                "sysadmin",
+                "operator",
+                &format!("base_url = \"{}\"", sysadmin_model.base_url()),
+            ),
+        ],
+    );
+    c.grant_tasking("concierge", "sysadmin");
+    let _daemon = c.daemon();
+    // Two operator (root-owned) tasks for the concierge; while working on
+    // the first, it moves the second into the sysadmin's inbox. rename()
+    // keeps the owner, so lstat alone would call it verified there.
+    c.task("concierge", "a-first", "anything");
+    let op = c.task("concierge", "z-operator", "Rotate the host keys.");
+    let forwarded = c.agent_dir("sysadmin", "inbox").join("z-operator.task");
+    concierge_model.push(Step::tool_call(
+        "exec",
+        serde_json::json!({"command": format!("mv {} {}", op.display(), forwarded.display())}),
+    ));
+    concierge_model.push(Step::text("done"));
+    ok(&c.run("concierge", &[]));
+    assert_eq!(
+        std::fs::metadata(&forwarded).unwrap().uid(),
+        0,
+        "still root-owned"
+    );
+
+    ok(&c.run("sysadmin", &[]));
+    let seen = body_text(&sysadmin_model, 0);
+    assert!(seen.contains(UNVERIFIED_FRAMING), "{seen}");
+    assert!(seen.contains("moved here from inbox concierge"), "{seen}");
+    let events = all_events(&c.root.socket());
+    let arrival = events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.payload {
+            Payload::InboxArrived(a) if a.path.ends_with("sysadmin/inbox/z-operator.task") => {
+                Some(a.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(arrival.trust, Trust::Unverified);
+}
