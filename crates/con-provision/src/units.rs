@@ -201,7 +201,13 @@ fn agent_service(
     u.section("Service");
     u.set("Type", "exec");
     u.set("User", &escape_specifiers(&user));
-    u.set("ExecStart", &exec_line(settings, &["run", &agent.name]));
+    // The run frames tasks by the same trusted group the daemon records.
+    let trusted = format!("{}trusted", settings.group_prefix);
+    let mut args = vec!["run", agent.name.as_str()];
+    if !settings.group_prefix.is_empty() {
+        args.extend(["--trusted-group", &trusted]);
+    }
+    u.set("ExecStart", &exec_line(settings, &args));
     u.comment(
         "The same environment the daemon's own supervisor gives a run; nothing else is inherited.",
     );

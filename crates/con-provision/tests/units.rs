@@ -297,7 +297,24 @@ fn every_unit_verifies_cleanly() {
     let mut tree = settings(tmp.path(), Path::new(STAND_IN));
     tree.user_prefix = "ut-".to_owned();
     tree.group_prefix = "ut-".to_owned();
-    assert_verifies("fleet in a temp root", &all_units(&fleet(), &tree));
+    let units = all_units(&fleet(), &tree);
+    assert_verifies("fleet in a temp root", &units);
+    // Runs and the daemon agree on which group makes a task verified.
+    for u in units
+        .iter()
+        .filter(|u| u.name.ends_with(".service") && u.name != "con-healthcheck.service")
+    {
+        let exec = u
+            .text
+            .lines()
+            .find(|l| l.starts_with("ExecStart="))
+            .unwrap();
+        assert!(
+            exec.contains("--trusted-group ut-trusted"),
+            "{}: {exec}",
+            u.name
+        );
+    }
 }
 
 /// The overall exposure `systemd-analyze security --offline=true` gives a
