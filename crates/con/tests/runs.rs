@@ -770,3 +770,68 @@ fn a_verified_task_forwarded_by_an_agent_arrives_unverified() {
         .unwrap();
     assert_eq!(arrival.trust, Trust::Unverified);
 }
+
+#[test]
+fn the_tier_budget_is_shared_by_every_agent_of_the_tier() {
+    // One worker's call spends $0.001 (1000 input tokens at $1/Mtok) of a
+    // $0.0001 daily cap shared by all workers: the other worker's call is
+    // refused before it is made.
+    let model = ScriptedServer::start(vec![
+        Step::Reply(Reply::text("spent").with_usage(1000, 0)),
+        Step::text("never sent"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", ""), agent("clerk", "worker", "")],
+    );
+    let toml = c.root.path().join("etc/con/con.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("[budgets]\nworker = 0.0001\n\n{text}")).unwrap();
+    let _daemon = c.daemon();
+    c.task("scribe", "t-1", "first");
+    ok(&c.run("scribe", &[]));
+    let queued = c.task("clerk", "t-2", "second");
+    let _ = c.run("clerk", &[]);
+    assert_eq!(model.requests().len(), 1, "the clerk's call was not made");
+    assert!(queued.exists());
+    let events = all_events(&c.root.socket());
+    let (outcome, detail) = ended(&session_events(&events, sessions_of(&events, "clerk")[0]));
+    assert_eq!(outcome, Outcome::Budget);
+    assert!(detail.contains("worker tier"), "{detail}");
+}
+
+#[test]
+fn an_answer_to_a_clarifying_question_reaches_the_model_with_the_question() {
+    let model = ScriptedServer::start(vec![
+        Step::text("Which disk do you mean?"),
+        Step::text("Cleaning /var."),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("sysadmin", "operator", "")],
+    );
+    let _daemon = c.daemon();
+    c.task("sysadmin", "t-1", "Clean up the disk.");
+    ok(&c.run("sysadmin", &[]));
+    c.task("sysadmin", "t-2", "The one with /var on it.");
+    ok(&c.run("sysadmin", &[]));
+    // The second call carries the first exchange before the new task, and
+    // the recorded request (what replay shows) is exactly that.
+    let second = body_text(&model, 1);
+    let asked = second
+        .find("Clean up the disk.")
+        .expect("earlier task shown");
+    let answered = second
+        .find("Which disk do you mean?")
+        .expect("earlier answer shown");
+    let now = second.find("The one with /var on it.").unwrap();
+    assert!(asked < answered && answered < now, "{second}");
+    let events = all_events(&c.root.socket());
+    let requests = events
+        .iter()
+        .filter(|e| matches!(e.payload, Payload::LlmRequest(_)))
+        .count();
+    assert_eq!(requests, 2);
+}
