@@ -244,11 +244,10 @@ pub(crate) async fn call(
 
     // Budget before the call: spend is folded from durable llm.response
     // events, so a call's cost counts before the next call is checked.
-    let lookup = shared.clone();
-    let fleet = tokio::task::spawn_blocking(move || lookup.store.project::<FleetStatus>())
+    let fleet = shared
+        .fleet_status()
         .await
-        .map_err(|e| refusal(ErrorCode::Unavailable, e.to_string()))?
-        .map_err(|e| refusal(ErrorCode::Unavailable, e.to_string()))?;
+        .map_err(|e| refusal(ErrorCode::Unavailable, e))?;
     let condition = fleet
         .agents
         .get(agent)

@@ -24,9 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use con_event::SessionId;
 use con_journal::{JournalMirror, MirrorConfig, MirrorContext, MirrorStatus};
+use con_projection::{FleetStatus, Projection};
 use con_store::{
-    CommitObserver, CommittedEvent, GroupCommitWriter, Store, StoreError, WriterConfig,
+    CommitObserver, CommittedEvent, GroupCommitWriter, ProjectionError, Store, StoreError,
+    WriterConfig,
 };
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -128,6 +131,61 @@ pub(crate) struct Shared {
     pub(crate) connections: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
     /// The LLM gateway, if configured.
     pub(crate) gateway: Option<gateway::Gateway>,
+    /// The fleet status as last read (see [`Shared::fleet_status`]).
+    fleet: std::sync::Mutex<Option<FleetCache>>,
+    /// Owners of the sessions seen so far (see `server::session_owner`).
+    pub(crate) session_owners: std::sync::Mutex<std::collections::HashMap<SessionId, String>>,
+}
+
+/// [`FleetStatus`] kept in memory between reads, and the seq of the last
+/// checkpoint the store saved for it.
+struct FleetCache {
+    state: FleetStatus,
+    checkpointed: u64,
+}
+
+/// Events the in-memory fleet status may run past its stored checkpoint
+/// before a read goes through the store again (which saves a new one), so a
+/// restart folds at most about this many events.
+const FLEET_CHECKPOINT_EVERY: u64 = 1024;
+
+impl Shared {
+    /// The fleet status through the durable head, as `Store::project` gives
+    /// it, without decoding, re-encoding and saving the whole state on every
+    /// read: the model gateway and every supervisor round read it. The daemon
+    /// is the log's only writer, so the cached state stays valid; only the
+    /// events committed since the last read are folded in.
+    fn fleet_status_blocking(&self) -> Result<FleetStatus, ProjectionError> {
+        let mut cache = self
+            .fleet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cache.as_mut() {
+            Some(c) if c.state.through_seq < c.checkpointed + FLEET_CHECKPOINT_EVERY => {
+                for event in self.store.events_from(c.state.through_seq + 1) {
+                    c.state.apply(&event?);
+                }
+                Ok(c.state.clone())
+            }
+            _ => {
+                let state = self.store.project::<FleetStatus>()?;
+                *cache = Some(FleetCache {
+                    checkpointed: state.through_seq,
+                    state: state.clone(),
+                });
+                Ok(state)
+            }
+        }
+    }
+
+    /// [`Shared::fleet_status_blocking`] on a blocking thread.
+    pub(crate) async fn fleet_status(self: &Arc<Self>) -> Result<FleetStatus, String> {
+        let shared = self.clone();
+        tokio::task::spawn_blocking(move || shared.fleet_status_blocking())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// A running daemon's handles.
@@ -190,6 +248,8 @@ impl Daemon {
             stopping: stop_rx,
             connections: Default::default(),
             gateway,
+            fleet: Default::default(),
+            session_owners: Default::default(),
         });
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use con_event::{Actor, Event, NewEvent, Payload};
-use con_projection::FleetStatus;
+use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     ClientEvent, ErrorCode, FrameError, LEN_BYTES, Query, Request, Response, StatusReport,
     check_len, decode_body, encode_frame,
@@ -212,26 +211,8 @@ async fn append(
         return refuse(wr, ErrorCode::Rejected, reason).await;
     }
     if let (Some(me), Some(session)) = (identity.agent(), event.session) {
-        let lookup = shared.clone();
-        let me = me.to_owned();
         let opens = matches!(payload, Payload::SessionStarted(_));
-        let owner = tokio::task::spawn_blocking(move || session_owner(&lookup, &session))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-        let verdict = match owner {
-            Err(e) => Err((ErrorCode::Unavailable, e)),
-            Ok(None) if opens => Ok(()),
-            Ok(None) => Err((
-                ErrorCode::Forbidden,
-                format!("session {session} was not started (session.started comes first)"),
-            )),
-            Ok(Some(owner)) if owner == me => Ok(()),
-            Ok(Some(owner)) => Err((
-                ErrorCode::Forbidden,
-                format!("{identity}: session {session} belongs to agent {owner}"),
-            )),
-        };
-        if let Err((code, reason)) = verdict {
+        if let Err((code, reason)) = own_session(shared, identity, me, session, opens).await {
             return refuse(wr, code, reason).await;
         }
     }
@@ -278,30 +259,8 @@ async fn llm(
         )
         .await;
     };
-    let lookup = shared.clone();
-    let session = call.session;
-    let owner = tokio::task::spawn_blocking(move || session_owner(&lookup, &session))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    match owner {
-        Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
-        Ok(Some(owner)) if owner == me => {}
-        Ok(Some(owner)) => {
-            return refuse(
-                wr,
-                ErrorCode::Forbidden,
-                format!("{identity}: session {session} belongs to agent {owner}"),
-            )
-            .await;
-        }
-        Ok(None) => {
-            return refuse(
-                wr,
-                ErrorCode::Forbidden,
-                format!("session {session} was not started (session.started comes first)"),
-            )
-            .await;
-        }
+    if let Err((code, reason)) = own_session(shared, identity, me, call.session, false).await {
+        return refuse(wr, code, reason).await;
     }
     match crate::gateway::call(shared, me, call).await {
         Ok(answer) => send(wr, &Response::Llm(answer)).await,
@@ -415,20 +374,70 @@ async fn query(
     .await
 }
 
-/// The agent that started `session`, if it was started.
-fn session_owner(
-    shared: &Shared,
-    session: &con_event::SessionId,
-) -> Result<Option<String>, String> {
-    let mut events = shared
-        .store
-        .session_events(session, 1)
-        .map_err(|e| e.to_string())?;
-    match events.next() {
-        None => Ok(None),
-        Some(Err(e)) => Err(e.to_string()),
-        Some(Ok(first)) => Ok(Some(first.envelope.actor.agent.unwrap_or_default())),
+/// Whether agent `me` may act in `session`: it started it, or the event is
+/// the `session.started` that `opens` it. The error to answer otherwise.
+async fn own_session(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    me: &str,
+    session: SessionId,
+    opens: bool,
+) -> Result<(), (ErrorCode, String)> {
+    match session_owner(shared, session).await {
+        Err(e) => Err((ErrorCode::Unavailable, e)),
+        Ok(None) if opens => Ok(()),
+        Ok(None) => Err((
+            ErrorCode::Forbidden,
+            format!("session {session} was not started (session.started comes first)"),
+        )),
+        Ok(Some(owner)) if owner == me => Ok(()),
+        Ok(Some(owner)) => Err((
+            ErrorCode::Forbidden,
+            format!("{identity}: session {session} belongs to agent {owner}"),
+        )),
     }
+}
+
+/// Session owners remembered at most; beyond that they are forgotten
+/// wholesale and read from the log again.
+const SESSION_OWNERS_CAPACITY: usize = 100_000;
+
+/// The agent that started `session`, if it was started. A session's first
+/// event never changes once durable, so a known owner is remembered and
+/// every later append in the session is checked without reading the log.
+async fn session_owner(shared: &Arc<Shared>, session: SessionId) -> Result<Option<String>, String> {
+    let owners = || {
+        shared
+            .session_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    if let Some(owner) = owners().get(&session) {
+        return Ok(Some(owner.clone()));
+    }
+    // Index reads may block: off the async workers.
+    let lookup = shared.clone();
+    let owner = tokio::task::spawn_blocking(move || {
+        let mut events = lookup
+            .store
+            .session_events(&session, 1)
+            .map_err(|e| e.to_string())?;
+        match events.next() {
+            None => Ok(None),
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(first)) => Ok(Some(first.envelope.actor.agent.unwrap_or_default())),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))?;
+    if let Some(owner) = &owner {
+        let mut owners = owners();
+        if owners.len() >= SESSION_OWNERS_CAPACITY {
+            owners.clear();
+        }
+        owners.insert(session, owner.clone());
+    }
+    Ok(owner)
 }
 
 /// Attachments must be exactly the contents the payload references: nothing
@@ -457,21 +466,14 @@ async fn status(
     let head = shared.store.head();
     // The fleet view is for operators; an agent learns only who it is.
     let fleet = match identity {
-        Identity::Operator { .. } => {
-            let lookup = shared.clone();
-            let folded = tokio::task::spawn_blocking(move || lookup.store.project::<FleetStatus>())
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            match folded {
-                Ok(f) => con_event::codec::encode_with_limit(
-                    &f,
-                    u64::from(con_protocol::MAX_FRAME_BYTES) / 2,
-                )
-                .unwrap_or_default(),
-                Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
-            }
-        }
+        Identity::Operator { .. } => match shared.fleet_status().await {
+            Ok(f) => con_event::codec::encode_with_limit(
+                &f,
+                u64::from(con_protocol::MAX_FRAME_BYTES) / 2,
+            )
+            .unwrap_or_default(),
+            Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
+        },
         Identity::Agent { .. } => Vec::new(),
     };
     let report = StatusReport {

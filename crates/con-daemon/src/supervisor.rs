@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use con_config::{CronSchedule, Mode};
 use con_event::NewEvent;
 use con_event::payloads::{AgentCondition, RunExited, RunStarted, TaskRouted};
-use con_projection::FleetStatus;
 use nix::unistd::User;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -213,10 +212,7 @@ impl Supervisor {
         if !self.config.start_runs {
             return;
         }
-        let shared = self.shared.clone();
-        let Ok(Ok(conditions)) =
-            tokio::task::spawn_blocking(move || shared.store.project::<FleetStatus>()).await
-        else {
+        let Ok(conditions) = self.shared.fleet_status().await else {
             return;
         };
         let cron_minute = from_tick.then(|| self.new_cron_minute()).flatten();
