@@ -249,6 +249,12 @@ fn egress_step(
     report.steps.push(step);
 }
 
+/// Whether units are started and stopped here: systemd is PID 1 and this is
+/// the real root.
+pub(crate) fn systemd_manages(layout: &Layout) -> bool {
+    layout.is_host_root() && Path::new("/run/systemd/system").is_dir()
+}
+
 /// With systemd as PID 1 on the real root: reload, then enable and start
 /// every unit marked for it whose agent is safely provisioned.
 fn start_units(
@@ -258,7 +264,7 @@ fn start_units(
     units_changed: bool,
     report: &mut Report,
 ) {
-    if !(layout.is_host_root() && Path::new("/run/systemd/system").is_dir()) {
+    if !systemd_manages(layout) {
         report.steps.push(Step {
             change: "- systemd not running: units written, not started".into(),
             status: StepStatus::Note,

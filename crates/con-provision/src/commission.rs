@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use con_config::Config;
 use nix::unistd::User;
 
+use crate::apply::systemd_manages;
 use crate::config_edit::{self, NewAgent};
 use crate::host::{NOLOGIN, run};
 use crate::layout::Layout;
@@ -261,12 +262,6 @@ pub fn decommission(
         report,
         removed: true,
     })
-}
-
-/// Whether units are started and stopped here (systemd is PID 1 and this is
-/// the real root), as `apply` decides.
-fn systemd_manages(layout: &Layout) -> bool {
-    layout.is_host_root() && Path::new("/run/systemd/system").is_dir()
 }
 
 fn push(report: &mut Report, change: String, result: Result<(), String>) {

@@ -108,6 +108,13 @@ struct Want<'a> {
     mode: u32,
 }
 
+impl std::fmt::Display for Want<'_> {
+    /// `owner:group 0644`, as a `+` line shows it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{} {:04o}", self.owner, self.group, self.mode)
+    }
+}
+
 fn group(name: &str, dry: bool, changes: &mut Vec<String>) -> Result<(), String> {
     if Group::from_name(name)
         .map_err(|e| format!("group {name}: lookup failed: {e}"))?
@@ -328,10 +335,7 @@ fn file(
 ) -> Result<(), String> {
     let shown = path.display();
     let Some(meta) = lstat(path)? else {
-        changes.push(format!(
-            "+ {label} {shown} {}:{} {:04o}",
-            want.owner, want.group, want.mode
-        ));
+        changes.push(format!("+ {label} {shown} {want}"));
         return if dry {
             Ok(())
         } else {
@@ -366,10 +370,7 @@ fn unmanaged_file(
 ) -> Result<(), String> {
     let shown = path.display();
     let Some(meta) = lstat(path)? else {
-        changes.push(format!(
-            "+ file {shown} {}:{} {:04o} (empty)",
-            want.owner, want.group, want.mode
-        ));
+        changes.push(format!("+ file {shown} {want} (empty)"));
         if dry {
             return Ok(());
         }

@@ -7,8 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use con_config::Tier;
-
 use crate::ProvisionError;
 
 /// con's own Linux groups, without prefix. Nothing else is ever made an
@@ -147,11 +145,6 @@ impl Layout {
             }
         }
         Ok(groups)
-    }
-
-    /// The tier group of `tier`, prefixed.
-    pub fn tier_group(&self, tier: Tier) -> String {
-        self.group(tier.unix_group())
     }
 }
 

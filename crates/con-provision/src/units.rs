@@ -321,12 +321,7 @@ fn agent_service(
         u.set("ProtectControlGroups", "yes");
         u.comment("journalctl through sudo reads the boot id under /proc/sys: the full /proc stays mounted.");
     } else {
-        u.set("PrivateDevices", "yes");
-        u.set("DevicePolicy", "closed");
-        u.set("PrivateIPC", "yes");
-        u.set("PrivateMounts", "yes");
-        common_kernel_protections(&mut u);
-        u.set("RestrictSUIDSGID", "yes");
+        confined_protections(&mut u);
         if agent.runner == Runner::Builtin {
             u.set("MemoryDenyWriteExecute", "yes");
         } else {
@@ -348,9 +343,7 @@ fn agent_service(
         u.set("ProcSubset", "pid");
     }
     u.set("ProtectProc", "invisible");
-    u.set("KeyringMode", "private");
-    u.set("RemoveIPC", "yes");
-    u.set("UMask", "0077");
+    private_keyring_ipc_umask(&mut u);
 
     if agent.mode == Mode::Continuous {
         u.section("Install");
@@ -392,8 +385,14 @@ fn private_tmp(u: &mut UnitText, settings: &UnitSettings) {
     }
 }
 
-/// Protections every con unit can live with.
-fn common_kernel_protections(u: &mut UnitText) {
+/// Devices, IPC, mounts, kernel and namespaces closed off: what every con
+/// unit can live with except an agent with a sudo role (most of these imply
+/// `NoNewPrivileges=`, under which sudo cannot run; see [`agent_service`]).
+fn confined_protections(u: &mut UnitText) {
+    u.set("PrivateDevices", "yes");
+    u.set("DevicePolicy", "closed");
+    u.set("PrivateIPC", "yes");
+    u.set("PrivateMounts", "yes");
     u.set("ProtectKernelTunables", "yes");
     u.set("ProtectKernelModules", "yes");
     u.set("ProtectKernelLogs", "yes");
@@ -403,6 +402,14 @@ fn common_kernel_protections(u: &mut UnitText) {
     u.set("RestrictNamespaces", "yes");
     u.set("RestrictRealtime", "yes");
     u.set("LockPersonality", "yes");
+    u.set("RestrictSUIDSGID", "yes");
+}
+
+/// The last lines of every con service's sandbox.
+fn private_keyring_ipc_umask(u: &mut UnitText) {
+    u.set("KeyringMode", "private");
+    u.set("RemoveIPC", "yes");
+    u.set("UMask", "0077");
 }
 
 fn daemon_service(config: &Config, settings: &UnitSettings) -> String {
@@ -461,12 +468,7 @@ fn daemon_service(config: &Config, settings: &UnitSettings) -> String {
     }
     u.set("ProtectHome", "yes");
     private_tmp(&mut u, settings);
-    u.set("PrivateDevices", "yes");
-    u.set("DevicePolicy", "closed");
-    u.set("PrivateIPC", "yes");
-    u.set("PrivateMounts", "yes");
-    common_kernel_protections(&mut u);
-    u.set("RestrictSUIDSGID", "yes");
+    confined_protections(&mut u);
     u.set("MemoryDenyWriteExecute", "yes");
     u.set("SystemCallFilter", "@system-service");
     u.comment("It never changes owners or identities.");
@@ -476,9 +478,7 @@ fn daemon_service(config: &Config, settings: &UnitSettings) -> String {
     u.set("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6");
     u.set("ProcSubset", "pid");
     u.set("ProtectProc", "invisible");
-    u.set("KeyringMode", "private");
-    u.set("RemoveIPC", "yes");
-    u.set("UMask", "0077");
+    private_keyring_ipc_umask(&mut u);
 
     u.section("Install");
     u.set("WantedBy", "multi-user.target");
@@ -541,12 +541,7 @@ fn healthcheck_service(config: &Config, settings: &UnitSettings) -> String {
     u.comment("Contracts check agents' homes (AGENTS.md owner and mode): visible, read-only.");
     u.set("ProtectHome", "read-only");
     private_tmp(&mut u, settings);
-    u.set("PrivateDevices", "yes");
-    u.set("DevicePolicy", "closed");
-    u.set("PrivateIPC", "yes");
-    u.set("PrivateMounts", "yes");
-    common_kernel_protections(&mut u);
-    u.set("RestrictSUIDSGID", "yes");
+    confined_protections(&mut u);
     u.set("MemoryDenyWriteExecute", "yes");
     u.set("SystemCallFilter", "@system-service");
     u.set("SystemCallErrorNumber", "EPERM");
@@ -556,9 +551,7 @@ fn healthcheck_service(config: &Config, settings: &UnitSettings) -> String {
         "RestrictAddressFamilies",
         "AF_UNIX AF_NETLINK AF_INET AF_INET6",
     );
-    u.set("KeyringMode", "private");
-    u.set("RemoveIPC", "yes");
-    u.set("UMask", "0077");
+    private_keyring_ipc_umask(&mut u);
     u.finish()
 }
 

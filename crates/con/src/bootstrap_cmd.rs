@@ -8,7 +8,7 @@ use anyhow::Context;
 use con_event::payloads::ProvisionApplied;
 use con_event::{BlobRef, Payload};
 use con_protocol::{Client, ClientEvent};
-use con_provision::{ApplyOptions, Layout, PlanInput, Profile, Report, Step, StepStatus};
+use con_provision::{ApplyOptions, PlanInput, Profile, Report, Step, StepStatus};
 
 use crate::paths::Paths;
 
@@ -33,8 +33,7 @@ pub struct BootstrapArgs {
 
 /// Runs `con bootstrap`.
 pub fn run(args: BootstrapArgs, paths: &Paths, group_prefix: &str) -> anyhow::Result<ExitCode> {
-    let mut layout = Layout::new(paths.root(), paths.user_prefix(), group_prefix)?;
-    layout.config_file = paths.config_file();
+    let layout = paths.layout(group_prefix)?;
     let env = environment()?;
     // Everything is read and validated before anything is touched.
     let input = match &args.profile {
@@ -223,20 +222,30 @@ fn record(
         .map(|p| (p, Vec::new()))
         .chain([(applied, vec![steps.into_bytes()])]);
     for (payload, attachments) in events {
-        let spec = payload.spec();
+        let name = payload.spec().name;
         client
-            .append(ClientEvent {
-                session: None,
-                task: None,
-                causation: None,
-                kind: spec.id,
-                kind_version: spec.version,
-                payload: payload.encode()?,
-                attachments,
-            })
-            .with_context(|| format!("recording {} for {command}", spec.name))?;
+            .append(client_event(&payload, attachments)?)
+            .with_context(|| format!("recording {name} for {command}"))?;
     }
     Ok(true)
+}
+
+/// The event the CLI appends as an operator: `payload` outside any
+/// session or task, with the contents its blob references point to.
+pub(crate) fn client_event(
+    payload: &Payload,
+    attachments: Vec<Vec<u8>>,
+) -> anyhow::Result<ClientEvent> {
+    let spec = payload.spec();
+    Ok(ClientEvent {
+        session: None,
+        task: None,
+        causation: None,
+        kind: spec.id,
+        kind_version: spec.version,
+        payload: payload.encode()?,
+        attachments,
+    })
 }
 
 /// The process environment as text, for config overrides (as `con config check`

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use con_config::Tier;
 use con_event::Payload;
 use con_event::payloads::{AgentCondition, AgentState};
-use con_provision::{Layout, NewAgent};
+use con_provision::NewAgent;
 
 use crate::bootstrap_cmd::{environment, finish};
 use crate::paths::Paths;
@@ -40,12 +40,6 @@ pub struct DecommissionArgs {
     json: bool,
 }
 
-fn layout(paths: &Paths, group_prefix: &str) -> anyhow::Result<Layout> {
-    let mut layout = Layout::new(paths.root(), paths.user_prefix(), group_prefix)?;
-    layout.config_file = paths.config_file();
-    Ok(layout)
-}
-
 /// Runs `con commission`.
 pub fn commission(
     args: CommissionArgs,
@@ -60,7 +54,7 @@ pub fn commission(
         .parse()
         .map_err(|m| anyhow::anyhow!("--tier: {m}"))?;
     con_provision::commission::require_root_for("commission")?;
-    let layout = layout(paths, group_prefix)?;
+    let layout = paths.layout(group_prefix)?;
     let agent = NewAgent {
         name: args.name,
         tier,
@@ -85,7 +79,7 @@ pub fn decommission(
     con_config::validate_agent_name(&args.name)
         .map_err(|m| anyhow::anyhow!("agent name {:?}: {m}", args.name))?;
     con_provision::commission::require_root_for("decommission")?;
-    let layout = layout(paths, group_prefix)?;
+    let layout = paths.layout(group_prefix)?;
     let done = con_provision::decommission(&layout, &environment()?, &args.name, None)?;
     let state: Vec<Payload> = if done.removed {
         vec![

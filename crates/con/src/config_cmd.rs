@@ -1,12 +1,12 @@
 //! `con config …`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use con_config::Config;
 
+use crate::bootstrap_cmd::environment;
 use crate::paths::Paths;
 
 /// `con config` subcommands.
@@ -41,24 +41,6 @@ pub fn run(cmd: ConfigCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The process environment as text. Variables that are not UTF-8 cannot be
-/// con overrides; they are skipped unless they claim to be one.
-fn environment() -> anyhow::Result<BTreeMap<String, String>> {
-    let mut env = BTreeMap::new();
-    for (key, value) in std::env::vars_os() {
-        match (key.into_string(), value.into_string()) {
-            (Ok(k), Ok(v)) => {
-                env.insert(k, v);
-            }
-            (Ok(k), Err(_)) if k.starts_with("CON_") => {
-                anyhow::bail!("env {k}: value is not valid UTF-8")
-            }
-            _ => {}
-        }
-    }
-    Ok(env)
 }
 
 fn render(config: &Config) -> String {

@@ -14,8 +14,9 @@ use std::time::Instant;
 use clap::Args;
 use con_event::Payload;
 use con_event::payloads::{CheckStatus, ContractResult};
-use con_protocol::{Client, ClientEvent};
+use con_protocol::Client;
 
+use crate::bootstrap_cmd::client_event;
 use crate::paths::Paths;
 
 /// Arguments of `con healthcheck`.
@@ -117,16 +118,7 @@ pub fn run(args: HealthcheckArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
             duration_ms,
         }
         .into();
-        let spec = payload.spec();
-        client.append(ClientEvent {
-            session: None,
-            task: None,
-            causation: None,
-            kind: spec.id,
-            kind_version: spec.version,
-            payload: payload.encode()?,
-            attachments: Vec::new(),
-        })?;
+        client.append(client_event(&payload, Vec::new())?)?;
         rows.push((v.contract, v.check, v.status, v.detail));
     }
     if args.json {

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use con_provision::Layout;
+
 /// Resolved host paths.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -67,6 +69,13 @@ impl Paths {
     /// An agent's inbox. `agent` must be a validated agent name.
     pub fn agent_inbox(&self, agent: &str) -> PathBuf {
         self.under("/srv/con/agents").join(agent).join("inbox")
+    }
+
+    /// The provisioning layout under the root, with this config file.
+    pub fn layout(&self, group_prefix: &str) -> anyhow::Result<Layout> {
+        let mut layout = Layout::new(&self.root, &self.user_prefix, group_prefix)?;
+        layout.config_file = self.config_file();
+        Ok(layout)
     }
 
     /// The event log database directory.

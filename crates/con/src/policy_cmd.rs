@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
+use con_provision::Installed;
 use con_provision::config_edit::ConfigLines;
 use con_provision::policy::{self, ExplainInput};
-use con_provision::{Installed, Layout};
 
 use crate::bootstrap_cmd::environment;
 use crate::paths::Paths;
@@ -34,8 +34,7 @@ pub fn run(cmd: PolicyCommand, paths: &Paths, group_prefix: &str) -> anyhow::Res
     let PolicyCommand::Explain(args) = cmd;
     con_config::validate_agent_name(&args.agent)
         .map_err(|m| anyhow::anyhow!("agent name {:?}: {m}", args.agent))?;
-    let mut layout = Layout::new(paths.root(), paths.user_prefix(), group_prefix)?;
-    layout.config_file = paths.config_file();
+    let layout = paths.layout(group_prefix)?;
     let installed = Installed::read(&layout, &environment()?)?;
     let plan = con_provision::plan(&installed.input, &layout)?;
     let lines = ConfigLines::parse(&installed.text);
