@@ -136,14 +136,7 @@ struct WireUsage {
 /// `input_tokens`, are added to the input count so spend is not under-counted.
 pub fn decode_reply(body: &Value) -> Result<ChatReply, LlmError> {
     if body.get("type").and_then(Value::as_str) == Some("error") {
-        let error = body.get("error").unwrap_or(body);
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .map_or_else(|| error.to_string(), str::to_owned);
-        return Err(LlmError::Provider {
-            message: crate::client::one_line(&message, 300),
-        });
+        return Err(LlmError::provider(body.get("error").unwrap_or(body)));
     }
     let message = WireMessage::deserialize(body).map_err(|e| LlmError::Decode {
         format: "anthropic",

@@ -52,6 +52,18 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// A provider's error object (its `message`, or the whole object when
+    /// it has none) as a one-line [`LlmError::Provider`].
+    pub(crate) fn provider(error: &serde_json::Value) -> Self {
+        let message = error
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| error.to_string(), str::to_owned);
+        LlmError::Provider {
+            message: crate::client::one_line(&message, 300),
+        }
+    }
+
     /// Whether another attempt may succeed: timeouts, transport failures,
     /// 429 and 5xx. Other 4xx, undecodable bodies and endpoint errors will
     /// not get better by retrying.

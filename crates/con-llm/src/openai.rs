@@ -146,9 +146,7 @@ pub fn decode_reply(body: &Value) -> Result<ChatReply, LlmError> {
     if body.get("choices").is_none()
         && let Some(error) = body.get("error")
     {
-        return Err(LlmError::Provider {
-            message: error_message(error),
-        });
+        return Err(LlmError::provider(error));
     }
     let completion = Completion::deserialize(body).map_err(|e| decode_error(e.to_string()))?;
     let choice = completion
@@ -217,14 +215,6 @@ fn text_of(content: &Value) -> Option<String> {
         _ => String::new(),
     };
     (!text.is_empty()).then_some(text)
-}
-
-fn error_message(error: &Value) -> String {
-    let message = error
-        .get("message")
-        .and_then(Value::as_str)
-        .map_or_else(|| error.to_string(), str::to_owned);
-    crate::client::one_line(&message, 300)
 }
 
 fn decode_error(detail: String) -> LlmError {

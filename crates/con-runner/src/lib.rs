@@ -17,6 +17,7 @@
 //! [`con_protocol`] through [`ClientLink`], or whatever [`DaemonLink`] a
 //! test supplies.
 
+mod atomic;
 mod inbox;
 mod link;
 mod process;
@@ -34,15 +35,12 @@ use con_event::payloads::Outcome;
 use con_event::{EncodeError, Payload, SessionId};
 use con_protocol::ClientEvent;
 
-pub use link::{APPEND_TIMEOUT, ClientLink, DaemonLink, LinkError, RecordedTrust};
-pub use session::{Drained, SessionReport, drain, run_session};
+pub use link::{ClientLink, DaemonLink, LinkError, RecordedTrust};
+pub use session::{Drained, SessionReport, drain};
 
 /// How long a run told to stop may take to record the end of its session
 /// before it exits anyway (a second signal exits at once).
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// Bytes of an exec runner's standard output kept as the response.
-pub const RESPONSE_CAP: usize = 1024 * 1024;
 
 /// Everything one agent's run needs to know.
 #[derive(Clone, Debug)]

@@ -4,6 +4,7 @@
 //! in-memory fake in tests; [`ClientLink`] is the real one, over the
 //! daemon's socket.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -80,6 +81,19 @@ pub enum LinkError {
 pub struct ClientLink {
     socket: PathBuf,
     client: Option<Client>,
+    arrivals: Arrivals,
+}
+
+/// The `inbox.arrived` records of one agent's tasks read so far, and the
+/// seq to read on from, so settling a task's trust does not re-read the
+/// agent's whole history each time (per task, and every poll while the
+/// arrival is not yet recorded).
+#[derive(Default)]
+struct Arrivals {
+    agent: String,
+    from_seq: u64,
+    /// (path, dev, inode) → the trust and reason of its latest record.
+    trust: HashMap<(String, u64, u64), (con_event::payloads::Trust, String)>,
 }
 
 impl ClientLink {
@@ -91,6 +105,7 @@ impl ClientLink {
         Ok(Self {
             socket: socket.to_owned(),
             client: Some(client),
+            arrivals: Arrivals::default(),
         })
     }
 
@@ -144,32 +159,47 @@ impl DaemonLink for ClientLink {
     ) -> Result<RecordedTrust, LinkError> {
         use con_event::payloads::{InboxArrived, Kind};
         use con_event::{Event, Payload};
+        if self.arrivals.agent != agent {
+            self.arrivals = Arrivals {
+                agent: agent.to_owned(),
+                ..Arrivals::default()
+            };
+        }
+        // Only what was recorded since the last call: the log is read in
+        // seq order, so every arrival before the last one seen was seen.
         let query = con_protocol::Query {
-            from_seq: 1,
+            from_seq: self.arrivals.from_seq.max(1),
             agent: Some(agent.to_owned()),
             kind: Some(InboxArrived::SPEC.id),
             ..Default::default()
         };
-        let wanted = path.display().to_string();
-        let mut found = RecordedTrust::Missing;
-        let result = self.client()?.query(query, |bytes| {
+        self.client()?;
+        let (Some(client), arrivals) = (self.client.as_mut(), &mut self.arrivals) else {
+            return Err(LinkError::Daemon(ClientError::Unexpected));
+        };
+        let result = client.query(query, |bytes| {
             if let Ok(Event {
+                envelope,
                 payload: Payload::InboxArrived(a),
                 ..
             }) = Event::from_stored(&bytes)
-                && a.path == wanted
-                && a.dev == dev
-                && a.inode == inode
             {
-                // The last record of this file wins.
-                found = RecordedTrust::Recorded(a.trust, a.trust_reason);
+                arrivals.from_seq = arrivals.from_seq.max(envelope.seq + 1);
+                // The last record of a file wins.
+                arrivals
+                    .trust
+                    .insert((a.path, a.dev, a.inode), (a.trust, a.trust_reason));
             }
             true
         });
-        match result {
-            Ok(_) => Ok(found),
-            Err(e) => Err(self.failed(e, APPEND_TIMEOUT)),
+        if let Err(e) = result {
+            return Err(self.failed(e, APPEND_TIMEOUT));
         }
+        let key = (path.display().to_string(), dev, inode);
+        Ok(match self.arrivals.trust.get(&key) {
+            Some((trust, reason)) => RecordedTrust::Recorded(*trust, reason.clone()),
+            None => RecordedTrust::Missing,
+        })
     }
 
     fn append(&mut self, event: ClientEvent) -> Result<u64, LinkError> {
@@ -204,7 +234,10 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
 
-    use con_event::{Digest, SessionId};
+    use con_event::payloads::{InboxArrived, Kind, Trust};
+    use con_event::{
+        Actor, BlobRef, Digest, Envelope, EventId, Payload, SessionId, chain_hash, encode_stored,
+    };
     use con_protocol::{LlmAnswer, Request, Response, decode_frame, encode_frame};
 
     use super::*;
@@ -293,6 +326,93 @@ mod tests {
             attachments: vec![],
         };
         assert_eq!(link.append(event).unwrap(), 7);
+        daemon.join().unwrap();
+    }
+
+    /// `inbox.arrived` at `seq` for `path` (inode 1/2), as stored.
+    fn arrived(seq: u64, path: &str, trust: Trust, reason: &str) -> Vec<u8> {
+        let payload = Payload::from(InboxArrived {
+            inbox: "a".into(),
+            path: path.into(),
+            owner_uid: 0,
+            owner_gid: 0,
+            mode: 0o644,
+            nlink: 1,
+            dev: 1,
+            inode: 2,
+            ctime_unix_nanos: 0,
+            symlink: false,
+            trust,
+            trust_reason: reason.into(),
+            content: BlobRef::of(b""),
+        });
+        let envelope = Envelope {
+            seq,
+            id: EventId::default(),
+            ts_unix_nanos: 0,
+            actor: Actor::system(),
+            session: None,
+            task: None,
+            causation: None,
+            kind: InboxArrived::SPEC.id,
+            kind_version: InboxArrived::SPEC.version,
+            payload: payload.encode().unwrap(),
+            prev_hash: Digest::default(),
+        };
+        let record = envelope.encode_record().unwrap();
+        encode_stored(&record, &chain_hash(&Digest::default(), &record))
+    }
+
+    #[test]
+    fn recorded_trust_reads_on_from_the_last_arrival_it_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("con.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let daemon = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut serve = |from_seq: u64, events: Vec<Vec<u8>>| {
+                let Request::Query(q) = read_request(&mut conn) else {
+                    panic!("not a query");
+                };
+                assert_eq!(q.from_seq, from_seq);
+                assert_eq!(q.agent.as_deref(), Some("a"));
+                assert_eq!(q.kind, Some(InboxArrived::SPEC.id));
+                for e in events {
+                    answer(&mut conn, &Response::Event(e));
+                }
+                answer(&mut conn, &Response::End { head_seq: 20 });
+            };
+            serve(
+                1,
+                vec![
+                    arrived(5, "/i/x.task", Trust::Verified, "owner uid 0"),
+                    arrived(9, "/i/x.task", Trust::Unverified, "moved in"),
+                ],
+            );
+            serve(10, vec![]);
+            serve(
+                10,
+                vec![arrived(12, "/i/y.task", Trust::Verified, "owner uid 0")],
+            );
+            serve(13, vec![]);
+        });
+
+        let mut link = ClientLink::connect(&socket).unwrap();
+        let mut ask = |path: &str| link.recorded_trust("a", Path::new(path), 1, 2).unwrap();
+        assert_eq!(
+            ask("/i/x.task"),
+            RecordedTrust::Recorded(Trust::Unverified, "moved in".into())
+        );
+        assert_eq!(ask("/i/y.task"), RecordedTrust::Missing);
+        assert_eq!(
+            ask("/i/y.task"),
+            RecordedTrust::Recorded(Trust::Verified, "owner uid 0".into())
+        );
+        // Earlier records are remembered, not re-read.
+        assert_eq!(
+            ask("/i/x.task"),
+            RecordedTrust::Recorded(Trust::Unverified, "moved in".into())
+        );
         daemon.join().unwrap();
     }
 

@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,14 +15,16 @@ use con_llm::{ChatRequest, Message, ToolOutcome};
 use con_protocol::LlmCall;
 use serde_json::json;
 
+use crate::atomic::write_atomically;
 use crate::inbox::{Claim, pending};
 use crate::link::RecordedTrust;
 use crate::process::{self, ShellCommand, StderrMode};
 use crate::prompt::{self, PromptContext, Task};
 use crate::tools::{self, ToolContext, ToolOutput};
-use crate::{
-    AgentRun, DaemonLink, LinkError, RESPONSE_CAP, RunError, client_event, stops_draining,
-};
+use crate::{AgentRun, DaemonLink, LinkError, RunError, client_event, stops_draining};
+
+/// Bytes of an exec runner's standard output kept as the response.
+const RESPONSE_CAP: usize = 1024 * 1024;
 
 /// Bytes of an exec runner's standard error kept for the record.
 const RUNNER_STDERR_CAP: usize = 10_000;
@@ -203,7 +204,7 @@ fn settle_trust(
 /// Runs one session for the task at `path`; `Ok(None)` if the task vanished
 /// before it could be read. An `Err` means something could not be recorded
 /// (or the task could not be examined): the task stays where it is.
-pub fn run_session(
+fn run_session(
     link: &mut dyn DaemonLink,
     run: &AgentRun,
     path: &Path,
@@ -300,7 +301,13 @@ fn tool_loop(
         workspace,
         stop: run.stop.clone(),
     };
-    let specs = tools::specs();
+    // One request, grown by each turn: serialized as is for every call.
+    let mut request = ChatRequest {
+        system: system.to_owned(),
+        messages,
+        tools: tools::specs(),
+        max_tokens: None,
+    };
     let mut last_text: Option<String> = None;
     let limit = run.session_limit.as_secs();
     for iteration in 1..=run.max_iterations {
@@ -317,13 +324,7 @@ fn tool_loop(
                 format!("the session wall clock ({limit} s) ran out"),
             ));
         }
-        let request = ChatRequest {
-            system: system.to_owned(),
-            messages: messages.clone(),
-            tools: specs.clone(),
-            max_tokens: None,
-        };
-        let request = match serde_json::to_vec(&request) {
+        let encoded = match serde_json::to_vec(&request) {
             Ok(r) => r,
             Err(e) => {
                 return Ok(End::new(
@@ -338,7 +339,7 @@ fn tool_loop(
             session: rec.session,
             task: Some(task.id.clone()),
             iteration,
-            request,
+            request: encoded,
         };
         let reply = match rec.link.model_call(call, left) {
             Ok(reply) => reply,
@@ -384,7 +385,7 @@ fn tool_loop(
                 ),
             ));
         }
-        messages.push(Message::Assistant {
+        request.messages.push(Message::Assistant {
             content: reply.content.clone(),
             tool_calls: reply.tool_calls.clone(),
         });
@@ -428,7 +429,7 @@ fn tool_loop(
                 is_error: out.is_error,
             });
         }
-        messages.push(Message::Tool { results });
+        request.messages.push(Message::Tool { results });
     }
     // Only reached with max_iterations == 0, which config validation rejects.
     Ok(End::new(
@@ -646,7 +647,7 @@ fn route(
     body: &str,
     response_path: &Path,
 ) -> Result<bool, Routing> {
-    write_atomically(response_path, body.as_bytes()).map_err(|e| {
+    write_atomically(response_path, body.as_bytes(), true).map_err(|e| {
         Routing::Failed(
             format!("cannot write the response {}: {e}", response_path.display()),
             false,
@@ -731,26 +732,4 @@ fn move_noreplace(
         dest,
         std::io::Error::other("1000 tasks of that name already processed"),
     ))
-}
-
-/// Writes `path` through a hidden temporary name and a rename, so a reader
-/// never sees half a response.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let written = fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    match written.and_then(|()| fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
 }

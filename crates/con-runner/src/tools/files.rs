@@ -10,6 +10,7 @@ use nix::fcntl::OFlag;
 use serde::Deserialize;
 
 use super::{ToolContext, ToolOutput};
+use crate::atomic::write_atomically;
 
 /// Bytes `read_file` returns when the model gives no limit.
 pub const READ_PAGE: u64 = 64 * 1024;
@@ -127,34 +128,25 @@ fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<fs::File> 
     Ok(file)
 }
 
-/// Writes `content` under a temporary name next to `path`, then renames it
-/// into place: an inbox watcher never sees a half-written task, and readers
-/// see the old content or the new, never a mix.
-fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
-    if let Ok(meta) = fs::symlink_metadata(path)
-        && !meta.is_file()
-    {
-        return Err(io::Error::new(
+/// Refuses to replace anything but a regular file (the rename would replace
+/// a symlink or a FIFO, not write through it).
+fn check_replaceable(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "exists and is not a regular file",
-        ));
+        )),
+        _ => Ok(()),
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = fs::File::create_new(&tmp)
-        .and_then(|mut f| f.write_all(content))
-        .and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
 }
 
 /// Creates or replaces a file.
 pub(super) fn write_file(ctx: &ToolContext, args: &WriteArgs) -> ToolOutput {
     let path = ctx.resolve(&args.path);
-    match create_parent(&path).and_then(|()| write_atomically(&path, args.content.as_bytes())) {
+    let written = create_parent(&path)
+        .and_then(|()| check_replaceable(&path))
+        .and_then(|()| write_atomically(&path, args.content.as_bytes(), false));
+    match written {
         Ok(()) => ToolOutput::ok(format!(
             "wrote {} bytes to {}",
             args.content.len(),
