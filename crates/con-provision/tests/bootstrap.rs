@@ -146,6 +146,19 @@ impl Host {
         );
     }
 
+    fn denied_by_sudo(&self, agent: &str, script: &str) {
+        let out = self.as_agent(agent, script);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{agent} must not be able to: {script}"
+        );
+        assert!(
+            stderr.contains("a password is required") || stderr.contains("not allowed"),
+            "{agent}: {script}: not refused by sudo: {stderr}"
+        );
+    }
+
     fn denied(&self, agent: &str, script: &str) {
         let out = self.as_agent(agent, script);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -483,6 +496,15 @@ fn sudo_grants_exactly_the_profiles_commands() {
     assert_eq!(listed(&host.user("sysadmin")), want);
     // Agents without a sudoers template get nothing.
     assert_eq!(listed(&host.user("concierge")), Vec::<String>::new());
+
+    // As the agents themselves: the sysadmin may run a whitelisted command;
+    // the worker may run nothing through sudo, whitelisted or not.
+    let journal = "sudo -n /usr/bin/journalctl --no-pager -n 0";
+    host.allowed("sysadmin", journal);
+    for attempt in [journal, "sudo -n true", "sudo -n /bin/cat /etc/shadow"] {
+        host.denied_by_sudo("scribe", attempt);
+    }
+    host.denied_by_sudo("sysadmin", "sudo -n /bin/cat /etc/shadow");
 }
 
 #[test]
