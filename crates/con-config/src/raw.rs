@@ -46,58 +46,96 @@ pub(crate) struct RawSystem {
     pub name: Option<String>,
 }
 
-/// The overridable fields, as they appear at every level.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawLevel {
-    /// `cli` is the seed's name for it.
-    #[serde(alias = "cli")]
-    pub runner: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub api_key_env: Option<String>,
-    pub base_url: Option<String>,
-    pub max_sessions: Option<i64>,
-    pub max_iterations: Option<i64>,
-    pub max_session_min: Option<i64>,
-    pub daily_budget_usd: Option<f64>,
-}
-
-/// `[base]`: the overridable fields plus one sub-table per tier.
+/// Defines `RawLevel`, the overridable fields as they appear at every level,
+/// and the tables that carry them inline (`[base]`, `[[agents]]`) with a
+/// `level()` accessor. One list, so the three cannot drift apart.
 ///
-/// Spelled out instead of `#[serde(flatten)]` because flatten silently disables
-/// `deny_unknown_fields`, and typo protection is the point.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawBase {
-    #[serde(alias = "cli")]
-    pub runner: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub api_key_env: Option<String>,
-    pub base_url: Option<String>,
-    pub max_sessions: Option<i64>,
-    pub max_iterations: Option<i64>,
-    pub max_session_min: Option<i64>,
-    pub daily_budget_usd: Option<f64>,
-    pub officer: Option<RawLevel>,
-    pub operator: Option<RawLevel>,
-    pub worker: Option<RawLevel>,
+/// Spelled out field by field instead of `#[serde(flatten)]` because flatten
+/// silently disables `deny_unknown_fields`, and typo protection is the point.
+macro_rules! with_level_fields {
+    (@level [$($(#[$fm:meta])* $field:ident: $ty:ty,)*]) => {
+        /// The overridable fields, as they appear at every level.
+        #[derive(Debug, Default, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(crate) struct RawLevel {
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+    };
+    (
+        @table [$($(#[$fm:meta])* $field:ident: $ty:ty,)*]
+        $(#[$attr:meta])* $name:ident [$($before:tt)*] [$($after:tt)*]
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(crate) struct $name {
+            $($before)*
+            $($(#[$fm])* pub $field: $ty,)*
+            $($after)*
+        }
+
+        impl $name {
+            /// The overridable fields as set in this table.
+            pub fn level(&self) -> RawLevel {
+                RawLevel {
+                    $($field: self.$field.clone(),)*
+                }
+            }
+        }
+    };
+    (@tables $fields:tt) => {};
+    (
+        @tables $fields:tt
+        $(#[$attr:meta])* struct $name:ident { $($before:tt)* } .. { $($after:tt)* }
+        $($rest:tt)*
+    ) => {
+        with_level_fields! { @table $fields $(#[$attr])* $name [$($before)*] [$($after)*] }
+        with_level_fields! { @tables $fields $($rest)* }
+    };
+    (@with $fields:tt $($tables:tt)*) => {
+        with_level_fields! { @level $fields }
+        with_level_fields! { @tables $fields $($tables)* }
+    };
+    ($($tables:tt)*) => {
+        with_level_fields! { @with [
+            /// `cli` is the seed's name for it.
+            #[serde(alias = "cli")]
+            runner: Option<String>,
+            provider: Option<String>,
+            model: Option<String>,
+            api_key_env: Option<String>,
+            base_url: Option<String>,
+            max_sessions: Option<i64>,
+            max_iterations: Option<i64>,
+            max_session_min: Option<i64>,
+            daily_budget_usd: Option<f64>,
+        ] $($tables)* }
+    };
 }
 
-impl RawBase {
-    pub fn level(&self) -> RawLevel {
-        RawLevel {
-            runner: self.runner.clone(),
-            provider: self.provider.clone(),
-            model: self.model.clone(),
-            api_key_env: self.api_key_env.clone(),
-            base_url: self.base_url.clone(),
-            max_sessions: self.max_sessions,
-            max_iterations: self.max_iterations,
-            max_session_min: self.max_session_min,
-            daily_budget_usd: self.daily_budget_usd,
-        }
+with_level_fields! {
+    /// `[base]`: the overridable fields plus one sub-table per tier.
+    struct RawBase {} .. {
+        pub officer: Option<RawLevel>,
+        pub operator: Option<RawLevel>,
+        pub worker: Option<RawLevel>,
+    }
+
+    /// One `[[agents]]` entry.
+    struct RawAgent {
+        /// Optional here so a missing name is reported with the agent's index, not a span.
+        pub name: Option<String>,
+        pub tier: Option<String>,
+        #[serde(default)]
+        pub roles: Vec<String>,
+        #[serde(default)]
+        pub groups: Vec<String>,
+        #[serde(default)]
+        pub scopes: Vec<String>,
+        pub mode: Option<String>,
+        pub cron: Option<String>,
+    } .. {
+        pub instructions: Option<String>,
     }
 }
 
@@ -149,47 +187,4 @@ pub(crate) struct RawDashboard {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInfra {
     pub supervisor: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawAgent {
-    /// Optional here so a missing name is reported with the agent's index, not a span.
-    pub name: Option<String>,
-    pub tier: Option<String>,
-    #[serde(default)]
-    pub roles: Vec<String>,
-    #[serde(default)]
-    pub groups: Vec<String>,
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    pub mode: Option<String>,
-    pub cron: Option<String>,
-    #[serde(alias = "cli")]
-    pub runner: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub api_key_env: Option<String>,
-    pub base_url: Option<String>,
-    pub max_sessions: Option<i64>,
-    pub max_iterations: Option<i64>,
-    pub max_session_min: Option<i64>,
-    pub daily_budget_usd: Option<f64>,
-    pub instructions: Option<String>,
-}
-
-impl RawAgent {
-    pub fn level(&self) -> RawLevel {
-        RawLevel {
-            runner: self.runner.clone(),
-            provider: self.provider.clone(),
-            model: self.model.clone(),
-            api_key_env: self.api_key_env.clone(),
-            base_url: self.base_url.clone(),
-            max_sessions: self.max_sessions,
-            max_iterations: self.max_iterations,
-            max_session_min: self.max_session_min,
-            daily_budget_usd: self.daily_budget_usd,
-        }
-    }
 }

@@ -284,10 +284,13 @@ impl Sender {
 
     /// (Re)connects to journald if it is not connected and a retry is due.
     fn connect(&mut self) {
+        if self.journal.is_some() {
+            return;
+        }
         let due = self
             .last_connect
             .is_none_or(|t| t.elapsed() >= RECONNECT_INTERVAL);
-        if self.journal.is_none() && due {
+        if due {
             self.last_connect = Some(Instant::now());
             match JournalLog::empty() {
                 Ok(j) => self.journal = Some(j.with_syslog_identifier("con".into())),

@@ -38,7 +38,7 @@ impl Store {
     /// durable event after it. Saves a new checkpoint when it advanced.
     pub fn project<P: Projection>(&self) -> Result<P, ProjectionError> {
         let (mut state, through) = self.load_checkpoint::<P>()?.unwrap_or_default();
-        let head = self.fold(&mut state, through.seq)?;
+        let head = self.fold(&mut state, through)?;
         if head != through {
             self.save_checkpoint(&state, head)?;
         }
@@ -49,26 +49,22 @@ impl Store {
     /// stores the result as the new checkpoint.
     pub fn rebuild<P: Projection>(&self) -> Result<P, ProjectionError> {
         let mut state = P::default();
-        let head = self.fold(&mut state, 0)?;
+        let head = self.fold(&mut state, Head::default())?;
         self.save_checkpoint(&state, head)?;
         Ok(state)
     }
 
-    /// Applies the durable events after `through`; returns the position reached.
-    fn fold<P: Projection>(&self, state: &mut P, through: u64) -> Result<Head, ProjectionError> {
-        let mut reached = Head::default();
-        for event in self.events_from(through + 1) {
+    /// Applies the durable events after `through`; returns the position reached
+    /// (`through` itself when nothing is new).
+    fn fold<P: Projection>(&self, state: &mut P, through: Head) -> Result<Head, ProjectionError> {
+        let mut reached = through;
+        for event in self.events_from(through.seq + 1) {
             let event = event?;
             state.apply(&event);
             reached = Head {
                 seq: event.seq(),
                 hash: event.hash,
             };
-        }
-        if reached.seq == 0 {
-            // Nothing new: stay where the checkpoint was.
-            let hash = self.hash_at(through)?.unwrap_or_default();
-            reached = Head { seq: through, hash };
         }
         Ok(reached)
     }

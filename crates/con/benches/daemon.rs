@@ -12,17 +12,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use con_event::payloads::ToolCall;
 use con_event::{BlobRef, Event, NewEvent, Payload};
-use con_protocol::{Client, ClientEvent, Query};
+use con_protocol::{Client, Query};
 use con_store::{GroupCommitWriter, Store, WriterConfig};
+
+use common::{Daemon, Root, TestUser, client_event};
 
 const PREFIX: &str = "cbench-";
 
@@ -35,19 +39,6 @@ fn tool_call(n: u64) -> Payload {
     .into()
 }
 
-fn client_event(payload: Payload) -> ClientEvent {
-    let spec = payload.spec();
-    ClientEvent {
-        session: None,
-        task: None,
-        causation: None,
-        kind: spec.id,
-        kind_version: spec.version,
-        payload: payload.encode().unwrap(),
-        attachments: vec![],
-    }
-}
-
 fn socket_rate(socket: &Path, clients: u64, per_client: u64) -> f64 {
     let start = Instant::now();
     let threads: Vec<_> = (0..clients)
@@ -57,7 +48,7 @@ fn socket_rate(socket: &Path, clients: u64, per_client: u64) -> f64 {
                 let mut client = Client::connect(&socket).unwrap();
                 for n in 0..per_client {
                     client
-                        .append(client_event(tool_call(c * per_client + n)))
+                        .append(client_event(tool_call(c * per_client + n), None))
                         .unwrap();
                 }
             })
@@ -107,42 +98,20 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Fields drop in order: the daemon stops before its agent's user goes.
 struct Setup {
-    root: tempfile::TempDir,
-    daemon: Child,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.daemon.id().to_string()])
-            .status();
-        let _ = self.daemon.wait();
-        let _ = Command::new("userdel")
-            .arg(format!("{PREFIX}worker"))
-            .output();
-    }
+    daemon: Daemon,
+    _worker: TestUser,
+    root: Root,
 }
 
 fn setup() -> Setup {
-    let _ = Command::new("userdel")
-        .arg(format!("{PREFIX}worker"))
-        .output();
-    let ok = Command::new("useradd")
-        .args([
-            "-M",
-            "-U",
-            "-s",
-            "/usr/sbin/nologin",
-            &format!("{PREFIX}worker"),
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "useradd (run the benchmark as root)");
-    let root = tempfile::tempdir().unwrap();
+    let name = format!("{PREFIX}worker");
+    // Left behind by an interrupted run.
+    let _ = Command::new("userdel").arg(&name).output();
+    let worker = TestUser::create(&name);
+    let root = Root::new();
     let r = root.path();
-    std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::create_dir_all(r.join("etc/con")).unwrap();
     std::fs::write(
         r.join("etc/con/con.toml"),
         "[[agents]]\nname = \"worker\"\ntier = \"worker\"\n",
@@ -162,32 +131,22 @@ fn setup() -> Setup {
     )
     .unwrap();
     std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let daemon = Command::new(env!("CARGO_BIN_EXE_con"))
-        .args([
-            "--root",
-            r.to_str().unwrap(),
-            "--user-prefix",
-            PREFIX,
-            "daemon",
-        ])
-        .args([
+    let daemon = Daemon::start_with(
+        &root,
+        PREFIX,
+        &[
             "--supervisor",
             "daemon",
             "--run-program",
             stand_in.to_str().unwrap(),
-        ])
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let socket = r.join("run/con/con.sock");
-    let start = Instant::now();
-    while UnixStream::connect(&socket).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(20));
+        ],
+        &[],
+    );
+    Setup {
+        daemon,
+        _worker: worker,
+        root,
     }
-    Setup { root, daemon }
 }
 
 /// Follows the log from the head; sends (event, time seen) to the channel.
@@ -212,7 +171,7 @@ fn follower(socket: PathBuf, from: u64) -> mpsc::Receiver<(Event, Instant)> {
 
 fn latencies(setup: &Setup, samples: usize) -> (Vec<Duration>, Vec<Duration>) {
     let r = setup.root.path();
-    let socket = r.join("run/con/con.sock");
+    let socket = setup.root.socket();
     let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
     let events = follower(socket, head + 1);
     let inbox = r.join("srv/con/agents/worker/inbox");
@@ -249,8 +208,8 @@ fn latencies(setup: &Setup, samples: usize) -> (Vec<Duration>, Vec<Duration>) {
 
 fn main() {
     let setup = setup();
-    let socket = setup.root.path().join("run/con/con.sock");
-    let idle_rss = rss_kib(setup.daemon.id());
+    let socket = setup.root.socket();
+    let idle_rss = rss_kib(setup.daemon.pid());
 
     let direct_1 = direct_rate(1, 3_000);
     let socket_1 = socket_rate(&socket, 1, 3_000);
@@ -270,7 +229,7 @@ fn main() {
     socket_rate(&socket, 8, remaining.div_ceil(8));
     let fill = fill_start.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    let full_rss = rss_kib(setup.daemon.id());
+    let full_rss = rss_kib(setup.daemon.pid());
     let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
 
     println!("| measurement | value | baseline (same run) | ratio |");

@@ -13,57 +13,35 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use con_event::{Event, Payload};
 use con_llm_script::{ScriptedServer, Step};
-use con_protocol::{Client, Query};
 
-const USER: &str = "cbr-bench";
+use common::{Daemon, Root, TestUser, all_events};
+
+const PREFIX: &str = "cbr-";
 const ITERATIONS: usize = 100;
 const SAMPLES: usize = 30;
 
 struct Setup {
-    root: tempfile::TempDir,
-    uid: u32,
-    gid: u32,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(USER).output();
-    }
+    root: Root,
+    user: TestUser,
 }
 
 fn setup(base_url: &str) -> Setup {
-    let _ = Command::new("userdel").arg(USER).output();
-    let out = Command::new("useradd")
-        .args(["-M", "-U", "-s", "/usr/sbin/nologin", USER])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = |flag: &str| -> u32 {
-        let out = Command::new("id").args([flag, USER]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    let (uid, gid) = (id("-u"), id("-g"));
-    let root = tempfile::Builder::new()
-        .prefix("con-bench-runs-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let etc = root.path().join("etc/con");
-    std::fs::create_dir_all(&etc).unwrap();
+    let name = format!("{PREFIX}bench");
+    // Left behind by an interrupted run.
+    let _ = Command::new("userdel").arg(&name).output();
+    let user = TestUser::create(&name);
+    let root = Root::new();
     std::fs::write(
-        etc.join("con.toml"),
+        root.path().join("etc/con/con.toml"),
         format!(
             "[base]\nprovider = \"openai-compatible\"\nmodel = \"bench\"\nbase_url = \"{base_url}\"\nmax_iterations = 1000\n\n[[agents]]\nname = \"bench\"\ntier = \"operator\"\n"
         ),
@@ -74,61 +52,18 @@ fn setup(base_url: &str) -> Setup {
     for sub in ["", "inbox", "outbox", "processed", "workspace", "sessions"] {
         let d = base.join(sub);
         std::fs::create_dir_all(&d).unwrap();
-        std::os::unix::fs::chown(&d, Some(uid), Some(gid)).unwrap();
+        std::os::unix::fs::chown(&d, Some(user.uid), Some(user.gid)).unwrap();
     }
-    Setup { root, uid, gid }
+    Setup { root, user }
 }
 
-fn daemon(setup: &Setup, supervise: bool) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_con"))
-        .args([
-            "--root",
-            setup.root.path().to_str().unwrap(),
-            "--user-prefix",
-            "cbr-",
-            "daemon",
-            "--supervisor",
-            if supervise { "daemon" } else { "systemd" },
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let socket = setup.root.path().join("run/con/con.sock");
-    let start = Instant::now();
-    while UnixStream::connect(&socket).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+fn daemon(setup: &Setup, supervise: bool) -> Daemon {
+    let supervisor = if supervise { "daemon" } else { "systemd" };
+    Daemon::start_with(&setup.root, PREFIX, &["--supervisor", supervisor], &[])
 }
 
 fn events(setup: &Setup) -> Vec<Event> {
-    let mut out = Vec::new();
-    Client::connect(&setup.root.path().join("run/con/con.sock"))
-        .unwrap()
-        .query(
-            Query {
-                from_seq: 1,
-                ..Query::default()
-            },
-            |b| {
-                out.push(Event::from_stored(&b).unwrap());
-                true
-            },
-        )
-        .unwrap();
-    out
+    all_events(&setup.root.socket())
 }
 
 fn model_latencies_ms(events: &[Event]) -> Vec<u64> {
@@ -174,17 +109,14 @@ fn main() {
     let d = daemon(&bench, false);
     drop_task(&bench, "loop");
     let start = Instant::now();
-    let out = Command::new("setpriv")
+    let out = bench
+        .user
+        .command(Path::new(env!("CARGO_BIN_EXE_con")))
         .args([
-            &format!("--reuid={}", bench.uid),
-            &format!("--regid={}", bench.gid),
-            "--clear-groups",
-            "--",
-            env!("CARGO_BIN_EXE_con"),
             "--root",
             bench.root.path().to_str().unwrap(),
             "--user-prefix",
-            "cbr-",
+            PREFIX,
             "run",
             "bench",
         ])
@@ -213,7 +145,7 @@ fn main() {
         model_per_call,
         overhead_ms / model_per_call.max(0.001)
     );
-    stop(d);
+    drop(d);
     drop(bench);
 
     // 2. Task drop → response, supervised.
@@ -245,6 +177,6 @@ fn main() {
         model_lat[model_lat.len() / 2],
         ms(percentile(&samples, 0.5)) / (model_lat[model_lat.len() / 2].max(1) as f64)
     );
-    stop(d);
+    drop(d);
     drop(bench);
 }
