@@ -4,6 +4,8 @@
 //! need not mutate the process environment.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::error::ConfigError;
@@ -13,6 +15,42 @@ use crate::model::Tier;
 const BASE_PREFIX: &str = "CON_BASE_";
 const AGENT_PREFIX: &str = "CON_AGENT_";
 const SYSTEM_NAME: &str = "CON_SYSTEM_NAME";
+
+/// Every variable con reads starts with this.
+const CON_PREFIX: &str = "CON_";
+
+/// The environment as text, from the process's variables (pass
+/// `std::env::vars_os()`), for [`crate::load`] and [`crate::parse`].
+///
+/// The one rule for variables that are not UTF-8: one whose name starts
+/// with `CON_` is an error, because con would otherwise run with the file's
+/// value while the operator believes the override is in force; any other is
+/// skipped, because it cannot be one of con's and another program's
+/// variables must not stop con.
+pub fn collect_environment(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut env = BTreeMap::new();
+    for (key, value) in vars {
+        let is_con = key.as_bytes().starts_with(CON_PREFIX.as_bytes());
+        match (key.into_string(), value.into_string()) {
+            (Ok(k), Ok(v)) => {
+                env.insert(k, v);
+            }
+            (Ok(k), Err(_)) if is_con => {
+                return Err(ConfigError::env(&k, "value is not valid UTF-8"));
+            }
+            (Err(k), _) if is_con => {
+                return Err(ConfigError::env(
+                    &k.to_string_lossy(),
+                    "name is not valid UTF-8",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(env)
+}
 
 /// Overrides found in the environment, one overlay per level they name.
 #[derive(Debug, Default)]
@@ -142,8 +180,30 @@ fn tier_key(tier: Tier) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStringExt;
+
     use super::*;
     use crate::model::Runner;
+
+    #[test]
+    fn non_utf8_is_refused_under_con_and_skipped_elsewhere() {
+        let bad = || OsString::from_vec(vec![b'x', 0xff]);
+        let vars = |extra: (OsString, OsString)| {
+            vec![
+                (OsString::from("CON_BASE_MODEL"), OsString::from("m")),
+                extra,
+            ]
+        };
+        let env = collect_environment(vars((OsString::from("LESSOPEN"), bad()))).unwrap();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env["CON_BASE_MODEL"], "m");
+        let err = collect_environment(vars((OsString::from("CON_ROOT"), bad()))).unwrap_err();
+        assert_eq!(err.to_string(), "env CON_ROOT: value is not valid UTF-8");
+        let mut name = b"CON_".to_vec();
+        name.push(0xff);
+        let err = collect_environment(vars((OsString::from_vec(name), "v".into()))).unwrap_err();
+        assert_eq!(err.env_var(), Some("CON_\u{FFFD}"));
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

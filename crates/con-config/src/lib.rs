@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use cron::{CronError, CronSchedule, cron_to_on_calendar};
+pub use env::collect_environment;
 pub use error::{ConfigError, ErrorKind};
 pub use model::{
     Agent, Config, ContractsConfig, Dashboard, Infra, KnownCli, Mode, Network, Price, Provider,
@@ -105,8 +106,8 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
 
 /// Reads `path` and returns the resolved, validated configuration.
 ///
-/// `env` is the environment to take overrides from (usually `std::env::vars()`
-/// collected by the caller).
+/// `env` is the environment to take overrides from (usually
+/// [`collect_environment`] of the process's variables).
 pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
     parse(&source, path, env)

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use con_layout::ConGroup;
 use serde::{Serialize, Serializer};
 
 /// A fully resolved and validated `con.toml`.
@@ -226,12 +227,12 @@ impl Tier {
         }
     }
 
-    /// The Linux group every agent of this tier belongs to.
-    pub fn unix_group(self) -> &'static str {
+    /// The group every agent of this tier belongs to.
+    pub fn group(self) -> ConGroup {
         match self {
-            Tier::Officer => "officers",
-            Tier::Operator => "operators",
-            Tier::Worker => "workers",
+            Tier::Officer => ConGroup::Officers,
+            Tier::Operator => ConGroup::Operators,
+            Tier::Worker => ConGroup::Workers,
         }
     }
 }
@@ -496,7 +497,7 @@ mod tests {
 
     #[test]
     fn tier_groups() {
-        let groups: Vec<_> = Tier::ALL.iter().map(|t| t.unix_group()).collect();
+        let groups: Vec<_> = Tier::ALL.iter().map(|t| t.group().base_name()).collect();
         assert_eq!(groups, ["officers", "operators", "workers"]);
     }
 }

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
+use con_layout::ConGroup;
+
 use crate::cron::cron_to_on_calendar;
 use crate::env::{EnvOverrides, parse_env};
 use crate::error::ConfigError;
@@ -511,37 +513,44 @@ fn check_names(names: &[String]) -> Result<Vec<String>, String> {
     Ok(names.to_vec())
 }
 
-/// Groups that would hand an agent power its tier does not have. `groups` entries
-/// become supplementary Linux groups, so one line of config could otherwise make an
-/// LLM agent root-equivalent (sudo, docker, disk), let it read every log, or make
-/// the tasks it writes count as verified (trusted).
-const FORBIDDEN_GROUPS: &[(&str, &str)] = &[
-    ("root", "a privileged system group"),
-    ("sudo", "a privileged system group"),
-    ("wheel", "a privileged system group"),
-    ("admin", "a privileged system group"),
-    ("adm", "a privileged system group"),
-    ("shadow", "a privileged system group"),
-    ("disk", "a privileged system group"),
-    ("kmem", "a privileged system group"),
-    ("docker", "a privileged system group"),
-    ("lxd", "a privileged system group"),
-    ("libvirt", "a privileged system group"),
-    ("systemd-journal", "a privileged system group"),
-    (
-        "trusted",
-        "con's provenance group: tasks its members write count as verified",
-    ),
-    ("agents", "con's own group, which every agent is in already"),
-    ("officers", "a tier group; set `tier` instead"),
-    ("operators", "a tier group; set `tier` instead"),
-    ("workers", "a tier group; set `tier` instead"),
+/// Host groups that would hand an agent power its tier does not have. `groups`
+/// entries become supplementary Linux groups, so one line of config could
+/// otherwise make an LLM agent root-equivalent (sudo, docker, disk) or let it
+/// read every log. con's own groups are refused too ([`con_group_refusal`]).
+const FORBIDDEN_HOST_GROUPS: &[&str] = &[
+    "root",
+    "sudo",
+    "wheel",
+    "admin",
+    "adm",
+    "shadow",
+    "disk",
+    "kmem",
+    "docker",
+    "lxd",
+    "libvirt",
+    "systemd-journal",
 ];
+
+/// Why an agent cannot list con's own group `group` in `groups`: membership
+/// follows from its tier, or would make the tasks it writes count as verified.
+fn con_group_refusal(group: ConGroup) -> &'static str {
+    match group {
+        ConGroup::Trusted => "con's provenance group: tasks its members write count as verified",
+        ConGroup::Agents => "con's own group, which every agent is in already",
+        ConGroup::Officers | ConGroup::Operators | ConGroup::Workers => {
+            "a tier group; set `tier` instead"
+        }
+    }
+}
 
 fn check_groups(groups: &[String]) -> Result<(), String> {
     for g in groups {
-        if let Some((_, why)) = FORBIDDEN_GROUPS.iter().find(|(name, _)| name == g) {
-            return Err(format!("{g:?} is {why}"));
+        if FORBIDDEN_HOST_GROUPS.contains(&g.as_str()) {
+            return Err(format!("{g:?} is a privileged system group"));
+        }
+        if let Some(own) = ConGroup::from_base_name(g) {
+            return Err(format!("{g:?} is {}", con_group_refusal(own)));
         }
     }
     Ok(())

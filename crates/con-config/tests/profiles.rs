@@ -222,7 +222,7 @@ fn every_role_and_agent_in_the_profiles_has_instructions() {
             assert!(agent_file.is_file(), "{}", agent_file.display());
             let group_file = dir
                 .join("groups")
-                .join(agent.tier.unix_group())
+                .join(agent.tier.group().base_name())
                 .join("AGENTS.md");
             assert!(group_file.is_file(), "{}", group_file.display());
             for role in &agent.roles {

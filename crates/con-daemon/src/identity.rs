@@ -1,6 +1,7 @@
 //! Who is on the other end of a connection, from `SO_PEERCRED` alone.
 
 use con_event::{KindSpec, Payload};
+use con_layout::Layout;
 use nix::unistd::{Group, Uid, User};
 
 /// A caller as the kernel identified it.
@@ -49,24 +50,19 @@ impl std::fmt::Display for Identity {
 /// Maps a peer uid to an identity; anyone else is refused. Only users of
 /// configured agents are agents (a `<prefix><name>` user of another
 /// conspiracy, or a leftover one, is nobody here).
-pub fn identify(
-    uid: u32,
-    user_prefix: &str,
-    trusted_group: &str,
-    agents: &[String],
-) -> Result<Identity, String> {
+pub fn identify(uid: u32, layout: &Layout, agents: &[String]) -> Result<Identity, String> {
     if uid == 0 {
         return Ok(Identity::Operator { uid });
     }
     let user = User::from_uid(Uid::from_raw(uid))
         .map_err(|e| format!("uid {uid}: cannot look up the user: {e}"))?
         .ok_or_else(|| format!("uid {uid} has no user entry"))?;
-    if let Ok(Some(group)) = Group::from_name(trusted_group)
+    if let Ok(Some(group)) = Group::from_name(&layout.trusted_group())
         && (user.gid == group.gid || group.mem.contains(&user.name))
     {
         return Ok(Identity::Operator { uid });
     }
-    if let Some(name) = user.name.strip_prefix(user_prefix)
+    if let Some(name) = user.name.strip_prefix(layout.user_prefix())
         && agents.iter().any(|a| a == name)
     {
         return Ok(Identity::Agent {

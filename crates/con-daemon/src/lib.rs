@@ -12,6 +12,8 @@
 
 mod arrivals;
 mod gateway;
+pub mod health;
+mod host;
 pub mod identity;
 mod server;
 mod supervisor;
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use con_event::SessionId;
 use con_journal::{JournalMirror, MirrorConfig, MirrorContext, MirrorStatus};
+use con_layout::Layout;
 use con_projection::{FleetStatus, Projection};
 use con_store::{
     CommitObserver, CommittedEvent, GroupCommitWriter, ProjectionError, Store, StoreError,
@@ -34,19 +37,15 @@ use con_store::{
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-/// Where and how the daemon runs.
+/// Where and how the daemon runs ([`DaemonConfig::from_host`] builds it
+/// from a host's layout and config).
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
-    /// Unix socket to listen on.
-    pub socket: PathBuf,
-    /// Event log directory.
-    pub db: PathBuf,
+    /// Where its socket and event log are, and what agents' users and the
+    /// operators' (trusted) group are called.
+    pub layout: Layout,
     /// `[system] name` (journal `CON_SYSTEM`).
     pub system_name: String,
-    /// Agent user name prefix (`a-`).
-    pub user_prefix: String,
-    /// Group whose members are operators.
-    pub trusted_group: String,
     /// Configured agent names: only their users are agents.
     pub agents: Vec<String>,
     /// Journal mirror queue length.
@@ -81,6 +80,14 @@ pub enum DaemonError {
     /// The configuration cannot be served safely.
     #[error("{0}")]
     Config(String),
+    /// The secrets file cannot be used (its content is never quoted).
+    #[error("{}: {message}", path.display())]
+    Secrets {
+        /// The secrets file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The final commit on shutdown failed.
     #[error("shutdown: {0}")]
     Shutdown(String),
@@ -197,7 +204,7 @@ impl Daemon {
         config: DaemonConfig,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), DaemonError> {
-        if config.user_prefix.is_empty() {
+        if config.layout.user_prefix().is_empty() {
             // Every system account would then look like an agent.
             return Err(DaemonError::Config(
                 "the agent user prefix must not be empty".into(),
@@ -205,11 +212,10 @@ impl Daemon {
         }
         // The log directory is root's alone: agents reach the log only
         // through the socket.
-        if let Some(parent) = config.db.parent() {
-            ensure_dir(parent, 0o700)?;
-        }
-        let store = Store::open(&config.db)?;
-        ensure_dir(&config.db, 0o700)?;
+        let db = config.layout.event_log();
+        ensure_dir(&config.layout.state_dir(), 0o700)?;
+        let store = Store::open(&db)?;
+        ensure_dir(&db, 0o700)?;
         let (mirror, mirror_status) = JournalMirror::spawn(
             MirrorConfig {
                 queue_capacity: config.mirror_capacity,
@@ -220,7 +226,7 @@ impl Daemon {
             },
             store.clone(),
         )
-        .map_err(setup_err(&config.db))?;
+        .map_err(setup_err(&db))?;
         let (head_tx, head_rx) = watch::channel(store.head().seq);
         let writer = GroupCommitWriter::spawn(
             store.clone(),
@@ -237,7 +243,8 @@ impl Daemon {
             .map(gateway::Gateway::new)
             .transpose()
             .map_err(DaemonError::Config)?;
-        let listener = bind(&config.socket)?;
+        let socket = config.layout.socket();
+        let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -258,7 +265,7 @@ impl Daemon {
             &shared.store,
             shared.appender.clone(),
             config.inboxes.clone(),
-            &config.trusted_group,
+            &config.layout.trusted_group(),
             wake_tx,
             recorded.clone(),
         )?;
@@ -290,7 +297,7 @@ impl Daemon {
         // Drain: refuse new connections, let requests in flight finish.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         drop(listener);
-        let _ = std::fs::remove_file(&config.socket);
+        let _ = std::fs::remove_file(&socket);
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(config.drain_timeout, async {
             while connections.join_next().await.is_some() {}

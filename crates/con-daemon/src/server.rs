@@ -139,12 +139,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     // User database lookups may block (NSS): off the async workers.
     let lookup = shared.clone();
     let identity = tokio::task::spawn_blocking(move || {
-        identify(
-            uid,
-            &lookup.config.user_prefix,
-            &lookup.config.trusted_group,
-            &lookup.config.agents,
-        )
+        identify(uid, &lookup.config.layout, &lookup.config.agents)
     })
     .await
     .unwrap_or_else(|e| Err(format!("identity lookup failed: {e}")));

@@ -9,6 +9,7 @@
 //! fires cron agents on their schedule (UTC). Every start and exit is an event.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -44,10 +45,9 @@ pub struct SupervisedAgent {
 pub struct SupervisorConfig {
     /// The program to run as the agent (normally the `con` binary itself).
     pub run_program: PathBuf,
-    /// Arguments before `run <agent>` (e.g. `--root`, `--user-prefix`).
-    pub run_args: Vec<String>,
-    /// Arguments after `run <agent>` (e.g. `--trusted-group`).
-    pub run_options: Vec<String>,
+    /// Arguments before `run <agent>`: the global flags under which the
+    /// run resolves the daemon's layout.
+    pub run_args: Vec<OsString>,
     /// Agents.
     pub agents: Vec<SupervisedAgent>,
     /// The outer inbox.
@@ -291,46 +291,27 @@ impl Supervisor {
             let Some(name) = task.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
             };
-            // rename keeps the inode, so the owner (the provenance) travels
-            // with the task; NOREPLACE never overwrites a task already there.
-            let mut dest = inbox.join(&name);
-            let mut attempt = 0;
-            let moved = loop {
-                match nix::fcntl::renameat2(
-                    nix::fcntl::AT_FDCWD,
-                    &task,
-                    nix::fcntl::AT_FDCWD,
-                    &dest,
-                    nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-                ) {
-                    Ok(()) => break true,
-                    Err(nix::errno::Errno::EEXIST) if attempt < 100 => {
-                        attempt += 1;
-                        let stem = name.strip_suffix(".task").unwrap_or(&name);
-                        dest = inbox.join(format!("{stem}-{attempt}.task"));
-                    }
-                    Err(e) => {
-                        eprintln!("con daemon: cannot route {}: {e}", task.display());
-                        break false;
-                    }
-                }
-            };
-            if moved {
-                self.record(NewEvent {
-                    task: name.strip_suffix(".task").map(str::to_owned),
-                    ..NewEvent::system(TaskRouted {
-                        from: "outer".into(),
-                        to: router.clone(),
-                        path: dest.display().to_string(),
+            // The inode moves, so the owner (the provenance) travels with
+            // the task; a task already there is never overwritten.
+            match con_fs::move_without_replacing(&task, &inbox, &name) {
+                Ok(dest) => {
+                    self.record(NewEvent {
+                        task: name.strip_suffix(".task").map(str::to_owned),
+                        ..NewEvent::system(TaskRouted {
+                            from: "outer".into(),
+                            to: router.clone(),
+                            path: dest.display().to_string(),
+                        })
                     })
-                })
-                .await;
+                    .await;
+                }
+                Err(e) => eprintln!("con daemon: cannot route {}: {e}", task.display()),
             }
         }
     }
 
     async fn start(&mut self, agent: &str, trigger: &str) {
-        let user_name = format!("{}{agent}", self.shared.config.user_prefix);
+        let user_name = self.shared.config.layout.user(agent);
         let user = match User::from_name(&user_name) {
             Ok(Some(u)) if !u.uid.is_root() && u.gid.as_raw() != 0 => u,
             found => {
@@ -360,7 +341,6 @@ impl Supervisor {
             .arg(&self.config.run_program)
             .args(&self.config.run_args)
             .args(["run", agent])
-            .args(&self.config.run_options)
             // Nothing of the daemon's environment (which may hold API keys)
             // reaches the agent.
             .env_clear()

@@ -62,9 +62,10 @@ pub struct WatcherConfig {
 }
 
 impl Default for WatcherConfig {
+    /// The production host's trusted group; 16 MiB of content.
     fn default() -> Self {
         Self {
-            trusted_group: "trusted".into(),
+            trusted_group: con_layout::Layout::host().trusted_group(),
             max_content_bytes: 16 * 1024 * 1024,
         }
     }

@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use con_layout::Layout;
 use serde::Serialize;
 
 use crate::api::egress;
 use crate::host::{self, Converged, run};
-use crate::layout::Layout;
 use crate::plan::{FileKind, Plan, Resource};
 
 /// How to apply.
@@ -252,7 +252,7 @@ fn egress_step(
 /// Whether units are started and stopped here: systemd is PID 1 and this is
 /// the real root.
 pub(crate) fn systemd_manages(layout: &Layout) -> bool {
-    layout.is_host_root() && Path::new("/run/systemd/system").is_dir()
+    layout.is_host_root() && Path::new(con_layout::SYSTEMD_BOOTED_MARKER).is_dir()
 }
 
 /// With systemd as PID 1 on the real root: reload, then enable and start

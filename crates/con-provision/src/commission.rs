@@ -24,12 +24,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use con_config::Config;
+use con_layout::Layout;
 use nix::unistd::User;
 
 use crate::apply::systemd_manages;
 use crate::config_edit::{self, NewAgent};
 use crate::host::{NOLOGIN, run};
-use crate::layout::Layout;
 use crate::plan::{PlanInput, Resource};
 use crate::profile::Profile;
 use crate::{ApplyOptions, ProvisionError, Report, Step, StepStatus};
@@ -46,14 +46,12 @@ pub struct Installed {
 }
 
 impl Installed {
-    /// Reads and validates `layout.config_file` and the profile beside it.
+    /// Reads and validates the layout's config file and the profile beside it.
     pub fn read(layout: &Layout, env: &BTreeMap<String, String>) -> Result<Self, ProvisionError> {
-        let path = &layout.config_file;
+        let path = layout.config_file();
         let text = std::fs::read_to_string(path).map_err(|e| ProvisionError::io(path, &e))?;
         let config = parse(&text, path, env)?;
-        let profile_dir = path
-            .parent()
-            .map_or_else(|| layout.etc.clone(), Path::to_path_buf);
+        let profile_dir = layout.profile_dir();
         Ok(Self {
             input: PlanInput {
                 config,
@@ -81,10 +79,7 @@ struct ConfigLock {
 
 impl ConfigLock {
     fn take(layout: &Layout) -> Result<Self, ProvisionError> {
-        let dir = layout
-            .config_file
-            .parent()
-            .map_or_else(|| layout.etc.clone(), Path::to_path_buf);
+        let dir = layout.profile_dir();
         let file = std::fs::File::open(&dir).map_err(|e| ProvisionError::io(&dir, &e))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| ProvisionError::Invalid(format!("{}: cannot lock: {e}", dir.display())))?;
@@ -115,7 +110,7 @@ pub fn commission(
     }
     let _lock = ConfigLock::take(layout)?;
     let installed = Installed::read(layout, env)?;
-    let path = &layout.config_file;
+    let path = layout.config_file();
     if installed.input.config.agent(&agent.name).is_some() {
         return Err(ProvisionError::Invalid(format!(
             "agent {} already exists in {}",
@@ -199,7 +194,7 @@ pub fn decommission(
     check_name(name)?;
     let _lock = ConfigLock::take(layout)?;
     let installed = Installed::read(layout, env)?;
-    let path = &layout.config_file;
+    let path = layout.config_file();
     if installed.input.config.agent(name).is_none() {
         return Err(ProvisionError::Invalid(format!(
             "no agent named {name} in {}",

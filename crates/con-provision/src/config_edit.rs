@@ -8,8 +8,7 @@
 //! keys `con policy explain` cites to their line numbers.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use con_config::Tier;
@@ -141,38 +140,22 @@ fn kept_prefix(prefix: Option<&str>) -> String {
     }
 }
 
-/// Replaces `path` with `text` atomically: a temp file in the same
-/// directory gets the old file's owner and mode, is fsynced, and is renamed
-/// over it. `path` must be a regular file (not a symlink).
+/// Replaces `path` with `text` whole, keeping the old file's owner and
+/// mode. `path` must be a regular file (not a symlink).
 pub fn write_config(path: &Path, text: &str) -> Result<(), ProvisionError> {
-    let io = |e: std::io::Error| ProvisionError::io(path, &e);
-    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| ProvisionError::io(path, &e))?;
     if !meta.file_type().is_file() {
         return Err(ProvisionError::Invalid(format!(
             "{}: not a regular file; refusing to replace it",
             path.display()
         )));
     }
-    let dir = path.parent().ok_or_else(|| {
-        ProvisionError::Invalid(format!("{}: no parent directory", path.display()))
-    })?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".con-toml-")
-        .tempfile_in(dir)
-        .map_err(|e| ProvisionError::io(dir, &e))?;
-    tmp.write_all(text.as_bytes()).map_err(io)?;
-    nix::unistd::fchown(
-        tmp.as_file(),
-        Some(nix::unistd::Uid::from_raw(meta.uid())),
-        Some(nix::unistd::Gid::from_raw(meta.gid())),
-    )
-    .map_err(|e| ProvisionError::Invalid(format!("{}: chown: {e}", path.display())))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    crate::host::sync_dir(dir).map_err(|e| ProvisionError::io(dir, &e))
+    let failed = |e: con_fs::FsError| ProvisionError::io(&e.path, &e.cause);
+    let mut staged = con_fs::StagedFile::begin(path, 0o600).map_err(failed)?;
+    staged.write_all(text.as_bytes()).map_err(failed)?;
+    staged.set_owner(meta.uid(), meta.gid()).map_err(failed)?;
+    staged.set_mode(meta.mode() & 0o7777).map_err(failed)?;
+    staged.commit().map_err(failed)
 }
 
 /// Line numbers (1-based) of the settings in a config file, by dotted key:

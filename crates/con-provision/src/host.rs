@@ -7,7 +7,6 @@
 
 use std::ffi::CString;
 use std::fs::Metadata;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -538,37 +537,20 @@ fn sudoers_file(
     ownership_and_mode(path, &meta, "root", "root", 0o440, dry, changes)
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory
-/// (owner and mode set before the rename, fsynced), so readers see the old
-/// or the new file, never a partial one.
+/// Replaces `path` with `bytes` whole (owner and mode set before it
+/// becomes visible), creating its directory if needed.
 fn write_atomic(path: &Path, bytes: &[u8], want: &Want<'_>) -> Result<(), String> {
-    let shown = path.display();
     let dir = path
         .parent()
-        .ok_or_else(|| format!("{shown}: no parent directory"))?;
+        .ok_or_else(|| format!("{}: no parent directory", path.display()))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".con-")
-        .tempfile_in(dir)
-        .map_err(|e| format!("{}: cannot create a temp file: {e}", dir.display()))?;
-    let io = |e: std::io::Error| format!("{shown}: {e}");
-    tmp.write_all(bytes).map_err(io)?;
-    nix::unistd::fchown(
-        tmp.as_file(),
-        Some(uid_of(want.owner)?),
-        Some(gid_of(want.group)?),
-    )
-    .map_err(|e| format!("{shown}: chown: {e}"))?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(want.mode)).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path)
-        .map_err(|e| format!("{shown}: rename: {}", e.error))?;
-    sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-/// fsyncs a directory so a rename into it is durable.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    let mut staged = con_fs::StagedFile::begin(path, 0o600).map_err(|e| e.to_string())?;
+    staged.write_all(bytes).map_err(|e| e.to_string())?;
+    staged
+        .set_owner(uid_of(want.owner)?.as_raw(), gid_of(want.group)?.as_raw())
+        .map_err(|e| e.to_string())?;
+    staged.set_mode(want.mode).map_err(|e| e.to_string())?;
+    staged.commit().map_err(|e| e.to_string())
 }
 
 fn lstat(path: &Path) -> Result<Option<Metadata>, String> {

@@ -1,6 +1,7 @@
 //! Assembling an agent's `AGENTS.md` from the profile's layers.
 
 use con_config::Agent;
+use con_layout::Layout;
 
 use crate::ProvisionError;
 use crate::profile::Profile;
@@ -9,19 +10,28 @@ use crate::profile::Profile;
 /// base → `groups/<tier group>` → `groups/<g>`… → `roles/<r>`… →
 /// `scopes/<s>`… → `agents/<name>` → the inline `instructions`, each
 /// preceded by an HTML comment naming its source (invisible when rendered,
-/// plain to anyone auditing what an agent was told).
-pub fn assemble(agent: &Agent, profile: &Profile) -> Result<String, ProvisionError> {
+/// plain to anyone auditing what an agent was told). The header names the
+/// layout's profile directory, where the layers live.
+pub fn assemble(
+    agent: &Agent,
+    profile: &Profile,
+    layout: &Layout,
+) -> Result<String, ProvisionError> {
     let mut layers = vec!["base/AGENTS.md".to_owned()];
-    layers.push(format!("groups/{}/AGENTS.md", agent.tier.unix_group()));
+    layers.push(format!(
+        "groups/{}/AGENTS.md",
+        agent.tier.group().base_name()
+    ));
     layers.extend(agent.groups.iter().map(|g| format!("groups/{g}/AGENTS.md")));
     layers.extend(agent.roles.iter().map(|r| format!("roles/{r}/AGENTS.md")));
     layers.extend(agent.scopes.iter().map(|s| format!("scopes/{s}/AGENTS.md")));
     layers.push(format!("agents/{}/AGENTS.md", agent.name));
 
     let mut out = format!(
-        "<!-- AGENTS.md for agent {}, assembled by `con bootstrap` from /etc/con; \
+        "<!-- AGENTS.md for agent {}, assembled by `con bootstrap` from {}; \
          do not edit: it is overwritten. -->\n",
-        agent.name
+        agent.name,
+        layout.profile_dir().display()
     );
     for layer in &layers {
         if let Some(text) = profile.text(layer)? {

@@ -3,7 +3,7 @@
 //! checked for drift. This is the only crate that mutates the OS.
 //!
 //! [`plan::plan`] is pure: from the config, the profile's files (read up
-//! front by [`Profile::read`]) and a [`Layout`] it computes the ordered
+//! front by [`Profile::read`]) and a [`con_layout::Layout`] it computes the ordered
 //! [`Resource`]s. [`apply()`] compares each with the host and fixes only
 //! the differences; [`check`] runs the same comparison without fixing.
 
@@ -14,7 +14,6 @@ pub mod config_edit;
 pub mod egress;
 mod host;
 pub mod instructions;
-pub mod layout;
 pub mod plan;
 pub mod policy;
 pub mod profile;
@@ -26,7 +25,6 @@ use std::path::Path;
 pub use apply::{ApplyOptions, Drift, Report, Step, StepStatus, apply, check};
 pub use commission::{Decommissioned, Installed, commission, decommission};
 pub use config_edit::NewAgent;
-pub use layout::{CON_GROUPS, Layout};
 pub use plan::{Plan, PlanInput, Resource, plan};
 pub use profile::Profile;
 

@@ -6,11 +6,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use con_config::{Config, Tier};
+use con_layout::{ConGroup, Layout};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::api::units::{self, UnitSettings};
-use crate::layout::Layout;
+use crate::api::units;
 use crate::profile::Profile;
 use crate::{ProvisionError, instructions, sudoers};
 
@@ -432,7 +432,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
             agent: agent.name.clone(),
             name: user,
             home: layout.home(&agent.name),
-            groups: layout.agent_groups(agent)?,
+            groups: agent_groups(layout, agent)?,
         });
     }
 
@@ -446,7 +446,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         named: Vec::new(),
         default_named: Vec::new(),
     };
-    dirs.push((layout.etc.clone(), plain("root", "root", 0o755, None)));
+    dirs.push((layout.etc_dir(), plain("root", "root", 0o755, None)));
     if input.install_profile {
         let mut layer_dirs: Vec<PathBuf> = Vec::new();
         for rel in input.profile.files.keys() {
@@ -464,25 +464,25 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         }
         layer_dirs.sort();
         for d in layer_dirs {
-            dirs.push((layout.etc.join(d), plain("root", "root", 0o755, None)));
+            dirs.push((layout.etc_dir().join(d), plain("root", "root", 0o755, None)));
         }
     }
-    let srv = |p: &str| layout.srv.join(p);
-    dirs.push((layout.srv.clone(), plain("root", "root", 0o755, None)));
+    dirs.push((layout.srv_dir(), plain("root", "root", 0o755, None)));
     // Humans in `trusted` drop tasks here; the daemon (root) routes them.
     // Sticky: one operator cannot delete or rename another's task.
     dirs.push((
-        srv("inbox"),
-        plain("root", &layout.group("trusted"), 0o1770, None),
+        layout.outer_inbox(),
+        plain("root", &layout.trusted_group(), 0o1770, None),
     ));
-    dirs.push((srv("agents"), plain("root", "root", 0o755, None)));
+    dirs.push((layout.agents_dir(), plain("root", "root", 0o755, None)));
     let sysadmins: Vec<String> = config
         .agents
         .iter()
         .filter(|a| a.roles.iter().any(|r| r == "sysadmin"))
         .map(|a| layout.user(&a.name))
         .collect();
-    for name in ["contracts", "config"] {
+    let sysadmin_managed = [layout.contracts_dir(), layout.config_overlay_dir()];
+    for dir in &sysadmin_managed {
         // The sysadmin role manages contracts and the inner config overlay;
         // the default ACL keeps what root or another sysadmin adds writable.
         let mut spec = plain("root", "root", 0o755, None);
@@ -490,20 +490,25 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
             spec.named.push((AclTag::User(s.clone()), RWX));
             spec.default_named.push((AclTag::User(s.clone()), RWX));
         }
-        dirs.push((srv(name), spec));
+        dirs.push((dir.clone(), spec));
     }
     // Every agent may leave artifacts for others; sticky so none can delete
     // or replace another's.
     dirs.push((
-        srv("artifacts"),
-        plain("root", &layout.group("agents"), 0o1770, None),
+        layout.artifacts_dir(),
+        plain("root", &layout.group(ConGroup::Agents), 0o1770, None),
     ));
-    for name in ["policy", "ledger", "status", "scopes"] {
-        dirs.push((srv(name), plain("root", "root", 0o755, None)));
+    for dir in [
+        layout.policy_dir(),
+        layout.ledger_dir(),
+        layout.status_dir(),
+        layout.scopes_dir(),
+    ] {
+        dirs.push((dir, plain("root", "root", 0o755, None)));
     }
-    dirs.push((layout.var_lib.clone(), plain("root", "root", 0o700, None)));
-    dirs.push((layout.run.clone(), plain("root", "root", 0o755, None)));
-    dirs.push((layout.home_base.clone(), plain("root", "root", 0o755, None)));
+    dirs.push((layout.state_dir(), plain("root", "root", 0o700, None)));
+    dirs.push((layout.runtime_dir(), plain("root", "root", 0o755, None)));
+    dirs.push((layout.home_base(), plain("root", "root", 0o755, None)));
 
     // Who may task whom: officers and operators every other agent, workers no one.
     let writers = |target: &str| -> Vec<String> {
@@ -545,23 +550,28 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         }
         let dir = layout.agent_dir(name);
         dirs.push((dir.clone(), base));
-        dirs.push((dir.join("inbox"), inbox));
-        for sub in ["outbox", "processed", "sessions"] {
-            dirs.push((dir.join(sub), plain(&user, &user, 0o700, a)));
+        dirs.push((layout.agent_inbox(name), inbox));
+        for sub in [
+            layout.agent_outbox(name),
+            layout.agent_processed(name),
+            layout.agent_sessions(name),
+        ] {
+            dirs.push((sub, plain(&user, &user, 0o700, a)));
         }
         // Writable by the agent through its private group; sticky and
         // root-owned so it cannot rename or delete the root-owned `skills`.
-        dirs.push((dir.join("workspace"), plain("root", &user, 0o1770, a)));
         dirs.push((
-            dir.join("workspace/skills"),
-            plain("root", "root", 0o755, a),
+            layout.agent_workspace(name),
+            plain("root", &user, 0o1770, a),
         ));
+        dirs.push((layout.agent_skills(name), plain("root", "root", 0o755, a)));
         writable.entry(user.clone()).or_default().push(dir);
     }
     for s in &sysadmins {
-        let e = writable.entry(s.clone()).or_default();
-        e.push(srv("contracts"));
-        e.push(srv("config"));
+        writable
+            .entry(s.clone())
+            .or_default()
+            .extend(sysadmin_managed.iter().cloned());
     }
 
     let mut acls = Vec::new();
@@ -604,15 +614,15 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         }
         for (rel, content) in &input.profile.files {
             let path = if rel == Path::new("con.toml") {
-                layout.config_file.clone()
+                layout.config_file().to_path_buf()
             } else {
-                layout.etc.join(rel)
+                layout.etc_dir().join(rel)
             };
             resources.push(file(path, content.clone(), 0o644, FileKind::Config, None));
         }
     }
     resources.push(Resource::File {
-        path: layout.env_file.clone(),
+        path: layout.env_file(),
         content: Content::Unmanaged,
         owner: root.clone(),
         group: root.clone(),
@@ -647,9 +657,9 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
     }
     for agent in &config.agents {
         let a = Some(agent.name.as_str());
-        let text = instructions::assemble(agent, &input.profile)?;
+        let text = instructions::assemble(agent, &input.profile, layout)?;
         resources.push(file(
-            layout.home(&agent.name).join("AGENTS.md"),
+            layout.agents_md(&agent.name),
             text.into_bytes(),
             0o444,
             FileKind::Instructions,
@@ -666,7 +676,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
                 }
             }
         }
-        let dir = layout.agent_dir(&agent.name).join("workspace/skills");
+        let dir = layout.agent_skills(&agent.name);
         for (name, (_, content)) in skills {
             resources.push(file(
                 dir.join(name),
@@ -679,18 +689,10 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
     }
 
     // Units.
-    let settings = UnitSettings {
-        con_binary: layout.con_binary.clone(),
-        root: layout.root.clone(),
-        user_prefix: layout.user_prefix.clone(),
-        group_prefix: layout.group_prefix.clone(),
-        config_file: layout.config_file.clone(),
-        layout_srv: layout.srv.clone(),
-    };
     let mut unit_resource = |unit: units::Unit, agent: Option<&str>| {
         check_unit_name(&unit.name)?;
         resources.push(Resource::Unit {
-            path: layout.unit_dir.join(&unit.name),
+            path: layout.unit_file(&unit.name),
             name: unit.name,
             text: unit.text,
             enable: unit.enable,
@@ -698,7 +700,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         });
         Ok::<(), ProvisionError>(())
     };
-    for unit in units::system_units(config, &settings) {
+    for unit in units::system_units(config, layout) {
         unit_resource(unit, None)?;
     }
     for agent in &config.agents {
@@ -706,7 +708,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
             .get(&layout.user(&agent.name))
             .cloned()
             .unwrap_or_default();
-        for unit in units::agent_units(config, agent, &settings, &paths) {
+        for unit in units::agent_units(config, agent, layout, &paths) {
             unit_resource(unit, Some(&agent.name))?;
         }
     }
@@ -716,7 +718,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         enabled: config.network.outbound_filter,
     });
     resources.push(file(
-        layout.catalog_dir.join("con.catalog"),
+        layout.catalog_file(),
         con_journal::catalog().into_bytes(),
         0o644,
         FileKind::Catalog,
@@ -733,6 +735,40 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
             .map(|a| (a.name.clone(), layout.user(&a.name)))
             .collect(),
     })
+}
+
+/// The supplementary groups of an agent: `agents`, its tier group, and the
+/// config's `groups`, each of which must be one of con's own groups other
+/// than `trusted` (an allowlist, so no host group such as `input`, `video`
+/// or `docker` can be named). `trusted` is refused because the daemon treats
+/// its members as operators and the inbox watcher trusts what they write.
+pub(crate) fn agent_groups(
+    layout: &Layout,
+    agent: &con_config::Agent,
+) -> Result<Vec<String>, ProvisionError> {
+    let allowed: Vec<ConGroup> = ConGroup::ALL
+        .into_iter()
+        .filter(|g| *g != ConGroup::Trusted)
+        .collect();
+    let mut groups = vec![
+        layout.group(ConGroup::Agents),
+        layout.group(agent.tier.group()),
+    ];
+    for g in &agent.groups {
+        let Some(group) = ConGroup::from_base_name(g).filter(|g| allowed.contains(g)) else {
+            let names: Vec<&str> = allowed.iter().map(|g| g.base_name()).collect();
+            return Err(ProvisionError::Invalid(format!(
+                "agent {}: groups: {g:?} is not one of con's agent groups (allowed: {})",
+                agent.name,
+                names.join(", ")
+            )));
+        };
+        let full = layout.group(group);
+        if !groups.contains(&full) {
+            groups.push(full);
+        }
+    }
+    Ok(groups)
 }
 
 fn file(

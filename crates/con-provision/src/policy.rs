@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use con_config::{Config, Tier};
+use con_layout::Layout;
 use serde::Serialize;
 
 use crate::ProvisionError;
 use crate::config_edit::ConfigLines;
-use crate::layout::Layout;
 use crate::plan::{AclTag, Plan, Resource, display_under};
 
 /// A config setting cited as the reason for a right.
@@ -213,7 +213,7 @@ pub fn explain(
         ))
     })?;
     let user = layout.user(agent);
-    let groups = layout.agent_groups(a)?;
+    let groups = crate::plan::agent_groups(layout, a)?;
     let tier_source = Source::of(lines, format!("agents.{agent}.tier"));
     let roles_source = Source::of(lines, format!("agents.{agent}.roles"));
 
@@ -416,7 +416,7 @@ pub fn explain(
         },
         units,
         contracts: Contracts {
-            dir: layout.srv.join("contracts"),
+            dir: layout.contracts_dir(),
             installed: input.contracts.len(),
             watching: input
                 .contracts

@@ -19,8 +19,6 @@
 //! only then renames it into place, 0440 root:root. A template visudo rejects
 //! never replaces the file already installed.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -80,19 +78,18 @@ pub fn install(path: &Path, text: &str) -> Result<(), String> {
     // Created if missing (a fresh root); an existing one, a system
     // directory, is not bootstrap's to re-own or re-mode.
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".con-sudoers")
-        .tempfile_in(dir)
-        .map_err(|e| format!("{}: cannot create a temp file: {e}", dir.display()))?;
-    let io = |e: std::io::Error| format!("{}: {e}", tmp_name(dir));
-    tmp.write_all(text.as_bytes()).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o440)).map_err(io)?;
-    // The temp file is created by this (root) process: root:root already.
+    // The staged file is hidden (its name has a `.`), so sudo ignores it
+    // until it is renamed into place; this (root) process creates it
+    // root:root already.
+    let mut staged = con_fs::StagedFile::begin(path, 0o400).map_err(|e| e.to_string())?;
+    staged
+        .write_all(text.as_bytes())
+        .map_err(|e| e.to_string())?;
+    staged.set_mode(0o440).map_err(|e| e.to_string())?;
     let out = Command::new("visudo")
         .arg("-c")
         .arg("-f")
-        .arg(tmp.path())
+        .arg(staged.temp_path())
         .output()
         .map_err(|e| format!("cannot run visudo (install the sudo package): {e}"))?;
     if !out.status.success() {
@@ -100,7 +97,7 @@ pub fn install(path: &Path, text: &str) -> Result<(), String> {
             + &String::from_utf8_lossy(&out.stdout);
         let message = message
             .replace(
-                &tmp.path().display().to_string(),
+                &staged.temp_path().display().to_string(),
                 &path.display().to_string(),
             )
             .split('\n')
@@ -110,14 +107,9 @@ pub fn install(path: &Path, text: &str) -> Result<(), String> {
             .join("; ");
         return Err(format!("visudo rejected {}: {message}", path.display()));
     }
-    tmp.persist(path)
-        .map_err(|e| format!("{}: cannot install: {}", path.display(), e.error))?;
-    crate::host::sync_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    Ok(())
-}
-
-fn tmp_name(dir: &Path) -> String {
-    format!("{}/.con-sudoers*", dir.display())
+    staged
+        .commit()
+        .map_err(|e| format!("{}: cannot install: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! outer inbox has no unit of its own: the daemon watches it and routes its
 //! tasks, because a task must be recorded before anything acts on it.
 //!
-//! Generation is pure: text from config and settings, nothing read from the
+//! Generation is pure: text from config and the layout, nothing read from the
 //! host. Every unit passes `systemd-analyze verify`, and the sandbox of each
 //! is as tight as its job allows; `systemd-analyze security --offline=true`
 //! scores are asserted in `tests/units.rs` (worker and officer/operator
@@ -33,25 +33,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use con_config::{Agent, Config, Mode, Runner};
-
-/// Where units point and whose paths they open up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnitSettings {
-    /// The `con` binary every unit runs (`/usr/local/bin/con`).
-    pub con_binary: PathBuf,
-    /// The root prefix (`/` in production); passed on as `--root` otherwise.
-    pub root: PathBuf,
-    /// Prefix of agent user names (`a-`); passed on as `--user-prefix` otherwise.
-    pub user_prefix: String,
-    /// Prefix of con's group names (empty in production); the daemon learns
-    /// its operators' group (`<prefix>trusted`) from it.
-    pub group_prefix: String,
-    /// The config file; passed on as `--config` when it is not
-    /// `<root>/etc/con/con.toml`.
-    pub config_file: PathBuf,
-    /// `<root>/srv/con`: inboxes and agents' directories.
-    pub layout_srv: PathBuf,
-}
+use con_layout::Layout;
 
 /// One unit file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,22 +76,18 @@ const HEADER: &str =
 pub fn agent_units(
     config: &Config,
     agent: &Agent,
-    settings: &UnitSettings,
+    layout: &Layout,
     writable_paths: &[PathBuf],
 ) -> Vec<Unit> {
     let service = service_name(&agent.name);
     let mut units = vec![Unit {
-        text: agent_service(config, agent, settings, writable_paths),
+        text: agent_service(config, agent, layout, writable_paths),
         name: service.clone(),
         enable: agent.mode == Mode::Continuous,
     }];
     match agent.mode {
         Mode::OnDemand => {
-            let inbox = settings
-                .layout_srv
-                .join("agents")
-                .join(&agent.name)
-                .join("inbox");
+            let inbox = layout.agent_inbox(&agent.name);
             let mut u = UnitText::new(&format!(
                 "Start con agent {} when a task is in its inbox",
                 agent.name
@@ -156,11 +134,11 @@ pub fn agent_units(
 
 /// The system units: the daemon (which also watches and routes the outer
 /// inbox) and the healthcheck (timer + service).
-pub fn system_units(config: &Config, settings: &UnitSettings) -> Vec<Unit> {
+pub fn system_units(config: &Config, layout: &Layout) -> Vec<Unit> {
     vec![
         Unit {
             name: DAEMON_UNIT.to_owned(),
-            text: daemon_service(config, settings),
+            text: daemon_service(config, layout),
             enable: true,
         },
         Unit {
@@ -170,7 +148,7 @@ pub fn system_units(config: &Config, settings: &UnitSettings) -> Vec<Unit> {
         },
         Unit {
             name: "con-healthcheck.service".to_owned(),
-            text: healthcheck_service(config, settings),
+            text: healthcheck_service(config, layout),
             enable: false,
         },
     ]
@@ -184,12 +162,12 @@ fn service_name(agent: &str) -> String {
 fn agent_service(
     config: &Config,
     agent: &Agent,
-    settings: &UnitSettings,
+    layout: &Layout,
     writable_paths: &[PathBuf],
 ) -> String {
     let sudo = agent.roles.iter().any(|r| SUDO_ROLES.contains(&r.as_str()));
-    let user = format!("{}{}", settings.user_prefix, agent.name);
-    let home = settings.root.join("home").join(&user);
+    let user = layout.user(&agent.name);
+    let home = layout.home(&agent.name);
     let mut u = UnitText::new(&format!(
         "con agent {} ({}) of {}",
         agent.name, agent.tier, config.system.name
@@ -201,13 +179,10 @@ fn agent_service(
     u.section("Service");
     u.set("Type", "exec");
     u.set("User", &escape_specifiers(&user));
-    // The run frames tasks by the same trusted group the daemon records.
-    let trusted = format!("{}trusted", settings.group_prefix);
-    let mut args = vec!["run", agent.name.as_str()];
-    if !settings.group_prefix.is_empty() {
-        args.extend(["--trusted-group", &trusted]);
-    }
-    u.set("ExecStart", &exec_line(settings, &args));
+    u.set(
+        "ExecStart",
+        &exec_line(layout, &["run", agent.name.as_str()]),
+    );
     u.comment(
         "The same environment the daemon's own supervisor gives a run; nothing else is inherited.",
     );
@@ -267,9 +242,9 @@ fn agent_service(
         u.comment("`con commission` as root writes accounts, sudoers and units under /etc, new homes, and agents' trees; useradd also touches /var/log.");
         for p in [
             PathBuf::from("/etc"),
-            settings.root.join("etc"),
-            settings.root.join("home"),
-            settings.layout_srv.clone(),
+            layout.system_etc_dir(),
+            layout.home_base(),
+            layout.srv_dir(),
             PathBuf::from("/var/log"),
         ] {
             if !rw.contains(&p) {
@@ -285,7 +260,7 @@ fn agent_service(
         u.comment("New agents' homes are created through sudo: home directories stay visible and writable.");
         u.set("ProtectHome", "no");
     } else {
-        protect_home(&mut u, settings, &home, home_writable);
+        protect_home(&mut u, layout, &home, home_writable);
     }
     if sudo {
         u.comment(
@@ -296,13 +271,10 @@ fn agent_service(
         u.set_paths(
             "InaccessiblePaths",
             "-",
-            &[
-                settings.root.join("etc/con/env"),
-                settings.root.join("var/lib/con"),
-            ],
+            &[layout.env_file(), layout.state_dir()],
         );
     }
-    private_tmp(&mut u, settings);
+    private_tmp(&mut u, layout);
     if sudo {
         // systemd turns NoNewPrivileges on by itself for a non-root service
         // that uses any seccomp-based setting (SystemCallFilter=,
@@ -356,8 +328,8 @@ fn agent_service(
 }
 
 /// `ProtectHome=`: the agent sees no home but its own.
-fn protect_home(u: &mut UnitText, settings: &UnitSettings, home: &Path, writable: bool) {
-    if under_any(&settings.root, &["/home", "/root", "/run/user"]) {
+fn protect_home(u: &mut UnitText, layout: &Layout, home: &Path, writable: bool) {
+    if under_any(layout.root(), &["/home", "/root", "/run/user"]) {
         u.comment(
             "The root prefix lives under a home directory: homes are read-only rather than hidden.",
         );
@@ -375,8 +347,8 @@ fn protect_home(u: &mut UnitText, settings: &UnitSettings, home: &Path, writable
 
 /// `PrivateTmp=yes`, unless the whole tree lives in `/tmp` (tests), which a
 /// private `/tmp` would hide.
-fn private_tmp(u: &mut UnitText, settings: &UnitSettings) {
-    if under_any(&settings.root, &["/tmp", "/var/tmp"]) {
+fn private_tmp(u: &mut UnitText, layout: &Layout) {
+    if under_any(layout.root(), &["/tmp", "/var/tmp"]) {
         u.comment(
             "The root prefix lives in /tmp, which a private /tmp would hide: no PrivateTmp=.",
         );
@@ -412,7 +384,7 @@ fn private_keyring_ipc_umask(u: &mut UnitText) {
     u.set("UMask", "0077");
 }
 
-fn daemon_service(config: &Config, settings: &UnitSettings) -> String {
+fn daemon_service(config: &Config, layout: &Layout) -> String {
     let mut u = UnitText::new(&format!(
         "con daemon of {}: event log, socket and LLM gateway",
         config.system.name
@@ -423,12 +395,10 @@ fn daemon_service(config: &Config, settings: &UnitSettings) -> String {
 
     u.section("Service");
     u.set("Type", "notify");
-    let mut args = vec!["daemon", "--supervisor", "systemd"];
-    let trusted = format!("{}trusted", settings.group_prefix);
-    if !settings.group_prefix.is_empty() {
-        args.extend(["--trusted-group", &trusted]);
-    }
-    u.set("ExecStart", &exec_line(settings, &args));
+    u.set(
+        "ExecStart",
+        &exec_line(layout, &["daemon", "--supervisor", "systemd"]),
+    );
     u.set("Restart", "on-failure");
     u.set("RestartSec", "2s");
     u.comment(
@@ -437,7 +407,7 @@ fn daemon_service(config: &Config, settings: &UnitSettings) -> String {
     u.set("SyslogIdentifier", "con-daemon");
 
     u.blank();
-    u.comment("Sandbox: root, because it reads and routes tasks in agents' 0700 directories and owns the root-only event log. It reads /etc/con, writes the log, its socket directory and inboxes, and calls model APIs; nothing else.");
+    u.comment(&format!("Sandbox: root, because it reads and routes tasks in agents' 0700 directories and owns the root-only event log. It reads {}, writes the log, its socket directory and inboxes, and calls model APIs; nothing else.", layout.etc_dir().display()));
     u.set("NoNewPrivileges", "yes");
     u.comment("Reading inboxes in agents' 0700 trees, moving tasks out of the sticky outer inbox into the concierge's.");
     u.set(
@@ -446,28 +416,26 @@ fn daemon_service(config: &Config, settings: &UnitSettings) -> String {
     );
     u.set("AmbientCapabilities", "");
     u.set("ProtectSystem", "strict");
-    let var_lib = settings.root.join("var/lib/con");
-    let run = settings.root.join("run/con");
-    if settings.root == Path::new("/") {
-        u.set("StateDirectory", "con");
+    if let (true, Some(state), Some(runtime)) = (
+        layout.is_host_root(),
+        under_dir(&layout.state_dir(), "/var/lib"),
+        under_dir(&layout.runtime_dir(), "/run"),
+    ) {
+        u.set("StateDirectory", &state);
         u.set("StateDirectoryMode", "0700");
-        u.set("RuntimeDirectory", "con");
+        u.set("RuntimeDirectory", &runtime);
         u.set("RuntimeDirectoryMode", "0755");
-        u.set_paths(
-            "ReadWritePaths",
-            "",
-            std::slice::from_ref(&settings.layout_srv),
-        );
+        u.set_paths("ReadWritePaths", "", &[layout.srv_dir()]);
     } else {
         u.comment("Outside the host root these must exist before the daemon starts (bootstrap creates them).");
         u.set_paths(
             "ReadWritePaths",
             "-",
-            &[var_lib, run, settings.layout_srv.clone()],
+            &[layout.state_dir(), layout.runtime_dir(), layout.srv_dir()],
         );
     }
     u.set("ProtectHome", "yes");
-    private_tmp(&mut u, settings);
+    private_tmp(&mut u, layout);
     confined_protections(&mut u);
     u.set("MemoryDenyWriteExecute", "yes");
     u.set("SystemCallFilter", "@system-service");
@@ -502,14 +470,14 @@ fn healthcheck_timer(config: &Config) -> String {
     u.finish()
 }
 
-fn healthcheck_service(config: &Config, settings: &UnitSettings) -> String {
+fn healthcheck_service(config: &Config, layout: &Layout) -> String {
     let mut u = UnitText::new("Evaluate con contracts and enforce them");
     u.comment("Results and actions are recorded: no daemon, no healthcheck.");
     u.set("Requires", DAEMON_UNIT);
     u.set("After", DAEMON_UNIT);
     u.section("Service");
     u.set("Type", "oneshot");
-    u.set("ExecStart", &exec_line(settings, &["healthcheck"]));
+    u.set("ExecStart", &exec_line(layout, &["healthcheck"]));
     u.set("SyslogIdentifier", "con-healthcheck");
     u.comment("Every check has its own timeout; a pass that outlives five intervals is stuck and is stopped so the next one can run.");
     u.set(
@@ -525,7 +493,7 @@ fn healthcheck_service(config: &Config, settings: &UnitSettings) -> String {
         ),
     );
     u.blank();
-    u.comment("Sandbox: root, because contracts inspect every agent's tree and enforcement acts on any agent. It measures the host (full /proc, all processes), kills sessions (KILL), runs agent-scope checks as the agent (SETUID, SETGID) and drops escalations into 0700 inboxes (DAC_*); it writes only /srv/con.");
+    u.comment(&format!("Sandbox: root, because contracts inspect every agent's tree and enforcement acts on any agent. It measures the host (full /proc, all processes), kills sessions (KILL), runs agent-scope checks as the agent (SETUID, SETGID) and drops escalations into 0700 inboxes (DAC_*); it writes only {}.", layout.srv_dir().display()));
     u.set("NoNewPrivileges", "yes");
     u.set(
         "CapabilityBoundingSet",
@@ -533,14 +501,10 @@ fn healthcheck_service(config: &Config, settings: &UnitSettings) -> String {
     );
     u.set("AmbientCapabilities", "");
     u.set("ProtectSystem", "strict");
-    u.set_paths(
-        "ReadWritePaths",
-        "",
-        std::slice::from_ref(&settings.layout_srv),
-    );
+    u.set_paths("ReadWritePaths", "", &[layout.srv_dir()]);
     u.comment("Contracts check agents' homes (AGENTS.md owner and mode): visible, read-only.");
     u.set("ProtectHome", "read-only");
-    private_tmp(&mut u, settings);
+    private_tmp(&mut u, layout);
     confined_protections(&mut u);
     u.set("MemoryDenyWriteExecute", "yes");
     u.set("SystemCallFilter", "@system-service");
@@ -555,25 +519,28 @@ fn healthcheck_service(config: &Config, settings: &UnitSettings) -> String {
     u.finish()
 }
 
-/// `ExecStart=` for `con <args>`, with the global flags that differ from
-/// their defaults (so units on a standard host stay short, and a test tree
-/// gets its own paths).
-fn exec_line(settings: &UnitSettings, args: &[&str]) -> String {
-    let mut words = vec![escape_word(&settings.con_binary.to_string_lossy())];
-    if settings.root != Path::new("/") {
-        words.push("--root".to_owned());
-        words.push(escape_word(&settings.root.to_string_lossy()));
-    }
-    if settings.user_prefix != "a-" {
-        words.push("--user-prefix".to_owned());
-        words.push(escape_word(&settings.user_prefix));
-    }
-    if settings.config_file != settings.root.join("etc/con/con.toml") {
-        words.push("--config".to_owned());
-        words.push(escape_word(&settings.config_file.to_string_lossy()));
-    }
+/// `ExecStart=` for `con <args>`, with the global flags under which the
+/// unit's `con` resolves this same layout (none on a standard host, so its
+/// units stay short; a test tree gets its own paths and names).
+fn exec_line(layout: &Layout, args: &[&str]) -> String {
+    let mut words = vec![escape_word(&layout.con_binary().to_string_lossy())];
+    words.extend(
+        layout
+            .con_flags()
+            .iter()
+            .map(|w| escape_word(&w.to_string_lossy())),
+    );
     words.extend(args.iter().map(|a| escape_word(a)));
     words.join(" ")
+}
+
+/// `path` relative to `dir`, as the `StateDirectory=`-style settings take
+/// it, if it is below `dir`.
+fn under_dir(path: &Path, dir: &str) -> Option<String> {
+    path.strip_prefix(dir)
+        .ok()
+        .filter(|rel| !rel.as_os_str().is_empty())
+        .map(|rel| escape_specifiers(&rel.to_string_lossy()))
 }
 
 /// Whether `path` is one of `dirs` or below one.

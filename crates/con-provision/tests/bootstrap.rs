@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use con_provision::{ApplyOptions, Layout, PlanInput, Profile, Report, StepStatus};
+use con_layout::{ConGroup, Layout};
+use con_provision::{ApplyOptions, PlanInput, Profile, Report, StepStatus};
 
 const AGENTS: [&str; 4] = ["concierge", "sysadmin", "strategist", "scribe"];
 
@@ -227,17 +228,17 @@ fn bootstrap_twice_changes_nothing_the_second_time() {
     // Spot checks of what the kernel now says.
     let meta = std::fs::metadata(host.layout.home("scribe").join("AGENTS.md")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o444);
-    let meta = std::fs::metadata(&host.layout.env_file).unwrap();
+    let meta = std::fs::metadata(host.layout.env_file()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
     let user = nix::unistd::User::from_name(&host.user("scribe"))
         .unwrap()
         .unwrap();
     assert_eq!(user.shell, Path::new("/usr/sbin/nologin"));
     // The secrets file's content is never touched.
-    std::fs::write(&host.layout.env_file, "CON_OPENROUTER_API_KEY=secret\n").unwrap();
+    std::fs::write(host.layout.env_file(), "CON_OPENROUTER_API_KEY=secret\n").unwrap();
     assert_clean(&host.bootstrap());
     assert_eq!(
-        std::fs::read_to_string(&host.layout.env_file).unwrap(),
+        std::fs::read_to_string(host.layout.env_file()).unwrap(),
         "CON_OPENROUTER_API_KEY=secret\n"
     );
 }
@@ -248,7 +249,7 @@ fn agents_are_confined_by_the_kernel() {
     assert_clean(&host.bootstrap());
     let sysadmin = host.agent_dir("sysadmin");
     let scribe_home = host.layout.home("scribe");
-    std::fs::write(&host.layout.env_file, "KEY=secret\n").unwrap();
+    std::fs::write(host.layout.env_file(), "KEY=secret\n").unwrap();
     std::fs::write(sysadmin.join("workspace/notes.txt"), "private\n").unwrap();
 
     // A worker tasks no one, and reads no one else's files.
@@ -269,7 +270,10 @@ fn agents_are_confined_by_the_kernel() {
         "scribe",
         &format!("cat {}/AGENTS.md", host.layout.home("sysadmin").display()),
     );
-    host.denied("scribe", &format!("cat {}", host.layout.env_file.display()));
+    host.denied(
+        "scribe",
+        &format!("cat {}", host.layout.env_file().display()),
+    );
 
     // It reads its own instructions but cannot change or replace them.
     let own = scribe_home.join("AGENTS.md");
@@ -356,7 +360,7 @@ fn drift_is_reported_and_repaired() {
     acl.remove(posix_acl::Qualifier::User(concierge.uid.as_raw()))
         .unwrap();
     acl.write_acl(&inbox).unwrap();
-    let unit = host.layout.unit_dir.join("con-agent@scribe.path");
+    let unit = host.layout.unit_file("con-agent@scribe.path");
     std::fs::remove_file(&unit).unwrap();
     let agents_md = host.layout.home("scribe").join("AGENTS.md");
     std::fs::set_permissions(&agents_md, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -446,7 +450,7 @@ fn a_broken_sudoers_template_is_refused_and_the_installed_file_kept() {
         report.steps
     );
     // No temp file is left where sudo would read it.
-    let leftovers: Vec<_> = std::fs::read_dir(&host.layout.sudoers_dir)
+    let leftovers: Vec<_> = std::fs::read_dir(host.layout.sudoers_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
@@ -456,7 +460,11 @@ fn a_broken_sudoers_template_is_refused_and_the_installed_file_kept() {
 #[test]
 fn sudo_grants_exactly_the_profiles_commands() {
     let mut host = Host::new();
-    host.layout.sudoers_dir = PathBuf::from("/etc/sudoers.d");
+    host.layout = host
+        .layout
+        .clone()
+        .with_sudoers_dir(Path::new("/etc/sudoers.d"))
+        .unwrap();
     let installed = host.layout.sudoers_file("sysadmin");
     host.outside.push(installed.clone());
     assert_clean(&host.bootstrap());
@@ -537,7 +545,7 @@ fn a_config_with_a_bad_agent_name_touches_nothing() {
         );
     }
     assert!(
-        nix::unistd::Group::from_name(&host.layout.group("agents"))
+        nix::unistd::Group::from_name(&host.layout.group(ConGroup::Agents))
             .unwrap()
             .is_none()
     );

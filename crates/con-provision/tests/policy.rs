@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use con_layout::Layout;
 use con_provision::config_edit::ConfigLines;
 use con_provision::policy::{self, ContractRef, ExplainInput, Exposure, Policy};
-use con_provision::{Layout, PlanInput, Profile};
+use con_provision::{PlanInput, Profile};
 
 const WORKER: &str = "\n[[agents]]\nname = \"scribe\"\ntier = \"worker\"\n";
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use con_config::{Config, Tier};
-use con_provision::units::{SUDO_ROLES, Unit, UnitSettings, agent_units, system_units};
+use con_layout::Layout;
+use con_provision::units::{SUDO_ROLES, Unit, agent_units, system_units};
 
 /// The most exposure each kind of unit may have (systemd's 0–10 scale).
 /// An agent whose role uses sudo (setuid) cannot have any setting that
@@ -87,30 +88,26 @@ fn fleet() -> Config {
     con_config::parse(FLEET, Path::new("fleet.toml"), &BTreeMap::new()).unwrap()
 }
 
-fn settings(root: &Path, con_binary: &Path) -> UnitSettings {
-    UnitSettings {
-        con_binary: con_binary.to_path_buf(),
-        root: root.to_path_buf(),
-        user_prefix: "a-".to_owned(),
-        group_prefix: String::new(),
-        config_file: root.join("etc/con/con.toml"),
-        layout_srv: root.join("srv/con"),
-    }
+fn layout(root: &Path, con_binary: &Path) -> Layout {
+    Layout::new(root, "a-", "")
+        .unwrap()
+        .with_con_binary(con_binary)
+        .unwrap()
 }
 
 /// What the plan grants: the agent's own tree, and for the concierge the
 /// inboxes of everyone it routes to.
-fn writable(config: &Config, agent: &str, s: &UnitSettings) -> Vec<PathBuf> {
-    let mut paths = vec![s.layout_srv.join("agents").join(agent)];
+fn writable(config: &Config, agent: &str, s: &Layout) -> Vec<PathBuf> {
+    let mut paths = vec![s.agent_dir(agent)];
     if agent == "concierge" {
         for other in config.agents.iter().filter(|a| a.name != agent) {
-            paths.push(s.layout_srv.join("agents").join(&other.name).join("inbox"));
+            paths.push(s.agent_inbox(&other.name));
         }
     }
     paths
 }
 
-fn all_units(config: &Config, s: &UnitSettings) -> Vec<Unit> {
+fn all_units(config: &Config, s: &Layout) -> Vec<Unit> {
     let mut units = system_units(config, s);
     for agent in &config.agents {
         units.extend(agent_units(
@@ -125,7 +122,7 @@ fn all_units(config: &Config, s: &UnitSettings) -> Vec<Unit> {
 
 #[test]
 fn snapshots_of_every_unit() {
-    let host = settings(Path::new("/"), Path::new("/usr/local/bin/con"));
+    let host = Layout::host();
     for (name, config) in [
         ("default", profile("default")),
         ("minimal", profile("minimal")),
@@ -139,7 +136,7 @@ fn snapshots_of_every_unit() {
 
 #[test]
 fn unit_sets_and_what_gets_enabled() {
-    let host = settings(Path::new("/"), Path::new("/usr/local/bin/con"));
+    let host = Layout::host();
     let names: Vec<(String, bool)> = all_units(&fleet(), &host)
         .into_iter()
         .map(|u| (u.name, u.enable))
@@ -169,16 +166,17 @@ fn unit_sets_and_what_gets_enabled() {
 fn global_flags_only_when_not_default() {
     let config = profile("minimal");
     let concierge = config.agent("concierge").unwrap();
-    let host = settings(Path::new("/"), Path::new("/usr/local/bin/con"));
+    let host = Layout::host();
     let text = &agent_units(&config, concierge, &host, &[])[0].text;
     assert!(
         text.contains("\nExecStart=/usr/local/bin/con run concierge\n"),
         "{text}"
     );
 
-    let mut other = settings(Path::new("/srv/test root"), Path::new("/usr/local/bin/con"));
-    other.user_prefix = "t1-".to_owned();
-    other.config_file = PathBuf::from("/etc/100%/con.toml");
+    let other = Layout::new(Path::new("/srv/test root"), "t1-", "")
+        .unwrap()
+        .with_config_file(Path::new("/etc/100%/con.toml"))
+        .unwrap();
     let text = &agent_units(&config, concierge, &other, &[])[0].text;
     assert!(
         text.contains(
@@ -192,7 +190,7 @@ fn global_flags_only_when_not_default() {
 #[test]
 fn sandbox_follows_the_role() {
     let config = fleet();
-    let host = settings(Path::new("/"), Path::new("/usr/local/bin/con"));
+    let host = Layout::host();
     let text_of = |name: &str| {
         let agent = config.agent(name).unwrap();
         agent_units(&config, agent, &host, &writable(&config, name, &host))
@@ -236,7 +234,7 @@ fn sandbox_follows_the_role() {
 #[test]
 fn writable_home_is_bound_writable() {
     let config = fleet();
-    let host = settings(Path::new("/"), Path::new("/usr/local/bin/con"));
+    let host = Layout::host();
     let agent = config.agent("watcher").unwrap();
     let home = PathBuf::from("/home/a-watcher");
     let text = &agent_units(&config, agent, &host, &[home])[0].text;
@@ -286,7 +284,7 @@ fn every_unit_verifies_cleanly() {
         ("minimal", profile("minimal")),
         ("fleet", fleet()),
     ] {
-        let host = settings(Path::new("/"), Path::new(STAND_IN));
+        let host = layout(Path::new("/"), Path::new(STAND_IN));
         assert_verifies(name, &all_units(&config, &host));
     }
     // A test tree in /tmp, with a space and a specifier character in its path.
@@ -294,23 +292,22 @@ fn every_unit_verifies_cleanly() {
         .prefix("con units %i ")
         .tempdir()
         .unwrap();
-    let mut tree = settings(tmp.path(), Path::new(STAND_IN));
-    tree.user_prefix = "ut-".to_owned();
-    tree.group_prefix = "ut-".to_owned();
+    let tree = Layout::new(tmp.path(), "ut-", "ut-")
+        .unwrap()
+        .with_con_binary(Path::new(STAND_IN))
+        .unwrap();
     let units = all_units(&fleet(), &tree);
     assert_verifies("fleet in a temp root", &units);
-    // Runs and the daemon agree on which group makes a task verified.
-    for u in units
-        .iter()
-        .filter(|u| u.name.ends_with(".service") && u.name != "con-healthcheck.service")
-    {
+    // Every con a unit starts resolves the layout the unit was made from:
+    // runs and the daemon agree on which group makes a task verified.
+    for u in units.iter().filter(|u| u.name.ends_with(".service")) {
         let exec = u
             .text
             .lines()
             .find(|l| l.starts_with("ExecStart="))
             .unwrap();
         assert!(
-            exec.contains("--trusted-group ut-trusted"),
+            exec.contains(" --user-prefix ut- --group-prefix ut- "),
             "{}: {exec}",
             u.name
         );
@@ -344,7 +341,7 @@ fn exposure(file: &Path) -> f64 {
 /// on a standard host.
 fn scores() -> Vec<(String, String, f64, f64)> {
     let config = fleet();
-    let host = settings(Path::new("/"), Path::new(STAND_IN));
+    let host = layout(Path::new("/"), Path::new(STAND_IN));
     let units = all_units(&config, &host);
     let (_dir, files) = write_units(&units);
     let mut rows = Vec::new();

@@ -17,10 +17,8 @@
 //! [`con_protocol`] through [`ClientLink`], or whatever [`DaemonLink`] a
 //! test supplies.
 
-mod atomic;
 mod inbox;
 mod link;
-mod process;
 pub mod prompt;
 mod session;
 pub mod tools;
@@ -33,6 +31,7 @@ use std::time::Duration;
 use con_config::Runner;
 use con_event::payloads::Outcome;
 use con_event::{EncodeError, Payload, SessionId};
+use con_layout::Layout;
 use con_protocol::ClientEvent;
 
 pub use link::{ClientLink, DaemonLink, LinkError, RecordedTrust};
@@ -47,12 +46,10 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct AgentRun {
     /// Agent name.
     pub agent: String,
-    /// Its Linux user name.
-    pub user: String,
-    /// Its home directory, from the passwd entry (holds AGENTS.md).
+    /// Where its files are, and its user's and the trusted group's names.
+    pub layout: Layout,
+    /// Its home directory, from the passwd entry (the tools' `HOME`).
     pub home: PathBuf,
-    /// `<root>/srv/con/agents/<agent>`.
-    pub dir: PathBuf,
     /// What executes a session.
     pub runner: Runner,
     /// Provider name, for `session.started` (the daemon picks the real one).
@@ -65,56 +62,57 @@ pub struct AgentRun {
     pub session_limit: Duration,
     /// Budget for earlier exchanges in the prompt, in estimated tokens.
     pub history_tokens: usize,
-    /// Group whose members' tasks are verified.
-    pub trusted_group: String,
     /// Set to stop the run: the running command is killed, and the session
     /// ends as `killed` at its next step (see [`stop_on_signals`]).
     pub stop: Arc<AtomicBool>,
 }
 
 impl AgentRun {
-    /// A run of the configured `agent`, whose Linux user is `user` with home
-    /// `home`, and whose tree is `dir`.
-    pub fn new(agent: &con_config::Agent, user: String, home: PathBuf, dir: PathBuf) -> Self {
+    /// A run of the configured `agent` on `layout`, whose user's home is
+    /// `home`.
+    pub fn new(agent: &con_config::Agent, layout: Layout, home: PathBuf) -> Self {
         Self {
             agent: agent.name.clone(),
-            user,
+            layout,
             home,
-            dir,
             runner: agent.runner.clone(),
             provider: agent.provider.map(|p| p.as_str().to_owned()),
             model: agent.model.clone(),
             max_iterations: agent.max_iterations,
             session_limit: Duration::from_secs(u64::from(agent.max_session_min) * 60),
             history_tokens: prompt::DEFAULT_HISTORY_TOKENS,
-            trusted_group: "trusted".into(),
             stop: Arc::default(),
         }
     }
 
-    /// `inbox/`.
+    /// Its Linux user name.
+    pub fn user(&self) -> String {
+        self.layout.user(&self.agent)
+    }
+
+    /// Its inbox.
     pub fn inbox(&self) -> PathBuf {
-        self.dir.join("inbox")
+        self.layout.agent_inbox(&self.agent)
     }
 
-    /// `outbox/`.
+    /// Where its responses go.
     pub fn outbox(&self) -> PathBuf {
-        self.dir.join("outbox")
+        self.layout.agent_outbox(&self.agent)
     }
 
-    /// `processed/`.
+    /// Where its answered tasks go.
     pub fn processed(&self) -> PathBuf {
-        self.dir.join("processed")
+        self.layout.agent_processed(&self.agent)
     }
 
-    /// `workspace/`.
+    /// Its workspace.
     pub fn workspace(&self) -> PathBuf {
-        self.dir.join("workspace")
+        self.layout.agent_workspace(&self.agent)
     }
 
-    /// `sessions/` (holds the per-task claims).
+    /// Its per-task claims.
     pub fn sessions(&self) -> PathBuf {
-        self.dir.join("sessions")
+        self.layout.agent_sessions(&self.agent)
     }
 }
 
@@ -179,13 +177,13 @@ impl RunError {
 }
 
 /// The passwd entry of the process's effective uid, if it may run `agent`:
-/// never root, and only as `<user_prefix><agent>`.
-pub fn check_identity(agent: &str, user_prefix: &str) -> Result<nix::unistd::User, RunError> {
+/// never root, and only as the agent's own user in `layout`.
+pub fn check_identity(layout: &Layout, agent: &str) -> Result<nix::unistd::User, RunError> {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
         return Err(RunError::Root);
     }
-    let expected = format!("{user_prefix}{agent}");
+    let expected = layout.user(agent);
     let user = nix::unistd::User::from_uid(uid)
         .ok()
         .flatten()

@@ -114,10 +114,12 @@ pub struct PromptContext<'a> {
     pub agent: &'a str,
     /// Its Linux user.
     pub user: &'a str,
-    /// Its home (where AGENTS.md is).
-    pub home: &'a Path,
-    /// Its workspace (where `skills/` is).
+    /// Its instructions.
+    pub agents_md: &'a Path,
+    /// Its workspace.
     pub workspace: &'a Path,
+    /// Its skills (`*.md`).
+    pub skills: &'a Path,
     /// Where the response will be written.
     pub response_path: &'a Path,
 }
@@ -127,8 +129,8 @@ pub struct PromptContext<'a> {
 /// task's provenance framing.
 pub fn system_prompt(ctx: &PromptContext<'_>, task: &Task) -> String {
     let mut out = String::new();
-    let agents_md = ctx.home.join("AGENTS.md");
-    match fs::read(&agents_md) {
+    let agents_md = ctx.agents_md;
+    match fs::read(agents_md) {
         Ok(bytes) => out.push_str(String::from_utf8_lossy(&bytes).trim_end()),
         Err(e) => out.push_str(&format!(
             "(No instructions: {} could not be read: {e}.)",
@@ -136,8 +138,7 @@ pub fn system_prompt(ctx: &PromptContext<'_>, task: &Task) -> String {
         )),
     }
     out.push_str("\n\n");
-    let skills_dir = ctx.workspace.join("skills");
-    let skills = skills(&skills_dir);
+    let skills = skills(ctx.skills);
     if !skills.is_empty() {
         out.push_str("# Skills\n\n");
         for (path, text) in skills {
@@ -373,11 +374,14 @@ mod tests {
         fs::write(ws.path().join("skills/a.md"), "skill A").unwrap();
         fs::write(ws.path().join("skills/notes.txt"), "not a skill").unwrap();
         let response = ws.path().join("r.response");
+        let agents_md = home.path().join("AGENTS.md");
+        let skills = ws.path().join("skills");
         let ctx = PromptContext {
             agent: "x",
             user: "a-x",
-            home: home.path(),
+            agents_md: &agents_md,
             workspace: ws.path(),
+            skills: &skills,
             response_path: &response,
         };
         let p = system_prompt(&ctx, &task(Trust::Unverified, TaskBody::Special));

@@ -15,10 +15,10 @@ use con_llm::{ChatRequest, Message, ToolOutcome};
 use con_protocol::LlmCall;
 use serde_json::json;
 
-use crate::atomic::write_atomically;
+use con_process::{ShellCommand, StderrMode};
+
 use crate::inbox::{Claim, pending};
 use crate::link::RecordedTrust;
-use crate::process::{self, ShellCommand, StderrMode};
 use crate::prompt::{self, PromptContext, Task};
 use crate::tools::{self, ToolContext, ToolOutput};
 use crate::{AgentRun, DaemonLink, LinkError, RunError, client_event, stops_draining};
@@ -211,7 +211,7 @@ fn run_session(
 ) -> Result<Option<SessionReport>, RunError> {
     let started = Instant::now();
     let deadline = started + run.session_limit;
-    let Some(mut task) = Task::read(path, &run.trusted_group)? else {
+    let Some(mut task) = Task::read(path, &run.layout.trusted_group())? else {
         return Ok(None);
     };
     settle_trust(link, run, &mut task)?;
@@ -223,9 +223,10 @@ fn run_session(
     let system = prompt::system_prompt(
         &PromptContext {
             agent: &run.agent,
-            user: &run.user,
-            home: &run.home,
+            user: &run.user(),
+            agents_md: &run.layout.agents_md(&run.agent),
             workspace: &workspace,
+            skills: &run.layout.agent_skills(&run.agent),
             response_path: &response_path,
         },
         &task,
@@ -289,7 +290,7 @@ fn tool_loop(
         &run.outbox(),
         run.history_tokens,
         &task.id,
-        &run.trusted_group,
+        &run.layout.trusted_group(),
         nonce,
     );
     messages.push(Message::User {
@@ -297,7 +298,7 @@ fn tool_loop(
     });
     let workspace = run.workspace();
     let ctx = ToolContext {
-        env: tools::scrubbed_env(&run.home, &run.user, &workspace),
+        env: tools::scrubbed_env(&run.home, &run.user(), &workspace),
         workspace,
         stop: run.stop.clone(),
     };
@@ -495,10 +496,10 @@ fn exec_runner(
         },
         vec![arguments],
     )?;
-    let env = tools::scrubbed_env(&run.home, &run.user, &workspace);
+    let env = tools::scrubbed_env(&run.home, &run.user(), &workspace);
     let timeout = time_left(deadline);
     let t0 = Instant::now();
-    let finished = process::run(ShellCommand {
+    let finished = ShellCommand {
         script: command,
         cwd: &workspace,
         env: &env,
@@ -506,8 +507,9 @@ fn exec_runner(
         timeout,
         stdout_cap: RESPONSE_CAP,
         stderr: StderrMode::Separate(RUNNER_STDERR_CAP),
-        stop: &run.stop,
-    });
+        stop: Some(&run.stop),
+    }
+    .run();
     let finished = match finished {
         Ok(f) => f,
         Err(e) => {
@@ -647,7 +649,7 @@ fn route(
     body: &str,
     response_path: &Path,
 ) -> Result<bool, Routing> {
-    write_atomically(response_path, body.as_bytes(), true).map_err(|e| {
+    con_fs::replace_file(response_path, body.as_bytes(), 0o666).map_err(|e| {
         Routing::Failed(
             format!("cannot write the response {}: {e}", response_path.display()),
             false,
@@ -667,18 +669,11 @@ fn route(
         .file_name()
         .map(ToOwned::to_owned)
         .unwrap_or_default();
-    let dest = move_noreplace(&task.path, &run.processed(), &file_name.to_string_lossy()).map_err(
-        |(dest, e)| {
-            Routing::Failed(
-                format!(
-                    "cannot move {} to {}: {e}",
-                    task.path.display(),
-                    dest.display()
-                ),
-                true,
-            )
-        },
-    )?;
+    let dest =
+        con_fs::move_without_replacing(&task.path, &run.processed(), &file_name.to_string_lossy())
+            .map_err(|e| {
+                Routing::Failed(format!("cannot move {}: {e}", task.path.display()), true)
+            })?;
     rec.append(
         TaskRouted {
             from: run.agent.clone(),
@@ -703,33 +698,4 @@ fn free_name(dir: &Path, stem: &str, ext: &str) -> std::path::PathBuf {
         })
         .find(|p| fs::symlink_metadata(p).is_err())
         .unwrap_or_else(|| dir.join(format!("{stem}-{}.{ext}", uuid::Uuid::new_v4().simple())))
-}
-
-/// Renames `from` into `dir` under `name` (or `name` with a `-N` suffix)
-/// without ever replacing what is there: an earlier task of the same name
-/// stays in `processed/`.
-fn move_noreplace(
-    from: &Path,
-    dir: &Path,
-    name: &str,
-) -> Result<std::path::PathBuf, (std::path::PathBuf, std::io::Error)> {
-    let stem = name.strip_suffix(".task").unwrap_or(name);
-    let mut dest = dir.join(name);
-    for n in 1..=1000 {
-        match nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            from,
-            nix::fcntl::AT_FDCWD,
-            &dest,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        ) {
-            Ok(()) => return Ok(dest),
-            Err(nix::errno::Errno::EEXIST) => dest = dir.join(format!("{stem}-{n}.task")),
-            Err(e) => return Err((dest, e.into())),
-        }
-    }
-    Err((
-        dest,
-        std::io::Error::other("1000 tasks of that name already processed"),
-    ))
 }

@@ -159,7 +159,7 @@ fn commands_do_not_see_the_runs_environment() {
 #[test]
 fn root_is_refused() {
     // The test suite runs as root (it creates users).
-    let err = con_runner::check_identity("worker1", "a-").unwrap_err();
+    let err = con_runner::check_identity(&con_layout::Layout::host(), "worker1").unwrap_err();
     assert!(
         err.to_string().starts_with("con run must not run as root"),
         "{err}"
@@ -198,7 +198,7 @@ fn probe() {
             "list_dir": call("list_dir", json!({"path": locked})),
             "exec": call("exec", json!({"command": format!("id; cat {}", secret.display())})),
             "own_write": call("write_file", json!({"path": "mine.txt", "content": "ok"})),
-            "identity": con_runner::check_identity("worker1", "a-").unwrap_err().to_string(),
+            "identity": con_runner::check_identity(&con_layout::Layout::host(), "worker1").unwrap_err().to_string(),
         }),
         "env" => json!({
             "parent_saw_secret": std::env::var(FAKE_SECRET).is_ok(),

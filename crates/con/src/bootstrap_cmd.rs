@@ -1,16 +1,14 @@
 //! `con bootstrap`: plan → apply → verify the host state the config implies.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use con_event::payloads::ProvisionApplied;
 use con_event::{BlobRef, Payload};
+use con_layout::Layout;
 use con_protocol::{Client, ClientEvent};
 use con_provision::{ApplyOptions, PlanInput, Profile, Report, Step, StepStatus};
-
-use crate::paths::Paths;
 
 /// `con bootstrap` options.
 #[derive(Debug, clap::Args)]
@@ -32,9 +30,8 @@ pub struct BootstrapArgs {
 }
 
 /// Runs `con bootstrap`.
-pub fn run(args: BootstrapArgs, paths: &Paths, group_prefix: &str) -> anyhow::Result<ExitCode> {
-    let layout = paths.layout(group_prefix)?;
-    let env = environment()?;
+pub fn run(args: BootstrapArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let env = con_config::collect_environment(std::env::vars_os())?;
     // Everything is read and validated before anything is touched.
     let input = match &args.profile {
         Some(dir) => {
@@ -49,25 +46,16 @@ pub fn run(args: BootstrapArgs, paths: &Paths, group_prefix: &str) -> anyhow::Re
                 install_profile: true,
             }
         }
-        None => {
-            let config = con_config::load(&layout.config_file, &env)?;
-            // The layers live next to the config: /etc/con, or a profile
-            // directory named with --config.
-            let dir = layout
-                .config_file
-                .parent()
-                .map_or_else(|| layout.etc.clone(), Path::to_path_buf);
-            PlanInput {
-                config,
-                profile: Profile::read(&dir)?,
-                install_profile: false,
-            }
-        }
+        None => PlanInput {
+            config: con_config::load(layout.config_file(), &env)?,
+            profile: Profile::read(&layout.profile_dir())?,
+            install_profile: false,
+        },
     };
-    let plan = con_provision::plan(&input, &layout)?;
+    let plan = con_provision::plan(&input, layout)?;
 
     if args.check {
-        let drift = con_provision::check(&plan, &layout, None);
+        let drift = con_provision::check(&plan, layout, None);
         if args.json {
             let lines: Vec<&str> = drift.iter().map(|d| d.change.as_str()).collect();
             println!("{}", serde_json::json!({ "drift": lines }));
@@ -90,7 +78,7 @@ pub fn run(args: BootstrapArgs, paths: &Paths, group_prefix: &str) -> anyhow::Re
     }
     let report = con_provision::apply(
         &plan,
-        &layout,
+        layout,
         &ApplyOptions {
             dry_run: args.dry_run,
             netns: None,
@@ -103,12 +91,12 @@ pub fn run(args: BootstrapArgs, paths: &Paths, group_prefix: &str) -> anyhow::Re
                 "changes": changes,
                 "steps": report.steps,
                 "failed": report.failed(),
-                "plan": plan.render(&layout.root).lines().collect::<Vec<_>>(),
+                "plan": plan.render(layout.root()).lines().collect::<Vec<_>>(),
             });
             println!("{value}");
         } else {
             println!("plan:");
-            for line in plan.render(&layout.root).lines() {
+            for line in plan.render(layout.root()).lines() {
                 println!("  {line}");
             }
             println!("changes:");
@@ -117,7 +105,7 @@ pub fn run(args: BootstrapArgs, paths: &Paths, group_prefix: &str) -> anyhow::Re
         }
         return Ok(exit_code(&report));
     }
-    finish("bootstrap", &report, args.json, paths, Vec::new())
+    finish("bootstrap", &report, args.json, layout, Vec::new())
 }
 
 /// Prints each step on its own line, failures with their reason.
@@ -160,11 +148,11 @@ pub(crate) fn finish(
     command: &str,
     report: &Report,
     json: bool,
-    paths: &Paths,
+    layout: &Layout,
     before: Vec<Payload>,
 ) -> anyhow::Result<ExitCode> {
     let changes = report.changes();
-    let recorded = record(command, report, paths, before)?;
+    let recorded = record(command, report, layout, before)?;
     if json {
         let value = serde_json::json!({
             "command": command,
@@ -192,10 +180,10 @@ pub(crate) fn finish(
 fn record(
     command: &str,
     report: &Report,
-    paths: &Paths,
+    layout: &Layout,
     before: Vec<Payload>,
 ) -> anyhow::Result<bool> {
-    let socket = paths.socket();
+    let socket = layout.socket();
     let Ok(mut client) = Client::connect(&socket) else {
         eprintln!(
             "con: the daemon is not running ({}): {command} not recorded in the event log",
@@ -246,23 +234,4 @@ pub(crate) fn client_event(
         payload: payload.encode()?,
         attachments,
     })
-}
-
-/// The process environment as text, for config overrides (as `con config check`
-/// reads it). Variables that are not UTF-8 cannot be con overrides; they are
-/// skipped unless they claim to be one.
-pub(crate) fn environment() -> anyhow::Result<BTreeMap<String, String>> {
-    let mut env = BTreeMap::new();
-    for (key, value) in std::env::vars_os() {
-        match (key.into_string(), value.into_string()) {
-            (Ok(k), Ok(v)) => {
-                env.insert(k, v);
-            }
-            (Ok(k), Err(_)) if k.starts_with("CON_") => {
-                anyhow::bail!("env {k}: value is not valid UTF-8")
-            }
-            _ => {}
-        }
-    }
-    Ok(env)
 }

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use con_config::Tier;
 use con_event::Payload;
 use con_event::payloads::{AgentCondition, AgentState};
+use con_layout::Layout;
 use con_provision::NewAgent;
 
-use crate::bootstrap_cmd::{environment, finish};
-use crate::paths::Paths;
+use crate::bootstrap_cmd::finish;
 
 /// `con commission` options.
 #[derive(Debug, clap::Args)]
@@ -41,11 +41,7 @@ pub struct DecommissionArgs {
 }
 
 /// Runs `con commission`.
-pub fn commission(
-    args: CommissionArgs,
-    paths: &Paths,
-    group_prefix: &str,
-) -> anyhow::Result<ExitCode> {
+pub fn commission(args: CommissionArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // The name becomes a user and path names: checked before anything else.
     con_config::validate_agent_name(&args.name)
         .map_err(|m| anyhow::anyhow!("agent name {:?}: {m}", args.name))?;
@@ -54,33 +50,29 @@ pub fn commission(
         .parse()
         .map_err(|m| anyhow::anyhow!("--tier: {m}"))?;
     con_provision::commission::require_root_for("commission")?;
-    let layout = paths.layout(group_prefix)?;
     let agent = NewAgent {
         name: args.name,
         tier,
         roles: args.roles,
     };
-    let report = con_provision::commission(&layout, &environment()?, &agent, None)?;
+    let env = con_config::collect_environment(std::env::vars_os())?;
+    let report = con_provision::commission(layout, &env, &agent, None)?;
     finish(
         &format!("commission {}", agent.name),
         &report,
         args.json,
-        paths,
+        layout,
         Vec::new(),
     )
 }
 
 /// Runs `con decommission`.
-pub fn decommission(
-    args: DecommissionArgs,
-    paths: &Paths,
-    group_prefix: &str,
-) -> anyhow::Result<ExitCode> {
+pub fn decommission(args: DecommissionArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     con_config::validate_agent_name(&args.name)
         .map_err(|m| anyhow::anyhow!("agent name {:?}: {m}", args.name))?;
     con_provision::commission::require_root_for("decommission")?;
-    let layout = paths.layout(group_prefix)?;
-    let done = con_provision::decommission(&layout, &environment()?, &args.name, None)?;
+    let env = con_config::collect_environment(std::env::vars_os())?;
+    let done = con_provision::decommission(layout, &env, &args.name, None)?;
     let state: Vec<Payload> = if done.removed {
         vec![
             AgentState {
@@ -97,7 +89,7 @@ pub fn decommission(
         &format!("decommission {}", args.name),
         &done.report,
         args.json,
-        paths,
+        layout,
         state,
     )
 }

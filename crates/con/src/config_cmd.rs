@@ -5,9 +5,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use con_config::Config;
-
-use crate::bootstrap_cmd::environment;
-use crate::paths::Paths;
+use con_layout::Layout;
 
 /// `con config` subcommands.
 #[derive(Debug, Subcommand)]
@@ -27,11 +25,11 @@ pub enum ConfigCommand {
 }
 
 /// Runs a `con config` subcommand.
-pub fn run(cmd: ConfigCommand, paths: &Paths) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: ConfigCommand, layout: &Layout) -> anyhow::Result<ExitCode> {
     match cmd {
         ConfigCommand::Check { path, json } => {
-            let path = path.unwrap_or_else(|| paths.config_file());
-            let env = environment()?;
+            let path = path.unwrap_or_else(|| layout.config_file().to_path_buf());
+            let env = con_config::collect_environment(std::env::vars_os())?;
             let config = con_config::load(&path, &env)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&config)?);

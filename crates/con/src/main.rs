@@ -1,8 +1,8 @@
 //! `con`: the command line of the con agent operating system.
 //!
 //! Each subcommand is a thin shell over a library crate; this binary owns
-//! argument parsing, path resolution from the global flags, output
-//! formatting and exit codes.
+//! argument parsing, resolving the global flags into a `con_layout::Layout`,
+//! output formatting and exit codes.
 
 mod bootstrap_cmd;
 mod commission_cmd;
@@ -22,8 +22,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::paths::Paths;
-
 /// con: a Linux agent operating system.
 ///
 /// Every agent is a Linux user, agents talk through filesystem inboxes, and
@@ -31,39 +29,8 @@ use crate::paths::Paths;
 #[derive(Debug, Parser)]
 #[command(name = "con", version, propagate_version = true)]
 struct Cli {
-    /// Root prefix for every con path (config, inboxes, event log).
-    #[arg(
-        long,
-        env = "CON_ROOT",
-        global = true,
-        default_value = "/",
-        value_name = "DIR"
-    )]
-    root: std::path::PathBuf,
-
-    /// Config file [default: <root>/etc/con/con.toml].
-    #[arg(long, env = "CON_CONFIG", global = true, value_name = "FILE")]
-    config: Option<std::path::PathBuf>,
-
-    /// Prefix of agent user names.
-    #[arg(
-        long,
-        env = "CON_USER_PREFIX",
-        global = true,
-        default_value = "a-",
-        value_name = "PREFIX"
-    )]
-    user_prefix: String,
-
-    /// Prefix of con's group names (agents, officers, operators, workers, trusted).
-    #[arg(
-        long,
-        env = "CON_GROUP_PREFIX",
-        global = true,
-        default_value = "",
-        value_name = "PREFIX"
-    )]
-    group_prefix: String,
+    #[command(flatten)]
+    layout: paths::LayoutArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -113,22 +80,6 @@ enum Command {
     },
 }
 
-/// Agents may be granted specific `con` commands through sudo; they must not
-/// be able to point a root `con` at a config or tree they wrote themselves.
-fn refuse_path_overrides_under_sudo(cli: &Cli) -> anyhow::Result<()> {
-    if std::env::var_os("SUDO_UID").is_some()
-        && (cli.root != std::path::Path::new("/")
-            || cli.config.is_some()
-            || cli.user_prefix != "a-"
-            || !cli.group_prefix.is_empty())
-    {
-        anyhow::bail!(
-            "--root/--config/--user-prefix/--group-prefix (CON_ROOT/CON_CONFIG/CON_USER_PREFIX/CON_GROUP_PREFIX) are refused when run through sudo"
-        );
-    }
-    Ok(())
-}
-
 /// `con.1` plus `con-<sub>.1` for every subcommand (nested ones too).
 fn write_manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     fn render(cmd: clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
@@ -151,31 +102,25 @@ fn write_manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = refuse_path_overrides_under_sudo(&cli) {
-        eprintln!("con: error: {e:#}");
-        return ExitCode::FAILURE;
-    }
-    let group_prefix = cli.group_prefix;
-    let paths = Paths::new(cli.root, cli.config, cli.user_prefix);
-    let result = match cli.command {
-        Command::Config(cmd) => config_cmd::run(cmd, &paths),
-        Command::Verify(args) => verify_cmd::run(args, &paths),
-        Command::Daemon(args) => daemon_cmd::run(args, &paths),
-        Command::Run(args) => run_cmd::run(args, &paths),
-        Command::Logs(args) => logs_cmd::run(args, &paths),
-        Command::Status(args) => status_cmd::run(args, &paths),
-        Command::Task(args) => task_cmd::run(args, &paths),
-        Command::Healthcheck(args) => healthcheck_cmd::run(args, &paths),
-        Command::Bootstrap(args) => bootstrap_cmd::run(args, &paths, &group_prefix),
-        Command::Commission(args) => commission_cmd::commission(args, &paths, &group_prefix),
-        Command::Decommission(args) => commission_cmd::decommission(args, &paths, &group_prefix),
-        Command::Policy(cmd) => policy_cmd::run(cmd, &paths, &group_prefix),
+    let result = cli.layout.resolve().and_then(|layout| match cli.command {
+        Command::Config(cmd) => config_cmd::run(cmd, &layout),
+        Command::Verify(args) => verify_cmd::run(args, &layout),
+        Command::Daemon(args) => daemon_cmd::run(args, &layout),
+        Command::Run(args) => run_cmd::run(args, &layout),
+        Command::Logs(args) => logs_cmd::run(args, &layout),
+        Command::Status(args) => status_cmd::run(args, &layout),
+        Command::Task(args) => task_cmd::run(args, &layout),
+        Command::Healthcheck(args) => healthcheck_cmd::run(args, &layout),
+        Command::Bootstrap(args) => bootstrap_cmd::run(args, &layout),
+        Command::Commission(args) => commission_cmd::commission(args, &layout),
+        Command::Decommission(args) => commission_cmd::decommission(args, &layout),
+        Command::Policy(cmd) => policy_cmd::run(cmd, &layout),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "con", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
         Command::Manpages { dir } => write_manpages(&dir),
-    };
+    });
     match result {
         Ok(code) => code,
         Err(e) => {

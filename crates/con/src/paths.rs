@@ -1,85 +1,71 @@
-//! Where things live on a host, all under one root prefix (SPEC §3).
+//! The global flags that say which host tree and which names a command
+//! works on, resolved into the one [`Layout`].
 
 use std::path::PathBuf;
 
-use con_provision::Layout;
+use con_layout::{DEFAULT_GROUP_PREFIX, DEFAULT_ROOT, DEFAULT_USER_PREFIX, Layout};
 
-/// Resolved host paths.
-#[derive(Debug, Clone)]
-pub struct Paths {
+/// The layout, under the name the `logs` and `status` commands import.
+pub type Paths = Layout;
+
+/// `--root`, `--config`, `--user-prefix`, `--group-prefix`.
+#[derive(Debug, clap::Args)]
+pub struct LayoutArgs {
+    /// Root prefix for every con path (config, inboxes, event log).
+    #[arg(
+        long,
+        env = "CON_ROOT",
+        global = true,
+        default_value = DEFAULT_ROOT,
+        value_name = "DIR"
+    )]
     root: PathBuf,
+
+    /// Config file [default: <root>/etc/con/con.toml].
+    #[arg(long, env = "CON_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Prefix of agent user names.
+    #[arg(
+        long,
+        env = "CON_USER_PREFIX",
+        global = true,
+        default_value = DEFAULT_USER_PREFIX,
+        value_name = "PREFIX"
+    )]
     user_prefix: String,
+
+    /// Prefix of con's group names (agents, officers, operators, workers, trusted).
+    #[arg(
+        long,
+        env = "CON_GROUP_PREFIX",
+        global = true,
+        default_value = DEFAULT_GROUP_PREFIX,
+        value_name = "PREFIX"
+    )]
+    group_prefix: String,
 }
 
-impl Paths {
-    /// Paths under `root`; `config` overrides the config file location.
-    /// Relative paths are made absolute: paths are recorded in the log and
-    /// handed to processes that run elsewhere (`/`).
-    pub fn new(root: PathBuf, config: Option<PathBuf>, user_prefix: String) -> Self {
+impl LayoutArgs {
+    /// The layout these flags name. Relative paths are made absolute:
+    /// paths are recorded in the log and handed to processes that run
+    /// elsewhere (`/`).
+    ///
+    /// Refused through sudo unless every flag is at its default: agents may
+    /// be granted `con` commands through sudo, and must not be able to point
+    /// a root `con` at a tree or config they wrote themselves.
+    pub fn resolve(self) -> anyhow::Result<Layout> {
         let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
-        Self {
-            root: absolute(root),
-            config: config.map(absolute),
-            user_prefix,
+        let layout = Layout::new(&absolute(self.root), &self.user_prefix, &self.group_prefix)?;
+        let layout = match self.config {
+            Some(file) => layout.with_config_file(&absolute(file))?,
+            None => layout,
+        };
+        if std::env::var_os("SUDO_UID").is_some() && !layout.con_flags().is_empty() {
+            anyhow::bail!(
+                "--root/--config/--user-prefix/--group-prefix (CON_ROOT/CON_CONFIG/CON_USER_PREFIX/CON_GROUP_PREFIX) are refused when run through sudo"
+            );
         }
-    }
-
-    /// The config file given explicitly (`--config`), if any.
-    pub fn explicit_config(&self) -> Option<&std::path::Path> {
-        self.config.as_deref()
-    }
-
-    /// The root prefix.
-    pub fn root(&self) -> &std::path::Path {
-        &self.root
-    }
-
-    /// Prefix of agent user names (`a-`).
-    pub fn user_prefix(&self) -> &str {
-        &self.user_prefix
-    }
-
-    fn under(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
-    }
-
-    /// The outer config file.
-    pub fn config_file(&self) -> PathBuf {
-        self.config
-            .clone()
-            .unwrap_or_else(|| self.under("/etc/con/con.toml"))
-    }
-
-    /// The secrets file (API keys), root's alone.
-    pub fn env_file(&self) -> PathBuf {
-        self.under("/etc/con/env")
-    }
-
-    /// The daemon's socket.
-    pub fn socket(&self) -> PathBuf {
-        self.under("/run/con/con.sock")
-    }
-
-    /// The outer inbox (human → concierge).
-    pub fn outer_inbox(&self) -> PathBuf {
-        self.under("/srv/con/inbox")
-    }
-
-    /// An agent's inbox. `agent` must be a validated agent name.
-    pub fn agent_inbox(&self, agent: &str) -> PathBuf {
-        self.under("/srv/con/agents").join(agent).join("inbox")
-    }
-
-    /// The provisioning layout under the root, with this config file.
-    pub fn layout(&self, group_prefix: &str) -> anyhow::Result<Layout> {
-        let mut layout = Layout::new(&self.root, &self.user_prefix, group_prefix)?;
-        layout.config_file = self.config_file();
         Ok(layout)
-    }
-
-    /// The event log database directory.
-    pub fn event_log(&self) -> PathBuf {
-        self.under("/var/lib/con/events")
     }
 }

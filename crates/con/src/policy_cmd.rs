@@ -3,12 +3,10 @@
 
 use std::process::ExitCode;
 
+use con_layout::Layout;
 use con_provision::Installed;
 use con_provision::config_edit::ConfigLines;
 use con_provision::policy::{self, ExplainInput};
-
-use crate::bootstrap_cmd::environment;
-use crate::paths::Paths;
 
 /// `con policy` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -30,18 +28,18 @@ pub struct ExplainArgs {
 }
 
 /// Runs `con policy`.
-pub fn run(cmd: PolicyCommand, paths: &Paths, group_prefix: &str) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: PolicyCommand, layout: &Layout) -> anyhow::Result<ExitCode> {
     let PolicyCommand::Explain(args) = cmd;
     con_config::validate_agent_name(&args.agent)
         .map_err(|m| anyhow::anyhow!("agent name {:?}: {m}", args.agent))?;
-    let layout = paths.layout(group_prefix)?;
-    let installed = Installed::read(&layout, &environment()?)?;
-    let plan = con_provision::plan(&installed.input, &layout)?;
+    let env = con_config::collect_environment(std::env::vars_os())?;
+    let installed = Installed::read(layout, &env)?;
+    let plan = con_provision::plan(&installed.input, layout)?;
     let lines = ConfigLines::parse(&installed.text);
-    let contracts = policy::scan_contracts(&layout.srv.join("contracts"))?;
+    let contracts = policy::scan_contracts(&layout.contracts_dir())?;
     let explained = policy::explain(
         &plan,
-        &layout,
+        layout,
         &ExplainInput {
             config: &installed.input.config,
             lines: &lines,
@@ -55,10 +53,10 @@ pub fn run(cmd: PolicyCommand, paths: &Paths, group_prefix: &str) -> anyhow::Res
         println!("{}", serde_json::to_string_pretty(&explained)?);
     } else {
         let name = layout
-            .config_file
+            .config_file()
             .file_name()
             .map_or_else(|| "con.toml".into(), |n| n.to_string_lossy());
-        print!("{}", explained.render(&layout.root, &name));
+        print!("{}", explained.render(layout.root(), &name));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,15 +1,13 @@
 //! `con run <agent>`: drain an agent's inbox, as the agent's own user.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use clap::Args;
 use con_event::payloads::Outcome;
+use con_layout::Layout;
 use con_runner::{AgentRun, ClientLink};
-
-use crate::paths::Paths;
 
 /// Exit code when the run stopped on a temporary condition (budget spent,
 /// provider down): the task stays queued and the supervisor backs off.
@@ -21,11 +19,6 @@ pub struct RunArgs {
     /// The agent whose inbox to work through.
     agent: String,
 
-    /// Group whose members' tasks are verified (as the daemon's
-    /// `--trusted-group`).
-    #[arg(long, default_value = "trusted", value_name = "GROUP")]
-    trusted_group: String,
-
     /// Per-session wall clock in seconds, instead of the agent's
     /// `max_session_min` (for tests).
     #[arg(long, hide = true, value_name = "SECS")]
@@ -33,20 +26,18 @@ pub struct RunArgs {
 }
 
 /// Runs `con run`.
-pub fn run(args: RunArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
+pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     con_config::validate_agent_name(&args.agent)
         .map_err(|e| anyhow!("agent {:?}: {e}", args.agent))?;
-    let user = con_runner::check_identity(&args.agent, paths.user_prefix())?;
+    let user = con_runner::check_identity(layout, &args.agent)?;
     // Before any thread starts (see stop_on_signals).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     con_runner::stop_on_signals(stop.clone())?;
     // No daemon, no audit: nothing happens before the socket answers.
-    let mut link = ClientLink::connect(&paths.socket())?;
-    let env: BTreeMap<String, String> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
-    let config_file = paths.config_file();
-    let config = con_config::load(&config_file, &env)?;
+    let mut link = ClientLink::connect(&layout.socket())?;
+    let env = con_config::collect_environment(std::env::vars_os())?;
+    let config_file = layout.config_file();
+    let config = con_config::load(config_file, &env)?;
     let agent = config.agent(&args.agent).ok_or_else(|| {
         anyhow!(
             "{}: no agent {:?} is configured",
@@ -54,13 +45,7 @@ pub fn run(args: RunArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
             args.agent
         )
     })?;
-    let inbox = paths.agent_inbox(&agent.name);
-    let dir = inbox
-        .parent()
-        .with_context(|| format!("{}: no agent directory", inbox.display()))?
-        .to_owned();
-    let mut run = AgentRun::new(agent, user.name.clone(), user.dir.clone(), dir);
-    run.trusted_group = args.trusted_group;
+    let mut run = AgentRun::new(agent, layout.clone(), user.dir);
     run.stop = stop;
     if let Some(secs) = args.session_secs {
         run.session_limit = Duration::from_secs(secs);

@@ -1,14 +1,12 @@
 //! `con task`: drop a task file, atomically, as the calling user.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
-
-use crate::paths::Paths;
+use con_layout::Layout;
 
 /// Arguments of `con task`.
 #[derive(Debug, Args)]
@@ -37,13 +35,13 @@ fn task_id() -> String {
 }
 
 /// Runs `con task`.
-pub fn run(args: TaskArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
+pub fn run(args: TaskArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let inbox: PathBuf = match &args.to {
-        None => paths.outer_inbox(),
+        None => layout.outer_inbox(),
         Some(agent) => {
             con_config::validate_agent_name(agent)
                 .map_err(|e| anyhow::anyhow!("--to {agent:?}: {e}"))?;
-            paths.agent_inbox(agent)
+            layout.agent_inbox(agent)
         }
     };
     let message = if args.message == "-" {
@@ -56,29 +54,14 @@ pub fn run(args: TaskArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
     if message.trim().is_empty() {
         anyhow::bail!("the task is empty");
     }
-    let id = task_id();
-    let tmp = inbox.join(format!(".{id}.task.tmp"));
-    let dest = inbox.join(format!("{id}.task"));
-    // Write under a name the watcher ignores, then rename: readers never see
-    // a half-written task.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
+    let dest = inbox.join(format!("{}.task", task_id()));
+    // Staged under a hidden name the watcher ignores: readers never see a
+    // half-written task, and a task already there is never replaced.
+    let mut task = con_fs::StagedFile::begin(&dest, 0o666)
         .with_context(|| format!("{}: cannot write a task here", inbox.display()))?;
-    let written = file
-        .write_all(message.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| {
-            drop(file);
-            std::fs::rename(&tmp, &dest)
-        })
-        // The rename is durable once the directory is.
-        .and_then(|()| std::fs::File::open(&inbox)?.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{}: cannot write the task", dest.display()));
-    }
+    task.write_all(message.as_bytes())
+        .and_then(|()| task.commit_new())
+        .with_context(|| format!("{}: cannot write the task", dest.display()))?;
     println!("{}", dest.display());
     Ok(ExitCode::SUCCESS)
 }

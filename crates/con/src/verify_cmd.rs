@@ -5,10 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use con_layout::Layout;
 use con_store::Store;
 use serde::Serialize;
-
-use crate::paths::Paths;
 
 /// Arguments of `con verify`.
 #[derive(Debug, Args)]
@@ -36,8 +35,8 @@ struct Outcome {
 }
 
 /// Runs `con verify`: exit 0 when the chain holds, 1 when it is broken.
-pub fn run(args: VerifyArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
-    let db = args.db.unwrap_or_else(|| paths.event_log());
+pub fn run(args: VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let db = args.db.unwrap_or_else(|| layout.event_log());
     if !db.join("db").exists() {
         anyhow::bail!("{}: no event log here", db.display());
     }

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use con_process::{ShellCommand, StderrMode};
+
 use super::{ToolContext, ToolOutput};
-use crate::process::{self, ShellCommand, StderrMode};
 
 /// Timeout when the model gives none.
 pub const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -36,7 +37,7 @@ pub fn exec(ctx: &ToolContext, args: &ExecArgs, time_left: Duration) -> ToolOutp
         .map_or(EXEC_DEFAULT_TIMEOUT, Duration::from_secs)
         .clamp(Duration::from_secs(1), EXEC_MAX_TIMEOUT);
     let timeout = asked.min(time_left);
-    let finished = match process::run(ShellCommand {
+    let command = ShellCommand {
         script: &args.command,
         cwd: &ctx.workspace,
         env: &ctx.env,
@@ -44,8 +45,9 @@ pub fn exec(ctx: &ToolContext, args: &ExecArgs, time_left: Duration) -> ToolOutp
         timeout,
         stdout_cap: EXEC_OUTPUT_CAP,
         stderr: StderrMode::Merged,
-        stop: &ctx.stop,
-    }) {
+        stop: Some(&ctx.stop),
+    };
+    let finished = match command.run() {
         Ok(f) => f,
         Err(e) => {
             return ToolOutput::error(format!(
@@ -95,7 +97,6 @@ pub fn exec(ctx: &ToolContext, args: &ExecArgs, time_left: Duration) -> ToolOutp
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::sync::atomic::AtomicBool;
     use std::time::Instant;
 
     use super::*;
@@ -195,27 +196,6 @@ mod tests {
             survivors.is_empty(),
             "survivors of group {pgid}: {survivors:?}"
         );
-    }
-
-    #[test]
-    fn background_processes_do_not_outlive_a_clean_exit() {
-        let dir = tempfile::tempdir().unwrap();
-        let finished = process::run(ShellCommand {
-            script: "echo $$; sleep 30 & echo started",
-            cwd: dir.path(),
-            env: &ctx(dir.path()).env,
-            stdin: None,
-            timeout: Duration::from_secs(20),
-            stdout_cap: 100,
-            stderr: StderrMode::Merged,
-            stop: &AtomicBool::new(false),
-        })
-        .unwrap();
-        assert!(!finished.timed_out);
-        assert_eq!(finished.exit_code, 0);
-        assert!(finished.stdout.bytes.ends_with(b"\nstarted\n"));
-        let pgid = pgid_of(&finished.stdout.bytes);
-        assert!(live_in_group(pgid).is_empty());
     }
 
     #[test]

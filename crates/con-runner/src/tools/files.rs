@@ -10,7 +10,6 @@ use nix::fcntl::OFlag;
 use serde::Deserialize;
 
 use super::{ToolContext, ToolOutput};
-use crate::atomic::write_atomically;
 
 /// Bytes `read_file` returns when the model gives no limit.
 pub const READ_PAGE: u64 = 64 * 1024;
@@ -145,7 +144,10 @@ pub(super) fn write_file(ctx: &ToolContext, args: &WriteArgs) -> ToolOutput {
     let path = ctx.resolve(&args.path);
     let written = create_parent(&path)
         .and_then(|()| check_replaceable(&path))
-        .and_then(|()| write_atomically(&path, args.content.as_bytes(), false));
+        .and_then(|()| {
+            con_fs::replace_file(&path, args.content.as_bytes(), 0o666)
+                .map_err(|e| io::Error::new(e.kind(), e.to_string()))
+        });
     match written {
         Ok(()) => ToolOutput::ok(format!(
             "wrote {} bytes to {}",

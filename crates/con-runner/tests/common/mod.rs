@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use con_config::Runner;
 use con_event::{BlobRef, Payload, SessionId};
+use con_layout::Layout;
 use con_llm::{ChatReply, ChatRequest, StopReason, ToolCallRequest, Usage};
 use con_protocol::{ClientEvent, LlmCall};
 use con_runner::{AgentRun, DaemonLink, LinkError};
@@ -27,36 +28,38 @@ pub struct Tree {
 impl Tree {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let agent_dir = dir.path().join("srv/con/agents/worker1");
+        let layout = Layout::new(dir.path(), "a-", "").unwrap();
+        let agent = "worker1";
         for sub in [
-            "inbox",
-            "outbox",
-            "processed",
-            "workspace/skills",
-            "sessions",
+            layout.agent_inbox(agent),
+            layout.agent_outbox(agent),
+            layout.agent_processed(agent),
+            layout.agent_skills(agent),
+            layout.agent_sessions(agent),
+            layout.home(agent),
         ] {
-            fs::create_dir_all(agent_dir.join(sub)).unwrap();
+            fs::create_dir_all(sub).unwrap();
         }
-        let home = dir.path().join("home/a-worker1");
-        fs::create_dir_all(&home).unwrap();
-        fs::write(home.join("AGENTS.md"), "# worker1\nYou write tidy files.\n").unwrap();
         fs::write(
-            agent_dir.join("workspace/skills/files.md"),
+            layout.agents_md(agent),
+            "# worker1\nYou write tidy files.\n",
+        )
+        .unwrap();
+        fs::write(
+            layout.agent_skills(agent).join("files.md"),
             "Prefer edit_file.\n",
         )
         .unwrap();
         let run = AgentRun {
-            agent: "worker1".into(),
-            user: "a-worker1".into(),
-            home,
-            dir: agent_dir,
+            agent: agent.into(),
+            home: layout.home(agent),
+            layout,
             runner: Runner::Builtin,
             provider: Some("openrouter".into()),
             model: Some("test/model".into()),
             max_iterations: 10,
             session_limit: Duration::from_secs(60),
             history_tokens: 4000,
-            trusted_group: "trusted".into(),
             stop: Default::default(),
         };
         Self { dir, run }

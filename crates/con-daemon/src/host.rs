@@ -1,0 +1,315 @@
+//! The daemon a host defines: paths and names from its layout, agents,
+//! supervision and model routes from its config, API keys from its secrets
+//! file.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use con_config::{Config, CronSchedule, Provider, Runner, Supervisor};
+use con_layout::Layout;
+
+use crate::gateway::{GatewayConfig, Route, micro_usd};
+use crate::supervisor::{SupervisedAgent, SupervisorConfig};
+use crate::{DaemonConfig, DaemonError};
+
+/// Journal mirror queue length: events committed while journald is slow.
+const MIRROR_CAPACITY: usize = 65_536;
+
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the supervisor looks at inboxes without being woken.
+const SUPERVISOR_TICK: Duration = Duration::from_secs(1);
+
+impl DaemonConfig {
+    /// The daemon of `config` on `layout`.
+    ///
+    /// `supervisor` overrides `[infra] supervisor`; `run_program` is what
+    /// the supervisor runs as each agent, with the layout's global flags
+    /// and `run <agent>`. The secrets file is read here, once: it must be
+    /// root's alone, and a missing one means no keys (local model servers
+    /// may need none).
+    pub fn from_host(
+        layout: &Layout,
+        config: &Config,
+        supervisor: Option<Supervisor>,
+        run_program: PathBuf,
+    ) -> Result<Self, DaemonError> {
+        let secrets = read_secrets(&layout.env_file())?;
+        let gateway = gateway_config(config, &secrets, &layout.env_file());
+        let start_runs = match supervisor.unwrap_or(config.infra.supervisor) {
+            Supervisor::Daemon => true,
+            Supervisor::Systemd => false,
+            Supervisor::Auto => !Path::new(con_layout::SYSTEMD_BOOTED_MARKER).exists(),
+        };
+        let agents = config
+            .agents
+            .iter()
+            .map(|a| SupervisedAgent {
+                name: a.name.clone(),
+                inbox: layout.agent_inbox(&a.name),
+                max_sessions: a.max_sessions,
+                mode: a.mode,
+                schedule: a
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| CronSchedule::parse(&s.cron).ok()),
+            })
+            .collect();
+        Ok(Self {
+            layout: layout.clone(),
+            system_name: config.system.name.clone(),
+            agents: config.agents.iter().map(|a| a.name.clone()).collect(),
+            mirror_capacity: MIRROR_CAPACITY,
+            drain_timeout: DRAIN_TIMEOUT,
+            supervisor: Some(SupervisorConfig {
+                run_program,
+                // Runs see the same tree, config and names as the daemon.
+                run_args: layout.con_flags(),
+                agents,
+                outer_inbox: layout.outer_inbox(),
+                router: config.agent("concierge").map(|a| a.name.clone()),
+                tick: SUPERVISOR_TICK,
+                start_runs,
+            }),
+            inboxes: std::iter::once(con_inbox::InboxSpec {
+                name: "outer".into(),
+                dir: layout.outer_inbox(),
+            })
+            .chain(config.agents.iter().map(|a| con_inbox::InboxSpec {
+                name: a.name.clone(),
+                dir: layout.agent_inbox(&a.name),
+            }))
+            .collect(),
+            gateway: Some(gateway),
+        })
+    }
+}
+
+/// Whether `meta` is root's and grants group and others nothing: what a
+/// file holding keys, or the event log, must be.
+pub(crate) fn is_root_only(meta: &std::fs::Metadata) -> bool {
+    meta.uid() == 0 && meta.mode() & 0o077 == 0
+}
+
+/// Reads the secrets file (`KEY=value` lines). A key file others can read
+/// is refused rather than used.
+fn read_secrets(path: &Path) -> Result<BTreeMap<String, String>, DaemonError> {
+    let refused = |message: String| DaemonError::Secrets {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(refused(e.to_string())),
+    };
+    if !is_root_only(&meta) {
+        return Err(refused(format!(
+            "holds API keys, so it must be owned by root with mode 0600 (it is uid {} mode {:04o})",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    let mut secrets = BTreeMap::new();
+    for item in dotenvy::from_path_iter(path).map_err(|e| refused(e.to_string()))? {
+        // dotenvy's parse errors quote the whole line, key included: say
+        // only where it is.
+        let (key, value) = item.map_err(|e| match e {
+            dotenvy::Error::LineParse(_, index) => refused(format!(
+                "cannot parse the entry at character {index} (KEY=value lines; the line is not shown because it may hold a key)"
+            )),
+            other => refused(
+                other
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("unreadable")
+                    .to_owned(),
+            ),
+        })?;
+        secrets.insert(key, value);
+    }
+    Ok(secrets)
+}
+
+/// How each agent's model calls are routed, from config and the secrets
+/// (read from `env_file`, which errors name).
+fn gateway_config(
+    config: &Config,
+    secrets: &BTreeMap<String, String>,
+    env_file: &Path,
+) -> GatewayConfig {
+    let routes = config
+        .agents
+        .iter()
+        .filter(|a| a.runner == Runner::Builtin)
+        .filter_map(|a| {
+            let provider = a.provider?;
+            let model = a.model.clone()?;
+            let key_var = a
+                .api_key_env
+                .clone()
+                .or_else(|| provider.default_api_key_env().map(str::to_owned));
+            let key = key_var.as_ref().and_then(|v| secrets.get(v)).cloned();
+            let unusable = match (&key_var, &key) {
+                (Some(var), None) if provider != Provider::OpenAiCompatible => Some(format!(
+                    "{var} is not set in {}: no key for provider {}",
+                    env_file.display(),
+                    provider.as_str()
+                )),
+                _ => None,
+            };
+            let (endpoint, unusable) = match con_llm::Endpoint::for_provider(
+                provider,
+                &model,
+                a.base_url.as_deref(),
+                key.map(con_llm::Secret::new),
+            ) {
+                Ok(endpoint) => (endpoint, unusable),
+                // Config validation should make this unreachable; if not,
+                // the agent's calls fail with the reason instead of the
+                // daemon refusing to serve everyone.
+                Err(e) => (
+                    con_llm::Endpoint::new(
+                        con_llm::ProviderKind::for_provider(provider),
+                        "",
+                        &model,
+                    ),
+                    Some(format!("agent {}: {e}", a.name)),
+                ),
+            };
+            Some((
+                a.name.clone(),
+                Route {
+                    provider: provider.as_str().to_owned(),
+                    endpoint,
+                    price: config
+                        .pricing
+                        .get(&model)
+                        .copied()
+                        .map(con_llm::Price::from),
+                    daily_budget_micro_usd: a.daily_budget_usd.map(micro_usd),
+                    tier: a.tier,
+                    unusable,
+                },
+            ))
+        })
+        .collect();
+    GatewayConfig {
+        routes,
+        tier_budgets_micro_usd: config
+            .tier_budgets
+            .iter()
+            .map(|(t, usd)| (*t, micro_usd(*usd)))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const FLEET: &str = r#"
+[system]
+name = "fleet"
+
+[[agents]]
+name = "concierge"
+tier = "operator"
+provider = "anthropic"
+model = "claude-x"
+
+[[agents]]
+name = "local"
+tier = "worker"
+provider = "openai-compatible"
+model = "m"
+base_url = "http://127.0.0.1:9/v1"
+
+[[agents]]
+name = "watcher"
+tier = "worker"
+runner = "exec:/usr/bin/cat"
+"#;
+
+    fn config() -> Config {
+        con_config::parse(FLEET, Path::new("fleet.toml"), &BTreeMap::new()).unwrap()
+    }
+
+    fn layout(root: &Path) -> Layout {
+        Layout::new(root, "t1-", "g1-").unwrap()
+    }
+
+    #[test]
+    fn paths_and_names_come_from_the_layout() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = layout(root.path());
+        let d = DaemonConfig::from_host(
+            &layout,
+            &config(),
+            Some(Supervisor::Daemon),
+            PathBuf::from("/bin/con"),
+        )
+        .unwrap();
+        assert_eq!(d.layout, layout);
+        let inboxes: Vec<_> = d.inboxes.iter().map(|i| i.dir.clone()).collect();
+        assert_eq!(inboxes[0], layout.outer_inbox());
+        assert_eq!(inboxes[1], layout.agent_inbox("concierge"));
+        let s = d.supervisor.unwrap();
+        assert!(s.start_runs);
+        assert_eq!(s.run_args, layout.con_flags());
+        assert_eq!(s.router.as_deref(), Some("concierge"));
+    }
+
+    #[test]
+    fn a_missing_key_makes_a_route_unusable_and_exec_runners_get_none() {
+        let root = tempfile::tempdir().unwrap();
+        let d = DaemonConfig::from_host(
+            &layout(root.path()),
+            &config(),
+            Some(Supervisor::Systemd),
+            PathBuf::from("/bin/con"),
+        )
+        .unwrap();
+        assert!(!d.supervisor.unwrap().start_runs);
+        let routes = d.gateway.unwrap().routes;
+        assert_eq!(routes.keys().collect::<Vec<_>>(), ["concierge", "local"]);
+        let why = routes["concierge"].unusable.as_deref().unwrap();
+        assert!(
+            why.starts_with("CON_AUTH_ANTHROPIC is not set in "),
+            "{why}"
+        );
+        // A local server may need no key.
+        assert_eq!(routes["local"].unusable, None);
+    }
+
+    #[test]
+    fn the_secrets_file_must_be_roots_alone_and_is_never_quoted() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = layout(root.path());
+        let env = layout.env_file();
+        std::fs::create_dir_all(env.parent().unwrap()).unwrap();
+        std::fs::write(&env, "CON_AUTH_ANTHROPIC=sk-secret\n").unwrap();
+        let build = || DaemonConfig::from_host(&layout, &config(), None, PathBuf::from("/bin/con"));
+        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = build().unwrap_err().to_string();
+        assert!(
+            err.contains("must be owned by root with mode 0600"),
+            "{err}"
+        );
+
+        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let routes = build().unwrap().gateway.unwrap().routes;
+        assert_eq!(routes["concierge"].unusable, None);
+
+        std::fs::write(&env, "CON_ANTHROPIC_API_KEY='sk-secret\n").unwrap();
+        let err = build().unwrap_err().to_string();
+        assert!(err.contains("cannot parse the entry at character"), "{err}");
+        assert!(!err.contains("sk-secret"), "{err}");
+    }
+}
