@@ -14,6 +14,8 @@
 //!   inotify, rescanning when the kernel queue overflows.
 //! - [`ArrivalKey`] (path, device, inode, ctime) identifies one arrival;
 //!   [`arrival_key`] derives it from a logged payload.
+//! - [`submit_task`] is the writer's side: a task appears whole, under a
+//!   new name.
 //!
 //! Limits worth knowing:
 //! - A file is examined when its event is handled, not when it happened. A
@@ -30,6 +32,7 @@
 //!   recorded at the next scan.
 
 mod classify;
+mod submit;
 mod watcher;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ use std::path::{Path, PathBuf};
 use con_event::payloads::InboxArrived;
 
 pub use classify::{Classified, classify, key_of};
+pub use submit::submit_task;
 pub use watcher::InboxWatcher;
 
 /// One inbox to watch.

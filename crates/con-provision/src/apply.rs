@@ -4,6 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use con_event::BlobRef;
+use con_event::payloads::ProvisionApplied;
 use con_layout::Layout;
 use serde::Serialize;
 
@@ -43,6 +45,16 @@ pub struct Step {
     pub status: StepStatus,
 }
 
+impl std::fmt::Display for Step {
+    /// One line: the change, and why it failed if it did.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.status {
+            StepStatus::Failed(e) => write!(f, "{} FAILED: {e}", self.change),
+            StepStatus::Done | StepStatus::Note => f.write_str(&self.change),
+        }
+    }
+}
+
 /// Everything an apply did, in order.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -67,6 +79,22 @@ impl Report {
             .iter()
             .filter(|s| matches!(s.status, StepStatus::Failed(_)))
             .collect()
+    }
+
+    /// The `provision.applied` event recording this report for `command`
+    /// (`commission scribe`), and the attachment it references: every step,
+    /// one line each.
+    pub fn applied_event(&self, command: &str) -> (ProvisionApplied, Vec<u8>) {
+        let steps: Vec<String> = self.steps.iter().map(Step::to_string).collect();
+        let steps = steps.join("\n").into_bytes();
+        let applied = ProvisionApplied {
+            command: command.to_owned(),
+            changes: u32::try_from(self.changes()).unwrap_or(u32::MAX),
+            failed: self.failed().iter().map(ToString::to_string).collect(),
+            disabled_agents: self.withheld.clone(),
+            steps: BlobRef::of(&steps),
+        };
+        (applied, steps)
     }
 }
 
@@ -315,5 +343,35 @@ fn start_units(
             change: format!("~ enable --now {name}"),
             status,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_applied_event_lists_every_step_and_the_failures() {
+        let step = |change: &str, status| Step {
+            change: change.to_owned(),
+            status,
+        };
+        let report = Report {
+            steps: vec![
+                step("+ user a-x", StepStatus::Done),
+                step("+ sudoers /s", StepStatus::Failed("visudo".into())),
+                step("systemd is not running", StepStatus::Note),
+            ],
+            withheld: vec!["x".into()],
+        };
+        let (applied, steps) = report.applied_event("commission x");
+        assert_eq!(
+            String::from_utf8(steps.clone()).unwrap(),
+            "+ user a-x\n+ sudoers /s FAILED: visudo\nsystemd is not running"
+        );
+        assert_eq!(applied.steps, BlobRef::of(&steps));
+        assert_eq!(applied.changes, 1);
+        assert_eq!(applied.failed, ["+ sudoers /s FAILED: visudo"]);
+        assert_eq!(applied.disabled_agents, ["x"]);
     }
 }

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use con_event::payloads::ProvisionApplied;
-use con_event::{BlobRef, Payload};
+use con_event::Payload;
 use con_layout::Layout;
 use con_protocol::{Client, ClientEvent};
-use con_provision::{ApplyOptions, PlanInput, Profile, Report, Step, StepStatus};
+use con_provision::{ApplyOptions, PlanInput, Profile, Report};
 
 /// `con bootstrap` options.
 #[derive(Debug, clap::Args)]
@@ -111,14 +110,7 @@ pub fn run(args: BootstrapArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
 /// Prints each step on its own line, failures with their reason.
 fn print_steps(report: &Report) {
     for step in &report.steps {
-        println!("{}", step_line(step));
-    }
-}
-
-fn step_line(step: &Step) -> String {
-    match &step.status {
-        StepStatus::Failed(e) => format!("{} FAILED: {e}", step.change),
-        StepStatus::Done | StepStatus::Note => step.change.clone(),
+        println!("{step}");
     }
 }
 
@@ -191,24 +183,11 @@ fn record(
         );
         return Ok(false);
     };
-    let steps: String = report
-        .steps
-        .iter()
-        .map(step_line)
-        .collect::<Vec<_>>()
-        .join("\n");
-    let applied: Payload = ProvisionApplied {
-        command: command.to_owned(),
-        changes: u32::try_from(report.changes()).unwrap_or(u32::MAX),
-        failed: report.failed().into_iter().map(step_line).collect(),
-        disabled_agents: report.withheld.clone(),
-        steps: BlobRef::of(steps.as_bytes()),
-    }
-    .into();
+    let (applied, steps) = report.applied_event(command);
     let events = before
         .into_iter()
         .map(|p| (p, Vec::new()))
-        .chain([(applied, vec![steps.into_bytes()])]);
+        .chain([(applied.into(), vec![steps])]);
     for (payload, attachments) in events {
         let name = payload.spec().name;
         client

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
@@ -17,21 +16,6 @@ pub struct TaskArgs {
     /// (needs write access to it, granted by ACL).
     #[arg(long, value_name = "AGENT")]
     to: Option<String>,
-}
-
-/// A task id that sorts by creation time and stays unique for many tasks
-/// per second and across writers: UTC time to the nanosecond, then random.
-fn task_id() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let stamp = humantime::format_rfc3339_nanos(UNIX_EPOCH + now).to_string();
-    let compact: String = stamp
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{compact}-{}", &random[..8])
 }
 
 /// Runs `con task`.
@@ -54,14 +38,8 @@ pub fn run(args: TaskArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     if message.trim().is_empty() {
         anyhow::bail!("the task is empty");
     }
-    let dest = inbox.join(format!("{}.task", task_id()));
-    // Staged under a hidden name the watcher ignores: readers never see a
-    // half-written task, and a task already there is never replaced.
-    let mut task = con_fs::StagedFile::begin(&dest, 0o666)
-        .with_context(|| format!("{}: cannot write a task here", inbox.display()))?;
-    task.write_all(message.as_bytes())
-        .and_then(|()| task.commit_new())
-        .with_context(|| format!("{}: cannot write the task", dest.display()))?;
+    let dest = con_inbox::submit_task(&inbox, &message)
+        .with_context(|| format!("{}: cannot write the task", inbox.display()))?;
     println!("{}", dest.display());
     Ok(ExitCode::SUCCESS)
 }
