@@ -156,7 +156,7 @@ pub fn replace_file(target: &Path, bytes: &[u8], mode: u32) -> Result<(), FsErro
 }
 
 /// Syncs directory `dir`, which makes the renames into it durable.
-pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+fn sync_dir(dir: &Path) -> Result<(), FsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(FsError::new("sync directory", dir))

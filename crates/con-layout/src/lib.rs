@@ -36,8 +36,8 @@ const RUNTIME_DIR: &str = "run/con";
 /// the root prefix.
 const CON_BINARY: &str = "/usr/local/bin/con";
 
-/// The longest user or group prefix: an agent name may take 31 bytes of the
-/// 32 Linux allows a user name, so longer prefixes leave no room.
+/// The longest user or group prefix: short, because it eats into the 32
+/// bytes Linux allows a user name (provisioning refuses a longer one).
 const MAX_PREFIX_LEN: usize = 12;
 
 /// con's own Linux groups.
@@ -196,14 +196,10 @@ impl Layout {
         &self.user_prefix
     }
 
-    /// Prefix of con's group names (empty in production).
-    pub fn group_prefix(&self) -> &str {
-        &self.group_prefix
-    }
-
     /// The global `con` flags under which another `con` process resolves
     /// this same layout: only those that differ from their defaults, so a
-    /// production unit's command line stays short.
+    /// production unit's command line stays short. (The sudoers directory
+    /// and the binary have no flags: only tests move them.)
     pub fn con_flags(&self) -> Vec<OsString> {
         let mut flags = Vec::new();
         let mut flag = |name: &str, value: OsString| {
@@ -425,7 +421,7 @@ impl Layout {
     }
 
     /// `/etc/systemd/system`.
-    pub fn unit_dir(&self) -> PathBuf {
+    fn unit_dir(&self) -> PathBuf {
         self.system_etc_dir().join("systemd/system")
     }
 
