@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::codec::{self, DecodeError};
 use crate::ids::{BlobRef, Digest};
-use crate::kinds::{KindSpec, Priority};
+use crate::kinds::{Authority, KindSpec, Priority};
 
 /// Behaviour shared by every payload type.
 pub trait Kind: Serialize + DeserializeOwned + Sized {
@@ -61,7 +61,8 @@ pub enum Trust {
 }
 
 impl Trust {
-    fn as_str(self) -> &'static str {
+    /// Canonical spelling, the same as in the JSON view and journal fields.
+    pub fn as_str(self) -> &'static str {
         match self {
             Trust::Verified => "verified",
             Trust::Unverified => "unverified",
@@ -106,6 +107,7 @@ impl Kind for InboxArrived {
         id: 1,
         name: "inbox.arrived",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "ec6897a08a18430ca4aacfb45a32f0cb",
         priority: Priority::Notice,
         subject: "Task arrived in inbox @CON_INBOX@",
@@ -166,6 +168,7 @@ impl Kind for TaskRouted {
         id: 2,
         name: "task.routed",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "e9ef4deb8e554c02a48813de7632d38b",
         priority: Priority::Info,
         subject: "Task routed from @CON_FROM@ to @CON_TO@",
@@ -209,6 +212,7 @@ impl Kind for SessionStarted {
         id: 3,
         name: "session.started",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "26f1dd5d8a7f4d0c80c62ed1fd1a34ed",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT@ started session @CON_SESSION@",
@@ -259,7 +263,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// Canonical spelling, the same as in the JSON view and journal fields.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::MaxIterations => "max_iterations",
@@ -294,6 +299,7 @@ impl Kind for SessionEnded {
         id: 4,
         name: "session.ended",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "3c872adf44a7491fab9264eeabbcdbd3",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT@ ended session @CON_SESSION@: @CON_OUTCOME@",
@@ -346,6 +352,7 @@ impl Kind for LlmRequest {
         id: 5,
         name: "llm.request",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "de72435a1f2340d59de95c969567c744",
         priority: Priority::Info,
         subject: "Model request to @CON_MODEL@",
@@ -401,6 +408,7 @@ impl Kind for LlmResponse {
         id: 6,
         name: "llm.response",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "a27be821b2b946f6be710987ac2aabfd",
         priority: Priority::Info,
         subject: "Model response from @CON_MODEL@",
@@ -456,6 +464,7 @@ impl Kind for ToolCall {
         id: 7,
         name: "tool.call",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "011493a580324908a21b031f3d85e6cf",
         priority: Priority::Info,
         subject: "Tool call @CON_TOOL@",
@@ -497,6 +506,7 @@ impl Kind for ToolResult {
         id: 8,
         name: "tool.result",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "3853c6a376174a858ad79d36d3f4715e",
         priority: Priority::Info,
         subject: "Tool result @CON_TOOL@",
@@ -544,7 +554,8 @@ pub enum CheckStatus {
 }
 
 impl CheckStatus {
-    fn as_str(self) -> &'static str {
+    /// Canonical spelling, the same as in the JSON view and journal fields.
+    pub fn as_str(self) -> &'static str {
         match self {
             CheckStatus::Pass => "pass",
             CheckStatus::Fail => "fail",
@@ -577,6 +588,7 @@ impl Kind for ContractResult {
         id: 9,
         name: "contract.result",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "8dd54b7e302142f791bf7edffa61e1a8",
         priority: Priority::Info,
         subject: "Contract @CON_CONTRACT@: @CON_STATUS@",
@@ -629,6 +641,7 @@ impl Kind for EnforcementAction {
         id: 10,
         name: "enforcement.action",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "fd1868d7d8504244b66c18558f1a59a0",
         priority: Priority::Warning,
         subject: "Enforcement @CON_ACTION@ by @CON_CONTRACT@",
@@ -675,6 +688,7 @@ impl Kind for EnforcementDone {
         id: 11,
         name: "enforcement.done",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "eb4aca849ecd493da5b9c93b64f77149",
         priority: Priority::Notice,
         subject: "Enforcement @CON_ACTION@ finished",
@@ -723,7 +737,8 @@ pub enum AgentCondition {
 }
 
 impl AgentCondition {
-    fn as_str(self) -> &'static str {
+    /// Canonical spelling, the same as in the JSON view and journal fields.
+    pub fn as_str(self) -> &'static str {
         match self {
             AgentCondition::Active => "active",
             AgentCondition::Halted => "halted",
@@ -774,6 +789,7 @@ impl Kind for AgentState {
         id: 12,
         name: "agent.state",
         version: 2,
+        authority: Authority::Daemon,
         message_id: "d507bd7c1c0e444186a05386a3d890f7",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT_SUBJECT@ is now @CON_CONDITION@",
@@ -826,6 +842,7 @@ impl Kind for JournalMirrorDegraded {
         id: 13,
         name: "journal.mirror_degraded",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "91f79451c2a6443f8226af3156e396db",
         priority: Priority::Err,
         subject: "con journal mirror degraded",
@@ -857,6 +874,7 @@ impl Kind for JournalMirrorRecovered {
         id: 14,
         name: "journal.mirror_recovered",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "d31a76f6a77b4c5b9e0c5cc77e50fabd",
         priority: Priority::Notice,
         subject: "con journal mirror recovered",
@@ -887,6 +905,7 @@ impl Kind for ChainCheckpoint {
         id: 15,
         name: "chain.checkpoint",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "304c9d7530144b1b995794138b6e19e2",
         priority: Priority::Notice,
         subject: "con event log checkpoint at seq @CON_THROUGH_SEQ@",
@@ -920,6 +939,7 @@ impl Kind for RunStarted {
         id: 16,
         name: "run.started",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "b1563e67e5a147869c599761976f7731",
         priority: Priority::Info,
         subject: "Run of agent @CON_AGENT@ started",
@@ -960,6 +980,7 @@ impl Kind for RunExited {
         id: 17,
         name: "run.exited",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "f267023740924ab883b4a77ce622aa52",
         priority: Priority::Info,
         subject: "Run of agent @CON_AGENT@ exited",
@@ -1020,6 +1041,7 @@ impl Kind for ProvisionApplied {
         id: 18,
         name: "provision.applied",
         version: 1,
+        authority: Authority::Operator,
         message_id: "fd833c239fb14a358ae3fc18dfb2d4e7",
         priority: Priority::Notice,
         subject: "con provisioning changed the host",

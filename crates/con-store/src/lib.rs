@@ -4,7 +4,8 @@
 //! - `log`: `seq (u64 BE) → record ‖ hash`. The single commit point: an event
 //!   exists iff its log entry exists.
 //! - `blobs`: `sha256 → bytes`, content-addressed large payloads.
-//! - `by_session`: `session id ‖ seq → ()`, `by_agent`: `agent ‖ 0 ‖ seq → ()`.
+//! - `by_session`: `session id ‖ seq → ()`, `by_agent`: `agent ‖ 0 ‖ seq → ()`,
+//!   `by_blob`: `sha256 ‖ seq → ()` (which events reference a blob).
 //!   Derived from `log` after commit, up to a watermark (seq + hash) in
 //!   `meta`: on open, before every indexed query, and whenever the owner calls
 //!   [`Store::catch_up_indexes`]. Keeping them off the commit path makes the
@@ -38,6 +39,10 @@ const META_LOG_ID: &[u8] = b"log_id";
 /// sled page cache size.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const META_INDEXED_THROUGH: &[u8] = b"indexed_through";
+/// Which set of index trees the watermark covers; a build that adds an
+/// index bumps it, and an older database's indexes are rebuilt on open.
+const META_INDEX_LAYOUT: &[u8] = b"index_layout";
+const INDEX_LAYOUT: u32 = 2;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +129,7 @@ pub struct Store {
     blobs: sled::Tree,
     by_session: sled::Tree,
     by_agent: sled::Tree,
+    by_blob: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
     /// Last flushed (acknowledged) position; readers see nothing beyond it.
@@ -158,6 +164,13 @@ fn agent_key(agent: &str, seq: u64) -> Vec<u8> {
     k.extend_from_slice(agent.as_bytes());
     k.push(0);
     k.extend_from_slice(&seq_key(seq));
+    k
+}
+
+fn blob_key(digest: &Digest, seq: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&digest.0);
+    k[32..].copy_from_slice(&seq_key(seq));
     k
 }
 
@@ -228,6 +241,7 @@ impl Store {
             blobs: db.open_tree("blobs")?,
             by_session: db.open_tree("by_session")?,
             by_agent: db.open_tree("by_agent")?,
+            by_blob: db.open_tree("by_blob")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
             durable: Arc::new(Mutex::new(durable)),
@@ -323,6 +337,23 @@ impl Store {
         ))
     }
 
+    /// Durable records whose payload references the blob `digest`, in seq
+    /// order: who may read a blob follows from who may read these.
+    pub fn blob_referrers(
+        &self,
+        digest: &Digest,
+    ) -> Result<impl Iterator<Item = Result<Record, StoreError>> + '_, StoreError> {
+        self.catch_up_indexes()?;
+        let prefix = digest.0;
+        Ok(self.indexed(
+            self.by_blob
+                .range(blob_key(digest, 0)..)
+                .take_while(move |item| {
+                    item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
+                }),
+        ))
+    }
+
     /// Durable events with seq ≥ `from`, in order.
     pub fn events_from(&self, from: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
         self.records_from(from).map(decode_record)
@@ -400,6 +431,9 @@ impl Store {
         if let Some(s) = subject.filter(|s| Some(*s) != actor) {
             self.by_agent.insert(agent_key(s, seq), &[])?;
         }
+        for blob in event.payload.blob_refs() {
+            self.by_blob.insert(blob_key(&blob.digest, seq), &[])?;
+        }
         Ok(())
     }
 
@@ -430,10 +464,18 @@ impl Store {
             .get(META_INDEXED_THROUGH)?
             .and_then(|v| Head::from_bytes(&v))
             .unwrap_or_default();
-        if !self.still_matches(through)? {
-            // The log was replaced or cut back under the indexes.
+        let layout = self
+            .meta
+            .get(META_INDEX_LAYOUT)?
+            .and_then(|v| Some(u32::from_be_bytes(v.as_ref().try_into().ok()?)));
+        if layout != Some(INDEX_LAYOUT) || !self.still_matches(through)? {
+            // The log was replaced or cut back under the indexes, or they
+            // were built by a build that kept fewer of them.
             self.by_session.clear()?;
             self.by_agent.clear()?;
+            self.by_blob.clear()?;
+            self.meta
+                .insert(META_INDEX_LAYOUT, INDEX_LAYOUT.to_be_bytes().as_slice())?;
             through = Head::default();
         }
         let head = self.head();

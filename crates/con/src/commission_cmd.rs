@@ -5,8 +5,7 @@
 use std::process::ExitCode;
 
 use con_config::Tier;
-use con_event::Payload;
-use con_event::payloads::{AgentCondition, AgentState};
+use con_event::payloads::AgentCondition;
 use con_provision::NewAgent;
 
 use crate::bootstrap_cmd::{environment, finish};
@@ -81,15 +80,12 @@ pub fn decommission(
     con_provision::commission::require_root_for("decommission")?;
     let layout = paths.layout(group_prefix)?;
     let done = con_provision::decommission(&layout, &environment()?, &args.name, None)?;
-    let state: Vec<Payload> = if done.removed {
-        vec![
-            AgentState {
-                agent: args.name.clone(),
-                condition: AgentCondition::Decommissioned,
-                reason: "con decommission".to_owned(),
-            }
-            .into(),
-        ]
+    let state = if done.removed {
+        vec![con_protocol::SetCondition {
+            agent: args.name.clone(),
+            condition: AgentCondition::Decommissioned,
+            reason: "con decommission".to_owned(),
+        }]
     } else {
         Vec::new()
     };

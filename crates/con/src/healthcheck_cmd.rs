@@ -63,15 +63,29 @@ pub fn run(args: HealthcheckArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
     let mut verdicts = Vec::new();
     let started = Instant::now();
     let report = client.status()?;
+    let (status, detail) = match &report.journal_mirror {
+        Some(m) if m.state == con_protocol::MirrorState::Healthy => {
+            (CheckStatus::Pass, "journald mirror: healthy".to_owned())
+        }
+        Some(m) => (
+            CheckStatus::Fail,
+            format!(
+                "journald mirror degraded since seq {} ({} entries lost): {}",
+                m.first_unmirrored_seq.unwrap_or(0),
+                m.dropped,
+                m.reason.as_deref().unwrap_or("")
+            ),
+        ),
+        None => (
+            CheckStatus::Error,
+            "the daemon did not report the mirror's health".to_owned(),
+        ),
+    };
     verdicts.push(Verdict {
         contract: "CON-LOG-001",
         check: "journal-mirror",
-        status: if report.journal_mirror == "healthy" {
-            CheckStatus::Pass
-        } else {
-            CheckStatus::Fail
-        },
-        detail: format!("journald mirror: {}", report.journal_mirror),
+        status,
+        detail,
     });
     let (status, detail) = root_only(&paths.event_log(), 0);
     verdicts.push(Verdict {

@@ -146,12 +146,85 @@ fn client_as_other_user() {
             });
             format!("{r:?} {}", kinds.join(","))
         }
+        "every-kind" => every_kind(&socket, std::env::var("CON_TEST_AGENT").ok()),
+        "blob" => {
+            let digest =
+                con_event::Digest::from_hex(&std::env::var("CON_TEST_BLOB").unwrap()).unwrap();
+            match Client::connect(&socket).and_then(|mut c| c.blob(digest)) {
+                Ok(bytes) => format!("BLOB {}", bytes.len()),
+                Err(ClientError::Refused { code, message }) => {
+                    format!("REFUSED {code:?} {message}")
+                }
+                Err(e) => format!("ERROR {e}"),
+            }
+        }
         other => panic!("unknown action {other}"),
     };
     println!("RESULT {line}");
 }
 
+/// Appends a sample of every kind (an agent: in a session it opened, with
+/// itself as subject where the kind has one) and reports, sorted, the kinds
+/// the daemon accepted: `ACCEPTED k1,k2 REFUSED k3:Forbidden,…`.
+fn every_kind(socket: &Path, agent: Option<String>) -> String {
+    let mut client = Client::connect(socket).unwrap();
+    let mut session = None;
+    let mut payloads = con_test_support::current_samples();
+    if let Some(me) = agent.as_deref().filter(|a| !a.is_empty()) {
+        session = Some(SessionId([0x5e; 16]));
+        // Its own session first, so that run kinds have somewhere to go.
+        let opened = client.append(client_event(
+            SessionStarted {
+                agent: me.into(),
+                runner: "builtin".into(),
+                provider: None,
+                model: None,
+                trust: Trust::Unverified,
+                prompt: con_event::BlobRef::of(b"p"),
+            }
+            .into(),
+            session,
+        ));
+        assert!(opened.is_ok(), "{opened:?}");
+        for p in &mut payloads {
+            match p {
+                Payload::SessionStarted(x) => x.agent = me.into(),
+                Payload::SessionEnded(x) => x.agent = me.into(),
+                Payload::TaskRouted(x) => x.from = me.into(),
+                _ => {}
+            }
+        }
+    }
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for payload in payloads {
+        let name = payload.spec().name;
+        match client.append(client_event(payload, session)) {
+            Ok(_) => accepted.push(name.to_owned()),
+            Err(ClientError::Refused { code, .. }) => refused.push(format!("{name}:{code:?}")),
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+    accepted.sort();
+    refused.sort();
+    format!(
+        "ACCEPTED {} REFUSED {}",
+        accepted.join(","),
+        refused.join(",")
+    )
+}
+
 fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
+    let agent = user
+        .name
+        .strip_prefix(&common::prefix())
+        .unwrap_or_default()
+        .to_owned();
+    run_as_agent(user, root, action, &agent)
+}
+
+/// [`run_as`] for a user whose agent name is `agent` (tests with their own
+/// user prefix).
+fn run_as_agent(user: &TestUser, root: &Root, action: &str, agent: &str) -> String {
     let exe = std::env::current_exe().unwrap();
     let out = user
         .command(&exe)
@@ -164,12 +237,7 @@ fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
         ])
         .env(CLIENT_ENV, action)
         .env("CON_TEST_SOCKET", root.socket())
-        .env(
-            "CON_TEST_AGENT",
-            user.name
-                .strip_prefix(&common::prefix())
-                .unwrap_or_default(),
-        )
+        .env("CON_TEST_AGENT", agent)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -199,7 +267,7 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
     let unconfigured = TestUser::agent("scout");
     let stranger = TestUser::stranger();
 
-    let ok = run_as(&sysadmin, &root, "tool-call");
+    let ok = run_as(&sysadmin, &root, "start-session");
     assert!(ok.starts_with("OK "), "{ok}");
     let seq: u64 = ok[3..].parse().unwrap();
     let event = all_events(&root)
@@ -222,7 +290,6 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
     );
 
     // Sessions belong to the agent that started them.
-    assert!(run_as(&sysadmin, &root, "start-session").starts_with("OK "));
     assert!(run_as(&sysadmin, &root, "tool-in-session").starts_with("OK "));
     let forged = run_as(&strategist, &root, "tool-in-session");
     assert!(
@@ -242,7 +309,7 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
     );
 
     for nobody in [&stranger, &unconfigured] {
-        let refused = run_as(nobody, &root, "tool-call");
+        let refused = run_as(nobody, &root, "start-session");
         assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
         assert!(
             refused.contains("neither an operator nor an agent"),
@@ -259,13 +326,10 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
         "strategist recorded nothing, so sees nothing: {own}"
     );
     let own = run_as(&sysadmin, &root, "read-own");
-    assert!(
-        own.ends_with(" sysadmin,sysadmin,sysadmin"),
-        "only its own: {own}"
-    );
+    assert!(own.ends_with(" sysadmin,sysadmin"), "only its own: {own}");
 
     // Nothing forged reached the log.
-    assert_eq!(all_events(&root).len(), 3);
+    assert_eq!(all_events(&root).len(), 2);
 }
 
 #[test]
@@ -294,7 +358,7 @@ fn an_agent_cannot_open_the_log_files() {
         .unwrap();
     assert!(!out.status.success(), "the log directory is not listable");
     // But the socket is reachable.
-    assert!(run_as(&reader, &root, "tool-call").starts_with("OK "));
+    assert!(run_as(&reader, &root, "start-session").starts_with("OK "));
 }
 
 fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
@@ -640,5 +704,129 @@ fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
     }
     // Still responsive (a spinning query would hold a worker).
     let status = Client::connect(&root.socket()).unwrap().status().unwrap();
-    assert_eq!(status.head_seq, 5);
+    assert_eq!(status.log.unwrap().head_seq, 5);
+}
+
+/// A group created for one test, removed on drop.
+struct TestGroup(String);
+
+impl TestGroup {
+    fn create(members: &[&TestUser]) -> Self {
+        let name = format!("ctg{}", std::process::id());
+        let out = Command::new("groupadd").arg(&name).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for m in members {
+            let out = Command::new("usermod")
+                .args(["-aG", &name, &m.name])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self(name)
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.0).output();
+    }
+}
+
+fn kinds_with(authority: con_event::Authority) -> Vec<&'static str> {
+    let mut names: Vec<_> = con_event::KINDS
+        .iter()
+        .filter(|k| k.authority == authority)
+        .map(|k| k.name)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+fn expected(accepted: &[&str]) -> String {
+    let mut refused: Vec<String> = con_event::KINDS
+        .iter()
+        .filter(|k| !accepted.contains(&k.name))
+        .map(|k| format!("{}:Forbidden", k.name))
+        .collect();
+    refused.sort();
+    format!(
+        "ACCEPTED {} REFUSED {}",
+        accepted.join(","),
+        refused.join(",")
+    )
+}
+
+#[test]
+fn daemon_kinds_are_refused_from_root_trusted_members_and_agents_alike() {
+    let root = Root::new();
+    // Its own user prefix: other tests of this binary run the same agents.
+    let prefix = format!("ck{}-", std::process::id());
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    let member = TestUser::stranger();
+    let trusted = TestGroup::create(&[&member]);
+    let _daemon = Daemon::start_with(&root, &prefix, &["--trusted-group", &trusted.0], &[]);
+    let operator_kinds = kinds_with(con_event::Authority::Operator);
+    let run_kinds = kinds_with(con_event::Authority::AgentRun);
+    assert_eq!(operator_kinds, ["provision.applied"]);
+    assert_eq!(
+        run_kinds,
+        [
+            "session.ended",
+            "session.started",
+            "task.routed",
+            "tool.call",
+            "tool.result"
+        ]
+    );
+
+    // Root, through the socket like any client.
+    assert_eq!(every_kind(&root.socket(), None), expected(&operator_kinds));
+    // A non-root member of the trusted group.
+    assert_eq!(
+        run_as(&member, &root, "every-kind"),
+        expected(&operator_kinds)
+    );
+    // An agent: its own run kinds, nothing else.
+    assert_eq!(
+        run_as_agent(&sysadmin, &root, "every-kind", "sysadmin"),
+        expected(&run_kinds)
+    );
+
+    // What reached the log: the two provision.applied, the agent's session
+    // and its run events; not one daemon kind from a client.
+    let daemon_kinds = kinds_with(con_event::Authority::Daemon);
+    let events = all_events(&root);
+    assert!(
+        events
+            .iter()
+            .all(|e| !daemon_kinds.contains(&e.payload.spec().name)),
+        "{:?}",
+        events
+            .iter()
+            .map(|e| e.payload.spec().name)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(events.len(), 2 + 1 + run_kinds.len());
+}
+
+#[test]
+fn an_agent_records_nothing_outside_a_session_it_opened() {
+    let root = Root::new();
+    let prefix = format!("cs{}-", std::process::id());
+    let _daemon = Daemon::start_with(&root, &prefix, &[], &[]);
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    let loose = run_as_agent(&sysadmin, &root, "tool-call", "sysadmin");
+    assert!(
+        loose.starts_with("REFUSED Forbidden") && loose.contains("session the agent opened"),
+        "{loose}"
+    );
+    assert!(all_events(&root).is_empty());
 }

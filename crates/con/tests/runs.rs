@@ -700,15 +700,13 @@ fn a_halted_agent_gets_no_model_calls() {
         &[agent("scribe", "worker", "")],
     );
     let _daemon = c.daemon();
-    let payload: Payload = con_event::payloads::AgentState {
-        agent: "scribe".into(),
-        condition: con_event::payloads::AgentCondition::Halted,
-        reason: "test".into(),
-    }
-    .into();
     con_protocol::Client::connect(&c.root.socket())
         .unwrap()
-        .append(common::client_event(payload, None))
+        .set_condition(con_protocol::SetCondition {
+            agent: "scribe".into(),
+            condition: con_event::payloads::AgentCondition::Halted,
+            reason: "test".into(),
+        })
         .unwrap();
     let task = c.task("scribe", "t-halted", "anything");
     let out = c.run("scribe", &[]);
