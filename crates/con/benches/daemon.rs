@@ -21,7 +21,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use con_event::payloads::ToolCall;
+use con_event::payloads::ProvisionApplied;
 use con_event::{BlobRef, Event, NewEvent, Payload};
 use con_protocol::{Client, Query};
 use con_store::{GroupCommitWriter, Store, WriterConfig};
@@ -30,11 +30,15 @@ use common::{Daemon, Root, TestUser, client_event};
 
 const PREFIX: &str = "cbench-";
 
-fn tool_call(n: u64) -> Payload {
-    ToolCall {
-        call_id: format!("call-{n:012}"),
-        tool: "exec".into(),
-        arguments: BlobRef::of(b"{\"command\":\"true\"}"),
+/// A small operator event (what a root client may append), about the size
+/// of a tool call.
+fn small_event(n: u64) -> Payload {
+    ProvisionApplied {
+        command: format!("bench-{n:012}"),
+        changes: 0,
+        failed: Vec::new(),
+        disabled_agents: Vec::new(),
+        steps: BlobRef::of(b"{\"command\":\"true\"}"),
     }
     .into()
 }
@@ -48,7 +52,7 @@ fn socket_rate(socket: &Path, clients: u64, per_client: u64) -> f64 {
                 let mut client = Client::connect(&socket).unwrap();
                 for n in 0..per_client {
                     client
-                        .append(client_event(tool_call(c * per_client + n), None))
+                        .append(client_event(small_event(c * per_client + n), None))
                         .unwrap();
                 }
             })
@@ -70,7 +74,7 @@ fn direct_rate(clients: u64, per_client: u64) -> f64 {
             let app = writer.appender();
             std::thread::spawn(move || {
                 for n in 0..per_client {
-                    app.append(NewEvent::system(tool_call(c * per_client + n)))
+                    app.append(NewEvent::system(small_event(c * per_client + n)))
                         .unwrap();
                 }
             })

@@ -29,6 +29,23 @@ fn tool_call(id: &str) -> Payload {
     .into()
 }
 
+/// An event an operator may append.
+fn provisioned() -> Payload {
+    marked("test")
+}
+
+/// An operator's event carrying `marker` (as its command).
+fn marked(marker: &str) -> Payload {
+    ProvisionApplied {
+        command: marker.into(),
+        changes: 0,
+        failed: vec![],
+        disabled_agents: vec![],
+        steps: con_event::BlobRef::of(b""),
+    }
+    .into()
+}
+
 /// The test binary re-run as another user: performs one client action and
 /// prints its outcome on stdout.
 #[test]
@@ -83,18 +100,21 @@ fn client_as_other_user() {
         })),
         "start-session" => outcome(Client::connect(&socket).and_then(|mut c| {
             let me = std::env::var("CON_TEST_AGENT").unwrap();
-            c.append(client_event(
+            let prompt = format!("the prompt of {me}").into_bytes();
+            let mut event = client_event(
                 SessionStarted {
                     agent: me,
                     runner: "builtin".into(),
                     provider: None,
                     model: None,
                     trust: Trust::Verified,
-                    prompt: con_event::BlobRef::of(b"p"),
+                    prompt: con_event::BlobRef::of(&prompt),
                 }
                 .into(),
                 Some(SessionId([7; 16])),
-            ))
+            );
+            event.attachments.push(prompt);
+            c.append(event)
         })),
         "tool-in-session" => outcome(Client::connect(&socket).and_then(|mut c| {
             c.append(client_event(
@@ -225,6 +245,16 @@ fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
 /// [`run_as`] for a user whose agent name is `agent` (tests with their own
 /// user prefix).
 fn run_as_agent(user: &TestUser, root: &Root, action: &str, agent: &str) -> String {
+    run_as_with(user, root, action, agent, &[])
+}
+
+fn run_as_with(
+    user: &TestUser,
+    root: &Root,
+    action: &str,
+    agent: &str,
+    env: &[(&str, String)],
+) -> String {
     let exe = std::env::current_exe().unwrap();
     let out = user
         .command(&exe)
@@ -238,6 +268,7 @@ fn run_as_agent(user: &TestUser, root: &Root, action: &str, agent: &str) -> Stri
         .env(CLIENT_ENV, action)
         .env("CON_TEST_SOCKET", root.socket())
         .env("CON_TEST_AGENT", agent)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -395,13 +426,24 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
     expect_refusal(&root.socket(), &garbage, ErrorCode::BadFrame);
     // A length far over the limit: refused before any body is read.
     expect_refusal(&root.socket(), &u32::MAX.to_be_bytes(), ErrorCode::TooLarge);
-    // Wrong version.
+    // Wrong version, e.g. a client of protocol version 1: told so plainly.
     let mut frame = con_protocol::encode_frame(&con_protocol::Request::Status).unwrap();
-    frame[4] = 77;
+    frame[4] = 1;
     expect_refusal(&root.socket(), &frame, ErrorCode::BadFrame);
+    let reply = raw_exchange(&root.socket(), &frame);
+    let (resp, _) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resp,
+        con_protocol::Response::Error {
+            code: ErrorCode::BadFrame,
+            message: "protocol version 1 is not supported (this is 2)".into()
+        }
+    );
     // A payload that is not what its kind says.
     let mut c = Client::connect(&root.socket()).unwrap();
-    let mut bad = client_event(tool_call("x"), None);
+    let mut bad = client_event(provisioned(), None);
     bad.payload.truncate(3);
     assert!(matches!(
         c.append(bad),
@@ -411,13 +453,13 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
         })
     ));
     // The daemon still serves.
-    assert!(c.append(client_event(tool_call("y"), None)).is_ok());
+    assert!(c.append(client_event(provisioned(), None)).is_ok());
     assert_eq!(all_events(&root).len(), 1);
 }
 
 fn marker_of(event: &Event) -> Option<String> {
     match &event.payload {
-        Payload::ToolCall(t) => Some(t.call_id.clone()),
+        Payload::ProvisionApplied(p) => Some(p.command.clone()),
         _ => None,
     }
 }
@@ -447,7 +489,7 @@ fn acknowledged_appends_survive_daemon_sigkill() {
                     };
                     for n in 0.. {
                         let marker = format!("r{round}c{c}n{n}");
-                        match client.append(client_event(tool_call(&marker), None)) {
+                        match client.append(client_event(marked(&marker), None)) {
                             Ok((seq, _)) => acks.push((seq, marker)),
                             Err(_) => break,
                         }
@@ -509,7 +551,7 @@ fn sigterm_drains_and_exits_cleanly() {
         let mut client = Client::connect(&socket).unwrap();
         let mut acks = Vec::new();
         for n in 0.. {
-            match client.append(client_event(tool_call(&format!("t{n}")), None)) {
+            match client.append(client_event(marked(&format!("t{n}")), None)) {
                 Ok((seq, _)) => acks.push(seq),
                 Err(_) => break,
             }
@@ -547,7 +589,7 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
         .unwrap();
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..3 {
-        c.append(client_event(tool_call(&format!("f{n}")), None))
+        c.append(client_event(marked(&format!("f{n}")), None))
             .unwrap();
     }
     let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap());
@@ -556,9 +598,9 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["kind"], "tool.call");
+        assert_eq!(v["kind"], "provision.applied");
         assert_eq!(v["actor"]["uid"], 0);
-        seen.push(v["payload"]["call_id"].as_str().unwrap().to_owned());
+        seen.push(v["payload"]["command"].as_str().unwrap().to_owned());
     }
     follower.kill().unwrap();
     follower.wait().unwrap();
@@ -574,9 +616,129 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["head_seq"], 3);
-    assert_eq!(v["journal_mirror"], "healthy");
-    assert!(v["identity"].as_str().unwrap().starts_with("operator"));
+    assert_eq!(v["log"]["head_seq"], 3);
+    assert_eq!(v["journal_mirror"]["state"], "healthy");
+    assert_eq!(v["caller"]["role"], "operator");
+}
+
+/// Values that differ between runs (ids, hashes, times, inodes, the temp
+/// root in paths), replaced so the rest of a JSON document can be
+/// snapshot-tested.
+fn redact(v: serde_json::Value, root: &Root) -> serde_json::Value {
+    let root = root.path().to_str().unwrap().to_owned();
+    redact_under(v, &root)
+}
+
+fn redact_under(mut v: serde_json::Value, root: &str) -> serde_json::Value {
+    const VOLATILE: &[&str] = &[
+        "log_id",
+        "head_hash",
+        "hash",
+        "prev_hash",
+        "id",
+        "time",
+        "ts_unix_nanos",
+        "session",
+        "digest",
+        "uid",
+        "ctime_unix_nanos",
+        "dev",
+        "inode",
+    ];
+    match &mut v {
+        serde_json::Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                if VOLATILE.contains(&k.as_str()) && !x.is_null() {
+                    *x = "[redacted]".into();
+                } else {
+                    *x = redact_under(x.take(), root);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for x in items.iter_mut() {
+                *x = redact_under(x.take(), root);
+            }
+        }
+        serde_json::Value::String(text) => *text = text.replace(root, "[root]"),
+        _ => {}
+    }
+    v
+}
+
+fn con(root: &Root, args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args(["--root", root.path().to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "con {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `con status --json` and `con logs --json` are documented interfaces
+/// (docs/status-json.md, docs/event-json.md): their shape is pinned. The
+/// status lists every configured agent, with or without events, and keeps
+/// the outer inbox out of the agent rows.
+#[test]
+fn status_and_logs_json_are_the_documented_views() {
+    let root = Root::new();
+    let prefix = format!("cj{}-", std::process::id());
+    let inbox = root.path().join("srv/con/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("hello.task"), "hello").unwrap();
+    let _daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    assert!(run_as_agent(&sysadmin, &root, "start-session", "sysadmin").starts_with("OK "));
+    Client::connect(&root.socket())
+        .unwrap()
+        .append(client_event(marked("bootstrap"), None))
+        .unwrap();
+    let start = Instant::now();
+    while all_events(&root).len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(10), "arrival not recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let status: serde_json::Value =
+        serde_json::from_slice(&con(&root, &["status", "--json"]).stdout).unwrap();
+    insta::assert_json_snapshot!("status_json", redact(status, &root));
+
+    let logs = String::from_utf8(con(&root, &["logs", "--json"]).stdout).unwrap();
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| {
+            let view: con_event::EventJson = serde_json::from_str(l).unwrap();
+            // Every line converts back to the stored event (hash checked).
+            view.to_event().unwrap();
+            redact(serde_json::from_str(l).unwrap(), &root)
+        })
+        .collect();
+    insta::assert_json_snapshot!("logs_json", events);
+}
+
+/// Names an agent controls cannot forge lines in the text views.
+#[test]
+fn a_task_name_with_a_newline_and_escape_cannot_forge_a_log_line() {
+    let root = Root::new();
+    let inbox = root.path().join("srv/con/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let evil = "x\n    99999  2026-12-07T00:00:00.000Z  inbox.arrived  sysadmin  verified, uid 0\u{1b}[8m.task";
+    std::fs::write(inbox.join(&evil), "hi").unwrap();
+    let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
+    let start = Instant::now();
+    while all_events(&root).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "arrival not recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = String::from_utf8(con(&root, &["logs"]).stdout).unwrap();
+    assert_eq!(out.lines().count(), all_events(&root).len(), "{out}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(out.contains("\\n    99999"), "escaped, still readable: {out}");
 }
 
 #[test]
@@ -679,12 +841,12 @@ fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
     let _daemon = Daemon::start(&root);
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..5 {
-        c.append(client_event(tool_call(&format!("l{n}")), None))
+        c.append(client_event(marked(&format!("l{n}")), None))
             .unwrap();
     }
     for (args, lines) in [
         (vec!["-n", "2"], 2),
-        (vec!["--kind", "tool.call", "-n", "3"], 3),
+        (vec!["--kind", "provision.applied", "-n", "3"], 3),
         (vec!["--kind", "run.exited"], 0),
     ] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_con"));
@@ -829,4 +991,39 @@ fn an_agent_records_nothing_outside_a_session_it_opened() {
         "{loose}"
     );
     assert!(all_events(&root).is_empty());
+}
+
+#[test]
+fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
+    let root = Root::new();
+    let prefix = format!("cb{}-", std::process::id());
+    let _daemon = Daemon::start_with(&root, &prefix, &[], &[]);
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    let strategist = TestUser::create(&format!("{prefix}strategist"));
+    assert!(run_as_agent(&sysadmin, &root, "start-session", "sysadmin").starts_with("OK "));
+    let prompt = b"the prompt of sysadmin";
+    let digest = con_event::Digest::of(prompt);
+    let fetch = |user: &TestUser, agent: &str, digest: con_event::Digest| {
+        run_as_with(user, &root, "blob", agent, &[("CON_TEST_BLOB", digest.to_hex())])
+    };
+
+    assert_eq!(fetch(&sysadmin, "sysadmin", digest), format!("BLOB {}", prompt.len()));
+    let refused = fetch(&strategist, "strategist", digest);
+    assert!(
+        refused.starts_with("REFUSED Forbidden") && refused.contains("may read"),
+        "{refused}"
+    );
+    // Refused the same way whether or not the blob exists: no probing.
+    let missing = fetch(&strategist, "strategist", con_event::Digest::of(b"nothing"));
+    assert_eq!(
+        missing.replace(&con_event::Digest::of(b"nothing").to_hex(), "X"),
+        refused.replace(&digest.to_hex(), "X")
+    );
+    // An operator reads any blob, in chunks, checked against its digest.
+    let mut client = Client::connect(&root.socket()).unwrap();
+    assert_eq!(client.blob(digest).unwrap(), prompt);
+    match client.blob(con_event::Digest::of(b"nothing")) {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
+        other => panic!("{other:?}"),
+    }
 }
