@@ -20,6 +20,61 @@ use con_protocol::{ErrorCode, LlmAnswer, LlmCall};
 
 use crate::Shared;
 
+/// A request body cut for the record: the frame and each message's bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct RecordedBody {
+    frame: Vec<u8>,
+    messages_at: u64,
+    messages: Vec<Vec<u8>>,
+}
+
+/// Cuts `canonical` (the compact JSON of `request`) into the frame and its
+/// messages, so that [`LlmRequest::reassemble`] gives `canonical` back byte
+/// for byte — which is checked here: if the cut does not reassemble
+/// exactly, the whole body is recorded as the frame instead.
+fn split_for_record(
+    request: &ChatRequest,
+    canonical: &[u8],
+) -> Result<RecordedBody, serde_json::Error> {
+    let whole = || RecordedBody {
+        frame: canonical.to_vec(),
+        messages_at: 0,
+        messages: Vec::new(),
+    };
+    if request.messages.is_empty() {
+        return Ok(whole());
+    }
+    let messages = request
+        .messages
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    let array_len = messages.iter().map(|m| m.len() + 1).sum::<usize>() + 1;
+    // The body with an empty conversation differs from `canonical` exactly
+    // where the array starts; there the array's bytes are cut out.
+    let empty = serde_json::to_vec(&ChatRequest {
+        messages: Vec::new(),
+        ..request.clone()
+    })?;
+    let at = empty
+        .iter()
+        .zip(canonical)
+        .position(|(a, b)| a != b)
+        .and_then(|p| p.checked_sub(1));
+    let cut = at.and_then(|at| {
+        let frame: Vec<u8> = [&canonical[..at], canonical.get(at + array_len..)?].concat();
+        let parts: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        (LlmRequest::reassemble(&frame, at as u64, &parts).as_deref() == Some(canonical)).then_some(
+            RecordedBody {
+                frame,
+                messages_at: at as u64,
+                messages: messages.clone(),
+            },
+        )
+    });
+    Ok(cut.unwrap_or_else(whole))
+}
+
 /// How one agent's model calls are made.
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -264,16 +319,28 @@ pub(crate) async fn call(
         .map_err(|why| refusal(ErrorCode::OverBudget, why))?;
 
     let model = route.endpoint.model.clone();
+    let body = split_for_record(&request, &canonical)
+        .map_err(|e| refusal(ErrorCode::Rejected, format!("chat request: {e}")))?;
     let mut recorded = NewEvent::system(LlmRequest {
         agent: agent.to_owned(),
         provider: route.provider.clone(),
         model: model.clone(),
         iteration: call.iteration,
-        request: BlobRef::of(&canonical),
+        frame: BlobRef::of(&body.frame),
+        messages_at: body.messages_at,
+        messages: body.messages.iter().map(|m| BlobRef::of(m)).collect(),
     });
     recorded.session = Some(call.session);
     recorded.task = call.task.clone();
-    recorded.attachments = vec![canonical];
+    // Every referenced content travels with the event; the store keeps each
+    // distinct one once.
+    let mut attachments = vec![body.frame];
+    for m in body.messages {
+        if !attachments.contains(&m) {
+            attachments.push(m);
+        }
+    }
+    recorded.attachments = attachments;
     // No audit, no action: the call is made only once its request is durable.
     let request_seq = shared
         .appender
@@ -343,5 +410,92 @@ pub(crate) async fn call(
             ErrorCode::Provider,
             e.unwrap_or_else(|| "no reply".to_owned()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use con_llm::{Message, ToolCallRequest, ToolOutcome};
+
+    use super::*;
+
+    fn conversation(turns: usize) -> ChatRequest {
+        let mut messages = vec![Message::User {
+            content: "check the disk, \"quoted\" and ünïcode".into(),
+        }];
+        for n in 0..turns {
+            messages.push(Message::Assistant {
+                content: None,
+                tool_calls: vec![ToolCallRequest {
+                    id: format!("call_{n}"),
+                    name: "exec".into(),
+                    arguments: serde_json::json!({"command": "df -h", "n": n, "x": 1.5}),
+                }],
+            });
+            messages.push(Message::Tool {
+                results: vec![ToolOutcome {
+                    call_id: format!("call_{n}"),
+                    content: "x".repeat(4096),
+                    is_error: false,
+                }],
+            });
+        }
+        ChatRequest {
+            system: "You are sysadmin. \"messages\":[] is not a key here.".into(),
+            messages,
+            tools: Vec::new(),
+            max_tokens: Some(1024),
+        }
+    }
+
+    fn reassembled(body: &RecordedBody) -> Vec<u8> {
+        let parts: Vec<&[u8]> = body.messages.iter().map(Vec::as_slice).collect();
+        LlmRequest::reassemble(&body.frame, body.messages_at, &parts).unwrap()
+    }
+
+    #[test]
+    fn a_recorded_body_reassembles_to_the_bytes_sent() {
+        for turns in [0, 1, 5] {
+            let request = conversation(turns);
+            let canonical = serde_json::to_vec(&request).unwrap();
+            let body = split_for_record(&request, &canonical).unwrap();
+            assert_eq!(reassembled(&body), canonical, "{turns} turns");
+            assert_eq!(body.messages.len(), request.messages.len());
+            if turns > 0 {
+                assert!(
+                    body.frame.len() < 200,
+                    "the frame holds no conversation: {} bytes",
+                    body.frame.len()
+                );
+            }
+        }
+    }
+
+    /// What a session stores grows with its distinct messages, not with
+    /// the number of requests times their length.
+    #[test]
+    fn a_long_session_stores_each_message_once() {
+        let mut distinct = std::collections::HashMap::new();
+        let mut sent = 0usize;
+        for turns in 0..100 {
+            let request = conversation(turns);
+            let canonical = serde_json::to_vec(&request).unwrap();
+            sent += canonical.len();
+            let body = split_for_record(&request, &canonical).unwrap();
+            for blob in std::iter::once(body.frame).chain(body.messages) {
+                distinct.insert(con_event::Digest::of(&blob), blob.len());
+            }
+        }
+        let stored: usize = distinct.values().sum();
+        let messages: usize = serde_json::to_vec(&conversation(99).messages)
+            .unwrap()
+            .len();
+        assert!(
+            stored < 2 * messages,
+            "stored {stored} bytes for {messages} bytes of distinct messages"
+        );
+        assert!(sent > 40 * stored, "sent {sent}, stored {stored}");
     }
 }

@@ -332,10 +332,69 @@ impl Kind for SessionEnded {
     }
 }
 
-/// `llm.request`: the gateway sent a request to a model provider.
+/// `llm.request` version 2 (current): the gateway sent a request to a model
+/// provider.
+///
+/// The request body is recorded so that each conversation message is stored
+/// once: a session of n tool-loop iterations sends n requests that each
+/// repeat the conversation so far, and recording every body whole would
+/// grow the log with n². The body as sent is, byte for byte,
+/// [`LlmRequest::reassemble`] of the frame and the messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LlmRequest {
     /// Agent on whose behalf the gateway called (the actor is the gateway).
+    pub agent: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// Tool-loop iteration (1-based).
+    pub iteration: u32,
+    /// The request body as sent (minus credentials) with the bytes of its
+    /// messages array cut out at `messages_at`; the whole body when
+    /// `messages` is empty.
+    pub frame: BlobRef,
+    /// Byte offset in the frame where the messages array goes.
+    pub messages_at: u64,
+    /// Each message of the conversation, oldest first, as the JSON bytes it
+    /// had in the body. Content-addressed: a message repeated in later
+    /// requests is stored once.
+    pub messages: Vec<BlobRef>,
+}
+
+impl LlmRequest {
+    /// The request body as sent: `frame[..messages_at] ‖ [m1,m2,…] ‖
+    /// frame[messages_at..]`, or the frame itself when there are no
+    /// messages. `None` if `messages_at` is past the frame's end.
+    pub fn reassemble(frame: &[u8], messages_at: u64, messages: &[&[u8]]) -> Option<Vec<u8>> {
+        if messages.is_empty() {
+            return Some(frame.to_vec());
+        }
+        let at = usize::try_from(messages_at)
+            .ok()
+            .filter(|at| *at <= frame.len())?;
+        let body: usize = messages.iter().map(|m| m.len() + 1).sum();
+        let mut out = Vec::with_capacity(frame.len() + body + 1);
+        out.extend_from_slice(&frame[..at]);
+        out.push(b'[');
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(m);
+        }
+        out.push(b']');
+        out.extend_from_slice(&frame[at..]);
+        Some(out)
+    }
+}
+
+/// `llm.request` version 1: the whole request body as one blob. Kept so
+/// records of this version keep decoding; upcast to a version-2 request with
+/// that body as its frame and no separate messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmRequestV1 {
+    /// Agent on whose behalf the gateway called.
     pub agent: String,
     /// Provider name.
     pub provider: String,
@@ -347,21 +406,48 @@ pub struct LlmRequest {
     pub request: BlobRef,
 }
 
+impl From<LlmRequestV1> for LlmRequest {
+    fn from(v1: LlmRequestV1) -> Self {
+        LlmRequest {
+            agent: v1.agent,
+            provider: v1.provider,
+            model: v1.model,
+            iteration: v1.iteration,
+            frame: v1.request,
+            messages_at: 0,
+            messages: Vec::new(),
+        }
+    }
+}
+
 impl Kind for LlmRequest {
     const SPEC: KindSpec = KindSpec {
         id: 5,
         name: "llm.request",
-        version: 1,
+        version: 2,
         authority: Authority::Daemon,
         message_id: "de72435a1f2340d59de95c969567c744",
         priority: Priority::Info,
         subject: "Model request to @CON_MODEL@",
-        description: "The daemon sent a model request on behalf of an agent session. The full request body (without credentials) is stored as a blob.",
+        description: "The daemon sent a model request on behalf of an agent session. The request body (without credentials) is stored as blobs: a frame and each conversation message once, from which the exact body is reassembled.",
     };
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        match version {
+            1 => codec::decode::<LlmRequestV1>("llm.request v1", bytes).map(Into::into),
+            2 => codec::decode("llm.request", bytes),
+            _ => Err(DecodeError::UnknownVersion {
+                kind: Self::SPEC.name,
+                version,
+            }),
+        }
+    }
     fn message(&self) -> String {
         format!(
-            "model request #{} to {}/{} ({} bytes)",
-            self.iteration, self.provider, self.model, self.request.len
+            "model request #{} to {}/{} ({} messages)",
+            self.iteration,
+            self.provider,
+            self.model,
+            self.messages.len()
         )
     }
     fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
@@ -372,7 +458,13 @@ impl Kind for LlmRequest {
         Some(&self.agent)
     }
     fn blob_refs(&self) -> Vec<BlobRef> {
-        vec![self.request]
+        let mut refs = vec![self.frame];
+        for m in &self.messages {
+            if !refs.contains(m) {
+                refs.push(*m);
+            }
+        }
+        refs
     }
 }
 

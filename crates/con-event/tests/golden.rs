@@ -298,3 +298,20 @@ fn digests_and_ids_are_hex_in_json_and_bytes_in_bincode() {
     let err = serde_json::from_str::<Digest>("\"abc\"").unwrap_err();
     assert!(err.to_string().contains("64 lowercase hex digits"), "{err}");
 }
+
+#[test]
+fn an_llm_request_body_is_reassembled_byte_for_byte() {
+    let frame = br#"{"system":"You are sysadmin.","messages":,"tools":[]}"#;
+    let (user, assistant) = (
+        br#"{"role":"user","content":"check the disk"}"#.as_slice(),
+        br#"{"role":"assistant","content":"ok"}"#.as_slice(),
+    );
+    assert_eq!(
+        LlmRequest::reassemble(frame, 41, &[user, assistant]).unwrap(),
+        br#"{"system":"You are sysadmin.","messages":[{"role":"user","content":"check the disk"},{"role":"assistant","content":"ok"}],"tools":[]}"#
+    );
+    // No messages: the frame is the whole body (what v1 records upcast to).
+    assert_eq!(LlmRequest::reassemble(b"{}", 0, &[]).unwrap(), b"{}");
+    // An offset past the frame is refused, not a panic.
+    assert_eq!(LlmRequest::reassemble(frame, 999, &[user]), None);
+}

@@ -111,10 +111,37 @@ pub fn samples() -> Vec<Sample> {
                 provider: "anthropic".into(),
                 model: "claude-sonnet-4.6".into(),
                 iteration: 3,
-                request: blob("{\"messages\":[]}"),
+                frame: blob("{\"system\":\"You are sysadmin.\",\"messages\":,\"tools\":[]}"),
+                messages_at: 41,
+                messages: vec![
+                    blob("{\"role\":\"user\",\"content\":\"check the disk\"}"),
+                    blob("{\"role\":\"assistant\",\"content\":\"ok\"}"),
+                ],
             }
             .into(),
         ),
+        Sample {
+            kind: "llm.request",
+            version: 1,
+            bytes: codec::encode(&LlmRequestV1 {
+                agent: "sysadmin".into(),
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4.6".into(),
+                iteration: 3,
+                request: blob("{\"messages\":[]}"),
+            })
+            .expect("sample encodes"),
+            payload: LlmRequest {
+                agent: "sysadmin".into(),
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4.6".into(),
+                iteration: 3,
+                frame: blob("{\"messages\":[]}"),
+                messages_at: 0,
+                messages: Vec::new(),
+            }
+            .into(),
+        },
         current(
             LlmResponse {
                 agent: "sysadmin".into(),

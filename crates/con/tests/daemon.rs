@@ -700,7 +700,10 @@ fn status_and_logs_json_are_the_documented_views() {
         .unwrap();
     let start = Instant::now();
     while all_events(&root).len() < 3 {
-        assert!(start.elapsed() < Duration::from_secs(10), "arrival not recorded");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "arrival not recorded"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -732,13 +735,19 @@ fn a_task_name_with_a_newline_and_escape_cannot_forge_a_log_line() {
     let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
     let start = Instant::now();
     while all_events(&root).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(10), "arrival not recorded");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "arrival not recorded"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = String::from_utf8(con(&root, &["logs"]).stdout).unwrap();
     assert_eq!(out.lines().count(), all_events(&root).len(), "{out}");
     assert!(!out.contains('\u{1b}'), "{out:?}");
-    assert!(out.contains("\\n    99999"), "escaped, still readable: {out}");
+    assert!(
+        out.contains("\\n    99999"),
+        "escaped, still readable: {out}"
+    );
 }
 
 #[test]
@@ -1004,10 +1013,19 @@ fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
     let prompt = b"the prompt of sysadmin";
     let digest = con_event::Digest::of(prompt);
     let fetch = |user: &TestUser, agent: &str, digest: con_event::Digest| {
-        run_as_with(user, &root, "blob", agent, &[("CON_TEST_BLOB", digest.to_hex())])
+        run_as_with(
+            user,
+            &root,
+            "blob",
+            agent,
+            &[("CON_TEST_BLOB", digest.to_hex())],
+        )
     };
 
-    assert_eq!(fetch(&sysadmin, "sysadmin", digest), format!("BLOB {}", prompt.len()));
+    assert_eq!(
+        fetch(&sysadmin, "sysadmin", digest),
+        format!("BLOB {}", prompt.len())
+    );
     let refused = fetch(&strategist, "strategist", digest);
     assert!(
         refused.starts_with("REFUSED Forbidden") && refused.contains("may read"),

@@ -833,3 +833,57 @@ fn an_answer_to_a_clarifying_question_reaches_the_model_with_the_question() {
         .count();
     assert_eq!(requests, 2);
 }
+
+/// The daemon records each model request so that every conversation
+/// message is stored once, and the exact body is rebuilt from the record.
+#[test]
+fn recorded_model_requests_reassemble_and_share_their_messages() {
+    let model = ScriptedServer::start(vec![
+        Step::tool_call("exec", serde_json::json!({"command": "echo one"})),
+        Step::tool_call("exec", serde_json::json!({"command": "echo two"})),
+        Step::text("done"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _daemon = c.daemon();
+    c.task("scribe", "t-record", "echo twice");
+    ok(&c.run("scribe", &[]));
+    let mut client = con_protocol::Client::connect(&c.root.socket()).unwrap();
+    let requests: Vec<con_event::payloads::LlmRequest> = all_events(&c.root.socket())
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Payload::LlmRequest(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.len(), 3);
+    let mut bodies = Vec::new();
+    for r in &requests {
+        let frame = client.blob(r.frame.digest).unwrap();
+        let messages: Vec<Vec<u8>> = r
+            .messages
+            .iter()
+            .map(|m| client.blob(m.digest).unwrap())
+            .collect();
+        let parts: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let body =
+            con_event::payloads::LlmRequest::reassemble(&frame, r.messages_at, &parts).unwrap();
+        let request: con_llm::ChatRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(request.messages.len(), r.messages.len());
+        bodies.push(body);
+    }
+    // Each request repeats the previous conversation by reference.
+    assert_eq!(requests[0].messages.len(), 1);
+    assert_eq!(requests[1].messages[..1], requests[0].messages[..]);
+    assert_eq!(requests[2].messages[..3], requests[1].messages[..]);
+    assert_eq!(requests[2].messages.len(), 5);
+    // What the model was told in the last call is in the rebuilt body.
+    let last = String::from_utf8(bodies.pop().unwrap()).unwrap();
+    assert!(
+        last.contains("echo twice") && last.contains("two"),
+        "{last}"
+    );
+}
