@@ -731,7 +731,7 @@ fn a_task_name_with_a_newline_and_escape_cannot_forge_a_log_line() {
     let inbox = root.path().join("srv/con/inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     let evil = "x\n    99999  2026-12-07T00:00:00.000Z  inbox.arrived  sysadmin  verified, uid 0\u{1b}[8m.task";
-    std::fs::write(inbox.join(&evil), "hi").unwrap();
+    std::fs::write(inbox.join(evil), "hi").unwrap();
     let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
     let start = Instant::now();
     while all_events(&root).is_empty() {
