@@ -50,7 +50,7 @@ pub trait Kind: Serialize + DeserializeOwned + Sized {
     }
 }
 
-/// Provenance of a task as decided by the kernel (SPEC §5).
+/// Provenance of a task as decided by the kernel (`lstat` owner and links), never by its content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trust {
