@@ -7,13 +7,13 @@
 //! itself, so a compromised agent process can neither read a key nor make an
 //! unrecorded call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use con_config::Tier;
 use con_event::payloads::AgentCondition;
 use con_event::payloads::{LlmRequest, LlmResponse};
-use con_event::{BlobRef, NewEvent};
+use con_event::{BlobRef, NewEvent, SessionId};
 use con_llm::{ChatRequest, Endpoint, LlmClient, LlmError, Price, Usage};
 use con_projection::{FleetStatus, utc_day};
 use con_protocol::{ErrorCode, LlmAnswer, LlmCall};
@@ -75,6 +75,53 @@ fn split_for_record(
     Ok(cut.unwrap_or_else(whole))
 }
 
+/// Sessions' last recorded conversations, so that a request references the
+/// previous request of its session for the messages it repeats. Losing an
+/// entry (restart, eviction) costs bytes, never correctness: the next
+/// request of that session records its whole conversation again.
+#[derive(Default)]
+pub(crate) struct Conversations(std::sync::Mutex<HashMap<SessionId, (u64, Vec<BlobRef>)>>);
+
+/// Sessions remembered at most (one entry per running session is enough).
+const CONVERSATIONS_CAPACITY: usize = 1024;
+
+impl Conversations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (u64, Vec<BlobRef>)>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The earlier request `conversation` continues and how many of its
+    /// messages it repeats first (`(None, 0)` if none).
+    fn continuation(&self, session: SessionId, conversation: &[BlobRef]) -> (Option<u64>, usize) {
+        match self.lock().get(&session) {
+            Some((seq, earlier)) => {
+                let repeated = earlier
+                    .iter()
+                    .zip(conversation)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                if repeated == 0 {
+                    (None, 0)
+                } else {
+                    (Some(*seq), repeated)
+                }
+            }
+            None => (None, 0),
+        }
+    }
+
+    /// `conversation` is durable in the request at `seq`.
+    fn recorded(&self, session: SessionId, seq: u64, conversation: Vec<BlobRef>) {
+        let mut map = self.lock();
+        if map.len() >= CONVERSATIONS_CAPACITY && !map.contains_key(&session) {
+            if let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(session, (seq, conversation));
+    }
+}
+
 /// How one agent's model calls are made.
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -121,6 +168,8 @@ pub(crate) struct Gateway {
     /// the budget until the call's real cost is recorded, so concurrent
     /// calls cannot all pass the check at once.
     reserved: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Each session's last recorded conversation.
+    conversations: Conversations,
 }
 
 /// Releases a reservation when the call is over, however it ends.
@@ -174,6 +223,7 @@ impl Gateway {
             config,
             client,
             reserved: Default::default(),
+            conversations: Conversations::default(),
         })
     }
 
@@ -321,6 +371,8 @@ pub(crate) async fn call(
     let model = route.endpoint.model.clone();
     let body = split_for_record(&request, &canonical)
         .map_err(|e| refusal(ErrorCode::Rejected, format!("chat request: {e}")))?;
+    let conversation: Vec<BlobRef> = body.messages.iter().map(|m| BlobRef::of(m)).collect();
+    let (continues, repeated) = gateway.conversations.continuation(call.session, &conversation);
     let mut recorded = NewEvent::system(LlmRequest {
         agent: agent.to_owned(),
         provider: route.provider.clone(),
@@ -328,14 +380,15 @@ pub(crate) async fn call(
         iteration: call.iteration,
         frame: BlobRef::of(&body.frame),
         messages_at: body.messages_at,
-        messages: body.messages.iter().map(|m| BlobRef::of(m)).collect(),
+        continues,
+        repeated: u32::try_from(repeated).unwrap_or(u32::MAX),
+        messages: conversation[repeated..].to_vec(),
     });
     recorded.session = Some(call.session);
     recorded.task = call.task.clone();
-    // Every referenced content travels with the event; the store keeps each
-    // distinct one once.
+    // Exactly the contents referenced: the frame and the new messages.
     let mut attachments = vec![body.frame];
-    for m in body.messages {
+    for m in body.messages.into_iter().skip(repeated) {
         if !attachments.contains(&m) {
             attachments.push(m);
         }
@@ -354,6 +407,9 @@ pub(crate) async fn call(
             )
         })?
         .seq;
+    gateway
+        .conversations
+        .recorded(call.session, request_seq, conversation);
 
     let outcome = gateway.client.call(&route.endpoint, &request).await;
     let (reply_bytes, error) = match &outcome.result {

@@ -356,13 +356,42 @@ pub struct LlmRequest {
     pub frame: BlobRef,
     /// Byte offset in the frame where the messages array goes.
     pub messages_at: u64,
-    /// Each message of the conversation, oldest first, as the JSON bytes it
-    /// had in the body. Content-addressed: a message repeated in later
-    /// requests is stored once.
+    /// Seq of the earlier `llm.request` of the same session whose
+    /// conversation this one repeats first, if any: each request then
+    /// references only what is new, and a session's record grows linearly.
+    pub continues: Option<u64>,
+    /// How many messages of that earlier conversation come first here.
+    pub repeated: u32,
+    /// The messages after those, oldest first, as the JSON bytes they had in
+    /// the body.
     pub messages: Vec<BlobRef>,
 }
 
 impl LlmRequest {
+    /// The whole conversation of this request, oldest first: the first
+    /// `repeated` messages of the request at `continues` (looked up with
+    /// `earlier`, which gives an earlier request's whole conversation),
+    /// then `messages`. `None` if the earlier request is unknown or shorter.
+    pub fn conversation(
+        &self,
+        earlier: impl FnOnce(u64) -> Option<Vec<BlobRef>>,
+    ) -> Option<Vec<BlobRef>> {
+        let mut all = match self.continues {
+            None if self.repeated == 0 => Vec::new(),
+            None => return None,
+            Some(seq) => {
+                let mut before = earlier(seq)?;
+                before.truncate(usize::try_from(self.repeated).ok()?);
+                if before.len() != self.repeated as usize {
+                    return None;
+                }
+                before
+            }
+        };
+        all.extend_from_slice(&self.messages);
+        Some(all)
+    }
+
     /// The request body as sent: `frame[..messages_at] ‖ [m1,m2,…] ‖
     /// frame[messages_at..]`, or the frame itself when there are no
     /// messages. `None` if `messages_at` is past the frame's end.
@@ -415,6 +444,8 @@ impl From<LlmRequestV1> for LlmRequest {
             iteration: v1.iteration,
             frame: v1.request,
             messages_at: 0,
+            continues: None,
+            repeated: 0,
             messages: Vec::new(),
         }
     }
@@ -429,7 +460,7 @@ impl Kind for LlmRequest {
         message_id: "de72435a1f2340d59de95c969567c744",
         priority: Priority::Info,
         subject: "Model request to @CON_MODEL@",
-        description: "The daemon sent a model request on behalf of an agent session. The request body (without credentials) is stored as blobs: a frame and each conversation message once, from which the exact body is reassembled.",
+        description: "The daemon sent a model request on behalf of an agent session. The request body (without credentials) is stored as blobs: a frame and each conversation message once; a request references the earlier request of its session (CON_CONTINUES) for the messages it repeats. `con replay` reassembles the exact body.",
     };
     fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
         match version {
@@ -443,16 +474,20 @@ impl Kind for LlmRequest {
     }
     fn message(&self) -> String {
         format!(
-            "model request #{} to {}/{} ({} messages)",
+            "model request #{} to {}/{} ({} messages, {} new)",
             self.iteration,
             self.provider,
             self.model,
+            self.repeated as usize + self.messages.len(),
             self.messages.len()
         )
     }
     fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
         out.push(("CON_PROVIDER", self.provider.clone()));
         out.push(("CON_MODEL", self.model.clone()));
+        if let Some(seq) = self.continues {
+            out.push(("CON_CONTINUES", seq.to_string()));
+        }
     }
     fn subject_agent(&self) -> Option<&str> {
         Some(&self.agent)

@@ -315,3 +315,36 @@ fn an_llm_request_body_is_reassembled_byte_for_byte() {
     // An offset past the frame is refused, not a panic.
     assert_eq!(LlmRequest::reassemble(frame, 999, &[user]), None);
 }
+
+#[test]
+fn a_request_conversation_follows_the_request_it_continues() {
+    let m = |s: &str| BlobRef::of(s.as_bytes());
+    let request = |continues, repeated, messages| LlmRequest {
+        agent: "a".into(),
+        provider: "p".into(),
+        model: "m".into(),
+        iteration: 2,
+        frame: m("{}"),
+        messages_at: 1,
+        continues,
+        repeated,
+        messages,
+    };
+    let earlier = vec![m("1"), m("2"), m("3")];
+    let second = request(Some(4), 2, vec![m("x")]);
+    assert_eq!(
+        second.conversation(|seq| (seq == 4).then(|| earlier.clone())),
+        Some(vec![m("1"), m("2"), m("x")])
+    );
+    // An unknown or too short earlier request is not papered over.
+    assert_eq!(second.conversation(|_| None), None);
+    assert_eq!(
+        request(Some(4), 5, vec![]).conversation(|_| Some(earlier.clone())),
+        None
+    );
+    assert_eq!(request(None, 1, vec![]).conversation(|_| None), None);
+    assert_eq!(
+        request(None, 0, vec![m("1")]).conversation(|_| None),
+        Some(vec![m("1")])
+    );
+}

@@ -113,6 +113,8 @@ pub fn samples() -> Vec<Sample> {
                 iteration: 3,
                 frame: blob("{\"system\":\"You are sysadmin.\",\"messages\":,\"tools\":[]}"),
                 messages_at: 41,
+                continues: Some(5),
+                repeated: 1,
                 messages: vec![
                     blob("{\"role\":\"user\",\"content\":\"check the disk\"}"),
                     blob("{\"role\":\"assistant\",\"content\":\"ok\"}"),
@@ -138,6 +140,8 @@ pub fn samples() -> Vec<Sample> {
                 iteration: 3,
                 frame: blob("{\"messages\":[]}"),
                 messages_at: 0,
+                continues: None,
+                repeated: 0,
                 messages: Vec::new(),
             }
             .into(),
