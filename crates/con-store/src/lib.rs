@@ -8,14 +8,16 @@
 //!   Derived from `log` after commit, up to a watermark (seq + hash) in
 //!   `meta`: on open, before every indexed query, and whenever the owner calls
 //!   [`Store::catch_up_indexes`]. Keeping them off the commit path makes the
-//!   append one sled insert per event. A watermark that no longer matches the
+//!   append one sled write per event. A watermark that no longer matches the
 //!   log (a restored or truncated log) makes the indexes rebuild from seq 1.
 //! - `checkpoints`: projection name → (version, through seq, its hash, state).
 //! - `meta`: the log id and the index watermark.
 //!
-//! Only the [`GroupCommitWriter`] appends, one per store. Durability comes from
-//! one `flush()` per batch, after which every event of the batch is
-//! acknowledged and becomes visible to readers (the *durable head*).
+//! Only the [`GroupCommitWriter`] appends, one per store, after the last record
+//! read strictly: a log whose last record cannot be read is refused for
+//! appending, never taken as empty. Durability comes from one `flush()` per
+//! batch, after which every event of the batch is acknowledged and becomes
+//! visible to readers (the *durable head*).
 
 mod projections;
 mod verify;
