@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -1043,5 +1043,205 @@ fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
     match client.blob(con_event::Digest::of(b"nothing")) {
         Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Damages the last record of a log the way a crash, a bad disk or a hand
+/// edit can.
+#[derive(Clone, Copy, Debug)]
+enum LastRecordDamage {
+    /// The value is cut to 17 bytes, shorter than a record and its hash.
+    ShortValue,
+    /// The key gets a ninth byte.
+    LongKey,
+    /// The record's format byte becomes one no build knows.
+    UnknownFormat,
+}
+
+/// Every key and value of a log tree, in order.
+type LogContents = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Applies `how` to the last record of the (stopped) log at `db`; returns
+/// the record's seq and the log tree afterwards.
+fn damage_last_record(db: &Path, how: LastRecordDamage) -> (u64, LogContents) {
+    let store = con_store::Store::open_for_inspection(db).unwrap();
+    let log = store.raw_log();
+    let (key, value) = log.last().unwrap().unwrap();
+    let seq = u64::from_be_bytes(key.as_ref().try_into().unwrap());
+    let (mut key, mut value) = (key.to_vec(), value.to_vec());
+    match how {
+        LastRecordDamage::ShortValue => value.truncate(17),
+        LastRecordDamage::UnknownFormat => value[0] = 0x7f,
+        LastRecordDamage::LongKey => {
+            log.remove(&key).unwrap();
+            key.push(0);
+        }
+    }
+    log.insert(key, value).unwrap();
+    store.flush().unwrap();
+    (seq, log_contents(&store))
+}
+
+fn log_contents(store: &con_store::Store) -> LogContents {
+    store
+        .raw_log()
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+fn is_sled_snapshot(path: &Path) -> bool {
+    path.to_str().is_some_and(|p| p.starts_with("snap."))
+}
+
+/// Every file under `dir`, by path relative to it, with its bytes.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(path.strip_prefix(dir).unwrap().to_owned(), bytes);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
+    for how in [
+        LastRecordDamage::ShortValue,
+        LastRecordDamage::LongKey,
+        LastRecordDamage::UnknownFormat,
+    ] {
+        let root = Root::new();
+        let mut daemon = Daemon::start(&root);
+        let mut c = Client::connect(&root.socket()).unwrap();
+        for n in 0..5 {
+            c.append(client_event(tool_call(&format!("d{n}")), None))
+                .unwrap();
+        }
+        drop(c);
+        assert!(daemon.terminate().success(), "{how:?}");
+        let db = root.db();
+        let (seq, log) = damage_last_record(&db, how);
+        assert!(seq >= 5, "{how:?}: last seq {seq}");
+        let before = files(&db);
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_con"))
+            .args([
+                "--root",
+                root.path().to_str().unwrap(),
+                "--user-prefix",
+                &common::prefix(),
+                "daemon",
+            ])
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!(
+                    "{how:?}: con daemon is still running on a log whose last record is damaged"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(!status.success(), "{how:?}: {status:?}\n{stderr}");
+        let (at, cause) = match how {
+            LastRecordDamage::ShortValue => (
+                format!(" (seq {seq})"),
+                "value is 17 bytes, shorter than a record".to_owned(),
+            ),
+            LastRecordDamage::LongKey => {
+                (String::new(), format!("key {seq:016x}00 is 9 bytes, not 8"))
+            }
+            LastRecordDamage::UnknownFormat => (
+                format!(" (seq {seq})"),
+                "unknown record format 127".to_owned(),
+            ),
+        };
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("con: error:"))
+            .collect();
+        assert_eq!(
+            errors,
+            [format!(
+                "con: error: {}: the last record of the event log{at} cannot be read: {cause}; refusing to append (run `con verify`)",
+                db.display()
+            )],
+            "{how:?}: {stderr}"
+        );
+
+        // sled's own recovery, inside its open and before con reads any
+        // record, replaces its page-table snapshot (`snap.<lsn>`) whenever
+        // the log was written since the last one; `con verify` does the
+        // same. Every other byte must be as it was.
+        let (snaps_before, data_before): (Vec<_>, Vec<_>) =
+            before.into_iter().partition(|(p, _)| is_sled_snapshot(p));
+        let (snaps_after, data_after): (Vec<_>, Vec<_>) = files(&db)
+            .into_iter()
+            .partition(|(p, _)| is_sled_snapshot(p));
+        assert_eq!(
+            data_after.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            data_before.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            "{how:?}: files"
+        );
+        for ((path, after), (_, before)) in data_after.iter().zip(&data_before) {
+            assert!(after == before, "{how:?}: {} changed", path.display());
+        }
+        assert_eq!((snaps_before.len(), snaps_after.len()), (1, 1), "{how:?}");
+        assert_eq!(
+            log_contents(&con_store::Store::open_for_inspection(&db).unwrap()),
+            log,
+            "{how:?}: the log tree changed"
+        );
+
+        let out = Command::new(env!("CARGO_BIN_EXE_con"))
+            .args(["verify", "--db", db.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{how:?}");
+        let says = match how {
+            LastRecordDamage::ShortValue => {
+                "undecodable record: record truncated: 17 bytes".to_owned()
+            }
+            LastRecordDamage::LongKey => {
+                format!("malformed key {seq:016x}00 (9 bytes, not 8) where seq {seq} belongs")
+            }
+            LastRecordDamage::UnknownFormat => {
+                "undecodable envelope: unknown record format 127".to_owned()
+            }
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}: chain broken at seq {seq}: {says}\n", db.display()),
+            "{how:?}"
+        );
     }
 }
