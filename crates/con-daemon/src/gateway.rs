@@ -87,7 +87,9 @@ const CONVERSATIONS_CAPACITY: usize = 1024;
 
 impl Conversations {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (u64, Vec<BlobRef>)>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The earlier request `conversation` continues and how many of its
@@ -372,7 +374,9 @@ pub(crate) async fn call(
     let body = split_for_record(&request, &canonical)
         .map_err(|e| refusal(ErrorCode::Rejected, format!("chat request: {e}")))?;
     let conversation: Vec<BlobRef> = body.messages.iter().map(|m| BlobRef::of(m)).collect();
-    let (continues, repeated) = gateway.conversations.continuation(call.session, &conversation);
+    let (continues, repeated) = gateway
+        .conversations
+        .continuation(call.session, &conversation);
     let mut recorded = NewEvent::system(LlmRequest {
         agent: agent.to_owned(),
         provider: route.provider.clone(),

@@ -131,7 +131,10 @@ fn long_session_record() {
     for n in 0..LONG_SESSION {
         // Distinct output per call, 4096 bytes.
         let command = format!("head -c 3072 /dev/urandom | base64 -w0; echo ' {n}'");
-        model.push(Step::tool_call("exec", serde_json::json!({ "command": command })));
+        model.push(Step::tool_call(
+            "exec",
+            serde_json::json!({ "command": command }),
+        ));
     }
     model.push(Step::text("done"));
     let bench = setup(&model.base_url());

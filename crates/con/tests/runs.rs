@@ -852,19 +852,34 @@ fn recorded_model_requests_reassemble_and_share_their_messages() {
     c.task("scribe", "t-record", "echo twice");
     ok(&c.run("scribe", &[]));
     let mut client = con_protocol::Client::connect(&c.root.socket()).unwrap();
-    let requests: Vec<con_event::payloads::LlmRequest> = all_events(&c.root.socket())
+    let requests: Vec<(u64, con_event::payloads::LlmRequest)> = all_events(&c.root.socket())
         .into_iter()
         .filter_map(|e| match e.payload {
-            Payload::LlmRequest(r) => Some(r),
+            Payload::LlmRequest(r) => Some((e.envelope.seq, r)),
             _ => None,
         })
         .collect();
     assert_eq!(requests.len(), 3);
+    // Each request references the previous one for what it repeats and
+    // carries only its new messages.
+    assert_eq!(requests[0].1.continues, None);
+    assert_eq!(requests[1].1.continues, Some(requests[0].0));
+    assert_eq!(
+        (requests[1].1.repeated, requests[1].1.messages.len()),
+        (1, 2)
+    );
+    assert_eq!(requests[2].1.continues, Some(requests[1].0));
+    assert_eq!(
+        (requests[2].1.repeated, requests[2].1.messages.len()),
+        (3, 2)
+    );
+    let mut conversations: std::collections::HashMap<u64, Vec<con_event::BlobRef>> =
+        std::collections::HashMap::new();
     let mut bodies = Vec::new();
-    for r in &requests {
+    for (seq, r) in &requests {
+        let conversation = r.conversation(|s| conversations.get(&s).cloned()).unwrap();
         let frame = client.blob(r.frame.digest).unwrap();
-        let messages: Vec<Vec<u8>> = r
-            .messages
+        let messages: Vec<Vec<u8>> = conversation
             .iter()
             .map(|m| client.blob(m.digest).unwrap())
             .collect();
@@ -872,14 +887,11 @@ fn recorded_model_requests_reassemble_and_share_their_messages() {
         let body =
             con_event::payloads::LlmRequest::reassemble(&frame, r.messages_at, &parts).unwrap();
         let request: con_llm::ChatRequest = serde_json::from_slice(&body).unwrap();
-        assert_eq!(request.messages.len(), r.messages.len());
+        assert_eq!(request.messages.len(), conversation.len());
+        conversations.insert(*seq, conversation);
         bodies.push(body);
     }
-    // Each request repeats the previous conversation by reference.
-    assert_eq!(requests[0].messages.len(), 1);
-    assert_eq!(requests[1].messages[..1], requests[0].messages[..]);
-    assert_eq!(requests[2].messages[..3], requests[1].messages[..]);
-    assert_eq!(requests[2].messages.len(), 5);
+    assert_eq!(conversations[&requests[2].0].len(), 5);
     // What the model was told in the last call is in the rebuilt body.
     let last = String::from_utf8(bodies.pop().unwrap()).unwrap();
     assert!(
