@@ -71,13 +71,13 @@ pub fn run(args: RunArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
         let detail = if s.detail.is_empty() {
             String::new()
         } else {
-            format!(" ({})", s.detail)
+            format!(" ({})", con_event::escape_control(&s.detail))
         };
         println!(
             "{}: task {}: {} after {} iteration(s){detail}",
             run.agent,
-            s.task,
-            outcome_name(s.outcome),
+            con_event::escape_control(&s.task),
+            s.outcome.as_str(),
             s.iterations
         );
     }
@@ -88,9 +88,3 @@ pub fn run(args: RunArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn outcome_name(outcome: Outcome) -> String {
-    serde_json::to_value(outcome)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{outcome:?}"))
-}

@@ -1126,7 +1126,7 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
         let mut daemon = Daemon::start(&root);
         let mut c = Client::connect(&root.socket()).unwrap();
         for n in 0..5 {
-            c.append(client_event(tool_call(&format!("d{n}")), None))
+            c.append(client_event(marked(&format!("d{n}")), None))
                 .unwrap();
         }
         drop(c);
