@@ -27,7 +27,14 @@ pub mod field {
     pub const PAYLOAD_VERSION: &str = "CON_PAYLOAD_VERSION";
     /// The payload (upcast to the current version) as JSON.
     pub const PAYLOAD: &str = "CON_PAYLOAD";
-    /// SHA-256 of the whole attachment, 64 hex digits.
+    /// An attachment carried whole in the entry of the event that first
+    /// references it: 64 hex digits of its SHA-256, a space, its bytes in
+    /// base64. One value per attachment (values of a repeated field are
+    /// not kept in order, so each is self-contained).
+    pub const BLOB_INLINE: &str = "CON_BLOB_INLINE";
+    /// SHA-256 of the whole attachment, 64 hex digits: in part entries, and
+    /// once per inline attachment in event entries, so `CON_BLOB_DIGEST=`
+    /// finds a content either way.
     pub const BLOB_DIGEST: &str = "CON_BLOB_DIGEST";
     /// Length of the whole attachment in bytes.
     pub const BLOB_LEN: &str = "CON_BLOB_LEN";
@@ -49,10 +56,17 @@ pub const BLOB_MESSAGE_ID: &str = "4ccfb7aa79df4cdeabb9fc6e7f5ff820";
 
 /// Bytes of attachment content per journal entry. Base64 makes it 131,072
 /// characters, so a whole part entry (~132 KiB) stays well below the largest
-/// datagram journald's socket takes here (212,951 bytes with the default
+/// datagram journald's socket takes here (212,960 bytes with the default
 /// `net.core.wmem_default`): no memfd per part, and far below the journal
 /// file size limit (an entry bigger than a journal file is dropped).
 pub const BLOB_PART_BYTES: usize = 96 * 1024;
+
+/// Attachments up to this size travel inside the entry of the event that
+/// first references it ([`field::BLOB_INLINE`]) rather than in entries of
+/// their own: most contents are small (tool arguments, replies, outputs),
+/// and a journal entry costs hundreds of bytes and one journald round of
+/// its own.
+pub const BLOB_INLINE_MAX: usize = BLOB_PART_BYTES;
 
 /// Fields identifying which log an entry mirrors.
 #[derive(Clone, Debug, Default)]
@@ -76,9 +90,15 @@ pub struct JournalEntry {
 
 /// The journal entry for `event`: the stored record and its hash (from
 /// which the event is rebuilt exactly), plus the envelope, kind fields and
-/// the payload as JSON for `journalctl` matches and people. Attachment
-/// contents go in their own entries ([`blob_entries`]).
-pub fn entry_for(event: &Event, ctx: &MirrorContext) -> Result<JournalEntry, EncodeError> {
+/// the payload as JSON for `journalctl` matches and people. `inline` are
+/// attachments (digest, content) it carries whole, each at most
+/// [`BLOB_INLINE_MAX`] bytes; larger ones go in entries of their own
+/// ([`blob_entries`]).
+pub fn entry_for(
+    event: &Event,
+    inline: &[(Digest, Vec<u8>)],
+    ctx: &MirrorContext,
+) -> Result<JournalEntry, EncodeError> {
     let env = &event.envelope;
     let spec = event.payload.spec();
     let record = env.encode_record()?;
@@ -121,6 +141,13 @@ pub fn entry_for(event: &Event, ctx: &MirrorContext) -> Result<JournalEntry, Enc
     event.payload.journal_fields(&mut fields);
     if let Ok(json) = serde_json::to_string(&event.payload) {
         fields.push((field::PAYLOAD, json));
+    }
+    for (digest, content) in inline {
+        fields.push((field::BLOB_DIGEST, digest.to_hex()));
+        fields.push((
+            field::BLOB_INLINE,
+            format!("{digest} {}", BASE64.encode(content)),
+        ));
     }
     Ok(JournalEntry {
         priority: event.payload.priority(),

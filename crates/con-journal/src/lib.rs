@@ -10,10 +10,12 @@
 //!
 //! Each event entry carries the stored record and its hash (`CON_RECORD`,
 //! `CON_HASH`), so the event is rebuilt from the journal exactly. Each
-//! attachment an event references is mirrored once, before the first event
-//! that references it, as entries of its own ([`blob_entries`]); the mirror
-//! thread reads the contents from the store's blob tree, so the queue holds
-//! no contents and back-filled events carry their attachments too.
+//! attachment an event references is mirrored once, with the first event
+//! that references it: inside that event's entry up to [`BLOB_INLINE_MAX`]
+//! bytes, otherwise in part entries of its own sent just before it
+//! ([`blob_entries`]). The mirror thread reads the contents from the
+//! store's blob tree, so the queue holds no contents and back-filled events
+//! carry their attachments too.
 //!
 //! The mirror is at-least-once across restarts: it records how far it got
 //! (a store marker) and, when started, first re-sends what the log committed
@@ -39,7 +41,8 @@ use systemd_journal_logger::JournalLog;
 
 pub use catalog::catalog;
 pub use entry::{
-    BLOB_MESSAGE_ID, BLOB_PART_BYTES, JournalEntry, MirrorContext, blob_entries, entry_for, field,
+    BLOB_INLINE_MAX, BLOB_MESSAGE_ID, BLOB_PART_BYTES, JournalEntry, MirrorContext, blob_entries,
+    entry_for, field,
 };
 pub use read::{ExportReader, JsonReader, ReadEntry, ReadError, read_export, read_json};
 pub use rebuild::{
@@ -293,8 +296,9 @@ impl Sender {
         }
     }
 
-    /// Sends the attachments `event` references that the journal lacks,
-    /// then the event itself: a reader that has an event has its contents.
+    /// Sends `event` with the attachments it references that the journal
+    /// lacks: small ones inside its entry, large ones in part entries sent
+    /// first, so a reader that has an event has its contents.
     fn send_to(&self, journal: &JournalLog, event: &Event) -> Result<(), String> {
         let seq = event.seq();
         let mirrored = self
@@ -304,6 +308,7 @@ impl Sender {
         let mut refs = event.payload.blob_refs();
         refs.sort_unstable();
         refs.dedup();
+        let mut inline = Vec::new();
         for blob in refs {
             let digest = blob.digest;
             if mirrored.contains(&digest).map_err(|e| e.to_string())? {
@@ -316,6 +321,10 @@ impl Sender {
                 Ok(None) => continue,
                 Err(e) => return Err(format!("cannot read attachment {digest} of seq {seq}: {e}")),
             };
+            if content.len() <= BLOB_INLINE_MAX {
+                inline.push((digest, content));
+                continue;
+            }
             for entry in blob_entries(&digest, &content, event, &self.context) {
                 entry
                     .send(journal)
@@ -325,10 +334,14 @@ impl Sender {
             // only mirrored again.
             let _ = mirrored.insert(&digest, seq);
         }
-        entry_for(event, &self.context)
+        entry_for(event, &inline, &self.context)
             .map_err(|e| format!("cannot encode seq {seq}: {e}"))?
             .send(journal)
-            .map_err(|e| format!("journald refused an entry: {e}"))
+            .map_err(|e| format!("journald refused an entry: {e}"))?;
+        for (digest, _) in &inline {
+            let _ = mirrored.insert(digest, seq);
+        }
+        Ok(())
     }
 
     fn write_marker(&mut self) {

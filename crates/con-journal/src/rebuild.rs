@@ -111,6 +111,8 @@ struct PartialBlob {
 #[derive(Default)]
 pub struct Rebuilder {
     logs: BTreeMap<String, BTreeMap<u64, Read>>,
+    /// Attachments carried whole in event entries, digest-checked.
+    inline: BTreeMap<Digest, Vec<u8>>,
     blobs: BTreeMap<Digest, PartialBlob>,
     repeats: u64,
     other_entries: u64,
@@ -171,6 +173,16 @@ impl Rebuilder {
             payload,
             hash,
         };
+        for value in entry
+            .fields
+            .iter()
+            .filter(|(k, _)| k == field::BLOB_INLINE)
+            .map(|(_, v)| v)
+        {
+            let (digest, content) =
+                inline_blob(value).map_err(|reason| bad(field::BLOB_INLINE, reason))?;
+            self.inline.insert(digest, content);
+        }
         match self.logs.entry(log_id).or_default().entry(seq) {
             Entry::Vacant(v) => {
                 v.insert(Read { event, at });
@@ -255,11 +267,15 @@ impl Rebuilder {
                 .into_iter()
                 .map(|(id, events)| (id, events.into_values().map(|r| r.event).collect()))
                 .collect(),
+            blobs: self.inline,
             repeats: self.repeats,
             other_entries: self.other_entries,
             ..Rebuilt::default()
         };
         for (digest, blob) in self.blobs {
+            if rebuilt.blobs.contains_key(&digest) {
+                continue;
+            }
             let have = blob.have.len() as u64;
             if have < blob.parts {
                 rebuilt.incomplete_blobs.push((digest, have, blob.parts));
@@ -367,6 +383,26 @@ pub fn verify_chain_from(start: Head, events: &[Event]) -> Result<VerifyReport, 
         events: good.seq - start.seq,
         head: good,
     })
+}
+
+/// `<64 hex digits> <base64>` whose content hashes to the digest.
+fn inline_blob(value: &[u8]) -> Result<(Digest, Vec<u8>), String> {
+    let text = std::str::from_utf8(value).map_err(|_| "not UTF-8".to_owned())?;
+    let (digest, data) = text
+        .split_once(' ')
+        .ok_or_else(|| "not `<digest> <base64>`".to_owned())?;
+    let digest =
+        Digest::from_hex(digest).ok_or_else(|| format!("{digest:?} is not 64 hex digits"))?;
+    let content = BASE64
+        .decode(data)
+        .map_err(|e| format!("attachment {digest}: not base64: {e}"))?;
+    let computed = Digest::of(&content);
+    if computed != digest {
+        return Err(format!(
+            "attachment {digest}: its content hashes to {computed}"
+        ));
+    }
+    Ok((digest, content))
 }
 
 /// The single value of `name`.

@@ -154,30 +154,16 @@ fn committed_events_reach_journald_with_their_fields() {
     let record = &stored[..stored.len() - 32];
     assert_eq!(field("CON_RECORD"), BASE64.encode(record));
 
-    // The prompt, in an entry of its own sent before the event.
+    // The prompt travels inside the entry, findable by its digest.
     let digest = Digest::of(&prompt).to_hex();
-    let blob = journal_json(&[&log_filter, &format!("CON_BLOB_DIGEST={digest}")]);
-    assert_eq!(blob.len(), 1, "{blob:?}");
-    let blob = &blob[0];
-    assert_eq!(blob["MESSAGE_ID"], BLOB_MESSAGE_ID);
-    assert_eq!(blob["CON_BLOB_PART"], "1");
-    assert_eq!(blob["CON_BLOB_PARTS"], "1");
-    assert_eq!(blob["CON_BLOB_LEN"], prompt.len().to_string());
-    assert_eq!(blob["CON_BLOB_SEQ"], started.seq.to_string());
-    assert_eq!(blob["CON_SESSION"], session.to_hex());
-    assert_eq!(blob["CON_BLOB_DATA"], BASE64.encode(&prompt));
-    assert!(
-        blob["__MONOTONIC_TIMESTAMP"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            <= entry["__MONOTONIC_TIMESTAMP"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap()
+    assert_eq!(field("CON_BLOB_DIGEST"), digest);
+    assert_eq!(
+        field("CON_BLOB_INLINE"),
+        format!("{digest} {}", BASE64.encode(&prompt))
     );
+    let by_digest = journal_json(&[&log_filter, &format!("CON_BLOB_DIGEST={digest}")]);
+    assert_eq!(by_digest.len(), 1, "{by_digest:?}");
+    assert_eq!(by_digest[0]["CON_SEQ"], started.seq.to_string());
 
     // The agent/kind query a sysadmin would type.
     let by_agent = journal_json(&[
@@ -512,27 +498,40 @@ fn the_journal_alone_rebuilds_every_event_and_attachment_exactly() {
     }
     assert_eq!(rebuilt.blobs[&Digest::of(&output2)], output2);
 
-    // Each content once, however many events reference it: the prompt is
-    // referenced by both sessions, the first request twice per session.
+    // Each content once, however many events reference it (the prompt by
+    // both sessions, the first request twice per session): contents up to
+    // BLOB_INLINE_MAX inside one event entry, larger ones in part entries.
+    let mut inline: HashMap<String, usize> = HashMap::new();
     let mut parts_per_digest: HashMap<String, Vec<u64>> = HashMap::new();
     for entry in read_export(&journal_of(&log_id, &["export"])[..]) {
         let entry = entry.unwrap();
-        if let Some(d) = entry.get(field::BLOB_DIGEST) {
-            let part = std::str::from_utf8(entry.get(field::BLOB_PART).unwrap()).unwrap();
+        let text = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap();
+        for (name, value) in &entry.fields {
+            if name == field::BLOB_INLINE {
+                *inline.entry(text(&value[..64])).or_default() += 1;
+            }
+        }
+        if entry.get(field::BLOB_DATA).is_some() {
+            let digest = text(entry.get(field::BLOB_DIGEST).unwrap());
+            let part = text(entry.get(field::BLOB_PART).unwrap());
             parts_per_digest
-                .entry(String::from_utf8(d.to_vec()).unwrap())
+                .entry(digest)
                 .or_default()
                 .push(part.parse().unwrap());
         }
     }
     for d in &referenced {
+        let len = store.blob(d).unwrap().unwrap().len();
+        if len <= BLOB_INLINE_MAX {
+            assert_eq!(inline.remove(&d.to_hex()), Some(1), "{d}: {len} bytes");
+            continue;
+        }
         let mut parts = parts_per_digest.remove(&d.to_hex()).unwrap();
         parts.sort_unstable();
-        let len = store.blob(d).unwrap().unwrap().len();
-        let n = len.div_ceil(BLOB_PART_BYTES).max(1) as u64;
+        let n = len.div_ceil(BLOB_PART_BYTES) as u64;
         assert_eq!(parts, (1..=n).collect::<Vec<_>>(), "{d}: {len} bytes");
     }
-    assert!(parts_per_digest.is_empty());
+    assert!(inline.is_empty() && parts_per_digest.is_empty());
 
     // `-o json --all` says the same.
     let from_json = rebuild_from_json(&journal_of(&log_id, &["json", "--all"])[..]).unwrap();

@@ -84,7 +84,7 @@ fn to_json(entries: &[ReadEntry]) -> Vec<u8> {
 }
 
 fn entries_for(event: &Event) -> ReadEntry {
-    ReadEntry::from(&entry_for(event, &ctx()).unwrap())
+    ReadEntry::from(&entry_for(event, &[], &ctx()).unwrap())
 }
 
 fn field_of<'a>(entry: &'a ReadEntry, name: &str) -> &'a str {
@@ -156,7 +156,17 @@ fn chain() -> (Vec<Event>, Vec<Vec<u8>>) {
     let mut events = Vec::new();
     let prompt = vec![b'p'; 100 * 1024];
     let output: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let small: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8).collect();
+    let call = |id: &str| -> Payload {
+        ToolCall {
+            call_id: id.into(),
+            tool: "exec".into(),
+            arguments: BlobRef::of(&small),
+        }
+        .into()
+    };
     let with_blobs = [
+        call("c0"),
         SessionStarted {
             agent: "sysadmin".into(),
             runner: "builtin".into(),
@@ -176,6 +186,7 @@ fn chain() -> (Vec<Event>, Vec<Vec<u8>>) {
             error: None,
         }
         .into(),
+        call("c2"),
     ];
     let payloads: Vec<(u16, u16, Vec<u8>)> = golden_events()
         .into_iter()
@@ -205,25 +216,32 @@ fn chain() -> (Vec<Event>, Vec<Vec<u8>>) {
         prev = hash;
         events.push(Event::from_stored(&encode_stored(&record, &hash)).unwrap());
     }
-    (events, vec![prompt, output])
+    (events, vec![prompt, output, small])
 }
 
-/// The entries the mirror sends for `events`: each content once, before the
-/// first event that references it.
+/// The entries the mirror sends for `events`: each content once, with the
+/// first event that references it (inside its entry if small, in part
+/// entries before it otherwise).
 fn mirror(events: &[Event], contents: &[Vec<u8>]) -> Vec<ReadEntry> {
     let mut sent = BTreeSet::new();
     let mut out = Vec::new();
     for event in events {
+        let mut inline = Vec::new();
         for r in event.payload.blob_refs() {
             if let Some(content) = contents.iter().find(|c| Digest::of(c) == r.digest)
                 && sent.insert(r.digest)
             {
-                out.extend(
-                    blob_entries(&r.digest, content, event, &ctx()).map(|e| ReadEntry::from(&e)),
-                );
+                if content.len() <= BLOB_INLINE_MAX {
+                    inline.push((r.digest, content.clone()));
+                } else {
+                    out.extend(
+                        blob_entries(&r.digest, content, event, &ctx())
+                            .map(|e| ReadEntry::from(&e)),
+                    );
+                }
             }
         }
-        out.push(entries_for(event));
+        out.push(ReadEntry::from(&entry_for(event, &inline, &ctx()).unwrap()));
     }
     out
 }
@@ -241,12 +259,24 @@ fn a_chain_with_repeats_and_large_binary_attachments_is_rebuilt_and_verifies() {
         .iter()
         .filter(|e| e.get(field::BLOB_DATA).is_some())
         .count();
-    // 100 KiB in 96 KiB parts, 300 KiB likewise (plus the resent ones).
+    // 100 KiB in 96 KiB parts, 300 KiB likewise (plus the resent ones); the
+    // small contents travel inside event entries.
     let resent_parts = resent
         .iter()
         .filter(|e| e.get(field::BLOB_DATA).is_some())
         .count();
     assert_eq!(blob_parts - resent_parts, 2 + 4);
+    let inline = |entries: &[ReadEntry]| {
+        entries
+            .iter()
+            .map(|e| e.count(field::BLOB_INLINE))
+            .sum::<usize>()
+    };
+    assert_eq!(
+        inline(&entries) - inline(&resent),
+        1,
+        "referenced twice, sent once"
+    );
     for part in entries.iter().filter(|e| e.get(field::BLOB_DATA).is_some()) {
         assert!(part.get(field::BLOB_DATA).unwrap().len() <= BLOB_PART_BYTES.div_ceil(3) * 4);
     }
@@ -258,7 +288,7 @@ fn a_chain_with_repeats_and_large_binary_attachments_is_rebuilt_and_verifies() {
         let back = &rebuilt.logs[&ctx().log_id];
         assert_eq!(back, &events);
         assert_eq!(rebuilt.repeats, resent.len() as u64);
-        assert_eq!(rebuilt.blobs.len(), 2);
+        assert_eq!(rebuilt.blobs.len(), 3);
         for c in &contents {
             assert_eq!(&rebuilt.blobs[&Digest::of(c)], c);
         }
@@ -383,6 +413,36 @@ fn damaged_entries_are_one_line_errors_naming_the_field_and_cursor() {
     assert!(
         err.contains("cursor s=test;i=1: seq 3 has hash")
             && err.contains("cursor s=test;i=0 has a different record"),
+        "{err}"
+    );
+
+    // An attachment inside an event entry that does not hash to its digest.
+    let small = &contents[2];
+    let call = events
+        .iter()
+        .find(|e| {
+            e.payload
+                .blob_refs()
+                .iter()
+                .any(|r| r.digest == Digest::of(small))
+        })
+        .unwrap();
+    let mut entry = ReadEntry::from(
+        &entry_for(call, &[(Digest::of(small), small[1..].to_vec())], &ctx()).unwrap(),
+    );
+    let err =
+        one_line(rebuild_from_export(&to_export(std::slice::from_ref(&entry))[..]).unwrap_err());
+    assert!(
+        err.contains(&format!(
+            "field CON_BLOB_INLINE: attachment {}: its content hashes to",
+            Digest::of(small)
+        )),
+        "{err}"
+    );
+    set(&mut entry, field::BLOB_INLINE, b"xyz");
+    let err = one_line(rebuild_from_export(&to_export(&[entry])[..]).unwrap_err());
+    assert!(
+        err.contains("field CON_BLOB_INLINE: not `<digest> <base64>`"),
         "{err}"
     );
 
