@@ -6,9 +6,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use con_event::{Digest, EncodeError, Event, Priority};
 use systemd_journal_logger::JournalLog;
 
-/// Names of the fields con writes. The record fields ([`RECORD`],
-/// [`HASH`], [`LOG_ID`], [`SEQ`] and the `CON_BLOB_*` fields of attachment
-/// entries) are what [`crate::Rebuilder`] reads; every other field is derived
+/// Names of the fields con writes. The record fields ([`field::RECORD`],
+/// [`field::HASH`], [`field::LOG_ID`], [`field::SEQ`] and the `CON_BLOB_*`
+/// fields) are what [`crate::Rebuilder`] reads; every other field is derived
 /// from them for `journalctl` matches and for people.
 pub mod field {
     /// `FORMAT ‖ bincode(envelope)`, base64: the canonical stored record,
