@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use con_event::payloads::{JournalMirrorDegraded, JournalMirrorRecovered};
-use con_event::{Digest, Event, NewEvent};
+use con_event::{Event, NewEvent};
 use con_store::{CommitObserver, CommittedEvent, FollowedBlobs, Store, StoreError};
 use systemd_journal_logger::JournalLog;
 
@@ -300,49 +300,25 @@ impl Sender {
     /// lacks: small ones inside its entry, large ones in part entries sent
     /// first, so a reader that has an event has its contents.
     fn send_to(&self, journal: &JournalLog, event: &Event) -> Result<(), String> {
+        let seq = event.seq();
         let mirrored = self
             .mirrored_blobs
             .as_ref()
             .map_err(|e| format!("cannot open the set of mirrored attachments: {e}"))?;
-        let mut claimed = Vec::new();
-        let result = self.send_claiming(journal, event, mirrored, &mut claimed);
-        // Claimed but not in the journal: the next event that references
-        // them carries them.
-        for digest in &claimed {
-            let _ = mirrored.release(digest);
-        }
-        result
-    }
-
-    /// [`Sender::send_to`]; `claimed` holds the digests recorded as mirrored
-    /// that are not in the journal yet.
-    fn send_claiming(
-        &self,
-        journal: &JournalLog,
-        event: &Event,
-        mirrored: &FollowedBlobs,
-        claimed: &mut Vec<Digest>,
-    ) -> Result<(), String> {
-        let seq = event.seq();
         let mut refs = event.payload.blob_refs();
         refs.sort_unstable();
         refs.dedup();
         let mut inline = Vec::new();
         for blob in refs {
             let digest = blob.digest;
-            if !mirrored.claim(&digest, seq).map_err(|e| e.to_string())? {
+            if mirrored.contains(&digest).map_err(|e| e.to_string())? {
                 continue;
             }
-            claimed.push(digest);
             let content = match self.store.blob(&digest) {
                 Ok(Some(content)) => content,
-                // Referenced but not (yet) attached: the log has no content
+                // Referenced but never attached: the log has no content
                 // either, so the journal is as complete as the log.
-                Ok(None) => {
-                    claimed.pop();
-                    let _ = mirrored.release(&digest);
-                    continue;
-                }
+                Ok(None) => continue,
                 Err(e) => return Err(format!("cannot read attachment {digest} of seq {seq}: {e}")),
             };
             if content.len() <= BLOB_INLINE_MAX {
@@ -354,13 +330,17 @@ impl Sender {
                     .send(journal)
                     .map_err(|e| format!("journald refused an attachment entry: {e}"))?;
             }
-            claimed.pop();
+            // Advisory like the marker: if it is not recorded, the content is
+            // only mirrored again.
+            let _ = mirrored.insert(&digest, seq);
         }
         entry_for(event, &inline, &self.context)
             .map_err(|e| format!("cannot encode seq {seq}: {e}"))?
             .send(journal)
             .map_err(|e| format!("journald refused an entry: {e}"))?;
-        claimed.clear();
+        for (digest, _) in &inline {
+            let _ = mirrored.insert(digest, seq);
+        }
         Ok(())
     }
 

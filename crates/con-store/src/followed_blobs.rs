@@ -32,19 +32,9 @@ impl FollowedBlobs {
         Ok(self.tree.contains_key(digest.0)?)
     }
 
-    /// Records that `digest` is passed on with the event at `seq`, unless
-    /// it already was: true if this call recorded it. One lookup serves as
-    /// both the check and the record, since most contents are new.
-    pub fn claim(&self, digest: &Digest, seq: u64) -> Result<bool, StoreError> {
-        Ok(self
-            .tree
-            .compare_and_swap(digest.0, None::<&[u8]>, Some(seq_key(seq).as_slice()))?
-            .is_ok())
-    }
-
-    /// Forgets `digest` (it was claimed but could not be passed on).
-    pub fn release(&self, digest: &Digest) -> Result<(), StoreError> {
-        self.tree.remove(digest.0)?;
+    /// Records that `digest` was passed on with the event at `seq`.
+    pub fn insert(&self, digest: &Digest, seq: u64) -> Result<(), StoreError> {
+        self.tree.insert(digest.0, seq_key(seq).as_slice())?;
         Ok(())
     }
 
@@ -75,11 +65,7 @@ mod tests {
             let set = store.followed_blobs("journal").unwrap();
             assert!(set.is_empty());
             assert!(!set.contains(&d).unwrap());
-            assert!(set.claim(&d, 7).unwrap());
-            assert!(!set.claim(&d, 8).unwrap(), "claimed once");
-            let other = Digest::of(b"other");
-            assert!(set.claim(&other, 9).unwrap());
-            set.release(&other).unwrap();
+            set.insert(&d, 7).unwrap();
             assert!(store.followed_blobs("other").unwrap().is_empty());
             store.flush().unwrap();
         }
