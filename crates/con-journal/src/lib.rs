@@ -330,8 +330,10 @@ impl Sender {
                     .send(journal)
                     .map_err(|e| format!("journald refused an attachment entry: {e}"))?;
             }
-            // Advisory like the marker: if it is not recorded, the content is
-            // only mirrored again.
+            // Recorded only once journald has it: a record made before the
+            // send could outlive a crash or a stuck journald and keep the
+            // content out of the journal for good. Advisory like the
+            // marker: if it is not recorded, the content is only sent again.
             let _ = mirrored.insert(&digest, seq);
         }
         entry_for(event, &inline, &self.context)

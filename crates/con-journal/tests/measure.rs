@@ -67,7 +67,7 @@ fn private_child() {
     };
     let journald = PrivateJournald::start();
     match what.as_str() {
-        "mirror" => measure_mirror(),
+        "mirror" => measure_mirror(journald.0.id()),
         "limits" => measure_limits(),
         other => panic!("unknown measurement {other}"),
     }
@@ -471,7 +471,7 @@ fn run_mirror(store: &Store) -> f64 {
     )
     .unwrap();
     while store.marker(MARKER).unwrap() < head {
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(Duration::from_millis(1));
     }
     sync();
     let secs = start.elapsed().as_secs_f64();
@@ -500,13 +500,34 @@ fn field_bytes(entry: &JournalEntry) -> usize {
             .sum::<usize>()
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    // CLK_TCK is 100 on Linux.
+    ticks as f64 / 100.0
+}
+
+/// Wall seconds of `run`, and CPU seconds per 1000 events of this process
+/// and of journald meanwhile (the machine is shared: CPU time is the
+/// steadier figure).
+fn timed(journald: u32, n: u64, run: impl FnOnce() -> f64) -> (f64, f64, f64) {
+    let j = journald.to_string();
+    let (me0, j0) = (cpu_seconds("self"), cpu_seconds(&j));
+    let wall = run();
+    let (me1, j1) = (cpu_seconds("self"), cpu_seconds(&j));
+    let per_k = |d: f64| d * 1e6 / n as f64;
+    (n as f64 / wall, per_k(me1 - me0), per_k(j1 - j0))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn measure_mirror() {
-    const SESSIONS: u64 = 150;
+fn measure_mirror(journald: u32) {
+    const SESSIONS: u64 = 300;
     const ROUNDS: usize = 5;
     let events_per_session = session(0).len() as u64;
     let n = SESSIONS * events_per_session;
@@ -514,7 +535,7 @@ fn measure_mirror() {
         "workload: {SESSIONS} sessions x {events_per_session} events = {n} events (a shared 8 KiB prompt; per turn a growing conversation, a reply, tool arguments, a 2 KiB tool output)"
     );
 
-    // Throughput, old and new alternating on fresh stores.
+    // Old and new alternate, each on a fresh store.
     let mut legacy = Vec::new();
     let mut from_memory = Vec::new();
     let mut complete = Vec::new();
@@ -523,40 +544,63 @@ fn measure_mirror() {
     for _ in 0..ROUNDS {
         let (_d, store) = workload(SESSIONS);
         let growth = Growth::start();
-        legacy.push(n as f64 / run_legacy(&store));
+        legacy.push(timed(journald, n, || run_legacy(&store)));
         legacy_bytes.push(growth.bytes() as f64 / n as f64);
 
         let (_d, store) = workload(SESSIONS);
-        from_memory.push(n as f64 / run_complete_in_memory(&store));
+        from_memory.push(timed(journald, n, || run_complete_in_memory(&store)));
 
         let (_d, store) = workload(SESSIONS);
         let growth = Growth::start();
-        complete.push(n as f64 / run_mirror(&store));
+        complete.push(timed(journald, n, || run_mirror(&store)));
         complete_bytes.push(growth.bytes() as f64 / n as f64);
         // Everything it wrote is a complete record.
+        let log_id = store.log_id().unwrap();
         let rebuilt = rebuild_from_export(
-            &journalctl(&[
-                "-o",
-                "export",
-                &format!("CON_LOG_ID={}", store.log_id().unwrap()),
-            ])[..],
+            &journalctl(&["-o", "export", &format!("CON_LOG_ID={log_id}")])[..],
         )
         .unwrap();
-        let events = &rebuilt.logs[&store.log_id().unwrap()];
+        let events = &rebuilt.logs[&log_id];
         assert_eq!(events.len() as u64, n);
         verify_chain(events).unwrap();
-        assert!(rebuilt.missing_blobs(&store.log_id().unwrap()).is_empty());
+        assert!(rebuilt.missing_blobs(&log_id).is_empty());
     }
-    let (l, m, c) = (
-        median(legacy.clone()),
-        median(from_memory.clone()),
-        median(complete.clone()),
-    );
-    println!("throughput, events/s, median of {ROUNDS} alternating rounds:");
+    let summary = |runs: &[(f64, f64, f64)]| {
+        (
+            median(runs.iter().map(|r| r.0).collect()),
+            median(runs.iter().map(|r| r.1).collect()),
+            median(runs.iter().map(|r| r.2).collect()),
+        )
+    };
+    let (l, m, c) = (summary(&legacy), summary(&from_memory), summary(&complete));
     println!(
-        "  before (old entries from memory, attachments inlined if UTF-8 <= 64 KiB): {l:.0} {legacy:.0?}\n  complete entries from memory: {m:.0} {from_memory:.0?}\n  complete entries through the real mirror (back-fill from the store): {c:.0} {complete:.0?}\n  mirror/before: {:.2}, from memory/before: {:.2}",
-        c / l,
-        m / l
+        "medians of {ROUNDS} alternating rounds: events/s (wall clock), CPU ms per 1000 events in con / in journald"
+    );
+    for (name, (rate, me, j)) in [
+        (
+            "before: old entries from memory (UTF-8 attachments <= 64 KiB inlined per event)",
+            l,
+        ),
+        ("after: complete entries from memory", m),
+        (
+            "after: complete entries through the real mirror (back-fill from the store)",
+            c,
+        ),
+    ] {
+        println!("  {name}: {rate:.0} events/s; {me:.0} ms / {j:.0} ms");
+    }
+    println!(
+        "  rates per round: before {:.0?}, from memory {:.0?}, mirror {:.0?}",
+        legacy.iter().map(|r| r.0).collect::<Vec<_>>(),
+        from_memory.iter().map(|r| r.0).collect::<Vec<_>>(),
+        complete.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    println!(
+        "  after/before: wall clock {:.2} (mirror) {:.2} (from memory); CPU con+journald {:.2} (mirror) {:.2} (from memory)",
+        c.0 / l.0,
+        m.0 / l.0,
+        (l.1 + l.2) / (c.1 + c.2),
+        (l.1 + l.2) / (m.1 + m.2)
     );
     let (lb, cb) = (median(legacy_bytes), median(complete_bytes));
     println!(
