@@ -1,6 +1,6 @@
 //! Measurements against a private systemd-journald (not tests: run as root
 //! with `cargo test --release -p con-journal --test measure -- --ignored
-//! --nocapture --test-threads=1`; README.md and BENCHMARKS.md quote them).
+//! --nocapture --test-threads=1`; README.md quotes the limits).
 //!
 //! Each one re-executes this binary in a private mount namespace where a
 //! journald of its own listens and stores on tmpfs, so other journal
@@ -68,7 +68,7 @@ fn private_child() {
     let journald = PrivateJournald::start();
     match what.as_str() {
         "mirror" => measure_mirror(journald.0.id()),
-        "limits" => measure_limits(),
+        "limits" => measure_limits(journald.0.id()),
         other => panic!("unknown measurement {other}"),
     }
     drop(journald);
@@ -480,23 +480,22 @@ fn run_mirror(store: &Store) -> f64 {
     secs
 }
 
-/// Bytes of the fields of an entry as sent (name, `=`, value, newline),
-/// including what systemd-journal-logger adds (`PRIORITY`, `MESSAGE`,
-/// `SYSLOG_PID`, `SYSLOG_IDENTIFIER`, `TARGET`).
+/// Bytes of an entry as sent through the native protocol, as
+/// systemd-journal-logger 2.2.2 encodes it: `PRIORITY`, `SYSLOG_PID`,
+/// `SYSLOG_IDENTIFIER` and `TARGET` as `NAME=value\n`, `MESSAGE` and every
+/// key-value field length-prefixed (`NAME\n`, 8 bytes, value, `\n`).
 fn field_bytes(entry: &JournalEntry) -> usize {
-    let fixed = "PRIORITY=5\n".len()
+    let plain = "PRIORITY=5\n".len()
         + "SYSLOG_PID=12345\n".len()
         + "SYSLOG_IDENTIFIER=con\n".len()
-        + "TARGET=con\n".len()
-        + "MESSAGE\n".len()
-        + 8
-        + entry.message.len()
-        + 1;
-    fixed
+        + "TARGET=con\n".len();
+    let framed = |name: &str, value: &str| name.len() + 1 + 8 + value.len() + 1;
+    plain
+        + framed("MESSAGE", &entry.message)
         + entry
             .fields
             .iter()
-            .map(|(k, v)| k.len() + v.len() + 2 + if v.contains('\n') { 8 } else { 0 })
+            .map(|(k, v)| framed(k, v))
             .sum::<usize>()
 }
 
@@ -634,7 +633,7 @@ fn measure_mirror(journald: u32) {
             .collect();
         let after = field_bytes(&entry_for(&event, &inline, &ctx).unwrap());
         println!(
-            "{kind} (record {} B, attachments {} B, first reference): fields sent before {before} B, after {after} B",
+            "{kind} (record {} B, attachments {} B, first reference): bytes sent before {before} B, after {after} B",
             event.envelope.encode_record().unwrap().len(),
             blobs.iter().map(Vec::len).sum::<usize>()
         );
@@ -679,7 +678,7 @@ fn measure_mirror(journald: u32) {
     let c = growth.bytes() as f64 / 20_000.0;
     let event = store.get(1).unwrap().unwrap();
     println!(
-        "task.routed (record {} B), 20,000 of them: journal file growth per event before {l:.0} B, after {c:.0} B (+{:.0} B); fields sent before {} B, after {} B",
+        "task.routed (record {} B), 20,000 of them: journal file growth per event before {l:.0} B, after {c:.0} B (+{:.0} B); bytes sent before {} B, after {} B",
         event.envelope.encode_record().unwrap().len(),
         c - l,
         field_bytes(&legacy_entry(&event, &[], &context(&store))),
@@ -735,7 +734,7 @@ fn incompressible(len: usize) -> String {
         .collect()
 }
 
-fn measure_limits() {
+fn measure_limits(journald: u32) {
     let journal = JournalLog::empty().unwrap();
 
     // The largest datagram the socket takes (beyond it the logger falls
@@ -794,12 +793,18 @@ fn measure_limits() {
         );
     }
     println!(
-        "journal file size limit (journald's own log): {}",
-        String::from_utf8_lossy(&journalctl(&["-t", "systemd-journald", "-o", "cat"]))
-            .lines()
-            .filter(|l| l.contains("max") || l.contains("too long") || l.contains("Failed"))
-            .collect::<Vec<_>>()
-            .join(" | ")
+        "journald's own log: {}",
+        String::from_utf8_lossy(&journalctl(&[
+            "-t",
+            "systemd-journald",
+            &format!("SYSLOG_PID={journald}"),
+            "-o",
+            "cat"
+        ]))
+        .lines()
+        .filter(|l| l.contains("max") || l.contains("too long") || l.contains("Failed"))
+        .collect::<Vec<_>>()
+        .join(" | ")
     );
 
     // Fields per entry: the logger adds PRIORITY, MESSAGE, SYSLOG_PID,
