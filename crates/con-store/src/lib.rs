@@ -13,6 +13,8 @@
 //!   log (a restored or truncated log) makes the indexes rebuild from seq 1.
 //! - `checkpoints`: projection name → (version, through seq, its hash, state).
 //! - `meta`: the log id and the index watermark.
+//! - `followed_blobs/<follower>`: digests a follower has passed on
+//!   ([`FollowedBlobs`]).
 //!
 //! Only the [`GroupCommitWriter`] appends, one per store, after the last record
 //! read strictly: a log whose last record cannot be read is refused for
@@ -20,6 +22,7 @@
 //! batch, after which every event of the batch is acknowledged and becomes
 //! visible to readers (the *durable head*).
 
+mod followed_blobs;
 mod projections;
 mod verify;
 mod writer;
@@ -30,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use con_event::{DecodeError, Digest, Event, SessionId};
 
+pub use followed_blobs::FollowedBlobs;
 pub use projections::ProjectionError;
 pub use verify::{ChainBreak, VerifyReport};
 pub use writer::{
