@@ -242,7 +242,11 @@ fn session(n: u64) -> Vec<NewEvent> {
                 provider: "openrouter".into(),
                 model: "anthropic/claude-sonnet-4.6".into(),
                 iteration: turn,
-                request: BlobRef::of(&request),
+                frame: BlobRef::of(&request),
+                messages_at: 0,
+                continues: None,
+                repeated: 0,
+                messages: Vec::new(),
             }
             .into(),
             vec![request],

@@ -27,8 +27,9 @@ fn golden_events() -> Vec<(String, Event)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../con-event/tests/golden");
     let mut out: Vec<(String, Event)> = std::fs::read_dir(&dir)
         .unwrap()
-        .map(|f| {
-            let path = f.unwrap().path();
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hex"))
+        .map(|path| {
             let bytes = hex::decode(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             (name, Event::from_stored(&bytes).unwrap())
