@@ -150,7 +150,8 @@ fn minimal_profile_resolves_from_legacy_keys() {
     assert_eq!(config.contracts.system.log_max_mb, 1024);
 }
 
-/// Verbatim from the "Configuration" section of shared/seed/agent-runner-README.txt.
+/// Verbatim from the "Configuration" section of the original (Go) project's
+/// public README: its example config must load unchanged.
 const SEED_README_CONFIG: &str = r#"[system]
 name = "conspiracyos"
 

@@ -220,7 +220,7 @@ impl Provenance {
         let key = (arrival.dev, arrival.inode);
         if let Some(before) = self.seen.get(&key)
             && *before != arrival.inbox
-            && before != "outer"
+            && before != con_inbox::OUTER_INBOX
             && arrival.trust == con_event::payloads::Trust::Verified
         {
             arrival.trust = con_event::payloads::Trust::Unverified;

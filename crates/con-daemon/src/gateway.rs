@@ -7,18 +7,122 @@
 //! itself, so a compromised agent process can neither read a key nor make an
 //! unrecorded call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use con_config::Tier;
 use con_event::payloads::AgentCondition;
 use con_event::payloads::{LlmRequest, LlmResponse};
-use con_event::{BlobRef, NewEvent};
+use con_event::{BlobRef, NewEvent, SessionId};
 use con_llm::{ChatRequest, Endpoint, LlmClient, LlmError, Price, Usage};
 use con_projection::{FleetStatus, utc_day};
 use con_protocol::{ErrorCode, LlmAnswer, LlmCall};
 
 use crate::Shared;
+
+/// A request body cut for the record: the frame and each message's bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct RecordedBody {
+    frame: Vec<u8>,
+    messages_at: u64,
+    messages: Vec<Vec<u8>>,
+}
+
+/// Cuts `canonical` (the compact JSON of `request`) into the frame and its
+/// messages, so that [`LlmRequest::reassemble`] gives `canonical` back byte
+/// for byte — which is checked here: if the cut does not reassemble
+/// exactly, the whole body is recorded as the frame instead.
+fn split_for_record(
+    request: &ChatRequest,
+    canonical: &[u8],
+) -> Result<RecordedBody, serde_json::Error> {
+    let whole = || RecordedBody {
+        frame: canonical.to_vec(),
+        messages_at: 0,
+        messages: Vec::new(),
+    };
+    if request.messages.is_empty() {
+        return Ok(whole());
+    }
+    let messages = request
+        .messages
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<Vec<_>, _>>()?;
+    let array_len = messages.iter().map(|m| m.len() + 1).sum::<usize>() + 1;
+    // The body with an empty conversation differs from `canonical` exactly
+    // where the array starts; there the array's bytes are cut out.
+    let empty = serde_json::to_vec(&ChatRequest {
+        messages: Vec::new(),
+        ..request.clone()
+    })?;
+    let at = empty
+        .iter()
+        .zip(canonical)
+        .position(|(a, b)| a != b)
+        .and_then(|p| p.checked_sub(1));
+    let cut = at.and_then(|at| {
+        let frame: Vec<u8> = [&canonical[..at], canonical.get(at + array_len..)?].concat();
+        let parts: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        (LlmRequest::reassemble(&frame, at as u64, &parts).as_deref() == Some(canonical)).then_some(
+            RecordedBody {
+                frame,
+                messages_at: at as u64,
+                messages: messages.clone(),
+            },
+        )
+    });
+    Ok(cut.unwrap_or_else(whole))
+}
+
+/// Sessions' last recorded conversations, so that a request references the
+/// previous request of its session for the messages it repeats. Losing an
+/// entry (restart, eviction) costs bytes, never correctness: the next
+/// request of that session records its whole conversation again.
+#[derive(Default)]
+pub(crate) struct Conversations(std::sync::Mutex<HashMap<SessionId, (u64, Vec<BlobRef>)>>);
+
+/// Sessions remembered at most (one entry per running session is enough).
+const CONVERSATIONS_CAPACITY: usize = 1024;
+
+impl Conversations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, (u64, Vec<BlobRef>)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The earlier request `conversation` continues and how many of its
+    /// messages it repeats first (`(None, 0)` if none).
+    fn continuation(&self, session: SessionId, conversation: &[BlobRef]) -> (Option<u64>, usize) {
+        match self.lock().get(&session) {
+            Some((seq, earlier)) => {
+                let repeated = earlier
+                    .iter()
+                    .zip(conversation)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                if repeated == 0 {
+                    (None, 0)
+                } else {
+                    (Some(*seq), repeated)
+                }
+            }
+            None => (None, 0),
+        }
+    }
+
+    /// `conversation` is durable in the request at `seq`.
+    fn recorded(&self, session: SessionId, seq: u64, conversation: Vec<BlobRef>) {
+        let mut map = self.lock();
+        if map.len() >= CONVERSATIONS_CAPACITY && !map.contains_key(&session) {
+            if let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(session, (seq, conversation));
+    }
+}
 
 /// How one agent's model calls are made.
 #[derive(Clone, Debug)]
@@ -66,6 +170,8 @@ pub(crate) struct Gateway {
     /// the budget until the call's real cost is recorded, so concurrent
     /// calls cannot all pass the check at once.
     reserved: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Each session's last recorded conversation.
+    conversations: Conversations,
 }
 
 /// Releases a reservation when the call is over, however it ends.
@@ -119,6 +225,7 @@ impl Gateway {
             config,
             client,
             reserved: Default::default(),
+            conversations: Conversations::default(),
         })
     }
 
@@ -264,16 +371,33 @@ pub(crate) async fn call(
         .map_err(|why| refusal(ErrorCode::OverBudget, why))?;
 
     let model = route.endpoint.model.clone();
+    let body = split_for_record(&request, &canonical)
+        .map_err(|e| refusal(ErrorCode::Rejected, format!("chat request: {e}")))?;
+    let conversation: Vec<BlobRef> = body.messages.iter().map(|m| BlobRef::of(m)).collect();
+    let (continues, repeated) = gateway
+        .conversations
+        .continuation(call.session, &conversation);
     let mut recorded = NewEvent::system(LlmRequest {
         agent: agent.to_owned(),
         provider: route.provider.clone(),
         model: model.clone(),
         iteration: call.iteration,
-        request: BlobRef::of(&canonical),
+        frame: BlobRef::of(&body.frame),
+        messages_at: body.messages_at,
+        continues,
+        repeated: u32::try_from(repeated).unwrap_or(u32::MAX),
+        messages: conversation[repeated..].to_vec(),
     });
     recorded.session = Some(call.session);
     recorded.task = call.task.clone();
-    recorded.attachments = vec![canonical];
+    // Exactly the contents referenced: the frame and the new messages.
+    let mut attachments = vec![body.frame];
+    for m in body.messages.into_iter().skip(repeated) {
+        if !attachments.contains(&m) {
+            attachments.push(m);
+        }
+    }
+    recorded.attachments = attachments;
     // No audit, no action: the call is made only once its request is durable.
     let request_seq = shared
         .appender
@@ -287,6 +411,9 @@ pub(crate) async fn call(
             )
         })?
         .seq;
+    gateway
+        .conversations
+        .recorded(call.session, request_seq, conversation);
 
     let outcome = gateway.client.call(&route.endpoint, &request).await;
     let (reply_bytes, error) = match &outcome.result {
@@ -343,5 +470,92 @@ pub(crate) async fn call(
             ErrorCode::Provider,
             e.unwrap_or_else(|| "no reply".to_owned()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use con_llm::{Message, ToolCallRequest, ToolOutcome};
+
+    use super::*;
+
+    fn conversation(turns: usize) -> ChatRequest {
+        let mut messages = vec![Message::User {
+            content: "check the disk, \"quoted\" and ünïcode".into(),
+        }];
+        for n in 0..turns {
+            messages.push(Message::Assistant {
+                content: None,
+                tool_calls: vec![ToolCallRequest {
+                    id: format!("call_{n}"),
+                    name: "exec".into(),
+                    arguments: serde_json::json!({"command": "df -h", "n": n, "x": 1.5}),
+                }],
+            });
+            messages.push(Message::Tool {
+                results: vec![ToolOutcome {
+                    call_id: format!("call_{n}"),
+                    content: "x".repeat(4096),
+                    is_error: false,
+                }],
+            });
+        }
+        ChatRequest {
+            system: "You are sysadmin. \"messages\":[] is not a key here.".into(),
+            messages,
+            tools: Vec::new(),
+            max_tokens: Some(1024),
+        }
+    }
+
+    fn reassembled(body: &RecordedBody) -> Vec<u8> {
+        let parts: Vec<&[u8]> = body.messages.iter().map(Vec::as_slice).collect();
+        LlmRequest::reassemble(&body.frame, body.messages_at, &parts).unwrap()
+    }
+
+    #[test]
+    fn a_recorded_body_reassembles_to_the_bytes_sent() {
+        for turns in [0, 1, 5] {
+            let request = conversation(turns);
+            let canonical = serde_json::to_vec(&request).unwrap();
+            let body = split_for_record(&request, &canonical).unwrap();
+            assert_eq!(reassembled(&body), canonical, "{turns} turns");
+            assert_eq!(body.messages.len(), request.messages.len());
+            if turns > 0 {
+                assert!(
+                    body.frame.len() < 200,
+                    "the frame holds no conversation: {} bytes",
+                    body.frame.len()
+                );
+            }
+        }
+    }
+
+    /// What a session stores grows with its distinct messages, not with
+    /// the number of requests times their length.
+    #[test]
+    fn a_long_session_stores_each_message_once() {
+        let mut distinct = std::collections::HashMap::new();
+        let mut sent = 0usize;
+        for turns in 0..100 {
+            let request = conversation(turns);
+            let canonical = serde_json::to_vec(&request).unwrap();
+            sent += canonical.len();
+            let body = split_for_record(&request, &canonical).unwrap();
+            for blob in std::iter::once(body.frame).chain(body.messages) {
+                distinct.insert(con_event::Digest::of(&blob), blob.len());
+            }
+        }
+        let stored: usize = distinct.values().sum();
+        let messages: usize = serde_json::to_vec(&conversation(99).messages)
+            .unwrap()
+            .len();
+        assert!(
+            stored < 2 * messages,
+            "stored {stored} bytes for {messages} bytes of distinct messages"
+        );
+        assert!(sent > 40 * stored, "sent {sent}, stored {stored}");
     }
 }

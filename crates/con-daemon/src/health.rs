@@ -8,12 +8,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use con_event::payloads::{CheckStatus, ContractResult};
+use con_journal::MirrorHealth;
 use con_layout::Layout;
 
 use crate::host::is_root_only;
-
-/// What the journal mirror reports when it keeps up.
-const MIRROR_HEALTHY: &str = "healthy";
 
 /// One check's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,9 +50,9 @@ impl Verdict {
     }
 }
 
-/// The built-in checks on `layout`; `journal_mirror` is the mirror state
-/// the daemon reports in its status.
-pub fn builtin_checks(layout: &Layout, journal_mirror: &str) -> Vec<Verdict> {
+/// The built-in checks on `layout`; `journal_mirror` is the mirror's health
+/// as the daemon sees it.
+pub fn builtin_checks(layout: &Layout, journal_mirror: &MirrorHealth) -> Vec<Verdict> {
     let timed = |contract, check, run: &dyn Fn() -> (CheckStatus, String)| {
         let started = Instant::now();
         let (status, detail) = run();
@@ -67,13 +65,18 @@ pub fn builtin_checks(layout: &Layout, journal_mirror: &str) -> Vec<Verdict> {
         }
     };
     vec![
-        timed("CON-LOG-001", "journal-mirror", &|| {
-            let status = if journal_mirror == MIRROR_HEALTHY {
-                CheckStatus::Pass
-            } else {
-                CheckStatus::Fail
-            };
-            (status, format!("journald mirror: {journal_mirror}"))
+        timed("CON-LOG-001", "journal-mirror", &|| match journal_mirror {
+            MirrorHealth::Healthy => (CheckStatus::Pass, "journald mirror: healthy".to_owned()),
+            MirrorHealth::Degraded {
+                first_unmirrored_seq,
+                reason,
+                dropped,
+            } => (
+                CheckStatus::Fail,
+                format!(
+                    "journald mirror degraded since seq {first_unmirrored_seq} ({dropped} entries lost): {reason}"
+                ),
+            ),
         }),
         timed("CON-LOG-002", "database-permissions", &|| {
             root_only(&layout.event_log())
@@ -134,7 +137,7 @@ mod tests {
         for dir in [layout.state_dir(), layout.event_log()] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
-        let v = builtin_checks(&layout, "healthy");
+        let v = builtin_checks(&layout, &MirrorHealth::Healthy);
         assert_eq!(v.len(), 4);
         assert_eq!(status_of(&v, "journal-mirror"), CheckStatus::Pass);
         assert_eq!(status_of(&v, "database-permissions"), CheckStatus::Pass);
@@ -149,7 +152,14 @@ mod tests {
         std::fs::create_dir_all(env.parent().unwrap()).unwrap();
         std::fs::write(&env, "K=v\n").unwrap();
         std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let v = builtin_checks(&layout, "degraded");
+        let v = builtin_checks(
+            &layout,
+            &MirrorHealth::Degraded {
+                first_unmirrored_seq: 9,
+                reason: "journald is not reachable".into(),
+                dropped: 3,
+            },
+        );
         assert_eq!(status_of(&v, "journal-mirror"), CheckStatus::Fail);
         assert_eq!(status_of(&v, "state-dir-permissions"), CheckStatus::Fail);
         assert_eq!(status_of(&v, "secrets-permissions"), CheckStatus::Fail);
@@ -158,6 +168,9 @@ mod tests {
             (result.contract.as_str(), result.check.as_str()),
             ("CON-LOG-001", "journal-mirror")
         );
-        assert_eq!(result.detail, "journald mirror: degraded");
+        assert_eq!(
+            result.detail,
+            "journald mirror degraded since seq 9 (3 entries lost): journald is not reachable"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Who is on the other end of a connection, from `SO_PEERCRED` alone.
 
-use con_event::{KindSpec, Payload};
+use con_event::{Authority, Payload};
 use con_layout::Layout;
 use nix::unistd::{Group, Uid, User};
 
@@ -76,58 +76,32 @@ pub fn identify(uid: u32, layout: &Layout, agents: &[String]) -> Result<Identity
     ))
 }
 
-/// Kinds only the daemon itself records (its inbox watcher, its journal
-/// mirror, its chain checkpoints, and — as the LLM gateway — model calls).
-fn daemon_only(kind: &KindSpec) -> bool {
-    use con_event::payloads::*;
-    [
-        InboxArrived::SPEC.id,
-        LlmRequest::SPEC.id,
-        LlmResponse::SPEC.id,
-        JournalMirrorDegraded::SPEC.id,
-        JournalMirrorRecovered::SPEC.id,
-        ChainCheckpoint::SPEC.id,
-        RunStarted::SPEC.id,
-        RunExited::SPEC.id,
-    ]
-    .contains(&kind.id)
-}
-
-/// Kinds an agent process records about its own work.
-fn agent_kind(kind: &KindSpec) -> bool {
-    use con_event::payloads::*;
-    [
-        SessionStarted::SPEC.id,
-        SessionEnded::SPEC.id,
-        ToolCall::SPEC.id,
-        ToolResult::SPEC.id,
-        TaskRouted::SPEC.id,
-    ]
-    .contains(&kind.id)
-}
-
-/// Whether `identity` may append `payload`; the reason when not.
+/// Whether `identity` may append `payload` through the socket; the reason
+/// when not. The kind's [`Authority`] decides: daemon kinds never come from a
+/// client, agent-run kinds only from an agent about itself (the caller checks
+/// that the session is one the agent opened), operator kinds only from
+/// operators.
 pub fn may_append(identity: &Identity, payload: &Payload) -> Result<(), String> {
     let kind = payload.spec();
-    if daemon_only(kind) {
-        return Err(format!(
+    match (kind.authority, identity) {
+        (Authority::Daemon, _) => Err(format!(
             "{} events are recorded by the daemon only",
             kind.name
-        ));
-    }
-    match identity {
-        Identity::Operator { .. } => Ok(()),
-        Identity::Agent { name, .. } => {
-            if !agent_kind(kind) {
-                return Err(format!("agents may not record {} events", kind.name));
-            }
-            match payload.subject_agent() {
-                Some(subject) if subject != name => Err(format!(
-                    "agent {name} may not record {} events about agent {subject}",
-                    kind.name
-                )),
-                _ => Ok(()),
-            }
+        )),
+        (Authority::Operator, Identity::Operator { .. }) => Ok(()),
+        (Authority::Operator, Identity::Agent { .. }) => {
+            Err(format!("agents may not record {} events", kind.name))
         }
+        (Authority::AgentRun, Identity::Operator { .. }) => Err(format!(
+            "{} events are recorded by agent runs only",
+            kind.name
+        )),
+        (Authority::AgentRun, Identity::Agent { name, .. }) => match payload.subject_agent() {
+            Some(subject) if subject != name => Err(format!(
+                "agent {name} may not record {} events about agent {subject}",
+                kind.name
+            )),
+            _ => Ok(()),
+        },
     }
 }

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use con_event::payloads::AgentState;
 use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
-    ClientEvent, ErrorCode, FrameError, LEN_BYTES, Query, Request, Response, StatusReport,
-    check_len, decode_body, encode_frame,
+    AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
+    ClientEvent, ErrorCode, FrameError, LEN_BYTES, LogPosition, MirrorState, MirrorView, Query,
+    Request, Response, STATUS_VIEW_VERSION, SetCondition, StatusView, check_len, decode_body,
+    encode_frame,
 };
 use con_store::AppendError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -186,6 +189,9 @@ async fn handle(
         Request::Query(query) => self::query(shared, identity, query, wr).await,
         Request::Status => status(shared, identity, wr).await,
         Request::Llm(call) => llm(shared, identity, call, wr).await,
+        Request::Blob(request) => blob(shared, identity, request, wr).await,
+        Request::SetCondition(order) => set_condition(shared, identity, order, wr).await,
+        Request::RunChecks => run_checks(shared, identity, wr).await,
     }
 }
 
@@ -205,7 +211,20 @@ async fn append(
     if let Err(reason) = attachments_match(&payload, &event.attachments) {
         return refuse(wr, ErrorCode::Rejected, reason).await;
     }
-    if let (Some(me), Some(session)) = (identity.agent(), event.session) {
+    if let Some(me) = identity.agent() {
+        // Everything an agent records belongs to a session it opened: an
+        // event with no session would be a claim nobody can tie to a run.
+        let Some(session) = event.session else {
+            return refuse(
+                wr,
+                ErrorCode::Forbidden,
+                format!(
+                    "{identity}: {} events must belong to a session the agent opened",
+                    payload.spec().name
+                ),
+            )
+            .await;
+        };
         let opens = matches!(payload, Payload::SessionStarted(_));
         if let Err((code, reason)) = own_session(shared, identity, me, session, opens).await {
             return refuse(wr, code, reason).await;
@@ -290,7 +309,11 @@ fn next_chunk(
             event.envelope.actor.agent.as_deref() == Some(a)
                 || event.payload.subject_agent() == Some(a)
         });
-        if about_agent && query.kind.is_none_or(|k| event.envelope.kind == k) {
+        let of_task = query
+            .task
+            .as_deref()
+            .is_none_or(|t| event.envelope.task.as_deref() == Some(t));
+        if about_agent && of_task && query.kind.is_none_or(|k| event.envelope.kind == k) {
             out.push((seq, raw));
         }
         if out.len() >= QUERY_CHUNK || scanned >= QUERY_CHUNK * 16 {
@@ -453,40 +476,314 @@ fn attachments_match(payload: &Payload, attachments: &[Vec<u8>]) -> Result<(), S
     Ok(())
 }
 
+/// Whether an event is by or about `agent`: what an agent may read.
+fn by_or_about(event: &Event, agent: &str) -> bool {
+    event.envelope.actor.agent.as_deref() == Some(agent)
+        || event.payload.subject_agent() == Some(agent)
+}
+
+/// Part of a blob. An agent gets a blob only if an event it may read
+/// references it; otherwise it learns nothing, not even that the blob exists.
+async fn blob(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    request: BlobRequest,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    let lookup = shared.clone();
+    let reader = identity.agent().map(str::to_owned);
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
+        let store = &lookup.store;
+        if let Some(me) = &reader {
+            let mut readable = false;
+            for record in store
+                .blob_referrers(&request.digest)
+                .map_err(|e| e.to_string())?
+            {
+                let (seq, raw) = record.map_err(|e| e.to_string())?;
+                let event =
+                    Event::from_stored(&raw).map_err(|e| format!("event log seq {seq}: {e}"))?;
+                if by_or_about(&event, me) {
+                    readable = true;
+                    break;
+                }
+            }
+            if !readable {
+                return Ok(None);
+            }
+        }
+        store.blob(&request.digest).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let bytes = match found {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            let (code, message) = match identity {
+                Identity::Agent { .. } => (
+                    ErrorCode::Forbidden,
+                    format!(
+                        "{identity}: no blob sha256:{} among the events this agent may read",
+                        request.digest
+                    ),
+                ),
+                Identity::Operator { .. } => (
+                    ErrorCode::NotFound,
+                    format!("no blob sha256:{} in the event log", request.digest),
+                ),
+            };
+            return refuse(wr, code, message).await;
+        }
+        Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
+    };
+    let total_len = bytes.len() as u64;
+    let start = usize::try_from(request.offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let limit = request.limit.min(BLOB_CHUNK_BYTES) as usize;
+    let end = start.saturating_add(limit).min(bytes.len());
+    send(
+        wr,
+        &Response::Blob(BlobChunk {
+            total_len,
+            offset: start as u64,
+            bytes: bytes[start..end].to_vec(),
+        }),
+    )
+    .await
+}
+
+/// An operator's order about an agent's condition, recorded as
+/// `agent.state` with the operator as actor.
+async fn set_condition(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    order: SetCondition,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if let Identity::Agent { .. } = identity {
+        return refuse(
+            wr,
+            ErrorCode::Forbidden,
+            format!("{identity}: only operators change an agent's condition"),
+        )
+        .await;
+    }
+    if let Err(m) = con_config::validate_agent_name(&order.agent) {
+        return refuse(
+            wr,
+            ErrorCode::Rejected,
+            format!("agent name {:?}: {m}", order.agent),
+        )
+        .await;
+    }
+    let new = NewEvent {
+        actor: Actor {
+            uid: identity.uid(),
+            agent: None,
+        },
+        session: None,
+        task: None,
+        causation: None,
+        payload: AgentState {
+            agent: order.agent,
+            condition: order.condition,
+            reason: order.reason,
+        }
+        .into(),
+        attachments: Vec::new(),
+    };
+    match shared.appender.submit(new).wait_async().await {
+        Ok(a) => {
+            send(
+                wr,
+                &Response::Appended {
+                    seq: a.seq,
+                    hash: a.hash,
+                },
+            )
+            .await
+        }
+        Err(AppendError::Rejected(reason)) => refuse(wr, ErrorCode::Rejected, reason).await,
+        Err(e) => refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
+    }
+}
+
+/// con's built-in checks, run now; each result is recorded (by the
+/// daemon: `contract.result` is its kind alone) before it is answered.
+async fn run_checks(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if let Identity::Agent { .. } = identity {
+        return refuse(
+            wr,
+            ErrorCode::Forbidden,
+            format!("{identity}: only operators run the checks"),
+        )
+        .await;
+    }
+    let checked = shared.clone();
+    let verdicts = match tokio::task::spawn_blocking(move || {
+        crate::health::builtin_checks(&checked.config.layout, &checked.mirror.health())
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => return refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
+    };
+    let mut checks = Vec::with_capacity(verdicts.len());
+    for verdict in verdicts {
+        let result = verdict.result();
+        let view = |seq| CheckView {
+            contract: result.contract.clone(),
+            check: result.check.clone(),
+            status: result.status,
+            scope_agent: result.scope_agent.clone(),
+            detail: result.detail.clone(),
+            seq,
+        };
+        match shared
+            .appender
+            .submit(NewEvent::system(result.clone()))
+            .wait_async()
+            .await
+        {
+            Ok(a) => checks.push(view(a.seq)),
+            Err(e) => {
+                return refuse(
+                    wr,
+                    ErrorCode::Unavailable,
+                    format!("recording contract.result: {e}"),
+                )
+                .await;
+            }
+        }
+    }
+    send(wr, &Response::Checks(checks)).await
+}
+
+/// Current UTC day, as [`con_projection::utc_day`] counts them.
+fn today() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    con_projection::utc_day(now)
+}
+
+fn agent_view(name: &str, configured: bool, a: Option<&con_projection::AgentStatus>) -> AgentView {
+    let default = con_projection::AgentStatus::default();
+    let a = a.unwrap_or(&default);
+    AgentView {
+        name: name.to_owned(),
+        configured,
+        condition: a.condition,
+        inbox_depth: a.inbox_depth,
+        running_sessions: a.running_sessions,
+        sessions_total: a.sessions_total,
+        last_outcome: a.last_outcome,
+        spent_today_micro_usd: a.spend_micro_usd_by_day.get(&today()).copied().unwrap_or(0),
+        last_seq: a.last_seq,
+    }
+}
+
+/// The status view for `identity`: everything for operators; for an agent,
+/// who it is and its own row (not the fleet, not the log's head).
 async fn status(
     shared: &Arc<Shared>,
     identity: &Identity,
     wr: &mut OwnedWriteHalf,
 ) -> Result<(), Closed> {
-    let head = shared.store.head();
-    // The fleet view is for operators; an agent learns only who it is.
-    let fleet = match identity {
-        Identity::Operator { .. } => match shared.fleet_status().await {
-            Ok(f) => con_event::codec::encode_with_limit(
-                &f,
-                u64::from(con_protocol::MAX_FRAME_BYTES) / 2,
-            )
-            .unwrap_or_default(),
-            Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
-        },
-        Identity::Agent { .. } => Vec::new(),
+    let fleet = match shared.fleet_status().await {
+        Ok(f) => f,
+        Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
     };
-    let report = StatusReport {
-        identity: identity.to_string(),
-        head_seq: head.seq,
-        head_hash: head.hash,
-        log_id: shared.store.log_id().unwrap_or_default(),
-        fleet,
-        journal_mirror: match shared.mirror.health() {
-            con_journal::MirrorHealth::Healthy => "healthy".into(),
-            con_journal::MirrorHealth::Degraded {
-                first_unmirrored_seq,
-                reason,
-                dropped,
-            } => format!(
-                "degraded since seq {first_unmirrored_seq} ({dropped} entries lost): {reason}"
-            ),
+    let caller = Caller {
+        role: match identity {
+            Identity::Operator { .. } => CallerRole::Operator,
+            Identity::Agent { .. } => CallerRole::Agent,
         },
+        uid: identity.uid(),
+        agent: identity.agent().map(str::to_owned),
     };
-    send(wr, &Response::Status(report)).await
+    let view = match identity {
+        Identity::Agent { name, .. } => StatusView {
+            view_version: STATUS_VIEW_VERSION,
+            caller,
+            log: None,
+            journal_mirror: None,
+            outer_inbox_depth: None,
+            agents: vec![agent_view(name, true, fleet.agents.get(name))],
+            checks: Vec::new(),
+        },
+        Identity::Operator { .. } => {
+            let head = shared.store.head();
+            let configured = &shared.config.agents;
+            let mut agents: Vec<AgentView> = configured
+                .iter()
+                .map(|name| agent_view(name, true, fleet.agents.get(name)))
+                .collect();
+            agents.sort_by(|a, b| a.name.cmp(&b.name));
+            agents.extend(
+                fleet
+                    .agents
+                    .iter()
+                    .filter(|(name, _)| {
+                        name.as_str() != con_inbox::OUTER_INBOX && !configured.contains(name)
+                    })
+                    .map(|(name, a)| agent_view(name, false, Some(a))),
+            );
+            StatusView {
+                view_version: STATUS_VIEW_VERSION,
+                caller,
+                log: Some(LogPosition {
+                    log_id: shared.store.log_id().unwrap_or_default(),
+                    head_seq: head.seq,
+                    head_hash: head.hash,
+                }),
+                journal_mirror: Some(match shared.mirror.health() {
+                    con_journal::MirrorHealth::Healthy => MirrorView {
+                        state: MirrorState::Healthy,
+                        first_unmirrored_seq: None,
+                        reason: None,
+                        dropped: 0,
+                    },
+                    con_journal::MirrorHealth::Degraded {
+                        first_unmirrored_seq,
+                        reason,
+                        dropped,
+                    } => MirrorView {
+                        state: MirrorState::Degraded,
+                        first_unmirrored_seq: Some(first_unmirrored_seq),
+                        reason: Some(reason),
+                        dropped,
+                    },
+                }),
+                outer_inbox_depth: Some(
+                    fleet
+                        .agents
+                        .get(con_inbox::OUTER_INBOX)
+                        .map_or(0, |a| a.inbox_depth),
+                ),
+                agents,
+                checks: fleet
+                    .checks
+                    .values()
+                    .map(|c| CheckView {
+                        contract: c.contract.clone(),
+                        check: c.check.clone(),
+                        status: c.status,
+                        scope_agent: c.scope_agent.clone(),
+                        detail: c.detail.clone(),
+                        seq: c.seq,
+                    })
+                    .collect(),
+            }
+        }
+    };
+    // A view too large for one frame is an error the operator sees, never
+    // a silently emptied fleet.
+    send(wr, &Response::Status(view)).await
 }

@@ -298,7 +298,7 @@ impl Supervisor {
                     self.record(NewEvent {
                         task: name.strip_suffix(".task").map(str::to_owned),
                         ..NewEvent::system(TaskRouted {
-                            from: "outer".into(),
+                            from: con_inbox::OUTER_INBOX.into(),
                             to: router.clone(),
                             path: dest.display().to_string(),
                         })

@@ -2,12 +2,54 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
-/// A SHA-256 digest. Displayed as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+/// Serde for fixed-size byte ids: lowercase hex in human-readable formats
+/// (the JSON view, journal fields), and exactly what `[u8; N]` serializes to
+/// in binary ones, so the frozen bincode of stored records is unchanged.
+macro_rules! hex_or_bytes_serde {
+    ($name:ident, $len:literal) => {
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.serialize_str(&hex::encode(self.0))
+                } else {
+                    self.0.serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                    let mut out = [0u8; $len];
+                    hex::decode_to_slice(text.as_bytes(), &mut out).map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            concat!(
+                                "expected ",
+                                stringify!($len),
+                                " bytes as {} lowercase hex digits, got {:?}"
+                            ),
+                            $len * 2,
+                            text
+                        ))
+                    })?;
+                    Ok(Self(out))
+                } else {
+                    <[u8; $len]>::deserialize(d).map(Self)
+                }
+            }
+        }
+    };
+}
+
+/// A SHA-256 digest. Displayed (and written in JSON) as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Digest(pub [u8; 32]);
+
+hex_or_bytes_serde!(Digest, 32);
 
 impl Digest {
     /// The digest of `bytes`.
@@ -68,8 +110,10 @@ impl fmt::Debug for BlobRef {
 macro_rules! id128 {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
         pub struct $name(pub [u8; 16]);
+
+        hex_or_bytes_serde!($name, 16);
 
         impl $name {
             /// Parses 32 hex digits, with or without UUID hyphens.

@@ -28,6 +28,35 @@ impl Priority {
     }
 }
 
+/// Who may append an event kind. Part of every [`KindSpec`], so a new kind
+/// cannot be added without deciding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Authority {
+    /// Only the daemon itself (its watcher, supervisor, gateway, mirror,
+    /// checks and enforcement). Refused from every socket client, root and
+    /// the trusted group included: these events are what the daemon saw or
+    /// did, and a client's word for them would be a forgery.
+    Daemon,
+    /// An agent run, about itself, inside a session it opened. Refused from
+    /// operators, who do not run sessions.
+    AgentRun,
+    /// An operator client (root or the trusted group) reporting what it did
+    /// to the host, e.g. provisioning.
+    Operator,
+}
+
+impl Authority {
+    /// Canonical spelling (`daemon`, `agent_run`, `operator`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Authority::Daemon => "daemon",
+            Authority::AgentRun => "agent_run",
+            Authority::Operator => "operator",
+        }
+    }
+}
+
 /// Everything that defines one event kind. Adding a kind means adding one
 /// payload struct with its `SPEC` and one line in the registry macro below.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,6 +67,8 @@ pub struct KindSpec {
     pub name: &'static str,
     /// Current payload version (older ones are upcast on read).
     pub version: u16,
+    /// Who may append it.
+    pub authority: Authority,
     /// journald `MESSAGE_ID`: 32 lowercase hex digits, fixed forever.
     pub message_id: &'static str,
     /// Default journald priority (a payload may raise it, e.g. a failed check).
@@ -90,6 +121,20 @@ macro_rules! registry {
                 match self {
                     $(Payload::$variant(_) => &<payloads::$variant as Kind>::SPEC,)*
                 }
+            }
+
+            /// The payload from its JSON view (the body at the kind's
+            /// current version, as [`serde_json`] writes it).
+            pub fn from_json(
+                kind: &KindSpec,
+                value: serde_json::Value,
+            ) -> Result<Self, serde_json::Error> {
+                $(
+                    if kind.id == <payloads::$variant as Kind>::SPEC.id {
+                        return serde_json::from_value(value).map(Payload::$variant);
+                    }
+                )*
+                Err(serde::de::Error::custom(format!("unknown event kind {}", kind.name)))
             }
 
             /// bincode of the payload at the current version.

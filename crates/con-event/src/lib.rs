@@ -16,8 +16,10 @@
 pub mod codec;
 mod envelope;
 mod ids;
+pub mod json;
 mod kinds;
 pub mod payloads;
+mod text;
 
 pub use codec::{DecodeError, EncodeError, MAX_RECORD_BYTES};
 pub use envelope::{
@@ -25,4 +27,6 @@ pub use envelope::{
     encode_stored,
 };
 pub use ids::{BlobRef, Digest, EventId, SessionId};
-pub use kinds::{KINDS, KindSpec, Payload, Priority, kind_by_id, kind_by_name};
+pub use json::{EventJson, JsonViewError};
+pub use kinds::{Authority, KINDS, KindSpec, Payload, Priority, kind_by_id, kind_by_name};
+pub use text::escape_control;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::codec::{self, DecodeError};
 use crate::ids::{BlobRef, Digest};
-use crate::kinds::{KindSpec, Priority};
+use crate::kinds::{Authority, KindSpec, Priority};
 
 /// Behaviour shared by every payload type.
 pub trait Kind: Serialize + DeserializeOwned + Sized {
@@ -50,7 +50,7 @@ pub trait Kind: Serialize + DeserializeOwned + Sized {
     }
 }
 
-/// Provenance of a task as decided by the kernel (SPEC §5).
+/// Provenance of a task as decided by the kernel (`lstat` owner and links), never by its content.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Trust {
@@ -61,7 +61,8 @@ pub enum Trust {
 }
 
 impl Trust {
-    fn as_str(self) -> &'static str {
+    /// Canonical spelling, the same as in the JSON view and journal fields.
+    pub fn as_str(self) -> &'static str {
         match self {
             Trust::Verified => "verified",
             Trust::Unverified => "unverified",
@@ -106,6 +107,7 @@ impl Kind for InboxArrived {
         id: 1,
         name: "inbox.arrived",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "ec6897a08a18430ca4aacfb45a32f0cb",
         priority: Priority::Notice,
         subject: "Task arrived in inbox @CON_INBOX@",
@@ -166,6 +168,7 @@ impl Kind for TaskRouted {
         id: 2,
         name: "task.routed",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "e9ef4deb8e554c02a48813de7632d38b",
         priority: Priority::Info,
         subject: "Task routed from @CON_FROM@ to @CON_TO@",
@@ -209,6 +212,7 @@ impl Kind for SessionStarted {
         id: 3,
         name: "session.started",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "26f1dd5d8a7f4d0c80c62ed1fd1a34ed",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT@ started session @CON_SESSION@",
@@ -259,7 +263,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// Canonical spelling, the same as in the JSON view and journal fields.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::MaxIterations => "max_iterations",
@@ -294,6 +299,7 @@ impl Kind for SessionEnded {
         id: 4,
         name: "session.ended",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "3c872adf44a7491fab9264eeabbcdbd3",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT@ ended session @CON_SESSION@: @CON_OUTCOME@",
@@ -326,10 +332,98 @@ impl Kind for SessionEnded {
     }
 }
 
-/// `llm.request`: the gateway sent a request to a model provider.
+/// `llm.request` version 2 (current): the gateway sent a request to a model
+/// provider.
+///
+/// The request body is recorded so that each conversation message is stored
+/// once: a session of n tool-loop iterations sends n requests that each
+/// repeat the conversation so far, and recording every body whole would
+/// grow the log with n². The body as sent is, byte for byte,
+/// [`LlmRequest::reassemble`] of the frame and the messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LlmRequest {
     /// Agent on whose behalf the gateway called (the actor is the gateway).
+    pub agent: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// Tool-loop iteration (1-based).
+    pub iteration: u32,
+    /// The request body as sent (minus credentials) with the bytes of its
+    /// messages array cut out at `messages_at`; the whole body when
+    /// `messages` is empty.
+    pub frame: BlobRef,
+    /// Byte offset in the frame where the messages array goes.
+    pub messages_at: u64,
+    /// Seq of the earlier `llm.request` of the same session whose
+    /// conversation this one repeats first, if any: each request then
+    /// references only what is new, and a session's record grows linearly.
+    pub continues: Option<u64>,
+    /// How many messages of that earlier conversation come first here.
+    pub repeated: u32,
+    /// The messages after those, oldest first, as the JSON bytes they had in
+    /// the body.
+    pub messages: Vec<BlobRef>,
+}
+
+impl LlmRequest {
+    /// The whole conversation of this request, oldest first: the first
+    /// `repeated` messages of the request at `continues` (looked up with
+    /// `earlier`, which gives an earlier request's whole conversation),
+    /// then `messages`. `None` if the earlier request is unknown or shorter.
+    pub fn conversation(
+        &self,
+        earlier: impl FnOnce(u64) -> Option<Vec<BlobRef>>,
+    ) -> Option<Vec<BlobRef>> {
+        let mut all = match self.continues {
+            None if self.repeated == 0 => Vec::new(),
+            None => return None,
+            Some(seq) => {
+                let mut before = earlier(seq)?;
+                before.truncate(usize::try_from(self.repeated).ok()?);
+                if before.len() != self.repeated as usize {
+                    return None;
+                }
+                before
+            }
+        };
+        all.extend_from_slice(&self.messages);
+        Some(all)
+    }
+
+    /// The request body as sent: `frame[..messages_at] ‖ [m1,m2,…] ‖
+    /// frame[messages_at..]`, or the frame itself when there are no
+    /// messages. `None` if `messages_at` is past the frame's end.
+    pub fn reassemble(frame: &[u8], messages_at: u64, messages: &[&[u8]]) -> Option<Vec<u8>> {
+        if messages.is_empty() {
+            return Some(frame.to_vec());
+        }
+        let at = usize::try_from(messages_at)
+            .ok()
+            .filter(|at| *at <= frame.len())?;
+        let body: usize = messages.iter().map(|m| m.len() + 1).sum();
+        let mut out = Vec::with_capacity(frame.len() + body + 1);
+        out.extend_from_slice(&frame[..at]);
+        out.push(b'[');
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(m);
+        }
+        out.push(b']');
+        out.extend_from_slice(&frame[at..]);
+        Some(out)
+    }
+}
+
+/// `llm.request` version 1: the whole request body as one blob. Kept so
+/// records of this version keep decoding; upcast to a version-2 request with
+/// that body as its frame and no separate messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmRequestV1 {
+    /// Agent on whose behalf the gateway called.
     pub agent: String,
     /// Provider name.
     pub provider: String,
@@ -341,31 +435,71 @@ pub struct LlmRequest {
     pub request: BlobRef,
 }
 
+impl From<LlmRequestV1> for LlmRequest {
+    fn from(v1: LlmRequestV1) -> Self {
+        LlmRequest {
+            agent: v1.agent,
+            provider: v1.provider,
+            model: v1.model,
+            iteration: v1.iteration,
+            frame: v1.request,
+            messages_at: 0,
+            continues: None,
+            repeated: 0,
+            messages: Vec::new(),
+        }
+    }
+}
+
 impl Kind for LlmRequest {
     const SPEC: KindSpec = KindSpec {
         id: 5,
         name: "llm.request",
-        version: 1,
+        version: 2,
+        authority: Authority::Daemon,
         message_id: "de72435a1f2340d59de95c969567c744",
         priority: Priority::Info,
         subject: "Model request to @CON_MODEL@",
-        description: "The daemon sent a model request on behalf of an agent session. The full request body (without credentials) is stored as a blob.",
+        description: "The daemon sent a model request on behalf of an agent session. The request body (without credentials) is stored as blobs: a frame and each conversation message once; a request references the earlier request of its session (CON_CONTINUES) for the messages it repeats. `con replay` reassembles the exact body.",
     };
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        match version {
+            1 => codec::decode::<LlmRequestV1>("llm.request v1", bytes).map(Into::into),
+            2 => codec::decode("llm.request", bytes),
+            _ => Err(DecodeError::UnknownVersion {
+                kind: Self::SPEC.name,
+                version,
+            }),
+        }
+    }
     fn message(&self) -> String {
         format!(
-            "model request #{} to {}/{} ({} bytes)",
-            self.iteration, self.provider, self.model, self.request.len
+            "model request #{} to {}/{} ({} messages, {} new)",
+            self.iteration,
+            self.provider,
+            self.model,
+            self.repeated as usize + self.messages.len(),
+            self.messages.len()
         )
     }
     fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
         out.push(("CON_PROVIDER", self.provider.clone()));
         out.push(("CON_MODEL", self.model.clone()));
+        if let Some(seq) = self.continues {
+            out.push(("CON_CONTINUES", seq.to_string()));
+        }
     }
     fn subject_agent(&self) -> Option<&str> {
         Some(&self.agent)
     }
     fn blob_refs(&self) -> Vec<BlobRef> {
-        vec![self.request]
+        let mut refs = vec![self.frame];
+        for m in &self.messages {
+            if !refs.contains(m) {
+                refs.push(*m);
+            }
+        }
+        refs
     }
 }
 
@@ -401,6 +535,7 @@ impl Kind for LlmResponse {
         id: 6,
         name: "llm.response",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "a27be821b2b946f6be710987ac2aabfd",
         priority: Priority::Info,
         subject: "Model response from @CON_MODEL@",
@@ -456,6 +591,7 @@ impl Kind for ToolCall {
         id: 7,
         name: "tool.call",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "011493a580324908a21b031f3d85e6cf",
         priority: Priority::Info,
         subject: "Tool call @CON_TOOL@",
@@ -497,6 +633,7 @@ impl Kind for ToolResult {
         id: 8,
         name: "tool.result",
         version: 1,
+        authority: Authority::AgentRun,
         message_id: "3853c6a376174a858ad79d36d3f4715e",
         priority: Priority::Info,
         subject: "Tool result @CON_TOOL@",
@@ -544,7 +681,8 @@ pub enum CheckStatus {
 }
 
 impl CheckStatus {
-    fn as_str(self) -> &'static str {
+    /// Canonical spelling, the same as in the JSON view and journal fields.
+    pub fn as_str(self) -> &'static str {
         match self {
             CheckStatus::Pass => "pass",
             CheckStatus::Fail => "fail",
@@ -577,6 +715,7 @@ impl Kind for ContractResult {
         id: 9,
         name: "contract.result",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "8dd54b7e302142f791bf7edffa61e1a8",
         priority: Priority::Info,
         subject: "Contract @CON_CONTRACT@: @CON_STATUS@",
@@ -629,6 +768,7 @@ impl Kind for EnforcementAction {
         id: 10,
         name: "enforcement.action",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "fd1868d7d8504244b66c18558f1a59a0",
         priority: Priority::Warning,
         subject: "Enforcement @CON_ACTION@ by @CON_CONTRACT@",
@@ -675,6 +815,7 @@ impl Kind for EnforcementDone {
         id: 11,
         name: "enforcement.done",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "eb4aca849ecd493da5b9c93b64f77149",
         priority: Priority::Notice,
         subject: "Enforcement @CON_ACTION@ finished",
@@ -723,7 +864,8 @@ pub enum AgentCondition {
 }
 
 impl AgentCondition {
-    fn as_str(self) -> &'static str {
+    /// Canonical spelling, the same as in the JSON view and journal fields.
+    pub fn as_str(self) -> &'static str {
         match self {
             AgentCondition::Active => "active",
             AgentCondition::Halted => "halted",
@@ -774,6 +916,7 @@ impl Kind for AgentState {
         id: 12,
         name: "agent.state",
         version: 2,
+        authority: Authority::Daemon,
         message_id: "d507bd7c1c0e444186a05386a3d890f7",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT_SUBJECT@ is now @CON_CONDITION@",
@@ -826,6 +969,7 @@ impl Kind for JournalMirrorDegraded {
         id: 13,
         name: "journal.mirror_degraded",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "91f79451c2a6443f8226af3156e396db",
         priority: Priority::Err,
         subject: "con journal mirror degraded",
@@ -857,6 +1001,7 @@ impl Kind for JournalMirrorRecovered {
         id: 14,
         name: "journal.mirror_recovered",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "d31a76f6a77b4c5b9e0c5cc77e50fabd",
         priority: Priority::Notice,
         subject: "con journal mirror recovered",
@@ -887,6 +1032,7 @@ impl Kind for ChainCheckpoint {
         id: 15,
         name: "chain.checkpoint",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "304c9d7530144b1b995794138b6e19e2",
         priority: Priority::Notice,
         subject: "con event log checkpoint at seq @CON_THROUGH_SEQ@",
@@ -920,6 +1066,7 @@ impl Kind for RunStarted {
         id: 16,
         name: "run.started",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "b1563e67e5a147869c599761976f7731",
         priority: Priority::Info,
         subject: "Run of agent @CON_AGENT@ started",
@@ -960,6 +1107,7 @@ impl Kind for RunExited {
         id: 17,
         name: "run.exited",
         version: 1,
+        authority: Authority::Daemon,
         message_id: "f267023740924ab883b4a77ce622aa52",
         priority: Priority::Info,
         subject: "Run of agent @CON_AGENT@ exited",
@@ -1020,6 +1168,7 @@ impl Kind for ProvisionApplied {
         id: 18,
         name: "provision.applied",
         version: 1,
+        authority: Authority::Operator,
         message_id: "fd833c239fb14a358ae3fc18dfb2d4e7",
         priority: Priority::Notice,
         subject: "con provisioning changed the host",

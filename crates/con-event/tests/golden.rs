@@ -10,210 +10,7 @@ use std::path::PathBuf;
 
 use con_event::payloads::*;
 use con_event::*;
-
-fn blob(s: &str) -> BlobRef {
-    BlobRef::of(s.as_bytes())
-}
-
-/// (kind name, version, payload bytes, payload decoded at the current version)
-fn samples() -> Vec<(&'static str, u16, Vec<u8>, Payload)> {
-    let current = |p: Payload| -> (&'static str, u16, Vec<u8>, Payload) {
-        let spec = p.spec();
-        (spec.name, spec.version, p.encode().unwrap(), p)
-    };
-    vec![
-        current(
-            InboxArrived {
-                inbox: "concierge".into(),
-                path: "/srv/con/agents/concierge/inbox/20261125-0001.task".into(),
-                owner_uid: 1001,
-                owner_gid: 1001,
-                mode: 0o100644,
-                nlink: 1,
-                dev: 2049,
-                inode: 131_073,
-                ctime_unix_nanos: 1_795_000_000_000_000_000,
-                symlink: false,
-                trust: Trust::Unverified,
-                trust_reason: "owner uid 1001 is not trusted".into(),
-                content: blob("check the disk"),
-            }
-            .into(),
-        ),
-        current(
-            TaskRouted {
-                from: "outer".into(),
-                to: "concierge".into(),
-                path: "/srv/con/agents/concierge/inbox/20261125-0001.task".into(),
-            }
-            .into(),
-        ),
-        current(
-            SessionStarted {
-                agent: "sysadmin".into(),
-                runner: "builtin".into(),
-                provider: Some("openrouter".into()),
-                model: Some("anthropic/claude-sonnet-4.6".into()),
-                trust: Trust::Verified,
-                prompt: blob("You are sysadmin."),
-            }
-            .into(),
-        ),
-        current(
-            SessionEnded {
-                agent: "sysadmin".into(),
-                outcome: Outcome::MaxIterations,
-                iterations: 200,
-                duration_ms: 61_000,
-                response: None,
-                detail: "iteration cap 200 reached".into(),
-            }
-            .into(),
-        ),
-        current(
-            LlmRequest {
-                agent: "sysadmin".into(),
-                provider: "anthropic".into(),
-                model: "claude-sonnet-4.6".into(),
-                iteration: 3,
-                request: blob("{\"messages\":[]}"),
-            }
-            .into(),
-        ),
-        current(
-            LlmResponse {
-                agent: "sysadmin".into(),
-                provider: "anthropic".into(),
-                model: "claude-sonnet-4.6".into(),
-                status: Some(200),
-                attempts: 2,
-                latency_ms: 1234,
-                input_tokens: 1500,
-                output_tokens: 230,
-                cost_micro_usd: 8_000,
-                response: Some(blob("{\"content\":[]}")),
-                error: None,
-            }
-            .into(),
-        ),
-        current(
-            ToolCall {
-                call_id: "call_1".into(),
-                tool: "exec".into(),
-                arguments: blob("{\"command\":\"df -h\"}"),
-            }
-            .into(),
-        ),
-        current(
-            ToolResult {
-                call_id: "call_1".into(),
-                tool: "exec".into(),
-                exit_code: Some(0),
-                duration_ms: 12,
-                output: blob("Filesystem ..."),
-                truncated: false,
-                error: None,
-            }
-            .into(),
-        ),
-        current(
-            ContractResult {
-                contract: "CON-SYS-001".into(),
-                check: "disk_free".into(),
-                scope_agent: None,
-                status: CheckStatus::Fail,
-                detail: "8% free < 15%".into(),
-                duration_ms: 4,
-            }
-            .into(),
-        ),
-        current(
-            EnforcementAction {
-                contract: "CON-AGENT-001".into(),
-                action: "quarantine".into(),
-                target: Some("scout".into()),
-                reason: "workspace mode 0777".into(),
-            }
-            .into(),
-        ),
-        current(
-            EnforcementDone {
-                contract: "CON-AGENT-001".into(),
-                action: "quarantine".into(),
-                target: Some("scout".into()),
-                ok: true,
-                detail: "agent quarantined".into(),
-            }
-            .into(),
-        ),
-        current(
-            AgentState {
-                agent: "scout".into(),
-                condition: AgentCondition::Quarantined,
-                reason: "CON-AGENT-001".into(),
-            }
-            .into(),
-        ),
-        (
-            "agent.state",
-            1,
-            codec::encode(&AgentStateV1 {
-                agent: "scout".into(),
-                halted: true,
-            })
-            .unwrap(),
-            AgentState {
-                agent: "scout".into(),
-                condition: AgentCondition::Halted,
-                reason: String::new(),
-            }
-            .into(),
-        ),
-        current(
-            JournalMirrorDegraded {
-                reason: "journald socket missing".into(),
-                first_unmirrored_seq: 42,
-            }
-            .into(),
-        ),
-        current(JournalMirrorRecovered { dropped: 17 }.into()),
-        current(
-            RunStarted {
-                agent: "sysadmin".into(),
-                pid: 4242,
-                trigger: "inbox".into(),
-            }
-            .into(),
-        ),
-        current(
-            RunExited {
-                agent: "sysadmin".into(),
-                pid: 4242,
-                exit_code: None,
-                signal: Some(9),
-                duration_ms: 1500,
-            }
-            .into(),
-        ),
-        current(
-            ProvisionApplied {
-                command: "bootstrap".into(),
-                changes: 12,
-                failed: vec!["sudoers a-sysadmin: visudo: syntax error".into()],
-                disabled_agents: vec!["sysadmin".into()],
-                steps: BlobRef::of(b"+ user a-concierge"),
-            }
-            .into(),
-        ),
-        current(
-            ChainCheckpoint {
-                through_seq: 1000,
-                head: Digest::of(b"head"),
-            }
-            .into(),
-        ),
-    ]
-}
+use con_test_support::{Sample, samples};
 
 fn envelope(kind: u16, version: u16, payload: Vec<u8>) -> Envelope {
     Envelope {
@@ -247,13 +44,21 @@ fn every_kind_and_version_decodes_from_golden_bytes() {
     for spec in KINDS {
         for version in 1..=spec.version {
             assert!(
-                samples.iter().any(|s| s.0 == spec.name && s.1 == version),
+                samples
+                    .iter()
+                    .any(|s| s.kind == spec.name && s.version == version),
                 "no golden sample for {} v{version}: add one to samples()",
                 spec.name
             );
         }
     }
-    for (name, version, payload_bytes, expected) in samples {
+    for Sample {
+        kind: name,
+        version,
+        bytes: payload_bytes,
+        payload: expected,
+    } in samples
+    {
         let spec = kind_by_name(name).unwrap();
         let env = envelope(spec.id, version, payload_bytes);
         let record = env.encode_record().unwrap();
@@ -395,5 +200,151 @@ fn an_oversized_record_is_refused_at_encode_time() {
         Err(EncodeError::TooLarge {
             limit: MAX_RECORD_BYTES
         })
+    );
+}
+
+fn golden_json_path(name: &str, version: u16) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.v{version}.json"))
+}
+
+/// The JSON view of every kind at every version is pinned (readers outside
+/// the log depend on its field names) and converts back to the same stored
+/// event, hash included.
+#[test]
+fn every_kind_and_version_has_a_golden_json_view_that_round_trips() {
+    let bless = std::env::var_os("CON_BLESS").is_some();
+    for Sample {
+        kind: name,
+        version,
+        bytes: payload_bytes,
+        payload: expected,
+    } in samples()
+    {
+        let spec = kind_by_name(name).unwrap();
+        let env = envelope(spec.id, version, payload_bytes);
+        let record = env.encode_record().unwrap();
+        let stored = encode_stored(&record, &chain_hash(&env.prev_hash, &record));
+        let event = Event::from_stored(&stored).unwrap();
+
+        let view = EventJson::from_event(&event);
+        let text = serde_json::to_string_pretty(&view).unwrap() + "\n";
+        let path = golden_json_path(name, version);
+        if bless {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (bless with CON_BLESS=1)", path.display()));
+        assert_eq!(text, golden, "{name} v{version}: the JSON view changed");
+
+        let parsed: EventJson = serde_json::from_str(&golden).unwrap();
+        assert_eq!(parsed.to_event().unwrap(), event, "{name} v{version}");
+        assert_eq!(
+            Payload::from_json(spec, parsed.payload.clone()).unwrap(),
+            expected,
+            "{name} v{version}: the payload JSON reads back as the typed payload"
+        );
+        assert_eq!(
+            parsed.stored_payload.is_some(),
+            version != spec.version,
+            "{name} v{version}: stored bytes travel only with upcast payloads"
+        );
+    }
+}
+
+#[test]
+fn an_edited_json_view_is_refused_by_its_hash() {
+    let Sample {
+        kind: name,
+        version,
+        bytes: payload_bytes,
+        ..
+    } = samples().swap_remove(0);
+    let spec = kind_by_name(name).unwrap();
+    let env = envelope(spec.id, version, payload_bytes);
+    let record = env.encode_record().unwrap();
+    let event = Event::from_stored(&encode_stored(
+        &record,
+        &chain_hash(&env.prev_hash, &record),
+    ))
+    .unwrap();
+    let mut view = serde_json::to_value(EventJson::from_event(&event)).unwrap();
+    view["payload"]["trust"] = "verified".into();
+    let edited: EventJson = serde_json::from_value(view.clone()).unwrap();
+    assert!(matches!(
+        edited.to_event(),
+        Err(JsonViewError::HashMismatch { seq: 7, .. })
+    ));
+    view["payload"]["trust"] = "trusted-ish".into();
+    let bad: EventJson = serde_json::from_value(view).unwrap();
+    let err = bad.to_event().unwrap_err().to_string();
+    assert!(err.starts_with("seq 7: payload of inbox.arrived:"), "{err}");
+}
+
+#[test]
+fn digests_and_ids_are_hex_in_json_and_bytes_in_bincode() {
+    let d = Digest::of(b"x");
+    assert_eq!(
+        serde_json::to_string(&d).unwrap(),
+        format!("\"{}\"", d.to_hex())
+    );
+    assert_eq!(codec::encode(&d).unwrap(), d.0.to_vec());
+    let s = SessionId([0xab; 16]);
+    assert_eq!(
+        serde_json::from_str::<SessionId>(&format!("\"{}\"", "ab".repeat(16))).unwrap(),
+        s
+    );
+    let err = serde_json::from_str::<Digest>("\"abc\"").unwrap_err();
+    assert!(err.to_string().contains("64 lowercase hex digits"), "{err}");
+}
+
+#[test]
+fn an_llm_request_body_is_reassembled_byte_for_byte() {
+    let frame = br#"{"system":"You are sysadmin.","messages":,"tools":[]}"#;
+    let (user, assistant) = (
+        br#"{"role":"user","content":"check the disk"}"#.as_slice(),
+        br#"{"role":"assistant","content":"ok"}"#.as_slice(),
+    );
+    assert_eq!(
+        LlmRequest::reassemble(frame, 41, &[user, assistant]).unwrap(),
+        br#"{"system":"You are sysadmin.","messages":[{"role":"user","content":"check the disk"},{"role":"assistant","content":"ok"}],"tools":[]}"#
+    );
+    // No messages: the frame is the whole body (what v1 records upcast to).
+    assert_eq!(LlmRequest::reassemble(b"{}", 0, &[]).unwrap(), b"{}");
+    // An offset past the frame is refused, not a panic.
+    assert_eq!(LlmRequest::reassemble(frame, 999, &[user]), None);
+}
+
+#[test]
+fn a_request_conversation_follows_the_request_it_continues() {
+    let m = |s: &str| BlobRef::of(s.as_bytes());
+    let request = |continues, repeated, messages| LlmRequest {
+        agent: "a".into(),
+        provider: "p".into(),
+        model: "m".into(),
+        iteration: 2,
+        frame: m("{}"),
+        messages_at: 1,
+        continues,
+        repeated,
+        messages,
+    };
+    let earlier = vec![m("1"), m("2"), m("3")];
+    let second = request(Some(4), 2, vec![m("x")]);
+    assert_eq!(
+        second.conversation(|seq| (seq == 4).then(|| earlier.clone())),
+        Some(vec![m("1"), m("2"), m("x")])
+    );
+    // An unknown or too short earlier request is not papered over.
+    assert_eq!(second.conversation(|_| None), None);
+    assert_eq!(
+        request(Some(4), 5, vec![]).conversation(|_| Some(earlier.clone())),
+        None
+    );
+    assert_eq!(request(None, 1, vec![]).conversation(|_| None), None);
+    assert_eq!(
+        request(None, 0, vec![m("1")]).conversation(|_| None),
+        Some(vec![m("1")])
     );
 }

@@ -43,10 +43,14 @@ pub use classify::{Classified, classify, key_of};
 pub use submit::submit_task;
 pub use watcher::InboxWatcher;
 
+/// [`InboxSpec::name`] of the outer inbox (human → concierge). Reserved:
+/// no agent may be called this.
+pub const OUTER_INBOX: &str = "outer";
+
 /// One inbox to watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboxSpec {
-    /// Whose inbox it is: an agent name, or `outer` for the outer inbox.
+    /// Whose inbox it is: an agent name, or [`OUTER_INBOX`].
     /// Recorded as [`InboxArrived::inbox`].
     pub name: String,
     /// The inbox directory. Made absolute (not canonicalized) when added, so

@@ -1,4 +1,4 @@
-//! The journald mirror of the event log.
+//! The journald mirror of the event log, and reading it back.
 //!
 //! [`JournalMirror`] is a [`CommitObserver`] of the group-commit writer: it
 //! receives each committed batch and hands the events to a dedicated thread
@@ -8,25 +8,47 @@
 //! send error) flips the mirror to *degraded*, which is itself recorded in
 //! the log (`journal.mirror_degraded`, later `journal.mirror_recovered`).
 //!
+//! Each event entry carries the stored record and its hash (`CON_RECORD`,
+//! `CON_HASH`), so the event is rebuilt from the journal exactly. Each
+//! attachment an event references is mirrored once, with the first event
+//! that references it: inside that event's entry up to [`BLOB_INLINE_MAX`]
+//! bytes, otherwise in part entries of its own sent just before it
+//! ([`blob_entries`]). The mirror thread reads the contents from the
+//! store's blob tree, so the queue holds no contents and back-filled events
+//! carry their attachments too.
+//!
 //! The mirror is at-least-once across restarts: it records how far it got
 //! (a store marker) and, when started, first re-sends what the log committed
 //! beyond that point (e.g. entries still queued when the daemon was killed).
-//! Consumers can de-duplicate on `CON_LOG_ID` + `CON_SEQ`.
+//! [`Rebuilder`] de-duplicates on `CON_LOG_ID` + `CON_SEQ`, rebuilds events
+//! and attachments from `journalctl -o export` ([`rebuild_from_export`]) or
+//! `-o json --all` ([`rebuild_from_json`]) output, and [`verify_chain`]
+//! checks the hash chain of the result.
 
 mod catalog;
 mod entry;
+mod read;
+mod rebuild;
 
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use con_event::NewEvent;
 use con_event::payloads::{JournalMirrorDegraded, JournalMirrorRecovered};
-use con_store::{CommitObserver, CommittedEvent, Store};
+use con_event::{Event, NewEvent};
+use con_store::{CommitObserver, CommittedEvent, FollowedBlobs, Store, StoreError};
 use systemd_journal_logger::JournalLog;
 
 pub use catalog::catalog;
-pub use entry::{JournalEntry, MirrorContext, entry_for};
+pub use entry::{
+    BLOB_INLINE_MAX, BLOB_MESSAGE_ID, BLOB_PART_BYTES, JournalEntry, MirrorContext, blob_entries,
+    entry_for, field,
+};
+pub use read::{ExportReader, JsonReader, ReadEntry, ReadError, read_export, read_json};
+pub use rebuild::{
+    RebuildError, Rebuilder, Rebuilt, rebuild_from_export, rebuild_from_json, verify_chain,
+    verify_chain_from,
+};
 
 /// Mirror tuning.
 #[derive(Clone, Debug)]
@@ -98,7 +120,7 @@ fn lock(shared: &SharedState) -> std::sync::MutexGuard<'_, Shared> {
 
 /// The writer-side half of the mirror. Install it as the writer's observer.
 pub struct JournalMirror {
-    tx: SyncSender<CommittedEvent>,
+    tx: SyncSender<Event>,
     shared: SharedState,
 }
 
@@ -127,7 +149,7 @@ impl JournalMirror {
     /// detached: if journald is stuck it may never return, and nothing must
     /// wait for it.
     pub fn spawn(config: MirrorConfig, store: Store) -> std::io::Result<(Self, MirrorStatus)> {
-        let (tx, rx) = mpsc::sync_channel::<CommittedEvent>(config.queue_capacity.max(1));
+        let (tx, rx) = mpsc::sync_channel::<Event>(config.queue_capacity.max(1));
         let shared = SharedState::default();
         let thread_shared = shared.clone();
         // Fixed now: everything after this reaches the thread through `tx`.
@@ -151,13 +173,10 @@ impl JournalMirror {
 
 impl CommitObserver for JournalMirror {
     fn committed(&mut self, batch: Vec<CommittedEvent>) {
-        for mut event in batch {
-            // Only small attachments are copied into journal entries; keeping
-            // the others out of the queue bounds its memory by bytes too.
-            event
-                .attachments
-                .retain(|a| a.len() <= entry::BLOB_INLINE_MAX);
-            let seq = event.event.seq();
+        for CommittedEvent { event, .. } in batch {
+            // Contents stay out of the queue (the mirror thread reads them
+            // from the store), so its memory is bounded by events alone.
+            let seq = event.seq();
             match self.tx.try_send(event) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => lock(&self.shared).lost(seq, || {
@@ -178,7 +197,8 @@ impl CommitObserver for JournalMirror {
 /// Retry connecting to journald at most this often while it is absent.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Store marker holding the last seq the mirror attempted.
+/// Store marker holding the last seq the mirror attempted; also the name of
+/// the store's set of attachments already mirrored.
 pub const MARKER: &str = "journal-mirror";
 
 /// How often the marker is written while entries flow.
@@ -188,6 +208,9 @@ struct Sender {
     context: MirrorContext,
     shared: SharedState,
     store: Store,
+    /// Attachments already in the journal: each is mirrored once, not once
+    /// per event that references it.
+    mirrored_blobs: Result<FollowedBlobs, StoreError>,
     journal: Option<JournalLog>,
     last_connect: Option<Instant>,
     connect_error: String,
@@ -201,6 +224,7 @@ impl Sender {
         Self {
             context,
             shared,
+            mirrored_blobs: store.followed_blobs(MARKER),
             store,
             journal: None,
             last_connect: None,
@@ -212,8 +236,8 @@ impl Sender {
     }
 
     /// Re-sends durable events between the marker and `end` (committed before
-    /// this mirror started, possibly never mirrored). Their attachments are
-    /// in the blob store, not repeated here.
+    /// this mirror started, possibly never mirrored), with the attachments
+    /// they reference that are not in the journal yet.
     fn backfill(&mut self, end: u64) {
         let from = match self.store.marker(MARKER) {
             Ok(m) => m + 1,
@@ -228,7 +252,7 @@ impl Sender {
         let store = self.store.clone();
         for event in store.events_from(from) {
             match event {
-                Ok(event) if event.seq() <= end => self.send(&event, &[]),
+                Ok(event) if event.seq() <= end => self.send(&event),
                 Ok(_) => break,
                 Err(e) => {
                     lock(&self.shared)
@@ -240,11 +264,11 @@ impl Sender {
         self.write_marker();
     }
 
-    fn run(mut self, rx: &mpsc::Receiver<CommittedEvent>) {
+    fn run(mut self, rx: &mpsc::Receiver<Event>) {
         loop {
             match rx.recv_timeout(MARKER_INTERVAL) {
-                Ok(committed) => {
-                    self.send(&committed.event, &committed.attachments);
+                Ok(event) => {
+                    self.send(&event);
                     if self.marker_written.elapsed() >= MARKER_INTERVAL {
                         self.write_marker();
                     }
@@ -256,14 +280,12 @@ impl Sender {
         self.write_marker();
     }
 
-    fn send(&mut self, event: &con_event::Event, attachments: &[Vec<u8>]) {
+    fn send(&mut self, event: &Event) {
         let seq = event.seq();
         // Formatting is skipped while journald is unreachable.
         self.connect();
         let result = match &self.journal {
-            Some(journal) => entry_for(event, attachments, &self.context)
-                .send(journal)
-                .map_err(|e| format!("journald refused an entry: {e}")),
+            Some(journal) => self.send_to(journal, event),
             None => Err(format!("journald is not reachable: {}", self.connect_error)),
         };
         self.attempted = seq;
@@ -272,6 +294,56 @@ impl Sender {
             Ok(()) => shared.delivered(seq),
             Err(reason) => shared.lost(seq, || reason),
         }
+    }
+
+    /// Sends `event` with the attachments it references that the journal
+    /// lacks: small ones inside its entry, large ones in part entries sent
+    /// first, so a reader that has an event has its contents.
+    fn send_to(&self, journal: &JournalLog, event: &Event) -> Result<(), String> {
+        let seq = event.seq();
+        let mirrored = self
+            .mirrored_blobs
+            .as_ref()
+            .map_err(|e| format!("cannot open the set of mirrored attachments: {e}"))?;
+        let mut refs = event.payload.blob_refs();
+        refs.sort_unstable();
+        refs.dedup();
+        let mut inline = Vec::new();
+        for blob in refs {
+            let digest = blob.digest;
+            if mirrored.contains(&digest).map_err(|e| e.to_string())? {
+                continue;
+            }
+            let content = match self.store.blob(&digest) {
+                Ok(Some(content)) => content,
+                // Referenced but never attached: the log has no content
+                // either, so the journal is as complete as the log.
+                Ok(None) => continue,
+                Err(e) => return Err(format!("cannot read attachment {digest} of seq {seq}: {e}")),
+            };
+            if content.len() <= BLOB_INLINE_MAX {
+                inline.push((digest, content));
+                continue;
+            }
+            for entry in blob_entries(&digest, &content, event, &self.context) {
+                entry
+                    .send(journal)
+                    .map_err(|e| format!("journald refused an attachment entry: {e}"))?;
+            }
+            // Recorded only once journald has it: a record made before the
+            // send could outlive a crash or a stuck journald and keep the
+            // content out of the journal for good. Advisory like the
+            // marker: if it is not recorded, the content is only sent again.
+            let _ = mirrored.insert(&digest, seq);
+        }
+        entry_for(event, &inline, &self.context)
+            .map_err(|e| format!("cannot encode seq {seq}: {e}"))?
+            .send(journal)
+            .map_err(|e| format!("journald refused an entry: {e}"))?;
+        for (digest, _) in &inline {
+            let _ = mirrored.insert(digest, seq);
+        }
+        Ok(())
     }
 
     fn write_marker(&mut self) {

@@ -7,11 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use con_event::payloads::*;
 use con_event::*;
 use con_journal::*;
@@ -146,14 +148,22 @@ fn committed_events_reach_journald_with_their_fields() {
     assert_eq!(field("CON_MODEL"), "m1");
     assert!(field("MESSAGE").contains("agent sysadmin started a session"));
     assert!(field("CON_PAYLOAD").contains("\"runner\":\"builtin\""));
+    assert_eq!(field("CON_KIND_VERSION"), "1");
+    assert_eq!(field("CON_PAYLOAD_VERSION"), "1");
+    let stored = store.raw(started.seq).unwrap().unwrap();
+    let record = &stored[..stored.len() - 32];
+    assert_eq!(field("CON_RECORD"), BASE64.encode(record));
+
+    // The prompt travels inside the entry, findable by its digest.
+    let digest = Digest::of(&prompt).to_hex();
+    assert_eq!(field("CON_BLOB_DIGEST"), digest);
     assert_eq!(
-        field("CON_BLOB"),
-        format!(
-            "sha256:{} {}",
-            Digest::of(&prompt),
-            String::from_utf8_lossy(&prompt)
-        )
+        field("CON_BLOB_INLINE"),
+        format!("{digest} {}", BASE64.encode(&prompt))
     );
+    let by_digest = journal_json(&[&log_filter, &format!("CON_BLOB_DIGEST={digest}")]);
+    assert_eq!(by_digest.len(), 1, "{by_digest:?}");
+    assert_eq!(by_digest[0]["CON_SEQ"], started.seq.to_string());
 
     // The agent/kind query a sysadmin would type.
     let by_agent = journal_json(&[
@@ -164,7 +174,10 @@ fn committed_events_reach_journald_with_their_fields() {
     assert_eq!(by_agent.len(), 1);
 
     let all = wait_for("all three entries", Duration::from_secs(10), || {
-        let all = journal_json(&[&log_filter]);
+        let all: Vec<_> = journal_json(&[&log_filter])
+            .into_iter()
+            .filter(|e| e.get("CON_SEQ").is_some())
+            .collect();
         (all.len() >= 3).then_some(all)
     });
     let seqs: HashSet<String> = all
@@ -238,6 +251,300 @@ fn events_committed_while_no_mirror_ran_are_backfilled_once() {
     drop(mirror);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(journal_json(&[&log_filter]).len(), 5, "no duplicates");
+}
+
+/// `journalctl -o <format>` of every entry of one log, after journald has
+/// written out what it received.
+fn journal_of(log_id: &str, format: &[&str]) -> Vec<u8> {
+    let sync = Command::new("journalctl").arg("--sync").status().unwrap();
+    assert!(sync.success(), "journalctl --sync");
+    let out = Command::new("journalctl")
+        .args(["--no-pager", "-o"])
+        .args(format)
+        .arg(format!("CON_LOG_ID={log_id}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+/// Pseudo-random bytes: binary (NULs, invalid UTF-8) and incompressible.
+fn binary(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A session's events: the task, the prompt (`prompt`), a model call, a tool
+/// whose output is `output`, and the next model call.
+fn session_events(session: SessionId, prompt: &[u8], output: &[u8]) -> Vec<NewEvent> {
+    let actor = Actor {
+        uid: 1234,
+        agent: Some("sysadmin".into()),
+    };
+    let event = |payload: Payload, attachments: Vec<Vec<u8>>| NewEvent {
+        actor: actor.clone(),
+        session: Some(session),
+        task: Some(format!("t-{session}")),
+        causation: None,
+        payload,
+        attachments,
+    };
+    let request = format!(
+        "{{\"messages\":[{{\"role\":\"system\",\"len\":{}}}]}}",
+        prompt.len()
+    );
+    let args = br#"{"command":"cat /var/log/big.bin"}"#.to_vec();
+    let reply = br#"{"content":"done"}"#.to_vec();
+    vec![
+        event(
+            SessionStarted {
+                agent: "sysadmin".into(),
+                runner: "builtin".into(),
+                provider: Some("openrouter".into()),
+                model: Some("m1".into()),
+                trust: Trust::Verified,
+                prompt: BlobRef::of(prompt),
+            }
+            .into(),
+            vec![prompt.to_vec()],
+        ),
+        event(
+            LlmRequest {
+                agent: "sysadmin".into(),
+                provider: "openrouter".into(),
+                model: "m1".into(),
+                iteration: 1,
+                frame: BlobRef::of(request.as_bytes()),
+                messages_at: 0,
+                continues: None,
+                repeated: 0,
+                messages: Vec::new(),
+            }
+            .into(),
+            vec![request.clone().into_bytes()],
+        ),
+        event(
+            ToolCall {
+                call_id: "call-1".into(),
+                tool: "exec".into(),
+                arguments: BlobRef::of(&args),
+            }
+            .into(),
+            vec![args],
+        ),
+        event(
+            ToolResult {
+                call_id: "call-1".into(),
+                tool: "exec".into(),
+                exit_code: Some(0),
+                duration_ms: 40,
+                output: BlobRef::of(output),
+                truncated: false,
+                error: None,
+            }
+            .into(),
+            vec![output.to_vec()],
+        ),
+        event(
+            LlmResponse {
+                agent: "sysadmin".into(),
+                provider: "openrouter".into(),
+                model: "m1".into(),
+                status: Some(200),
+                attempts: 1,
+                latency_ms: 900,
+                input_tokens: 30_000,
+                output_tokens: 20,
+                cost_micro_usd: 1_000,
+                response: Some(BlobRef::of(&reply)),
+                error: None,
+            }
+            .into(),
+            vec![reply],
+        ),
+        // The conversation so far is sent again with the next call.
+        event(
+            LlmRequest {
+                agent: "sysadmin".into(),
+                provider: "openrouter".into(),
+                model: "m1".into(),
+                iteration: 2,
+                frame: BlobRef::of(request.as_bytes()),
+                messages_at: 0,
+                continues: None,
+                repeated: 0,
+                messages: Vec::new(),
+            }
+            .into(),
+            vec![request.into_bytes()],
+        ),
+    ]
+}
+
+#[test]
+fn the_journal_alone_rebuilds_every_event_and_attachment_exactly() {
+    assert!(
+        Path::new("/run/systemd/journal/socket").exists(),
+        "journald is not running: run scripts/ensure-journald.sh (make test does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("log")).unwrap();
+    let log_id = store.log_id().unwrap();
+    let config = MirrorConfig {
+        queue_capacity: 1024,
+        context: MirrorContext {
+            log_id: log_id.clone(),
+            system: "journald-test".into(),
+        },
+    };
+    // A 100 KiB UTF-8 prompt (multi-byte characters, newlines) and a 300 KiB
+    // binary tool output.
+    let prompt: Vec<u8> = "Prüfe die Platte — check the disk.\n"
+        .repeat(3000)
+        .into_bytes()[..100 * 1024]
+        .to_vec();
+    assert!(std::str::from_utf8(&prompt).is_ok());
+    let output = binary(300 * 1024, 1);
+
+    // Session 1, mirrored as it is committed.
+    let (mirror, status) = JournalMirror::spawn(config.clone(), store.clone()).unwrap();
+    let writer = GroupCommitWriter::spawn(
+        store.clone(),
+        WriterConfig::default(),
+        Some(Box::new(mirror)),
+    )
+    .unwrap();
+    for e in session_events(SessionId([1; 16]), &prompt, &output) {
+        writer.appender().append(e).unwrap();
+    }
+    writer.shutdown().unwrap();
+    let first = store.head().seq;
+    wait_for("the mirror to catch up", Duration::from_secs(20), || {
+        (store.marker(MARKER).unwrap() == first).then_some(())
+    });
+    assert_eq!(status.health(), MirrorHealth::Healthy);
+
+    // Session 2 is committed while no mirror runs, as if the daemon was
+    // killed before its mirror caught up. It reuses the prompt and has a
+    // new 300 KiB binary output.
+    let output2 = binary(300 * 1024, 2);
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    for e in session_events(SessionId([2; 16]), &prompt, &output2) {
+        writer.appender().append(e).unwrap();
+    }
+    writer.shutdown().unwrap();
+
+    // The next start back-fills session 2, then mirrors new events.
+    let (mirror, status) = JournalMirror::spawn(config, store.clone()).unwrap();
+    let writer = GroupCommitWriter::spawn(
+        store.clone(),
+        WriterConfig::default(),
+        Some(Box::new(mirror)),
+    )
+    .unwrap();
+    let reply = b"all clean".to_vec();
+    writer
+        .appender()
+        .append(NewEvent {
+            actor: Actor::system(),
+            session: Some(SessionId([2; 16])),
+            task: None,
+            causation: None,
+            payload: SessionEnded {
+                agent: "sysadmin".into(),
+                outcome: Outcome::Ok,
+                iterations: 2,
+                duration_ms: 5_000,
+                response: Some(BlobRef::of(&reply)),
+                detail: String::new(),
+            }
+            .into(),
+            attachments: vec![reply],
+        })
+        .unwrap();
+    let head = store.head();
+    let rebuilt = wait_for(
+        "every event in the journal",
+        Duration::from_secs(20),
+        || {
+            let rebuilt = rebuild_from_export(&journal_of(&log_id, &["export"])[..]).unwrap();
+            let n = rebuilt.logs.get(&log_id).map_or(0, Vec::len) as u64;
+            (n == head.seq).then_some(rebuilt)
+        },
+    );
+    writer.shutdown().unwrap();
+    assert_eq!(status.health(), MirrorHealth::Healthy);
+
+    // Same events (envelope, payload, hash) as the database, and a chain
+    // that verifies from the journal alone.
+    let stored: Vec<Event> = store.events_from(1).map(Result::unwrap).collect();
+    assert_eq!(stored.len() as u64, head.seq, "no incident events");
+    let events = &rebuilt.logs[&log_id];
+    assert_eq!(events, &stored);
+    let report = verify_chain(events).unwrap();
+    assert_eq!(report.head, head);
+    assert!(report.head.seq > first);
+
+    // Every attachment, byte for byte.
+    assert!(rebuilt.incomplete_blobs.is_empty());
+    assert!(rebuilt.missing_blobs(&log_id).is_empty());
+    let referenced: HashSet<Digest> = stored
+        .iter()
+        .flat_map(|e| e.payload.blob_refs())
+        .map(|r| r.digest)
+        .collect();
+    assert_eq!(rebuilt.blobs.len(), referenced.len());
+    for d in &referenced {
+        assert_eq!(rebuilt.blobs[d], store.blob(d).unwrap().unwrap(), "{d}");
+    }
+    assert_eq!(rebuilt.blobs[&Digest::of(&output2)], output2);
+
+    // Each content once, however many events reference it (the prompt by
+    // both sessions, the first request twice per session): contents up to
+    // BLOB_INLINE_MAX inside one event entry, larger ones in part entries.
+    let mut inline: HashMap<String, usize> = HashMap::new();
+    let mut parts_per_digest: HashMap<String, Vec<u64>> = HashMap::new();
+    for entry in read_export(&journal_of(&log_id, &["export"])[..]) {
+        let entry = entry.unwrap();
+        let text = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap();
+        for (name, value) in &entry.fields {
+            if name == field::BLOB_INLINE {
+                *inline.entry(text(&value[..64])).or_default() += 1;
+            }
+        }
+        if entry.get(field::BLOB_DATA).is_some() {
+            let digest = text(entry.get(field::BLOB_DIGEST).unwrap());
+            let part = text(entry.get(field::BLOB_PART).unwrap());
+            parts_per_digest
+                .entry(digest)
+                .or_default()
+                .push(part.parse().unwrap());
+        }
+    }
+    for d in &referenced {
+        let len = store.blob(d).unwrap().unwrap().len();
+        if len <= BLOB_INLINE_MAX {
+            assert_eq!(inline.remove(&d.to_hex()), Some(1), "{d}: {len} bytes");
+            continue;
+        }
+        let mut parts = parts_per_digest.remove(&d.to_hex()).unwrap();
+        parts.sort_unstable();
+        let n = len.div_ceil(BLOB_PART_BYTES) as u64;
+        assert_eq!(parts, (1..=n).collect::<Vec<_>>(), "{d}: {len} bytes");
+    }
+    assert!(inline.is_empty() && parts_per_digest.is_empty());
+
+    // `-o json --all` says the same.
+    let from_json = rebuild_from_json(&journal_of(&log_id, &["json", "--all"])[..]).unwrap();
+    assert_eq!(&from_json.logs[&log_id], events);
+    assert_eq!(from_json.blobs, rebuilt.blobs);
 }
 
 /// Re-runs `scenario` as root in a private mount namespace.
@@ -442,4 +749,6 @@ fn shipped_catalog_is_current_and_journalctl_accepts_it() {
         let line = format!("{} con: {}", kind.message_id, kind.subject);
         assert!(list.contains(&line), "catalog lacks {line}\n{list}");
     }
+    let line = format!("{BLOB_MESSAGE_ID} con: Attachment @CON_BLOB_DIGEST@");
+    assert!(list.contains(&line), "catalog lacks {line}\n{list}");
 }

@@ -52,6 +52,10 @@ impl Default for AgentStatus {
 /// Last result of one contract check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckState {
+    /// Contract id.
+    pub contract: String,
+    /// Check name within the contract.
+    pub check: String,
     /// Status of the last evaluation.
     pub status: CheckStatus,
     /// Agent it was scoped to.
@@ -83,7 +87,8 @@ impl FleetStatus {
 
 impl Projection for FleetStatus {
     const NAME: &'static str = "fleet-status";
-    const VERSION: u32 = 2;
+    // 3: checks carry their contract and check names.
+    const VERSION: u32 = 3;
 
     fn apply(&mut self, event: &Event) {
         let seq = event.seq();
@@ -120,6 +125,8 @@ impl Projection for FleetStatus {
                 self.checks.insert(
                     format!("{}/{}", p.contract, p.check),
                     CheckState {
+                        contract: p.contract.clone(),
+                        check: p.check.clone(),
                         status: p.status,
                         scope_agent: p.scope_agent.clone(),
                         detail: p.detail.clone(),

@@ -5,8 +5,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::{
-    ClientEvent, ErrorCode, FrameError, LEN_BYTES, LlmAnswer, LlmCall, Query, Request, Response,
-    StatusReport, check_len, decode_body, encode_frame,
+    BLOB_CHUNK_BYTES, BlobRequest, CheckView, ClientEvent, ErrorCode, FrameError, LEN_BYTES,
+    LlmAnswer, LlmCall, Query, Request, Response, SetCondition, StatusView, check_len, decode_body,
+    encode_frame,
 };
 use con_event::Digest;
 
@@ -114,10 +115,59 @@ impl Client {
     }
 
     /// Current status.
-    pub fn status(&mut self) -> Result<StatusReport, ClientError> {
+    pub fn status(&mut self) -> Result<StatusView, ClientError> {
         self.send(&Request::Status)?;
         match self.receive()? {
-            Response::Status(report) => Ok(report),
+            Response::Status(view) => Ok(view),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The whole content of a blob, fetched in chunks; checked against its
+    /// digest.
+    pub fn blob(&mut self, digest: Digest) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        loop {
+            self.send(&Request::Blob(BlobRequest {
+                digest,
+                offset: out.len() as u64,
+                limit: BLOB_CHUNK_BYTES,
+            }))?;
+            let chunk = match self.receive()? {
+                Response::Blob(chunk) => chunk,
+                _ => return Err(ClientError::Unexpected),
+            };
+            if chunk.offset != out.len() as u64
+                || (chunk.bytes.is_empty() && chunk.total_len > chunk.offset)
+            {
+                return Err(ClientError::Unexpected);
+            }
+            out.extend_from_slice(&chunk.bytes);
+            if out.len() as u64 >= chunk.total_len {
+                break;
+            }
+        }
+        if Digest::of(&out) != digest {
+            return Err(ClientError::Unexpected);
+        }
+        Ok(out)
+    }
+
+    /// Has the daemon run its built-in checks now; each result is recorded
+    /// before this returns (operators only).
+    pub fn run_checks(&mut self) -> Result<Vec<CheckView>, ClientError> {
+        self.send(&Request::RunChecks)?;
+        match self.receive()? {
+            Response::Checks(checks) => Ok(checks),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Asks the daemon to record an agent's new condition (operators only).
+    pub fn set_condition(&mut self, order: SetCondition) -> Result<(u64, Digest), ClientError> {
+        self.send(&Request::SetCondition(order))?;
+        match self.receive()? {
+            Response::Appended { seq, hash } => Ok((seq, hash)),
             _ => Err(ClientError::Unexpected),
         }
     }

@@ -8,14 +8,21 @@
 //! from the kernel (`SO_PEERCRED`).
 
 mod client;
+mod status;
 
 use con_event::{Digest, SessionId};
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
+pub use status::{
+    AgentView, Caller, CallerRole, CheckView, LogPosition, MirrorState, MirrorView,
+    STATUS_VIEW_VERSION, StatusView,
+};
 
-/// Protocol version carried by every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Protocol version carried by every frame. Version 2 added blob requests,
+/// task filters, agent-condition commands and the typed status view; a
+/// version-1 client gets a clear "protocol version 1 is not supported" error.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame accepted (task contents and tool outputs travel as
 /// attachments, so this bounds them too).
@@ -55,6 +62,8 @@ pub struct Query {
     pub kind: Option<u16>,
     /// Only this session.
     pub session: Option<SessionId>,
+    /// Only events of this task.
+    pub task: Option<String>,
     /// At most this many events.
     pub limit: Option<u64>,
     /// Keep the stream open and send new events as they are committed.
@@ -86,6 +95,43 @@ pub struct LlmAnswer {
     pub reply: Vec<u8>,
 }
 
+/// Part of a blob, by digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRequest {
+    /// SHA-256 of the content.
+    pub digest: Digest,
+    /// First byte wanted.
+    pub offset: u64,
+    /// At most this many bytes (the daemon caps it at [`BLOB_CHUNK_BYTES`]).
+    pub limit: u32,
+}
+
+/// Largest blob chunk in one answer: well inside a frame.
+pub const BLOB_CHUNK_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Part of a blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobChunk {
+    /// Length of the whole blob.
+    pub total_len: u64,
+    /// Offset of `bytes` in it.
+    pub offset: u64,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// An operator's order about one agent's administrative condition; the
+/// daemon records it as `agent.state` (a kind no client may append itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetCondition {
+    /// The agent.
+    pub agent: String,
+    /// The new condition.
+    pub condition: con_event::payloads::AgentCondition,
+    /// Why (recorded).
+    pub reason: String,
+}
+
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -100,6 +146,15 @@ pub enum Request {
     /// (or an error: [`ErrorCode::OverBudget`], [`ErrorCode::Provider`]).
     /// Agents only.
     Llm(LlmCall),
+    /// Part of a blob; answered with [`Response::Blob`]. Operators may read
+    /// any blob; an agent only blobs referenced by events it may read.
+    Blob(BlobRequest),
+    /// Record an agent's new condition; answered with
+    /// [`Response::Appended`]. Operators only.
+    SetCondition(SetCondition),
+    /// Run con's built-in checks of itself now and record each result;
+    /// answered with [`Response::Checks`]. Operators only.
+    RunChecks,
 }
 
 /// Error classes, so clients can react without parsing messages.
@@ -120,24 +175,8 @@ pub enum ErrorCode {
     OverBudget,
     /// The model provider failed (after retries); the failure is recorded.
     Provider,
-}
-
-/// What the daemon knows about the caller and the log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StatusReport {
-    /// The caller as the daemon sees it (`operator`, `agent <name>`).
-    pub identity: String,
-    /// Durable head of the log.
-    pub head_seq: u64,
-    /// Its hash.
-    pub head_hash: Digest,
-    /// The log's id.
-    pub log_id: String,
-    /// The fleet projection, in the frozen codec
-    /// (`con_projection::FleetStatus`).
-    pub fleet: Vec<u8>,
-    /// journald mirror health, one line.
-    pub journal_mirror: String,
+    /// What was asked for does not exist (e.g. an unknown blob).
+    NotFound,
 }
 
 /// The daemon's answer.
@@ -158,7 +197,7 @@ pub enum Response {
         head_seq: u64,
     },
     /// Answer to [`Request::Status`].
-    Status(StatusReport),
+    Status(StatusView),
     /// The request failed.
     Error {
         /// Class.
@@ -169,6 +208,10 @@ pub enum Response {
     /// Answer to [`Request::Llm`] (after `Error`: variant indexes of a
     /// protocol version never move).
     Llm(LlmAnswer),
+    /// Answer to [`Request::Blob`].
+    Blob(BlobChunk),
+    /// Answer to [`Request::RunChecks`]: each result as recorded.
+    Checks(Vec<CheckView>),
 }
 
 /// A frame that cannot be accepted.

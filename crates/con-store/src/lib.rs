@@ -4,19 +4,25 @@
 //! - `log`: `seq (u64 BE) → record ‖ hash`. The single commit point: an event
 //!   exists iff its log entry exists.
 //! - `blobs`: `sha256 → bytes`, content-addressed large payloads.
-//! - `by_session`: `session id ‖ seq → ()`, `by_agent`: `agent ‖ 0 ‖ seq → ()`.
+//! - `by_session`: `session id ‖ seq → ()`, `by_agent`: `agent ‖ 0 ‖ seq → ()`,
+//!   `by_blob`: `sha256 ‖ seq → ()` (which events reference a blob).
 //!   Derived from `log` after commit, up to a watermark (seq + hash) in
 //!   `meta`: on open, before every indexed query, and whenever the owner calls
 //!   [`Store::catch_up_indexes`]. Keeping them off the commit path makes the
-//!   append one sled insert per event. A watermark that no longer matches the
+//!   append one sled write per event. A watermark that no longer matches the
 //!   log (a restored or truncated log) makes the indexes rebuild from seq 1.
 //! - `checkpoints`: projection name → (version, through seq, its hash, state).
 //! - `meta`: the log id and the index watermark.
+//! - `followed_blobs/<follower>`: digests a follower has passed on
+//!   ([`FollowedBlobs`]).
 //!
-//! Only the [`GroupCommitWriter`] appends, one per store. Durability comes from
-//! one `flush()` per batch, after which every event of the batch is
-//! acknowledged and becomes visible to readers (the *durable head*).
+//! Only the [`GroupCommitWriter`] appends, one per store, after the last record
+//! read strictly: a log whose last record cannot be read is refused for
+//! appending, never taken as empty. Durability comes from one `flush()` per
+//! batch, after which every event of the batch is acknowledged and becomes
+//! visible to readers (the *durable head*).
 
+mod followed_blobs;
 mod projections;
 mod verify;
 mod writer;
@@ -27,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use con_event::{DecodeError, Digest, Event, SessionId};
 
+pub use followed_blobs::FollowedBlobs;
 pub use projections::ProjectionError;
 pub use verify::{ChainBreak, VerifyReport};
 pub use writer::{
@@ -38,6 +45,10 @@ const META_LOG_ID: &[u8] = b"log_id";
 /// sled page cache size.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const META_INDEXED_THROUGH: &[u8] = b"indexed_through";
+/// Which set of index trees the watermark covers; a build that adds an
+/// index bumps it, and an older database's indexes are rebuilt on open.
+const META_INDEX_LAYOUT: &[u8] = b"index_layout";
+const INDEX_LAYOUT: u32 = 2;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +80,49 @@ pub enum StoreError {
     /// A key in the log tree is not 8 bytes.
     #[error("event log: malformed key {0:02x?}")]
     BadKey(Vec<u8>),
+    /// The last record of the log cannot be read, so the next seq is not
+    /// known: appending from a guessed head would overwrite history.
+    #[error(
+        "{path}: the last record of the event log{} cannot be read: {cause}; refusing to append (run `con verify`)",
+        seq.map(|s| format!(" (seq {s})")).unwrap_or_default()
+    )]
+    UnreadableHead {
+        /// Database directory.
+        path: PathBuf,
+        /// Seq of the last record, when its key could be read.
+        seq: Option<u64>,
+        /// What is wrong with it.
+        cause: HeadDamage,
+    },
+    /// The writer was about to store a seq that the log already holds.
+    #[error("event log: seq {0} already exists; refusing to overwrite it (run `con verify`)")]
+    SeqTaken(u64),
     /// A writer is already running on this store.
     #[error("event log: a writer is already running on this store")]
     WriterActive,
     /// The writer thread could not be started.
     #[error("event log: cannot start the writer thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// Why the last record of the log cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadDamage {
+    /// sled could not read it.
+    #[error("{0}")]
+    Sled(sled::Error),
+    /// Its key is not a seq.
+    #[error("key {} is {} bytes, not 8", hex::encode(.0), .0.len())]
+    Key(Vec<u8>),
+    /// Its value cannot hold a record and its hash.
+    #[error("value is {0} bytes, shorter than a record")]
+    Short(usize),
+    /// Its record does not decode (e.g. an unknown format byte).
+    #[error("{0}")]
+    Decode(DecodeError),
+    /// Its envelope names another seq than its key.
+    #[error("its envelope claims seq {0}")]
+    SeqMismatch(u64),
 }
 
 impl From<sled::Error> for StoreError {
@@ -124,6 +172,7 @@ pub struct Store {
     blobs: sled::Tree,
     by_session: sled::Tree,
     by_agent: sled::Tree,
+    by_blob: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
     /// Last flushed (acknowledged) position; readers see nothing beyond it.
@@ -161,6 +210,13 @@ fn agent_key(agent: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+fn blob_key(digest: &Digest, seq: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(&digest.0);
+    k[32..].copy_from_slice(&seq_key(seq));
+    k
+}
+
 fn session_key(session: &SessionId, seq: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..16].copy_from_slice(&session.0);
@@ -175,10 +231,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Store {
-    /// Opens (or creates) the log at `path` and brings the derived indexes up
-    /// to the log's head.
+    /// Opens (or creates) the log at `path` for appending and brings the
+    /// derived indexes up to the log's head. Refuses, before writing
+    /// anything, a log whose last record cannot be read
+    /// ([`StoreError::UnreadableHead`]).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let store = Self::open_sled(path)?;
+        store.set_durable(store.last_record()?);
         if store.meta.get(META_LOG_ID)?.is_none() {
             store
                 .meta
@@ -191,9 +250,15 @@ impl Store {
 
     /// Opens an existing log for inspection (`con verify`, forensics on a
     /// copy): nothing is derived or written, so a damaged log stays as it was
-    /// found and opening it cannot fail on the damage.
+    /// found and opening it cannot fail on the damage. If the last record
+    /// cannot be read the head is 0 (readers see nothing; [`Store::verify`]
+    /// walks the physical records regardless) and a writer refuses to start.
     pub fn open_for_inspection(path: &Path) -> Result<Self, StoreError> {
-        Self::open_sled(path)
+        let store = Self::open_sled(path)?;
+        if let Ok(head) = store.last_record() {
+            store.set_durable(head);
+        }
+        Ok(store)
     }
 
     fn open_sled(path: &Path) -> Result<Self, StoreError> {
@@ -220,29 +285,57 @@ impl Store {
                     cause,
                 },
             })?;
-        let log = db.open_tree("log")?;
-        let durable = Self::last_record(&log).unwrap_or_default();
         Ok(Store {
             path: path.to_owned(),
-            log,
+            log: db.open_tree("log")?,
             blobs: db.open_tree("blobs")?,
             by_session: db.open_tree("by_session")?,
             by_agent: db.open_tree("by_agent")?,
+            by_blob: db.open_tree("by_blob")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
-            durable: Arc::new(Mutex::new(durable)),
+            durable: Arc::default(),
             writer_active: Arc::default(),
             index_lock: Arc::default(),
             db,
         })
     }
 
-    /// The last record physically in the log, if it can be read.
-    fn last_record(log: &sled::Tree) -> Option<Head> {
-        let (k, v) = log.last().ok()??;
-        Some(Head {
-            seq: key_seq(&k).ok()?,
-            hash: con_event::decode_stored(&v).ok()?.hash,
+    /// The last record physically in the log, read strictly: the position
+    /// the next append continues from. A record that cannot be read is an
+    /// error, never an empty log: a writer starting from a guessed head
+    /// would hand out seqs that exist and overwrite history.
+    pub(crate) fn last_record(&self) -> Result<Head, StoreError> {
+        let unreadable = |seq, cause| StoreError::UnreadableHead {
+            path: self.path.clone(),
+            seq,
+            cause,
+        };
+        let Some((key, value)) = self
+            .log
+            .last()
+            .map_err(|e| unreadable(None, HeadDamage::Sled(e)))?
+        else {
+            return Ok(Head::default());
+        };
+        let seq = key_seq(&key).map_err(|_| unreadable(None, HeadDamage::Key(key.to_vec())))?;
+        let stored = con_event::decode_stored(&value).map_err(|e| {
+            unreadable(
+                Some(seq),
+                match e {
+                    DecodeError::Truncated(len) => HeadDamage::Short(len),
+                    other => HeadDamage::Decode(other),
+                },
+            )
+        })?;
+        let envelope = con_event::Envelope::decode_record(stored.record)
+            .map_err(|e| unreadable(Some(seq), HeadDamage::Decode(e)))?;
+        if envelope.seq != seq {
+            return Err(unreadable(Some(seq), HeadDamage::SeqMismatch(envelope.seq)));
+        }
+        Ok(Head {
+            seq,
+            hash: stored.hash,
         })
     }
 
@@ -317,6 +410,23 @@ impl Store {
         Ok(self.indexed(
             self.by_agent
                 .range(agent_key(agent, from)..)
+                .take_while(move |item| {
+                    item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
+                }),
+        ))
+    }
+
+    /// Durable records whose payload references the blob `digest`, in seq
+    /// order: who may read a blob follows from who may read these.
+    pub fn blob_referrers(
+        &self,
+        digest: &Digest,
+    ) -> Result<impl Iterator<Item = Result<Record, StoreError>> + '_, StoreError> {
+        self.catch_up_indexes()?;
+        let prefix = digest.0;
+        Ok(self.indexed(
+            self.by_blob
+                .range(blob_key(digest, 0)..)
                 .take_while(move |item| {
                     item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
                 }),
@@ -400,6 +510,9 @@ impl Store {
         if let Some(s) = subject.filter(|s| Some(*s) != actor) {
             self.by_agent.insert(agent_key(s, seq), &[])?;
         }
+        for blob in event.payload.blob_refs() {
+            self.by_blob.insert(blob_key(&blob.digest, seq), &[])?;
+        }
         Ok(())
     }
 
@@ -430,10 +543,18 @@ impl Store {
             .get(META_INDEXED_THROUGH)?
             .and_then(|v| Head::from_bytes(&v))
             .unwrap_or_default();
-        if !self.still_matches(through)? {
-            // The log was replaced or cut back under the indexes.
+        let layout = self
+            .meta
+            .get(META_INDEX_LAYOUT)?
+            .and_then(|v| Some(u32::from_be_bytes(v.as_ref().try_into().ok()?)));
+        if layout != Some(INDEX_LAYOUT) || !self.still_matches(through)? {
+            // The log was replaced or cut back under the indexes, or they
+            // were built by a build that kept fewer of them.
             self.by_session.clear()?;
             self.by_agent.clear()?;
+            self.by_blob.clear()?;
+            self.meta
+                .insert(META_INDEX_LAYOUT, INDEX_LAYOUT.to_be_bytes().as_slice())?;
             through = Head::default();
         }
         let head = self.head();

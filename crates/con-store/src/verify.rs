@@ -42,9 +42,15 @@ impl Store {
                     last_good: good,
                 }))
             };
-            let seq = match key_seq(&k) {
-                Ok(seq) => seq,
-                Err(e) => return fail(expected, format!("{e} where seq {expected} belongs")),
+            let Ok(seq) = key_seq(&k) else {
+                return fail(
+                    expected,
+                    format!(
+                        "malformed key {} ({} bytes, not 8) where seq {expected} belongs",
+                        hex::encode(&k),
+                        k.len()
+                    ),
+                );
             };
             if seq != expected {
                 return fail(expected, format!("missing (the next stored seq is {seq})"));

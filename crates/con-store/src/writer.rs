@@ -148,7 +148,9 @@ pub struct GroupCommitWriter {
 
 impl GroupCommitWriter {
     /// Starts the writer thread on `store`. Fails if another writer runs on
-    /// the same store: two writers would hand out the same seqs.
+    /// the same store (two writers would hand out the same seqs) or if the
+    /// last record of the log cannot be read
+    /// ([`StoreError::UnreadableHead`]).
     pub fn spawn(
         store: Store,
         config: WriterConfig,
@@ -157,7 +159,16 @@ impl GroupCommitWriter {
         if store.writer_active.swap(true, Ordering::SeqCst) {
             return Err(StoreError::WriterActive);
         }
-        let head = store.head();
+        // Read from the tree, not the durable head: a store opened for
+        // inspection, or one whose previous writer failed after inserting,
+        // may hold records past it, and their seqs are taken.
+        let head = match store.last_record() {
+            Ok(head) => head,
+            Err(e) => {
+                store.writer_active.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(WriterStats::default());
         let mut instance = [0u8; 8];
@@ -288,16 +299,29 @@ impl WriterState {
             return;
         }
         let mut done = Vec::with_capacity(batch.len());
-        let result = (|| -> Result<(), StoreError> {
-            for (new, reply) in batch.drain(..) {
-                match self.write_one(*new)? {
-                    Ok(event) => done.push((event, reply)),
-                    Err(rejected) => reply_with(reply, Err(rejected)),
+        // Replies of the event whose write failed and of those after it: they
+        // are answered with the failure, not dropped (which would read as
+        // "writer stopped").
+        let mut unwritten = Vec::new();
+        let mut failure = None;
+        for (new, reply) in batch.drain(..) {
+            if failure.is_some() {
+                unwritten.push(reply);
+                continue;
+            }
+            match self.write_one(*new) {
+                Ok(Ok(event)) => done.push((event, reply)),
+                Ok(Err(rejected)) => reply_with(reply, Err(rejected)),
+                Err(e) => {
+                    failure = Some(e);
+                    unwritten.push(reply);
                 }
             }
-            self.store.db.flush()?;
-            Ok(())
-        })();
+        }
+        let result = match failure {
+            Some(e) => Err(e),
+            None => self.store.db.flush().map(drop).map_err(StoreError::from),
+        };
         match result {
             Ok(()) => {
                 self.store.set_durable(self.head);
@@ -325,10 +349,7 @@ impl WriterState {
                 // will be: what reached the disk is unknown, so only a restart
                 // (which reads the head back from disk) can continue safely.
                 let err = AppendError::Failed(e.to_string());
-                for (_, reply) in done {
-                    reply_with(reply, Err(err.clone()));
-                }
-                for (_, reply) in batch.drain(..) {
+                for reply in done.into_iter().map(|(_, reply)| reply).chain(unwritten) {
                     reply_with(reply, Err(err.clone()));
                 }
                 self.failed = Some(err);
@@ -389,9 +410,16 @@ impl WriterState {
             self.store.put_blob(blob)?;
         }
         let hash = chain_hash(&self.head.hash, &record);
+        // Insert only if the seq is free: whatever made the head wrong, an
+        // existing record is never replaced.
         self.store
             .log
-            .insert(seq_key(seq), encode_stored(&record, &hash))?;
+            .compare_and_swap(
+                seq_key(seq),
+                None::<&[u8]>,
+                Some(encode_stored(&record, &hash)),
+            )?
+            .map_err(|_| StoreError::SeqTaken(seq))?;
         self.head = Head { seq, hash };
         Ok(Ok((
             Event {

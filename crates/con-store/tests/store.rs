@@ -323,3 +323,145 @@ fn indexes_follow_a_log_that_was_cut_back_and_grew_again() {
         .collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
 }
+
+/// What a crash, a bad disk or a hand edit can leave in the last record.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// The value is cut short of a record and its hash.
+    ShortValue,
+    /// The key is not 8 bytes (here: one byte too long).
+    LongKey,
+    /// The record starts with a format byte no build knows.
+    UnknownFormat,
+    /// The format byte is known but the envelope is cut short.
+    BadEnvelope,
+    /// The previous record, stored again under this seq.
+    WrongSeq,
+}
+
+/// Applies `damage` to record `seq` of `log`.
+fn damage(log: &sled::Tree, seq: u64, damage: Damage) {
+    let key = seq.to_be_bytes();
+    let mut value = log.get(key).unwrap().unwrap().to_vec();
+    match damage {
+        Damage::ShortValue => value.truncate(17),
+        Damage::LongKey => {
+            log.remove(key).unwrap();
+            let mut long = key.to_vec();
+            long.push(0);
+            log.insert(long, value).unwrap();
+            return;
+        }
+        Damage::UnknownFormat => value[0] = 0x7f,
+        Damage::BadEnvelope => {
+            let hash = value.split_off(value.len() - 32);
+            value.truncate(20);
+            value.extend_from_slice(&hash);
+        }
+        Damage::WrongSeq => value = log.get((seq - 1).to_be_bytes()).unwrap().unwrap().to_vec(),
+    }
+    log.insert(key, value).unwrap();
+}
+
+fn log_contents(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store
+        .raw_log()
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn a_last_record_that_cannot_be_read_is_refused_for_appending_and_named_by_verify() {
+    // (damage, what the refusal says after the path, what verify says)
+    let cases = [
+        (
+            Damage::ShortValue,
+            " (seq 12) cannot be read: value is 17 bytes, shorter than a record",
+            "undecodable record",
+        ),
+        (
+            Damage::LongKey,
+            " cannot be read: key 000000000000000c00 is 9 bytes, not 8",
+            "malformed key 000000000000000c00",
+        ),
+        (
+            Damage::UnknownFormat,
+            " (seq 12) cannot be read: unknown record format 127",
+            "undecodable envelope: unknown record format 127",
+        ),
+        (
+            Damage::BadEnvelope,
+            " (seq 12) cannot be read: envelope: ",
+            "undecodable envelope",
+        ),
+        (
+            Damage::WrongSeq,
+            " (seq 12) cannot be read: its envelope claims seq 11",
+            "record claims seq 11",
+        ),
+    ];
+    for (how, refusal, verify_says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let damaged = {
+            let store = Store::open(&path).unwrap();
+            append_n(&store, 12);
+            damage(store.raw_log(), 12, how);
+            store.flush().unwrap();
+            log_contents(&store)
+        };
+
+        let err = match Store::open(&path) {
+            Err(e) => e.to_string(),
+            Ok(store) => panic!("{how:?}: opened for appending at head {}", store.head().seq),
+        };
+        let expected = format!(
+            "{}: the last record of the event log{refusal}",
+            path.display()
+        );
+        assert!(err.starts_with(&expected), "{how:?}: {err}");
+        assert!(
+            err.ends_with("; refusing to append (run `con verify`)"),
+            "{how:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{how:?}: {err}");
+
+        let store = Store::open_for_inspection(&path).unwrap();
+        match GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None) {
+            Err(e) => assert!(e.to_string().starts_with(&expected), "{how:?}: {e}"),
+            Ok(_) => panic!("{how:?}: a writer started on the damaged log"),
+        }
+        assert_eq!(log_contents(&store), damaged, "{how:?}: the log changed");
+        let broken = store.verify().unwrap().unwrap_err();
+        assert_eq!(broken.seq, 12, "{how:?}: {broken:?}");
+        assert_eq!(broken.last_good.seq, 11, "{how:?}: {broken:?}");
+        assert!(broken.reason.contains(verify_says), "{how:?}: {broken:?}");
+    }
+}
+
+#[test]
+fn the_writer_never_replaces_an_existing_record() {
+    let (_dir, store) = open();
+    append_n(&store, 3);
+    let writer = GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+    // A record appears at the next seq behind the writer's back.
+    store
+        .raw_log()
+        .insert(4u64.to_be_bytes(), b"already here".as_slice())
+        .unwrap();
+    match writer.appender().append(routed(4)) {
+        Err(AppendError::Failed(reason)) => {
+            assert!(reason.contains("seq 4 already exists"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(writer.shutdown().is_err(), "the writer stopped failed");
+    assert_eq!(
+        store.raw_log().get(4u64.to_be_bytes()).unwrap().unwrap(),
+        b"already here"
+    );
+}

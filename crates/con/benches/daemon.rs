@@ -21,7 +21,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use con_event::payloads::ToolCall;
+use con_event::payloads::ProvisionApplied;
 use con_event::{BlobRef, Event, NewEvent, Payload};
 use con_protocol::{Client, Query};
 use con_store::{GroupCommitWriter, Store, WriterConfig};
@@ -30,11 +30,15 @@ use common::{Daemon, Root, TestUser, client_event};
 
 const PREFIX: &str = "cbench-";
 
-fn tool_call(n: u64) -> Payload {
-    ToolCall {
-        call_id: format!("call-{n:012}"),
-        tool: "exec".into(),
-        arguments: BlobRef::of(b"{\"command\":\"true\"}"),
+/// A small operator event (what a root client may append), about the size
+/// of a tool call.
+fn small_event(n: u64) -> Payload {
+    ProvisionApplied {
+        command: format!("bench-{n:012}"),
+        changes: 0,
+        failed: Vec::new(),
+        disabled_agents: Vec::new(),
+        steps: BlobRef::of(b"{\"command\":\"true\"}"),
     }
     .into()
 }
@@ -48,7 +52,7 @@ fn socket_rate(socket: &Path, clients: u64, per_client: u64) -> f64 {
                 let mut client = Client::connect(&socket).unwrap();
                 for n in 0..per_client {
                     client
-                        .append(client_event(tool_call(c * per_client + n), None))
+                        .append(client_event(small_event(c * per_client + n), None))
                         .unwrap();
                 }
             })
@@ -70,7 +74,7 @@ fn direct_rate(clients: u64, per_client: u64) -> f64 {
             let app = writer.appender();
             std::thread::spawn(move || {
                 for n in 0..per_client {
-                    app.append(NewEvent::system(tool_call(c * per_client + n)))
+                    app.append(NewEvent::system(small_event(c * per_client + n)))
                         .unwrap();
                 }
             })
@@ -172,7 +176,13 @@ fn follower(socket: PathBuf, from: u64) -> mpsc::Receiver<(Event, Instant)> {
 fn latencies(setup: &Setup, samples: usize) -> (Vec<Duration>, Vec<Duration>) {
     let r = setup.root.path();
     let socket = setup.root.socket();
-    let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
+    let head = Client::connect(&socket)
+        .unwrap()
+        .status()
+        .unwrap()
+        .log
+        .unwrap()
+        .head_seq;
     let events = follower(socket, head + 1);
     let inbox = r.join("srv/con/agents/worker/inbox");
     let mut arrived = Vec::new();
@@ -223,14 +233,26 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
+    let head = Client::connect(&socket)
+        .unwrap()
+        .status()
+        .unwrap()
+        .log
+        .unwrap()
+        .head_seq;
     let remaining = target.saturating_sub(head);
     let fill_start = Instant::now();
     socket_rate(&socket, 8, remaining.div_ceil(8));
     let fill = fill_start.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let full_rss = rss_kib(setup.daemon.pid());
-    let head = Client::connect(&socket).unwrap().status().unwrap().head_seq;
+    let head = Client::connect(&socket)
+        .unwrap()
+        .status()
+        .unwrap()
+        .log
+        .unwrap()
+        .head_seq;
 
     println!("| measurement | value | baseline (same run) | ratio |");
     println!("|---|---:|---:|---:|");

@@ -7,7 +7,12 @@
 //!    the model-call latency itself as the baseline;
 //! 2. end to end: a task renamed into an agent's inbox → its response file,
 //!    for a one-call task, with the daemon supervising (p50/p99) — against
-//!    the model-call latency of the same sessions.
+//!    the model-call latency of the same sessions;
+//! 3. what one long session adds to the record: 200 tool-loop iterations
+//!    whose `exec` outputs are 4 KiB each, bytes added to the event log
+//!    (records + distinct blobs, and the database directory on disk) and to
+//!    the journal (`journalctl -o export` of the log's entries) — against
+//!    the sum of the distinct conversation message bytes.
 //!
 //! Run as root: `cargo bench -p con --bench runs`.
 
@@ -98,7 +103,111 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Bytes of every entry of this log in the journal, as `journalctl -o
+/// export` prints them (0 when journald is not running).
+fn journal_bytes(log_id: &str) -> u64 {
+    let _ = Command::new("journalctl").arg("--sync").status();
+    Command::new("journalctl")
+        .args(["-o", "export", &format!("CON_LOG_ID={log_id}")])
+        .output()
+        .map(|o| o.stdout.len() as u64)
+        .unwrap_or(0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let out = Command::new("du").args(["-sb"]).arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+const LONG_SESSION: usize = 200;
+
+/// 3. One session of `LONG_SESSION` iterations with 4 KiB tool outputs.
+fn long_session_record() {
+    let model = ScriptedServer::start(vec![]);
+    for n in 0..LONG_SESSION {
+        // Distinct output per call, 4096 bytes.
+        let command = format!("head -c 3072 /dev/urandom | base64 -w0; echo ' {n}'");
+        model.push(Step::tool_call(
+            "exec",
+            serde_json::json!({ "command": command }),
+        ));
+    }
+    model.push(Step::text("done"));
+    let bench = setup(&model.base_url());
+    let d = daemon(&bench, false);
+    let db = bench.root.db();
+    let disk_before = dir_bytes(&db);
+    drop_task(&bench, "long");
+    let out = bench
+        .user
+        .command(Path::new(env!("CARGO_BIN_EXE_con")))
+        .args([
+            "--root",
+            bench.root.path().to_str().unwrap(),
+            "--user-prefix",
+            PREFIX,
+            "run",
+            "bench",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut client = con_protocol::Client::connect(&bench.root.socket()).unwrap();
+    let log_id = client.status().unwrap().log.unwrap().log_id;
+    let mut record_bytes = 0u64;
+    let mut blobs = std::collections::HashMap::new();
+    let mut distinct_messages = std::collections::HashMap::new();
+    client
+        .query(con_protocol::Query::default(), |raw| {
+            record_bytes += raw.len() as u64;
+            let event = Event::from_stored(&raw).unwrap();
+            for b in event.payload.blob_refs() {
+                blobs.insert(b.digest, b.len);
+            }
+            if let Payload::LlmRequest(r) = event.payload {
+                for m in r.messages {
+                    distinct_messages.insert(m.digest, m.len);
+                }
+            }
+            true
+        })
+        .unwrap();
+    let message_bytes: u64 = distinct_messages.values().sum();
+    let blob_bytes: u64 = blobs.values().sum();
+    let log_bytes = record_bytes + blob_bytes;
+    let disk = dir_bytes(&db).saturating_sub(disk_before);
+    let journal = journal_bytes(&log_id);
+    println!(
+        "long session ({LONG_SESSION} iterations, 4 KiB tool outputs): distinct message bytes {message_bytes}"
+    );
+    println!(
+        "  event log: {record_bytes} record bytes + {blob_bytes} distinct blob bytes = {log_bytes} ({:.2}x the messages); database directory grew {disk} bytes ({:.2}x)",
+        log_bytes as f64 / message_bytes as f64,
+        disk as f64 / message_bytes as f64
+    );
+    println!(
+        "  journal: {journal} bytes of export ({:.2}x the messages)",
+        journal as f64 / message_bytes as f64
+    );
+    drop(d);
+    drop(bench);
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--long-session-only") {
+        long_session_record();
+        return;
+    }
     // 1. Overhead per iteration.
     let model = ScriptedServer::start(vec![]);
     for _ in 0..ITERATIONS {
@@ -179,4 +288,6 @@ fn main() {
     );
     drop(d);
     drop(bench);
+
+    long_session_record();
 }

@@ -141,7 +141,7 @@ pub(crate) fn finish(
     report: &Report,
     json: bool,
     layout: &Layout,
-    before: Vec<Payload>,
+    before: Vec<con_protocol::SetCondition>,
 ) -> anyhow::Result<ExitCode> {
     let changes = report.changes();
     let recorded = record(command, report, layout, before)?;
@@ -166,14 +166,14 @@ pub(crate) fn finish(
     Ok(exit_code(report))
 }
 
-/// Appends `before` and a `provision.applied` event for `report`. With no
+/// Has the daemon record the conditions in `before`, then appends a `provision.applied` event for `report`. With no
 /// daemon listening (bootstrap on a fresh host runs before it exists) that
 /// is said on stderr and is not an error; a daemon that refuses is.
 fn record(
     command: &str,
     report: &Report,
     layout: &Layout,
-    before: Vec<Payload>,
+    before: Vec<con_protocol::SetCondition>,
 ) -> anyhow::Result<bool> {
     let socket = layout.socket();
     let Ok(mut client) = Client::connect(&socket) else {
@@ -184,16 +184,14 @@ fn record(
         return Ok(false);
     };
     let (applied, steps) = report.applied_event(command);
-    let events = before
-        .into_iter()
-        .map(|p| (p, Vec::new()))
-        .chain([(applied.into(), vec![steps])]);
-    for (payload, attachments) in events {
-        let name = payload.spec().name;
+    for order in before {
         client
-            .append(client_event(&payload, attachments)?)
-            .with_context(|| format!("recording {name} for {command}"))?;
+            .set_condition(order)
+            .with_context(|| format!("recording agent.state for {command}"))?;
     }
+    client
+        .append(client_event(&applied.into(), vec![steps])?)
+        .with_context(|| format!("recording provision.applied for {command}"))?;
     Ok(true)
 }
 

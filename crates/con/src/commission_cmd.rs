@@ -5,8 +5,7 @@
 use std::process::ExitCode;
 
 use con_config::Tier;
-use con_event::Payload;
-use con_event::payloads::{AgentCondition, AgentState};
+use con_event::payloads::AgentCondition;
 use con_layout::Layout;
 use con_provision::NewAgent;
 
@@ -73,15 +72,12 @@ pub fn decommission(args: DecommissionArgs, layout: &Layout) -> anyhow::Result<E
     con_provision::commission::require_root_for("decommission")?;
     let env = con_config::collect_environment(std::env::vars_os())?;
     let done = con_provision::decommission(layout, &env, &args.name, None)?;
-    let state: Vec<Payload> = if done.removed {
-        vec![
-            AgentState {
-                agent: args.name.clone(),
-                condition: AgentCondition::Decommissioned,
-                reason: "con decommission".to_owned(),
-            }
-            .into(),
-        ]
+    let state = if done.removed {
+        vec![con_protocol::SetCondition {
+            agent: args.name.clone(),
+            condition: AgentCondition::Decommissioned,
+            reason: "con decommission".to_owned(),
+        }]
     } else {
         Vec::new()
     };

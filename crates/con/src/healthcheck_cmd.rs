@@ -1,16 +1,15 @@
-//! `con healthcheck`: con's built-in checks of itself
-//! (`con_daemon::health`), each result recorded as a `contract.result`
+//! `con healthcheck`: asks the daemon to run con's built-in checks of itself
+//! (`con_daemon::health`) and record each result as a `contract.result`
 //! event, so the healthcheck timer does real work and a failure is visible
 //! in `con status` and the journal. Contract files are not evaluated yet.
 
 use std::process::ExitCode;
 
 use clap::Args;
-use con_event::Payload;
+use con_event::escape_control;
+use con_event::payloads::CheckStatus;
 use con_layout::Layout;
 use con_protocol::Client;
-
-use crate::bootstrap_cmd::client_event;
 
 /// Arguments of `con healthcheck`.
 #[derive(Debug, Args)]
@@ -20,41 +19,31 @@ pub struct HealthcheckArgs {
     json: bool,
 }
 
-/// Runs `con healthcheck`.
+/// Runs `con healthcheck`: the daemon runs the checks and records each
+/// result (a client may not record `contract.result` itself).
 pub fn run(args: HealthcheckArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // No daemon, no audit: that is itself the first failure to report.
-    let mut client = Client::connect(&layout.socket())?;
-    let report = client.status()?;
-    let verdicts = con_daemon::health::builtin_checks(layout, &report.journal_mirror);
-    for v in &verdicts {
-        let payload: Payload = v.result().into();
-        client.append(client_event(&payload, Vec::new())?)?;
-    }
+    let checks = Client::connect(&layout.socket())?.run_checks()?;
     if args.json {
-        let rows: Vec<_> = verdicts
-            .iter()
-            .map(|v| {
-                serde_json::json!({
-                    "contract": v.contract,
-                    "check": v.check,
-                    "status": v.status,
-                    "detail": v.detail,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
-        for v in &verdicts {
+        for c in &checks {
             println!(
                 "{:<12} {:<24} {:<8} {}",
-                v.contract,
-                v.check,
-                format!("{:?}", v.status).to_lowercase(),
-                v.detail
+                escape_control(&c.contract),
+                escape_control(&c.check),
+                c.status.as_str(),
+                escape_control(&c.detail)
             );
         }
     }
-    Ok(if verdicts.iter().any(|v| v.failed()) {
+    let failed = checks.iter().any(|c| {
+        matches!(
+            c.status,
+            CheckStatus::Fail | CheckStatus::Error | CheckStatus::Timeout
+        )
+    });
+    Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

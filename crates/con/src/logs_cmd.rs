@@ -5,9 +5,8 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Args;
-use con_event::{Event, kind_by_name};
+use con_event::{Event, EventJson, SessionId, escape_control, kind_by_name};
 use con_protocol::{Client, Query};
-use serde_json::json;
 
 use crate::paths::Paths;
 
@@ -20,6 +19,12 @@ pub struct LogsArgs {
     /// Only events by or about this agent.
     #[arg(long, value_name = "AGENT")]
     agent: Option<String>,
+    /// Only events of this session (32 hex digits).
+    #[arg(long, value_name = "SESSION")]
+    session: Option<String>,
+    /// Only events of this task.
+    #[arg(long, value_name = "TASK")]
+    task: Option<String>,
     /// Only this kind (`tool.call` or `tool_call`).
     #[arg(long, value_name = "KIND")]
     kind: Option<String>,
@@ -29,7 +34,7 @@ pub struct LogsArgs {
     /// At most this many events.
     #[arg(short = 'n', long, value_name = "N")]
     limit: Option<u64>,
-    /// One JSON object per line.
+    /// One JSON object per line: the event JSON view (docs/event-json.md).
     #[arg(long)]
     json: bool,
 }
@@ -44,6 +49,13 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
                 .id,
         ),
     };
+    let session =
+        match &args.session {
+            None => None,
+            Some(s) => Some(SessionId::from_hex(s).ok_or_else(|| {
+                anyhow::anyhow!("--session {s:?}: not a session id (32 hex digits)")
+            })?),
+        };
     let mut client = Client::connect(&paths.socket())?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -53,13 +65,25 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
             from_seq: args.from,
             agent: args.agent,
             kind,
-            session: None,
+            session,
+            task: args.task,
             limit: args.limit,
             follow: args.follow,
         },
         |bytes| {
             let line = match Event::from_stored(&bytes) {
-                Ok(event) if args.json => event_json(&event).to_string(),
+                Ok(event) if args.json => {
+                    match serde_json::to_string(&EventJson::from_event(&event)) {
+                        Ok(line) => line,
+                        Err(e) => {
+                            failure = Some(anyhow::anyhow!(
+                                "seq {}: cannot write JSON: {e}",
+                                event.seq()
+                            ));
+                            return false;
+                        }
+                    }
+                }
                 Ok(event) => event_line(&event),
                 Err(e) => {
                     failure = Some(anyhow::anyhow!("undecodable event from the daemon: {e}"));
@@ -81,7 +105,8 @@ fn timestamp(nanos: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// `seq time kind agent message`.
+/// `seq time kind agent message`, with every agent-controlled string
+/// escaped so that a name or an output cannot forge a line.
 pub fn event_line(event: &Event) -> String {
     let env = &event.envelope;
     let agent = event
@@ -94,28 +119,7 @@ pub fn event_line(event: &Event) -> String {
         env.seq,
         timestamp(env.ts_unix_nanos),
         event.payload.spec().name,
-        agent,
-        event.payload.message()
+        escape_control(agent),
+        escape_control(&event.payload.message())
     )
-}
-
-/// The event as one JSON object.
-pub fn event_json(event: &Event) -> serde_json::Value {
-    let env = &event.envelope;
-    json!({
-        "seq": env.seq,
-        "id": env.id.to_hex(),
-        "time": timestamp(env.ts_unix_nanos),
-        "ts_unix_nanos": env.ts_unix_nanos,
-        "actor": { "uid": env.actor.uid, "agent": env.actor.agent },
-        "session": env.session.map(|s| s.to_hex()),
-        "task": env.task,
-        "causation": env.causation,
-        "kind": event.payload.spec().name,
-        "kind_version": env.kind_version,
-        "message": event.payload.message(),
-        "payload": event.payload,
-        "hash": event.hash.to_hex(),
-        "prev_hash": env.prev_hash.to_hex(),
-    })
 }

@@ -56,13 +56,13 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         let detail = if s.detail.is_empty() {
             String::new()
         } else {
-            format!(" ({})", s.detail)
+            format!(" ({})", con_event::escape_control(&s.detail))
         };
         println!(
             "{}: task {}: {} after {} iteration(s){detail}",
             run.agent,
-            s.task,
-            outcome_name(s.outcome),
+            con_event::escape_control(&s.task),
+            s.outcome.as_str(),
             s.iterations
         );
     }
@@ -71,11 +71,4 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         Some(Outcome::Budget | Outcome::ProviderError) => ExitCode::from(EX_TEMPFAIL),
         Some(_) => ExitCode::FAILURE,
     })
-}
-
-fn outcome_name(outcome: Outcome) -> String {
-    serde_json::to_value(outcome)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{outcome:?}"))
 }

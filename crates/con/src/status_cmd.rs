@@ -3,104 +3,121 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
+use con_event::escape_control;
 use con_event::payloads::CheckStatus;
-use con_projection::FleetStatus;
-use con_protocol::{Client, StatusReport};
-use serde_json::json;
+use con_protocol::{Client, MirrorState, STATUS_VIEW_VERSION, StatusView};
 
 use crate::paths::Paths;
 
 /// Arguments of `con status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print the status as JSON.
+    /// Print the status view as JSON (documented in docs/status-json.md).
     #[arg(long)]
     json: bool,
 }
 
 /// Runs `con status`.
 pub fn run(args: StatusArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
-    let report = Client::connect(&paths.socket())?.status()?;
-    let fleet: Option<FleetStatus> = if report.fleet.is_empty() {
-        None
-    } else {
-        Some(
-            con_event::codec::decode_with_limit("fleet status", &report.fleet, u64::MAX)
-                .map_err(|e| anyhow::anyhow!("undecodable status from the daemon: {e}"))?,
-        )
-    };
+    let view = Client::connect(&paths.socket())?.status()?;
+    if view.view_version != STATUS_VIEW_VERSION {
+        anyhow::bail!(
+            "the daemon answered status view version {} but this con reads version {STATUS_VIEW_VERSION}; use the con binary the daemon runs",
+            view.view_version
+        );
+    }
     let text = if args.json {
-        let value = json!({
-            "identity": report.identity,
-            "log_id": report.log_id,
-            "head_seq": report.head_seq,
-            "head_hash": report.head_hash.to_hex(),
-            "journal_mirror": report.journal_mirror,
-            "fleet": fleet,
-        });
-        serde_json::to_string_pretty(&value)? + "\n"
+        serde_json::to_string_pretty(&view)? + "\n"
     } else {
-        render(&report, fleet.as_ref())
+        render(&view)
     };
     // A closed pipe (`con status | head -1`) is not an error.
     let _ = std::io::stdout().write_all(text.as_bytes());
     Ok(ExitCode::SUCCESS)
 }
 
-fn render(report: &StatusReport, fleet: Option<&FleetStatus>) -> String {
+/// The text form of a status view. Every string that an agent or a check
+/// could have written is escaped.
+pub fn render(view: &StatusView) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "you are:        {}", report.identity);
-    let _ = writeln!(
-        out,
-        "event log:      {} (head seq {}, {})",
-        report.log_id, report.head_seq, report.head_hash
-    );
-    let _ = writeln!(out, "journal mirror: {}", report.journal_mirror);
-    let Some(fleet) = fleet else {
-        return out;
+    let caller = &view.caller;
+    let _ = match &caller.agent {
+        Some(agent) => writeln!(out, "you are:        agent {agent} (uid {})", caller.uid),
+        None => writeln!(out, "you are:        operator (uid {})", caller.uid),
     };
-    let today = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(0))
-        .unwrap_or(0);
+    if let Some(log) = &view.log {
+        let _ = writeln!(
+            out,
+            "event log:      {} (head seq {}, {})",
+            log.log_id, log.head_seq, log.head_hash
+        );
+    }
+    if let Some(m) = &view.journal_mirror {
+        let _ = match m.state {
+            MirrorState::Healthy => writeln!(out, "journal mirror: healthy"),
+            MirrorState::Degraded => writeln!(
+                out,
+                "journal mirror: degraded since seq {} ({} entries lost): {}",
+                m.first_unmirrored_seq.unwrap_or(0),
+                m.dropped,
+                escape_control(m.reason.as_deref().unwrap_or(""))
+            ),
+        };
+    }
+    if let Some(depth) = view.outer_inbox_depth {
+        let _ = writeln!(out, "outer inbox:    {depth} waiting");
+    }
     let _ = writeln!(
         out,
         "\n{:<16} {:<14} {:>6} {:>8} {:>9}  {:<16} {:>12}",
         "AGENT", "CONDITION", "INBOX", "RUNNING", "SESSIONS", "LAST OUTCOME", "SPENT TODAY"
     );
-    for (name, a) in &fleet.agents {
-        let spent = a.spend_micro_usd_by_day.get(&today).copied().unwrap_or(0);
+    for a in &view.agents {
+        let name = if a.configured {
+            a.name.clone()
+        } else {
+            format!("{} (gone)", escape_control(&a.name))
+        };
         let _ = writeln!(
             out,
             "{:<16} {:<14} {:>6} {:>8} {:>9}  {:<16} {:>12}",
             name,
-            format!("{:?}", a.condition).to_lowercase(),
+            a.condition.as_str(),
             a.inbox_depth,
             a.running_sessions,
             a.sessions_total,
-            a.last_outcome
-                .map_or_else(|| "-".to_owned(), |o| format!("{o:?}").to_lowercase()),
-            format!("${:.4}", spent as f64 / 1e6)
+            a.last_outcome.map_or("-", |o| o.as_str()),
+            format!("${:.4}", a.spent_today_micro_usd as f64 / 1e6)
         );
     }
-    let failing: Vec<_> = fleet
+    if view.log.is_none() {
+        return out;
+    }
+    let failing: Vec<_> = view
         .checks
         .iter()
-        .filter(|(_, c)| !matches!(c.status, CheckStatus::Pass | CheckStatus::Skipped))
+        .filter(|c| !matches!(c.status, CheckStatus::Pass | CheckStatus::Skipped))
         .collect();
     if failing.is_empty() {
         let _ = writeln!(
             out,
             "\nchecks: {} recorded, none failing",
-            fleet.checks.len()
+            view.checks.len()
         );
     } else {
         let _ = writeln!(out, "\nfailing checks:");
-        for (name, c) in failing {
-            let _ = writeln!(out, "  {name}: {:?} (seq {}) {}", c.status, c.seq, c.detail);
+        for c in failing {
+            let _ = writeln!(
+                out,
+                "  {}/{}: {} (seq {}) {}",
+                escape_control(&c.contract),
+                escape_control(&c.check),
+                c.status.as_str(),
+                c.seq,
+                escape_control(&c.detail)
+            );
         }
     }
     out

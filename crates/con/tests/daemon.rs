@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,23 @@ fn tool_call(id: &str) -> Payload {
         call_id: id.into(),
         tool: "exec".into(),
         arguments: con_event::BlobRef::of(b"{}"),
+    }
+    .into()
+}
+
+/// An event an operator may append.
+fn provisioned() -> Payload {
+    marked("test")
+}
+
+/// An operator's event carrying `marker` (as its command).
+fn marked(marker: &str) -> Payload {
+    ProvisionApplied {
+        command: marker.into(),
+        changes: 0,
+        failed: vec![],
+        disabled_agents: vec![],
+        steps: con_event::BlobRef::of(b""),
     }
     .into()
 }
@@ -83,18 +100,21 @@ fn client_as_other_user() {
         })),
         "start-session" => outcome(Client::connect(&socket).and_then(|mut c| {
             let me = std::env::var("CON_TEST_AGENT").unwrap();
-            c.append(client_event(
+            let prompt = format!("the prompt of {me}").into_bytes();
+            let mut event = client_event(
                 SessionStarted {
                     agent: me,
                     runner: "builtin".into(),
                     provider: None,
                     model: None,
                     trust: Trust::Verified,
-                    prompt: con_event::BlobRef::of(b"p"),
+                    prompt: con_event::BlobRef::of(&prompt),
                 }
                 .into(),
                 Some(SessionId([7; 16])),
-            ))
+            );
+            event.attachments.push(prompt);
+            c.append(event)
         })),
         "tool-in-session" => outcome(Client::connect(&socket).and_then(|mut c| {
             c.append(client_event(
@@ -146,12 +166,95 @@ fn client_as_other_user() {
             });
             format!("{r:?} {}", kinds.join(","))
         }
+        "every-kind" => every_kind(&socket, std::env::var("CON_TEST_AGENT").ok()),
+        "blob" => {
+            let digest =
+                con_event::Digest::from_hex(&std::env::var("CON_TEST_BLOB").unwrap()).unwrap();
+            match Client::connect(&socket).and_then(|mut c| c.blob(digest)) {
+                Ok(bytes) => format!("BLOB {}", bytes.len()),
+                Err(ClientError::Refused { code, message }) => {
+                    format!("REFUSED {code:?} {message}")
+                }
+                Err(e) => format!("ERROR {e}"),
+            }
+        }
         other => panic!("unknown action {other}"),
     };
     println!("RESULT {line}");
 }
 
+/// Appends a sample of every kind (an agent: in a session it opened, with
+/// itself as subject where the kind has one) and reports, sorted, the kinds
+/// the daemon accepted: `ACCEPTED k1,k2 REFUSED k3:Forbidden,…`.
+fn every_kind(socket: &Path, agent: Option<String>) -> String {
+    let mut client = Client::connect(socket).unwrap();
+    let mut session = None;
+    let mut payloads = con_test_support::current_samples();
+    if let Some(me) = agent.as_deref().filter(|a| !a.is_empty()) {
+        session = Some(SessionId([0x5e; 16]));
+        // Its own session first, so that run kinds have somewhere to go.
+        let opened = client.append(client_event(
+            SessionStarted {
+                agent: me.into(),
+                runner: "builtin".into(),
+                provider: None,
+                model: None,
+                trust: Trust::Unverified,
+                prompt: con_event::BlobRef::of(b"p"),
+            }
+            .into(),
+            session,
+        ));
+        assert!(opened.is_ok(), "{opened:?}");
+        for p in &mut payloads {
+            match p {
+                Payload::SessionStarted(x) => x.agent = me.into(),
+                Payload::SessionEnded(x) => x.agent = me.into(),
+                Payload::TaskRouted(x) => x.from = me.into(),
+                _ => {}
+            }
+        }
+    }
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for payload in payloads {
+        let name = payload.spec().name;
+        match client.append(client_event(payload, session)) {
+            Ok(_) => accepted.push(name.to_owned()),
+            Err(ClientError::Refused { code, .. }) => refused.push(format!("{name}:{code:?}")),
+            Err(e) => panic!("{name}: {e}"),
+        }
+    }
+    accepted.sort();
+    refused.sort();
+    format!(
+        "ACCEPTED {} REFUSED {}",
+        accepted.join(","),
+        refused.join(",")
+    )
+}
+
 fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
+    let agent = user
+        .name
+        .strip_prefix(&common::prefix())
+        .unwrap_or_default()
+        .to_owned();
+    run_as_agent(user, root, action, &agent)
+}
+
+/// [`run_as`] for a user whose agent name is `agent` (tests with their own
+/// user prefix).
+fn run_as_agent(user: &TestUser, root: &Root, action: &str, agent: &str) -> String {
+    run_as_with(user, root, action, agent, &[])
+}
+
+fn run_as_with(
+    user: &TestUser,
+    root: &Root,
+    action: &str,
+    agent: &str,
+    env: &[(&str, String)],
+) -> String {
     let exe = std::env::current_exe().unwrap();
     let out = user
         .command(&exe)
@@ -164,12 +267,8 @@ fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
         ])
         .env(CLIENT_ENV, action)
         .env("CON_TEST_SOCKET", root.socket())
-        .env(
-            "CON_TEST_AGENT",
-            user.name
-                .strip_prefix(&common::prefix())
-                .unwrap_or_default(),
-        )
+        .env("CON_TEST_AGENT", agent)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -199,7 +298,7 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
     let unconfigured = TestUser::agent("scout");
     let stranger = TestUser::stranger();
 
-    let ok = run_as(&sysadmin, &root, "tool-call");
+    let ok = run_as(&sysadmin, &root, "start-session");
     assert!(ok.starts_with("OK "), "{ok}");
     let seq: u64 = ok[3..].parse().unwrap();
     let event = all_events(&root)
@@ -222,7 +321,6 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
     );
 
     // Sessions belong to the agent that started them.
-    assert!(run_as(&sysadmin, &root, "start-session").starts_with("OK "));
     assert!(run_as(&sysadmin, &root, "tool-in-session").starts_with("OK "));
     let forged = run_as(&strategist, &root, "tool-in-session");
     assert!(
@@ -242,7 +340,7 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
     );
 
     for nobody in [&stranger, &unconfigured] {
-        let refused = run_as(nobody, &root, "tool-call");
+        let refused = run_as(nobody, &root, "start-session");
         assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
         assert!(
             refused.contains("neither an operator nor an agent"),
@@ -259,13 +357,10 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
         "strategist recorded nothing, so sees nothing: {own}"
     );
     let own = run_as(&sysadmin, &root, "read-own");
-    assert!(
-        own.ends_with(" sysadmin,sysadmin,sysadmin"),
-        "only its own: {own}"
-    );
+    assert!(own.ends_with(" sysadmin,sysadmin"), "only its own: {own}");
 
     // Nothing forged reached the log.
-    assert_eq!(all_events(&root).len(), 3);
+    assert_eq!(all_events(&root).len(), 2);
 }
 
 #[test]
@@ -294,7 +389,7 @@ fn an_agent_cannot_open_the_log_files() {
         .unwrap();
     assert!(!out.status.success(), "the log directory is not listable");
     // But the socket is reachable.
-    assert!(run_as(&reader, &root, "tool-call").starts_with("OK "));
+    assert!(run_as(&reader, &root, "start-session").starts_with("OK "));
 }
 
 fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
@@ -331,13 +426,24 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
     expect_refusal(&root.socket(), &garbage, ErrorCode::BadFrame);
     // A length far over the limit: refused before any body is read.
     expect_refusal(&root.socket(), &u32::MAX.to_be_bytes(), ErrorCode::TooLarge);
-    // Wrong version.
+    // Wrong version, e.g. a client of protocol version 1: told so plainly.
     let mut frame = con_protocol::encode_frame(&con_protocol::Request::Status).unwrap();
-    frame[4] = 77;
+    frame[4] = 1;
     expect_refusal(&root.socket(), &frame, ErrorCode::BadFrame);
+    let reply = raw_exchange(&root.socket(), &frame);
+    let (resp, _) = con_protocol::decode_frame::<con_protocol::Response>(&reply)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        resp,
+        con_protocol::Response::Error {
+            code: ErrorCode::BadFrame,
+            message: "protocol version 1 is not supported (this is 2)".into()
+        }
+    );
     // A payload that is not what its kind says.
     let mut c = Client::connect(&root.socket()).unwrap();
-    let mut bad = client_event(tool_call("x"), None);
+    let mut bad = client_event(provisioned(), None);
     bad.payload.truncate(3);
     assert!(matches!(
         c.append(bad),
@@ -347,13 +453,13 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
         })
     ));
     // The daemon still serves.
-    assert!(c.append(client_event(tool_call("y"), None)).is_ok());
+    assert!(c.append(client_event(provisioned(), None)).is_ok());
     assert_eq!(all_events(&root).len(), 1);
 }
 
 fn marker_of(event: &Event) -> Option<String> {
     match &event.payload {
-        Payload::ToolCall(t) => Some(t.call_id.clone()),
+        Payload::ProvisionApplied(p) => Some(p.command.clone()),
         _ => None,
     }
 }
@@ -383,7 +489,7 @@ fn acknowledged_appends_survive_daemon_sigkill() {
                     };
                     for n in 0.. {
                         let marker = format!("r{round}c{c}n{n}");
-                        match client.append(client_event(tool_call(&marker), None)) {
+                        match client.append(client_event(marked(&marker), None)) {
                             Ok((seq, _)) => acks.push((seq, marker)),
                             Err(_) => break,
                         }
@@ -445,7 +551,7 @@ fn sigterm_drains_and_exits_cleanly() {
         let mut client = Client::connect(&socket).unwrap();
         let mut acks = Vec::new();
         for n in 0.. {
-            match client.append(client_event(tool_call(&format!("t{n}")), None)) {
+            match client.append(client_event(marked(&format!("t{n}")), None)) {
                 Ok((seq, _)) => acks.push(seq),
                 Err(_) => break,
             }
@@ -483,7 +589,7 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
         .unwrap();
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..3 {
-        c.append(client_event(tool_call(&format!("f{n}")), None))
+        c.append(client_event(marked(&format!("f{n}")), None))
             .unwrap();
     }
     let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap());
@@ -492,9 +598,9 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v["kind"], "tool.call");
+        assert_eq!(v["kind"], "provision.applied");
         assert_eq!(v["actor"]["uid"], 0);
-        seen.push(v["payload"]["call_id"].as_str().unwrap().to_owned());
+        seen.push(v["payload"]["command"].as_str().unwrap().to_owned());
     }
     follower.kill().unwrap();
     follower.wait().unwrap();
@@ -510,9 +616,138 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["head_seq"], 3);
-    assert_eq!(v["journal_mirror"], "healthy");
-    assert!(v["identity"].as_str().unwrap().starts_with("operator"));
+    assert_eq!(v["log"]["head_seq"], 3);
+    assert_eq!(v["journal_mirror"]["state"], "healthy");
+    assert_eq!(v["caller"]["role"], "operator");
+}
+
+/// Values that differ between runs (ids, hashes, times, inodes, the temp
+/// root in paths), replaced so the rest of a JSON document can be
+/// snapshot-tested.
+fn redact(v: serde_json::Value, root: &Root) -> serde_json::Value {
+    let root = root.path().to_str().unwrap().to_owned();
+    redact_under(v, &root)
+}
+
+fn redact_under(mut v: serde_json::Value, root: &str) -> serde_json::Value {
+    const VOLATILE: &[&str] = &[
+        "log_id",
+        "head_hash",
+        "hash",
+        "prev_hash",
+        "id",
+        "time",
+        "ts_unix_nanos",
+        "session",
+        "digest",
+        "uid",
+        "ctime_unix_nanos",
+        "dev",
+        "inode",
+    ];
+    match &mut v {
+        serde_json::Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                if VOLATILE.contains(&k.as_str()) && !x.is_null() {
+                    *x = "[redacted]".into();
+                } else {
+                    *x = redact_under(x.take(), root);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for x in items.iter_mut() {
+                *x = redact_under(x.take(), root);
+            }
+        }
+        serde_json::Value::String(text) => *text = text.replace(root, "[root]"),
+        _ => {}
+    }
+    v
+}
+
+fn con(root: &Root, args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args(["--root", root.path().to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "con {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `con status --json` and `con logs --json` are documented interfaces
+/// (docs/status-json.md, docs/event-json.md): their shape is pinned. The
+/// status lists every configured agent, with or without events, and keeps
+/// the outer inbox out of the agent rows.
+#[test]
+fn status_and_logs_json_are_the_documented_views() {
+    let root = Root::new();
+    let prefix = format!("cj{}-", std::process::id());
+    let inbox = root.path().join("srv/con/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("hello.task"), "hello").unwrap();
+    let _daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    assert!(run_as_agent(&sysadmin, &root, "start-session", "sysadmin").starts_with("OK "));
+    Client::connect(&root.socket())
+        .unwrap()
+        .append(client_event(marked("bootstrap"), None))
+        .unwrap();
+    let start = Instant::now();
+    while all_events(&root).len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "arrival not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let status: serde_json::Value =
+        serde_json::from_slice(&con(&root, &["status", "--json"]).stdout).unwrap();
+    insta::assert_json_snapshot!("status_json", redact(status, &root));
+
+    let logs = String::from_utf8(con(&root, &["logs", "--json"]).stdout).unwrap();
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| {
+            let view: con_event::EventJson = serde_json::from_str(l).unwrap();
+            // Every line converts back to the stored event (hash checked).
+            view.to_event().unwrap();
+            redact(serde_json::from_str(l).unwrap(), &root)
+        })
+        .collect();
+    insta::assert_json_snapshot!("logs_json", events);
+}
+
+/// Names an agent controls cannot forge lines in the text views.
+#[test]
+fn a_task_name_with_a_newline_and_escape_cannot_forge_a_log_line() {
+    let root = Root::new();
+    let inbox = root.path().join("srv/con/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let evil = "x\n    99999  2026-12-07T00:00:00.000Z  inbox.arrived  sysadmin  verified, uid 0\u{1b}[8m.task";
+    std::fs::write(inbox.join(evil), "hi").unwrap();
+    let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
+    let start = Instant::now();
+    while all_events(&root).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "arrival not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = String::from_utf8(con(&root, &["logs"]).stdout).unwrap();
+    assert_eq!(out.lines().count(), all_events(&root).len(), "{out}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(
+        out.contains("\\n    99999"),
+        "escaped, still readable: {out}"
+    );
 }
 
 #[test]
@@ -615,12 +850,12 @@ fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
     let _daemon = Daemon::start(&root);
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..5 {
-        c.append(client_event(tool_call(&format!("l{n}")), None))
+        c.append(client_event(marked(&format!("l{n}")), None))
             .unwrap();
     }
     for (args, lines) in [
         (vec!["-n", "2"], 2),
-        (vec!["--kind", "tool.call", "-n", "3"], 3),
+        (vec!["--kind", "provision.applied", "-n", "3"], 3),
         (vec!["--kind", "run.exited"], 0),
     ] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_con"));
@@ -640,5 +875,375 @@ fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
     }
     // Still responsive (a spinning query would hold a worker).
     let status = Client::connect(&root.socket()).unwrap().status().unwrap();
-    assert_eq!(status.head_seq, 5);
+    assert_eq!(status.log.unwrap().head_seq, 5);
+}
+
+/// A group created for one test, removed on drop.
+struct TestGroup(String);
+
+impl TestGroup {
+    fn create(name: &str, members: &[&TestUser]) -> Self {
+        let name = name.to_owned();
+        let out = Command::new("groupadd").arg(&name).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for m in members {
+            let out = Command::new("usermod")
+                .args(["-aG", &name, &m.name])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self(name)
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.0).output();
+    }
+}
+
+fn kinds_with(authority: con_event::Authority) -> Vec<&'static str> {
+    let mut names: Vec<_> = con_event::KINDS
+        .iter()
+        .filter(|k| k.authority == authority)
+        .map(|k| k.name)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+fn expected(accepted: &[&str]) -> String {
+    let mut refused: Vec<String> = con_event::KINDS
+        .iter()
+        .filter(|k| !accepted.contains(&k.name))
+        .map(|k| format!("{}:Forbidden", k.name))
+        .collect();
+    refused.sort();
+    format!(
+        "ACCEPTED {} REFUSED {}",
+        accepted.join(","),
+        refused.join(",")
+    )
+}
+
+#[test]
+fn daemon_kinds_are_refused_from_root_trusted_members_and_agents_alike() {
+    let root = Root::new();
+    // Its own user prefix: other tests of this binary run the same agents.
+    let prefix = format!("ck{}-", std::process::id());
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    let member = TestUser::stranger();
+    // The trusted group is `<group prefix>trusted`.
+    let group_prefix = format!("ctg{}-", std::process::id());
+    let _trusted = TestGroup::create(&format!("{group_prefix}trusted"), &[&member]);
+    let _daemon = Daemon::start_with(&root, &prefix, &[], &[("CON_GROUP_PREFIX", &group_prefix)]);
+    let operator_kinds = kinds_with(con_event::Authority::Operator);
+    let run_kinds = kinds_with(con_event::Authority::AgentRun);
+    assert_eq!(operator_kinds, ["provision.applied"]);
+    assert_eq!(
+        run_kinds,
+        [
+            "session.ended",
+            "session.started",
+            "task.routed",
+            "tool.call",
+            "tool.result"
+        ]
+    );
+
+    // Root, through the socket like any client.
+    assert_eq!(every_kind(&root.socket(), None), expected(&operator_kinds));
+    // A non-root member of the trusted group.
+    assert_eq!(
+        run_as(&member, &root, "every-kind"),
+        expected(&operator_kinds)
+    );
+    // An agent: its own run kinds, nothing else.
+    assert_eq!(
+        run_as_agent(&sysadmin, &root, "every-kind", "sysadmin"),
+        expected(&run_kinds)
+    );
+
+    // What reached the log: the two provision.applied, the agent's session
+    // and its run events; not one daemon kind from a client.
+    let daemon_kinds = kinds_with(con_event::Authority::Daemon);
+    let events = all_events(&root);
+    assert!(
+        events
+            .iter()
+            .all(|e| !daemon_kinds.contains(&e.payload.spec().name)),
+        "{:?}",
+        events
+            .iter()
+            .map(|e| e.payload.spec().name)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(events.len(), 2 + 1 + run_kinds.len());
+}
+
+#[test]
+fn an_agent_records_nothing_outside_a_session_it_opened() {
+    let root = Root::new();
+    let prefix = format!("cs{}-", std::process::id());
+    let _daemon = Daemon::start_with(&root, &prefix, &[], &[]);
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    let loose = run_as_agent(&sysadmin, &root, "tool-call", "sysadmin");
+    assert!(
+        loose.starts_with("REFUSED Forbidden") && loose.contains("session the agent opened"),
+        "{loose}"
+    );
+    assert!(all_events(&root).is_empty());
+}
+
+#[test]
+fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
+    let root = Root::new();
+    let prefix = format!("cb{}-", std::process::id());
+    let _daemon = Daemon::start_with(&root, &prefix, &[], &[]);
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    let strategist = TestUser::create(&format!("{prefix}strategist"));
+    assert!(run_as_agent(&sysadmin, &root, "start-session", "sysadmin").starts_with("OK "));
+    let prompt = b"the prompt of sysadmin";
+    let digest = con_event::Digest::of(prompt);
+    let fetch = |user: &TestUser, agent: &str, digest: con_event::Digest| {
+        run_as_with(
+            user,
+            &root,
+            "blob",
+            agent,
+            &[("CON_TEST_BLOB", digest.to_hex())],
+        )
+    };
+
+    assert_eq!(
+        fetch(&sysadmin, "sysadmin", digest),
+        format!("BLOB {}", prompt.len())
+    );
+    let refused = fetch(&strategist, "strategist", digest);
+    assert!(
+        refused.starts_with("REFUSED Forbidden") && refused.contains("may read"),
+        "{refused}"
+    );
+    // Refused the same way whether or not the blob exists: no probing.
+    let missing = fetch(&strategist, "strategist", con_event::Digest::of(b"nothing"));
+    assert_eq!(
+        missing.replace(&con_event::Digest::of(b"nothing").to_hex(), "X"),
+        refused.replace(&digest.to_hex(), "X")
+    );
+    // An operator reads any blob, in chunks, checked against its digest.
+    let mut client = Client::connect(&root.socket()).unwrap();
+    assert_eq!(client.blob(digest).unwrap(), prompt);
+    match client.blob(con_event::Digest::of(b"nothing")) {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Damages the last record of a log the way a crash, a bad disk or a hand
+/// edit can.
+#[derive(Clone, Copy, Debug)]
+enum LastRecordDamage {
+    /// The value is cut to 17 bytes, shorter than a record and its hash.
+    ShortValue,
+    /// The key gets a ninth byte.
+    LongKey,
+    /// The record's format byte becomes one no build knows.
+    UnknownFormat,
+}
+
+/// Every key and value of a log tree, in order.
+type LogContents = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Applies `how` to the last record of the (stopped) log at `db`; returns
+/// the record's seq and the log tree afterwards.
+fn damage_last_record(db: &Path, how: LastRecordDamage) -> (u64, LogContents) {
+    let store = con_store::Store::open_for_inspection(db).unwrap();
+    let log = store.raw_log();
+    let (key, value) = log.last().unwrap().unwrap();
+    let seq = u64::from_be_bytes(key.as_ref().try_into().unwrap());
+    let (mut key, mut value) = (key.to_vec(), value.to_vec());
+    match how {
+        LastRecordDamage::ShortValue => value.truncate(17),
+        LastRecordDamage::UnknownFormat => value[0] = 0x7f,
+        LastRecordDamage::LongKey => {
+            log.remove(&key).unwrap();
+            key.push(0);
+        }
+    }
+    log.insert(key, value).unwrap();
+    store.flush().unwrap();
+    (seq, log_contents(&store))
+}
+
+fn log_contents(store: &con_store::Store) -> LogContents {
+    store
+        .raw_log()
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+fn is_sled_snapshot(path: &Path) -> bool {
+    path.to_str().is_some_and(|p| p.starts_with("snap."))
+}
+
+/// Every file under `dir`, by path relative to it, with its bytes.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.insert(path.strip_prefix(dir).unwrap().to_owned(), bytes);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
+    for how in [
+        LastRecordDamage::ShortValue,
+        LastRecordDamage::LongKey,
+        LastRecordDamage::UnknownFormat,
+    ] {
+        let root = Root::new();
+        let mut daemon = Daemon::start(&root);
+        let mut c = Client::connect(&root.socket()).unwrap();
+        for n in 0..5 {
+            c.append(client_event(marked(&format!("d{n}")), None))
+                .unwrap();
+        }
+        drop(c);
+        assert!(daemon.terminate().success(), "{how:?}");
+        let db = root.db();
+        let (seq, log) = damage_last_record(&db, how);
+        assert!(seq >= 5, "{how:?}: last seq {seq}");
+        let before = files(&db);
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_con"))
+            .args([
+                "--root",
+                root.path().to_str().unwrap(),
+                "--user-prefix",
+                &common::prefix(),
+                "daemon",
+            ])
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!(
+                    "{how:?}: con daemon is still running on a log whose last record is damaged"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(!status.success(), "{how:?}: {status:?}\n{stderr}");
+        let (at, cause) = match how {
+            LastRecordDamage::ShortValue => (
+                format!(" (seq {seq})"),
+                "value is 17 bytes, shorter than a record".to_owned(),
+            ),
+            LastRecordDamage::LongKey => {
+                (String::new(), format!("key {seq:016x}00 is 9 bytes, not 8"))
+            }
+            LastRecordDamage::UnknownFormat => (
+                format!(" (seq {seq})"),
+                "unknown record format 127".to_owned(),
+            ),
+        };
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("con: error:"))
+            .collect();
+        assert_eq!(
+            errors,
+            [format!(
+                "con: error: {}: the last record of the event log{at} cannot be read: {cause}; refusing to append (run `con verify`)",
+                db.display()
+            )],
+            "{how:?}: {stderr}"
+        );
+
+        // sled's own recovery, inside its open and before con reads any
+        // record, replaces its page-table snapshot (`snap.<lsn>`) whenever
+        // the log was written since the last one; `con verify` does the
+        // same. Every other byte must be as it was.
+        let (snaps_before, data_before): (Vec<_>, Vec<_>) =
+            before.into_iter().partition(|(p, _)| is_sled_snapshot(p));
+        let (snaps_after, data_after): (Vec<_>, Vec<_>) = files(&db)
+            .into_iter()
+            .partition(|(p, _)| is_sled_snapshot(p));
+        assert_eq!(
+            data_after.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            data_before.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            "{how:?}: files"
+        );
+        for ((path, after), (_, before)) in data_after.iter().zip(&data_before) {
+            assert!(after == before, "{how:?}: {} changed", path.display());
+        }
+        assert_eq!((snaps_before.len(), snaps_after.len()), (1, 1), "{how:?}");
+        assert_eq!(
+            log_contents(&con_store::Store::open_for_inspection(&db).unwrap()),
+            log,
+            "{how:?}: the log tree changed"
+        );
+
+        let out = Command::new(env!("CARGO_BIN_EXE_con"))
+            .args(["verify", "--db", db.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{how:?}");
+        let says = match how {
+            LastRecordDamage::ShortValue => {
+                "undecodable record: record truncated: 17 bytes".to_owned()
+            }
+            LastRecordDamage::LongKey => {
+                format!("malformed key {seq:016x}00 (9 bytes, not 8) where seq {seq} belongs")
+            }
+            LastRecordDamage::UnknownFormat => {
+                "undecodable envelope: unknown record format 127".to_owned()
+            }
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}: chain broken at seq {seq}: {says}\n", db.display()),
+            "{how:?}"
+        );
+    }
 }

@@ -700,15 +700,13 @@ fn a_halted_agent_gets_no_model_calls() {
         &[agent("scribe", "worker", "")],
     );
     let _daemon = c.daemon();
-    let payload: Payload = con_event::payloads::AgentState {
-        agent: "scribe".into(),
-        condition: con_event::payloads::AgentCondition::Halted,
-        reason: "test".into(),
-    }
-    .into();
     con_protocol::Client::connect(&c.root.socket())
         .unwrap()
-        .append(common::client_event(payload, None))
+        .set_condition(con_protocol::SetCondition {
+            agent: "scribe".into(),
+            condition: con_event::payloads::AgentCondition::Halted,
+            reason: "test".into(),
+        })
         .unwrap();
     let task = c.task("scribe", "t-halted", "anything");
     let out = c.run("scribe", &[]);
@@ -834,4 +832,70 @@ fn an_answer_to_a_clarifying_question_reaches_the_model_with_the_question() {
         .filter(|e| matches!(e.payload, Payload::LlmRequest(_)))
         .count();
     assert_eq!(requests, 2);
+}
+
+/// The daemon records each model request so that every conversation
+/// message is stored once, and the exact body is rebuilt from the record.
+#[test]
+fn recorded_model_requests_reassemble_and_share_their_messages() {
+    let model = ScriptedServer::start(vec![
+        Step::tool_call("exec", serde_json::json!({"command": "echo one"})),
+        Step::tool_call("exec", serde_json::json!({"command": "echo two"})),
+        Step::text("done"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _daemon = c.daemon();
+    c.task("scribe", "t-record", "echo twice");
+    ok(&c.run("scribe", &[]));
+    let mut client = con_protocol::Client::connect(&c.root.socket()).unwrap();
+    let requests: Vec<(u64, con_event::payloads::LlmRequest)> = all_events(&c.root.socket())
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Payload::LlmRequest(r) => Some((e.envelope.seq, r)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.len(), 3);
+    // Each request references the previous one for what it repeats and
+    // carries only its new messages.
+    assert_eq!(requests[0].1.continues, None);
+    assert_eq!(requests[1].1.continues, Some(requests[0].0));
+    assert_eq!(
+        (requests[1].1.repeated, requests[1].1.messages.len()),
+        (1, 2)
+    );
+    assert_eq!(requests[2].1.continues, Some(requests[1].0));
+    assert_eq!(
+        (requests[2].1.repeated, requests[2].1.messages.len()),
+        (3, 2)
+    );
+    let mut conversations: std::collections::HashMap<u64, Vec<con_event::BlobRef>> =
+        std::collections::HashMap::new();
+    let mut bodies = Vec::new();
+    for (seq, r) in &requests {
+        let conversation = r.conversation(|s| conversations.get(&s).cloned()).unwrap();
+        let frame = client.blob(r.frame.digest).unwrap();
+        let messages: Vec<Vec<u8>> = conversation
+            .iter()
+            .map(|m| client.blob(m.digest).unwrap())
+            .collect();
+        let parts: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let body =
+            con_event::payloads::LlmRequest::reassemble(&frame, r.messages_at, &parts).unwrap();
+        let request: con_llm::ChatRequest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(request.messages.len(), conversation.len());
+        conversations.insert(*seq, conversation);
+        bodies.push(body);
+    }
+    assert_eq!(conversations[&requests[2].0].len(), 5);
+    // What the model was told in the last call is in the rebuilt body.
+    let last = String::from_utf8(bodies.pop().unwrap()).unwrap();
+    assert!(
+        last.contains("echo twice") && last.contains("two"),
+        "{last}"
+    );
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Root, TestUser};
-use con_event::payloads::{AgentCondition, AgentState};
+use con_event::payloads::AgentCondition;
 use con_event::{Event, Payload};
 use con_protocol::Client;
 
@@ -123,15 +123,13 @@ impl Conspiracy {
     }
 
     fn set_condition(&self, agent: &str, condition: AgentCondition) {
-        let payload: Payload = AgentState {
-            agent: agent.into(),
-            condition,
-            reason: "test".into(),
-        }
-        .into();
         Client::connect(&self.root.socket())
             .unwrap()
-            .append(common::client_event(payload, None))
+            .set_condition(con_protocol::SetCondition {
+                agent: agent.into(),
+                condition,
+                reason: "test".into(),
+            })
             .unwrap();
     }
 }

@@ -1,0 +1,129 @@
+//! The status view: what `Request::Status` answers, typed and versioned so
+//! that `con status --json`, dashboards and contracts read fields instead of
+//! parsing prose. Documented in `docs/status-json.md`.
+
+use con_event::Digest;
+use con_event::payloads::{AgentCondition, CheckStatus, Outcome};
+use serde::{Deserialize, Serialize};
+
+/// Layout version of [`StatusView`]. Bumped whenever a field is added,
+/// removed or changes meaning; readers check it before anything else.
+pub const STATUS_VIEW_VERSION: u16 = 1;
+
+/// Current state of the conspiracy as the daemon sees it, for one caller.
+/// Operators see everything; an agent sees only who it is and its own row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// [`STATUS_VIEW_VERSION`] of the daemon that answered.
+    pub view_version: u16,
+    /// Who asked, as the kernel identified them.
+    pub caller: Caller,
+    /// The event log's position (operators only).
+    pub log: Option<LogPosition>,
+    /// journald mirror health (operators only).
+    pub journal_mirror: Option<MirrorView>,
+    /// Tasks waiting in the outer inbox (operators only).
+    pub outer_inbox_depth: Option<u64>,
+    /// Every configured agent in name order, then any agent that has events
+    /// but is no longer configured (`configured: false`). An agent caller
+    /// gets only its own row.
+    pub agents: Vec<AgentView>,
+    /// Last result of every contract check recorded so far, by contract and
+    /// check (operators only; empty for agents).
+    pub checks: Vec<CheckView>,
+}
+
+/// The caller's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerRole {
+    /// Root or a member of the trusted group.
+    Operator,
+    /// An agent user.
+    Agent,
+}
+
+/// Who asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    /// Operator or agent.
+    pub role: CallerRole,
+    /// Peer uid from `SO_PEERCRED`.
+    pub uid: u32,
+    /// Agent name, for agents.
+    pub agent: Option<String>,
+}
+
+/// Where the log stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPosition {
+    /// Random id of the log (the journal's `CON_LOG_ID`).
+    pub log_id: String,
+    /// Durable head seq.
+    pub head_seq: u64,
+    /// Chain hash at the head (hex in JSON).
+    pub head_hash: Digest,
+}
+
+/// Whether journald receives every event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorState {
+    /// Every event so far reached journald (or is queued for it).
+    Healthy,
+    /// Entries are being lost; see the other fields.
+    Degraded,
+}
+
+/// journald mirror health.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorView {
+    /// Healthy or degraded.
+    pub state: MirrorState,
+    /// When degraded: first seq that may be missing from the journal.
+    pub first_unmirrored_seq: Option<u64>,
+    /// When degraded: why.
+    pub reason: Option<String>,
+    /// Entries lost in the current incident.
+    pub dropped: u64,
+}
+
+/// One agent's row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentView {
+    /// Agent name.
+    pub name: String,
+    /// Whether the running config names it.
+    pub configured: bool,
+    /// Administrative condition.
+    pub condition: AgentCondition,
+    /// Tasks recorded in its inbox and not yet routed out.
+    pub inbox_depth: u64,
+    /// Sessions started and not yet ended.
+    pub running_sessions: u32,
+    /// Sessions ever started.
+    pub sessions_total: u64,
+    /// Outcome of its last ended session.
+    pub last_outcome: Option<Outcome>,
+    /// Spend on the current UTC day, millionths of a US dollar.
+    pub spent_today_micro_usd: u64,
+    /// Seq of the last event about it (0: none yet).
+    pub last_seq: u64,
+}
+
+/// Last result of one contract check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckView {
+    /// Contract id.
+    pub contract: String,
+    /// Check name.
+    pub check: String,
+    /// Status of the last evaluation.
+    pub status: CheckStatus,
+    /// Agent it was scoped to.
+    pub scope_agent: Option<String>,
+    /// Output or reason, as recorded.
+    pub detail: String,
+    /// Seq of that `contract.result`.
+    pub seq: u64,
+}

@@ -1,0 +1,282 @@
+//! Fixtures shared by con's tests and benches.
+//!
+//! [`samples`] is the one set of event samples: one payload per kind at every
+//! version it has had. The golden tests pin their encodings and JSON views;
+//! the daemon's authority tests, the journal round trips and the benches
+//! build their events from them, so a new kind is covered everywhere by
+//! adding one sample here.
+
+use con_event::payloads::*;
+use con_event::*;
+
+/// The sample of each kind at its current version, in registry order.
+pub fn current_samples() -> Vec<Payload> {
+    KINDS
+        .iter()
+        .filter_map(|spec| {
+            samples()
+                .into_iter()
+                .find(|s| s.kind == spec.name && s.version == spec.version)
+                .map(|s| s.payload)
+        })
+        .collect()
+}
+
+/// A blob reference to `s`'s bytes.
+pub fn blob(s: &str) -> BlobRef {
+    BlobRef::of(s.as_bytes())
+}
+
+/// One sample of a kind at one version.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// Kind name.
+    pub kind: &'static str,
+    /// Version the payload bytes are encoded at.
+    pub version: u16,
+    /// The payload as stored at that version.
+    pub bytes: Vec<u8>,
+    /// The payload decoded (and upcast) at the kind's current version.
+    pub payload: Payload,
+}
+
+/// Every kind at every version it has ever had: the golden samples whose
+/// encodings are pinned in `crates/con-event/tests/golden/`.
+///
+/// # Panics
+/// If a sample cannot be encoded (a bug in the schema).
+#[allow(clippy::expect_used)] // test support: a broken sample must fail loudly
+pub fn samples() -> Vec<Sample> {
+    let current = |p: Payload| -> Sample {
+        let spec = p.spec();
+        Sample {
+            kind: spec.name,
+            version: spec.version,
+            bytes: p.encode().expect("sample encodes"),
+            payload: p,
+        }
+    };
+    vec![
+        current(
+            InboxArrived {
+                inbox: "concierge".into(),
+                path: "/srv/con/agents/concierge/inbox/20261125-0001.task".into(),
+                owner_uid: 1001,
+                owner_gid: 1001,
+                mode: 0o100644,
+                nlink: 1,
+                dev: 2049,
+                inode: 131_073,
+                ctime_unix_nanos: 1_795_000_000_000_000_000,
+                symlink: false,
+                trust: Trust::Unverified,
+                trust_reason: "owner uid 1001 is not trusted".into(),
+                content: blob("check the disk"),
+            }
+            .into(),
+        ),
+        current(
+            TaskRouted {
+                from: "outer".into(),
+                to: "concierge".into(),
+                path: "/srv/con/agents/concierge/inbox/20261125-0001.task".into(),
+            }
+            .into(),
+        ),
+        current(
+            SessionStarted {
+                agent: "sysadmin".into(),
+                runner: "builtin".into(),
+                provider: Some("openrouter".into()),
+                model: Some("anthropic/claude-sonnet-4.6".into()),
+                trust: Trust::Verified,
+                prompt: blob("You are sysadmin."),
+            }
+            .into(),
+        ),
+        current(
+            SessionEnded {
+                agent: "sysadmin".into(),
+                outcome: Outcome::MaxIterations,
+                iterations: 200,
+                duration_ms: 61_000,
+                response: None,
+                detail: "iteration cap 200 reached".into(),
+            }
+            .into(),
+        ),
+        current(
+            LlmRequest {
+                agent: "sysadmin".into(),
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4.6".into(),
+                iteration: 3,
+                frame: blob("{\"system\":\"You are sysadmin.\",\"messages\":,\"tools\":[]}"),
+                messages_at: 41,
+                continues: Some(5),
+                repeated: 1,
+                messages: vec![
+                    blob("{\"role\":\"user\",\"content\":\"check the disk\"}"),
+                    blob("{\"role\":\"assistant\",\"content\":\"ok\"}"),
+                ],
+            }
+            .into(),
+        ),
+        Sample {
+            kind: "llm.request",
+            version: 1,
+            bytes: codec::encode(&LlmRequestV1 {
+                agent: "sysadmin".into(),
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4.6".into(),
+                iteration: 3,
+                request: blob("{\"messages\":[]}"),
+            })
+            .expect("sample encodes"),
+            payload: LlmRequest {
+                agent: "sysadmin".into(),
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4.6".into(),
+                iteration: 3,
+                frame: blob("{\"messages\":[]}"),
+                messages_at: 0,
+                continues: None,
+                repeated: 0,
+                messages: Vec::new(),
+            }
+            .into(),
+        },
+        current(
+            LlmResponse {
+                agent: "sysadmin".into(),
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4.6".into(),
+                status: Some(200),
+                attempts: 2,
+                latency_ms: 1234,
+                input_tokens: 1500,
+                output_tokens: 230,
+                cost_micro_usd: 8_000,
+                response: Some(blob("{\"content\":[]}")),
+                error: None,
+            }
+            .into(),
+        ),
+        current(
+            ToolCall {
+                call_id: "call_1".into(),
+                tool: "exec".into(),
+                arguments: blob("{\"command\":\"df -h\"}"),
+            }
+            .into(),
+        ),
+        current(
+            ToolResult {
+                call_id: "call_1".into(),
+                tool: "exec".into(),
+                exit_code: Some(0),
+                duration_ms: 12,
+                output: blob("Filesystem ..."),
+                truncated: false,
+                error: None,
+            }
+            .into(),
+        ),
+        current(
+            ContractResult {
+                contract: "CON-SYS-001".into(),
+                check: "disk_free".into(),
+                scope_agent: None,
+                status: CheckStatus::Fail,
+                detail: "8% free < 15%".into(),
+                duration_ms: 4,
+            }
+            .into(),
+        ),
+        current(
+            EnforcementAction {
+                contract: "CON-AGENT-001".into(),
+                action: "quarantine".into(),
+                target: Some("scout".into()),
+                reason: "workspace mode 0777".into(),
+            }
+            .into(),
+        ),
+        current(
+            EnforcementDone {
+                contract: "CON-AGENT-001".into(),
+                action: "quarantine".into(),
+                target: Some("scout".into()),
+                ok: true,
+                detail: "agent quarantined".into(),
+            }
+            .into(),
+        ),
+        current(
+            AgentState {
+                agent: "scout".into(),
+                condition: AgentCondition::Quarantined,
+                reason: "CON-AGENT-001".into(),
+            }
+            .into(),
+        ),
+        Sample {
+            kind: "agent.state",
+            version: 1,
+            bytes: codec::encode(&AgentStateV1 {
+                agent: "scout".into(),
+                halted: true,
+            })
+            .expect("sample encodes"),
+            payload: AgentState {
+                agent: "scout".into(),
+                condition: AgentCondition::Halted,
+                reason: String::new(),
+            }
+            .into(),
+        },
+        current(
+            JournalMirrorDegraded {
+                reason: "journald socket missing".into(),
+                first_unmirrored_seq: 42,
+            }
+            .into(),
+        ),
+        current(JournalMirrorRecovered { dropped: 17 }.into()),
+        current(
+            RunStarted {
+                agent: "sysadmin".into(),
+                pid: 4242,
+                trigger: "inbox".into(),
+            }
+            .into(),
+        ),
+        current(
+            RunExited {
+                agent: "sysadmin".into(),
+                pid: 4242,
+                exit_code: None,
+                signal: Some(9),
+                duration_ms: 1500,
+            }
+            .into(),
+        ),
+        current(
+            ProvisionApplied {
+                command: "bootstrap".into(),
+                changes: 12,
+                failed: vec!["sudoers a-sysadmin: visudo: syntax error".into()],
+                disabled_agents: vec!["sysadmin".into()],
+                steps: BlobRef::of(b"+ user a-concierge"),
+            }
+            .into(),
+        ),
+        current(
+            ChainCheckpoint {
+                through_seq: 1000,
+                head: Digest::of(b"head"),
+            }
+            .into(),
+        ),
+    ]
+}
