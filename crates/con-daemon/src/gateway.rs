@@ -115,10 +115,11 @@ impl Conversations {
     /// `conversation` is durable in the request at `seq`.
     fn recorded(&self, session: SessionId, seq: u64, conversation: Vec<BlobRef>) {
         let mut map = self.lock();
-        if map.len() >= CONVERSATIONS_CAPACITY && !map.contains_key(&session) {
-            if let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k) {
-                map.remove(&oldest);
-            }
+        if map.len() >= CONVERSATIONS_CAPACITY
+            && !map.contains_key(&session)
+            && let Some(oldest) = map.iter().min_by_key(|(_, (s, _))| *s).map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
         }
         map.insert(session, (seq, conversation));
     }
