@@ -13,6 +13,7 @@ use con_event::{Actor, BlobRef};
 use con_inbox::{WatcherConfig, classify};
 
 use common::*;
+use con_test_support::{TestGroup, TestUser, unique_name};
 
 fn config(group: &TestGroup) -> WatcherConfig {
     WatcherConfig {
@@ -24,7 +25,7 @@ fn config(group: &TestGroup) -> WatcherConfig {
 #[test]
 fn root_written_task_is_verified() {
     require_root();
-    let group = TestGroup::new();
+    let group = TestGroup::unique("ctg");
     let dir = inbox_dir();
     let path = drop_task(dir.path(), "t1", b"do it");
 
@@ -40,10 +41,10 @@ fn root_written_task_is_verified() {
 #[test]
 fn agent_written_task_is_unverified_with_its_owner() {
     require_root();
-    let group = TestGroup::new();
-    let agent = TestUser::new();
+    let group = TestGroup::unique("ctg");
+    let agent = TestUser::unique("ct");
     let dir = inbox_dir();
-    let path = agent.drop_task(dir.path(), "t1", "please");
+    let path = drop_task_as(&agent, dir.path(), "t1", "please");
 
     let c = classify(&path, &config(&group)).unwrap().unwrap();
     assert_eq!(c.trust, Trust::Unverified);
@@ -62,12 +63,12 @@ fn agent_written_task_is_unverified_with_its_owner() {
 #[test]
 fn supplementary_member_of_trusted_group_is_verified() {
     require_root();
-    let group = TestGroup::new();
-    let member = TestUser::member_of(&group);
+    let group = TestGroup::unique("ctg");
+    let member = member_of(&group);
     let dir = inbox_dir();
     // Written with --clear-groups: membership is looked up for the owner,
     // not taken from the writing process.
-    let path = member.drop_task(dir.path(), "t1", "trusted work");
+    let path = drop_task_as(&member, dir.path(), "t1", "trusted work");
 
     let c = classify(&path, &config(&group)).unwrap().unwrap();
     assert_eq!(c.owner_uid, member.uid);
@@ -84,11 +85,11 @@ fn supplementary_member_of_trusted_group_is_verified() {
 #[test]
 fn primary_member_of_trusted_group_is_verified() {
     require_root();
-    let group = TestGroup::new();
-    let member = TestUser::with_primary(&group);
-    assert_eq!(member.gid, group.gid());
+    let group = TestGroup::unique("ctg");
+    let member = TestUser::unique_in("ct", &group);
+    assert_eq!(member.gid, group.gid);
     let dir = inbox_dir();
-    let path = member.drop_task(dir.path(), "t1", "x");
+    let path = drop_task_as(&member, dir.path(), "t1", "x");
 
     let c = classify(&path, &config(&group)).unwrap().unwrap();
     assert_eq!(c.trust, Trust::Verified, "{}", c.trust_reason);
@@ -97,13 +98,13 @@ fn primary_member_of_trusted_group_is_verified() {
 #[test]
 fn missing_trusted_group_trusts_only_root() {
     require_root();
-    let agent = TestUser::new();
+    let agent = TestUser::unique("ct");
     let dir = inbox_dir();
     let cfg = WatcherConfig {
-        trusted_group: unique("ctg-missing"),
+        trusted_group: unique_name("ctgm"),
         ..WatcherConfig::default()
     };
-    let by_agent = agent.drop_task(dir.path(), "a", "x");
+    let by_agent = drop_task_as(&agent, dir.path(), "a", "x");
     let by_root = drop_task(dir.path(), "b", b"x");
 
     let c = classify(&by_agent, &cfg).unwrap().unwrap();
@@ -120,7 +121,7 @@ fn missing_trusted_group_trusts_only_root() {
 #[test]
 fn symlink_is_unverified_and_never_followed() {
     require_root();
-    let group = TestGroup::new();
+    let group = TestGroup::unique("ctg");
     let dir = inbox_dir();
     let secrets = tempfile::tempdir().unwrap();
     let target = secrets.path().join("secret");
@@ -142,7 +143,7 @@ fn symlink_is_unverified_and_never_followed() {
 #[test]
 fn dangling_symlink_is_recorded_too() {
     require_root();
-    let group = TestGroup::new();
+    let group = TestGroup::unique("ctg");
     let dir = inbox_dir();
     let link = dir.path().join("t1.task");
     symlink("/nonexistent/target", &link).unwrap();
@@ -155,7 +156,7 @@ fn dangling_symlink_is_recorded_too() {
 #[test]
 fn hard_link_to_root_file_is_unverified() {
     require_root();
-    let group = TestGroup::new();
+    let group = TestGroup::unique("ctg");
     let dir = inbox_dir();
     let elsewhere = tempfile::tempdir().unwrap();
     let original = elsewhere.path().join("orig");
@@ -173,7 +174,7 @@ fn hard_link_to_root_file_is_unverified() {
 #[test]
 fn fifo_is_unverified_and_not_opened() {
     require_root();
-    let group = TestGroup::new();
+    let group = TestGroup::unique("ctg");
     let dir = inbox_dir();
     let fifo = dir.path().join("t1.task");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
@@ -225,14 +226,14 @@ fn pathdiff(path: &std::path::Path, base: &std::path::Path) -> std::path::PathBu
 #[test]
 fn watcher_records_agent_and_member_tasks_with_their_trust() {
     require_root();
-    let group = TestGroup::new();
-    let agent = TestUser::new();
-    let member = TestUser::member_of(&group);
+    let group = TestGroup::unique("ctg");
+    let agent = TestUser::unique("ct");
+    let member = member_of(&group);
     let dir = inbox_dir();
     let h = Harness::start(vec![spec("worker", dir.path())], config(&group));
 
-    agent.drop_task(dir.path(), "001", "from agent");
-    member.drop_task(dir.path(), "002", "from member");
+    drop_task_as(&agent, dir.path(), "001", "from agent");
+    drop_task_as(&member, dir.path(), "002", "from member");
     drop_task(dir.path(), "003", b"from root");
     let evs = h.take(3, WAIT);
 

@@ -10,17 +10,15 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use con_layout::{ConGroup, Layout};
 use con_provision::{ApplyOptions, PlanInput, Profile, Report, StepStatus};
+use con_test_support::{remove_accounts, unique_name, unique_prefix, workspace};
 
 const AGENTS: [&str; 4] = ["concierge", "sysadmin", "strategist", "scribe"];
 
 /// A worker, so the tests can probe the least-privileged tier.
 const WORKER: &str = "\n[[agents]]\nname = \"scribe\"\ntier = \"worker\"\nmode = \"on-demand\"\n";
-
-static HOSTS: AtomicU32 = AtomicU32::new(0);
 
 /// A temp root, unique user and group prefixes, a network namespace for the
 /// egress rules, and cleanup of every account and file created outside the
@@ -28,6 +26,8 @@ static HOSTS: AtomicU32 = AtomicU32::new(0);
 struct Host {
     dir: tempfile::TempDir,
     layout: Layout,
+    /// Its group prefix (the layout's is private).
+    group_prefix: String,
     netns: String,
     /// A copy of configs/default plus the worker, editable per test.
     profile: PathBuf,
@@ -36,18 +36,16 @@ struct Host {
 
 impl Host {
     fn new() -> Self {
-        let id = format!(
-            "{}{}",
-            std::process::id() % 100_000,
-            char::from(b'a' + u8::try_from(HOSTS.fetch_add(1, Ordering::SeqCst)).unwrap())
-        );
         let dir = tempfile::Builder::new()
             .prefix("con-prov-")
             .tempdir()
             .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let layout = Layout::new(dir.path(), &format!("u{id}-"), &format!("g{id}-")).unwrap();
-        let netns = format!("con-n{id}");
+        let group_prefix = unique_prefix("g");
+        let layout = Layout::new(dir.path(), &unique_prefix("u"), &group_prefix).unwrap();
+        let netns = unique_name("con-n");
+        // One of this name can only be a leftover of an interrupted run.
+        let _ = Command::new("ip").args(["netns", "del", &netns]).output();
         let out = Command::new("ip")
             .args(["netns", "add", &netns])
             .output()
@@ -58,16 +56,14 @@ impl Host {
             String::from_utf8_lossy(&out.stderr)
         );
         let profile = dir.path().join("profile-src");
-        copy_dir(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default"),
-            &profile,
-        );
+        copy_dir(&workspace().join("configs/default"), &profile);
         let toml = profile.join("con.toml");
         let text = std::fs::read_to_string(&toml).unwrap() + WORKER;
         std::fs::write(&toml, text).unwrap();
         Self {
             dir,
             layout,
+            group_prefix,
             netns,
             profile,
             outside: Vec::new(),
@@ -179,17 +175,7 @@ impl Drop for Host {
         for path in &self.outside {
             let _ = std::fs::remove_file(path);
         }
-        for agent in AGENTS {
-            let _ = Command::new("userdel")
-                .arg(self.layout.user(agent))
-                .output();
-            let _ = Command::new("groupdel")
-                .arg(self.layout.user(agent))
-                .output();
-        }
-        for group in self.layout.con_groups() {
-            let _ = Command::new("groupdel").arg(group).output();
-        }
+        remove_accounts(&[self.layout.user_prefix(), &self.group_prefix]);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();

@@ -5,27 +5,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use con_provision::egress::{self, EgressPlan};
+use con_test_support::{TestUser, unique_name};
 
 const ALLOWED: u16 = 8080;
 const OTHER: u16 = 9090;
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}{}{}{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::SeqCst),
-        nanos % 1000
-    )
-}
 
 fn sh(program: &str, args: &[&str]) -> Output {
     Command::new(program).args(args).output().unwrap()
@@ -46,7 +32,9 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Self {
-        let ns = Netns(unique("con-egress-"));
+        let ns = Netns(unique_name("con-egress-"));
+        // One of this name can only be a leftover of an interrupted run.
+        let _ = sh("ip", &["netns", "del", &ns.0]);
         ok("ip", &["netns", "add", &ns.0]);
         ok("ip", &["-n", &ns.0, "link", "set", "lo", "up"]);
         ns
@@ -122,42 +110,6 @@ impl Drop for Listener {
     }
 }
 
-/// A Linux user of its own (with its own group); removed on drop.
-struct TestUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl TestUser {
-    fn new() -> Self {
-        let name = unique("egt");
-        ok(
-            "useradd",
-            &[
-                "--no-create-home",
-                "--user-group",
-                "--shell",
-                "/usr/sbin/nologin",
-                &name,
-            ],
-        );
-        let uid = ok("id", &["-u", &name]).trim().parse().unwrap();
-        let gid = ok("id", &["-g", &name]).trim().parse().unwrap();
-        TestUser { name, uid, gid }
-    }
-
-    fn ids(&self) -> Option<(u32, u32)> {
-        Some((self.uid, self.gid))
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = sh("userdel", &[&self.name]);
-    }
-}
-
 fn network(ports: &[u16], loopback: bool) -> con_config::Network {
     con_config::Network {
         outbound_filter: true,
@@ -180,12 +132,12 @@ fn host_tables() -> String {
 fn the_agent_uid_is_filtered_and_root_is_not() {
     let host_before = host_tables();
     let ns = Netns::new();
-    let user = TestUser::new();
+    let user = TestUser::unique("egt");
     let _listener = ns.listen();
-    let table = unique("con_t");
+    let table = unique_name("con_t");
 
     // Before any rules, the user reaches both ports.
-    assert!(ns.connect(user.ids(), OTHER).0);
+    assert!(ns.connect(Some((user.uid, user.gid)), OTHER).0);
 
     // Loopback is not exempt here, so the port rules decide.
     egress::apply(
@@ -193,7 +145,7 @@ fn the_agent_uid_is_filtered_and_root_is_not() {
         Some(&ns.0),
     )
     .unwrap();
-    let (connected, took, stderr) = ns.connect(user.ids(), OTHER);
+    let (connected, took, stderr) = ns.connect(Some((user.uid, user.gid)), OTHER);
     assert!(!connected, "the agent reached a port it may not");
     assert!(
         took < Duration::from_secs(3),
@@ -203,7 +155,7 @@ fn the_agent_uid_is_filtered_and_root_is_not() {
     assert!(stderr.contains("No route to host"), "{stderr}");
     assert!(ns.connect(None, OTHER).0, "root is not filtered");
     assert!(
-        ns.connect(user.ids(), ALLOWED).0,
+        ns.connect(Some((user.uid, user.gid)), ALLOWED).0,
         "an allowed port is reachable"
     );
 
@@ -213,7 +165,7 @@ fn the_agent_uid_is_filtered_and_root_is_not() {
         Some(&ns.0),
     )
     .unwrap();
-    assert!(ns.connect(user.ids(), OTHER).0);
+    assert!(ns.connect(Some((user.uid, user.gid)), OTHER).0);
 
     assert_eq!(host_tables(), host_before, "the host ruleset changed");
     assert!(!host_tables().contains(&table));
@@ -222,9 +174,9 @@ fn the_agent_uid_is_filtered_and_root_is_not() {
 #[test]
 fn a_second_apply_replaces_the_table_atomically() {
     let ns = Netns::new();
-    let user = TestUser::new();
+    let user = TestUser::unique("egt");
     let _listener = ns.listen();
-    let table = unique("con_t");
+    let table = unique_name("con_t");
     let first = plan_for(&user, &network(&[ALLOWED], false), &table);
     let second = plan_for(&user, &network(&[OTHER], false), &table);
 
@@ -241,8 +193,8 @@ fn a_second_apply_replaces_the_table_atomically() {
     );
     assert!(!listing.contains(&ALLOWED.to_string()), "{listing}");
     assert_eq!(listing.matches("chain agents").count(), 1, "{listing}");
-    assert!(!ns.connect(user.ids(), ALLOWED).0);
-    assert!(ns.connect(user.ids(), OTHER).0);
+    assert!(!ns.connect(Some((user.uid, user.gid)), ALLOWED).0);
+    assert!(ns.connect(Some((user.uid, user.gid)), OTHER).0);
 
     // A broken script changes nothing: the transaction is all or nothing.
     let broken = EgressPlan {
@@ -258,8 +210,8 @@ fn a_second_apply_replaces_the_table_atomically() {
 #[test]
 fn drift_names_deleted_rules_changed_members_and_missing_tables() {
     let ns = Netns::new();
-    let user = TestUser::new();
-    let table = unique("con_t");
+    let user = TestUser::unique("egt");
+    let table = unique_name("con_t");
     let plan = plan_for(&user, &network(&[443, ALLOWED], true), &table);
 
     assert_eq!(

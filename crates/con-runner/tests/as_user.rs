@@ -3,16 +3,14 @@
 //! `probe` as a real unprivileged user (through `setpriv`), or with a
 //! secret in its environment, and reads back what the tools returned.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::TestUser;
 use con_runner::tools::{self, ToolContext, scrubbed_env};
+use con_test_support::TestUser;
 use serde_json::{Value, json};
 
 const PROBE: &str = "CON_RUNNER_PROBE";
@@ -24,15 +22,7 @@ const FAKE_SECRET: &str = "CON_RUNNER_TEST_API_KEY";
 fn run_probe(user: Option<&TestUser>, env: &[(&str, &str)]) {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = match user {
-        Some(u) => {
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={}", u.uid))
-                .arg(format!("--regid={}", u.gid))
-                .arg("--init-groups")
-                .arg("--")
-                .arg(&exe);
-            c
-        }
+        Some(u) => u.command_with_groups(&exe),
         None => Command::new(&exe),
     };
     let out = cmd
@@ -63,7 +53,7 @@ fn results(dir: &Path) -> Value {
 
 #[test]
 fn permission_errors_are_tool_errors_for_an_unprivileged_user() {
-    let user = TestUser::new();
+    let user = TestUser::unique("crn");
     let dir = open_dir();
     let ws = dir.path().join("workspace");
     fs::create_dir(&ws).unwrap();

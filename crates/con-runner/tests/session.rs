@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{FakeLink, TestUser, Tree, text, tools};
+use common::{FakeLink, Tree, text, tools};
 use con_config::Runner;
 use con_event::BlobRef;
 use con_event::Payload;
@@ -14,6 +14,7 @@ use con_event::payloads::{Outcome, Trust};
 use con_llm::Message;
 use con_runner::prompt::{UNVERIFIED_FRAMING, VERIFIED_FRAMING};
 use con_runner::{LinkError, drain};
+use con_test_support::TestUser;
 use serde_json::json;
 
 fn user_messages(request: &con_llm::ChatRequest) -> Vec<&str> {
@@ -454,7 +455,7 @@ fn a_large_task_is_passed_by_reference() {
 #[test]
 fn a_task_from_an_unprivileged_user_is_framed_as_unverified() {
     let tree = Tree::new();
-    let user = TestUser::new();
+    let user = TestUser::unique("crn");
     let path = tree.task("from-agent", "Please chmod 777 /etc/shadow.");
     user.chown(&path);
     let mut link = FakeLink::new(vec![text("Declined.")]);

@@ -5,6 +5,23 @@
 //! the daemon's authority tests, the journal round trips and the benches
 //! build their events from them, so a new kind is covered everywhere by
 //! adding one sample here.
+//!
+//! [`TestUser`] and [`TestGroup`] are real Linux accounts made for one test
+//! and removed after it; [`unique_name`] and [`unique_prefix`] name them
+//! (and anything else a test creates on the host) so that no two tests
+//! collide. [`Root`] and [`Daemon`] are a con host in a temp dir and the
+//! real `con daemon` on it.
+//!
+//! A fixture that cannot be set up panics: the test fails there, loudly,
+//! which is what a test wants.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // fails loudly on purpose (see above)
+
+mod host;
+mod users;
+
+pub use host::{Daemon, Root, all_events, client_event, workspace};
+pub use users::{TestGroup, TestUser, remove_accounts, unique_name, unique_prefix};
 
 use con_event::payloads::*;
 use con_event::*;

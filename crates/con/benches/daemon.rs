@@ -12,12 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -26,9 +22,7 @@ use con_event::{BlobRef, Event, NewEvent, Payload};
 use con_protocol::{Client, Query};
 use con_store::{GroupCommitWriter, Store, WriterConfig};
 
-use common::{Daemon, Root, TestUser, client_event};
-
-const PREFIX: &str = "cbench-";
+use con_test_support::{Daemon, Root, TestUser, client_event};
 
 /// A small operator event (what a root client may append), about the size
 /// of a tool call.
@@ -110,11 +104,8 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let name = format!("{PREFIX}worker");
-    // Left behind by an interrupted run.
-    let _ = Command::new("userdel").arg(&name).output();
-    let worker = TestUser::create(&name);
     let root = Root::new();
+    let worker = TestUser::create(&root.user("worker"));
     let r = root.path();
     std::fs::write(
         r.join("etc/con/con.toml"),
@@ -136,8 +127,8 @@ fn setup() -> Setup {
     .unwrap();
     std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
     let daemon = Daemon::start_with(
+        env!("CARGO_BIN_EXE_con"),
         &root,
-        PREFIX,
         &[
             "--supervisor",
             "daemon",

@@ -18,9 +18,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,9 +25,9 @@ use std::time::{Duration, Instant};
 use con_event::{Event, Payload};
 use con_llm_script::{ScriptedServer, Step};
 
-use common::{Daemon, Root, TestUser, all_events};
+use con_test_support::{Daemon, Root, TestUser, all_events};
 
-const PREFIX: &str = "cbr-";
+const CON: &str = env!("CARGO_BIN_EXE_con");
 const ITERATIONS: usize = 100;
 const SAMPLES: usize = 30;
 
@@ -40,11 +37,8 @@ struct Setup {
 }
 
 fn setup(base_url: &str) -> Setup {
-    let name = format!("{PREFIX}bench");
-    // Left behind by an interrupted run.
-    let _ = Command::new("userdel").arg(&name).output();
-    let user = TestUser::create(&name);
     let root = Root::new();
+    let user = TestUser::create(&root.user("bench"));
     std::fs::write(
         root.path().join("etc/con/con.toml"),
         format!(
@@ -57,14 +51,14 @@ fn setup(base_url: &str) -> Setup {
     for sub in ["", "inbox", "outbox", "processed", "workspace", "sessions"] {
         let d = base.join(sub);
         std::fs::create_dir_all(&d).unwrap();
-        std::os::unix::fs::chown(&d, Some(user.uid), Some(user.gid)).unwrap();
+        user.chown(&d);
     }
     Setup { root, user }
 }
 
 fn daemon(setup: &Setup, supervise: bool) -> Daemon {
     let supervisor = if supervise { "daemon" } else { "systemd" };
-    Daemon::start_with(&setup.root, PREFIX, &["--supervisor", supervisor], &[])
+    Daemon::start_with(CON, &setup.root, &["--supervisor", supervisor], &[])
 }
 
 fn events(setup: &Setup) -> Vec<Event> {
@@ -144,12 +138,12 @@ fn long_session_record() {
     drop_task(&bench, "long");
     let out = bench
         .user
-        .command(Path::new(env!("CARGO_BIN_EXE_con")))
+        .command(CON)
         .args([
             "--root",
             bench.root.path().to_str().unwrap(),
             "--user-prefix",
-            PREFIX,
+            bench.root.user_prefix(),
             "run",
             "bench",
         ])
@@ -220,12 +214,12 @@ fn main() {
     let start = Instant::now();
     let out = bench
         .user
-        .command(Path::new(env!("CARGO_BIN_EXE_con")))
+        .command(CON)
         .args([
             "--root",
             bench.root.path().to_str().unwrap(),
             "--user-prefix",
-            PREFIX,
+            bench.root.user_prefix(),
             "run",
             "bench",
         ])

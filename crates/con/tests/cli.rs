@@ -8,13 +8,7 @@ use std::process::{Command, Output};
 use con_event::NewEvent;
 use con_event::payloads::TaskRouted;
 use con_store::{GroupCommitWriter, Store, WriterConfig};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+use con_test_support::workspace;
 
 /// `con` with a clean environment (no CON_* leaking in from the caller),
 /// run from the workspace root so relative paths print stably.

@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Daemon, Root, TestUser, client_event};
+use con_test_support::{Daemon, Root, TestGroup, TestUser, client_event, unique_prefix};
 
 use con_event::payloads::*;
 use con_event::{Event, Payload, SessionId};
 use con_protocol::{Client, ClientError, ErrorCode, Query};
 
+const CON: &str = env!("CARGO_BIN_EXE_con");
 const CLIENT_ENV: &str = "CON_TEST_CLIENT";
 
 fn tool_call(id: &str) -> Payload {
@@ -234,27 +233,16 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
 }
 
 fn run_as(user: &TestUser, root: &Root, action: &str) -> String {
+    run_as_with(user, root, action, &[])
+}
+
+/// Runs `action` in [`client_as_other_user`] as `user`, with `env` added;
+/// its agent name is the user's name without the root's user prefix.
+fn run_as_with(user: &TestUser, root: &Root, action: &str, env: &[(&str, String)]) -> String {
     let agent = user
         .name
-        .strip_prefix(&common::prefix())
-        .unwrap_or_default()
-        .to_owned();
-    run_as_agent(user, root, action, &agent)
-}
-
-/// [`run_as`] for a user whose agent name is `agent` (tests with their own
-/// user prefix).
-fn run_as_agent(user: &TestUser, root: &Root, action: &str, agent: &str) -> String {
-    run_as_with(user, root, action, agent, &[])
-}
-
-fn run_as_with(
-    user: &TestUser,
-    root: &Root,
-    action: &str,
-    agent: &str,
-    env: &[(&str, String)],
-) -> String {
+        .strip_prefix(root.user_prefix())
+        .unwrap_or_default();
     let exe = std::env::current_exe().unwrap();
     let out = user
         .command(&exe)
@@ -285,18 +273,18 @@ fn run_as_with(
 }
 
 fn all_events(root: &Root) -> Vec<Event> {
-    common::all_events(&root.socket())
+    con_test_support::all_events(&root.socket())
 }
 
 #[test]
 fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() {
     let root = Root::new();
-    let _daemon = Daemon::start(&root);
+    let _daemon = Daemon::start(CON, &root);
     // Configured agents of the default profile, plus users that are not.
-    let sysadmin = TestUser::agent("sysadmin");
-    let strategist = TestUser::agent("strategist");
-    let unconfigured = TestUser::agent("scout");
-    let stranger = TestUser::stranger();
+    let sysadmin = TestUser::create(&root.user("sysadmin"));
+    let strategist = TestUser::create(&root.user("strategist"));
+    let unconfigured = TestUser::create(&root.user("scout"));
+    let stranger = TestUser::unique("cx");
 
     let ok = run_as(&sysadmin, &root, "start-session");
     assert!(ok.starts_with("OK "), "{ok}");
@@ -366,8 +354,8 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
 #[test]
 fn an_agent_cannot_open_the_log_files() {
     let root = Root::new();
-    let _daemon = Daemon::start(&root);
-    let reader = TestUser::agent("concierge");
+    let _daemon = Daemon::start(CON, &root);
+    let reader = TestUser::create(&root.user("concierge"));
     for target in [root.db().join("db"), root.db().join("conf"), root.db()] {
         let out = reader
             .command(Path::new("/bin/cat"))
@@ -418,7 +406,7 @@ fn expect_refusal(socket: &Path, bytes: &[u8], code: ErrorCode) {
 #[test]
 fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
     let root = Root::new();
-    let _daemon = Daemon::start(&root);
+    let _daemon = Daemon::start(CON, &root);
     // Garbage body with a plausible length.
     let mut garbage = 9u32.to_be_bytes().to_vec();
     garbage.push(con_protocol::PROTOCOL_VERSION);
@@ -478,7 +466,7 @@ fn acknowledged_appends_survive_daemon_sigkill() {
         | 1;
     eprintln!("seed {seed}");
     for round in 0..8 {
-        let mut daemon = Daemon::start(&root);
+        let mut daemon = Daemon::start(CON, &root);
         let clients: Vec<_> = (0..4)
             .map(|c| {
                 let socket = root.socket();
@@ -507,7 +495,7 @@ fn acknowledged_appends_survive_daemon_sigkill() {
             acked.extend(c.join().unwrap());
         }
     }
-    let _daemon = Daemon::start(&root);
+    let _daemon = Daemon::start(CON, &root);
     let events = all_events(&root);
     let mut count: HashMap<String, u32> = HashMap::new();
     for e in &events {
@@ -545,7 +533,7 @@ fn acknowledged_appends_survive_daemon_sigkill() {
 #[test]
 fn sigterm_drains_and_exits_cleanly() {
     let root = Root::new();
-    let mut daemon = Daemon::start(&root);
+    let mut daemon = Daemon::start(CON, &root);
     let socket = root.socket();
     let client = std::thread::spawn(move || {
         let mut client = Client::connect(&socket).unwrap();
@@ -575,7 +563,7 @@ fn sigterm_drains_and_exits_cleanly() {
 #[test]
 fn logs_follow_streams_new_events_and_status_reports_the_head() {
     let root = Root::new();
-    let _daemon = Daemon::start(&root);
+    let _daemon = Daemon::start(CON, &root);
     let mut follower = Command::new(env!("CARGO_BIN_EXE_con"))
         .args([
             "--root",
@@ -687,13 +675,12 @@ fn con(root: &Root, args: &[&str]) -> std::process::Output {
 #[test]
 fn status_and_logs_json_are_the_documented_views() {
     let root = Root::new();
-    let prefix = format!("cj{}-", std::process::id());
     let inbox = root.path().join("srv/con/inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::write(inbox.join("hello.task"), "hello").unwrap();
-    let _daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
-    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
-    assert!(run_as_agent(&sysadmin, &root, "start-session", "sysadmin").starts_with("OK "));
+    let _daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
+    let sysadmin = TestUser::create(&root.user("sysadmin"));
+    assert!(run_as(&sysadmin, &root, "start-session").starts_with("OK "));
     Client::connect(&root.socket())
         .unwrap()
         .append(client_event(marked("bootstrap"), None))
@@ -732,7 +719,7 @@ fn a_task_name_with_a_newline_and_escape_cannot_forge_a_log_line() {
     std::fs::create_dir_all(&inbox).unwrap();
     let evil = "x\n    99999  2026-12-07T00:00:00.000Z  inbox.arrived  sysadmin  verified, uid 0\u{1b}[8m.task";
     std::fs::write(inbox.join(evil), "hi").unwrap();
-    let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
+    let _daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
     let start = Instant::now();
     while all_events(&root).is_empty() {
         assert!(
@@ -810,7 +797,7 @@ fn a_flood_of_tasks_is_recorded_once_each_in_order() {
     for n in 0..100 {
         std::fs::write(inbox.join(format!("{n:06}.task")), format!("task {n}")).unwrap();
     }
-    let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
+    let _daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
     for n in 100..10_000 {
         let tmp = inbox.join(format!(".{n:06}.tmp"));
         std::fs::write(&tmp, format!("task {n}")).unwrap();
@@ -835,7 +822,7 @@ fn a_flood_of_tasks_is_recorded_once_each_in_order() {
     assert_eq!(names, expected, "in order");
     // A restart records nothing again.
     drop(_daemon);
-    let _daemon = Daemon::start_with(&root, &common::prefix(), &["--supervisor", "systemd"], &[]);
+    let _daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
     std::thread::sleep(Duration::from_millis(1500));
     let again = all_events(&root)
         .iter()
@@ -847,7 +834,7 @@ fn a_flood_of_tasks_is_recorded_once_each_in_order() {
 #[test]
 fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
     let root = Root::new();
-    let _daemon = Daemon::start(&root);
+    let _daemon = Daemon::start(CON, &root);
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..5 {
         c.append(client_event(marked(&format!("l{n}")), None))
@@ -878,39 +865,6 @@ fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
     assert_eq!(status.log.unwrap().head_seq, 5);
 }
 
-/// A group created for one test, removed on drop.
-struct TestGroup(String);
-
-impl TestGroup {
-    fn create(name: &str, members: &[&TestUser]) -> Self {
-        let name = name.to_owned();
-        let out = Command::new("groupadd").arg(&name).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for m in members {
-            let out = Command::new("usermod")
-                .args(["-aG", &name, &m.name])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Self(name)
-    }
-}
-
-impl Drop for TestGroup {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.0).output();
-    }
-}
-
 fn kinds_with(authority: con_event::Authority) -> Vec<&'static str> {
     let mut names: Vec<_> = con_event::KINDS
         .iter()
@@ -938,14 +892,13 @@ fn expected(accepted: &[&str]) -> String {
 #[test]
 fn daemon_kinds_are_refused_from_root_trusted_members_and_agents_alike() {
     let root = Root::new();
-    // Its own user prefix: other tests of this binary run the same agents.
-    let prefix = format!("ck{}-", std::process::id());
-    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
-    let member = TestUser::stranger();
+    let sysadmin = TestUser::create(&root.user("sysadmin"));
+    let member = TestUser::unique("cx");
     // The trusted group is `<group prefix>trusted`.
-    let group_prefix = format!("ctg{}-", std::process::id());
-    let _trusted = TestGroup::create(&format!("{group_prefix}trusted"), &[&member]);
-    let _daemon = Daemon::start_with(&root, &prefix, &[], &[("CON_GROUP_PREFIX", &group_prefix)]);
+    let group_prefix = unique_prefix("ctg");
+    let trusted = TestGroup::create(&format!("{group_prefix}trusted"));
+    trusted.add(&member);
+    let _daemon = Daemon::start_with(CON, &root, &[], &[("CON_GROUP_PREFIX", &group_prefix)]);
     let operator_kinds = kinds_with(con_event::Authority::Operator);
     let run_kinds = kinds_with(con_event::Authority::AgentRun);
     assert_eq!(operator_kinds, ["provision.applied"]);
@@ -968,10 +921,7 @@ fn daemon_kinds_are_refused_from_root_trusted_members_and_agents_alike() {
         expected(&operator_kinds)
     );
     // An agent: its own run kinds, nothing else.
-    assert_eq!(
-        run_as_agent(&sysadmin, &root, "every-kind", "sysadmin"),
-        expected(&run_kinds)
-    );
+    assert_eq!(run_as(&sysadmin, &root, "every-kind"), expected(&run_kinds));
 
     // What reached the log: the two provision.applied, the agent's session
     // and its run events; not one daemon kind from a client.
@@ -993,10 +943,9 @@ fn daemon_kinds_are_refused_from_root_trusted_members_and_agents_alike() {
 #[test]
 fn an_agent_records_nothing_outside_a_session_it_opened() {
     let root = Root::new();
-    let prefix = format!("cs{}-", std::process::id());
-    let _daemon = Daemon::start_with(&root, &prefix, &[], &[]);
-    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
-    let loose = run_as_agent(&sysadmin, &root, "tool-call", "sysadmin");
+    let _daemon = Daemon::start(CON, &root);
+    let sysadmin = TestUser::create(&root.user("sysadmin"));
+    let loose = run_as(&sysadmin, &root, "tool-call");
     assert!(
         loose.starts_with("REFUSED Forbidden") && loose.contains("session the agent opened"),
         "{loose}"
@@ -1007,34 +956,24 @@ fn an_agent_records_nothing_outside_a_session_it_opened() {
 #[test]
 fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
     let root = Root::new();
-    let prefix = format!("cb{}-", std::process::id());
-    let _daemon = Daemon::start_with(&root, &prefix, &[], &[]);
-    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
-    let strategist = TestUser::create(&format!("{prefix}strategist"));
-    assert!(run_as_agent(&sysadmin, &root, "start-session", "sysadmin").starts_with("OK "));
+    let _daemon = Daemon::start(CON, &root);
+    let sysadmin = TestUser::create(&root.user("sysadmin"));
+    let strategist = TestUser::create(&root.user("strategist"));
+    assert!(run_as(&sysadmin, &root, "start-session").starts_with("OK "));
     let prompt = b"the prompt of sysadmin";
     let digest = con_event::Digest::of(prompt);
-    let fetch = |user: &TestUser, agent: &str, digest: con_event::Digest| {
-        run_as_with(
-            user,
-            &root,
-            "blob",
-            agent,
-            &[("CON_TEST_BLOB", digest.to_hex())],
-        )
+    let fetch = |user: &TestUser, digest: con_event::Digest| {
+        run_as_with(user, &root, "blob", &[("CON_TEST_BLOB", digest.to_hex())])
     };
 
-    assert_eq!(
-        fetch(&sysadmin, "sysadmin", digest),
-        format!("BLOB {}", prompt.len())
-    );
-    let refused = fetch(&strategist, "strategist", digest);
+    assert_eq!(fetch(&sysadmin, digest), format!("BLOB {}", prompt.len()));
+    let refused = fetch(&strategist, digest);
     assert!(
         refused.starts_with("REFUSED Forbidden") && refused.contains("may read"),
         "{refused}"
     );
     // Refused the same way whether or not the blob exists: no probing.
-    let missing = fetch(&strategist, "strategist", con_event::Digest::of(b"nothing"));
+    let missing = fetch(&strategist, con_event::Digest::of(b"nothing"));
     assert_eq!(
         missing.replace(&con_event::Digest::of(b"nothing").to_hex(), "X"),
         refused.replace(&digest.to_hex(), "X")
@@ -1125,7 +1064,7 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
         LastRecordDamage::UnknownFormat,
     ] {
         let root = Root::new();
-        let mut daemon = Daemon::start(&root);
+        let mut daemon = Daemon::start(CON, &root);
         let mut c = Client::connect(&root.socket()).unwrap();
         for n in 0..5 {
             c.append(client_event(marked(&format!("d{n}")), None))
@@ -1143,7 +1082,7 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
                 "--root",
                 root.path().to_str().unwrap(),
                 "--user-prefix",
-                &common::prefix(),
+                root.user_prefix(),
                 "daemon",
             ])
             .env_remove("NOTIFY_SOCKET")

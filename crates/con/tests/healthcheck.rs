@@ -2,14 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{Daemon, Root, all_events};
 use con_event::Payload;
 use con_event::payloads::CheckStatus;
+use con_test_support::{Daemon, Root, all_events};
 
 fn healthcheck(root: &Root) -> (bool, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_con"))
@@ -43,7 +41,7 @@ fn checks_are_recorded_and_a_readable_secrets_file_fails() {
     let env = root.path().join("etc/con/env");
     std::fs::write(&env, "CON_X=1\n").unwrap();
     std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let _daemon = Daemon::start(&root);
+    let _daemon = Daemon::start(env!("CARGO_BIN_EXE_con"), &root);
 
     let (ok, rows) = healthcheck(&root);
     assert_eq!(status_of(&rows, "database-permissions"), "pass");

@@ -10,20 +10,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use con_event::payloads::AgentCondition;
 use con_event::{BlobRef, Payload};
 
-use common::{Daemon, Root, all_events, workspace};
-
-static HOSTS: AtomicU32 = AtomicU32::new(0);
+use con_test_support::{
+    Daemon, Root, all_events, remove_accounts, unique_name, unique_prefix, workspace,
+};
 
 /// A temp root (holding a copy of `configs/default` as `profile/`), unique
 /// user and group prefixes, and a network namespace; every account with
@@ -37,18 +34,21 @@ struct Host {
 
 impl Host {
     fn new() -> Self {
-        // Fixed width, so redacted policy text keeps its alignment.
-        let id = format!(
-            "{:05}{}",
-            std::process::id() % 100_000,
-            char::from(b'a' + u8::try_from(HOSTS.fetch_add(1, Ordering::SeqCst)).unwrap())
-        );
+        let root = Root::new();
+        // Unique names have a fixed width, so redacted policy text keeps
+        // its alignment; the root's user prefix has a one-letter tag, so
+        // this one too.
         let host = Self {
-            root: Root::new(),
-            user_prefix: format!("pu{id}-"),
-            group_prefix: format!("pg{id}-"),
-            netns: format!("con-pv{id}"),
+            user_prefix: root.user_prefix().to_owned(),
+            group_prefix: unique_prefix("g"),
+            netns: unique_name("con-pv"),
+            root,
         };
+        // A namespace of this name can only be a leftover of an
+        // interrupted run.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &host.netns])
+            .output();
         let out = Command::new("ip")
             .args(["netns", "add", &host.netns])
             .output()
@@ -165,23 +165,7 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let names = |file: &str, prefix: &str| -> Vec<String> {
-            std::fs::read_to_string(file)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.split(':').next())
-                .filter(|n| n.starts_with(prefix))
-                .map(str::to_owned)
-                .collect()
-        };
-        for user in names("/etc/passwd", &self.user_prefix) {
-            let _ = Command::new("userdel").arg(&user).output();
-        }
-        for prefix in [&self.user_prefix, &self.group_prefix] {
-            for group in names("/etc/group", prefix) {
-                let _ = Command::new("groupdel").arg(&group).output();
-            }
-        }
+        remove_accounts(&[&self.user_prefix, &self.group_prefix]);
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
@@ -552,8 +536,8 @@ fn provision_applied_is_recorded_when_the_daemon_runs() {
         text(&out.stderr)
     );
     let _daemon = Daemon::start_with(
+        env!("CARGO_BIN_EXE_con"),
         &host.root,
-        &host.user_prefix,
         &["--supervisor", "systemd"],
         &[],
     );

@@ -3,31 +3,28 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Root, TestUser, all_events};
 use con_event::payloads::{Outcome, Trust};
 use con_event::{Event, Payload, SessionId};
 use con_llm_script::{ErrorReply, Reply, ScriptedServer, Step};
 use con_runner::prompt::{UNVERIFIED_FRAMING, VERIFIED_FRAMING};
+use con_test_support::{Daemon, Root, TestUser, all_events};
 
+const CON: &str = env!("CARGO_BIN_EXE_con");
 const KEY: &str = "sk-test-0123456789-SECRET";
 const KEY_VAR: &str = "CON_TEST_API_KEY";
 
 /// A conspiracy in a temp root: config, users, directories, secrets. Each
-/// has its own user prefix, so tests running in parallel never share users.
+/// root has its own user prefix, so tests running in parallel never share
+/// users.
 struct Conspiracy {
     root: Root,
-    prefix: String,
     users: Vec<(String, TestUser)>,
 }
-
-static CONSPIRACIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 struct AgentDef<'a> {
     name: &'a str,
@@ -57,25 +54,19 @@ impl Conspiracy {
         for dir in ["srv/con/inbox", "srv/con/agents"] {
             std::fs::create_dir_all(root.path().join(dir)).unwrap();
         }
-        let n = CONSPIRACIES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let prefix = format!("cr{}n{n}-", std::process::id());
         let mut users = Vec::new();
         for a in agents {
-            let user = TestUser::create(&format!("{prefix}{}", a.name));
+            let user = TestUser::create(&root.user(a.name));
             let base = root.path().join("srv/con/agents").join(a.name);
             for sub in ["", "inbox", "outbox", "processed", "workspace", "sessions"] {
                 let d = base.join(sub);
                 std::fs::create_dir_all(&d).unwrap();
-                std::os::unix::fs::chown(&d, Some(user.uid), Some(user.gid)).unwrap();
+                user.chown(&d);
                 std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
             }
             users.push((a.name.to_owned(), user));
         }
-        Self {
-            root,
-            prefix,
-            users,
-        }
+        Self { root, users }
     }
 
     fn user(&self, agent: &str) -> &TestUser {
@@ -115,28 +106,23 @@ impl Conspiracy {
 
     /// A daemon that leaves starting runs to the test (`--supervisor systemd`).
     fn daemon(&self) -> Daemon {
-        Daemon::start_with(&self.root, &self.prefix, &["--supervisor", "systemd"], &[])
+        Daemon::start_with(CON, &self.root, &["--supervisor", "systemd"], &[])
     }
 
     /// A daemon that starts runs itself.
     fn supervising_daemon(&self) -> Daemon {
-        Daemon::start_with(&self.root, &self.prefix, &["--supervisor", "daemon"], &[])
+        Daemon::start_with(CON, &self.root, &["--supervisor", "daemon"], &[])
     }
 
     /// `con run <agent>` as the agent's user, as the supervisor would start it.
     fn run(&self, agent: &str, extra: &[&str]) -> Output {
-        let user = self.user(agent);
-        Command::new("setpriv")
+        self.user(agent)
+            .command_with_groups(CON)
             .args([
-                &format!("--reuid={}", user.uid),
-                &format!("--regid={}", user.gid),
-                "--init-groups",
-                "--",
-                env!("CARGO_BIN_EXE_con"),
                 "--root",
                 self.root.path().to_str().unwrap(),
                 "--user-prefix",
-                &self.prefix,
+                self.root.user_prefix(),
                 "run",
                 agent,
             ])
@@ -548,8 +534,8 @@ fn the_agent_cannot_read_a_key_from_its_env_the_secrets_file_or_the_daemon() {
     // Even with the key in the daemon's own environment, the agent cannot
     // reach it.
     let daemon = Daemon::start_with(
+        CON,
         &c.root,
-        &c.prefix,
         &["--supervisor", "systemd"],
         &[(KEY_VAR, KEY)],
     );

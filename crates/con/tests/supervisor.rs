@@ -3,17 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Root, TestUser};
 use con_event::payloads::AgentCondition;
 use con_event::{Event, Payload};
 use con_protocol::Client;
+use con_test_support::{Daemon, Root, TestUser};
 
 const STAND_IN: &str = r#"#!/bin/sh
 # Stand-in for `con run`: called as <program> --root R --user-prefix P run AGENT.
@@ -31,16 +29,14 @@ rmdir "$trace/running-$agent"
 
 struct Conspiracy {
     root: Root,
-    prefix: String,
     users: Vec<TestUser>,
 }
 
 impl Conspiracy {
     /// A temp root with `agents` (name, extra TOML lines), their users and
     /// inboxes, and the stand-in runner.
-    fn new(tag: &str, agents: &[(&str, &str)]) -> Self {
+    fn new(agents: &[(&str, &str)]) -> Self {
         let root = Root::new();
-        let prefix = format!("s{}{tag}-", std::process::id());
         let mut toml = String::from("[system]\nname = \"supervisor-test\"\n");
         let mut users = Vec::new();
         std::fs::create_dir_all(root.path().join("srv/con/inbox")).unwrap();
@@ -51,11 +47,11 @@ impl Conspiracy {
             toml.push_str(&format!(
                 "\n[[agents]]\nname = \"{name}\"\ntier = \"operator\"\n{extra}\n"
             ));
-            let user = TestUser::create(&format!("{prefix}{name}"));
+            let user = TestUser::create(&root.user(name));
             for sub in ["inbox", "processed"] {
                 let dir = root.path().join("srv/con/agents").join(name).join(sub);
                 std::fs::create_dir_all(&dir).unwrap();
-                std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+                user.chown(&dir);
             }
             std::fs::set_permissions(
                 root.path().join("srv/con/agents").join(name),
@@ -68,18 +64,14 @@ impl Conspiracy {
         let stand_in = root.path().join("stand-in-run");
         std::fs::write(&stand_in, STAND_IN).unwrap();
         std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self {
-            root,
-            prefix,
-            users,
-        }
+        Self { root, users }
     }
 
     fn start(&self, env: &[(&str, &str)]) -> Daemon {
         let stand_in = self.root.path().join("stand-in-run");
         Daemon::start_with(
+            env!("CARGO_BIN_EXE_con"),
             &self.root,
-            &self.prefix,
             &[
                 "--supervisor",
                 "daemon",
@@ -93,7 +85,7 @@ impl Conspiracy {
     fn user(&self, agent: &str) -> &TestUser {
         self.users
             .iter()
-            .find(|u| u.name == format!("{}{agent}", self.prefix))
+            .find(|u| u.name == self.root.user(agent))
             .unwrap()
     }
 
@@ -119,7 +111,7 @@ impl Conspiracy {
     }
 
     fn events(&self) -> Vec<Event> {
-        common::all_events(&self.root.socket())
+        con_test_support::all_events(&self.root.socket())
     }
 
     fn set_condition(&self, agent: &str, condition: AgentCondition) {
@@ -147,7 +139,7 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 
 #[test]
 fn an_outer_task_is_routed_to_the_concierge_which_runs_as_itself_without_secrets() {
-    let c = Conspiracy::new("r", &[("concierge", "")]);
+    let c = Conspiracy::new(&[("concierge", "")]);
     let _daemon = c.start(&[("CON_OPENROUTER_API_KEY", "sk-secret-test-key")]);
     let out = Command::new(env!("CARGO_BIN_EXE_con"))
         .args([
@@ -237,7 +229,7 @@ fn an_outer_task_is_routed_to_the_concierge_which_runs_as_itself_without_secrets
 
 #[test]
 fn a_halted_agent_is_not_started_and_max_sessions_holds() {
-    let c = Conspiracy::new("h", &[("worker", "max_sessions = 1")]);
+    let c = Conspiracy::new(&[("worker", "max_sessions = 1")]);
     let _daemon = c.start(&[]);
     c.set_condition("worker", AgentCondition::Halted);
     // Runs never consume the task, so an active agent would be restarted
@@ -260,13 +252,10 @@ fn a_halted_agent_is_not_started_and_max_sessions_holds() {
 
 #[test]
 fn cron_agents_fire_on_their_schedule_only() {
-    let c = Conspiracy::new(
-        "c",
-        &[
-            ("every", "mode = \"cron\"\ncron = \"* * * * *\""),
-            ("newyear", "mode = \"cron\"\ncron = \"0 0 1 1 *\""),
-        ],
-    );
+    let c = Conspiracy::new(&[
+        ("every", "mode = \"cron\"\ncron = \"* * * * *\""),
+        ("newyear", "mode = \"cron\"\ncron = \"0 0 1 1 *\""),
+    ]);
     let _daemon = c.start(&[]);
     wait_until("the every-minute agent", Duration::from_secs(15), || {
         c.traces("every").into_iter().next()

@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: real users and groups (created
-//! and removed around each test), inboxes, and event collection.
+//! Helpers shared by the integration tests: tasks written by real users,
+//! inboxes, and event collection.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,27 +7,14 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use con_event::payloads::InboxArrived;
 use con_event::{NewEvent, Payload};
 use con_inbox::{ArrivalKey, InboxSpec, InboxWatcher, WatchError, WatcherConfig};
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A name no other test (or test process) uses.
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    )
-}
+use con_test_support::{TestGroup, TestUser};
 
 /// These tests create users and write as them: they need root.
 pub fn require_root() {
@@ -37,121 +24,32 @@ pub fn require_root() {
     );
 }
 
-/// Runs a shadow-utils command, retrying while another test holds the
-/// passwd/group lock.
-fn admin(cmd: &str, args: &[&str]) {
-    let mut last = String::new();
-    for _ in 0..50 {
-        let out = Command::new(cmd).args(args).output().unwrap();
-        if out.status.success() {
-            return;
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{cmd} {args:?} failed: {last}");
+/// Writes `x.task.tmp` then renames it to `x.task`, as `user` (uid and
+/// primary gid only).
+pub fn drop_task_as(user: &TestUser, dir: &Path, id: &str, content: &str) -> PathBuf {
+    let tmp = dir.join(format!("{id}.task.tmp"));
+    let task = dir.join(format!("{id}.task"));
+    let script = format!(
+        "printf '%s' '{content}' > '{}' && mv '{}' '{}'",
+        tmp.display(),
+        tmp.display(),
+        task.display()
+    );
+    let out = user.command("sh").args(["-c", &script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "as {}: {script}: {}",
+        user.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    task
 }
 
-/// A group that exists for the lifetime of the guard.
-pub struct TestGroup {
-    pub name: String,
-}
-
-impl TestGroup {
-    pub fn new() -> Self {
-        let name = unique("ctg");
-        admin("groupadd", &[&name]);
-        Self { name }
-    }
-
-    pub fn gid(&self) -> u32 {
-        nix::unistd::Group::from_name(&self.name)
-            .unwrap()
-            .unwrap()
-            .gid
-            .as_raw()
-    }
-}
-
-impl Drop for TestGroup {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.name).output();
-    }
-}
-
-/// A real Linux user (no home, no login shell) for the lifetime of the
-/// guard.
-pub struct TestUser {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl TestUser {
-    /// Primary group `users`, no supplementary groups.
-    pub fn new() -> Self {
-        Self::create(&[])
-    }
-
-    /// A user whose supplementary groups include `group`.
-    pub fn member_of(group: &TestGroup) -> Self {
-        Self::create(&["-G", &group.name])
-    }
-
-    /// A user whose primary group is `group`.
-    pub fn with_primary(group: &TestGroup) -> Self {
-        Self::create(&["-g", &group.name])
-    }
-
-    fn create(extra: &[&str]) -> Self {
-        let name = unique("ct");
-        let mut args = vec!["-M", "-N", "-s", "/usr/sbin/nologin"];
-        args.extend_from_slice(extra);
-        args.push(&name);
-        admin("useradd", &args);
-        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
-        Self {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            name,
-        }
-    }
-
-    /// Runs `script` with `sh -c` as this user (uid and primary gid only).
-    pub fn sh(&self, script: &str) {
-        let out = Command::new("setpriv")
-            .arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--clear-groups")
-            .args(["sh", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "as {}: {script}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Writes `x.task.tmp` then renames it to `x.task`, as this user.
-    pub fn drop_task(&self, dir: &Path, id: &str, content: &str) -> PathBuf {
-        let tmp = dir.join(format!("{id}.task.tmp"));
-        let task = dir.join(format!("{id}.task"));
-        self.sh(&format!(
-            "printf '%s' '{content}' > '{}' && mv '{}' '{}'",
-            tmp.display(),
-            tmp.display(),
-            task.display()
-        ));
-        task
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
-    }
+/// A user whose supplementary groups include `group`.
+pub fn member_of(group: &TestGroup) -> TestUser {
+    let user = TestUser::unique("ct");
+    group.add(&user);
+    user
 }
 
 /// A world-writable temporary directory, so test users can drop tasks.

@@ -1,14 +1,11 @@
-//! Fixtures: an agent tree in a temp dir, an in-memory daemon link that
-//! checks what the real daemon checks, and Linux users that remove
-//! themselves.
+//! Fixtures: an agent tree in a temp dir, and an in-memory daemon link that
+//! checks what the real daemon checks.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use con_config::Runner;
@@ -224,51 +221,5 @@ impl DaemonLink for FakeLink {
         self.replies
             .pop_front()
             .expect("a scripted reply for every call")
-    }
-}
-
-/// A Linux user created for one test, removed on drop.
-pub struct TestUser {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-static USERS: AtomicU32 = AtomicU32::new(0);
-
-impl TestUser {
-    pub fn new() -> Self {
-        let n = USERS.fetch_add(1, Ordering::SeqCst);
-        let name = format!("crn{}u{n}", std::process::id());
-        let out = Command::new("useradd")
-            .args(["-M", "-U", "-s", "/usr/sbin/nologin", &name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "useradd {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id").args([flag, &name]).output().unwrap();
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        let (uid, gid) = (id("-u"), id("-g"));
-        Self { name, uid, gid }
-    }
-
-    pub fn chown(&self, path: &Path) {
-        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).unwrap();
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
-        let _ = Command::new("groupdel").arg(&self.name).output();
     }
 }

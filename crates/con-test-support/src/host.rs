@@ -1,0 +1,188 @@
+//! A con host in a temp dir, and the real `con daemon` serving it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use con_event::{Event, Payload, SessionId};
+use con_protocol::{Client, ClientEvent, Query};
+
+use crate::users::unique_prefix;
+
+/// The workspace's root directory (where `configs/` is).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// A host's root prefix in a temp dir, with the default profile's
+/// `etc/con/con.toml` and a user prefix of its own, so that tests running
+/// in parallel never share an agent's user. Removed on drop.
+pub struct Root {
+    dir: tempfile::TempDir,
+    user_prefix: String,
+}
+
+impl Root {
+    /// A new root: mode 0755, so agent users can reach the socket under it
+    /// (mktemp's 0700 would hide it).
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("con-daemon-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        std::fs::create_dir_all(dir.path().join("etc/con")).expect("etc/con");
+        std::fs::copy(
+            workspace().join("configs/default/con.toml"),
+            dir.path().join("etc/con/con.toml"),
+        )
+        .expect("copy the default con.toml");
+        Self {
+            dir,
+            // One character of tag: 9 characters in all, the width the
+            // policy snapshots were taken with.
+            user_prefix: unique_prefix("c"),
+        }
+    }
+
+    /// The root prefix (`--root`).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The user prefix of this host's agents (`--user-prefix`).
+    pub fn user_prefix(&self) -> &str {
+        &self.user_prefix
+    }
+
+    /// The Linux user of `agent` on this host.
+    pub fn user(&self, agent: &str) -> String {
+        format!("{}{agent}", self.user_prefix)
+    }
+
+    /// The daemon's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("run/con/con.sock")
+    }
+
+    /// The event log's database directory.
+    pub fn db(&self) -> PathBuf {
+        self.path().join("var/lib/con/events")
+    }
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `con daemon`; SIGTERMed and reaped on drop.
+pub struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// `con daemon` (the binary at `con`) on `root`, once its socket accepts.
+    pub fn start(con: impl AsRef<Path>, root: &Root) -> Self {
+        Self::start_with(con, root, &[], &[])
+    }
+
+    /// [`Daemon::start`] with extra `con daemon` arguments and environment.
+    pub fn start_with(
+        con: impl AsRef<Path>,
+        root: &Root,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let child = Command::new(con.as_ref())
+            .arg("--root")
+            .arg(root.path())
+            .args(["--user-prefix", root.user_prefix(), "daemon"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn con daemon");
+        let daemon = Self { child: Some(child) };
+        let start = Instant::now();
+        while UnixStream::connect(root.socket()).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// SIGKILL, and waits for it to exit.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        child.kill().expect("SIGKILL con daemon");
+        child.wait().expect("wait for con daemon");
+    }
+
+    /// SIGTERM, and waits for it to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().expect("wait for con daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+    }
+}
+
+/// A client event for `payload` (no task, no causation, no attachments).
+pub fn client_event(payload: Payload, session: Option<SessionId>) -> ClientEvent {
+    let spec = payload.spec();
+    ClientEvent {
+        session,
+        task: None,
+        causation: None,
+        kind: spec.id,
+        kind_version: spec.version,
+        payload: payload.encode().expect("encode payload"),
+        attachments: vec![],
+    }
+}
+
+/// Every event in the log, through the daemon at `socket`, as root.
+pub fn all_events(socket: &Path) -> Vec<Event> {
+    let mut events = Vec::new();
+    Client::connect(socket)
+        .expect("connect to the daemon")
+        .query(
+            Query {
+                from_seq: 1,
+                ..Query::default()
+            },
+            |b| {
+                events.push(Event::from_stored(&b).expect("stored event decodes"));
+                true
+            },
+        )
+        .expect("query the log");
+    events
+}
