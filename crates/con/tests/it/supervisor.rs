@@ -1,8 +1,6 @@
 //! The supervisor, black-box: `con daemon` starting runs as real agent users.
 //! A stand-in for `con run` records who it ran as and what it was given.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +10,8 @@ use con_event::payloads::AgentCondition;
 use con_event::{Event, Payload};
 use con_protocol::Client;
 use con_test_support::{Daemon, Root, TestUser};
+
+use crate::CON;
 
 const STAND_IN: &str = r#"#!/bin/sh
 # Stand-in for `con run`: called as <program> --root R --user-prefix P run AGENT.
@@ -70,7 +70,7 @@ impl Conspiracy {
     fn start(&self, env: &[(&str, &str)]) -> Daemon {
         let stand_in = self.root.path().join("stand-in-run");
         Daemon::start_with(
-            env!("CARGO_BIN_EXE_con"),
+            CON,
             &self.root,
             &[
                 "--supervisor",
@@ -141,7 +141,7 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 fn an_outer_task_is_routed_to_the_concierge_which_runs_as_itself_without_secrets() {
     let c = Conspiracy::new(&[("concierge", "")]);
     let _daemon = c.start(&[("CON_OPENROUTER_API_KEY", "sk-secret-test-key")]);
-    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+    let out = Command::new(CON)
         .args([
             "--root",
             c.root.path().to_str().unwrap(),

@@ -1,7 +1,5 @@
 //! Black-box tests of the real `con` binary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches fail loudly
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -10,10 +8,12 @@ use con_event::payloads::TaskRouted;
 use con_store::{GroupCommitWriter, Store, WriterConfig};
 use con_test_support::workspace;
 
+use crate::CON;
+
 /// `con` with a clean environment (no CON_* leaking in from the caller),
 /// run from the workspace root so relative paths print stably.
 fn con(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_con"));
+    let mut cmd = Command::new(CON);
     cmd.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .current_dir(workspace())

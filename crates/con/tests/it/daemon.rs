@@ -1,8 +1,6 @@
 //! The daemon, black-box: the real `con daemon` in a temp root, real Linux
 //! users connecting to its socket, kills and restarts.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -10,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use con_test_support::{Daemon, Root, TestGroup, TestUser, client_event, unique_prefix};
-
 use con_event::payloads::*;
 use con_event::{Event, Payload, SessionId};
 use con_protocol::{Client, ClientError, ErrorCode, Query};
+use con_test_support::{Daemon, Root, TestGroup, TestUser, client_event, unique_prefix};
 
-const CON: &str = env!("CARGO_BIN_EXE_con");
+use crate::CON;
+
 const CLIENT_ENV: &str = "CON_TEST_CLIENT";
 
 fn tool_call(id: &str) -> Payload {
@@ -249,7 +247,7 @@ fn run_as_with(user: &TestUser, root: &Root, action: &str, env: &[(&str, String)
         .args([
             "--ignored",
             "--exact",
-            "client_as_other_user",
+            "daemon::client_as_other_user",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -519,7 +517,7 @@ fn acknowledged_appends_survive_daemon_sigkill() {
     }
     assert!(count.values().all(|&n| n == 1), "no event is duplicated");
     drop(_daemon);
-    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+    let out = Command::new(CON)
         .args(["verify", "--db", root.db().to_str().unwrap()])
         .output()
         .unwrap();
@@ -564,7 +562,7 @@ fn sigterm_drains_and_exits_cleanly() {
 fn logs_follow_streams_new_events_and_status_reports_the_head() {
     let root = Root::new();
     let _daemon = Daemon::start(CON, &root);
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_con"))
+    let mut follower = Command::new(CON)
         .args([
             "--root",
             root.path().to_str().unwrap(),
@@ -594,7 +592,7 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
     follower.wait().unwrap();
     assert_eq!(seen, ["f0", "f1", "f2"]);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+    let out = Command::new(CON)
         .args(["--root", root.path().to_str().unwrap(), "status", "--json"])
         .output()
         .unwrap();
@@ -655,7 +653,7 @@ fn redact_under(mut v: serde_json::Value, root: &str) -> serde_json::Value {
 }
 
 fn con(root: &Root, args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+    let out = Command::new(CON)
         .args(["--root", root.path().to_str().unwrap()])
         .args(args)
         .output()
@@ -740,7 +738,7 @@ fn a_task_name_with_a_newline_and_escape_cannot_forge_a_log_line() {
 #[test]
 fn without_a_daemon_clients_fail_with_one_clear_line() {
     let root = Root::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+    let out = Command::new(CON)
         .args(["--root", root.path().to_str().unwrap(), "status"])
         .output()
         .unwrap();
@@ -759,7 +757,7 @@ fn readiness_is_notified_to_systemd() {
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_con"))
+    let mut child = Command::new(CON)
         .args([
             "--root",
             root.path().to_str().unwrap(),
@@ -845,7 +843,7 @@ fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
         (vec!["--kind", "provision.applied", "-n", "3"], 3),
         (vec!["--kind", "run.exited"], 0),
     ] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_con"));
+        let mut cmd = Command::new(CON);
         cmd.args(["--root", root.path().to_str().unwrap(), "logs"])
             .args(&args);
         let out = cmd.output().unwrap();
@@ -1077,7 +1075,7 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
         assert!(seq >= 5, "{how:?}: last seq {seq}");
         let before = files(&db);
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_con"))
+        let mut child = Command::new(CON)
             .args([
                 "--root",
                 root.path().to_str().unwrap(),
@@ -1163,7 +1161,7 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
             "{how:?}: the log tree changed"
         );
 
-        let out = Command::new(env!("CARGO_BIN_EXE_con"))
+        let out = Command::new(CON)
             .args(["verify", "--db", db.to_str().unwrap()])
             .output()
             .unwrap();

@@ -1,8 +1,6 @@
 //! Agent runs end to end: the real `con` binary as real agent users, the
 //! real daemon as LLM gateway, and a scripted model server on loopback.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,7 +12,8 @@ use con_llm_script::{ErrorReply, Reply, ScriptedServer, Step};
 use con_runner::prompt::{UNVERIFIED_FRAMING, VERIFIED_FRAMING};
 use con_test_support::{Daemon, Root, TestUser, all_events};
 
-const CON: &str = env!("CARGO_BIN_EXE_con");
+use crate::CON;
+
 const KEY: &str = "sk-test-0123456789-SECRET";
 const KEY_VAR: &str = "CON_TEST_API_KEY";
 
@@ -649,7 +648,7 @@ fn daemon_with_secrets(content: &str, mode: u32) -> (bool, String) {
     let env = root.path().join("etc/con/env");
     std::fs::write(&env, content).unwrap();
     std::fs::set_permissions(&env, std::fs::Permissions::from_mode(mode)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+    let out = Command::new(CON)
         .args(["--root", root.path().to_str().unwrap(), "daemon"])
         .env_remove("NOTIFY_SOCKET")
         .output()

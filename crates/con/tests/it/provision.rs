@@ -8,8 +8,6 @@
 //! Needs root, `useradd`, `setpriv`, `visudo`, `nft`, `ip netns` and
 //! `systemd-analyze`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +19,8 @@ use con_event::{BlobRef, Payload};
 use con_test_support::{
     Daemon, Root, all_events, remove_accounts, unique_name, unique_prefix, workspace,
 };
+
+use crate::CON;
 
 /// A temp root (holding a copy of `configs/default` as `profile/`), unique
 /// user and group prefixes, and a network namespace; every account with
@@ -82,7 +82,7 @@ impl Host {
     /// the test's network namespace, with a clean environment.
     fn con(&self, args: &[&str]) -> Output {
         Command::new("ip")
-            .args(["netns", "exec", &self.netns, env!("CARGO_BIN_EXE_con")])
+            .args(["netns", "exec", &self.netns, CON])
             .args([
                 "--root",
                 self.path().to_str().unwrap(),
@@ -535,12 +535,7 @@ fn provision_applied_is_recorded_when_the_daemon_runs() {
         "{}",
         text(&out.stderr)
     );
-    let _daemon = Daemon::start_with(
-        env!("CARGO_BIN_EXE_con"),
-        &host.root,
-        &["--supervisor", "systemd"],
-        &[],
-    );
+    let _daemon = Daemon::start_with(CON, &host.root, &["--supervisor", "systemd"], &[]);
 
     let commission = host.ok(&["commission", "scribe"]);
     let decommission = host.ok(&["decommission", "scribe"]);

@@ -1,7 +1,5 @@
 //! `con healthcheck`: the built-in checks of con's own health, recorded.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
@@ -9,8 +7,10 @@ use con_event::Payload;
 use con_event::payloads::CheckStatus;
 use con_test_support::{Daemon, Root, all_events};
 
+use crate::CON;
+
 fn healthcheck(root: &Root) -> (bool, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+    let out = Command::new(CON)
         .args([
             "--root",
             root.path().to_str().unwrap(),
@@ -41,7 +41,7 @@ fn checks_are_recorded_and_a_readable_secrets_file_fails() {
     let env = root.path().join("etc/con/env");
     std::fs::write(&env, "CON_X=1\n").unwrap();
     std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let _daemon = Daemon::start(env!("CARGO_BIN_EXE_con"), &root);
+    let _daemon = Daemon::start(CON, &root);
 
     let (ok, rows) = healthcheck(&root);
     assert_eq!(status_of(&rows, "database-permissions"), "pass");
@@ -70,7 +70,7 @@ fn checks_are_recorded_and_a_readable_secrets_file_fails() {
 #[test]
 fn no_daemon_is_a_failure() {
     let root = Root::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_con"))
+    let out = Command::new(CON)
         .args(["--root", root.path().to_str().unwrap(), "healthcheck"])
         .output()
         .unwrap();
