@@ -1,12 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Sessions and draining, driven by an in-memory daemon link.
-
-mod common;
 
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::{FakeLink, Tree, text, tools};
 use con_config::Runner;
 use con_event::BlobRef;
 use con_event::Payload;
@@ -16,6 +12,8 @@ use con_runner::prompt::{UNVERIFIED_FRAMING, VERIFIED_FRAMING};
 use con_runner::{LinkError, drain};
 use con_test_support::TestUser;
 use serde_json::json;
+
+use crate::common::{FakeLink, Tree, text, tools};
 
 fn user_messages(request: &con_llm::ChatRequest) -> Vec<&str> {
     request
@@ -516,7 +514,10 @@ fn tasks_are_drained_oldest_first_and_claimed_ones_skipped() {
         [".20250100.task.tmp", "20250103-c.task"]
     );
     // Claims of finished tasks are cleaned up; the held one stays.
-    assert_eq!(common::names(&tree.run.sessions()), ["20250103-c.lock"]);
+    assert_eq!(
+        crate::common::names(&tree.run.sessions()),
+        ["20250103-c.lock"]
+    );
 }
 
 #[test]

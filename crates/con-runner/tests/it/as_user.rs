@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The tools as the kernel sees them: this test binary re-runs its own
 //! `probe` as a real unprivileged user (through `setpriv`), or with a
 //! secret in its environment, and reads back what the tools returned.
@@ -26,7 +25,7 @@ fn run_probe(user: Option<&TestUser>, env: &[(&str, &str)]) {
         None => Command::new(&exe),
     };
     let out = cmd
-        .args(["--exact", "probe", "--ignored", "--test-threads=1"])
+        .args(["--exact", "as_user::probe", "--ignored", "--test-threads=1"])
         .env_clear()
         .envs(env.iter().copied())
         .output()

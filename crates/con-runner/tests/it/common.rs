@@ -1,8 +1,6 @@
 //! Fixtures: an agent tree in a temp dir, and an in-memory daemon link that
 //! checks what the real daemon checks.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
