@@ -1,9 +1,5 @@
 //! What the watcher records, when, and how often.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
@@ -14,7 +10,7 @@ use std::time::{Duration, Instant};
 use con_event::BlobRef;
 use con_inbox::{InboxWatcher, WatcherConfig, arrival_key};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn tmp_is_ignored_until_renamed_then_recorded_once() {
@@ -30,7 +26,7 @@ fn tmp_is_ignored_until_renamed_then_recorded_once() {
 
     fs::rename(&tmp, dir.path().join("x.task")).unwrap();
     let ev = h.next(WAIT);
-    let p = common::arrived(&ev);
+    let p = arrived(&ev);
     assert_eq!(ev.task.as_deref(), Some("x"));
     assert_eq!(p.inbox, "a");
     assert_eq!(p.path, dir.path().join("x.task").to_string_lossy());

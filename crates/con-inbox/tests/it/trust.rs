@@ -1,19 +1,15 @@
 //! Provenance comes from the kernel: real users write the tasks, `lstat`
 //! decides.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, symlink};
 
 use con_event::payloads::Trust;
 use con_event::{Actor, BlobRef};
 use con_inbox::{WatcherConfig, classify};
-
-use common::*;
 use con_test_support::{TestGroup, TestUser, unique_name};
+
+use crate::common::*;
 
 fn config(group: &TestGroup) -> WatcherConfig {
     WatcherConfig {

@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: tasks written by real users,
 //! inboxes, and event collection.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -2,10 +2,6 @@
 //! the consumer keeps up or stalls (which overflows the event queue and
 //! forces rescans).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
@@ -14,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use con_inbox::WatcherConfig;
 
-use common::*;
+use crate::common::*;
 
 const N: usize = 10_000;
 const TIMEOUT: Duration = Duration::from_secs(120);
