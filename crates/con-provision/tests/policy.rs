@@ -1,0 +1,163 @@
+//! `policy::explain` is computed from the plan alone: no users, no root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use con_layout::Layout;
+use con_provision::config_edit::ConfigLines;
+use con_provision::policy::{self, ContractRef, ExplainInput, Exposure, Policy};
+use con_provision::{PlanInput, Profile};
+
+const WORKER: &str = "\n[[agents]]\nname = \"scribe\"\ntier = \"worker\"\n";
+
+fn explain(extra: &str, agent: &str, contracts: &[ContractRef]) -> Policy {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default");
+    let profile = Profile::read(&dir).unwrap();
+    let text = std::str::from_utf8(profile.get("con.toml").unwrap())
+        .unwrap()
+        .to_owned()
+        + extra;
+    let config = con_config::parse(&text, &dir.join("con.toml"), &BTreeMap::new()).unwrap();
+    let layout = Layout::new(Path::new("/r"), "a-", "").unwrap();
+    let input = PlanInput {
+        config,
+        profile,
+        install_profile: false,
+    };
+    let plan = con_provision::plan(&input, &layout).unwrap();
+    let lines = ConfigLines::parse(&text);
+    policy::explain(
+        &plan,
+        &layout,
+        &ExplainInput {
+            config: &input.config,
+            lines: &lines,
+            profile_dir: Path::new("/r/etc/con"),
+            contracts,
+        },
+        agent,
+        &|name, text| {
+            assert!(text.contains("[Service]"), "{name} is a service");
+            Exposure::Score {
+                score: "1.5".into(),
+                label: "OK".into(),
+            }
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_worker_tasks_no_one_and_has_no_sudo() {
+    let p = explain(WORKER, "scribe", &[]);
+    assert_eq!(p.groups, ["agents", "workers"]);
+    let inboxes: Vec<&str> = p.inboxes.iter().map(|i| i.agent.as_str()).collect();
+    assert_eq!(inboxes, ["scribe"]);
+    assert!(p.sudo.is_empty() && p.sudoers_file.is_none());
+    // Nothing of another agent's, and nothing but its own tree and the
+    // shared artifacts directory.
+    for d in &p.dirs {
+        let path = d.path.display().to_string();
+        assert!(
+            path.contains("/agents/scribe")
+                || path == "/r/home/a-scribe"
+                || path == "/r/srv/con/artifacts",
+            "{d:?}"
+        );
+    }
+    let text = p.render(Path::new("/r"), "con.toml");
+    assert!(
+        text.contains("contracts watching it") && text.contains("  none installed\n"),
+        "{text}"
+    );
+    assert!(text.contains("exposure 1.5 OK"), "{text}");
+}
+
+#[test]
+fn an_operator_tasks_every_other_agent_citing_its_tier_line() {
+    let p = explain(WORKER, "concierge", &[]);
+    let others: Vec<&str> = p.inboxes.iter().skip(1).map(|i| i.agent.as_str()).collect();
+    assert_eq!(others, ["sysadmin", "strategist", "scribe"]);
+    let tier_line = p.tier_source.line.unwrap();
+    assert!(
+        p.inboxes[1..]
+            .iter()
+            .all(|i| i.source.line == Some(tier_line))
+    );
+    assert_eq!(p.tier_source.key, "agents.concierge.tier");
+}
+
+#[test]
+fn sudo_rules_come_with_their_template() {
+    let p = explain("", "sysadmin", &[]);
+    assert!(!p.sudo.is_empty());
+    for rule in &p.sudo {
+        assert!(
+            rule.rule.starts_with("a-sysadmin ALL=(root) NOPASSWD: "),
+            "{rule:?}"
+        );
+        assert_eq!(rule.template, Path::new("/r/etc/con/sudoers/sysadmin"));
+        assert_eq!(rule.source.key, "agents.sysadmin.roles");
+    }
+}
+
+#[test]
+fn contracts_are_matched_by_scope() {
+    let c = |id: &str, scope: Option<&str>| ContractRef {
+        file: format!("/r/srv/con/contracts/{id}.yaml").into(),
+        id: id.into(),
+        scope: scope.map(str::to_owned),
+    };
+    let contracts = [
+        c("sys", Some("system")),
+        c("mine", Some("agent:sysadmin")),
+        c("theirs", Some("agent:concierge")),
+        c("none", None),
+    ];
+    let p = explain("", "sysadmin", &contracts);
+    let ids: Vec<&str> = p.contracts.watching.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["sys", "mine"]);
+    assert_eq!(p.contracts.installed, 4);
+}
+
+#[test]
+fn contract_files_are_scanned_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "id: 'A-1'\nscope: system # all\nchecks:\n  - id: nested\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("b.yml"), "description: no id\n").unwrap();
+    std::fs::write(dir.path().join("c.txt"), "id: skipped\n").unwrap();
+    let found = policy::scan_contracts(dir.path()).unwrap();
+    let got: Vec<(&str, Option<&str>)> = found
+        .iter()
+        .map(|c| (c.id.as_str(), c.scope.as_deref()))
+        .collect();
+    assert_eq!(got, [("A-1", Some("system")), ("b.yml", None)]);
+    assert!(
+        policy::scan_contracts(&dir.path().join("missing"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn settings_not_written_are_cited_as_defaults() {
+    let lines = ConfigLines::parse("[system]\nname = \"x\"\n\n[network]\nallow_dns = false\n");
+    let cite = |key: &str| {
+        policy::Source {
+            key: key.into(),
+            line: lines.line(key),
+        }
+        .cite("con.toml")
+    };
+    assert_eq!(cite("network.allow_dns"), "con.toml:5");
+    assert_eq!(
+        cite("network.allowed_ports"),
+        "con.toml: not set (network.allowed_ports: default)"
+    );
+}
