@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use con_layout::Layout;
 use con_provision::plan::{Content, FileKind, Resource};
 use con_provision::{PlanInput, Profile};
+use con_test_support::workspace;
 
 fn profile_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../configs")
-        .join(name)
+    workspace().join("configs").join(name)
 }
 
 fn input(dir: &Path, extra: &str) -> PlanInput {

@@ -9,11 +9,12 @@ use con_layout::Layout;
 use con_provision::config_edit::ConfigLines;
 use con_provision::policy::{self, ContractRef, ExplainInput, Exposure, Policy};
 use con_provision::{PlanInput, Profile};
+use con_test_support::workspace;
 
 const WORKER: &str = "\n[[agents]]\nname = \"scribe\"\ntier = \"worker\"\n";
 
 fn explain(extra: &str, agent: &str, contracts: &[ContractRef]) -> Policy {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/default");
+    let dir = workspace().join("configs/default");
     let profile = Profile::read(&dir).unwrap();
     let text = std::str::from_utf8(profile.get("con.toml").unwrap())
         .unwrap()

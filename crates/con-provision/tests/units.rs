@@ -10,6 +10,7 @@ use std::process::Command;
 use con_config::{Config, Tier};
 use con_layout::Layout;
 use con_provision::units::{SUDO_ROLES, Unit, agent_units, system_units};
+use con_test_support::workspace;
 
 /// The most exposure each kind of unit may have (systemd's 0–10 scale).
 /// An agent whose role uses sudo (setuid) cannot have any setting that
@@ -75,12 +76,8 @@ cron = "30 6 * * 1-5"
 max_session_min = 10
 "#;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn profile(name: &str) -> Config {
-    let path = repo().join("configs").join(name).join("con.toml");
+    let path = workspace().join("configs").join(name).join("con.toml");
     con_config::load(&path, &BTreeMap::new()).unwrap()
 }
 
