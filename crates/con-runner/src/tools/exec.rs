@@ -263,7 +263,7 @@ mod tests {
     #[test]
     fn environment_is_built_from_scratch() {
         // Whatever this test process inherited, the command sees exactly the
-        // six variables of the context (tests/as_user.rs plants a secret in
+        // six variables of the context (tests/it/as_user.rs plants a secret in
         // the runner's own environment and checks it does not leak).
         let dir = tempfile::tempdir().unwrap();
         let out = exec(
