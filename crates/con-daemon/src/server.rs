@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use con_event::payloads::AgentState;
+use con_event::payloads::{AgentState, Trust};
 use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
@@ -229,6 +229,12 @@ async fn append(
         if let Err((code, reason)) = own_session(shared, identity, me, session, opens).await {
             return refuse(wr, code, reason).await;
         }
+        if let Payload::SessionStarted(started) = &payload
+            && started.trust == Trust::Verified
+            && let Err((code, reason)) = verified_arrival(shared, me, event.task.as_deref()).await
+        {
+            return refuse(wr, code, format!("{identity}: {reason}")).await;
+        }
     }
     let new = NewEvent {
         // The kernel's word, not the client's.
@@ -390,6 +396,65 @@ async fn query(
         },
     )
     .await
+}
+
+/// Newest events of an agent searched for the arrival of a task a session
+/// claims is verified; an honest run starts its session right after the
+/// arrival is recorded, so it is among them.
+const ARRIVAL_SEARCH_DEPTH: usize = 10_000;
+
+/// A session may call its task verified only if the daemon recorded the
+/// task's latest arrival in the agent's own inbox as verified: the trust
+/// of a session is the log's word, not the run's.
+async fn verified_arrival(
+    shared: &Arc<Shared>,
+    me: &str,
+    task: Option<&str>,
+) -> Result<(), (ErrorCode, String)> {
+    let Some(task) = task.map(str::to_owned) else {
+        return Err((
+            ErrorCode::Forbidden,
+            "a session of a verified task must name its task".to_owned(),
+        ));
+    };
+    let lookup = shared.clone();
+    let agent = me.to_owned();
+    let wanted = task.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<Trust>, String> {
+        let task = wanted;
+        let records = lookup
+            .store
+            .agent_records_newest_first(&agent)
+            .map_err(|e| e.to_string())?;
+        for record in records.take(ARRIVAL_SEARCH_DEPTH) {
+            let (seq, raw) = record.map_err(|e| e.to_string())?;
+            let event =
+                Event::from_stored(&raw).map_err(|e| format!("event log seq {seq}: {e}"))?;
+            if let Payload::InboxArrived(a) = &event.payload
+                && a.inbox == agent
+                && event.envelope.task.as_deref() == Some(task.as_str())
+            {
+                return Ok(Some(a.trust));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match found {
+        Ok(Some(Trust::Verified)) => Ok(()),
+        Ok(Some(Trust::Unverified)) => Err((
+            ErrorCode::Forbidden,
+            format!("task {task:?} was recorded unverified; its session cannot be verified"),
+        )),
+        Ok(None) => Err((
+            ErrorCode::Forbidden,
+            format!(
+                "no recorded arrival of task {task:?} in this agent's inbox; its session cannot be verified"
+            ),
+        )),
+        Err(e) => Err((ErrorCode::Unavailable, e)),
+    }
 }
 
 /// Whether agent `me` may act in `session`: it started it, or the event is

@@ -107,13 +107,36 @@ fn client_as_other_user() {
                     runner: "builtin".into(),
                     provider: None,
                     model: None,
-                    trust: Trust::Verified,
+                    trust: Trust::Unverified,
                     prompt: con_event::BlobRef::of(&prompt),
                 }
                 .into(),
                 Some(SessionId([7; 16])),
             );
             event.attachments.push(prompt);
+            c.append(event)
+        })),
+        "claim-verified" => outcome(Client::connect(&socket).and_then(|mut c| {
+            let me = std::env::var("CON_TEST_AGENT").unwrap();
+            let task = std::env::var("CON_TEST_TASK").unwrap();
+            let mut event = client_event(
+                SessionStarted {
+                    agent: me,
+                    runner: "builtin".into(),
+                    provider: None,
+                    model: None,
+                    trust: Trust::Verified,
+                    prompt: con_event::BlobRef::of(b""),
+                }
+                .into(),
+                Some(SessionId(
+                    *con_event::Digest::of(task.as_bytes())
+                        .0
+                        .first_chunk()
+                        .unwrap(),
+                )),
+            );
+            event.task = Some(task);
             c.append(event)
         })),
         "tool-in-session" => outcome(Client::connect(&socket).and_then(|mut c| {
@@ -208,7 +231,11 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
         assert!(opened.is_ok(), "{opened:?}");
         for p in &mut payloads {
             match p {
-                Payload::SessionStarted(x) => x.agent = me.into(),
+                Payload::SessionStarted(x) => {
+                    x.agent = me.into();
+                    // A verified claim needs a recorded verified arrival.
+                    x.trust = Trust::Unverified;
+                }
                 Payload::SessionEnded(x) => x.agent = me.into(),
                 Payload::TaskRouted(x) => x.from = me.into(),
                 _ => {}
@@ -1246,4 +1273,57 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
             "{how:?}"
         );
     }
+}
+
+/// A session is verified only if the daemon recorded its task's arrival in
+/// the agent's own inbox as verified: a run cannot claim it.
+#[test]
+fn a_session_cannot_claim_a_verified_task_the_log_does_not_have() {
+    let root = Root::new();
+    let prefix = format!("cv{}-", std::process::id());
+    let inbox = root.path().join("srv/con/agents/sysadmin/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    std::os::unix::fs::chown(&inbox, Some(sysadmin.uid), Some(sysadmin.gid)).unwrap();
+    // An operator's task (root-owned) and the agent's own (its uid).
+    std::fs::write(inbox.join("from-root.task"), "do it").unwrap();
+    let _daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
+    let own = sysadmin
+        .command(Path::new("/bin/sh"))
+        .args(["-c", &format!("echo mine > {}/own.task", inbox.display())])
+        .status()
+        .unwrap();
+    assert!(own.success());
+    let start = Instant::now();
+    while all_events(&root).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "arrivals not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let claim = |task: &str| {
+        run_as_with(
+            &sysadmin,
+            &root,
+            "claim-verified",
+            "sysadmin",
+            &[("CON_TEST_TASK", task.to_owned())],
+        )
+    };
+    assert!(
+        claim("from-root").starts_with("OK "),
+        "{}",
+        claim("from-root")
+    );
+    let own = claim("own");
+    assert!(
+        own.starts_with("REFUSED Forbidden") && own.contains("recorded unverified"),
+        "{own}"
+    );
+    let invented = claim("never-arrived");
+    assert!(
+        invented.starts_with("REFUSED Forbidden") && invented.contains("no recorded arrival"),
+        "{invented}"
+    );
 }
