@@ -208,9 +208,6 @@ async fn append(
     if let Err(reason) = may_append(identity, &payload) {
         return refuse(wr, ErrorCode::Forbidden, format!("{identity}: {reason}")).await;
     }
-    if let Err(reason) = attachments_match(&payload, &event.attachments) {
-        return refuse(wr, ErrorCode::Rejected, reason).await;
-    }
     if let Some(me) = identity.agent() {
         // Everything an agent records belongs to a session it opened: an
         // event with no session would be a claim nobody can tie to a run.
@@ -235,6 +232,9 @@ async fn append(
         {
             return refuse(wr, code, format!("{identity}: {reason}")).await;
         }
+    }
+    if let Err(reason) = attachments_match(&payload, &event.attachments) {
+        return refuse(wr, ErrorCode::Rejected, reason).await;
     }
     let new = NewEvent {
         // The kernel's word, not the client's.
@@ -524,19 +524,29 @@ async fn session_owner(shared: &Arc<Shared>, session: SessionId) -> Result<Optio
 }
 
 /// Attachments must be exactly the contents the payload references: nothing
-/// unreferenced is stored, and what is referenced is what was sent.
+/// unreferenced is stored, and nothing referenced is missing (an event whose
+/// content is not in the log would be a claim nobody can check).
 fn attachments_match(payload: &Payload, attachments: &[Vec<u8>]) -> Result<(), String> {
     let referenced = payload.blob_refs();
-    for blob in attachments {
-        let r = con_event::BlobRef::of(blob);
-        if !referenced.contains(&r) {
-            return Err(format!(
-                "attachment sha256:{} ({} bytes) is not referenced by the {} payload",
-                r.digest,
-                r.len,
-                payload.spec().name
-            ));
-        }
+    let attached: Vec<con_event::BlobRef> = attachments
+        .iter()
+        .map(|a| con_event::BlobRef::of(a))
+        .collect();
+    if let Some(r) = attached.iter().find(|r| !referenced.contains(r)) {
+        return Err(format!(
+            "attachment sha256:{} ({} bytes) is not referenced by the {} payload",
+            r.digest,
+            r.len,
+            payload.spec().name
+        ));
+    }
+    if let Some(r) = referenced.iter().find(|r| !attached.contains(r)) {
+        return Err(format!(
+            "the {} payload references sha256:{} ({} bytes) but it is not attached",
+            payload.spec().name,
+            r.digest,
+            r.len
+        ));
     }
     Ok(())
 }

@@ -29,9 +29,11 @@ fn tool_call(id: &str) -> Payload {
     .into()
 }
 
-/// An event an operator may append.
-fn provisioned() -> Payload {
-    marked("test")
+/// An operator's event carrying `marker`, with its (empty) steps attached.
+fn marked_event(marker: &str) -> con_protocol::ClientEvent {
+    let mut event = client_event(marked(marker), None);
+    event.attachments = vec![Vec::new()];
+    event
 }
 
 /// An operator's event carrying `marker` (as its command).
@@ -136,23 +138,29 @@ fn client_as_other_user() {
                         .unwrap(),
                 )),
             );
+            event.attachments.push(Vec::new());
             event.task = Some(task);
             c.append(event)
         })),
         "tool-in-session" => outcome(Client::connect(&socket).and_then(|mut c| {
-            c.append(client_event(
-                tool_call("in-session"),
-                Some(SessionId([7; 16])),
-            ))
+            let mut event = client_event(tool_call("in-session"), Some(SessionId([7; 16])));
+            event.attachments.push(b"{}".to_vec());
+            c.append(event)
         })),
         "tool-in-unstarted-session" => outcome(Client::connect(&socket).and_then(|mut c| {
             c.append(client_event(tool_call("nowhere"), Some(SessionId([9; 16]))))
         })),
         "unreferenced-attachment" => outcome(Client::connect(&socket).and_then(|mut c| {
-            let mut e = client_event(tool_call("stuffed"), None);
+            let mut e = client_event(tool_call("stuffed"), Some(SessionId([7; 16])));
+            e.attachments.push(b"{}".to_vec());
             e.attachments.push(vec![0u8; 4096]);
             c.append(e)
         })),
+        "missing-attachment" => {
+            outcome(Client::connect(&socket).and_then(|mut c| {
+                c.append(client_event(tool_call("bare"), Some(SessionId([7; 16]))))
+            }))
+        }
         "read-other-agent" => match Client::connect(&socket).and_then(|mut c| {
             c.query(
                 Query {
@@ -216,7 +224,7 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
     if let Some(me) = agent.as_deref().filter(|a| !a.is_empty()) {
         session = Some(SessionId([0x5e; 16]));
         // Its own session first, so that run kinds have somewhere to go.
-        let opened = client.append(client_event(
+        let mut opening = client_event(
             SessionStarted {
                 agent: me.into(),
                 runner: "builtin".into(),
@@ -227,7 +235,9 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
             }
             .into(),
             session,
-        ));
+        );
+        opening.attachments.push(b"p".to_vec());
+        let opened = client.append(opening);
         assert!(opened.is_ok(), "{opened:?}");
         for p in &mut payloads {
             match p {
@@ -245,7 +255,10 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
     let (mut accepted, mut refused) = (Vec::new(), Vec::new());
     for payload in payloads {
         let name = payload.spec().name;
-        match client.append(client_event(payload, session)) {
+        let attachments = con_test_support::attachments_for(&payload);
+        let mut event = client_event(payload, session);
+        event.attachments = attachments;
+        match client.append(event) {
             Ok(_) => accepted.push(name.to_owned()),
             Err(ClientError::Refused { code, .. }) => refused.push(format!("{name}:{code:?}")),
             Err(e) => panic!("{name}: {e}"),
@@ -365,6 +378,12 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
         stuffed.starts_with("REFUSED Rejected") && stuffed.contains("not referenced"),
         "{stuffed}"
     );
+    // Nor is anything referenced left out.
+    let bare = run_as(&sysadmin, &root, "missing-attachment");
+    assert!(
+        bare.starts_with("REFUSED Rejected") && bare.contains("not attached"),
+        "{bare}"
+    );
 
     for nobody in [&stranger, &unconfigured] {
         let refused = run_as(nobody, &root, "start-session");
@@ -470,7 +489,7 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
     );
     // A payload that is not what its kind says.
     let mut c = Client::connect(&root.socket()).unwrap();
-    let mut bad = client_event(provisioned(), None);
+    let mut bad = marked_event("test");
     bad.payload.truncate(3);
     assert!(matches!(
         c.append(bad),
@@ -480,7 +499,7 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
         })
     ));
     // The daemon still serves.
-    assert!(c.append(client_event(provisioned(), None)).is_ok());
+    assert!(c.append(marked_event("test")).is_ok());
     assert_eq!(all_events(&root).len(), 1);
 }
 
@@ -516,7 +535,7 @@ fn acknowledged_appends_survive_daemon_sigkill() {
                     };
                     for n in 0.. {
                         let marker = format!("r{round}c{c}n{n}");
-                        match client.append(client_event(marked(&marker), None)) {
+                        match client.append(marked_event(&marker)) {
                             Ok((seq, _)) => acks.push((seq, marker)),
                             Err(_) => break,
                         }
@@ -578,7 +597,7 @@ fn sigterm_drains_and_exits_cleanly() {
         let mut client = Client::connect(&socket).unwrap();
         let mut acks = Vec::new();
         for n in 0.. {
-            match client.append(client_event(marked(&format!("t{n}")), None)) {
+            match client.append(marked_event(&format!("t{n}"))) {
                 Ok((seq, _)) => acks.push(seq),
                 Err(_) => break,
             }
@@ -616,8 +635,7 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
         .unwrap();
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..3 {
-        c.append(client_event(marked(&format!("f{n}")), None))
-            .unwrap();
+        c.append(marked_event(&format!("f{n}"))).unwrap();
     }
     let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap());
     let mut seen = Vec::new();
@@ -723,7 +741,7 @@ fn status_and_logs_json_are_the_documented_views() {
     assert!(run_as_agent(&sysadmin, &root, "start-session", "sysadmin").starts_with("OK "));
     Client::connect(&root.socket())
         .unwrap()
-        .append(client_event(marked("bootstrap"), None))
+        .append(marked_event("bootstrap"))
         .unwrap();
     let start = Instant::now();
     while all_events(&root).len() < 3 {
@@ -877,8 +895,7 @@ fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
     let _daemon = Daemon::start(&root);
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..5 {
-        c.append(client_event(marked(&format!("l{n}")), None))
-            .unwrap();
+        c.append(marked_event(&format!("l{n}"))).unwrap();
     }
     for (args, lines) in [
         (vec!["-n", "2"], 2),
@@ -1155,8 +1172,7 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
         let mut daemon = Daemon::start(&root);
         let mut c = Client::connect(&root.socket()).unwrap();
         for n in 0..5 {
-            c.append(client_event(marked(&format!("d{n}")), None))
-                .unwrap();
+            c.append(marked_event(&format!("d{n}"))).unwrap();
         }
         drop(c);
         assert!(daemon.terminate().success(), "{how:?}");
