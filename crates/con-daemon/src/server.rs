@@ -48,10 +48,29 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections one non-root uid may hold open at once.
 const MAX_CONNECTIONS_PER_UID: usize = 64;
 
-/// Reads one request: `Ok(None)` on a clean end of stream. The body is read
-/// as it arrives (no buffer of the declared size up front) and must arrive
-/// within `FRAME_TIMEOUT`.
-async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<Request>, FrameError> {
+/// Largest frame an agent may send. An agent's frames carry its run's
+/// events and model calls (a whole conversation: well under a megabyte for
+/// today's context windows); operators keep the protocol's limit.
+pub(crate) const AGENT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Frame bytes all connections together may hold at once, in KiB (the unit
+/// of the budget's permits). Beyond it, reading a frame waits until others
+/// are handled, so the daemon's memory stays bounded whatever the number of
+/// connections and callers.
+pub(crate) const FRAME_BUDGET_KIB: usize = 128 * 1024;
+
+/// A request and its share of the frame budget, held until it is handled.
+type Budgeted = (Request, tokio::sync::OwnedSemaphorePermit);
+
+/// Reads one request: `Ok(None)` on a clean end of stream. The declared
+/// length must be within `max`; the body is read only once its bytes are
+/// granted from the daemon-wide `budget`, as it arrives (no buffer of the
+/// declared size up front), and must arrive within `FRAME_TIMEOUT`.
+async fn read_request(
+    rd: &mut OwnedReadHalf,
+    max: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
+) -> Result<Option<Budgeted>, FrameError> {
     let mut prefix = [0u8; LEN_BYTES];
     match rd.read_exact(&mut prefix).await {
         Ok(_) => {}
@@ -59,6 +78,17 @@ async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<Request>, FrameEr
         Err(e) => return Err(FrameError::Malformed(e.to_string())),
     }
     let len = check_len(prefix)?;
+    if len > max {
+        return Err(FrameError::BadLength(
+            u32::try_from(len).unwrap_or(u32::MAX),
+        ));
+    }
+    let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+    let permit = budget
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|_| FrameError::Malformed("the daemon is shutting down".into()))?;
     let mut rest = Vec::with_capacity(len.min(64 * 1024));
     let read = tokio::time::timeout(
         FRAME_TIMEOUT,
@@ -72,7 +102,7 @@ async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<Request>, FrameEr
             "truncated frame: {read} of {len} bytes"
         )));
     }
-    decode_body(&rest).map(Some)
+    decode_body(&rest).map(|request| Some((request, permit)))
 }
 
 /// Holds one of a uid's connection slots; frees it when dropped.
@@ -154,14 +184,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         }
     };
     let mut stopping = shared.stopping.clone();
+    let max = match identity {
+        Identity::Agent { .. } => AGENT_MAX_FRAME_BYTES,
+        Identity::Operator { .. } => con_protocol::MAX_FRAME_BYTES as usize,
+    };
     loop {
         let request = tokio::select! {
-            r = read_request(&mut rd) => r,
+            r = read_request(&mut rd, max, &shared.frame_budget) => r,
             _ = stopping.wait_for(|s| *s) => return,
         };
         let result = match request {
             Ok(None) => return,
-            Ok(Some(request)) => handle(&shared, &identity, request, &mut wr).await,
+            // The permit is held until the request is handled.
+            Ok(Some((request, _permit))) => handle(&shared, &identity, request, &mut wr).await,
             Err(e) => {
                 // A bad frame leaves the stream position unknown: answer, close.
                 let code = match e {

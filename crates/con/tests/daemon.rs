@@ -209,6 +209,39 @@ fn client_as_other_user() {
                 Err(e) => format!("ERROR {e}"),
             }
         }
+        "frame-flood" => {
+            let len: usize = std::env::var("CON_TEST_FRAME").unwrap().parse().unwrap();
+            let threads: Vec<_> = (0..64)
+                .map(|_| {
+                    let socket = socket.clone();
+                    std::thread::spawn(move || {
+                        let Ok(mut s) = UnixStream::connect(&socket) else {
+                            return "unreachable".to_owned();
+                        };
+                        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                        // A refused frame is not read: the rest of it stalls.
+                        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut frame = u32::try_from(len).unwrap().to_be_bytes().to_vec();
+                        frame.push(con_protocol::PROTOCOL_VERSION);
+                        frame.resize(4 + len, 0xff);
+                        // The daemon may answer and close before taking it all.
+                        let _ = s.write_all(&frame);
+                        let mut reply = Vec::new();
+                        let _ = s.read_to_end(&mut reply);
+                        match con_protocol::decode_frame::<con_protocol::Response>(&reply) {
+                            Ok(Some((con_protocol::Response::Error { code, .. }, _))) => {
+                                format!("{code:?}")
+                            }
+                            other => format!("{other:?}"),
+                        }
+                    })
+                })
+                .collect();
+            let mut answers: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            answers.sort();
+            answers.dedup();
+            format!("ANSWERS {}", answers.join(","))
+        }
         other => panic!("unknown action {other}"),
     };
     println!("RESULT {line}");
@@ -1342,4 +1375,73 @@ fn a_session_cannot_claim_a_verified_task_the_log_does_not_have() {
         invented.starts_with("REFUSED Forbidden") && invented.contains("no recorded arrival"),
         "{invented}"
     );
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Three agents, 64 connections each, sending the biggest frames they can:
+/// over the agent limit they are refused before a byte of the body is read;
+/// at the limit, the daemon-wide frame budget bounds what is held at once.
+#[test]
+fn agents_flooding_the_socket_cannot_grow_the_daemon_without_bound() {
+    let root = Root::new();
+    let prefix = format!("cf{}-", std::process::id());
+    let daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
+    let agents: Vec<TestUser> = ["concierge", "sysadmin", "strategist"]
+        .iter()
+        .map(|a| TestUser::create(&format!("{prefix}{a}")))
+        .collect();
+    let flood = |len: usize| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = agents
+                .iter()
+                .zip(["concierge", "sysadmin", "strategist"])
+                .map(|(user, agent)| {
+                    let root = &root;
+                    scope.spawn(move || {
+                        run_as_with(
+                            user,
+                            root,
+                            "frame-flood",
+                            agent,
+                            &[("CON_TEST_FRAME", len.to_string())],
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    // 16 MiB frames: refused for agents as too large.
+    let start = Instant::now();
+    for answer in flood(16 * 1024 * 1024 - 8) {
+        assert_eq!(answer, "ANSWERS TooLarge", "{answer}");
+    }
+    eprintln!("16 MiB flood answered in {:?}", start.elapsed());
+    // Just under the agent limit: read (within the budget), then refused as
+    // malformed.
+    let start = Instant::now();
+    for answer in flood(4 * 1024 * 1024 - 8) {
+        assert_eq!(answer, "ANSWERS BadFrame", "{answer}");
+    }
+    let peak_mib = peak_rss_kib(daemon.pid()) / 1024;
+    eprintln!(
+        "4 MiB flood answered in {:?}; daemon peak RSS {peak_mib} MiB",
+        start.elapsed()
+    );
+    // 768 MiB were sent at once; the budget holds 128 MiB of frames.
+    assert!(peak_mib < 320, "daemon peak RSS {peak_mib} MiB");
+    // And it still serves.
+    assert!(Client::connect(&root.socket()).unwrap().status().is_ok());
 }
