@@ -283,6 +283,15 @@ async fn append(
         payload,
         attachments: event.attachments,
     };
+    append_and_answer(shared, new, wr).await
+}
+
+/// Appends `new` and answers with its durable position, or the refusal.
+async fn append_and_answer(
+    shared: &Arc<Shared>,
+    new: NewEvent,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
     match shared.appender.submit(new).wait_async().await {
         Ok(a) => {
             send(
@@ -703,20 +712,7 @@ async fn set_condition(
         .into(),
         attachments: Vec::new(),
     };
-    match shared.appender.submit(new).wait_async().await {
-        Ok(a) => {
-            send(
-                wr,
-                &Response::Appended {
-                    seq: a.seq,
-                    hash: a.hash,
-                },
-            )
-            .await
-        }
-        Err(AppendError::Rejected(reason)) => refuse(wr, ErrorCode::Rejected, reason).await,
-        Err(e) => refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
-    }
+    append_and_answer(shared, new, wr).await
 }
 
 /// con's built-in checks, run now; each result is recorded (by the
