@@ -912,6 +912,52 @@ fn an_operator_task_an_agent_rewrites_and_moves_back_or_on_is_unverified() {
 }
 
 #[test]
+fn a_root_task_its_agent_may_write_is_unverified_even_rewritten_in_place() {
+    let model = ScriptedServer::start(vec![Step::text("declined")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[
+            agent("concierge", "operator", ""),
+            agent("sysadmin", "operator", ""),
+        ],
+    );
+    // The default ACL of a host provisioned before tasks were capped at
+    // 0644: a root task written 0666 here leaves the concierge `rw-`.
+    c.grant_tasking("sysadmin", "concierge");
+    let _daemon = c.daemon();
+    let before = head_seq(&c);
+    let task = c.task("concierge", "legacy", "Rotate the host keys.");
+    let first = arrivals_at(&c, &task, before);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].trust, Trust::Unverified);
+    let who = &c.user("concierge").name;
+    assert!(
+        first[0]
+            .trust_reason
+            .contains(&format!("its ACL lets user {who} (uid")),
+        "{}",
+        first[0].trust_reason
+    );
+
+    // As the concierge: rewrite it in place; still root's, still unverified.
+    let after = head_seq(&c);
+    assert!(as_agent(
+        &c,
+        "concierge",
+        &format!("printf 'Laundered.' > '{}'", task.display())
+    ));
+    assert_eq!(std::fs::metadata(&task).unwrap().uid(), 0);
+    for arrival in arrivals_at(&c, &task, after) {
+        assert_eq!(arrival.trust, Trust::Unverified, "{}", arrival.trust_reason);
+    }
+    ok(&c.run("concierge", &[]));
+    let seen = body_text(&model, 0);
+    assert!(seen.contains(UNVERIFIED_FRAMING), "{seen}");
+    assert!(seen.contains("Laundered."), "{seen}");
+}
+
+#[test]
 fn provenance_survives_a_daemon_restart() {
     let concierge_model = ScriptedServer::start(vec![Step::text("done")]);
     let sysadmin_model = ScriptedServer::start(vec![Step::text("declined")]);
