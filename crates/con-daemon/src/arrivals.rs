@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use con_event::{NewEvent, Payload};
-use con_inbox::{ArrivalKey, InboxSpec, InboxWatcher, WatcherConfig, arrival_key, key_of};
+use con_inbox::{
+    ArrivalKey, InboxSpec, InboxWatcher, Provenance, WatcherConfig, arrival_key, key_of,
+};
 use con_store::{Appender, Store, Ticket};
 use tokio::sync::mpsc::Sender;
 
@@ -51,8 +53,10 @@ impl Recorded {
     }
 }
 
-/// Keys of the tasks present now whose arrival is already in the log.
-fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> HashSet<ArrivalKey> {
+/// Keys of the tasks present now whose arrival is already in the log, and
+/// where every file the log recorded last arrived: provenance outlives the
+/// daemon because it is the log's.
+fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> (HashSet<ArrivalKey>, Provenance) {
     let mut present = HashSet::new();
     for inbox in inboxes {
         let Ok(entries) = std::fs::read_dir(&inbox.dir) else {
@@ -66,12 +70,23 @@ fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> HashSet<Arrival
         }
     }
     let mut recorded = HashSet::new();
+    let mut provenance = Provenance::default();
     for inbox in inboxes {
-        let Ok(events) = store.agent_events(&inbox.name, 1) else {
-            continue;
+        let events = match store.agent_events(&inbox.name, 1) {
+            Ok(events) => events,
+            Err(e) => {
+                // Arrivals we cannot read are not remembered: their files,
+                // should they come back, would be judged by lstat alone.
+                eprintln!(
+                    "con daemon: cannot read the arrivals of inbox {}: {e}",
+                    inbox.name
+                );
+                continue;
+            }
         };
         for event in events.flatten() {
             if let Payload::InboxArrived(a) = &event.payload {
+                provenance.remember(a);
                 let key = arrival_key(a);
                 if present.contains(&key) {
                     recorded.insert(key);
@@ -79,7 +94,7 @@ fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> HashSet<Arrival
             }
         }
     }
-    recorded
+    (recorded, provenance)
 }
 
 /// The running watcher and the threads that record its events and keep
@@ -103,18 +118,19 @@ impl Arrivals {
         wake: Sender<String>,
         recorded: Recorded,
     ) -> Result<Self, con_inbox::WatchError> {
-        let already = recorded_and_present(store, &inboxes);
+        let (already, provenance) = recorded_and_present(store, &inboxes);
         for key in &already {
             recorded.insert(PathBuf::from(&key.path));
         }
         let (tx, rx) = mpsc::sync_channel::<NewEvent>(1024);
-        let watcher = Arc::new(InboxWatcher::start_with_errors(
+        let watcher = Arc::new(InboxWatcher::start_with_provenance(
             Vec::new(),
             WatcherConfig {
                 trusted_group: trusted_group.to_owned(),
                 ..WatcherConfig::default()
             },
             already,
+            provenance,
             tx,
             |e| eprintln!("con daemon: inbox watcher: {e}"),
         )?);
@@ -198,44 +214,6 @@ fn rewatch(watcher: &InboxWatcher, inboxes: &[InboxSpec], stop: &AtomicBool) {
     }
 }
 
-/// Inodes seen arriving, and in which inbox: a file that arrives in one
-/// agent's inbox after arriving in another's was moved there by `rename()`,
-/// which keeps its owner — so an agent that may task others could forward
-/// an operator's (verified) task as if the operator had sent it there.
-#[derive(Default)]
-struct Provenance {
-    seen: HashMap<(u64, u64), String>,
-}
-
-/// Inodes remembered at most (about 60 MB); beyond that the oldest
-/// knowledge is dropped wholesale and forwarding is caught again from the
-/// next arrival on.
-const PROVENANCE_CAPACITY: usize = 1_000_000;
-
-impl Provenance {
-    /// Downgrades a verified arrival whose inode last arrived in another
-    /// agent's inbox. Moves out of the outer inbox are the daemon's own
-    /// routing (agents cannot touch the outer inbox) and keep their trust.
-    fn check(&mut self, arrival: &mut con_event::payloads::InboxArrived) {
-        let key = (arrival.dev, arrival.inode);
-        if let Some(before) = self.seen.get(&key)
-            && *before != arrival.inbox
-            && before != con_inbox::OUTER_INBOX
-            && arrival.trust == con_event::payloads::Trust::Verified
-        {
-            arrival.trust = con_event::payloads::Trust::Unverified;
-            arrival.trust_reason = format!(
-                "moved here from inbox {before} by rename (its owner, uid {}, was kept, not proven)",
-                arrival.owner_uid
-            );
-        }
-        if self.seen.len() >= PROVENANCE_CAPACITY {
-            self.seen.clear();
-        }
-        self.seen.insert(key, arrival.inbox.clone());
-    }
-}
-
 /// Submits arrivals in order, many in flight; publishes each as recorded and
 /// wakes the supervisor once it is durable.
 fn record(
@@ -245,7 +223,6 @@ fn record(
     recorded: &Recorded,
 ) {
     let mut in_flight: VecDeque<(Ticket, String, PathBuf)> = VecDeque::new();
-    let mut provenance = Provenance::default();
     let settle = |in_flight: &mut VecDeque<(Ticket, String, PathBuf)>, all: bool| {
         while in_flight.len() > if all { 0 } else { IN_FLIGHT } {
             if let Some((ticket, inbox, path)) = in_flight.pop_front() {
@@ -264,7 +241,7 @@ fn record(
         }
     };
     loop {
-        let mut event = match rx.try_recv() {
+        let event = match rx.try_recv() {
             Ok(e) => e,
             Err(mpsc::TryRecvError::Empty) => {
                 // Nothing else waiting: make what we have durable first.
@@ -276,66 +253,12 @@ fn record(
             }
             Err(mpsc::TryRecvError::Disconnected) => break,
         };
-        let (inbox, path) = match &mut event.payload {
-            Payload::InboxArrived(a) => {
-                provenance.check(a);
-                (a.inbox.clone(), PathBuf::from(&a.path))
-            }
+        let (inbox, path) = match &event.payload {
+            Payload::InboxArrived(a) => (a.inbox.clone(), PathBuf::from(&a.path)),
             _ => (String::new(), PathBuf::new()),
         };
         in_flight.push_back((appender.submit(event), inbox, path));
         settle(&mut in_flight, false);
     }
     settle(&mut in_flight, true);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use con_event::BlobRef;
-    use con_event::payloads::{InboxArrived, Trust};
-
-    fn arrival(inbox: &str, inode: u64, trust: Trust) -> InboxArrived {
-        InboxArrived {
-            inbox: inbox.into(),
-            path: format!("/srv/con/agents/{inbox}/inbox/t.task"),
-            owner_uid: 0,
-            owner_gid: 0,
-            mode: 0o100644,
-            nlink: 1,
-            dev: 1,
-            inode,
-            ctime_unix_nanos: 0,
-            symlink: false,
-            trust,
-            trust_reason: "owner uid 0".into(),
-            content: BlobRef::of(b"x"),
-        }
-    }
-
-    #[test]
-    fn a_verified_task_forwarded_between_agent_inboxes_is_unverified() {
-        let mut p = Provenance::default();
-        let mut first = arrival("concierge", 7, Trust::Verified);
-        p.check(&mut first);
-        assert_eq!(first.trust, Trust::Verified);
-        let mut forwarded = arrival("sysadmin", 7, Trust::Verified);
-        p.check(&mut forwarded);
-        assert_eq!(forwarded.trust, Trust::Unverified);
-        assert!(
-            forwarded
-                .trust_reason
-                .contains("moved here from inbox concierge")
-        );
-        // Routing out of the outer inbox is the daemon's own and keeps trust.
-        let mut outer = arrival("outer", 8, Trust::Verified);
-        p.check(&mut outer);
-        let mut routed = arrival("concierge", 8, Trust::Verified);
-        p.check(&mut routed);
-        assert_eq!(routed.trust, Trust::Verified);
-        // A new file (another inode) is judged on its own.
-        let mut fresh = arrival("sysadmin", 9, Trust::Verified);
-        p.check(&mut fresh);
-        assert_eq!(fresh.trust, Trust::Verified);
-    }
 }

@@ -142,6 +142,8 @@ pub(crate) struct Shared {
     fleet: std::sync::Mutex<Option<FleetCache>>,
     /// Owners of the sessions seen so far (see `server::session_owner`).
     pub(crate) session_owners: std::sync::Mutex<std::collections::HashMap<SessionId, String>>,
+    /// Frame bytes (KiB) all connections may hold at once.
+    pub(crate) frame_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// [`FleetStatus`] kept in memory between reads, and the seq of the last
@@ -257,6 +259,7 @@ impl Daemon {
             gateway,
             fleet: Default::default(),
             session_owners: Default::default(),
+            frame_budget: Arc::new(tokio::sync::Semaphore::new(server::FRAME_BUDGET_KIB)),
         });
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use con_event::payloads::AgentState;
+use con_event::payloads::{AgentState, Trust};
 use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
@@ -48,10 +48,29 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections one non-root uid may hold open at once.
 const MAX_CONNECTIONS_PER_UID: usize = 64;
 
-/// Reads one request: `Ok(None)` on a clean end of stream. The body is read
-/// as it arrives (no buffer of the declared size up front) and must arrive
-/// within `FRAME_TIMEOUT`.
-async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<Request>, FrameError> {
+/// Largest frame an agent may send. An agent's frames carry its run's
+/// events and model calls (a whole conversation: well under a megabyte for
+/// today's context windows); operators keep the protocol's limit.
+pub(crate) const AGENT_MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Frame bytes all connections together may hold at once, in KiB (the unit
+/// of the budget's permits). Beyond it, reading a frame waits until others
+/// are handled, so the daemon's memory stays bounded whatever the number of
+/// connections and callers.
+pub(crate) const FRAME_BUDGET_KIB: usize = 128 * 1024;
+
+/// A request and its share of the frame budget, held until it is handled.
+type Budgeted = (Request, tokio::sync::OwnedSemaphorePermit);
+
+/// Reads one request: `Ok(None)` on a clean end of stream. The declared
+/// length must be within `max`; the body is read only once its bytes are
+/// granted from the daemon-wide `budget`, as it arrives (no buffer of the
+/// declared size up front), and must arrive within `FRAME_TIMEOUT`.
+async fn read_request(
+    rd: &mut OwnedReadHalf,
+    max: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
+) -> Result<Option<Budgeted>, FrameError> {
     let mut prefix = [0u8; LEN_BYTES];
     match rd.read_exact(&mut prefix).await {
         Ok(_) => {}
@@ -59,6 +78,17 @@ async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<Request>, FrameEr
         Err(e) => return Err(FrameError::Malformed(e.to_string())),
     }
     let len = check_len(prefix)?;
+    if len > max {
+        return Err(FrameError::BadLength(
+            u32::try_from(len).unwrap_or(u32::MAX),
+        ));
+    }
+    let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+    let permit = budget
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|_| FrameError::Malformed("the daemon is shutting down".into()))?;
     let mut rest = Vec::with_capacity(len.min(64 * 1024));
     let read = tokio::time::timeout(
         FRAME_TIMEOUT,
@@ -72,7 +102,7 @@ async fn read_request(rd: &mut OwnedReadHalf) -> Result<Option<Request>, FrameEr
             "truncated frame: {read} of {len} bytes"
         )));
     }
-    decode_body(&rest).map(Some)
+    decode_body(&rest).map(|request| Some((request, permit)))
 }
 
 /// Holds one of a uid's connection slots; frees it when dropped.
@@ -154,14 +184,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         }
     };
     let mut stopping = shared.stopping.clone();
+    let max = match identity {
+        Identity::Agent { .. } => AGENT_MAX_FRAME_BYTES,
+        Identity::Operator { .. } => con_protocol::MAX_FRAME_BYTES as usize,
+    };
     loop {
         let request = tokio::select! {
-            r = read_request(&mut rd) => r,
+            r = read_request(&mut rd, max, &shared.frame_budget) => r,
             _ = stopping.wait_for(|s| *s) => return,
         };
         let result = match request {
             Ok(None) => return,
-            Ok(Some(request)) => handle(&shared, &identity, request, &mut wr).await,
+            // The permit is held until the request is handled.
+            Ok(Some((request, _permit))) => handle(&shared, &identity, request, &mut wr).await,
             Err(e) => {
                 // A bad frame leaves the stream position unknown: answer, close.
                 let code = match e {
@@ -208,9 +243,6 @@ async fn append(
     if let Err(reason) = may_append(identity, &payload) {
         return refuse(wr, ErrorCode::Forbidden, format!("{identity}: {reason}")).await;
     }
-    if let Err(reason) = attachments_match(&payload, &event.attachments) {
-        return refuse(wr, ErrorCode::Rejected, reason).await;
-    }
     if let Some(me) = identity.agent() {
         // Everything an agent records belongs to a session it opened: an
         // event with no session would be a claim nobody can tie to a run.
@@ -229,6 +261,15 @@ async fn append(
         if let Err((code, reason)) = own_session(shared, identity, me, session, opens).await {
             return refuse(wr, code, reason).await;
         }
+        if let Payload::SessionStarted(started) = &payload
+            && started.trust == Trust::Verified
+            && let Err((code, reason)) = verified_arrival(shared, me, event.task.as_deref()).await
+        {
+            return refuse(wr, code, format!("{identity}: {reason}")).await;
+        }
+    }
+    if let Err(reason) = attachments_match(&payload, &event.attachments) {
+        return refuse(wr, ErrorCode::Rejected, reason).await;
     }
     let new = NewEvent {
         // The kernel's word, not the client's.
@@ -242,6 +283,15 @@ async fn append(
         payload,
         attachments: event.attachments,
     };
+    append_and_answer(shared, new, wr).await
+}
+
+/// Appends `new` and answers with its durable position, or the refusal.
+async fn append_and_answer(
+    shared: &Arc<Shared>,
+    new: NewEvent,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
     match shared.appender.submit(new).wait_async().await {
         Ok(a) => {
             send(
@@ -392,6 +442,65 @@ async fn query(
     .await
 }
 
+/// Newest events of an agent searched for the arrival of a task a session
+/// claims is verified; an honest run starts its session right after the
+/// arrival is recorded, so it is among them.
+const ARRIVAL_SEARCH_DEPTH: usize = 10_000;
+
+/// A session may call its task verified only if the daemon recorded the
+/// task's latest arrival in the agent's own inbox as verified: the trust
+/// of a session is the log's word, not the run's.
+async fn verified_arrival(
+    shared: &Arc<Shared>,
+    me: &str,
+    task: Option<&str>,
+) -> Result<(), (ErrorCode, String)> {
+    let Some(task) = task.map(str::to_owned) else {
+        return Err((
+            ErrorCode::Forbidden,
+            "a session of a verified task must name its task".to_owned(),
+        ));
+    };
+    let lookup = shared.clone();
+    let agent = me.to_owned();
+    let wanted = task.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<Option<Trust>, String> {
+        let task = wanted;
+        let records = lookup
+            .store
+            .agent_records_newest_first(&agent)
+            .map_err(|e| e.to_string())?;
+        for record in records.take(ARRIVAL_SEARCH_DEPTH) {
+            let (seq, raw) = record.map_err(|e| e.to_string())?;
+            let event =
+                Event::from_stored(&raw).map_err(|e| format!("event log seq {seq}: {e}"))?;
+            if let Payload::InboxArrived(a) = &event.payload
+                && a.inbox == agent
+                && event.envelope.task.as_deref() == Some(task.as_str())
+            {
+                return Ok(Some(a.trust));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match found {
+        Ok(Some(Trust::Verified)) => Ok(()),
+        Ok(Some(Trust::Unverified)) => Err((
+            ErrorCode::Forbidden,
+            format!("task {task:?} was recorded unverified; its session cannot be verified"),
+        )),
+        Ok(None) => Err((
+            ErrorCode::Forbidden,
+            format!(
+                "no recorded arrival of task {task:?} in this agent's inbox; its session cannot be verified"
+            ),
+        )),
+        Err(e) => Err((ErrorCode::Unavailable, e)),
+    }
+}
+
 /// Whether agent `me` may act in `session`: it started it, or the event is
 /// the `session.started` that `opens` it. The error to answer otherwise.
 async fn own_session(
@@ -459,19 +568,29 @@ async fn session_owner(shared: &Arc<Shared>, session: SessionId) -> Result<Optio
 }
 
 /// Attachments must be exactly the contents the payload references: nothing
-/// unreferenced is stored, and what is referenced is what was sent.
+/// unreferenced is stored, and nothing referenced is missing (an event whose
+/// content is not in the log would be a claim nobody can check).
 fn attachments_match(payload: &Payload, attachments: &[Vec<u8>]) -> Result<(), String> {
     let referenced = payload.blob_refs();
-    for blob in attachments {
-        let r = con_event::BlobRef::of(blob);
-        if !referenced.contains(&r) {
-            return Err(format!(
-                "attachment sha256:{} ({} bytes) is not referenced by the {} payload",
-                r.digest,
-                r.len,
-                payload.spec().name
-            ));
-        }
+    let attached: Vec<con_event::BlobRef> = attachments
+        .iter()
+        .map(|a| con_event::BlobRef::of(a))
+        .collect();
+    if let Some(r) = attached.iter().find(|r| !referenced.contains(r)) {
+        return Err(format!(
+            "attachment sha256:{} ({} bytes) is not referenced by the {} payload",
+            r.digest,
+            r.len,
+            payload.spec().name
+        ));
+    }
+    if let Some(r) = referenced.iter().find(|r| !attached.contains(r)) {
+        return Err(format!(
+            "the {} payload references sha256:{} ({} bytes) but it is not attached",
+            payload.spec().name,
+            r.digest,
+            r.len
+        ));
     }
     Ok(())
 }
@@ -593,20 +712,7 @@ async fn set_condition(
         .into(),
         attachments: Vec::new(),
     };
-    match shared.appender.submit(new).wait_async().await {
-        Ok(a) => {
-            send(
-                wr,
-                &Response::Appended {
-                    seq: a.seq,
-                    hash: a.hash,
-                },
-            )
-            .await
-        }
-        Err(AppendError::Rejected(reason)) => refuse(wr, ErrorCode::Rejected, reason).await,
-        Err(e) => refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
-    }
+    append_and_answer(shared, new, wr).await
 }
 
 /// con's built-in checks, run now; each result is recorded (by the

@@ -10,7 +10,8 @@ use std::path::Path;
 use con_event::payloads::{InboxArrived, Trust};
 use con_event::{Actor, BlobRef, NewEvent};
 use nix::fcntl::OFlag;
-use nix::unistd::{Group, Uid, User};
+use nix::unistd::{Gid, Group, Uid, User};
+use posix_acl::{ACLEntry, PosixACL, Qualifier};
 
 use crate::{ArrivalKey, TASK_SUFFIX, WatchError, WatcherConfig};
 
@@ -97,8 +98,11 @@ impl Classified {
 /// followed (its target path is the content); a regular file is opened with
 /// `O_NOFOLLOW|O_NONBLOCK` and read only if the opened inode is the one
 /// `lstat` saw. Trust: symlinks, non-regular files and files with more than
-/// one link are unverified; otherwise owner uid 0 or a member of
-/// [`WatcherConfig::trusted_group`] is verified.
+/// one link are unverified; otherwise a file owned by uid 0 or a member of
+/// [`WatcherConfig::trusted_group`] is verified unless its mode or access
+/// ACL lets anyone untrusted write it (then the reason names the grant).
+/// Whether the file arrived before is not known here: see
+/// [`crate::Provenance`].
 ///
 /// `Ok(None)` means the entry vanished or was replaced before it could be
 /// read (a replacement arrives with its own inotify event). The file name is
@@ -145,13 +149,24 @@ pub(crate) fn classify_with(
             format!("not a regular file ({})", type_name(meta)),
         )
     } else {
-        let Some((content, size, truncated)) = read_checked(path, meta, cap)? else {
+        let Some((content, size, truncated, acl)) = read_checked(path, meta, cap)? else {
             return Ok(None);
         };
         let (trust, reason) = if meta.nlink() > 1 {
             (Trust::Unverified, format!("{} hard links", meta.nlink()))
         } else {
-            owner_trust(meta.uid(), &config.trusted_group)
+            match owner_trust(meta.uid(), &config.trusted_group) {
+                (Trust::Verified, reason) => {
+                    match foreign_write_grant(&acl, meta.gid(), &config.trusted_group) {
+                        Some(grant) => (
+                            Trust::Unverified,
+                            format!("{reason}, but {grant}: its content may not be the owner's"),
+                        ),
+                        None => (Trust::Verified, reason),
+                    }
+                }
+                unverified => unverified,
+            }
         };
         (content, size, truncated, trust, reason)
     };
@@ -202,13 +217,14 @@ fn same_inode(a: &Metadata, b: &Metadata) -> bool {
     a.dev() == b.dev() && a.ino() == b.ino()
 }
 
-/// Opens and reads the regular file `lstat` described, or `None` if the
-/// path now names something else.
-fn read_checked(
-    path: &Path,
-    meta: &Metadata,
-    cap: usize,
-) -> Result<Option<(Vec<u8>, u64, bool)>, WatchError> {
+/// What [`read_checked`] read: content, size, whether the content was cut,
+/// and the access ACL.
+type ReadFile = (Vec<u8>, u64, bool, Vec<ACLEntry>);
+
+/// Opens and reads the regular file `lstat` described, with its access ACL
+/// (read through the open descriptor, so it is that file's), or `None` if
+/// the path now names something else.
+fn read_checked(path: &Path, meta: &Metadata, cap: usize) -> Result<Option<ReadFile>, WatchError> {
     // O_NOFOLLOW: a symlink swapped in after lstat fails with ELOOP instead of
     // being followed. O_NONBLOCK: a FIFO swapped in cannot hang the watcher.
     let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
@@ -228,7 +244,92 @@ fn read_checked(
     let (content, truncated) =
         read_capped(&file, cap, opened.len()).map_err(|e| io_err("read", path, e))?;
     let size = opened.len().max(content.len() as u64);
-    Ok(Some((content, size, truncated)))
+    // The ACL is read after the content: only the owner may change it, so a
+    // grant that was there while the content could be written by others is
+    // either still there or was removed by the (trusted) owner.
+    let acl = access_acl(&file, path)?;
+    Ok(Some((content, size, truncated, acl)))
+}
+
+/// The access ACL of the open `file` (a minimal one, from the mode, when it
+/// has no extended ACL). Read through `/proc/self/fd` rather than by path:
+/// the path may name another file by now, the descriptor cannot.
+fn access_acl(file: &File, path: &Path) -> Result<Vec<ACLEntry>, WatchError> {
+    use std::os::fd::AsRawFd;
+    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    PosixACL::read_acl(&fd_path)
+        .map(|acl| acl.entries())
+        .map_err(|e| WatchError::Io {
+            op: "read ACL",
+            path: path.to_owned(),
+            source: e
+                .as_io_error()
+                .map(|io| io::Error::new(io.kind(), io.to_string()))
+                .unwrap_or_else(|| io::Error::other(e.to_string())),
+        })
+}
+
+/// The first write grant in `acl` to someone outside the trusted set, said
+/// for humans; `None` if only the owner (already known trusted) and trusted
+/// principals may write. Named users, the owning group and named groups are
+/// limited by the mask, as the kernel limits them. A group counts as trusted
+/// only if it *is* the trusted group: other groups' members are not all
+/// known to be trusted. Any lookup failure counts as untrusted.
+pub(crate) fn foreign_write_grant(
+    acl: &[ACLEntry],
+    owner_gid: u32,
+    trusted_group: &str,
+) -> Option<String> {
+    const W: u32 = 0o2;
+    let mask = acl
+        .iter()
+        .find(|e| e.qual == Qualifier::Mask)
+        .map_or(0o7, |e| e.perm);
+    let trusted_gid = Group::from_name(trusted_group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    let group_name = |gid: u32| {
+        Group::from_gid(Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map_or_else(
+                || format!("gid {gid}"),
+                |g| format!("group {} (gid {gid})", g.name),
+            )
+    };
+    for entry in acl {
+        let writable = entry.perm & W != 0;
+        let masked = entry.perm & mask & W != 0;
+        match entry.qual {
+            Qualifier::UserObj | Qualifier::Mask => {}
+            Qualifier::User(uid) if masked => {
+                let (trust, _) = owner_trust(uid, trusted_group);
+                if trust != Trust::Verified {
+                    let who = User::from_uid(Uid::from_raw(uid))
+                        .ok()
+                        .flatten()
+                        .map_or_else(
+                            || format!("uid {uid}"),
+                            |u| format!("user {} (uid {uid})", u.name),
+                        );
+                    return Some(format!("its ACL lets {who} write it"));
+                }
+            }
+            Qualifier::GroupObj if masked && Some(owner_gid) != trusted_gid => {
+                return Some(format!("its owning {} may write it", group_name(owner_gid)));
+            }
+            Qualifier::Group(gid) if masked && Some(gid) != trusted_gid => {
+                return Some(format!("its ACL lets {} write it", group_name(gid)));
+            }
+            Qualifier::Other if writable => return Some("others may write it".to_owned()),
+            Qualifier::Undefined if writable => {
+                return Some("it has an ACL entry of unknown type that grants write".to_owned());
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Reads at most `cap` bytes; one byte more tells whether there was more.

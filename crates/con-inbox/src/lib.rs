@@ -9,7 +9,11 @@
 //! twice.
 //!
 //! - [`classify`] is the per-file step: `lstat`, trust from the owner uid,
-//!   link count and file type (never from content), and a safe read.
+//!   the file's mode and ACL, link count and file type (never from
+//!   content), and a safe read.
+//! - [`Provenance`] remembers the last arrival of every file, so a file
+//!   that arrives again (moved back, or on to another inbox) is never newly
+//!   verified.
 //! - [`InboxWatcher`] scans the inboxes at start, then follows them with
 //!   inotify, rescanning when the kernel queue overflows.
 //! - [`ArrivalKey`] (path, device, inode, ctime) identifies one arrival;
@@ -27,11 +31,15 @@
 //!   partial, then complete on its close-write (a new ctime, a new key).
 //! - Metadata-only changes (chmod, chown) are not recorded live, but they
 //!   change the ctime, so after a restart the file is recorded again.
+//! - Any second record of the same file (rewritten in place, recorded again
+//!   after a chmod, written in place across a restart) is a re-arrival and
+//!   therefore unverified: doubt never grants trust.
 //! - A file hard-linked into an inbox whose other link is removed before
 //!   the watcher looks is taken for a file still being written, and is
 //!   recorded at the next scan.
 
 mod classify;
+mod provenance;
 mod submit;
 mod watcher;
 
@@ -40,6 +48,7 @@ use std::path::{Path, PathBuf};
 use con_event::payloads::InboxArrived;
 
 pub use classify::{Classified, classify, key_of};
+pub use provenance::{Provenance, birth_time};
 pub use submit::submit_task;
 pub use watcher::InboxWatcher;
 

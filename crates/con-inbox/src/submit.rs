@@ -5,15 +5,18 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Writes `text` as a new task in `inbox`, owned by the calling user (its
-/// owner is its provenance), and returns its path.
+/// owner is its provenance), writable by no one else, and returns its path.
 ///
 /// It is staged under a hidden name the watcher ignores, so no reader sees
 /// half of it, then renamed to `<id>.task` without replacing anything; the
 /// id sorts by creation time and stays unique across writers.
 pub fn submit_task(inbox: &Path, text: &str) -> Result<PathBuf, con_fs::FsError> {
     let path = inbox.join(format!("{}.task", task_id()));
-    // Mode as any file the user creates: the umask decides.
-    let mut task = con_fs::StagedFile::begin(&path, 0o666)?;
+    // No write bit beyond the owner's: a task anyone else could rewrite is
+    // unverified. This also caps the inbox's default ACL (its mask comes
+    // from these group bits), so the target agent can read its task but not
+    // rewrite it, even after moving it to processed/.
+    let mut task = con_fs::StagedFile::begin(&path, 0o644)?;
     task.write_all(text.as_bytes())?;
     task.commit_new()?;
     Ok(path)

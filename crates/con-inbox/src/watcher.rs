@@ -29,6 +29,7 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tempfile::TempDir;
 
 use crate::classify::{classify_with, key_of, vanished};
+use crate::provenance::{Provenance, birth_time};
 use crate::{ArrivalKey, InboxSpec, WatchError, WatcherConfig, is_task_name};
 
 /// How many inotify events may wait for the watching thread. Past that the
@@ -103,6 +104,28 @@ impl InboxWatcher {
         config: WatcherConfig,
         recorded: HashSet<ArrivalKey>,
         out: SyncSender<NewEvent>,
+        on_error: impl FnMut(WatchError) + Send + 'static,
+    ) -> Result<InboxWatcher, WatchError> {
+        Self::start_with_provenance(
+            inboxes,
+            config,
+            recorded,
+            Provenance::default(),
+            out,
+            on_error,
+        )
+    }
+
+    /// [`InboxWatcher::start_with_errors`] knowing where every file already
+    /// in the log last arrived (see [`Provenance`]): a file that arrives
+    /// again is recorded unverified even across restarts. Without it, only
+    /// re-arrivals seen by this watcher are caught.
+    pub fn start_with_provenance(
+        inboxes: Vec<InboxSpec>,
+        config: WatcherConfig,
+        recorded: HashSet<ArrivalKey>,
+        provenance: Provenance,
+        out: SyncSender<NewEvent>,
         mut on_error: impl FnMut(WatchError) + Send + 'static,
     ) -> Result<InboxWatcher, WatchError> {
         let (tx, rx) = mpsc::channel();
@@ -166,6 +189,7 @@ impl InboxWatcher {
             inboxes: HashMap::new(),
             known: HashMap::new(),
             pending: recorded,
+            provenance,
             out,
             on_error: Box::new(on_error),
             shared: Arc::clone(&shared),
@@ -334,6 +358,8 @@ struct Worker {
     known: HashMap<PathBuf, ArrivalKey>,
     /// Recorded keys (from the caller) of inboxes not scanned yet.
     pending: HashSet<ArrivalKey>,
+    /// Where every recorded file last arrived.
+    provenance: Provenance,
     out: SyncSender<NewEvent>,
     on_error: Box<dyn FnMut(WatchError) + Send>,
     shared: Arc<Shared>,
@@ -447,7 +473,8 @@ impl Worker {
         }
         match classify_with(path, meta, &self.config) {
             Ok(None) => {}
-            Ok(Some(c)) => {
+            Ok(Some(mut c)) => {
+                self.provenance.check(&mut c, inbox, birth_time(meta));
                 if c.truncated {
                     self.report(WatchError::Truncated {
                         path: path.to_owned(),

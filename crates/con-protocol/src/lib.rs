@@ -51,6 +51,27 @@ pub struct ClientEvent {
     pub attachments: Vec<Vec<u8>>,
 }
 
+impl ClientEvent {
+    /// `payload` encoded at its kind's current version, outside any session
+    /// or task, with the contents its blob references point to; callers set
+    /// `session`, `task` and `causation` where they have them.
+    pub fn new(
+        payload: &con_event::Payload,
+        attachments: Vec<Vec<u8>>,
+    ) -> Result<Self, con_event::EncodeError> {
+        let spec = payload.spec();
+        Ok(Self {
+            session: None,
+            task: None,
+            causation: None,
+            kind: spec.id,
+            kind_version: spec.version,
+            payload: payload.encode()?,
+            attachments,
+        })
+    }
+}
+
 /// Which events a query returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Query {

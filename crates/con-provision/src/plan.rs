@@ -543,10 +543,9 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
                 .push(layout.agent_inbox(name));
         }
         if !inbox.named.is_empty() {
-            // Tasks written by others must stay readable by the target.
-            inbox
-                .default_named
-                .push((AclTag::User(user.clone()), R | W));
+            // Tasks written by others must stay readable by the target, and
+            // no more: one it could rewrite would be unverified.
+            inbox.default_named.push((AclTag::User(user.clone()), R));
         }
         let dir = layout.agent_dir(name);
         dirs.push((dir.clone(), base));

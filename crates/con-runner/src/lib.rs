@@ -211,18 +211,14 @@ pub fn client_event(
     attachments: Vec<Vec<u8>>,
 ) -> Result<ClientEvent, RunError> {
     let payload = payload.into();
-    let spec = payload.spec();
+    let event = ClientEvent::new(&payload, attachments).map_err(|source| RunError::Encode {
+        kind: payload.spec().name,
+        source,
+    })?;
     Ok(ClientEvent {
         session: Some(session),
         task: Some(task.to_owned()),
-        causation: None,
-        kind: spec.id,
-        kind_version: spec.version,
-        payload: payload.encode().map_err(|source| RunError::Encode {
-            kind: spec.name,
-            source,
-        })?,
-        attachments,
+        ..event
     })
 }
 

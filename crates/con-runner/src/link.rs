@@ -26,16 +26,16 @@ pub trait DaemonLink {
     /// `llm.request`/`llm.response`); waits at most `timeout`.
     fn model_call(&mut self, call: LlmCall, timeout: Duration) -> Result<ChatReply, LinkError>;
 
-    /// The trust the daemon recorded for the arrival of the task at `path`
-    /// (inode `dev`/`inode`) in `agent`'s inbox. The daemon sees what a
-    /// run cannot: a verified file *moved* in from another agent's inbox.
-    /// Links that cannot ask (test fakes) say [`RecordedTrust::Unknown`].
+    /// The trust the daemon recorded for `arrival` (path, device, inode and
+    /// ctime, so this very arrival and not an earlier one of the same file)
+    /// in `agent`'s inbox. The daemon sees what a run cannot: a file that
+    /// arrived before (moved back out of `processed/`, or in from another
+    /// agent's inbox). Links that cannot ask (test fakes) say
+    /// [`RecordedTrust::Unknown`].
     fn recorded_trust(
         &mut self,
         _agent: &str,
-        _path: &std::path::Path,
-        _dev: u64,
-        _inode: u64,
+        _arrival: &con_inbox::ArrivalKey,
     ) -> Result<RecordedTrust, LinkError> {
         Ok(RecordedTrust::Unknown)
     }
@@ -92,8 +92,8 @@ pub struct ClientLink {
 struct Arrivals {
     agent: String,
     from_seq: u64,
-    /// (path, dev, inode) → the trust and reason of its latest record.
-    trust: HashMap<(String, u64, u64), (con_event::payloads::Trust, String)>,
+    /// Arrival → the trust and reason of its record.
+    trust: HashMap<con_inbox::ArrivalKey, (con_event::payloads::Trust, String)>,
 }
 
 impl ClientLink {
@@ -153,9 +153,7 @@ impl DaemonLink for ClientLink {
     fn recorded_trust(
         &mut self,
         agent: &str,
-        path: &std::path::Path,
-        dev: u64,
-        inode: u64,
+        arrival: &con_inbox::ArrivalKey,
     ) -> Result<RecordedTrust, LinkError> {
         use con_event::payloads::{InboxArrived, Kind};
         use con_event::{Event, Payload};
@@ -185,18 +183,16 @@ impl DaemonLink for ClientLink {
             }) = Event::from_stored(&bytes)
             {
                 arrivals.from_seq = arrivals.from_seq.max(envelope.seq + 1);
-                // The last record of a file wins.
-                arrivals
-                    .trust
-                    .insert((a.path, a.dev, a.inode), (a.trust, a.trust_reason));
+                // The last record of an arrival wins.
+                let key = con_inbox::arrival_key(&a);
+                arrivals.trust.insert(key, (a.trust, a.trust_reason));
             }
             true
         });
         if let Err(e) = result {
             return Err(self.failed(e, APPEND_TIMEOUT));
         }
-        let key = (path.display().to_string(), dev, inode);
-        Ok(match self.arrivals.trust.get(&key) {
+        Ok(match self.arrivals.trust.get(arrival) {
             Some((trust, reason)) => RecordedTrust::Recorded(*trust, reason.clone()),
             None => RecordedTrust::Missing,
         })
@@ -398,7 +394,15 @@ mod tests {
         });
 
         let mut link = ClientLink::connect(&socket).unwrap();
-        let mut ask = |path: &str| link.recorded_trust("a", Path::new(path), 1, 2).unwrap();
+        let mut ask = |path: &str| {
+            let arrival = con_inbox::ArrivalKey {
+                path: path.into(),
+                dev: 1,
+                inode: 2,
+                ctime_unix_nanos: 0,
+            };
+            link.recorded_trust("a", &arrival).unwrap()
+        };
         assert_eq!(
             ask("/i/x.task"),
             RecordedTrust::Recorded(Trust::Unverified, "moved in".into())

@@ -49,8 +49,10 @@ pub struct Task {
     pub trust_reason: String,
     /// What the model is given of it.
     pub body: TaskBody,
-    /// Device and inode (from `lstat`), to find the daemon's record of it.
-    pub inode: (u64, u64),
+    /// Path, device, inode and ctime (from `lstat`), to find the daemon's
+    /// record of exactly this arrival: a file moved out and back in again
+    /// has a new ctime, so an older record of it does not answer for it.
+    pub arrival: con_inbox::ArrivalKey,
 }
 
 /// What of a task goes into the prompt.
@@ -93,7 +95,7 @@ impl Task {
             trust: c.trust,
             trust_reason: c.trust_reason,
             body,
-            inode: (c.key.dev, c.key.inode),
+            arrival: c.key,
         }
     }
 
@@ -324,7 +326,12 @@ mod tests {
             trust,
             trust_reason: "owner uid 0".into(),
             body,
-            inode: (1, 1),
+            arrival: con_inbox::ArrivalKey {
+                path: "/srv/con/agents/x/inbox/t1.task".into(),
+                dev: 1,
+                inode: 1,
+                ctime_unix_nanos: 1,
+            },
         }
     }
 

@@ -162,9 +162,10 @@ impl Recorder<'_> {
 /// systemd the run can start before the daemon's watcher got to it).
 const ARRIVAL_WAIT: Duration = Duration::from_secs(2);
 
-/// A task is verified only if both the kernel (`lstat`, now) and the
-/// daemon's record of its arrival say so: the daemon knows when a verified
-/// file was moved in from another agent's inbox. Not recorded after
+/// A task is verified only if both the kernel (`lstat` and the file's ACL,
+/// now) and the daemon's record of its arrival say so: only the daemon knows,
+/// from its log, whether this file arrived before (moved back out of
+/// `processed/`, or in from another agent's inbox). Not recorded after
 /// [`ARRIVAL_WAIT`]: unverified.
 fn settle_trust(
     link: &mut dyn DaemonLink,
@@ -177,7 +178,7 @@ fn settle_trust(
     let waited = Instant::now();
     loop {
         let recorded = link
-            .recorded_trust(&run.agent, &task.path, task.inode.0, task.inode.1)
+            .recorded_trust(&run.agent, &task.arrival)
             .map_err(|source| RunError::Record {
                 kind: "inbox.arrived (query)",
                 source,

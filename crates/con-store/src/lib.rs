@@ -416,6 +416,20 @@ impl Store {
         ))
     }
 
+    /// Durable records by or about one agent, newest first: for questions
+    /// about an agent's latest state (its last arrival of a task).
+    pub fn agent_records_newest_first(
+        &self,
+        agent: &str,
+    ) -> Result<impl Iterator<Item = Result<Record, StoreError>> + '_, StoreError> {
+        self.catch_up_indexes()?;
+        Ok(self.indexed(
+            self.by_agent
+                .range(agent_key(agent, 0)..=agent_key(agent, u64::MAX))
+                .rev(),
+        ))
+    }
+
     /// Durable records whose payload references the blob `digest`, in seq
     /// order: who may read a blob follows from who may read these.
     pub fn blob_referrers(

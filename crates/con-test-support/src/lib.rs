@@ -26,6 +26,37 @@ pub use users::{TestGroup, TestUser, remove_accounts, unique_name, unique_prefix
 use con_event::payloads::*;
 use con_event::*;
 
+/// Every content the samples reference, so that a client can attach exactly
+/// what a sample payload references (the daemon refuses anything else).
+const SAMPLE_CONTENTS: &[&str] = &[
+    "Filesystem ...",
+    "You are sysadmin.",
+    "check the disk",
+    "{\"command\":\"df -h\"}",
+    "{\"content\":[]}",
+    "{\"messages\":[]}",
+    "{\"role\":\"assistant\",\"content\":\"ok\"}",
+    "{\"role\":\"user\",\"content\":\"check the disk\"}",
+    "{\"system\":\"You are sysadmin.\",\"messages\":,\"tools\":[]}",
+    "+ user a-concierge",
+];
+
+/// The contents `payload` references, for a payload built from the samples
+/// (and from contents in [`SAMPLE_CONTENTS`] generally); a reference to
+/// anything else is left out, so the daemon's refusal shows it.
+pub fn attachments_for(payload: &Payload) -> Vec<Vec<u8>> {
+    payload
+        .blob_refs()
+        .iter()
+        .filter_map(|r| {
+            SAMPLE_CONTENTS
+                .iter()
+                .find(|c| BlobRef::of(c.as_bytes()) == *r)
+                .map(|c| c.as_bytes().to_vec())
+        })
+        .collect()
+}
+
 /// The sample of each kind at its current version, in registry order.
 pub fn current_samples() -> Vec<Payload> {
     KINDS
@@ -284,7 +315,7 @@ pub fn samples() -> Vec<Sample> {
                 changes: 12,
                 failed: vec!["sudoers a-sysadmin: visudo: syntax error".into()],
                 disabled_agents: vec!["sysadmin".into()],
-                steps: BlobRef::of(b"+ user a-concierge"),
+                steps: blob("+ user a-concierge"),
             }
             .into(),
         ),
@@ -296,4 +327,22 @@ pub fn samples() -> Vec<Sample> {
             .into(),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_content_can_be_attached() {
+        for sample in samples() {
+            assert_eq!(
+                attachments_for(&sample.payload).len(),
+                sample.payload.blob_refs().len(),
+                "{} v{}: add its contents to SAMPLE_CONTENTS",
+                sample.kind,
+                sample.version
+            );
+        }
+    }
 }

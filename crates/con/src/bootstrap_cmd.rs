@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use con_event::Payload;
 use con_layout::Layout;
 use con_protocol::{Client, ClientEvent};
 use con_provision::{ApplyOptions, PlanInput, Profile, Report};
@@ -190,25 +189,7 @@ fn record(
             .with_context(|| format!("recording agent.state for {command}"))?;
     }
     client
-        .append(client_event(&applied.into(), vec![steps])?)
+        .append(ClientEvent::new(&applied.into(), vec![steps])?)
         .with_context(|| format!("recording provision.applied for {command}"))?;
     Ok(true)
-}
-
-/// The event the CLI appends as an operator: `payload` outside any
-/// session or task, with the contents its blob references point to.
-pub(crate) fn client_event(
-    payload: &Payload,
-    attachments: Vec<Vec<u8>>,
-) -> anyhow::Result<ClientEvent> {
-    let spec = payload.spec();
-    Ok(ClientEvent {
-        session: None,
-        task: None,
-        causation: None,
-        kind: spec.id,
-        kind_version: spec.version,
-        payload: payload.encode()?,
-        attachments,
-    })
 }

@@ -62,9 +62,9 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         eprintln!(
-            "con daemon: serving {} on {} ({} agents configured; {})",
-            layout.event_log().display(),
+            "con daemon: starting on {} with {} ({} agents configured; {})",
             layout.socket().display(),
+            layout.event_log().display(),
             config.agents.len(),
             if daemon.supervisor.as_ref().is_some_and(|s| s.start_runs) {
                 "supervising agent runs"
@@ -72,19 +72,21 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 "agent runs are left to systemd"
             }
         );
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return std::future::pending().await,
-                };
+        // Handlers are installed before the daemon can report itself ready:
+        // a SIGTERM right after READY must drain, not kill.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
             }
             eprintln!("con daemon: stopping (draining in-flight requests)");
         };
-        Daemon::run(daemon, shutdown).await
+        Daemon::run(daemon, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
     })?;
     eprintln!("con daemon: stopped cleanly");
     Ok(ExitCode::SUCCESS)

@@ -8,7 +8,7 @@ use clap::Args;
 use con_event::{Event, EventJson, SessionId, escape_control, kind_by_name};
 use con_protocol::{Client, Query};
 
-use crate::paths::Paths;
+use con_layout::Layout;
 
 /// Arguments of `con logs`.
 #[derive(Debug, Args)]
@@ -40,7 +40,7 @@ pub struct LogsArgs {
 }
 
 /// Runs `con logs`.
-pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
+pub fn run(args: LogsArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let kind = match &args.kind {
         None => None,
         Some(name) => Some(
@@ -56,7 +56,7 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
                 anyhow::anyhow!("--session {s:?}: not a session id (32 hex digits)")
             })?),
         };
-    let mut client = Client::connect(&paths.socket())?;
+    let mut client = Client::connect(&layout.socket())?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failure = None;

@@ -5,9 +5,6 @@ use std::path::PathBuf;
 
 use con_layout::{DEFAULT_GROUP_PREFIX, DEFAULT_ROOT, DEFAULT_USER_PREFIX, Layout};
 
-/// The layout, under the name the `logs` and `status` commands import.
-pub type Paths = Layout;
-
 /// `--root`, `--config`, `--user-prefix`, `--group-prefix`.
 #[derive(Debug, clap::Args)]
 pub struct LayoutArgs {

@@ -9,7 +9,7 @@ use con_event::escape_control;
 use con_event::payloads::CheckStatus;
 use con_protocol::{Client, MirrorState, STATUS_VIEW_VERSION, StatusView};
 
-use crate::paths::Paths;
+use con_layout::Layout;
 
 /// Arguments of `con status`.
 #[derive(Debug, Args)]
@@ -20,8 +20,8 @@ pub struct StatusArgs {
 }
 
 /// Runs `con status`.
-pub fn run(args: StatusArgs, paths: &Paths) -> anyhow::Result<ExitCode> {
-    let view = Client::connect(&paths.socket())?.status()?;
+pub fn run(args: StatusArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let view = Client::connect(&layout.socket())?.status()?;
     if view.view_version != STATUS_VIEW_VERSION {
         anyhow::bail!(
             "the daemon answered status view version {} but this con reads version {STATUS_VIEW_VERSION}; use the con binary the daemon runs",

@@ -154,27 +154,43 @@ con bootstrap --profile /opt/profile --json > /opt/bootstrap.json
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-    let results = c
+    // From the container's journal alone: every event rebuilt and its
+    // chain verified, and the tool outputs read back from their contents.
+    let journal = c
         .exec_ok(&[
             "journalctl",
             "-t",
             "con",
-            "CON_AGENT=sysadmin",
-            "CON_EVENT=tool_result",
             "-o",
             "json",
+            "--all",
             "--no-pager",
         ])
         .unwrap();
-    assert!(
-        results.stdout.contains("SUDO-ALLOWED"),
-        "{}",
-        results.stdout
-    );
-    assert!(
-        results.stdout.contains("SUDO-REFUSED"),
-        "{}",
-        results.stdout
-    );
-    assert!(!results.stdout.contains(KEY));
+    let rebuilt = con_journal::rebuild_from_json(journal.stdout.as_bytes()).unwrap();
+    let (log_id, events) = rebuilt
+        .logs
+        .iter()
+        .find(|(id, _)| !id.is_empty())
+        .expect("con's events in the journal");
+    con_journal::verify_chain(events).unwrap();
+    assert!(rebuilt.missing_blobs(log_id).is_empty());
+    let outputs: String = events
+        .iter()
+        .filter(|e| e.envelope.actor.agent.as_deref() == Some("sysadmin"))
+        .filter_map(|e| match &e.payload {
+            con_event::Payload::ToolResult(r) => rebuilt.blobs.get(&r.output.digest),
+            _ => None,
+        })
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+        .collect();
+    assert!(outputs.contains("SUDO-ALLOWED"), "{outputs}");
+    assert!(outputs.contains("SUDO-REFUSED"), "{outputs}");
+    for content in rebuilt.blobs.values() {
+        assert!(
+            !String::from_utf8_lossy(content).contains(KEY),
+            "the key reached the journal"
+        );
+    }
+    assert!(!journal.stdout.contains(KEY));
 }

@@ -167,6 +167,88 @@ fn hard_link_to_root_file_is_unverified() {
     assert_eq!(c.trust_reason, "2 hard links");
 }
 
+/// Runs an ACL or mode tool as root and checks it worked.
+fn tool(program: &str, args: &[&str], path: &std::path::Path) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_root_task_someone_untrusted_may_write_is_unverified_and_says_who() {
+    require_root();
+    let group = TestGroup::new();
+    let agent = TestUser::new();
+    let dir = inbox_dir();
+    let verdict = |setup: &dyn Fn(&std::path::Path)| {
+        let path = drop_task(dir.path(), "t1", b"operator order");
+        setup(&path);
+        let c = classify(&path, &config(&group)).unwrap().unwrap();
+        fs::remove_file(&path).unwrap();
+        (c.trust, c.trust_reason)
+    };
+
+    // A named user entry, as an inbox's default ACL leaves it.
+    let (trust, reason) =
+        verdict(&|p| tool("setfacl", &["-m", &format!("u:{}:rw-", agent.name)], p));
+    assert_eq!(trust, Trust::Unverified);
+    assert_eq!(
+        reason,
+        format!(
+            "owner uid 0, but its ACL lets user {} (uid {}) write it: its content may not be the owner's",
+            agent.name, agent.uid
+        )
+    );
+    // The same entry with the mask taking write away grants only read.
+    let (trust, reason) = verdict(&|p| {
+        tool(
+            "setfacl",
+            &["-n", "-m", &format!("u:{}:rw-,m::r--", agent.name)],
+            p,
+        )
+    });
+    assert_eq!(trust, Trust::Verified, "{reason}");
+    // Group and other write bits.
+    let (trust, reason) = verdict(&|p| tool("chmod", &["g+w"], p));
+    assert_eq!(trust, Trust::Unverified);
+    assert!(
+        reason.contains("its owning group root (gid 0) may write it"),
+        "{reason}"
+    );
+    let (trust, reason) = verdict(&|p| tool("chmod", &["o+w"], p));
+    assert_eq!(trust, Trust::Unverified);
+    assert!(reason.contains("others may write it"), "{reason}");
+    let (trust, reason) =
+        verdict(&|p| tool("setfacl", &["-m", &format!("g:{}:rw-", agent.gid)], p));
+    assert_eq!(trust, Trust::Unverified);
+    assert!(
+        reason.contains(&format!("(gid {}) write it", agent.gid)),
+        "{reason}"
+    );
+    // Write for the trusted group, or for one of its members, is trusted.
+    let (trust, reason) = verdict(&|p| {
+        tool("chgrp", &[&group.name], p);
+        tool("chmod", &["g+w"], p);
+    });
+    assert_eq!(trust, Trust::Verified, "{reason}");
+    let member = TestUser::member_of(&group);
+    let (trust, reason) = verdict(&|p| {
+        tool(
+            "setfacl",
+            &["-m", &format!("u:{}:rw-,g:{}:rw-", member.name, group.name)],
+            p,
+        )
+    });
+    assert_eq!(trust, Trust::Verified, "{reason}");
+}
+
 #[test]
 fn fifo_is_unverified_and_not_opened() {
     require_root();

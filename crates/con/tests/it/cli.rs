@@ -150,10 +150,27 @@ fn verify_accepts_an_intact_log() {
     );
 }
 
+/// The log for inspection once the writer that made it has let go: sled's
+/// I/O threads may hold the database's lock for a moment after the last
+/// handle is dropped.
+fn open_when_released(db: &Path) -> Store {
+    let start = std::time::Instant::now();
+    loop {
+        match Store::open_for_inspection(db) {
+            Err(con_store::StoreError::Locked(_))
+                if start.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 fn corrupt(db: &Path, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) {
     // Inspection mode: derives nothing, so the corruption is the first thing
     // any later open meets.
-    let store = Store::open_for_inspection(db).unwrap();
+    let store = open_when_released(db);
     let key = seq.to_be_bytes();
     let mut value = store.raw_log().get(key).unwrap().unwrap().to_vec();
     edit(&mut value);
@@ -209,7 +226,7 @@ fn verify_names_a_truncated_record_that_was_never_indexed() {
 fn verify_of_a_log_in_use_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let db = make_log(dir.path(), 3);
-    let _held = Store::open(&db).unwrap();
+    let _held = open_when_released(&db);
     let out = con(&["verify", "--db", db.to_str().unwrap()])
         .output()
         .unwrap();

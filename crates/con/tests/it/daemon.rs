@@ -26,9 +26,11 @@ fn tool_call(id: &str) -> Payload {
     .into()
 }
 
-/// An event an operator may append.
-fn provisioned() -> Payload {
-    marked("test")
+/// An operator's event carrying `marker`, with its (empty) steps attached.
+fn marked_event(marker: &str) -> con_protocol::ClientEvent {
+    let mut event = client_event(marked(marker), None);
+    event.attachments = vec![Vec::new()];
+    event
 }
 
 /// An operator's event carrying `marker` (as its command).
@@ -104,7 +106,7 @@ fn client_as_other_user() {
                     runner: "builtin".into(),
                     provider: None,
                     model: None,
-                    trust: Trust::Verified,
+                    trust: Trust::Unverified,
                     prompt: con_event::BlobRef::of(&prompt),
                 }
                 .into(),
@@ -113,20 +115,49 @@ fn client_as_other_user() {
             event.attachments.push(prompt);
             c.append(event)
         })),
+        "claim-verified" => outcome(Client::connect(&socket).and_then(|mut c| {
+            let me = std::env::var("CON_TEST_AGENT").unwrap();
+            let task = std::env::var("CON_TEST_TASK").unwrap();
+            let mut event = client_event(
+                SessionStarted {
+                    agent: me,
+                    runner: "builtin".into(),
+                    provider: None,
+                    model: None,
+                    trust: Trust::Verified,
+                    prompt: con_event::BlobRef::of(b""),
+                }
+                .into(),
+                Some(SessionId(
+                    *con_event::Digest::of(task.as_bytes())
+                        .0
+                        .first_chunk()
+                        .unwrap(),
+                )),
+            );
+            event.attachments.push(Vec::new());
+            event.task = Some(task);
+            c.append(event)
+        })),
         "tool-in-session" => outcome(Client::connect(&socket).and_then(|mut c| {
-            c.append(client_event(
-                tool_call("in-session"),
-                Some(SessionId([7; 16])),
-            ))
+            let mut event = client_event(tool_call("in-session"), Some(SessionId([7; 16])));
+            event.attachments.push(b"{}".to_vec());
+            c.append(event)
         })),
         "tool-in-unstarted-session" => outcome(Client::connect(&socket).and_then(|mut c| {
             c.append(client_event(tool_call("nowhere"), Some(SessionId([9; 16]))))
         })),
         "unreferenced-attachment" => outcome(Client::connect(&socket).and_then(|mut c| {
-            let mut e = client_event(tool_call("stuffed"), None);
+            let mut e = client_event(tool_call("stuffed"), Some(SessionId([7; 16])));
+            e.attachments.push(b"{}".to_vec());
             e.attachments.push(vec![0u8; 4096]);
             c.append(e)
         })),
+        "missing-attachment" => {
+            outcome(Client::connect(&socket).and_then(|mut c| {
+                c.append(client_event(tool_call("bare"), Some(SessionId([7; 16]))))
+            }))
+        }
         "read-other-agent" => match Client::connect(&socket).and_then(|mut c| {
             c.query(
                 Query {
@@ -175,6 +206,39 @@ fn client_as_other_user() {
                 Err(e) => format!("ERROR {e}"),
             }
         }
+        "frame-flood" => {
+            let len: usize = std::env::var("CON_TEST_FRAME").unwrap().parse().unwrap();
+            let threads: Vec<_> = (0..64)
+                .map(|_| {
+                    let socket = socket.clone();
+                    std::thread::spawn(move || {
+                        let Ok(mut s) = UnixStream::connect(&socket) else {
+                            return "unreachable".to_owned();
+                        };
+                        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                        // A refused frame is not read: the rest of it stalls.
+                        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut frame = u32::try_from(len).unwrap().to_be_bytes().to_vec();
+                        frame.push(con_protocol::PROTOCOL_VERSION);
+                        frame.resize(4 + len, 0xff);
+                        // The daemon may answer and close before taking it all.
+                        let _ = s.write_all(&frame);
+                        let mut reply = Vec::new();
+                        let _ = s.read_to_end(&mut reply);
+                        match con_protocol::decode_frame::<con_protocol::Response>(&reply) {
+                            Ok(Some((con_protocol::Response::Error { code, .. }, _))) => {
+                                format!("{code:?}")
+                            }
+                            other => format!("{other:?}"),
+                        }
+                    })
+                })
+                .collect();
+            let mut answers: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            answers.sort();
+            answers.dedup();
+            format!("ANSWERS {}", answers.join(","))
+        }
         other => panic!("unknown action {other}"),
     };
     println!("RESULT {line}");
@@ -190,7 +254,7 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
     if let Some(me) = agent.as_deref().filter(|a| !a.is_empty()) {
         session = Some(SessionId([0x5e; 16]));
         // Its own session first, so that run kinds have somewhere to go.
-        let opened = client.append(client_event(
+        let mut opening = client_event(
             SessionStarted {
                 agent: me.into(),
                 runner: "builtin".into(),
@@ -201,11 +265,17 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
             }
             .into(),
             session,
-        ));
+        );
+        opening.attachments.push(b"p".to_vec());
+        let opened = client.append(opening);
         assert!(opened.is_ok(), "{opened:?}");
         for p in &mut payloads {
             match p {
-                Payload::SessionStarted(x) => x.agent = me.into(),
+                Payload::SessionStarted(x) => {
+                    x.agent = me.into();
+                    // A verified claim needs a recorded verified arrival.
+                    x.trust = Trust::Unverified;
+                }
                 Payload::SessionEnded(x) => x.agent = me.into(),
                 Payload::TaskRouted(x) => x.from = me.into(),
                 _ => {}
@@ -215,7 +285,10 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
     let (mut accepted, mut refused) = (Vec::new(), Vec::new());
     for payload in payloads {
         let name = payload.spec().name;
-        match client.append(client_event(payload, session)) {
+        let attachments = con_test_support::attachments_for(&payload);
+        let mut event = client_event(payload, session);
+        event.attachments = attachments;
+        match client.append(event) {
             Ok(_) => accepted.push(name.to_owned()),
             Err(ClientError::Refused { code, .. }) => refused.push(format!("{name}:{code:?}")),
             Err(e) => panic!("{name}: {e}"),
@@ -324,6 +397,12 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
         stuffed.starts_with("REFUSED Rejected") && stuffed.contains("not referenced"),
         "{stuffed}"
     );
+    // Nor is anything referenced left out.
+    let bare = run_as(&sysadmin, &root, "missing-attachment");
+    assert!(
+        bare.starts_with("REFUSED Rejected") && bare.contains("not attached"),
+        "{bare}"
+    );
 
     for nobody in [&stranger, &unconfigured] {
         let refused = run_as(nobody, &root, "start-session");
@@ -429,7 +508,7 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
     );
     // A payload that is not what its kind says.
     let mut c = Client::connect(&root.socket()).unwrap();
-    let mut bad = client_event(provisioned(), None);
+    let mut bad = marked_event("test");
     bad.payload.truncate(3);
     assert!(matches!(
         c.append(bad),
@@ -439,7 +518,7 @@ fn malformed_and_oversized_frames_get_an_error_and_a_closed_connection() {
         })
     ));
     // The daemon still serves.
-    assert!(c.append(client_event(provisioned(), None)).is_ok());
+    assert!(c.append(marked_event("test")).is_ok());
     assert_eq!(all_events(&root).len(), 1);
 }
 
@@ -475,7 +554,7 @@ fn acknowledged_appends_survive_daemon_sigkill() {
                     };
                     for n in 0.. {
                         let marker = format!("r{round}c{c}n{n}");
-                        match client.append(client_event(marked(&marker), None)) {
+                        match client.append(marked_event(&marker)) {
                             Ok((seq, _)) => acks.push((seq, marker)),
                             Err(_) => break,
                         }
@@ -537,7 +616,7 @@ fn sigterm_drains_and_exits_cleanly() {
         let mut client = Client::connect(&socket).unwrap();
         let mut acks = Vec::new();
         for n in 0.. {
-            match client.append(client_event(marked(&format!("t{n}")), None)) {
+            match client.append(marked_event(&format!("t{n}"))) {
                 Ok((seq, _)) => acks.push(seq),
                 Err(_) => break,
             }
@@ -575,8 +654,7 @@ fn logs_follow_streams_new_events_and_status_reports_the_head() {
         .unwrap();
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..3 {
-        c.append(client_event(marked(&format!("f{n}")), None))
-            .unwrap();
+        c.append(marked_event(&format!("f{n}"))).unwrap();
     }
     let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap());
     let mut seen = Vec::new();
@@ -681,7 +759,7 @@ fn status_and_logs_json_are_the_documented_views() {
     assert!(run_as(&sysadmin, &root, "start-session").starts_with("OK "));
     Client::connect(&root.socket())
         .unwrap()
-        .append(client_event(marked("bootstrap"), None))
+        .append(marked_event("bootstrap"))
         .unwrap();
     let start = Instant::now();
     while all_events(&root).len() < 3 {
@@ -835,8 +913,7 @@ fn a_query_limit_ends_the_answer_and_the_daemon_keeps_serving() {
     let _daemon = Daemon::start(CON, &root);
     let mut c = Client::connect(&root.socket()).unwrap();
     for n in 0..5 {
-        c.append(client_event(marked(&format!("l{n}")), None))
-            .unwrap();
+        c.append(marked_event(&format!("l{n}"))).unwrap();
     }
     for (args, lines) in [
         (vec!["-n", "2"], 2),
@@ -1065,8 +1142,7 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
         let mut daemon = Daemon::start(CON, &root);
         let mut c = Client::connect(&root.socket()).unwrap();
         for n in 0..5 {
-            c.append(client_event(marked(&format!("d{n}")), None))
-                .unwrap();
+            c.append(marked_event(&format!("d{n}"))).unwrap();
         }
         drop(c);
         assert!(daemon.terminate().success(), "{how:?}");
@@ -1183,4 +1259,126 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
             "{how:?}"
         );
     }
+}
+
+/// A session is verified only if the daemon recorded its task's arrival in
+/// the agent's own inbox as verified: a run cannot claim it.
+#[test]
+fn a_session_cannot_claim_a_verified_task_the_log_does_not_have() {
+    let root = Root::new();
+    let prefix = format!("cv{}-", std::process::id());
+    let inbox = root.path().join("srv/con/agents/sysadmin/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    std::os::unix::fs::chown(&inbox, Some(sysadmin.uid), Some(sysadmin.gid)).unwrap();
+    // An operator's task (root-owned) and the agent's own (its uid).
+    std::fs::write(inbox.join("from-root.task"), "do it").unwrap();
+    let _daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
+    let own = sysadmin
+        .command(Path::new("/bin/sh"))
+        .args(["-c", &format!("echo mine > {}/own.task", inbox.display())])
+        .status()
+        .unwrap();
+    assert!(own.success());
+    let start = Instant::now();
+    while all_events(&root).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "arrivals not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let claim = |task: &str| {
+        run_as_with(
+            &sysadmin,
+            &root,
+            "claim-verified",
+            "sysadmin",
+            &[("CON_TEST_TASK", task.to_owned())],
+        )
+    };
+    assert!(
+        claim("from-root").starts_with("OK "),
+        "{}",
+        claim("from-root")
+    );
+    let own = claim("own");
+    assert!(
+        own.starts_with("REFUSED Forbidden") && own.contains("recorded unverified"),
+        "{own}"
+    );
+    let invented = claim("never-arrived");
+    assert!(
+        invented.starts_with("REFUSED Forbidden") && invented.contains("no recorded arrival"),
+        "{invented}"
+    );
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Three agents, 64 connections each, sending the biggest frames they can:
+/// over the agent limit they are refused before a byte of the body is read;
+/// at the limit, the daemon-wide frame budget bounds what is held at once.
+#[test]
+fn agents_flooding_the_socket_cannot_grow_the_daemon_without_bound() {
+    let root = Root::new();
+    let prefix = format!("cf{}-", std::process::id());
+    let daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
+    let agents: Vec<TestUser> = ["concierge", "sysadmin", "strategist"]
+        .iter()
+        .map(|a| TestUser::create(&format!("{prefix}{a}")))
+        .collect();
+    let flood = |len: usize| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = agents
+                .iter()
+                .zip(["concierge", "sysadmin", "strategist"])
+                .map(|(user, agent)| {
+                    let root = &root;
+                    scope.spawn(move || {
+                        run_as_with(
+                            user,
+                            root,
+                            "frame-flood",
+                            agent,
+                            &[("CON_TEST_FRAME", len.to_string())],
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    // 16 MiB frames: refused for agents as too large.
+    let start = Instant::now();
+    for answer in flood(16 * 1024 * 1024 - 8) {
+        assert_eq!(answer, "ANSWERS TooLarge", "{answer}");
+    }
+    eprintln!("16 MiB flood answered in {:?}", start.elapsed());
+    // Just under the agent limit: read (within the budget), then refused as
+    // malformed.
+    let start = Instant::now();
+    for answer in flood(4 * 1024 * 1024 - 8) {
+        assert_eq!(answer, "ANSWERS BadFrame", "{answer}");
+    }
+    let peak_mib = peak_rss_kib(daemon.pid()) / 1024;
+    eprintln!(
+        "4 MiB flood answered in {:?}; daemon peak RSS {peak_mib} MiB",
+        start.elapsed()
+    );
+    // 768 MiB were sent at once; the budget holds 128 MiB of frames.
+    assert!(peak_mib < 320, "daemon peak RSS {peak_mib} MiB");
+    // And it still serves.
+    assert!(Client::connect(&root.socket()).unwrap().status().is_ok());
 }
