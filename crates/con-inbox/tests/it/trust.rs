@@ -184,8 +184,8 @@ fn tool(program: &str, args: &[&str], path: &std::path::Path) {
 #[test]
 fn a_root_task_someone_untrusted_may_write_is_unverified_and_says_who() {
     require_root();
-    let group = TestGroup::new();
-    let agent = TestUser::new();
+    let group = TestGroup::unique("ctg");
+    let agent = TestUser::unique("ct");
     let dir = inbox_dir();
     let verdict = |setup: &dyn Fn(&std::path::Path)| {
         let path = drop_task(dir.path(), "t1", b"operator order");
@@ -238,7 +238,7 @@ fn a_root_task_someone_untrusted_may_write_is_unverified_and_says_who() {
         tool("chmod", &["g+w"], p);
     });
     assert_eq!(trust, Trust::Verified, "{reason}");
-    let member = TestUser::member_of(&group);
+    let member = TestUser::unique_in("ct", &group);
     let (trust, reason) = verdict(&|p| {
         tool(
             "setfacl",

@@ -1266,14 +1266,13 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
 #[test]
 fn a_session_cannot_claim_a_verified_task_the_log_does_not_have() {
     let root = Root::new();
-    let prefix = format!("cv{}-", std::process::id());
     let inbox = root.path().join("srv/con/agents/sysadmin/inbox");
     std::fs::create_dir_all(&inbox).unwrap();
-    let sysadmin = TestUser::create(&format!("{prefix}sysadmin"));
+    let sysadmin = TestUser::create(&root.user("sysadmin"));
     std::os::unix::fs::chown(&inbox, Some(sysadmin.uid), Some(sysadmin.gid)).unwrap();
     // An operator's task (root-owned) and the agent's own (its uid).
     std::fs::write(inbox.join("from-root.task"), "do it").unwrap();
-    let _daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
+    let _daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
     let own = sysadmin
         .command(Path::new("/bin/sh"))
         .args(["-c", &format!("echo mine > {}/own.task", inbox.display())])
@@ -1293,7 +1292,6 @@ fn a_session_cannot_claim_a_verified_task_the_log_does_not_have() {
             &sysadmin,
             &root,
             "claim-verified",
-            "sysadmin",
             &[("CON_TEST_TASK", task.to_owned())],
         )
     };
@@ -1330,25 +1328,22 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn agents_flooding_the_socket_cannot_grow_the_daemon_without_bound() {
     let root = Root::new();
-    let prefix = format!("cf{}-", std::process::id());
-    let daemon = Daemon::start_with(&root, &prefix, &["--supervisor", "systemd"], &[]);
+    let daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
     let agents: Vec<TestUser> = ["concierge", "sysadmin", "strategist"]
         .iter()
-        .map(|a| TestUser::create(&format!("{prefix}{a}")))
+        .map(|a| TestUser::create(&root.user(a)))
         .collect();
     let flood = |len: usize| {
         std::thread::scope(|scope| {
             let handles: Vec<_> = agents
                 .iter()
-                .zip(["concierge", "sysadmin", "strategist"])
-                .map(|(user, agent)| {
+                .map(|user| {
                     let root = &root;
                     scope.spawn(move || {
                         run_as_with(
                             user,
                             root,
                             "frame-flood",
-                            agent,
                             &[("CON_TEST_FRAME", len.to_string())],
                         )
                     })

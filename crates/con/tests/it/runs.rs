@@ -784,7 +784,7 @@ fn con_task_as_root(c: &Conspiracy, agent: &str, text: &str) -> PathBuf {
             "--root",
             c.root.path().to_str().unwrap(),
             "--user-prefix",
-            &c.prefix,
+            c.root.user_prefix(),
             "task",
             "--to",
             agent,
