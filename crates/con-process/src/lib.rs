@@ -229,6 +229,7 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use con_test_support::{live_in_group, pgid_of};
 
     const ENV: &[(&str, &str)] = &[("PATH", "/usr/bin:/bin"), ("ONLY", "this")];
 
@@ -252,32 +253,6 @@ mod tests {
         }
         .run()
         .unwrap()
-    }
-
-    /// Live (non-zombie) processes whose process group is `pgid`.
-    fn live_in_group(pgid: i32) -> Vec<String> {
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // Fields after the parenthesised command: state ppid pgrp ...
-            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // A zombie is dead; whether it is reaped depends on PID 1.
-            if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-                found.push(stat);
-            }
-        }
-        found
-    }
-
-    /// The shell's pid (its process group id), as the script printed it first.
-    fn pgid_of(output: &[u8]) -> i32 {
-        let text = String::from_utf8_lossy(output);
-        text.lines().next().unwrap().trim().parse().unwrap()
     }
 
     #[test]

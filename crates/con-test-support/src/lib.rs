@@ -18,9 +18,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // fails loudly on purpose (see above)
 
 mod host;
+mod processes;
 mod users;
 
 pub use host::{Daemon, Root, all_events, client_event, workspace};
+pub use processes::{live_in_group, pgid_of};
 pub use users::{TestGroup, TestUser, remove_accounts, unique_name, unique_prefix};
 
 use con_event::payloads::*;

@@ -89,6 +89,30 @@ fn drop_task(setup: &Setup, id: &str) -> PathBuf {
         .join(format!("srv/con/agents/bench/outbox/{id}.response"))
 }
 
+/// `con run bench` as the agent's user, to the end of its inbox.
+fn run_agent(bench: &Setup) {
+    let out = bench
+        .user
+        .command(CON)
+        .args([
+            "--root",
+            bench.root.path().to_str().unwrap(),
+            "--user-prefix",
+            bench.root.user_prefix(),
+            "run",
+            "bench",
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -136,26 +160,7 @@ fn long_session_record() {
     let db = bench.root.db();
     let disk_before = dir_bytes(&db);
     drop_task(&bench, "long");
-    let out = bench
-        .user
-        .command(CON)
-        .args([
-            "--root",
-            bench.root.path().to_str().unwrap(),
-            "--user-prefix",
-            bench.root.user_prefix(),
-            "run",
-            "bench",
-        ])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_agent(&bench);
     let mut client = con_protocol::Client::connect(&bench.root.socket()).unwrap();
     let log_id = client.status().unwrap().log.unwrap().log_id;
     let mut record_bytes = 0u64;
@@ -212,27 +217,8 @@ fn main() {
     let d = daemon(&bench, false);
     drop_task(&bench, "loop");
     let start = Instant::now();
-    let out = bench
-        .user
-        .command(CON)
-        .args([
-            "--root",
-            bench.root.path().to_str().unwrap(),
-            "--user-prefix",
-            bench.root.user_prefix(),
-            "run",
-            "bench",
-        ])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .unwrap();
+    run_agent(&bench);
     let wall = start.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let evs = events(&bench);
     let model_ms: u64 = model_latencies_ms(&evs).iter().sum();
     let calls = ITERATIONS + 1;

@@ -101,6 +101,7 @@ mod tests {
 
     use super::*;
     use crate::tools::scrubbed_env;
+    use con_test_support::{live_in_group, pgid_of};
 
     fn ctx(dir: &Path) -> ToolContext {
         ToolContext {
@@ -115,26 +116,6 @@ mod tests {
             command: command.into(),
             timeout_secs,
         }
-    }
-
-    /// Live (non-zombie) processes whose process group is `pgid`.
-    fn live_in_group(pgid: i32) -> Vec<String> {
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // Fields after the parenthesised command: state ppid pgrp ...
-            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // A zombie is dead; whether it is reaped depends on PID 1.
-            if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-                found.push(stat);
-            }
-        }
-        found
     }
 
     #[test]
@@ -158,13 +139,6 @@ mod tests {
             out.content
         );
         assert!(out.content.ends_with("[exit code 3]"), "{}", out.content);
-    }
-
-    /// The shell's pid, which is its process group id, as the script
-    /// printed it first.
-    fn pgid_of(output: &[u8]) -> i32 {
-        let text = String::from_utf8_lossy(output);
-        text.lines().next().unwrap().trim().parse().unwrap()
     }
 
     #[test]
