@@ -41,6 +41,34 @@ const QUEUE_CAP: usize = 16 * 1024;
 /// Longest sleep between attempts to hand an event to a full output channel.
 const MAX_BACKOFF: Duration = Duration::from_millis(10);
 
+/// Name prefix of fence directories in the temp dir; the creating
+/// process's pid follows, so that a later watcher can tell a fence left by
+/// a killed process (`kill -9` runs no destructor) from a live one.
+const FENCE_PREFIX: &str = "con-inbox-fence-";
+
+/// Removes the fence directories in `dir` whose process is gone. A fence is
+/// empty between scans, so only an empty one is removed (`remove_dir`); a
+/// live process's fence is left alone.
+fn remove_stale_fences(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(FENCE_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
 /// How long a scan waits, with no event at all, for its fence before
 /// giving up on strict order.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,8 +159,9 @@ impl InboxWatcher {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
 
+        remove_stale_fences(&std::env::temp_dir());
         let fence = match tempfile::Builder::new()
-            .prefix("con-inbox-fence-")
+            .prefix(&format!("{FENCE_PREFIX}{}-", std::process::id()))
             .tempdir()
         {
             Ok(d) => Some(d),
@@ -749,6 +778,25 @@ fn still_being_written(meta: &Metadata) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fences_of_dead_processes_are_removed_and_live_ones_kept() {
+        #![allow(clippy::unwrap_used)]
+        let dir = tempfile::tempdir().unwrap();
+        // A pid above the kernel's largest cannot be running.
+        let dead = dir.path().join(format!("{FENCE_PREFIX}4194305-abc"));
+        let live = dir
+            .path()
+            .join(format!("{FENCE_PREFIX}{}-def", std::process::id()));
+        let unrelated = dir.path().join("con-inbox-fence-notapid");
+        for d in [&dead, &live, &unrelated] {
+            std::fs::create_dir(d).unwrap();
+        }
+        remove_stale_fences(dir.path());
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(unrelated.exists());
+    }
 
     #[test]
     fn watcher_can_be_shared_between_threads() {

@@ -95,6 +95,8 @@ fn acknowledged_events_survive_sigkill() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = acked.clone();
         let reader = std::thread::spawn(move || {
             let mut acks = Vec::new();
             for line in BufReader::new(stdout).lines() {
@@ -103,12 +105,23 @@ fn acknowledged_events_survive_sigkill() {
                     && let Ok(seq) = seq.parse::<u64>()
                 {
                     acks.push((seq, marker.to_owned()));
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             acks
         });
         // Kill somewhere between startup (recovery included) and well into
-        // steady appending.
+        // steady appending: odd rounds at a random moment from the start,
+        // even rounds at a random moment after the first acknowledgement, so
+        // that half the kills land mid-stream however slow the machine is.
+        let start = Instant::now();
+        if round % 2 == 0 {
+            while acked.load(std::sync::atomic::Ordering::Relaxed) == 0
+                && start.elapsed() < Duration::from_secs(30)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let delay = Duration::from_millis(rng.next() % 400);
         let start = Instant::now();
         while start.elapsed() < delay {
