@@ -672,6 +672,14 @@ async fn blob(
     .await
 }
 
+/// The refusal for an agent asking what only operators may `what`.
+fn operators_only(identity: &Identity, what: &str) -> Option<String> {
+    match identity {
+        Identity::Agent { .. } => Some(format!("{identity}: only operators {what}")),
+        Identity::Operator { .. } => None,
+    }
+}
+
 /// An operator's order about an agent's condition, recorded as
 /// `agent.state` with the operator as actor.
 async fn set_condition(
@@ -680,13 +688,8 @@ async fn set_condition(
     order: SetCondition,
     wr: &mut OwnedWriteHalf,
 ) -> Result<(), Closed> {
-    if let Identity::Agent { .. } = identity {
-        return refuse(
-            wr,
-            ErrorCode::Forbidden,
-            format!("{identity}: only operators change an agent's condition"),
-        )
-        .await;
+    if let Some(refusal) = operators_only(identity, "change an agent's condition") {
+        return refuse(wr, ErrorCode::Forbidden, refusal).await;
     }
     if let Err(m) = con_config::validate_agent_name(&order.agent) {
         return refuse(
@@ -722,13 +725,8 @@ async fn run_checks(
     identity: &Identity,
     wr: &mut OwnedWriteHalf,
 ) -> Result<(), Closed> {
-    if let Identity::Agent { .. } = identity {
-        return refuse(
-            wr,
-            ErrorCode::Forbidden,
-            format!("{identity}: only operators run the checks"),
-        )
-        .await;
+    if let Some(refusal) = operators_only(identity, "run the checks") {
+        return refuse(wr, ErrorCode::Forbidden, refusal).await;
     }
     let checked = shared.clone();
     let verdicts = match tokio::task::spawn_blocking(move || {

@@ -7,7 +7,7 @@
 //! ([`EventJson::to_event`]), so a copy of the log kept as JSON can still be
 //! verified against the hash chain.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -114,11 +114,10 @@ pub enum JsonViewError {
     },
 }
 
-/// RFC 3339 UTC time with nanoseconds for a recorded timestamp (times before
-/// the epoch, which the writer never assigns, print as the epoch).
-pub fn rfc3339(ts_unix_nanos: i64) -> String {
-    let nanos = u64::try_from(ts_unix_nanos).unwrap_or(0);
-    humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(nanos)).to_string()
+/// The wall-clock time of a recorded timestamp (times before the epoch,
+/// which the writer never assigns, read as the epoch).
+pub fn recorded_time(ts_unix_nanos: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(ts_unix_nanos).unwrap_or(0))
 }
 
 impl EventJson {
@@ -130,7 +129,7 @@ impl EventJson {
         Self {
             seq: env.seq,
             id: env.id,
-            time: rfc3339(env.ts_unix_nanos),
+            time: humantime::format_rfc3339_nanos(recorded_time(env.ts_unix_nanos)).to_string(),
             ts_unix_nanos: env.ts_unix_nanos,
             actor: env.actor.clone(),
             session: env.session,

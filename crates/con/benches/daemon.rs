@@ -164,16 +164,21 @@ fn follower(socket: PathBuf, from: u64) -> mpsc::Receiver<(Event, Instant)> {
     rx
 }
 
-fn latencies(setup: &Setup, samples: usize) -> (Vec<Duration>, Vec<Duration>) {
-    let r = setup.root.path();
-    let socket = setup.root.socket();
-    let head = Client::connect(&socket)
+/// The log's durable head, as the daemon reports it to an operator.
+fn head_seq(socket: &Path) -> u64 {
+    Client::connect(socket)
         .unwrap()
         .status()
         .unwrap()
         .log
         .unwrap()
-        .head_seq;
+        .head_seq
+}
+
+fn latencies(setup: &Setup, samples: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let r = setup.root.path();
+    let socket = setup.root.socket();
+    let head = head_seq(&socket);
     let events = follower(socket, head + 1);
     let inbox = r.join("srv/con/agents/worker/inbox");
     let mut arrived = Vec::new();
@@ -224,26 +229,14 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let head = Client::connect(&socket)
-        .unwrap()
-        .status()
-        .unwrap()
-        .log
-        .unwrap()
-        .head_seq;
+    let head = head_seq(&socket);
     let remaining = target.saturating_sub(head);
     let fill_start = Instant::now();
     socket_rate(&socket, 8, remaining.div_ceil(8));
     let fill = fill_start.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let full_rss = rss_kib(setup.daemon.pid());
-    let head = Client::connect(&socket)
-        .unwrap()
-        .status()
-        .unwrap()
-        .log
-        .unwrap()
-        .head_seq;
+    let head = head_seq(&socket);
 
     println!("| measurement | value | baseline (same run) | ratio |");
     println!("|---|---:|---:|---:|");

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Args;
 use con_event::{Event, EventJson, SessionId, escape_control, kind_by_name};
@@ -101,8 +100,7 @@ pub fn run(args: LogsArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
 }
 
 fn timestamp(nanos: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(con_event::json::recorded_time(nanos)).to_string()
 }
 
 /// `seq time kind agent message`, with every agent-controlled string

@@ -26,6 +26,15 @@ fn tool_call(id: &str) -> Payload {
     .into()
 }
 
+/// `answer` (a client action's result line) is a refusal of class `code`
+/// whose reason contains `why`.
+fn expect_refused(answer: &str, code: &str, why: &str) {
+    assert!(
+        answer.starts_with(&format!("REFUSED {code} ")) && answer.contains(why),
+        "wanted a {code} refusal saying {why:?}, got: {answer}"
+    );
+}
+
 /// An operator's event carrying `marker`, with its (empty) steps attached.
 fn marked_event(marker: &str) -> con_protocol::ClientEvent {
     let mut event = client_event(marked(marker), None);
@@ -374,35 +383,20 @@ fn identity_comes_from_the_kernel_and_bounds_what_an_agent_may_append_or_read() 
     assert!(refused.starts_with("REFUSED Forbidden"), "{refused}");
     assert!(refused.contains("about agent someone-else"), "{refused}");
     let refused = run_as(&sysadmin, &root, "inbox-arrived");
-    assert!(
-        refused.starts_with("REFUSED Forbidden") && refused.contains("daemon only"),
-        "{refused}"
-    );
+    expect_refused(&refused, "Forbidden", "daemon only");
 
     // Sessions belong to the agent that started them.
     assert!(run_as(&sysadmin, &root, "tool-in-session").starts_with("OK "));
     let forged = run_as(&strategist, &root, "tool-in-session");
-    assert!(
-        forged.starts_with("REFUSED Forbidden") && forged.contains("belongs to agent sysadmin"),
-        "{forged}"
-    );
+    expect_refused(&forged, "Forbidden", "belongs to agent sysadmin");
     let orphan = run_as(&sysadmin, &root, "tool-in-unstarted-session");
-    assert!(
-        orphan.starts_with("REFUSED Forbidden") && orphan.contains("not started"),
-        "{orphan}"
-    );
+    expect_refused(&orphan, "Forbidden", "not started");
     // Nothing is stored that the payload does not reference.
     let stuffed = run_as(&sysadmin, &root, "unreferenced-attachment");
-    assert!(
-        stuffed.starts_with("REFUSED Rejected") && stuffed.contains("not referenced"),
-        "{stuffed}"
-    );
+    expect_refused(&stuffed, "Rejected", "not referenced");
     // Nor is anything referenced left out.
     let bare = run_as(&sysadmin, &root, "missing-attachment");
-    assert!(
-        bare.starts_with("REFUSED Rejected") && bare.contains("not attached"),
-        "{bare}"
-    );
+    expect_refused(&bare, "Rejected", "not attached");
 
     for nobody in [&stranger, &unconfigured] {
         let refused = run_as(nobody, &root, "start-session");
@@ -1021,10 +1015,7 @@ fn an_agent_records_nothing_outside_a_session_it_opened() {
     let _daemon = Daemon::start(CON, &root);
     let sysadmin = TestUser::create(&root.user("sysadmin"));
     let loose = run_as(&sysadmin, &root, "tool-call");
-    assert!(
-        loose.starts_with("REFUSED Forbidden") && loose.contains("session the agent opened"),
-        "{loose}"
-    );
+    expect_refused(&loose, "Forbidden", "session the agent opened");
     assert!(all_events(&root).is_empty());
 }
 
@@ -1043,10 +1034,7 @@ fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
 
     assert_eq!(fetch(&sysadmin, digest), format!("BLOB {}", prompt.len()));
     let refused = fetch(&strategist, digest);
-    assert!(
-        refused.starts_with("REFUSED Forbidden") && refused.contains("may read"),
-        "{refused}"
-    );
+    expect_refused(&refused, "Forbidden", "may read");
     // Refused the same way whether or not the blob exists: no probing.
     let missing = fetch(&strategist, con_event::Digest::of(b"nothing"));
     assert_eq!(
@@ -1301,15 +1289,9 @@ fn a_session_cannot_claim_a_verified_task_the_log_does_not_have() {
         claim("from-root")
     );
     let own = claim("own");
-    assert!(
-        own.starts_with("REFUSED Forbidden") && own.contains("recorded unverified"),
-        "{own}"
-    );
+    expect_refused(&own, "Forbidden", "recorded unverified");
     let invented = claim("never-arrived");
-    assert!(
-        invented.starts_with("REFUSED Forbidden") && invented.contains("no recorded arrival"),
-        "{invented}"
-    );
+    expect_refused(&invented, "Forbidden", "no recorded arrival");
 }
 
 /// Peak resident memory of a process, in KiB.

@@ -220,12 +220,13 @@ fn agent<'a>(name: &'a str, tier: &'a str, extra: &str) -> AgentDef<'a> {
     }
 }
 
-/// The routing flow: a verified task to the concierge; it writes a task
-/// into the sysadmin's inbox with write_file; the sysadmin's run sees it as
-/// unverified (owned by the concierge's user) with the cautionary framing.
-fn routing_flow(provider: &str) {
-    let concierge_model = ScriptedServer::start(vec![]);
-    let sysadmin_model = ScriptedServer::start(vec![]);
+/// A concierge and a sysadmin, each with its own scripted model, the
+/// concierge allowed to task the sysadmin (as bootstrap grants operators).
+fn concierge_tasking_sysadmin(
+    provider: &str,
+    concierge_model: &ScriptedServer,
+    sysadmin_model: &ScriptedServer,
+) -> Conspiracy {
     let c = Conspiracy::new(
         provider,
         &concierge_model.base_url(),
@@ -239,6 +240,16 @@ fn routing_flow(provider: &str) {
         ],
     );
     c.grant_tasking("concierge", "sysadmin");
+    c
+}
+
+/// The routing flow: a verified task to the concierge; it writes a task
+/// into the sysadmin's inbox with write_file; the sysadmin's run sees it as
+/// unverified (owned by the concierge's user) with the cautionary framing.
+fn routing_flow(provider: &str) {
+    let concierge_model = ScriptedServer::start(vec![]);
+    let sysadmin_model = ScriptedServer::start(vec![]);
+    let c = concierge_tasking_sysadmin(provider, &concierge_model, &sysadmin_model);
     let job = c.agent_dir("sysadmin", "inbox").join("job-1.task");
     concierge_model.push(Step::tool_call(
         "write_file",
@@ -704,19 +715,7 @@ fn a_halted_agent_gets_no_model_calls() {
 fn a_verified_task_forwarded_by_an_agent_arrives_unverified() {
     let concierge_model = ScriptedServer::start(vec![]);
     let sysadmin_model = ScriptedServer::start(vec![Step::text("declined")]);
-    let c = Conspiracy::new(
-        "openai-compatible",
-        &concierge_model.base_url(),
-        &[
-            agent("concierge", "operator", ""),
-            agent(
-                "sysadmin",
-                "operator",
-                &format!("base_url = \"{}\"", sysadmin_model.base_url()),
-            ),
-        ],
-    );
-    c.grant_tasking("concierge", "sysadmin");
+    let c = concierge_tasking_sysadmin("openai-compatible", &concierge_model, &sysadmin_model);
     let _daemon = c.daemon();
     // Two operator (root-owned) tasks for the concierge; while working on
     // the first, it moves the second into the sysadmin's inbox. rename()
@@ -946,19 +945,7 @@ fn a_root_task_its_agent_may_write_is_unverified_even_rewritten_in_place() {
 fn provenance_survives_a_daemon_restart() {
     let concierge_model = ScriptedServer::start(vec![Step::text("done")]);
     let sysadmin_model = ScriptedServer::start(vec![Step::text("declined")]);
-    let c = Conspiracy::new(
-        "openai-compatible",
-        &concierge_model.base_url(),
-        &[
-            agent("concierge", "operator", ""),
-            agent(
-                "sysadmin",
-                "operator",
-                &format!("base_url = \"{}\"", sysadmin_model.base_url()),
-            ),
-        ],
-    );
-    c.grant_tasking("concierge", "sysadmin");
+    let c = concierge_tasking_sysadmin("openai-compatible", &concierge_model, &sysadmin_model);
     let mut daemon = c.daemon();
     let op = c.task("concierge", "op", "Rotate the host keys.");
     ok(&c.run("concierge", &[]));
