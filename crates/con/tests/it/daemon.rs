@@ -779,6 +779,43 @@ fn status_and_logs_json_are_the_documented_views() {
         })
         .collect();
     insta::assert_json_snapshot!("logs_json", events);
+
+    // The filters a reader uses to assemble a task or a session.
+    let kinds = |args: &[&str]| -> Vec<String> {
+        String::from_utf8(con(&root, args).stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["kind"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(&["logs", "--json", "--task", "hello"]),
+        ["inbox.arrived"]
+    );
+    assert!(kinds(&["logs", "--json", "--task", "nothing"]).is_empty());
+    assert_eq!(
+        kinds(&["logs", "--json", "--session", &"07".repeat(16)]),
+        ["session.started"]
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_con"))
+        .args([
+            "--root",
+            root.path().to_str().unwrap(),
+            "logs",
+            "--session",
+            "xyz",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--session \"xyz\": not a session id"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 /// Names an agent controls cannot forge lines in the text views.
