@@ -24,6 +24,7 @@
 
 mod followed_blobs;
 mod projections;
+mod unfinished_snapshots;
 mod verify;
 mod writer;
 
@@ -262,6 +263,18 @@ impl Store {
     }
 
     fn open_sled(path: &Path) -> Result<Self, StoreError> {
+        match unfinished_snapshots::sweep(path) {
+            Ok(unfinished_snapshots::Sweep::Locked) => {
+                return Err(StoreError::Locked(path.to_owned()));
+            }
+            Ok(unfinished_snapshots::Sweep::Swept) => {}
+            Err(cause) => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    cause: sled::Error::Io(cause),
+                });
+            }
+        }
         let db = sled::Config::new()
             .path(path)
             // Durability comes from the writer's flush per batch; sled's own
