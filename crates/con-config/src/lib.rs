@@ -29,8 +29,8 @@ pub use cron::{CronError, CronSchedule, cron_to_on_calendar};
 pub use env::collect_environment;
 pub use error::{ConfigError, ErrorKind};
 pub use model::{
-    Agent, Config, ContractsConfig, Dashboard, Infra, KnownCli, Mode, Network, Price, Provider,
-    Runner, Schedule, Supervisor, System, SystemContracts, Tier,
+    Agent, Config, ContractsConfig, Dashboard, Inbox, Infra, KnownCli, Mode, Network, Price,
+    Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
 };
 
 /// The rule agent names (and role, group and scope names) must follow.
@@ -43,7 +43,7 @@ pub const AGENT_NAME_PATTERN: &str = "^[a-z][a-z0-9-]{0,30}$";
 /// Names the event log uses for things that are not agents (the outer inbox,
 /// routing destinations); an agent by one of these names would be confused
 /// with them, and could read what is recorded under them.
-pub const RESERVED_NAMES: &[&str] = &["outer", "processed", "outbox"];
+pub const RESERVED_NAMES: &[&str] = &["outer", "processed", "outbox", "failed"];
 
 /// Checks `name` against [`AGENT_NAME_PATTERN`] and [`RESERVED_NAMES`]; the
 /// error is the message to show.

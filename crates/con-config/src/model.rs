@@ -24,6 +24,8 @@ pub struct Config {
     pub dashboard: Dashboard,
     /// `[infra]` (parsed and validated only).
     pub infra: Infra,
+    /// `[inbox]`: what a task may be.
+    pub inbox: Inbox,
     /// `[pricing."<model>"]`, by model name.
     pub pricing: BTreeMap<String, Price>,
     /// `[budgets]`: daily spend caps shared by all agents of a tier.
@@ -101,6 +103,15 @@ pub struct Dashboard {
     pub enabled: bool,
     /// Where it listens (default `127.0.0.1:8470`).
     pub listen: SocketAddr,
+}
+
+/// `[inbox]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inbox {
+    /// Largest task file read, in bytes (`max_task_kb`, default 1024 KiB).
+    /// A larger or sparse task is recorded by its first bytes and set aside
+    /// unrun.
+    pub max_task_bytes: u64,
 }
 
 /// `[infra]` (parsed and validated only).

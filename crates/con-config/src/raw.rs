@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub contracts: Option<RawContracts>,
     pub dashboard: Option<RawDashboard>,
     pub infra: Option<RawInfra>,
+    pub inbox: Option<RawInbox>,
     /// `[pricing."<model>"]`: USD per million tokens, for cost accounting.
     #[serde(default)]
     pub pricing: std::collections::BTreeMap<String, RawPrice>,
@@ -181,6 +182,12 @@ pub(crate) struct RawSystemContracts {
 pub(crate) struct RawDashboard {
     pub enabled: Option<bool>,
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInbox {
+    pub max_task_kb: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,8 +14,8 @@ use crate::env::{EnvOverrides, parse_env};
 use crate::error::ConfigError;
 use crate::level::{self, Field, Level};
 use crate::model::{
-    Agent, Config, ContractsConfig, Dashboard, Infra, KnownCli, Mode, Network, Price, Provider,
-    Runner, Schedule, Supervisor, System, SystemContracts, Tier,
+    Agent, Config, ContractsConfig, Dashboard, Inbox, Infra, KnownCli, Mode, Network, Price,
+    Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
 };
 use crate::raw::{RawAgent, RawConfig, RawLevel};
 use crate::{parse_duration_secs, validate_agent_name};
@@ -36,6 +36,9 @@ pub(crate) mod defaults {
     pub const MAX_LOAD_PER_CPU: f64 = 4.0;
     pub const MAX_SESSION_MIN: u32 = 30;
     pub const LOG_MAX_MB: u64 = 1024;
+    /// Default `[inbox] max_task_kb`: far above any task a person or an
+    /// agent writes, far below what a flood of them could cost the log.
+    pub const MAX_TASK_KB: u64 = 1024;
     pub const DASHBOARD_LISTEN: &str = "127.0.0.1:8470";
     pub const ALLOWED_PORTS: &[u16] = &[443];
 }
@@ -57,6 +60,7 @@ pub(crate) fn resolve(
     let contracts = resolve_contracts(&raw, path)?;
     let dashboard = resolve_dashboard(&raw, path)?;
     let infra = resolve_infra(&raw, path)?;
+    let inbox = resolve_inbox(&raw, path)?;
     let pricing = resolve_pricing(&raw, path)?;
     let tier_budgets = resolve_budgets(&raw, path)?;
 
@@ -107,6 +111,7 @@ pub(crate) fn resolve(
         contracts,
         dashboard,
         infra,
+        inbox,
         pricing,
         tier_budgets,
         agents,
@@ -332,6 +337,28 @@ fn resolve_dashboard(raw: &RawConfig, path: &Path) -> Result<Dashboard, ConfigEr
     Ok(Dashboard {
         enabled: d.and_then(|d| d.enabled).unwrap_or(false),
         listen,
+    })
+}
+
+/// Largest `max_task_kb` accepted: 64 MiB.
+const MAX_TASK_KB_LIMIT: i64 = 64 * 1024;
+
+fn resolve_inbox(raw: &RawConfig, path: &Path) -> Result<Inbox, ConfigError> {
+    let kb = match raw.inbox.as_ref().and_then(|i| i.max_task_kb) {
+        None => defaults::MAX_TASK_KB,
+        Some(n) => u64::try_from(n)
+            .ok()
+            .filter(|_| (1..=MAX_TASK_KB_LIMIT).contains(&n))
+            .ok_or_else(|| {
+                ConfigError::section(
+                    path,
+                    "inbox.max_task_kb",
+                    format!("must be between 1 and {MAX_TASK_KB_LIMIT} (KiB), got {n}"),
+                )
+            })?,
+    };
+    Ok(Inbox {
+        max_task_bytes: kb * 1024,
     })
 }
 

@@ -74,7 +74,7 @@ fn bad_agent_names() {
     );
     check(
         &named("outer"),
-        r#"configs/x.toml: agents[0] "outer": name: "outer" is reserved (reserved: outer, processed, outbox)"#,
+        r#"configs/x.toml: agents[0] "outer": name: "outer" is reserved (reserved: outer, processed, outbox, failed)"#,
     );
     // Reported at the offending entry, after the good ones.
     check(
@@ -288,6 +288,14 @@ fn bad_sections() {
     check(
         "[dashboard]\nlisten = \"localhost:8470\"\n",
         r#"configs/x.toml: dashboard.listen: "localhost:8470" is not an IP:port socket address (e.g. 127.0.0.1:8470)"#,
+    );
+    check(
+        "[inbox]\nmax_task_kb = 0\n",
+        "configs/x.toml: inbox.max_task_kb: must be between 1 and 65536 (KiB), got 0",
+    );
+    check(
+        "[inbox]\nmax_task_kb = 100000\n",
+        "configs/x.toml: inbox.max_task_kb: must be between 1 and 65536 (KiB), got 100000",
     );
     check(
         "[infra]\nsupervisor = \"runit\"\n",

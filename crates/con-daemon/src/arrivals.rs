@@ -115,6 +115,7 @@ impl Arrivals {
         appender: Appender,
         inboxes: Vec<InboxSpec>,
         trusted_group: &str,
+        max_task_bytes: u64,
         wake: Sender<String>,
         recorded: Recorded,
     ) -> Result<Self, con_inbox::WatchError> {
@@ -127,7 +128,8 @@ impl Arrivals {
             Vec::new(),
             WatcherConfig {
                 trusted_group: trusted_group.to_owned(),
-                ..WatcherConfig::default()
+                max_content_bytes: usize::try_from(max_task_bytes).unwrap_or(usize::MAX),
+                max_task_bytes,
             },
             already,
             provenance,

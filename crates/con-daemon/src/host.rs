@@ -83,6 +83,7 @@ impl DaemonConfig {
                 dir: layout.agent_inbox(&a.name),
             }))
             .collect(),
+            max_task_bytes: config.inbox.max_task_bytes,
             gateway: Some(gateway),
         })
     }

@@ -56,6 +56,9 @@ pub struct DaemonConfig {
     pub supervisor: Option<SupervisorConfig>,
     /// Inboxes whose arrivals are recorded (the outer one and every agent's).
     pub inboxes: Vec<con_inbox::InboxSpec>,
+    /// Largest task read whole (`[inbox] max_task_kb`); a larger or sparse
+    /// one is recorded by its first bytes only.
+    pub max_task_bytes: u64,
     /// Model calls on agents' behalf, if configured.
     pub gateway: Option<GatewayConfig>,
 }
@@ -269,6 +272,7 @@ impl Daemon {
             shared.appender.clone(),
             config.inboxes.clone(),
             &config.layout.trusted_group(),
+            config.max_task_bytes,
             wake_tx,
             recorded.clone(),
         )?;

@@ -146,8 +146,8 @@ pub struct TaskRouted {
     /// Where it came from (an agent name, or `outer`).
     pub from: String,
     /// Where it went: an agent name (moved into that agent's inbox),
-    /// `processed` (done), or `outbox` (the response was written; the task
-    /// itself has not left the inbox yet).
+    /// `processed` (done), `failed` (set aside unrun), or `outbox` (the
+    /// response was written; the task itself has not left the inbox yet).
     pub to: String,
     /// Destination path.
     pub path: String,
@@ -156,6 +156,8 @@ pub struct TaskRouted {
 impl TaskRouted {
     /// `to` value for a response written to the outbox.
     pub const OUTBOX: &'static str = "outbox";
+    /// `to` value for a task set aside unrun in the agent's `failed/`.
+    pub const FAILED: &'static str = "failed";
 
     /// Whether the task left `from`'s inbox.
     pub fn leaves_inbox(&self) -> bool {
@@ -260,6 +262,10 @@ pub enum Outcome {
     RunnerError,
     /// Enforcement killed the session.
     Killed,
+    /// The task could not be run at all (unreadable, too large, or its
+    /// response could not be written) and was moved to `failed/` before any
+    /// model call.
+    SetAside,
 }
 
 impl Outcome {
@@ -273,6 +279,7 @@ impl Outcome {
             Outcome::ProviderError => "provider_error",
             Outcome::RunnerError => "runner_error",
             Outcome::Killed => "killed",
+            Outcome::SetAside => "set_aside",
         }
     }
 }

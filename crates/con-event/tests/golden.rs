@@ -166,6 +166,7 @@ fn stored_enum_variant_indexes_never_change() {
         Outcome::ProviderError,
         Outcome::RunnerError,
         Outcome::Killed,
+        Outcome::SetAside,
     ];
     let check = [
         CheckStatus::Pass,

@@ -41,8 +41,13 @@ pub struct Classified {
     pub content: Vec<u8>,
     /// Size of the entry when it was read (the content may be shorter).
     pub size: u64,
-    /// Whether `content` was cut at [`WatcherConfig::max_content_bytes`].
+    /// Whether `content` was cut at [`WatcherConfig::max_content_bytes`]
+    /// (or at [`crate::REFUSED_HEAD_BYTES`] for a refused task).
     pub truncated: bool,
+    /// Why the task must not be run, when it must not: larger than
+    /// [`WatcherConfig::max_task_bytes`], or sparse. Its content is then only
+    /// its first bytes.
+    pub refused: Option<String>,
 }
 
 impl Classified {
@@ -127,6 +132,13 @@ pub(crate) fn classify_with(
     let file_type = meta.file_type();
     let cap = config.max_content_bytes;
 
+    let refused = refusal(meta, config.max_task_bytes);
+    let cap = if refused.is_some() {
+        cap.min(crate::REFUSED_HEAD_BYTES)
+    } else {
+        cap
+    };
+
     let (content, size, truncated, trust, trust_reason) = if file_type.is_symlink() {
         let Some(target) = read_link_checked(path, meta)? else {
             return Ok(None);
@@ -183,7 +195,34 @@ pub(crate) fn classify_with(
         content,
         size,
         truncated,
+        refused,
     }))
+}
+
+/// A hole this large makes a file sparse: smaller gaps are how filesystems
+/// store small or freshly written files (inline data, delayed allocation).
+const SPARSE_HOLE_BYTES: u64 = 64 * 1024;
+
+/// Why a regular file must not be run as a task, from `lstat` alone (before
+/// anything is read): too large, or sparse — a file whose size costs its
+/// writer no disk, and would cost the log a copy of its zeros.
+fn refusal(meta: &Metadata, max_task_bytes: u64) -> Option<String> {
+    if !meta.file_type().is_file() {
+        return None;
+    }
+    let size = meta.size();
+    let allocated = meta.blocks().saturating_mul(512);
+    if size > max_task_bytes {
+        Some(format!(
+            "the task is {size} bytes, over the {max_task_bytes}-byte limit"
+        ))
+    } else if size.saturating_sub(allocated) >= SPARSE_HOLE_BYTES {
+        Some(format!(
+            "the task is sparse: {size} bytes with only {allocated} on disk"
+        ))
+    } else {
+        None
+    }
 }
 
 /// The arrival key of an absolute `path` whose `lstat` is `meta`.
@@ -453,6 +492,7 @@ mod tests {
             content: b"hi".to_vec(),
             size: 2,
             truncated: false,
+            refused: None,
         };
         assert_eq!(c.task_id(), "20250101-abc");
         c.key.path = "/x/a.task.task".into();

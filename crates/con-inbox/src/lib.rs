@@ -76,14 +76,22 @@ pub struct WatcherConfig {
     /// At most this many bytes of a task are attached; the rest is not read.
     /// A truncated attachment is reported as [`WatchError::Truncated`].
     pub max_content_bytes: usize,
+    /// A task larger than this, or sparse, is refused: only its first
+    /// [`REFUSED_HEAD_BYTES`] are read, and [`Classified::refused`] says why.
+    pub max_task_bytes: u64,
 }
 
+/// How much of a refused task is read (and attached): enough to see what it
+/// was, never enough to make a flood of them costly.
+pub const REFUSED_HEAD_BYTES: usize = 4096;
+
 impl Default for WatcherConfig {
-    /// The production host's trusted group; 16 MiB of content.
+    /// The production host's trusted group; tasks up to 1 MiB, read whole.
     fn default() -> Self {
         Self {
             trusted_group: con_layout::Layout::host().trusted_group(),
-            max_content_bytes: 16 * 1024 * 1024,
+            max_content_bytes: 1024 * 1024,
+            max_task_bytes: 1024 * 1024,
         }
     }
 }

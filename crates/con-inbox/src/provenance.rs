@@ -162,6 +162,7 @@ mod tests {
             content: b"x".to_vec(),
             size: 1,
             truncated: false,
+            refused: None,
         }
     }
 

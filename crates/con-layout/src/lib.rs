@@ -347,6 +347,12 @@ impl Layout {
         self.agent_dir(agent).join("processed")
     }
 
+    /// Where agent `agent`'s runs set aside tasks they cannot run (unreadable,
+    /// unnameable, too large): never retried, kept for the operator.
+    pub fn agent_failed(&self, agent: &str) -> PathBuf {
+        self.agent_dir(agent).join("failed")
+    }
+
     /// Agent `agent`'s workspace: its tools' working directory.
     pub fn agent_workspace(&self, agent: &str) -> PathBuf {
         self.agent_dir(agent).join("workspace")
@@ -506,6 +512,7 @@ mod tests {
             ("agent_inbox", layout.agent_inbox(AGENT)),
             ("agent_outbox", layout.agent_outbox(AGENT)),
             ("agent_processed", layout.agent_processed(AGENT)),
+            ("agent_failed", layout.agent_failed(AGENT)),
             ("agent_workspace", layout.agent_workspace(AGENT)),
             ("agent_skills", layout.agent_skills(AGENT)),
             ("agent_sessions", layout.agent_sessions(AGENT)),

@@ -553,6 +553,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         for sub in [
             layout.agent_outbox(name),
             layout.agent_processed(name),
+            layout.agent_failed(name),
             layout.agent_sessions(name),
         ] {
             dirs.push((sub, plain(&user, &user, 0o700, a)));

@@ -62,6 +62,9 @@ pub struct AgentRun {
     pub session_limit: Duration,
     /// Budget for earlier exchanges in the prompt, in estimated tokens.
     pub history_tokens: usize,
+    /// Largest task file run (`[inbox] max_task_kb`); a larger or sparse
+    /// one is set aside.
+    pub max_task_bytes: u64,
     /// Set to stop the run: the running command is killed, and the session
     /// ends as `killed` at its next step (see [`stop_on_signals`]).
     pub stop: Arc<AtomicBool>,
@@ -70,7 +73,12 @@ pub struct AgentRun {
 impl AgentRun {
     /// A run of the configured `agent` on `layout`, whose user's home is
     /// `home`.
-    pub fn new(agent: &con_config::Agent, layout: Layout, home: PathBuf) -> Self {
+    pub fn new(
+        agent: &con_config::Agent,
+        inbox: &con_config::Inbox,
+        layout: Layout,
+        home: PathBuf,
+    ) -> Self {
         Self {
             agent: agent.name.clone(),
             layout,
@@ -81,6 +89,7 @@ impl AgentRun {
             max_iterations: agent.max_iterations,
             session_limit: Duration::from_secs(u64::from(agent.max_session_min) * 60),
             history_tokens: prompt::DEFAULT_HISTORY_TOKENS,
+            max_task_bytes: inbox.max_task_bytes,
             stop: Arc::default(),
         }
     }
@@ -103,6 +112,11 @@ impl AgentRun {
     /// Where its answered tasks go.
     pub fn processed(&self) -> PathBuf {
         self.layout.agent_processed(&self.agent)
+    }
+
+    /// Where the tasks it cannot run go.
+    pub fn failed(&self) -> PathBuf {
+        self.layout.agent_failed(&self.agent)
     }
 
     /// Its workspace.

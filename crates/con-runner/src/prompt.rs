@@ -53,6 +53,8 @@ pub struct Task {
     /// record of exactly this arrival: a file moved out and back in again
     /// has a new ctime, so an older record of it does not answer for it.
     pub arrival: con_inbox::ArrivalKey,
+    /// Why it must not be run (too large, sparse), if it must not.
+    pub refused: Option<String>,
 }
 
 /// What of a task goes into the prompt.
@@ -96,14 +98,20 @@ impl Task {
             trust_reason: c.trust_reason,
             body,
             arrival: c.key,
+            refused: c.refused,
         }
     }
 
     /// Examines the task file at `path` (`None` if it vanished).
-    pub fn read(path: &Path, trusted_group: &str) -> Result<Option<Self>, con_inbox::WatchError> {
+    pub fn read(
+        path: &Path,
+        trusted_group: &str,
+        max_task_bytes: u64,
+    ) -> Result<Option<Self>, con_inbox::WatchError> {
         let config = WatcherConfig {
             trusted_group: trusted_group.to_owned(),
             max_content_bytes: INLINE_LIMIT,
+            max_task_bytes,
         };
         Ok(classify(path, &config)?.map(Self::from_classified))
     }
@@ -281,7 +289,8 @@ pub fn history(
     let mut left = budget_tokens;
     for (_, id, response_path) in responses {
         let task_path = processed.join(format!("{id}.task"));
-        let Ok(Some(task)) = Task::read(&task_path, trusted_group) else {
+        // Answered already: what it may be was decided when it was run.
+        let Ok(Some(task)) = Task::read(&task_path, trusted_group, u64::MAX) else {
             continue;
         };
         let Ok(response) = read_text(&response_path) else {
@@ -332,6 +341,7 @@ mod tests {
                 inode: 1,
                 ctime_unix_nanos: 1,
             },
+            refused: None,
         }
     }
 

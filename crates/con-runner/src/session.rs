@@ -212,14 +212,34 @@ fn run_session(
 ) -> Result<Option<SessionReport>, RunError> {
     let started = Instant::now();
     let deadline = started + run.session_limit;
-    let Some(mut task) = Task::read(path, &run.layout.trusted_group())? else {
-        return Ok(None);
+    let mut task = match Task::read(path, &run.layout.trusted_group(), run.max_task_bytes) {
+        Ok(Some(task)) => task,
+        Ok(None) => return Ok(None),
+        // Another user's file this agent may not open (mode 000, a private
+        // ACL): no run of it can ever succeed.
+        Err(e) => {
+            let why = format!("it cannot be read: {e}");
+            return set_aside(link, run, path, Trust::Unverified, why, started).map(Some);
+        }
     };
     settle_trust(link, run, &mut task)?;
+    if let Some(why) = task.refused.clone() {
+        return set_aside(link, run, path, task.trust, why, started).map(Some);
+    }
     let session = SessionId(*uuid::Uuid::new_v4().as_bytes());
     let nonce = session.to_hex()[..16].to_owned();
     // A task may reuse an earlier task's name: never overwrite its answer.
     let response_path = free_name(&run.outbox(), &task.id, "response");
+    // Made before any model call: a task whose answer cannot be written
+    // (a name too long once `.response` is added, an outbox gone) must not
+    // cost a model call on every retry.
+    let response = match con_fs::StagedFile::begin(&response_path, 0o666) {
+        Ok(staged) => staged,
+        Err(e) => {
+            let why = format!("its response cannot be written: {e}");
+            return set_aside(link, run, path, task.trust, why, started).map(Some);
+        }
+    };
     let workspace = run.workspace();
     let system = prompt::system_prompt(
         &PromptContext {
@@ -261,7 +281,73 @@ fn run_session(
         )?,
         Runner::Exec(cmd) => exec_runner(&mut rec, run, &task, &system, &nonce, cmd, deadline)?,
     };
-    finish(&mut rec, run, &task, end, &response_path, started).map(Some)
+    finish(&mut rec, run, &task, end, response, &response_path, started).map(Some)
+}
+
+/// Moves a task that can never be run to `failed/`, in a session of its own
+/// with no model call, recorded like any other (`session.started` with an
+/// empty prompt, `task.routed` to `failed`, `session.ended` as `set_aside`
+/// with the reason): the next task runs, and the operator finds this one
+/// where it was put, with the reason in the log.
+fn set_aside(
+    link: &mut dyn DaemonLink,
+    run: &AgentRun,
+    path: &Path,
+    trust: Trust,
+    why: String,
+    started: Instant,
+) -> Result<SessionReport, RunError> {
+    let mut rec = Recorder {
+        link,
+        session: SessionId(*uuid::Uuid::new_v4().as_bytes()),
+        task: task_id(path),
+    };
+    rec.append(
+        SessionStarted {
+            agent: run.agent.clone(),
+            runner: run.runner.to_string(),
+            provider: run.provider.clone(),
+            model: run.model.clone(),
+            trust,
+            prompt: BlobRef::of(b""),
+        },
+        vec![Vec::new()],
+    )?;
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let (routed, detail) = match con_fs::move_without_replacing(path, &run.failed(), &file_name) {
+        Ok(dest) => {
+            rec.append(
+                TaskRouted {
+                    from: run.agent.clone(),
+                    to: TaskRouted::FAILED.into(),
+                    path: dest.display().to_string(),
+                },
+                Vec::new(),
+            )?;
+            (true, why)
+        }
+        Err(e) => (false, format!("{why}; and it cannot be set aside: {e}")),
+    };
+    rec.append(
+        SessionEnded {
+            agent: run.agent.clone(),
+            outcome: Outcome::SetAside,
+            iterations: 0,
+            duration_ms: millis(started.elapsed()),
+            response: None,
+            detail: detail.clone(),
+        },
+        Vec::new(),
+    )?;
+    Ok(SessionReport {
+        session: rec.session,
+        task: rec.task.clone(),
+        outcome: Outcome::SetAside,
+        iterations: 0,
+        detail,
+        response: None,
+        routed,
+    })
 }
 
 /// The command line of a known agent CLI, reading its prompt on stdin.
@@ -573,6 +659,7 @@ fn finish(
     run: &AgentRun,
     task: &Task,
     end: End,
+    staged: con_fs::StagedFile,
     response_path: &Path,
     started: Instant,
 ) -> Result<SessionReport, RunError> {
@@ -596,7 +683,7 @@ fn finish(
                 text.as_deref().unwrap_or("(none)")
             ),
         };
-        match route(rec, run, task, &body, response_path) {
+        match route(rec, run, task, &body, staged, response_path) {
             Ok(moved) => {
                 response = Some(body);
                 routed = moved;
@@ -648,14 +735,18 @@ fn route(
     run: &AgentRun,
     task: &Task,
     body: &str,
+    mut staged: con_fs::StagedFile,
     response_path: &Path,
 ) -> Result<bool, Routing> {
-    con_fs::replace_file(response_path, body.as_bytes(), 0o666).map_err(|e| {
-        Routing::Failed(
-            format!("cannot write the response {}: {e}", response_path.display()),
-            false,
-        )
-    })?;
+    staged
+        .write_all(body.as_bytes())
+        .and_then(|()| staged.commit())
+        .map_err(|e| {
+            Routing::Failed(
+                format!("cannot write the response {}: {e}", response_path.display()),
+                false,
+            )
+        })?;
     rec.append(
         TaskRouted {
             from: run.agent.clone(),

@@ -45,7 +45,7 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             args.agent
         )
     })?;
-    let mut run = AgentRun::new(agent, layout.clone(), user.dir);
+    let mut run = AgentRun::new(agent, &config.inbox, layout.clone(), user.dir);
     run.stop = stop;
     if let Some(secs) = args.session_secs {
         run.session_limit = Duration::from_secs(secs);

@@ -174,6 +174,77 @@ fn content_over_the_cap_is_truncated_and_hashed_as_attached() {
     );
 }
 
+/// A sparse 2 GiB task costs its writer one block and used to cost the log
+/// the cap's worth of zeros; a dense task over the limit likewise. Each is
+/// recorded by its first bytes only, and classified as refused.
+#[test]
+fn sparse_and_oversized_tasks_are_recorded_by_their_head_only() {
+    require_root();
+    let dir = inbox_dir();
+    let cfg = WatcherConfig {
+        max_task_bytes: 64 * 1024,
+        max_content_bytes: 64 * 1024,
+        ..WatcherConfig::default()
+    };
+    let h = Harness::start(vec![spec("a", dir.path())], cfg.clone());
+
+    let sparse = dir.path().join("sparse.task.tmp");
+    let file = fs::File::create(&sparse).unwrap();
+    file.set_len(2 << 30).unwrap();
+    drop(file);
+    fs::rename(&sparse, dir.path().join("sparse.task")).unwrap();
+    let dense: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    drop_task(dir.path(), "dense", &dense);
+    let fits = vec![b'x'; 60 * 1024];
+    drop_task(dir.path(), "fits", &fits);
+    let evs = h.take(3, WAIT);
+
+    let by_task = |id: &str| {
+        evs.iter()
+            .find(|e| e.task.as_deref() == Some(id))
+            .unwrap()
+            .attachments[0]
+            .clone()
+    };
+    assert_eq!(by_task("sparse"), vec![0u8; con_inbox::REFUSED_HEAD_BYTES]);
+    assert_eq!(
+        by_task("dense"),
+        dense[..con_inbox::REFUSED_HEAD_BYTES].to_vec()
+    );
+    assert_eq!(
+        by_task("fits"),
+        fits,
+        "a task within the limit is read whole"
+    );
+
+    let refused = |id: &str| {
+        con_inbox::classify(&dir.path().join(format!("{id}.task")), &cfg)
+            .unwrap()
+            .unwrap()
+            .refused
+    };
+    let why = refused("sparse").unwrap();
+    assert!(why.contains("2147483648 bytes"), "{why}");
+    let why = refused("dense").unwrap();
+    assert!(
+        why.contains("100000 bytes, over the 65536-byte limit"),
+        "{why}"
+    );
+    assert_eq!(refused("fits"), None);
+
+    // Within the size limit, a file that is mostly hole is still refused.
+    let holey = dir.path().join("holey.task");
+    fs::File::create(&holey).unwrap().set_len(3 << 20).unwrap();
+    let roomy = WatcherConfig {
+        max_task_bytes: 4 << 20,
+        ..cfg
+    };
+    let c = con_inbox::classify(&holey, &roomy).unwrap().unwrap();
+    let why = c.refused.unwrap();
+    assert!(why.contains("sparse: 3145728 bytes"), "{why}");
+    assert_eq!(c.content.len(), con_inbox::REFUSED_HEAD_BYTES);
+}
+
 #[test]
 fn vanishing_files_do_not_stop_the_watcher() {
     require_root();

@@ -29,6 +29,7 @@ impl Tree {
             layout.agent_inbox(agent),
             layout.agent_outbox(agent),
             layout.agent_processed(agent),
+            layout.agent_failed(agent),
             layout.agent_skills(agent),
             layout.agent_sessions(agent),
             layout.home(agent),
@@ -55,6 +56,7 @@ impl Tree {
             max_iterations: 10,
             session_limit: Duration::from_secs(60),
             history_tokens: 4000,
+            max_task_bytes: 64 * 1024,
             stop: Default::default(),
         };
         Self { dir, run }

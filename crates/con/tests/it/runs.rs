@@ -57,7 +57,15 @@ impl Conspiracy {
         for a in agents {
             let user = TestUser::create(&root.user(a.name));
             let base = root.path().join("srv/con/agents").join(a.name);
-            for sub in ["", "inbox", "outbox", "processed", "workspace", "sessions"] {
+            for sub in [
+                "",
+                "inbox",
+                "outbox",
+                "processed",
+                "failed",
+                "workspace",
+                "sessions",
+            ] {
                 let d = base.join(sub);
                 std::fs::create_dir_all(&d).unwrap();
                 user.chown(&d);
@@ -1111,4 +1119,82 @@ fn recorded_model_requests_reassemble_and_share_their_messages() {
         last.contains("echo twice") && last.contains("two"),
         "{last}"
     );
+}
+
+/// An agent that may task another can leave tasks its target can never run:
+/// one it cannot read (mode 000), one whose response cannot be named (a
+/// 255-byte task name), one that costs the log a copy of a 2 GiB hole. Each
+/// is set aside in `failed/` with the reason recorded, without a model
+/// call, and the operator's task queued behind them is answered.
+#[test]
+fn tasks_the_agent_cannot_run_are_set_aside_and_the_next_one_runs() {
+    let concierge_model = ScriptedServer::start(vec![]);
+    let sysadmin_model = ScriptedServer::start(vec![Step::text("disk is fine")]);
+    let c = concierge_tasking_sysadmin("openai-compatible", &concierge_model, &sysadmin_model);
+    let _daemon = c.daemon();
+    let inbox = c.agent_dir("sysadmin", "inbox");
+    let long = format!("b{}", "x".repeat(249));
+    let script = format!(
+        "cd {inbox} && printf 'secret order' > .a && chmod 000 .a && mv .a a-locked.task \
+         && printf 'long' > .b && mv .b {long}.task \
+         && truncate -s 2G .c && mv .c c-sparse.task",
+        inbox = inbox.display()
+    );
+    assert!(as_agent(&c, "concierge", &script), "the concierge's writes");
+    assert_eq!(format!("{long}.task").len(), 255);
+    let operator = c.task("sysadmin", "z-operator", "How full is /var?");
+    let sparse = inbox.join("c-sparse.task");
+    arrivals_at(&c, &sparse, 0);
+
+    ok(&c.run("sysadmin", &[]));
+
+    let requests = sysadmin_model.requests();
+    assert_eq!(requests.len(), 1, "one model call, for the operator's task");
+    assert!(body_text(&sysadmin_model, 0).contains("How full is /var?"));
+    assert!(!operator.exists(), "the operator's task was answered");
+    let failed = c.agent_dir("sysadmin", "failed");
+    for name in [
+        "a-locked.task".to_owned(),
+        format!("{long}.task"),
+        "c-sparse.task".to_owned(),
+    ] {
+        assert!(failed.join(&name).exists(), "{name} is in failed/");
+        assert!(!inbox.join(&name).exists(), "{name} left the inbox");
+    }
+
+    let events = all_events(&c.root.socket());
+    let mut reasons: Vec<(String, String)> = sessions_of(&events, "sysadmin")
+        .into_iter()
+        .filter_map(|s| {
+            let session = session_events(&events, s);
+            let (outcome, detail) = ended(&session);
+            (outcome == Outcome::SetAside).then(|| {
+                assert_eq!(
+                    kind_names(&session),
+                    ["session.started", "task.routed", "session.ended"],
+                    "{detail}: no model call for a task set aside"
+                );
+                let task = session[0].envelope.task.clone().unwrap();
+                (task, detail)
+            })
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0].0 == "a-locked" && reasons[0].1.contains("cannot be read"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].1.contains("response cannot be written"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].0 == "c-sparse" && reasons[2].1.contains("2147483648 bytes"),
+        "{reasons:?}"
+    );
+    // The daemon read the sparse task's first 4 KiB, not its hole.
+    for arrival in arrivals_at(&c, &sparse, 0) {
+        assert_eq!(arrival.content.len, con_inbox::REFUSED_HEAD_BYTES as u64);
+    }
 }
