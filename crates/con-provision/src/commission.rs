@@ -101,6 +101,7 @@ pub fn commission(
     layout: &Layout,
     env: &BTreeMap<String, String>,
     agent: &NewAgent,
+    sudo_user: Option<&str>,
     netns: Option<&str>,
 ) -> Result<Report, ProvisionError> {
     check_name(&agent.name)?;
@@ -110,6 +111,9 @@ pub fn commission(
     }
     let _lock = ConfigLock::take(layout)?;
     let installed = Installed::read(layout, env)?;
+    if let Some(caller) = Delegation::of(layout, &installed, sudo_user)? {
+        caller.may_grant(agent)?;
+    }
     let path = layout.config_file();
     if installed.input.config.agent(&agent.name).is_some() {
         return Err(ProvisionError::Invalid(format!(
@@ -155,6 +159,109 @@ pub fn commission(
     ))
 }
 
+/// An agent acting through its sudo grant of `con commission` or `con
+/// decommission`: what it may do is bounded by what it is, so a prompt
+/// injected into it cannot mint a more privileged agent or remove one it
+/// does not outrank.
+///
+/// - It may commission an agent of its own tier or a lower one, with only
+///   roles it holds itself and none that carries sudo rights (a
+///   `sudoers/<role>` template in the profile): no agent it creates can
+///   sudo.
+/// - It may decommission only an agent of a lower tier that holds no role
+///   with sudo rights (never itself, its peers or its superiors).
+///
+/// A person who uses sudo (a user that is no agent) is not limited here.
+#[derive(Debug)]
+pub struct Delegation<'a> {
+    caller: &'a con_config::Agent,
+    privileged: Vec<String>,
+}
+
+impl<'a> Delegation<'a> {
+    /// The agent behind `sudo_user` (the user sudo says ran the command), or
+    /// `None` if no sudo was involved or the user is not an agent's. A user
+    /// named like an agent's that no configured agent has (a decommissioned
+    /// one) may do nothing.
+    pub fn of(
+        layout: &Layout,
+        installed: &'a Installed,
+        sudo_user: Option<&str>,
+    ) -> Result<Option<Self>, ProvisionError> {
+        let Some(user) = sudo_user else {
+            return Ok(None);
+        };
+        let config = &installed.input.config;
+        let privileged = privileged_roles(installed);
+        match config.agents.iter().find(|a| layout.user(&a.name) == user) {
+            Some(caller) => Ok(Some(Self { caller, privileged })),
+            None if user.starts_with(&layout.user("")) => Err(ProvisionError::Invalid(format!(
+                "user {user} ran this through sudo but is no configured agent: refused"
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Refuses a new agent above what the caller may grant.
+    pub fn may_grant(&self, new: &NewAgent) -> Result<(), ProvisionError> {
+        let caller = self.caller;
+        let refuse = |why: String| {
+            Err(ProvisionError::Invalid(format!(
+                "agent {} (through sudo) may not commission {}: {why}",
+                caller.name, new.name
+            )))
+        };
+        if new.tier < caller.tier {
+            return refuse(format!(
+                "tier {} is above its own tier {}",
+                new.tier, caller.tier
+            ));
+        }
+        for role in &new.roles {
+            if self.privileged.contains(role) {
+                return refuse(format!("role {role} carries sudo rights (sudoers/{role})"));
+            }
+            if !caller.roles.contains(role) {
+                return refuse(format!("role {role} is not one of its own"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses removing an agent the caller does not outrank.
+    pub fn may_remove(&self, target: &con_config::Agent) -> Result<(), ProvisionError> {
+        let caller = self.caller;
+        let refuse = |why: String| {
+            Err(ProvisionError::Invalid(format!(
+                "agent {} (through sudo) may not decommission {}: {why}",
+                caller.name, target.name
+            )))
+        };
+        if target.tier <= caller.tier {
+            return refuse(format!(
+                "its tier {} is not below its own tier {}",
+                target.tier, caller.tier
+            ));
+        }
+        if let Some(role) = target.roles.iter().find(|r| self.privileged.contains(r)) {
+            return refuse(format!("its role {role} carries sudo rights"));
+        }
+        Ok(())
+    }
+}
+
+/// Roles whose profile has a sudoers template.
+fn privileged_roles(installed: &Installed) -> Vec<String> {
+    installed
+        .input
+        .profile
+        .files
+        .keys()
+        .filter_map(|rel| rel.strip_prefix("sudoers").ok())
+        .map(|role| role.to_string_lossy().into_owned())
+        .collect()
+}
+
 fn available_roles(dir: &Path) -> String {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
@@ -189,17 +296,21 @@ pub fn decommission(
     layout: &Layout,
     env: &BTreeMap<String, String>,
     name: &str,
+    sudo_user: Option<&str>,
     netns: Option<&str>,
 ) -> Result<Decommissioned, ProvisionError> {
     check_name(name)?;
     let _lock = ConfigLock::take(layout)?;
     let installed = Installed::read(layout, env)?;
     let path = layout.config_file();
-    if installed.input.config.agent(name).is_none() {
+    let Some(target) = installed.input.config.agent(name) else {
         return Err(ProvisionError::Invalid(format!(
             "no agent named {name} in {}",
             path.display()
         )));
+    };
+    if let Some(caller) = Delegation::of(layout, &installed, sudo_user)? {
+        caller.may_remove(target)?;
     }
     // Its units as the current config generates them.
     let units: Vec<(String, PathBuf)> = crate::plan(&installed.input, layout)?
@@ -439,5 +550,70 @@ pub fn require_root_for(command: &str) -> Result<(), ProvisionError> {
         Err(ProvisionError::Invalid(format!(
             "con {command} must run as root"
         )))
+    }
+}
+
+#[cfg(test)]
+mod delegation_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use con_config::Tier;
+
+    fn config() -> Config {
+        let text = "[[agents]]\nname = \"sysadmin\"\ntier = \"operator\"\nroles = [\"sysadmin\", \"helper\"]\n\n\
+                    [[agents]]\nname = \"concierge\"\ntier = \"operator\"\n\n\
+                    [[agents]]\nname = \"boss\"\ntier = \"officer\"\n\n\
+                    [[agents]]\nname = \"scout\"\ntier = \"worker\"\n\n\
+                    [[agents]]\nname = \"root-ish\"\ntier = \"worker\"\nroles = [\"sysadmin\"]\n";
+        con_config::parse(text, Path::new("con.toml"), &BTreeMap::new()).unwrap()
+    }
+
+    fn new(tier: Tier, roles: &[&str]) -> NewAgent {
+        NewAgent {
+            name: "fresh".into(),
+            tier,
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn an_agent_grants_no_more_than_it_is_and_removes_only_what_it_outranks() {
+        let config = config();
+        let d = Delegation {
+            caller: config.agent("sysadmin").unwrap(),
+            privileged: vec!["sysadmin".into()],
+        };
+        let refused = |r: Result<(), ProvisionError>| r.unwrap_err().to_string();
+
+        assert!(d.may_grant(&new(Tier::Worker, &[])).is_ok());
+        assert!(d.may_grant(&new(Tier::Operator, &["helper"])).is_ok());
+        assert!(
+            refused(d.may_grant(&new(Tier::Officer, &[])))
+                .contains("tier officer is above its own tier operator")
+        );
+        assert!(
+            refused(d.may_grant(&new(Tier::Worker, &["sysadmin"])))
+                .contains("role sysadmin carries sudo rights")
+        );
+        assert!(
+            refused(d.may_grant(&new(Tier::Worker, &["concierge"])))
+                .contains("role concierge is not one of its own")
+        );
+
+        assert!(d.may_remove(config.agent("scout").unwrap()).is_ok());
+        for (target, why) in [
+            (
+                "concierge",
+                "its tier operator is not below its own tier operator",
+            ),
+            ("sysadmin", "not below"),
+            ("boss", "its tier officer is not below"),
+            ("root-ish", "its role sysadmin carries sudo rights"),
+        ] {
+            let err = refused(d.may_remove(config.agent(target).unwrap()));
+            assert!(err.contains(why), "{target}: {err}");
+            assert!(err.starts_with("agent sysadmin (through sudo) may not decommission"));
+        }
     }
 }

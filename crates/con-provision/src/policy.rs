@@ -175,12 +175,46 @@ pub struct Policy {
     pub sudoers_file: Option<PathBuf>,
     /// Its sudo rules.
     pub sudo: Vec<SudoRule>,
+    /// What those rules let it do, said plainly (what it can read with
+    /// them, and how far con lets its grants of `con` commands reach).
+    pub sudo_reach: Vec<String>,
     /// Its egress filter.
     pub egress: Egress,
     /// Its units.
     pub units: Vec<UnitInfo>,
     /// Contracts that watch it.
     pub contracts: Contracts,
+}
+
+/// Plain statements of what `rules` reach, for an agent of `tier`: the
+/// journal is everyone's, and con bounds its own commands by the caller
+/// (`crate::commission::Delegation`).
+fn sudo_reach(rules: &[SudoRule], tier: Tier) -> Vec<String> {
+    let grants = |needle: &str| rules.iter().any(|r| r.rule.contains(needle));
+    let mut reach = Vec::new();
+    if grants("/journalctl ") {
+        reach.push(
+            "read the whole system journal as root: every agent's recorded events \
+             (task contents, prompts, model replies, tool output), not only its own"
+                .to_owned(),
+        );
+    }
+    if grants(" ^commission ") {
+        reach.push(format!(
+            "commission agents of tier {tier} or lower, with only roles it holds itself and \
+             none that carries sudo rights (con refuses the rest)"
+        ));
+    }
+    if grants(" ^decommission ") {
+        reach.push(format!(
+            "decommission only agents below tier {tier} that hold no role with sudo rights \
+             (con refuses the rest)"
+        ));
+    }
+    if grants("/systemctl ^restart con-agent@") {
+        reach.push("restart any agent's unit".to_owned());
+    }
+    reach
 }
 
 /// What [`explain`] needs besides the plan.
@@ -406,6 +440,7 @@ pub fn explain(
         groups,
         inboxes,
         dirs,
+        sudo_reach: sudo_reach(&sudo, a.tier),
         sudoers_file,
         sudo,
         egress: Egress {
@@ -493,6 +528,12 @@ impl Policy {
                         last = Some(&rule.template);
                     }
                     out.push_str(&format!("    {}\n", rule.rule));
+                }
+                if !self.sudo_reach.is_empty() {
+                    out.push_str("  what these let it do:\n");
+                    for line in &self.sudo_reach {
+                        out.push_str(&format!("    - {line}\n"));
+                    }
                 }
             }
         }

@@ -55,7 +55,8 @@ pub fn commission(args: CommissionArgs, layout: &Layout) -> anyhow::Result<ExitC
         roles: args.roles,
     };
     let env = con_config::collect_environment(std::env::vars_os())?;
-    let report = con_provision::commission(layout, &env, &agent, None)?;
+    let caller = sudo_user()?;
+    let report = con_provision::commission(layout, &env, &agent, caller.as_deref(), None)?;
     finish(
         &format!("commission {}", agent.name),
         &report,
@@ -71,7 +72,8 @@ pub fn decommission(args: DecommissionArgs, layout: &Layout) -> anyhow::Result<E
         .map_err(|m| anyhow::anyhow!("agent name {:?}: {m}", args.name))?;
     con_provision::commission::require_root_for("decommission")?;
     let env = con_config::collect_environment(std::env::vars_os())?;
-    let done = con_provision::decommission(layout, &env, &args.name, None)?;
+    let caller = sudo_user()?;
+    let done = con_provision::decommission(layout, &env, &args.name, caller.as_deref(), None)?;
     let state = if done.removed {
         vec![con_protocol::SetCondition {
             agent: args.name.clone(),
@@ -88,4 +90,22 @@ pub fn decommission(args: DecommissionArgs, layout: &Layout) -> anyhow::Result<E
         layout,
         state,
     )
+}
+
+/// The user sudo says ran this command, if it ran through sudo: what an
+/// agent may commission or decommission is bounded by what it is
+/// (`con_provision::commission::Delegation`). sudo sets `SUDO_UID` itself,
+/// so the agent cannot choose it, and only root gets this far.
+fn sudo_user() -> anyhow::Result<Option<String>> {
+    let Some(raw) = std::env::var_os("SUDO_UID") else {
+        return Ok(None);
+    };
+    let uid: u32 = raw
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("SUDO_UID {raw:?} is not a uid: refused"))?;
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))? {
+        Some(user) => Ok(Some(user.name)),
+        None => anyhow::bail!("SUDO_UID {uid} has no passwd entry: refused"),
+    }
 }

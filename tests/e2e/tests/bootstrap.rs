@@ -135,4 +135,53 @@ fn bootstrap_provisions_a_running_conspiracy_and_is_idempotent() {
         "a second run should change nothing: {second}"
     );
     assert_eq!(second["failed"], Value::Array(vec![]), "{second}");
+
+    sysadmin_sudo_grants_are_bounded_by_what_it_is(&c);
+}
+
+/// The sysadmin's sudo grant of `con commission`/`decommission`, used as a
+/// prompt-injected sysadmin would: through the real sudo, as its own user.
+/// It may mint a worker and remove it again, but not an officer, not
+/// another sudo holder, and not remove its peers or itself.
+fn sysadmin_sudo_grants_are_bounded_by_what_it_is(c: &Container) {
+    let as_sysadmin = |args: &str| {
+        c.sh(&format!(
+            "runuser -u a-sysadmin -- sudo -n /usr/local/bin/con {args}"
+        ))
+        .unwrap()
+    };
+    for (args, why) in [
+        (
+            "commission boss --tier officer",
+            "tier officer is above its own tier operator",
+        ),
+        (
+            "commission twin --role sysadmin",
+            "role sysadmin carries sudo rights",
+        ),
+        (
+            "commission twin --role concierge",
+            "role concierge is not one of its own",
+        ),
+        ("decommission concierge", "its tier operator is not below"),
+        ("decommission strategist", "its tier officer is not below"),
+        ("decommission sysadmin", "its tier operator is not below"),
+    ] {
+        let out = as_sysadmin(args);
+        assert!(
+            !out.success()
+                && out.stderr.contains("(through sudo) may not")
+                && out.stderr.contains(why),
+            "sudo con {args}: {out}"
+        );
+    }
+    let users = c.exec_ok(&["getent", "passwd"]).unwrap().stdout;
+    assert!(
+        !users.contains("a-boss:") && !users.contains("a-twin:"),
+        "no account was created"
+    );
+    let made = as_sysadmin("commission scout");
+    assert!(made.success(), "a worker may be commissioned: {made}");
+    let removed = as_sysadmin("decommission scout");
+    assert!(removed.success(), "and decommissioned: {removed}");
 }
