@@ -84,6 +84,7 @@ impl DaemonConfig {
             }))
             .collect(),
             gateway: Some(gateway),
+            limits: crate::LogLimits::from_config(&config.contracts.system),
         })
     }
 }
