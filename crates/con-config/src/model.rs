@@ -92,8 +92,24 @@ pub struct SystemContracts {
     pub max_load_per_cpu: f64,
     /// Longest an agent session may run, minutes (default 30); also the agents' default.
     pub max_session_min: u32,
-    /// Largest the audit/log storage may grow, MiB (default 1024).
+    /// Largest the event log may grow on disk, MiB (default 1024). Agents'
+    /// appends are refused from `log_max_mb - log_reserve_mb` on, everyone's
+    /// at `log_max_mb`.
     pub log_max_mb: u64,
+    /// The part of `log_max_mb` kept for operators and the daemon's own
+    /// events once agents are refused, MiB (default an eighth of
+    /// `log_max_mb`, at most 64; always less than `log_max_mb`).
+    pub log_reserve_mb: u64,
+    /// Largest event an agent may append (record and attachments), KiB
+    /// (default 3072; at most 4096, an agent's frame limit).
+    pub agent_max_event_kb: u64,
+    /// Largest single attachment an agent may append, KiB (default 2048; at
+    /// most `agent_max_event_kb`).
+    pub agent_max_attachment_kb: u64,
+    /// Bytes one agent may have recorded per minute, MiB (default 32).
+    pub agent_max_mb_per_minute: u64,
+    /// Bytes one agent may have recorded per hour, MiB (default 256).
+    pub agent_max_mb_per_hour: u64,
 }
 
 /// `[dashboard]` (parsed and validated; serving it comes later).

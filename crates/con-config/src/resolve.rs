@@ -39,6 +39,18 @@ pub(crate) mod defaults {
     /// Default `[inbox] max_task_kb`: far above any task a person or an
     /// agent writes, far below what a flood of them could cost the log.
     pub const MAX_TASK_KB: u64 = 1024;
+    /// The reserve is an eighth of `log_max_mb`, at most this.
+    pub const LOG_RESERVE_MAX_MB: u64 = 64;
+    /// Well above an honest run's largest event: an exec runner's output
+    /// (1 MiB cap) with its call, or a `read_file` page (256 KiB).
+    pub const AGENT_MAX_EVENT_KB: u64 = 3 * 1024;
+    pub const AGENT_MAX_ATTACHMENT_KB: u64 = 2 * 1024;
+    /// An honest run records a few MiB a minute at most (a 256 KiB tool
+    /// result per model round trip); a flood is stopped within seconds.
+    pub const AGENT_MAX_MB_PER_MINUTE: u64 = 32;
+    pub const AGENT_MAX_MB_PER_HOUR: u64 = 256;
+    /// An agent's frame limit: a larger event could never arrive.
+    pub const AGENT_FRAME_KB: u64 = 4 * 1024;
     pub const DASHBOARD_LISTEN: &str = "127.0.0.1:8470";
     pub const ALLOWED_PORTS: &[u16] = &[443];
 }
@@ -309,6 +321,73 @@ fn resolve_contracts(raw: &RawConfig, path: &Path) -> Result<ContractsConfig, Co
             .ok_or_else(|| err("log_max_mb", format!("must be greater than 0, got {n}")))?,
     };
 
+    let log_reserve_mb = match s.and_then(|s| s.log_reserve_mb) {
+        None => (log_max_mb / 8).min(defaults::LOG_RESERVE_MAX_MB),
+        Some(n) => u64::try_from(n)
+            .ok()
+            .filter(|&m| m < log_max_mb)
+            .ok_or_else(|| {
+                err(
+                    "log_reserve_mb",
+                    format!(
+                        "must be between 0 and {} (less than log_max_mb), got {n}",
+                        log_max_mb - 1
+                    ),
+                )
+            })?,
+    };
+    let positive = |field: &str, v: Option<i64>, default: u64, max: u64| match v {
+        None => Ok(default),
+        Some(n) => u64::try_from(n)
+            .ok()
+            .filter(|&m| (1..=max).contains(&m))
+            .ok_or_else(|| err(field, format!("must be between 1 and {max}, got {n}"))),
+    };
+    let agent_max_event_kb = positive(
+        "agent_max_event_kb",
+        s.and_then(|s| s.agent_max_event_kb),
+        defaults::AGENT_MAX_EVENT_KB,
+        defaults::AGENT_FRAME_KB,
+    )?;
+    let agent_max_attachment_kb = positive(
+        "agent_max_attachment_kb",
+        s.and_then(|s| s.agent_max_attachment_kb),
+        defaults::AGENT_MAX_ATTACHMENT_KB.min(agent_max_event_kb),
+        agent_max_event_kb,
+    )?;
+    // A window smaller than one event would refuse the largest allowed
+    // event outright; an hour smaller than a minute would make the minute
+    // meaningless.
+    let event_mb = agent_max_event_kb.div_ceil(1024);
+    let agent_max_mb_per_minute = positive(
+        "agent_max_mb_per_minute",
+        s.and_then(|s| s.agent_max_mb_per_minute),
+        defaults::AGENT_MAX_MB_PER_MINUTE,
+        u64::from(u32::MAX),
+    )?;
+    if agent_max_mb_per_minute < event_mb {
+        return Err(err(
+            "agent_max_mb_per_minute",
+            format!(
+                "must be at least agent_max_event_kb in MiB ({event_mb}), got {agent_max_mb_per_minute}"
+            ),
+        ));
+    }
+    let agent_max_mb_per_hour = positive(
+        "agent_max_mb_per_hour",
+        s.and_then(|s| s.agent_max_mb_per_hour),
+        defaults::AGENT_MAX_MB_PER_HOUR.max(agent_max_mb_per_minute),
+        u64::from(u32::MAX),
+    )?;
+    if agent_max_mb_per_hour < agent_max_mb_per_minute {
+        return Err(err(
+            "agent_max_mb_per_hour",
+            format!(
+                "must be at least agent_max_mb_per_minute ({agent_max_mb_per_minute}), got {agent_max_mb_per_hour}"
+            ),
+        ));
+    }
+
     Ok(ContractsConfig {
         system: SystemContracts {
             healthcheck_interval,
@@ -318,6 +397,11 @@ fn resolve_contracts(raw: &RawConfig, path: &Path) -> Result<ContractsConfig, Co
             max_load_per_cpu,
             max_session_min,
             log_max_mb,
+            log_reserve_mb,
+            agent_max_event_kb,
+            agent_max_attachment_kb,
+            agent_max_mb_per_minute,
+            agent_max_mb_per_hour,
         },
     })
 }

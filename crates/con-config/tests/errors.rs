@@ -268,6 +268,46 @@ fn bad_cron() {
 }
 
 #[test]
+fn bad_log_limits_and_agent_quotas() {
+    check(
+        "[contracts.system]\nlog_max_mb = 0\n",
+        "configs/x.toml: contracts.system.log_max_mb: must be greater than 0, got 0",
+    );
+    check(
+        "[contracts.system]\nlog_max_mb = 8\nlog_reserve_mb = 8\n",
+        "configs/x.toml: contracts.system.log_reserve_mb: must be between 0 and 7 (less than log_max_mb), got 8",
+    );
+    check(
+        "[contracts.system]\nlog_reserve_mb = -1\n",
+        "configs/x.toml: contracts.system.log_reserve_mb: must be between 0 and 1023 (less than log_max_mb), got -1",
+    );
+    check(
+        "[contracts.system]\nagent_max_event_kb = 0\n",
+        "configs/x.toml: contracts.system.agent_max_event_kb: must be between 1 and 4096, got 0",
+    );
+    check(
+        "[contracts.system]\nagent_max_event_kb = 8192\n",
+        "configs/x.toml: contracts.system.agent_max_event_kb: must be between 1 and 4096, got 8192",
+    );
+    check(
+        "[contracts.system]\nagent_max_event_kb = 512\nagent_max_attachment_kb = 1024\n",
+        "configs/x.toml: contracts.system.agent_max_attachment_kb: must be between 1 and 512, got 1024",
+    );
+    check(
+        "[contracts.system]\nagent_max_mb_per_minute = 2\n",
+        "configs/x.toml: contracts.system.agent_max_mb_per_minute: must be at least agent_max_event_kb in MiB (3), got 2",
+    );
+    check(
+        "[contracts.system]\nagent_max_mb_per_minute = 64\nagent_max_mb_per_hour = 63\n",
+        "configs/x.toml: contracts.system.agent_max_mb_per_hour: must be at least agent_max_mb_per_minute (64), got 63",
+    );
+    check(
+        "[contracts.system]\nagent_max_mb_per_hour = \"lots\"\n",
+        "configs/x.toml:2:25: invalid type: string \"lots\", expected i64",
+    );
+}
+
+#[test]
 fn bad_sections() {
     check(
         "[contracts.system]\nhealthcheck_interval = \"0s\"\n",

@@ -148,6 +148,11 @@ fn minimal_profile_resolves_from_legacy_keys() {
     assert_eq!(config.contracts.system.mem_min_free_pct, 10);
     assert_eq!(config.contracts.system.max_load_per_cpu, 4.0);
     assert_eq!(config.contracts.system.log_max_mb, 1024);
+    assert_eq!(config.contracts.system.log_reserve_mb, 64);
+    assert_eq!(config.contracts.system.agent_max_event_kb, 3072);
+    assert_eq!(config.contracts.system.agent_max_attachment_kb, 2048);
+    assert_eq!(config.contracts.system.agent_max_mb_per_minute, 32);
+    assert_eq!(config.contracts.system.agent_max_mb_per_hour, 256);
 }
 
 /// Verbatim from the "Configuration" section of the original (Go) project's

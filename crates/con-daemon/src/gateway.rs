@@ -399,6 +399,17 @@ pub(crate) async fn call(
         }
     }
     recorded.attachments = attachments;
+    // The request is the agent's traffic: it counts against the agent's
+    // quotas, and over them the call is not made.
+    let payload_len = recorded.payload.encode().map_or(0, |p| p.len());
+    let sizes: Vec<u64> = recorded
+        .attachments
+        .iter()
+        .map(|a| a.len() as u64)
+        .collect();
+    crate::quota::admit_agent(shared, agent, payload_len, &sizes)
+        .await
+        .map_err(|(code, message)| refusal(code, message))?;
     // No audit, no action: the call is made only once its request is durable.
     let request_seq = shared
         .appender
@@ -449,6 +460,17 @@ pub(crate) async fn call(
     recorded.task = call.task;
     recorded.causation = Some(request_seq);
     recorded.attachments = reply_bytes.iter().cloned().collect();
+    shared.quotas.charge_anyway(
+        agent,
+        crate::quota::event_bytes(
+            recorded.payload.encode().map_or(0, |p| p.len()),
+            &recorded
+                .attachments
+                .iter()
+                .map(|a| a.len() as u64)
+                .collect::<Vec<_>>(),
+        ),
+    );
     let response_seq = shared
         .appender
         .submit(recorded)

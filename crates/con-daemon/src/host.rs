@@ -85,6 +85,7 @@ impl DaemonConfig {
             .collect(),
             max_task_bytes: config.inbox.max_task_bytes,
             gateway: Some(gateway),
+            limits: crate::LogLimits::from_config(&config.contracts.system),
         })
     }
 }

@@ -15,10 +15,12 @@ mod gateway;
 pub mod health;
 mod host;
 pub mod identity;
+mod quota;
 mod server;
 mod supervisor;
 
 pub use gateway::{GatewayConfig, Route, micro_usd};
+pub use quota::{LOG_SIZE_CONTRACT, LogLimits, QUOTA_CONTRACT};
 pub use supervisor::{SupervisedAgent, SupervisorConfig};
 
 use std::os::unix::fs::PermissionsExt;
@@ -61,6 +63,8 @@ pub struct DaemonConfig {
     pub max_task_bytes: u64,
     /// Model calls on agents' behalf, if configured.
     pub gateway: Option<GatewayConfig>,
+    /// How large the log may grow, and what each agent may add to it.
+    pub limits: LogLimits,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -147,6 +151,8 @@ pub(crate) struct Shared {
     pub(crate) session_owners: std::sync::Mutex<std::collections::HashMap<SessionId, String>>,
     /// Frame bytes (KiB) all connections may hold at once.
     pub(crate) frame_budget: Arc<tokio::sync::Semaphore>,
+    /// The log's size and each agent's use of its quotas.
+    pub(crate) quotas: quota::Quotas,
 }
 
 /// [`FleetStatus`] kept in memory between reads, and the seq of the last
@@ -248,6 +254,7 @@ impl Daemon {
             .map(gateway::Gateway::new)
             .transpose()
             .map_err(DaemonError::Config)?;
+        let log_bytes = quota::disk_usage(&db).map_err(setup_err(&db))?;
         let socket = config.layout.socket();
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -263,7 +270,9 @@ impl Daemon {
             fleet: Default::default(),
             session_owners: Default::default(),
             frame_budget: Arc::new(tokio::sync::Semaphore::new(server::FRAME_BUDGET_KIB)),
+            quotas: quota::Quotas::new(config.limits.clone(), log_bytes),
         });
+        let measuring = tokio::spawn(quota::measure_log(shared.clone()));
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
         let recorded = arrivals::Recorded::default();
@@ -316,6 +325,7 @@ impl Daemon {
         if let Some(supervisor) = supervisor {
             let _ = supervisor.await;
         }
+        let _ = measuring.await;
         // Every arrival seen so far is committed before the writer stops.
         tokio::task::spawn_blocking(move || arrivals.stop())
             .await

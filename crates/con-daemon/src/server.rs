@@ -271,6 +271,18 @@ async fn append(
     if let Err(reason) = attachments_match(&payload, &event.attachments) {
         return refuse(wr, ErrorCode::Rejected, reason).await;
     }
+    // Checked last, so that only an event that would be stored is charged.
+    let sizes: Vec<u64> = event.attachments.iter().map(|a| a.len() as u64).collect();
+    let admitted = match identity.agent() {
+        Some(me) => crate::quota::admit_agent(shared, me, event.payload.len(), &sizes).await,
+        None => crate::quota::admit_operator(
+            shared,
+            crate::quota::event_bytes(event.payload.len(), &sizes),
+        ),
+    };
+    if let Err((code, reason)) = admitted {
+        return refuse(wr, code, reason).await;
+    }
     let new = NewEvent {
         // The kernel's word, not the client's.
         actor: Actor {

@@ -762,7 +762,9 @@ impl Kind for ContractResult {
 pub struct EnforcementAction {
     /// Contract that triggered it.
     pub contract: String,
-    /// `alert`, `kill_session`, `quarantine`, `halt_agents`, `halt_workers`, `escalate`.
+    /// `alert`, `kill_session`, `quarantine`, `halt_agents`, `halt_workers`,
+    /// `escalate`; the daemon's log limits: `refuse_append` (an agent over
+    /// a quota), `refuse_agent_appends` (the log at its agents' ceiling).
     pub action: String,
     /// Target agent, if the action has one.
     pub target: Option<String>,
@@ -779,7 +781,7 @@ impl Kind for EnforcementAction {
         message_id: "fd1868d7d8504244b66c18558f1a59a0",
         priority: Priority::Warning,
         subject: "Enforcement @CON_ACTION@ by @CON_CONTRACT@",
-        description: "A failed contract triggered an enforcement action. This entry is written before the action is carried out; an enforcement.done entry follows with the result.",
+        description: "A failed contract triggered an enforcement action. This entry is written before the action is carried out; an enforcement.done entry follows with the result. The daemon's own limits on the event log record a refusal this way and nothing follows it: CON-LOG-004 (the log reached log_max_mb minus its reserve: agents' appends are refused) and CON-LOG-005 (an agent went over an append quota: its event was refused, nothing stored).",
     };
     fn message(&self) -> String {
         format!(

@@ -248,9 +248,111 @@ fn client_as_other_user() {
             answers.dedup();
             format!("ANSWERS {}", answers.join(","))
         }
+        "appends" => appends(&socket),
         other => panic!("unknown action {other}"),
     };
     println!("RESULT {line}");
+}
+
+/// The content of attachment `i` of connection `conn` in [`appends`]:
+/// distinct per event (blobs are content-addressed, so equal ones would be
+/// stored once), `size` bytes.
+fn attachment(tag: &str, conn: usize, i: usize, size: usize) -> Vec<u8> {
+    let mut bytes = format!("{tag}-{conn}-{i}-").into_bytes();
+    bytes.resize(size, 0xab);
+    bytes
+}
+
+/// `CON_TEST_CONNS` connections (default 1) each append `CON_TEST_COUNT`
+/// `tool.call`s with an attachment of `CON_TEST_SIZE` bytes and a call id
+/// of `CON_TEST_CALL_ID_LEN` bytes (default 8), all in one session this
+/// agent opened first; every refusal is counted, none stops the others.
+/// Reports `OK n REFUSED m CODES c1,c2 FIRST <first refusal>`.
+fn appends(socket: &Path) -> String {
+    let var =
+        |name: &str, default: usize| std::env::var(name).map_or(default, |v| v.parse().unwrap());
+    let (conns, count, size) = (
+        var("CON_TEST_CONNS", 1),
+        var("CON_TEST_COUNT", 1),
+        var("CON_TEST_SIZE", 1024),
+    );
+    let id_len = var("CON_TEST_CALL_ID_LEN", 8);
+    let tag = std::env::var("CON_TEST_TAG").unwrap_or_default();
+    let me = std::env::var("CON_TEST_AGENT").unwrap();
+    let session = SessionId(
+        *con_event::Digest::of(tag.as_bytes())
+            .0
+            .first_chunk()
+            .unwrap(),
+    );
+    let mut opening = client_event(
+        SessionStarted {
+            agent: me,
+            runner: "builtin".into(),
+            provider: None,
+            model: None,
+            trust: Trust::Unverified,
+            prompt: con_event::BlobRef::of(b"flood"),
+        }
+        .into(),
+        Some(session),
+    );
+    opening.attachments.push(b"flood".to_vec());
+    let opened = Client::connect(socket).and_then(|mut c| c.append(opening));
+    assert!(opened.is_ok(), "{opened:?}");
+    let outcomes: Vec<Vec<Result<u64, (ErrorCode, String)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..conns)
+            .map(|conn| {
+                let tag = &tag;
+                scope.spawn(move || {
+                    let mut client = Client::connect(socket).unwrap();
+                    (0..count)
+                        .map(|i| {
+                            let bytes = attachment(tag, conn, i, size);
+                            let mut call_id = format!("{conn}-{i}-");
+                            call_id.extend(std::iter::repeat_n(
+                                'x',
+                                id_len.saturating_sub(call_id.len()),
+                            ));
+                            let mut event = client_event(
+                                ToolCall {
+                                    call_id,
+                                    tool: "exec".into(),
+                                    arguments: con_event::BlobRef::of(&bytes),
+                                }
+                                .into(),
+                                Some(session),
+                            );
+                            event.attachments.push(bytes);
+                            match client.append(event) {
+                                Ok((seq, _)) => Ok(seq),
+                                Err(ClientError::Refused { code, message }) => Err((code, message)),
+                                Err(e) => panic!("append: {e}"),
+                            }
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let all: Vec<_> = outcomes.into_iter().flatten().collect();
+    let ok = all.iter().filter(|o| o.is_ok()).count();
+    let mut codes: Vec<String> = all
+        .iter()
+        .filter_map(|o| o.as_ref().err().map(|(c, _)| format!("{c:?}")))
+        .collect();
+    codes.sort();
+    codes.dedup();
+    let first = all
+        .iter()
+        .find_map(|o| o.as_ref().err().map(|(_, m)| m.clone()))
+        .unwrap_or_default();
+    format!(
+        "OK {ok} REFUSED {} CODES {} FIRST {first}",
+        all.len() - ok,
+        codes.join(",")
+    )
 }
 
 /// Appends a sample of every kind (an agent: in a session it opened, with
@@ -1395,4 +1497,298 @@ fn agents_flooding_the_socket_cannot_grow_the_daemon_without_bound() {
     assert!(peak_mib < 320, "daemon peak RSS {peak_mib} MiB");
     // And it still serves.
     assert!(Client::connect(&root.socket()).unwrap().status().is_ok());
+}
+
+/// Sets `[contracts.system]` keys of `root`'s config (each must be in the
+/// default profile already).
+fn set_system(root: &Root, values: &[(&str, &str)]) {
+    let path = root.path().join("etc/con/con.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (key, value) in values {
+        let start = text
+            .find(&format!("\n{key} = "))
+            .unwrap_or_else(|| panic!("{key} is not in the default profile"))
+            + 1;
+        let end = start + text[start..].find('\n').unwrap();
+        text.replace_range(start..end, &format!("{key} = {value}"));
+    }
+    std::fs::write(&path, text).unwrap();
+}
+
+/// Bytes the files under `dir` take on disk.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                disk_usage(&e.path())
+            } else {
+                meta.blocks() * 512
+            }
+        })
+        .sum()
+}
+
+/// The `OK n REFUSED m CODES … FIRST …` report of [`appends`], parsed.
+fn appends_report(answer: &str) -> (usize, usize, String, String) {
+    let words: Vec<&str> = answer.splitn(7, ' ').collect();
+    assert!(
+        words.len() == 7 && words[0] == "OK" && words[2] == "REFUSED" && words[4] == "CODES",
+        "{answer}"
+    );
+    let first = words[6]
+        .strip_prefix("FIRST ")
+        .unwrap_or(words[6])
+        .to_owned();
+    (
+        words[1].parse().unwrap(),
+        words[3].parse().unwrap(),
+        words[5].to_owned(),
+        first,
+    )
+}
+
+/// The daemon's `enforcement.action`s under `contract`.
+fn enforcements(root: &Root, contract: &str) -> Vec<EnforcementAction> {
+    all_events(root)
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Payload::EnforcementAction(a) if a.contract == contract => {
+                assert_eq!(e.envelope.actor.uid, 0, "recorded by the daemon");
+                Some(a)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn appends_as(root: &Root, user: &TestUser, tag: &str, vars: &[(&str, usize)]) -> String {
+    let mut env: Vec<(&str, String)> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    env.push(("CON_TEST_TAG", tag.to_owned()));
+    run_as_with(user, root, "appends", &env)
+}
+
+/// One agent, 64 connections, 512 KiB events in a session it opened
+/// legitimately: 64 MiB offered against a quota of 8 MiB (a minute and an
+/// hour alike, so a minute boundary during the test changes nothing).
+#[test]
+fn a_flooding_agent_is_held_to_its_quota_and_operators_and_the_daemon_are_still_recorded() {
+    let root = Root::new();
+    set_system(
+        &root,
+        &[
+            ("agent_max_mb_per_minute", "8"),
+            ("agent_max_mb_per_hour", "8"),
+        ],
+    );
+    let _daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
+    let agent = TestUser::create(&root.user("sysadmin"));
+    let before = disk_usage(&root.db());
+    let answer = appends_as(
+        &root,
+        &agent,
+        "flood",
+        &[
+            ("CON_TEST_CONNS", 64),
+            ("CON_TEST_COUNT", 2),
+            ("CON_TEST_SIZE", 512 * 1024),
+        ],
+    );
+    let (ok, refused, codes, first) = appends_report(&answer);
+    // 16 × 512 KiB is the quota; the session's opening and each event's
+    // payload take the rest of the 16th.
+    assert_eq!((ok, refused), (15, 128 - 15), "{answer}");
+    assert_eq!(codes, "Rejected", "{answer}");
+    assert!(
+        first.contains("over its quota agent_max_mb_per_minute: at most 8388608 bytes per minute")
+            && first.contains("nothing stored"),
+        "{first}"
+    );
+
+    // An operator is still recorded, and so is the daemon's record of the
+    // refusal: once for the window, not once per refused frame.
+    let mut operator = Client::connect(&root.socket()).unwrap();
+    assert!(operator.append(marked_event("after the flood")).is_ok());
+    let events = all_events(&root);
+    assert!(
+        events
+            .iter()
+            .any(|e| marker_of(e).as_deref() == Some("after the flood"))
+    );
+    let recorded = enforcements(&root, con_daemon::QUOTA_CONTRACT);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let action = &recorded[0];
+    assert_eq!(action.target.as_deref(), Some("sysadmin"));
+    assert_eq!(action.action, "refuse_append");
+    assert!(
+        action.reason.contains("agent_max_mb_per_minute")
+            && action.reason.contains("8388608")
+            && action.reason.contains("would make it"),
+        "{}",
+        action.reason
+    );
+    let stored_calls = events
+        .iter()
+        .filter(|e| matches!(e.payload, Payload::ToolCall(_)))
+        .count();
+    assert_eq!(stored_calls, 15);
+
+    let growth = disk_usage(&root.db()).saturating_sub(before);
+    eprintln!(
+        "flood: 64 MiB offered, {ok} events accepted, log grew by {:.1} MiB",
+        growth as f64 / 1048576.0
+    );
+    assert!(growth < 24 * 1024 * 1024, "log grew by {growth} bytes");
+}
+
+/// Over the per-attachment or the per-event limit an append is refused
+/// whole: no event and no blob of it is stored.
+#[test]
+fn an_event_or_attachment_over_its_limit_is_refused_and_nothing_is_stored() {
+    let root = Root::new();
+    set_system(
+        &root,
+        &[
+            ("agent_max_event_kb", "1024"),
+            ("agent_max_attachment_kb", "768"),
+        ],
+    );
+    let _daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
+    let agent = TestUser::create(&root.user("sysadmin"));
+    let big_attachment = appends_as(
+        &root,
+        &agent,
+        "attachment",
+        &[("CON_TEST_SIZE", 800 * 1024)],
+    );
+    let (ok, _, codes, first) = appends_report(&big_attachment);
+    assert_eq!((ok, codes.as_str()), (0, "Rejected"), "{big_attachment}");
+    assert!(
+        first.contains("over its quota agent_max_attachment_kb: at most 786432 bytes per attachment, and this attachment is 819200 bytes"),
+        "{first}"
+    );
+    // Each part within its limit, together over the event's.
+    let big_event = appends_as(
+        &root,
+        &agent,
+        "event",
+        &[
+            ("CON_TEST_SIZE", 760 * 1024),
+            ("CON_TEST_CALL_ID_LEN", 300 * 1024),
+        ],
+    );
+    let (ok, _, codes, first) = appends_report(&big_event);
+    assert_eq!((ok, codes.as_str()), (0, "Rejected"), "{big_event}");
+    assert!(
+        first.contains("over its quota agent_max_event_kb: at most 1048576 bytes per event"),
+        "{first}"
+    );
+    // Within both: stored.
+    let fits = appends_as(&root, &agent, "fits", &[("CON_TEST_SIZE", 700 * 1024)]);
+    assert!(fits.starts_with("OK 1 REFUSED 0 "), "{fits}");
+
+    let mut client = Client::connect(&root.socket()).unwrap();
+    for (tag, size) in [("attachment", 800 * 1024), ("event", 760 * 1024)] {
+        let digest = con_event::Digest::of(&attachment(tag, 0, 0, size));
+        match client.blob(digest) {
+            Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
+            other => panic!("the refused {tag}'s blob: {other:?}"),
+        }
+    }
+    let digest = con_event::Digest::of(&attachment("fits", 0, 0, 700 * 1024));
+    assert_eq!(client.blob(digest).unwrap().len(), 700 * 1024);
+    let calls = all_events(&root)
+        .into_iter()
+        .filter(|e| matches!(e.payload, Payload::ToolCall(_)))
+        .count();
+    assert_eq!(calls, 1, "only the event within its limits");
+    let recorded: Vec<String> = enforcements(&root, con_daemon::QUOTA_CONTRACT)
+        .into_iter()
+        .map(|a| a.reason)
+        .collect();
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(
+        recorded[0].contains("agent_max_attachment_kb"),
+        "{recorded:?}"
+    );
+    assert!(recorded[1].contains("agent_max_event_kb"), "{recorded:?}");
+}
+
+/// `log_max_mb` 4 with 2 kept in reserve: agents are refused from 2 MiB on
+/// (one alert), operators still append until 4 MiB.
+#[test]
+fn a_log_at_its_size_limit_refuses_agents_first_and_keeps_a_reserve_for_operators() {
+    let root = Root::new();
+    set_system(&root, &[("log_max_mb", "4"), ("log_reserve_mb", "2")]);
+    let _daemon = Daemon::start_with(CON, &root, &["--supervisor", "systemd"], &[]);
+    let agent = TestUser::create(&root.user("sysadmin"));
+    let answer = appends_as(
+        &root,
+        &agent,
+        "fill",
+        &[("CON_TEST_COUNT", 24), ("CON_TEST_SIZE", 256 * 1024)],
+    );
+    let (ok, refused, codes, first) = appends_report(&answer);
+    assert!((1..=8).contains(&ok), "{answer}");
+    assert_eq!(
+        (refused, codes.as_str()),
+        (24 - ok, "Unavailable"),
+        "{answer}"
+    );
+    assert!(
+        first.contains("the event log is full for agents")
+            && first.contains("of log_max_mb 4 MiB used")
+            && first.contains("the last 2 MiB (log_reserve_mb) are kept"),
+        "{first}"
+    );
+    // After the next measure of the log, still refused; still one alert.
+    std::thread::sleep(Duration::from_millis(2500));
+    let again = appends_as(&root, &agent, "again", &[("CON_TEST_SIZE", 256 * 1024)]);
+    assert!(
+        again.starts_with("OK 0 REFUSED 1 CODES Unavailable"),
+        "{again}"
+    );
+    let alerts = enforcements(&root, con_daemon::LOG_SIZE_CONTRACT);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].target, None);
+    assert!(
+        alerts[0].reason.contains("agents' appends are refused"),
+        "{alerts:?}"
+    );
+
+    // Operators use the reserve, up to log_max_mb.
+    let mut operator = Client::connect(&root.socket()).unwrap();
+    let mut accepted = 0;
+    let refusal = loop {
+        let steps = attachment("operator", 0, accepted, 256 * 1024);
+        let mut event = client_event(
+            ProvisionApplied {
+                command: format!("operator {accepted}"),
+                changes: 0,
+                failed: vec![],
+                disabled_agents: vec![],
+                steps: con_event::BlobRef::of(&steps),
+            }
+            .into(),
+            None,
+        );
+        event.attachments.push(steps);
+        match operator.append(event) {
+            Ok(_) => accepted += 1,
+            Err(ClientError::Refused { code, message }) => break (code, message),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(accepted < 32, "operators were never refused");
+    };
+    assert!(accepted >= 2, "the reserve took {accepted} operator events");
+    assert_eq!(refusal.0, ErrorCode::Unavailable, "{refusal:?}");
+    assert!(refusal.1.contains("the event log is full"), "{refusal:?}");
+    let size = disk_usage(&root.db());
+    eprintln!(
+        "log_max_mb 4: {ok} agent and {accepted} operator events of 256 KiB, log {:.1} MiB on disk",
+        size as f64 / 1048576.0
+    );
 }
