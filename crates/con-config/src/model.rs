@@ -24,6 +24,8 @@ pub struct Config {
     pub dashboard: Dashboard,
     /// `[infra]` (parsed and validated only).
     pub infra: Infra,
+    /// `[gateway]`: how the daemon's LLM gateway treats model servers.
+    pub gateway: Gateway,
     /// `[pricing."<model>"]`, by model name.
     pub pricing: BTreeMap<String, Price>,
     /// `[budgets]`: daily spend caps shared by all agents of a tier.
@@ -108,6 +110,17 @@ pub struct Dashboard {
 pub struct Infra {
     /// Who starts agent runs.
     pub supervisor: Supervisor,
+}
+
+/// `[gateway]`: how the daemon's LLM gateway treats model servers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Gateway {
+    /// Users (besides root, always trusted) whose listening sockets may
+    /// receive model calls sent in plain HTTP to a loopback address (local
+    /// model servers such as `ollama`). Any other owner of the listener on
+    /// such an endpoint's port, an agent above all, gets nothing: the call
+    /// is refused before a byte is sent. Default empty.
+    pub loopback_server_users: Vec<String>,
 }
 
 /// Who starts agent runs and timers.

@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub contracts: Option<RawContracts>,
     pub dashboard: Option<RawDashboard>,
     pub infra: Option<RawInfra>,
+    pub gateway: Option<RawGateway>,
     /// `[pricing."<model>"]`: USD per million tokens, for cost accounting.
     #[serde(default)]
     pub pricing: std::collections::BTreeMap<String, RawPrice>,
@@ -187,4 +188,10 @@ pub(crate) struct RawDashboard {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInfra {
     pub supervisor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub loopback_server_users: Option<Vec<String>>,
 }
