@@ -178,7 +178,10 @@ fn runs_cannot_listen_and_local_model_servers_are_roots_or_named() {
     let p = explain(WORKER, "scribe", &[]);
     assert!(p.listening.denied, "{:?}", p.listening);
     assert!(p.listening.allowed.is_empty());
-    assert_eq!(p.listening.unit.as_deref(), Some("con-agent@scribe.service"));
+    assert_eq!(
+        p.listening.unit.as_deref(),
+        Some("con-agent@scribe.service")
+    );
     assert!(p.loopback_servers.users.is_empty());
     let line = p.loopback_servers.source.line.unwrap();
     let text = p.render(Path::new("/r"), "con.toml");
