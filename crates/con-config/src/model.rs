@@ -26,6 +26,8 @@ pub struct Config {
     pub infra: Infra,
     /// `[inbox]`: what a task may be.
     pub inbox: Inbox,
+    /// `[gateway]`: how the daemon's LLM gateway treats model servers.
+    pub gateway: Gateway,
     /// `[pricing."<model>"]`, by model name.
     pub pricing: BTreeMap<String, Price>,
     /// `[budgets]`: daily spend caps shared by all agents of a tier.
@@ -135,6 +137,17 @@ pub struct Inbox {
 pub struct Infra {
     /// Who starts agent runs.
     pub supervisor: Supervisor,
+}
+
+/// `[gateway]`: how the daemon's LLM gateway treats model servers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Gateway {
+    /// Users (besides root, always trusted) whose listening sockets may
+    /// receive model calls sent in plain HTTP to a loopback address (local
+    /// model servers such as `ollama`). Any other owner of the listener on
+    /// such an endpoint's port, an agent above all, gets nothing: the call
+    /// is refused before a byte is sent. Default empty.
+    pub loopback_server_users: Vec<String>,
 }
 
 /// Who starts agent runs and timers.

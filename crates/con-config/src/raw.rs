@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     pub dashboard: Option<RawDashboard>,
     pub infra: Option<RawInfra>,
     pub inbox: Option<RawInbox>,
+    pub gateway: Option<RawGateway>,
     /// `[pricing."<model>"]`: USD per million tokens, for cost accounting.
     #[serde(default)]
     pub pricing: std::collections::BTreeMap<String, RawPrice>,
@@ -199,4 +200,10 @@ pub(crate) struct RawInbox {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInfra {
     pub supervisor: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub loopback_server_users: Option<Vec<String>>,
 }

@@ -14,8 +14,8 @@ use crate::env::{EnvOverrides, parse_env};
 use crate::error::ConfigError;
 use crate::level::{self, Field, Level};
 use crate::model::{
-    Agent, Config, ContractsConfig, Dashboard, Inbox, Infra, KnownCli, Mode, Network, Price,
-    Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
+    Agent, Config, ContractsConfig, Dashboard, Gateway, Inbox, Infra, KnownCli, Mode, Network,
+    Price, Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
 };
 use crate::raw::{RawAgent, RawConfig, RawLevel};
 use crate::{parse_duration_secs, validate_agent_name};
@@ -73,6 +73,7 @@ pub(crate) fn resolve(
     let dashboard = resolve_dashboard(&raw, path)?;
     let infra = resolve_infra(&raw, path)?;
     let inbox = resolve_inbox(&raw, path)?;
+    let gateway = resolve_gateway(&raw, path)?;
     let pricing = resolve_pricing(&raw, path)?;
     let tier_budgets = resolve_budgets(&raw, path)?;
 
@@ -124,6 +125,7 @@ pub(crate) fn resolve(
         dashboard,
         infra,
         inbox,
+        gateway,
         pricing,
         tier_budgets,
         agents,
@@ -454,6 +456,48 @@ fn resolve_infra(raw: &RawConfig, path: &Path) -> Result<Infra, ConfigError> {
             .map_err(|m| ConfigError::section(path, "infra.supervisor", m))?,
     };
     Ok(Infra { supervisor })
+}
+
+fn resolve_gateway(raw: &RawConfig, path: &Path) -> Result<Gateway, ConfigError> {
+    let names = raw
+        .gateway
+        .as_ref()
+        .and_then(|g| g.loopback_server_users.clone())
+        .unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    for name in &names {
+        let refuse = |m: String| ConfigError::section(path, "gateway.loopback_server_users", m);
+        check_user_name(name).map_err(refuse)?;
+        if !seen.insert(name.as_str()) {
+            return Err(refuse(format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(Gateway {
+        loopback_server_users: names,
+    })
+}
+
+/// A Linux user name as `useradd` accepts it by default (Debian's
+/// `NAME_REGEX` plus the 32-character limit), so a typo or a uid number
+/// is caught here rather than silently trusting no one.
+pub(crate) fn check_user_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 32
+        && name
+            .trim_end_matches('$')
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+        && name.matches('$').count() <= 1;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a user name (^[a-z_][a-z0-9_-]*[$]?$, at most 32 characters)"
+        ))
+    }
 }
 
 /// Everything an agent resolves against.

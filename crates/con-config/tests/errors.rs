@@ -488,3 +488,34 @@ fn bad_pricing_and_budgets() {
         r#"configs/x.toml: agents[0] "scout": model: "m" has a daily budget but no [pricing."m"] entry, so its spend could not be counted"#,
     );
 }
+
+#[test]
+fn bad_gateway_users() {
+    check(
+        "[gateway]\nloopback_server_users = [\"Ollama\"]\n",
+        r#"configs/x.toml: gateway.loopback_server_users: "Ollama" is not a user name (^[a-z_][a-z0-9_-]*[$]?$, at most 32 characters)"#,
+    );
+    check(
+        "[gateway]\nloopback_server_users = [\"1001\"]\n",
+        r#"configs/x.toml: gateway.loopback_server_users: "1001" is not a user name (^[a-z_][a-z0-9_-]*[$]?$, at most 32 characters)"#,
+    );
+    check(
+        "[gateway]\nloopback_server_users = [\"ollama\", \"ollama\"]\n",
+        r#"configs/x.toml: gateway.loopback_server_users: "ollama" is listed twice"#,
+    );
+    check(
+        "[gateway]\nloopback_server_users = \"ollama\"\n",
+        "configs/x.toml:2:25: invalid type: string \"ollama\", expected a sequence",
+    );
+    let ok = |toml: &str| {
+        parse(toml, Path::new(FILE), &BTreeMap::new())
+            .unwrap()
+            .gateway
+            .loopback_server_users
+    };
+    assert_eq!(ok(""), Vec::<String>::new(), "default: root alone");
+    assert_eq!(
+        ok("[gateway]\nloopback_server_users = [\"ollama\", \"_llama-cpp\", \"svc$\"]\n"),
+        ["ollama", "_llama-cpp", "svc$"]
+    );
+}

@@ -38,6 +38,7 @@ impl DaemonConfig {
         run_program: PathBuf,
     ) -> Result<Self, DaemonError> {
         let secrets = read_secrets(&layout.env_file())?;
+        check_loopback_users(layout, config)?;
         let gateway = gateway_config(config, &secrets, &layout.env_file());
         let start_runs = match supervisor.unwrap_or(config.infra.supervisor) {
             Supervisor::Daemon => true,
@@ -88,6 +89,22 @@ impl DaemonConfig {
             limits: crate::LogLimits::from_config(&config.contracts.system),
         })
     }
+}
+
+/// An agent's user among `[gateway] loopback_server_users` would make that
+/// agent a trusted model server: its listener would get every key and
+/// conversation sent in plain HTTP to this host. Refused at start.
+fn check_loopback_users(layout: &Layout, config: &Config) -> Result<(), DaemonError> {
+    for name in &config.gateway.loopback_server_users {
+        if let Some(agent) = config.agents.iter().find(|a| layout.user(&a.name) == *name) {
+            return Err(DaemonError::Config(format!(
+                "{}: gateway.loopback_server_users: {name:?} is agent {}'s user; an agent must never receive model calls (API keys, other sessions' conversations)",
+                config.source.display(),
+                agent.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `meta` is root's and grants group and others nothing: what a
@@ -164,7 +181,8 @@ fn gateway_config(
                 )),
                 _ => None,
             };
-            let (endpoint, unusable) = match con_llm::Endpoint::for_provider(
+            let trust = con_llm::LoopbackTrust::new(config.gateway.loopback_server_users.clone());
+            let (mut endpoint, unusable) = match con_llm::Endpoint::for_provider(
                 provider,
                 &model,
                 a.base_url.as_deref(),
@@ -183,6 +201,7 @@ fn gateway_config(
                     Some(format!("agent {}: {e}", a.name)),
                 ),
             };
+            endpoint.loopback_trust = trust;
             Some((
                 a.name.clone(),
                 Route {
@@ -288,6 +307,31 @@ runner = "exec:/usr/bin/cat"
         );
         // A local server may need no key.
         assert_eq!(routes["local"].unusable, None);
+    }
+
+    #[test]
+    fn loopback_servers_are_trusted_as_configured_but_never_an_agent() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = layout(root.path());
+        let with = |users: &str| {
+            let toml = format!("[gateway]\nloopback_server_users = [{users}]\n{FLEET}");
+            con_config::parse(&toml, Path::new("fleet.toml"), &BTreeMap::new()).unwrap()
+        };
+        let build = |config: &Config| {
+            DaemonConfig::from_host(&layout, config, None, PathBuf::from("/bin/con"))
+        };
+        let routes = build(&with("\"ollama\"")).unwrap().gateway.unwrap().routes;
+        assert_eq!(
+            routes["local"].endpoint.loopback_trust.users(),
+            ["ollama".to_owned()]
+        );
+        let err = build(&with("\"ollama\", \"t1-local\""))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "fleet.toml: gateway.loopback_server_users: \"t1-local\" is agent local's user; an agent must never receive model calls (API keys, other sessions' conversations)"
+        );
     }
 
     #[test]

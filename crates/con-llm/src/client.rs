@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::chat::{ChatReply, ChatRequest};
 use crate::endpoint::{Endpoint, ProviderKind};
 use crate::error::LlmError;
-use crate::{anthropic, openai};
+use crate::{anthropic, loopback, openai};
 
 /// How much of an error body an [`LlmError::Status`] keeps.
 const EXCERPT_CHARS: usize = 300;
@@ -43,7 +43,9 @@ impl LlmClient {
     }
 
     /// Sends `request` to `endpoint`, retrying 429, 5xx, transport errors
-    /// and timeouts up to `endpoint.max_attempts` times. Between attempts it
+    /// and timeouts up to `endpoint.max_attempts` times. A request that
+    /// would go in plain HTTP to a listener on this host that
+    /// `endpoint.loopback_trust` does not cover is not sent at all. Between attempts it
     /// waits what `Retry-After` asks, or an exponential backoff with jitter,
     /// never longer than `endpoint.backoff_cap`.
     pub async fn call(&self, endpoint: &Endpoint, request: &ChatRequest) -> CallOutcome {
@@ -82,6 +84,11 @@ impl LlmClient {
     }
 
     async fn attempt(&self, endpoint: &Endpoint, url: &str, body: &Value) -> Attempt {
+        // Every attempt, right before it is sent: the listener may have
+        // changed hands since the last one.
+        if let Err(refused) = loopback::check(url, &endpoint.loopback_trust).await {
+            return Attempt::failed(refused, None, None);
+        }
         let mut builder = self.http.post(url).timeout(endpoint.timeout).json(body);
         builder = match (endpoint.kind, &endpoint.api_key) {
             (ProviderKind::OpenAiCompatible, Some(key)) => builder.bearer_auth(key.expose()),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use con_config::Provider;
 
 use crate::error::LlmError;
+use crate::loopback::LoopbackTrust;
 
 /// Which wire format an endpoint speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +108,9 @@ pub struct Endpoint {
     /// Output token cap sent to Anthropic (which requires one) when the
     /// request has none.
     pub max_tokens: u32,
+    /// Who, besides root and the client's own uid, may receive this
+    /// endpoint's requests when they go in plain HTTP to this host.
+    pub loopback_trust: LoopbackTrust,
 }
 
 impl Endpoint {
@@ -137,6 +141,7 @@ impl Endpoint {
             backoff_base: Endpoint::DEFAULT_BACKOFF_BASE,
             backoff_cap: Endpoint::DEFAULT_BACKOFF_CAP,
             max_tokens: Endpoint::DEFAULT_MAX_TOKENS,
+            loopback_trust: LoopbackTrust::default(),
         }
     }
 

@@ -29,6 +29,30 @@ pub enum LlmError {
         /// What went wrong, from the transport's error chain.
         detail: String,
     },
+    /// Nothing listens where a plain-HTTP request to this host would go, so
+    /// nothing was sent (see `loopback`): retried, since a local server
+    /// may be starting.
+    #[error(
+        "refused to send to {url}: nothing listens on {addr} (port {}); over plain HTTP on this host con sends only to a listener owned by root or a user in [gateway] loopback_server_users",
+        .addr.port()
+    )]
+    NoListener {
+        /// The URL that would have been called.
+        url: String,
+        /// Where it would have connected.
+        addr: std::net::SocketAddr,
+    },
+    /// A plain-HTTP request to this host would reach a listener owned by a
+    /// uid that is not trusted (or its owner cannot be told), so nothing
+    /// was sent.
+    #[error("refused to send to {url}: {detail}")]
+    Untrusted {
+        /// The URL that would have been called.
+        url: String,
+        /// Whose listener it is (uid, user, address and port), or why that
+        /// is unknown.
+        detail: String,
+    },
     /// A success status, but the body is not the expected wire format.
     #[error("unreadable {format} response: {detail}")]
     Decode {
@@ -70,9 +94,12 @@ impl LlmError {
     pub fn is_retryable(&self) -> bool {
         match self {
             LlmError::Status { status, .. } => *status == 429 || (500..=599).contains(status),
-            LlmError::Timeout { .. } | LlmError::Transport { .. } => true,
+            LlmError::Timeout { .. } | LlmError::Transport { .. } | LlmError::NoListener { .. } => {
+                true
+            }
             LlmError::Decode { .. }
             | LlmError::Provider { .. }
+            | LlmError::Untrusted { .. }
             | LlmError::Endpoint(_)
             | LlmError::Client(_) => false,
         }

@@ -8,13 +8,17 @@
 //! per-attempt timeout and retries; [`Price`] turns [`Usage`] into spend.
 //!
 //! Only the daemon (the LLM gateway) calls models: it holds the API keys,
-//! which live in [`Secret`]s that never print.
+//! which live in [`Secret`]s that never print. Over plain HTTP to this
+//! host a call goes only to a listener owned by root or a user the
+//! endpoint's [`LoopbackTrust`] names (`loopback`), so an agent holding a
+//! local model server's port gets neither the key nor the conversation.
 
 pub mod anthropic;
 pub mod chat;
 mod client;
 mod endpoint;
 mod error;
+mod loopback;
 pub mod openai;
 mod price;
 #[cfg(test)]
@@ -26,4 +30,5 @@ pub use chat::{
 pub use client::{CallOutcome, LlmClient};
 pub use endpoint::{Endpoint, ProviderKind, Secret, default_base_url};
 pub use error::LlmError;
+pub use loopback::LoopbackTrust;
 pub use price::Price;

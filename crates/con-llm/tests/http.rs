@@ -510,7 +510,32 @@ async fn dropped_connections_are_retried() {
 
 #[tokio::test]
 async fn unreachable_server_is_a_transport_error() {
-    // A port that was just free: nothing listens there.
+    // A port that was just free: nothing listens there. Over HTTPS the
+    // connection is tried (TLS would check the server) and refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut endpoint = fast(Endpoint::new(
+        ProviderKind::OpenAiCompatible,
+        format!("https://127.0.0.1:{port}/v1"),
+        "m",
+    ));
+    endpoint.max_attempts = 3;
+    let outcome = client().call(&endpoint, &task("x")).await;
+    assert_eq!((outcome.attempts, outcome.status), (3, None));
+    let err = outcome.result.unwrap_err();
+    assert!(matches!(err, LlmError::Transport { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.starts_with(&format!(
+        "cannot reach https://127.0.0.1:{port}/v1/chat/completions: "
+    )));
+    assert!(!message.contains('\n'));
+}
+
+#[tokio::test]
+async fn plain_http_to_an_empty_local_port_is_not_sent_and_is_retried() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -525,12 +550,13 @@ async fn unreachable_server_is_a_transport_error() {
     let outcome = client().call(&endpoint, &task("x")).await;
     assert_eq!((outcome.attempts, outcome.status), (3, None));
     let err = outcome.result.unwrap_err();
-    assert!(matches!(err, LlmError::Transport { .. }), "{err}");
-    let message = err.to_string();
-    assert!(message.starts_with(&format!(
-        "cannot reach http://127.0.0.1:{port}/v1/chat/completions: "
-    )));
-    assert!(!message.contains('\n'));
+    assert!(matches!(err, LlmError::NoListener { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "refused to send to http://127.0.0.1:{port}/v1/chat/completions: nothing listens on 127.0.0.1:{port} (port {port})"
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -106,6 +106,28 @@ pub struct Egress {
     pub rules: Vec<EgressRule>,
 }
 
+/// Which IP ports the agent's runs may listen on, as its service unit
+/// says (`SocketBindDeny=`/`SocketBindAllow=`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listening {
+    /// The service unit that says it, if the agent has one.
+    pub unit: Option<String>,
+    /// Whether binding IP sockets is denied (`SocketBindDeny=any`).
+    pub denied: bool,
+    /// Exceptions (`SocketBindAllow=` values), if any.
+    pub allowed: Vec<String>,
+}
+
+/// Whose listeners the gateway sends this agent's model calls to when they
+/// go in plain HTTP to this host: root and these users.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoopbackServers {
+    /// `[gateway] loopback_server_users`.
+    pub users: Vec<String>,
+    /// Its setting.
+    pub source: Source,
+}
+
 /// A unit that runs the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnitInfo {
@@ -180,6 +202,10 @@ pub struct Policy {
     pub sudo_reach: Vec<String>,
     /// Its egress filter.
     pub egress: Egress,
+    /// IP ports its runs may listen on.
+    pub listening: Listening,
+    /// Local model servers trusted with its calls.
+    pub loopback_servers: LoopbackServers,
     /// Its units.
     pub units: Vec<UnitInfo>,
     /// Contracts that watch it.
@@ -354,6 +380,11 @@ pub fn explain(
     let mut sudoers_file = None;
     let mut sudo = Vec::new();
     let mut units = Vec::new();
+    let mut listening = Listening {
+        unit: None,
+        denied: false,
+        allowed: Vec::new(),
+    };
     for r in &plan.resources {
         match r {
             Resource::Sudoers {
@@ -386,11 +417,26 @@ pub fn explain(
                 text,
                 agent: Some(owner),
                 ..
-            } if owner == agent => units.push(UnitInfo {
-                name: name.clone(),
-                path: path.clone(),
-                exposure: name.ends_with(".service").then(|| score(name, text)),
-            }),
+            } if owner == agent => {
+                if name.ends_with(".service") {
+                    let values = |key: &str| -> Vec<String> {
+                        text.lines()
+                            .filter_map(|l| l.strip_prefix(key))
+                            .map(|v| v.trim().to_owned())
+                            .collect()
+                    };
+                    listening = Listening {
+                        unit: Some(name.clone()),
+                        denied: values("SocketBindDeny=").iter().any(|v| v == "any"),
+                        allowed: values("SocketBindAllow="),
+                    };
+                }
+                units.push(UnitInfo {
+                    name: name.clone(),
+                    path: path.clone(),
+                    exposure: name.ends_with(".service").then(|| score(name, text)),
+                });
+            }
             _ => {}
         }
     }
@@ -448,6 +494,11 @@ pub fn explain(
             filtered: network.outbound_filter,
             source: Source::of(lines, "network.outbound_filter"),
             rules,
+        },
+        listening,
+        loopback_servers: LoopbackServers {
+            users: config.gateway.loopback_server_users.clone(),
+            source: Source::of(lines, "gateway.loopback_server_users"),
         },
         units,
         contracts: Contracts {
@@ -553,6 +604,28 @@ impl Policy {
                 None => out.push_str(&format!("  {}\n", rule.rule)),
             }
         }
+        let l = &self.listening;
+        out.push_str(&match (&l.unit, l.denied) {
+            (Some(unit), true) if l.allowed.is_empty() => format!(
+                "\nlistening on IP ports: none (SocketBindDeny=any in {unit}, when systemd starts its runs)\n"
+            ),
+            (Some(unit), true) => format!(
+                "\nlistening on IP ports: only {} (SocketBindDeny=any, SocketBindAllow= in {unit}, when systemd starts its runs)\n",
+                l.allowed.join(", ")
+            ),
+            (Some(unit), false) => {
+                format!("\nlistening on IP ports: any free port (nothing in {unit} denies it)\n")
+            }
+            (None, _) => "\nlistening on IP ports: no unit of its own says\n".to_owned(),
+        });
+        let trusted: Vec<&str> = std::iter::once("root")
+            .chain(self.loopback_servers.users.iter().map(String::as_str))
+            .collect();
+        out.push_str(&format!(
+            "model calls over plain HTTP to this host go only to listeners owned by: {} ({})\n",
+            trusted.join(", "),
+            cite(&self.loopback_servers.source)
+        ));
         out.push_str("\nunits:\n");
         if self.units.is_empty() {
             out.push_str("  none\n");

@@ -20,7 +20,10 @@
 //!   their own tree and the inboxes they may task, and run the shell commands
 //!   the model asks for. So: no capabilities, no privilege gain, a read-only
 //!   OS, a private `/tmp`, `/dev` and user namespace, no other homes, only
-//!   `@system-service` system calls, only Unix and IP sockets.
+//!   `@system-service` system calls, only Unix and IP sockets, and no IP
+//!   port to listen on (`SocketBindDeny=any`; sudo roles too: it is a
+//!   cgroup BPF filter, not seccomp, so it does not imply
+//!   `NoNewPrivileges=`).
 //! - **Agents whose role uses sudo** ([`SUDO_ROLES`]) keep what sudo and the
 //!   whitelisted root commands need; each relaxation is commented in the
 //!   generated unit, because the sandbox confines what sudo runs as well.
@@ -314,6 +317,8 @@ fn agent_service(
         u.set("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6");
         u.set("ProcSubset", "pid");
     }
+    u.comment("No IP port of its own: a run that could listen might hold a local model server's port while the server is down and take the gateway's calls (the gateway checks the listener's owner too). Unix sockets and outgoing connections are unaffected.");
+    u.set("SocketBindDeny", "any");
     u.set("ProtectProc", "invisible");
     private_keyring_ipc_umask(&mut u);
 

@@ -14,12 +14,22 @@ use con_test_support::workspace;
 const WORKER: &str = "\n[[agents]]\nname = \"scribe\"\ntier = \"worker\"\n";
 
 fn explain(extra: &str, agent: &str, contracts: &[ContractRef]) -> Policy {
+    explain_edited(|text| text + extra, agent, contracts)
+}
+
+/// [`explain`] of the default profile's config as `edit` changes it.
+fn explain_edited(
+    edit: impl Fn(String) -> String,
+    agent: &str,
+    contracts: &[ContractRef],
+) -> Policy {
     let dir = workspace().join("configs/default");
     let profile = Profile::read(&dir).unwrap();
-    let text = std::str::from_utf8(profile.get("con.toml").unwrap())
-        .unwrap()
-        .to_owned()
-        + extra;
+    let text = edit(
+        std::str::from_utf8(profile.get("con.toml").unwrap())
+            .unwrap()
+            .to_owned(),
+    );
     let config = con_config::parse(&text, &dir.join("con.toml"), &BTreeMap::new()).unwrap();
     let layout = Layout::new(Path::new("/r"), "a-", "").unwrap();
     let input = PlanInput {
@@ -160,5 +170,46 @@ fn settings_not_written_are_cited_as_defaults() {
     assert_eq!(
         cite("network.allowed_ports"),
         "con.toml: not set (network.allowed_ports: default)"
+    );
+}
+
+#[test]
+fn runs_cannot_listen_and_local_model_servers_are_roots_or_named() {
+    let p = explain(WORKER, "scribe", &[]);
+    assert!(p.listening.denied, "{:?}", p.listening);
+    assert!(p.listening.allowed.is_empty());
+    assert_eq!(
+        p.listening.unit.as_deref(),
+        Some("con-agent@scribe.service")
+    );
+    assert!(p.loopback_servers.users.is_empty());
+    let line = p.loopback_servers.source.line.unwrap();
+    let text = p.render(Path::new("/r"), "con.toml");
+    assert!(
+        text.contains("\nlistening on IP ports: none (SocketBindDeny=any in con-agent@scribe.service, when systemd starts its runs)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "\nmodel calls over plain HTTP to this host go only to listeners owned by: root (con.toml:{line})\n"
+        )),
+        "{text}"
+    );
+
+    let p = explain_edited(
+        |t| {
+            t.replace(
+                "loopback_server_users = []",
+                "loopback_server_users = [\"ollama\"]",
+            ) + WORKER
+        },
+        "scribe",
+        &[],
+    );
+    assert_eq!(p.loopback_servers.users, ["ollama"]);
+    let text = p.render(Path::new("/r"), "con.toml");
+    assert!(
+        text.contains("go only to listeners owned by: root, ollama (con.toml:"),
+        "{text}"
     );
 }

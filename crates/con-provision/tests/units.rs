@@ -205,6 +205,7 @@ fn sandbox_follows_the_role() {
             "BindReadOnlyPaths=-/home/a-",
             "RestrictSUIDSGID=yes",
             "ProcSubset=pid",
+            "SocketBindDeny=any",
         ] {
             assert!(
                 text.contains(&format!("\n{line}")),
@@ -221,6 +222,9 @@ fn sandbox_follows_the_role() {
     assert!(sysadmin.contains("\nNoNewPrivileges=no\n"), "{sysadmin}");
     assert!(!sysadmin.contains("PrivateUsers="), "{sysadmin}");
     assert!(sysadmin.contains("CAP_SETUID"), "{sysadmin}");
+    // A cgroup BPF filter, not seccomp: it keeps sudo working.
+    assert!(sysadmin.contains("\nSocketBindDeny=any\n"), "{sysadmin}");
+    assert!(!sysadmin.contains("SocketBindAllow="), "{sysadmin}");
     // JIT runtimes of external CLIs need W+X memory; the builtin runner does not.
     assert!(!text_of("watcher").contains("\nMemoryDenyWriteExecute="));
     assert!(text_of("scribe").contains("\nMemoryDenyWriteExecute=yes\n"));

@@ -1198,3 +1198,172 @@ fn tasks_the_agent_cannot_run_are_set_aside_and_the_next_one_runs() {
         assert_eq!(arrival.content.len, con_inbox::REFUSED_HEAD_BYTES as u64);
     }
 }
+
+/// A model server of sorts, run as `user` on `127.0.0.1:port`: it writes
+/// each request's head and body it receives (one JSON string per line) to
+/// stdout and answers it with a one-line chat completion.
+struct LoopbackListener {
+    child: std::process::Child,
+}
+
+const LISTENER_PY: &str = r#"
+import json, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+print("listening", flush=True)
+reply = json.dumps({"id": "x", "object": "chat.completion", "model": "test-model",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello from the squatter"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+while True:
+    c, _ = s.accept()
+    c.settimeout(5)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+        head = data.split(b"\r\n\r\n")[0].decode("latin-1").lower()
+        length = [int(l.split(":")[1]) for l in head.split("\r\n") if l.startswith("content-length:")]
+        while length and len(data) < len(head) + 4 + length[0]:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(reply) + reply)
+    except Exception as e:
+        data += ("<error %s>" % e).encode()
+    print(json.dumps(data.decode("latin-1")), flush=True)
+    c.close()
+"#;
+
+impl LoopbackListener {
+    fn start(user: &TestUser, port: u16) -> Self {
+        use std::io::BufRead;
+        let mut child = user
+            .command("/usr/bin/python3")
+            .args(["-u", "-c", LISTENER_PY, &port.to_string()])
+            .env_clear()
+            .current_dir("/")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first.trim(), "listening", "the listener did not start");
+        Self { child }
+    }
+
+    /// Every request it received.
+    fn stop(mut self) -> Vec<String> {
+        use std::io::Read;
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        out.lines()
+            .map(|l| serde_json::from_str::<String>(l).unwrap())
+            .collect()
+    }
+}
+
+/// A port on 127.0.0.1 that nothing holds (it was just free).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The error of the first recorded `llm.response`.
+fn first_llm_error(c: &Conspiracy) -> Option<String> {
+    all_events(&c.root.socket())
+        .iter()
+        .find_map(|e| match &e.payload {
+            Payload::LlmResponse(r) => Some(r.error.clone()),
+            _ => None,
+        })
+        .expect("an llm.response")
+}
+
+/// The local model server is down and an agent listens on its port: the
+/// gateway must send it nothing — not the key, not the conversation — and
+/// record why.
+#[test]
+fn an_agent_listening_on_the_model_servers_port_gets_nothing() {
+    let port = free_port();
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &format!("http://127.0.0.1:{port}/v1"),
+        &[agent("scribe", "worker", "")],
+    );
+    let _daemon = c.daemon();
+    let squatter = c.user("scribe");
+    let listener = LoopbackListener::start(squatter, port);
+    let task = c.task("scribe", "t-bait", "Summarise the incident report.");
+    let out = c.run("scribe", &[]);
+    let received = listener.stop();
+    assert!(
+        received.is_empty(),
+        "the agent's listener received {} request(s), key included: {received:?}",
+        received.len()
+    );
+    assert!(!out.status.success(), "no model, no answer");
+    assert!(task.exists(), "the task stays queued");
+    let error = first_llm_error(&c).expect("the call failed");
+    assert_eq!(
+        error,
+        format!(
+            "refused to send to http://127.0.0.1:{port}/v1/chat/completions: the listener on 127.0.0.1:{port} (port {port}) is owned by uid {} ({}), which is neither root nor a user in [gateway] loopback_server_users",
+            squatter.uid, squatter.name
+        )
+    );
+    assert!(!error.contains(KEY));
+}
+
+/// A local model server run by a user the config names gets the call,
+/// key included.
+#[test]
+fn a_loopback_server_of_a_configured_user_gets_the_call() {
+    let port = free_port();
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &format!("http://127.0.0.1:{port}/v1"),
+        &[agent("scribe", "worker", "")],
+    );
+    let server_user = TestUser::unique("llm");
+    let config = c.root.path().join("etc/con/con.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!(
+        "[gateway]\nloopback_server_users = [\"{}\"]\n",
+        server_user.name
+    ));
+    std::fs::write(&config, toml).unwrap();
+    let _daemon = c.daemon();
+    let listener = LoopbackListener::start(&server_user, port);
+    c.task("scribe", "t-local", "Say hello.");
+    ok(&c.run("scribe", &[]));
+    let received = listener.stop();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(
+        received[0].contains(&format!("authorization: Bearer {KEY}")),
+        "{}",
+        received[0]
+    );
+    assert_eq!(first_llm_error(&c), None);
+    let response =
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("t-local.response")).unwrap();
+    assert!(response.contains("hello from the squatter"), "{response}");
+}
