@@ -130,6 +130,9 @@ pub struct Inbox {
     /// A larger or sparse task is recorded by its first bytes and set aside
     /// unrun.
     pub max_task_bytes: u64,
+    /// Sessions of one task that may end in a provider or runner error
+    /// before the task is set aside (`max_attempts`, default 3).
+    pub max_attempts: u32,
 }
 
 /// `[infra]` (parsed and validated only).

@@ -194,6 +194,7 @@ pub(crate) struct RawDashboard {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInbox {
     pub max_task_kb: Option<i64>,
+    pub max_attempts: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

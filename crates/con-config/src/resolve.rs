@@ -39,6 +39,9 @@ pub(crate) mod defaults {
     /// Default `[inbox] max_task_kb`: far above any task a person or an
     /// agent writes, far below what a flood of them could cost the log.
     pub const MAX_TASK_KB: u64 = 1024;
+    /// Default `[inbox] max_attempts`: a transient failure gets retried,
+    /// a task that always fails stops costing model calls soon.
+    pub const MAX_ATTEMPTS: u32 = 3;
     /// The reserve is an eighth of `log_max_mb`, at most this.
     pub const LOG_RESERVE_MAX_MB: u64 = 64;
     /// Well above an honest run's largest event: an exec runner's output
@@ -443,8 +446,22 @@ fn resolve_inbox(raw: &RawConfig, path: &Path) -> Result<Inbox, ConfigError> {
                 )
             })?,
     };
+    let max_attempts = match raw.inbox.as_ref().and_then(|i| i.max_attempts) {
+        None => defaults::MAX_ATTEMPTS,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                ConfigError::section(
+                    path,
+                    "inbox.max_attempts",
+                    format!("must be between 1 and 100, got {n}"),
+                )
+            })?,
+    };
     Ok(Inbox {
         max_task_bytes: kb * 1024,
+        max_attempts,
     })
 }
 

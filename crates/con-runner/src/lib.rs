@@ -65,6 +65,8 @@ pub struct AgentRun {
     /// Largest task file run (`[inbox] max_task_kb`); a larger or sparse
     /// one is set aside.
     pub max_task_bytes: u64,
+    /// Sessions of one task that may fail before it is set aside.
+    pub max_attempts: u32,
     /// Set to stop the run: the running command is killed, and the session
     /// ends as `killed` at its next step (see [`stop_on_signals`]).
     pub stop: Arc<AtomicBool>,
@@ -90,6 +92,7 @@ impl AgentRun {
             session_limit: Duration::from_secs(u64::from(agent.max_session_min) * 60),
             history_tokens: prompt::DEFAULT_HISTORY_TOKENS,
             max_task_bytes: inbox.max_task_bytes,
+            max_attempts: inbox.max_attempts,
             stop: Arc::default(),
         }
     }

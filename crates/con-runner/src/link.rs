@@ -39,6 +39,14 @@ pub trait DaemonLink {
     ) -> Result<RecordedTrust, LinkError> {
         Ok(RecordedTrust::Unknown)
     }
+
+    /// How `agent`'s latest sessions of task `task` failed: the details of
+    /// the failures (provider or runner errors) since the last session of it
+    /// that ended any other way, oldest first. Links that cannot ask say
+    /// none.
+    fn failed_attempts(&mut self, _agent: &str, _task: &str) -> Result<Vec<String>, LinkError> {
+        Ok(Vec::new())
+    }
 }
 
 /// What the daemon's log says about a task's arrival.
@@ -150,6 +158,38 @@ impl ClientLink {
 }
 
 impl DaemonLink for ClientLink {
+    fn failed_attempts(&mut self, agent: &str, task: &str) -> Result<Vec<String>, LinkError> {
+        use con_event::payloads::{Kind, Outcome, SessionEnded};
+        use con_event::{Event, Payload};
+        let query = con_protocol::Query {
+            from_seq: 1,
+            agent: Some(agent.to_owned()),
+            kind: Some(SessionEnded::SPEC.id),
+            task: Some(task.to_owned()),
+            ..Default::default()
+        };
+        let mut failures = Vec::new();
+        let result = self.client()?.query(query, |bytes| {
+            if let Ok(Event {
+                payload: Payload::SessionEnded(ended),
+                ..
+            }) = Event::from_stored(&bytes)
+            {
+                match ended.outcome {
+                    Outcome::ProviderError | Outcome::RunnerError => failures.push(ended.detail),
+                    // Neither is the task's doing: the budget and enforcement.
+                    Outcome::Budget | Outcome::Killed => {}
+                    _ => failures.clear(),
+                }
+            }
+            true
+        });
+        match result {
+            Ok(_) => Ok(failures),
+            Err(e) => Err(self.failed(e, APPEND_TIMEOUT)),
+        }
+    }
+
     fn recorded_trust(
         &mut self,
         agent: &str,

@@ -226,6 +226,20 @@ fn run_session(
     if let Some(why) = task.refused.clone() {
         return set_aside(link, run, path, task.trust, why, started).map(Some);
     }
+    // A task that keeps failing (a provider that refuses it every time, a
+    // runner that cannot do it) would otherwise cost a model call on every
+    // retry, forever, and hold up everything behind it.
+    let failures = link
+        .failed_attempts(&run.agent, &task.id)
+        .map_err(|source| RunError::Record {
+            kind: "session.ended (query)",
+            source,
+        })?;
+    if failures.len() >= run.max_attempts as usize {
+        let last = failures.last().map(String::as_str).unwrap_or_default();
+        let why = format!("{} sessions of it failed; the last: {last}", failures.len());
+        return set_aside(link, run, path, task.trust, why, started).map(Some);
+    }
     let session = SessionId(*uuid::Uuid::new_v4().as_bytes());
     let nonce = session.to_hex()[..16].to_owned();
     // A task may reuse an earlier task's name: never overwrite its answer.
@@ -313,6 +327,29 @@ fn set_aside(
         },
         vec![Vec::new()],
     )?;
+    // The sender learns why, where it looks for the answer, when the task's
+    // name allows a response at all.
+    let response_path = free_name(&run.outbox(), &rec.task, "response");
+    let notice = format!(
+        "[con: this task was set aside in {} without being run: {why}]\n",
+        run.failed().display()
+    );
+    let response = con_fs::StagedFile::begin(&response_path, 0o666)
+        .and_then(|mut staged| {
+            staged.write_all(notice.as_bytes())?;
+            staged.commit()
+        })
+        .is_ok();
+    if response {
+        rec.append(
+            TaskRouted {
+                from: run.agent.clone(),
+                to: TaskRouted::OUTBOX.into(),
+                path: response_path.display().to_string(),
+            },
+            Vec::new(),
+        )?;
+    }
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let (routed, detail) = match con_fs::move_without_replacing(path, &run.failed(), &file_name) {
         Ok(dest) => {
@@ -334,10 +371,14 @@ fn set_aside(
             outcome: Outcome::SetAside,
             iterations: 0,
             duration_ms: millis(started.elapsed()),
-            response: None,
+            response: response.then(|| BlobRef::of(notice.as_bytes())),
             detail: detail.clone(),
         },
-        Vec::new(),
+        if response {
+            vec![notice.clone().into_bytes()]
+        } else {
+            Vec::new()
+        },
     )?;
     Ok(SessionReport {
         session: rec.session,
@@ -345,7 +386,7 @@ fn set_aside(
         outcome: Outcome::SetAside,
         iterations: 0,
         detail,
-        response: None,
+        response: response.then_some(response_path),
         routed,
     })
 }

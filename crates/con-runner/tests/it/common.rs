@@ -57,6 +57,7 @@ impl Tree {
             session_limit: Duration::from_secs(60),
             history_tokens: 4000,
             max_task_bytes: 64 * 1024,
+            max_attempts: 3,
             stop: Default::default(),
         };
         Self { dir, run }
