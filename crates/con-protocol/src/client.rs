@@ -25,6 +25,15 @@ pub enum ClientError {
     /// The connection failed mid-call.
     #[error("connection to the con daemon failed: {0}")]
     Io(std::io::Error),
+    /// The daemon did not answer (or take the request) within the
+    /// connection's timeout.
+    #[error("the con daemon at {path} did not answer within {} s", .after.as_secs_f64())]
+    NoAnswer {
+        /// Socket path.
+        path: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// A frame could not be sent or understood.
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -44,17 +53,47 @@ pub enum ClientError {
 /// A connection to the daemon.
 pub struct Client {
     stream: UnixStream,
+    path: String,
+    timeout: Option<std::time::Duration>,
 }
 
 impl Client {
     /// Connects to the daemon's socket.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
         UnixStream::connect(path)
-            .map(|stream| Self { stream })
+            .map(|stream| Self {
+                stream,
+                path: path.display().to_string(),
+                timeout: None,
+            })
             .map_err(|cause| ClientError::Connect {
                 path: path.display().to_string(),
                 cause,
             })
+    }
+
+    /// Connects with `timeout` on every send and every answer: a daemon
+    /// that accepts but never answers is reported, not waited on forever.
+    pub fn connect_with_timeout(
+        path: &Path,
+        timeout: std::time::Duration,
+    ) -> Result<Self, ClientError> {
+        let mut client = Self::connect(path)?;
+        client.set_timeout(Some(timeout))?;
+        Ok(client)
+    }
+
+    /// An IO error, or the timeout it stands for.
+    fn io(&self, e: std::io::Error) -> ClientError {
+        match (e.kind(), self.timeout) {
+            (std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut, Some(after)) => {
+                ClientError::NoAnswer {
+                    path: self.path.clone(),
+                    after,
+                }
+            }
+            _ => ClientError::Io(e),
+        }
     }
 
     fn send(&mut self, request: &Request) -> Result<(), ClientError> {
@@ -65,7 +104,7 @@ impl Client {
             // before reading anything: its reason is waiting to be read.
             Err(e) => match self.receive() {
                 Err(refused @ ClientError::Refused { .. }) => Err(refused),
-                _ => Err(ClientError::Io(e)),
+                _ => Err(self.io(e)),
             },
         }
     }
@@ -73,12 +112,14 @@ impl Client {
     /// Reads one response.
     pub fn receive(&mut self) -> Result<Response, ClientError> {
         let mut prefix = [0u8; LEN_BYTES];
-        self.stream
-            .read_exact(&mut prefix)
-            .map_err(ClientError::Io)?;
+        if let Err(e) = self.stream.read_exact(&mut prefix) {
+            return Err(self.io(e));
+        }
         let len = check_len(prefix)?;
         let mut rest = vec![0u8; len];
-        self.stream.read_exact(&mut rest).map_err(ClientError::Io)?;
+        if let Err(e) = self.stream.read_exact(&mut rest) {
+            return Err(self.io(e));
+        }
         match decode_body(&rest)? {
             Response::Error { code, message } => Err(ClientError::Refused { code, message }),
             other => Ok(other),
@@ -111,7 +152,9 @@ impl Client {
             .map_err(ClientError::Io)?;
         self.stream
             .set_write_timeout(timeout)
-            .map_err(ClientError::Io)
+            .map_err(ClientError::Io)?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     /// Current status.

@@ -143,6 +143,10 @@ impl ClientLink {
                 message,
             } => LinkError::Provider(message),
             refused @ ClientError::Refused { .. } => LinkError::Daemon(refused),
+            ClientError::NoAnswer { .. } => {
+                self.client = None;
+                LinkError::TimedOut(timeout)
+            }
             ClientError::Io(e)
                 if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
             {

@@ -175,7 +175,7 @@ fn record(
     before: Vec<con_protocol::SetCondition>,
 ) -> anyhow::Result<bool> {
     let socket = layout.socket();
-    let Ok(mut client) = Client::connect(&socket) else {
+    let Ok(mut client) = Client::connect_with_timeout(&socket, crate::DAEMON_TIMEOUT) else {
         eprintln!(
             "con: the daemon is not running ({}): {command} not recorded in the event log",
             socket.display()

@@ -56,6 +56,10 @@ pub fn run(args: LogsArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             })?),
         };
     let mut client = Client::connect(&layout.socket())?;
+    if !args.follow {
+        // A follower waits for new events as long as it takes.
+        client.set_timeout(Some(crate::DAEMON_TIMEOUT))?;
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failure = None;

@@ -22,6 +22,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 
+/// How long a command waits for the daemon to take a request or answer it:
+/// a daemon that accepts but never answers is reported, never waited on.
+pub(crate) const DAEMON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// con: a Linux agent operating system.
 ///
 /// Every agent is a Linux user, agents talk through filesystem inboxes, and

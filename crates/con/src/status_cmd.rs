@@ -21,7 +21,7 @@ pub struct StatusArgs {
 
 /// Runs `con status`.
 pub fn run(args: StatusArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
-    let view = Client::connect(&layout.socket())?.status()?;
+    let view = Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT)?.status()?;
     if view.view_version != STATUS_VIEW_VERSION {
         anyhow::bail!(
             "the daemon answered status view version {} but this con reads version {STATUS_VIEW_VERSION}; use the con binary the daemon runs",

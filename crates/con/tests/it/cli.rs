@@ -319,3 +319,42 @@ fn completions_and_manpages_are_generated_from_the_cli() {
         );
     }
 }
+
+/// A daemon that takes the connection and never answers: `con status` and
+/// `con logs` give up after their timeout with one line saying so.
+#[test]
+fn a_daemon_that_never_answers_is_reported_within_the_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    let socket = root.path().join("run/con/con.sock");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            keep.lock().unwrap().push(stream);
+        }
+    });
+    for args in [&["status"][..], &["logs"][..]] {
+        let started = std::time::Instant::now();
+        let out = con(&[&["--root", root.path().to_str().unwrap()][..], args].concat())
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "the con daemon at {} did not answer within 5 s",
+                socket.display()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(15),
+            "{args:?} took {took:?}"
+        );
+    }
+    assert!(held.lock().unwrap().len() >= 2, "both connected");
+}
