@@ -449,7 +449,9 @@ fn daemon_service(config: &Config, layout: &Layout) -> String {
     u.set("SystemCallErrorNumber", "EPERM");
     u.set("SystemCallArchitectures", "native");
     u.set("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6");
-    u.set("ProcSubset", "pid");
+    u.comment(
+        "No ProcSubset=pid: the gateway reads /proc/net/tcp to learn who listens on a local model server's port before it sends a key there.",
+    );
     u.set("ProtectProc", "invisible");
     private_keyring_ipc_umask(&mut u);
 
