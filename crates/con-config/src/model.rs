@@ -68,6 +68,9 @@ pub struct Network {
     pub allowed_ports: Vec<u16>,
     /// Whether agents may resolve names (default true).
     pub allow_dns: bool,
+    /// The only addresses agents may send DNS to (`dns_servers`); `None`:
+    /// the host's own resolvers, from `/etc/resolv.conf` when provisioning.
+    pub dns_servers: Option<Vec<std::net::IpAddr>>,
     /// Whether agents may reach loopback (default true; the daemon and local model servers live there).
     pub allow_loopback: bool,
 }

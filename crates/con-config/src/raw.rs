@@ -156,6 +156,7 @@ pub(crate) struct RawNetwork {
     pub outbound_filter: Option<bool>,
     pub allowed_ports: Option<Vec<u16>>,
     pub allow_dns: Option<bool>,
+    pub dns_servers: Option<Vec<String>>,
     pub allow_loopback: Option<bool>,
 }
 

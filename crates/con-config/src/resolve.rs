@@ -262,10 +262,28 @@ fn resolve_network(raw: &RawConfig, path: &Path) -> Result<Network, ConfigError>
         }
         None => allowed_ports.extend_from_slice(defaults::ALLOWED_PORTS),
     }
+    let dns_servers = match n.and_then(|n| n.dns_servers.as_ref()) {
+        None => None,
+        Some(servers) => Some(
+            servers
+                .iter()
+                .map(|s| {
+                    s.parse::<std::net::IpAddr>().map_err(|_| {
+                        ConfigError::section(
+                            path,
+                            "network.dns_servers",
+                            format!("{s:?} is not an IP address"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
     Ok(Network {
         outbound_filter: n.and_then(|n| n.outbound_filter).unwrap_or(true),
         allowed_ports,
         allow_dns: n.and_then(|n| n.allow_dns).unwrap_or(true),
+        dns_servers,
         allow_loopback: n.and_then(|n| n.allow_loopback).unwrap_or(true),
     })
 }

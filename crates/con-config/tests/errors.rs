@@ -334,6 +334,10 @@ fn bad_sections() {
         "configs/x.toml: inbox.max_task_kb: must be between 1 and 65536 (KiB), got 0",
     );
     check(
+        "[network]\ndns_servers = [\"resolver.lan\"]\n",
+        r#"configs/x.toml: network.dns_servers: "resolver.lan" is not an IP address"#,
+    );
+    check(
         "[inbox]\nmax_attempts = 0\n",
         "configs/x.toml: inbox.max_attempts: must be between 1 and 100, got 0",
     );

@@ -253,7 +253,8 @@ fn egress_step(
                 .map(|uid| (agent.clone(), uid.as_raw()))
         })
         .collect();
-    let rules = egress::plan(&plan.network, &uids, table);
+    let (resolvers, _) = egress::resolvers(&plan.network);
+    let rules = egress::plan(&plan.network, &uids, table, &resolvers);
     let netns = options.netns.as_deref();
     let step = match egress::drift(&rules, netns) {
         Err(e) => Step {

@@ -80,7 +80,8 @@ pub enum EgressError {
 /// With `outbound_filter = false` the script deletes the table (if it
 /// exists) and adds nothing. Otherwise, for agent uids only:
 /// loopback if `allow_loopback` (the daemon and local model servers are
-/// there), DNS over UDP and TCP if `allow_dns`, replies to established
+/// there), DNS over UDP and TCP to `resolvers` only if `allow_dns` (any
+/// other address on port 53 is a channel out), replies to established
 /// connections, TCP to `allowed_ports`; everything else is **rejected**
 /// with ICMP administratively-prohibited rather than dropped, so a tool the
 /// model runs fails at once with an error naming the cause instead of
@@ -91,6 +92,7 @@ pub fn plan(
     network: &con_config::Network,
     agent_uids: &[(String, u32)],
     table: &str,
+    resolvers: &[std::net::IpAddr],
 ) -> EgressPlan {
     let mut s = String::new();
     let _ = writeln!(
@@ -152,7 +154,21 @@ pub fn plan(
     }
     s.push_str("\t\tct state established,related accept\n");
     if network.allow_dns {
-        s.push_str("\t\tmeta l4proto { tcp, udp } th dport 53 accept\n");
+        let (v4, v6): (Vec<&std::net::IpAddr>, Vec<&std::net::IpAddr>) =
+            resolvers.iter().partition(|ip| ip.is_ipv4());
+        if v4.is_empty() && v6.is_empty() {
+            s.push_str("\t\t# DNS is allowed, but no resolver is known: none passes.\n");
+        }
+        for (family, ips) in [("ip", v4), ("ip6", v6)] {
+            if !ips.is_empty() {
+                let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+                let _ = writeln!(
+                    s,
+                    "\t\t{family} daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 accept",
+                    list.join(", ")
+                );
+            }
+        }
     }
     let ports: BTreeSet<u16> = network.allowed_ports.iter().copied().collect();
     if !ports.is_empty() {
@@ -166,6 +182,26 @@ pub fn plan(
         table: table.to_owned(),
         script: s,
     }
+}
+
+/// Where the host's resolvers are read from when `[network] dns_servers`
+/// does not name them.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// The addresses agents may send DNS to: `[network] dns_servers`, else the
+/// nameservers of [`RESOLV_CONF`] (none if it cannot be read or parsed:
+/// DNS then passes nowhere, which `con policy explain` shows), with where
+/// they came from.
+pub fn resolvers(network: &con_config::Network) -> (Vec<std::net::IpAddr>, String) {
+    if let Some(servers) = &network.dns_servers {
+        return (servers.clone(), "[network] dns_servers".to_owned());
+    }
+    let servers = std::fs::read(RESOLV_CONF)
+        .ok()
+        .and_then(|bytes| resolv_conf::Config::parse(bytes).ok())
+        .map(|c| c.nameservers.into_iter().map(Into::into).collect())
+        .unwrap_or_default();
+    (servers, RESOLV_CONF.to_owned())
 }
 
 /// Loads `plan` with `nft -f -` (in network namespace `netns` if given):
@@ -474,6 +510,7 @@ mod tests {
             outbound_filter: true,
             allowed_ports: vec![8443, 443, 443],
             allow_dns: true,
+            dns_servers: None,
             allow_loopback: false,
         }
     }
@@ -485,7 +522,20 @@ mod tests {
             ("root".to_owned(), 0),
             ("b".to_owned(), 1002),
         ];
-        let p = plan(&network(), &uids, "con");
+        let resolvers = ["127.0.0.53".parse().unwrap(), "fd00::53".parse().unwrap()];
+        let p = plan(&network(), &uids, "con", &resolvers);
+        assert!(
+            p.script.contains(
+                "ip daddr { 127.0.0.53 } meta l4proto { tcp, udp } th dport 53 accept\n\t\tip6 daddr { fd00::53 } meta"
+            ),
+            "{}",
+            p.script
+        );
+        assert!(
+            !p.script.contains("\tmeta l4proto { tcp, udp } th dport 53"),
+            "{}",
+            p.script
+        );
         assert!(
             p.script.contains("elements = { 1001, 1002 }\n"),
             "{}",
@@ -504,7 +554,7 @@ mod tests {
     fn filter_off_only_deletes() {
         let mut n = network();
         n.outbound_filter = false;
-        let p = plan(&n, &[("a".to_owned(), 1001)], "con");
+        let p = plan(&n, &[("a".to_owned(), 1001)], "con", &[]);
         assert!(p.script.contains("delete table inet con\n"));
         assert!(!p.script.contains('{'), "{}", p.script);
     }

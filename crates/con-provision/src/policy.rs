@@ -253,6 +253,9 @@ pub struct ExplainInput<'a> {
     pub profile_dir: &'a Path,
     /// The installed contracts ([`scan_contracts`]).
     pub contracts: &'a [ContractRef],
+    /// Where agents may send DNS, and where that list comes from
+    /// ([`crate::egress::resolvers`]).
+    pub resolvers: (&'a [std::net::IpAddr], &'a str),
 }
 
 /// The effective policy of `agent` under `plan`. `score` gives a service
@@ -454,9 +457,26 @@ pub fn explain(
             rule: "replies on connections already made: allowed".to_owned(),
             source: None,
         });
+        let (resolvers, from) = input.resolvers;
         rules.push(EgressRule {
-            rule: format!("DNS (udp and tcp port 53): {}", allowed(network.allow_dns)),
-            source: net("allow_dns"),
+            rule: if !network.allow_dns {
+                "DNS (udp and tcp port 53): rejected".to_owned()
+            } else if resolvers.is_empty() {
+                format!(
+                    "DNS (udp and tcp port 53): rejected: no resolver is known ({from} names none)"
+                )
+            } else {
+                let list: Vec<String> = resolvers.iter().map(ToString::to_string).collect();
+                format!(
+                    "DNS (udp and tcp port 53) to {} only (from {from}): allowed",
+                    list.join(", ")
+                )
+            },
+            source: net(if network.dns_servers.is_some() {
+                "dns_servers"
+            } else {
+                "allow_dns"
+            }),
         });
         let ports: Vec<String> = network.allowed_ports.iter().map(u16::to_string).collect();
         rules.push(EgressRule {

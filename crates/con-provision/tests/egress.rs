@@ -115,12 +115,13 @@ fn network(ports: &[u16], loopback: bool) -> con_config::Network {
         outbound_filter: true,
         allowed_ports: ports.to_vec(),
         allow_dns: true,
+        dns_servers: None,
         allow_loopback: loopback,
     }
 }
 
 fn plan_for(user: &TestUser, network: &con_config::Network, table: &str) -> EgressPlan {
-    egress::plan(network, &[("worker".to_owned(), user.uid)], table)
+    egress::plan(network, &[("worker".to_owned(), user.uid)], table, &[])
 }
 
 /// The host's own tables, to show the tests never touch them.
@@ -283,7 +284,7 @@ fn drift_names_deleted_rules_changed_members_and_missing_tables() {
 
 #[test]
 fn errors_are_one_line_and_name_the_command() {
-    let plan = egress::plan(&network(&[443], true), &[], "con_t");
+    let plan = egress::plan(&network(&[443], true), &[], "con_t", &[]);
     let err = egress::apply(&plan, Some("con-egress-no-such-ns"))
         .unwrap_err()
         .to_string();
@@ -298,4 +299,77 @@ fn errors_are_one_line_and_name_the_command() {
     };
     assert!(egress::apply(&bad, None).is_err());
     assert!(egress::drift(&bad, None).is_err());
+}
+
+/// DNS goes to the host's resolver only: a datagram to port 53 anywhere
+/// else is a way out (a name is a message), so the kernel rejects it.
+#[test]
+fn dns_reaches_the_resolver_and_no_other_address() {
+    let ns = Netns::new();
+    let user = TestUser::unique("egd");
+    let table = unique_name("con_t");
+    let mut echo = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "/usr/bin/python3", "-c"])
+        .arg(
+            "import select, socket\n\
+             ss = []\n\
+             for addr in ('127.0.0.1', '127.0.0.2'):\n\
+             \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             \x20   s.bind((addr, 53)); ss.append(s)\n\
+             print('ready', flush=True)\n\
+             while True:\n\
+             \x20   for s in select.select(ss, [], [])[0]:\n\
+             \x20       d, a = s.recvfrom(512)\n\
+             \x20       s.sendto(d, a)\n",
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(echo.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let _echo = Listener(echo);
+    let query = |addr: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "setpriv"])
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .args(["--clear-groups", "--", "/usr/bin/python3", "-c"])
+            .arg(
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 s.settimeout(3)\n\
+                 s.connect((sys.argv[1], 53))\n\
+                 try:\n\
+                 \x20   s.send(b'q'); s.recv(512); print('answered')\n\
+                 except OSError as e:\n\
+                 \x20   print('refused', e)\n",
+            )
+            .arg(addr)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        query("127.0.0.2"),
+        "answered",
+        "unfiltered, any address answers"
+    );
+
+    let resolver = ["127.0.0.1".parse().unwrap()];
+    let plan = egress::plan(
+        &network(&[], false),
+        &[("worker".to_owned(), user.uid)],
+        &table,
+        &resolver,
+    );
+    egress::apply(&plan, Some(&ns.0)).unwrap();
+    assert_eq!(query("127.0.0.1"), "answered", "the resolver");
+    let other = query("127.0.0.2");
+    assert!(
+        other.starts_with("refused"),
+        "another address on port 53: {other}"
+    );
 }

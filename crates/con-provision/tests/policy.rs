@@ -47,6 +47,7 @@ fn explain_edited(
             lines: &lines,
             profile_dir: Path::new("/r/etc/con"),
             contracts,
+            resolvers: (&["127.0.0.53".parse().unwrap()], "/etc/resolv.conf"),
         },
         agent,
         &|name, text| {

@@ -37,6 +37,7 @@ pub fn run(cmd: PolicyCommand, layout: &Layout) -> anyhow::Result<ExitCode> {
     let plan = con_provision::plan(&installed.input, layout)?;
     let lines = ConfigLines::parse(&installed.text);
     let contracts = policy::scan_contracts(&layout.contracts_dir())?;
+    let (resolvers, from) = con_provision::egress::resolvers(&installed.input.config.network);
     let explained = policy::explain(
         &plan,
         layout,
@@ -45,6 +46,7 @@ pub fn run(cmd: PolicyCommand, layout: &Layout) -> anyhow::Result<ExitCode> {
             lines: &lines,
             profile_dir: &installed.profile_dir,
             contracts: &contracts,
+            resolvers: (&resolvers, &from),
         },
         &args.agent,
         &policy::exposure,

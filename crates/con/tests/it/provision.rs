@@ -466,7 +466,23 @@ fn bootstrap_with_an_invalid_agent_name_creates_nothing() {
 /// by the production spellings.
 fn redact(host: &Host, s: &str) -> String {
     let table = format!("{}con", host.group_prefix).replace('-', "_");
-    s.replace(&table, "con")
+    // The resolvers come from this machine's /etc/resolv.conf.
+    let lines: Vec<String> = s
+        .lines()
+        .map(|line| {
+            match (
+                line.find(") to "),
+                line.find(" only (from /etc/resolv.conf)"),
+            ) {
+                (Some(start), Some(end)) if line.contains("DNS") && start < end => {
+                    format!("{}) to <host resolvers>{}", &line[..start], &line[end..])
+                }
+                _ => line.to_owned(),
+            }
+        })
+        .collect();
+    (lines.join("\n") + if s.ends_with('\n') { "\n" } else { "" })
+        .replace(&table, "con")
         .replace(&host.user_prefix, "a-")
         .replace(&host.group_prefix, "")
 }
