@@ -492,14 +492,25 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         }
         dirs.push((dir.clone(), spec));
     }
-    // Every agent may leave artifacts for others; sticky so none can delete
-    // or replace another's.
-    dirs.push((
-        layout.artifacts_dir(),
-        plain("root", &layout.group(ConGroup::Agents), 0o1770, None),
-    ));
+    // Officers and operators leave artifacts for everyone; sticky so none
+    // can delete or replace another's. Every agent reads them.
+    let officers = layout.group(ConGroup::Officers);
+    let operators = layout.group(ConGroup::Operators);
+    let mut artifacts = plain("root", &layout.group(ConGroup::Agents), 0o1750, None);
+    for g in [&officers, &operators] {
+        artifacts.named.push((AclTag::Group(g.clone()), RWX));
+    }
+    dirs.push((layout.artifacts_dir(), artifacts));
+    // Standing policy is the officers' to write (global, per tier, per
+    // agent) and every agent's to read; the default ACL keeps what one
+    // officer writes writable by the others and readable by all.
+    let mut policy = plain("root", &layout.group(ConGroup::Agents), 0o755, None);
+    policy.named.push((AclTag::Group(officers.clone()), RWX));
+    policy
+        .default_named
+        .push((AclTag::Group(officers.clone()), RWX));
+    dirs.push((layout.policy_dir(), policy));
     for dir in [
-        layout.policy_dir(),
         layout.ledger_dir(),
         layout.status_dir(),
         layout.scopes_dir(),
@@ -572,6 +583,17 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
             .entry(s.clone())
             .or_default()
             .extend(sysadmin_managed.iter().cloned());
+    }
+    for agent in &config.agents {
+        let grants: &[PathBuf] = match agent.tier {
+            Tier::Officer => &[layout.policy_dir(), layout.artifacts_dir()],
+            Tier::Operator => &[layout.artifacts_dir()],
+            Tier::Worker => &[],
+        };
+        writable
+            .entry(layout.user(&agent.name))
+            .or_default()
+            .extend(grants.iter().cloned());
     }
 
     let mut acls = Vec::new();

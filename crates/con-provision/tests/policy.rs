@@ -68,14 +68,16 @@ fn a_worker_tasks_no_one_and_has_no_sudo() {
     let inboxes: Vec<&str> = p.inboxes.iter().map(|i| i.agent.as_str()).collect();
     assert_eq!(inboxes, ["scribe"]);
     assert!(p.sudo.is_empty() && p.sudoers_file.is_none());
-    // Nothing of another agent's, and nothing but its own tree and the
-    // shared artifacts directory.
+    // Nothing of another agent's, and nothing but its own tree, and the
+    // shared policy and artifacts, which it reads but cannot write.
     for d in &p.dirs {
         let path = d.path.display().to_string();
+        if path == "/r/srv/con/artifacts" || path == "/r/srv/con/policy" {
+            assert_eq!(d.perm, "r-x", "{d:?}");
+            continue;
+        }
         assert!(
-            path.contains("/agents/scribe")
-                || path == "/r/home/a-scribe"
-                || path == "/r/srv/con/artifacts",
+            path.contains("/agents/scribe") || path == "/r/home/a-scribe",
             "{d:?}"
         );
     }

@@ -401,6 +401,67 @@ fn commission_then_decommission_a_worker() {
     );
 }
 
+/// Standing policy is the officers' to write and everyone's to read;
+/// artifacts are the officers' and operators' to leave and everyone's to
+/// read. Checked as each agent's uid: the kernel says who may.
+#[test]
+fn officers_write_policy_operators_write_artifacts_and_everyone_reads() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    host.ok(&["commission", "scribe"]);
+    let policy = host.path().join("srv/con/policy");
+    let artifacts = host.path().join("srv/con/artifacts");
+    let ok = |agent: &str, script: &str| {
+        let out = host.as_agent(agent, script);
+        assert!(
+            out.status.success(),
+            "{agent}: {script}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    ok(
+        "strategist",
+        &format!(
+            "echo 'Answer within a day.' > {}/global.md",
+            policy.display()
+        ),
+    );
+    for reader in ["concierge", "sysadmin", "scribe"] {
+        let read = ok(reader, &format!("cat {}/global.md", policy.display()));
+        assert_eq!(read.trim(), "Answer within a day.", "{reader}");
+    }
+    host.denied(
+        "concierge",
+        &format!("touch {}/operators.md", policy.display()),
+    );
+    host.denied("scribe", &format!("touch {}/workers.md", policy.display()));
+    host.denied(
+        "scribe",
+        &format!("echo overwritten > {}/global.md", policy.display()),
+    );
+    ok(
+        "concierge",
+        &format!("echo findings > {}/report.md", artifacts.display()),
+    );
+    ok(
+        "strategist",
+        &format!("echo brief > {}/brief.md", artifacts.display()),
+    );
+    ok("scribe", &format!("cat {}/report.md", artifacts.display()));
+    host.denied("scribe", &format!("touch {}/mine.md", artifacts.display()));
+    // Sticky: an operator cannot remove another's artifact.
+    let out = host.as_agent(
+        "sysadmin",
+        &format!("rm -f {}/report.md", artifacts.display()),
+    );
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn bad_names_and_roles_are_refused_before_anything_is_touched() {
     let host = Host::new();
