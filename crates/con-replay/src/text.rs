@@ -154,7 +154,7 @@ fn summary(step: &Step) -> (&'static str, String) {
         } => (
             "inbox.arrived",
             format!(
-                "in {}: {} ({}), owner uid {owner_uid}, {}, {}",
+                "in {}, owner uid {owner_uid}: {} ({}), {}, {}",
                 escape_control(inbox),
                 trust.as_str(),
                 escape_control(trust_reason),
@@ -426,7 +426,7 @@ fn task_node(out: &mut String, node: &TaskNode, indent: &str, last: bool, root: 
                 trust_reason,
                 content,
             } => format!(
-                "arrived in {} #{}: {} ({}), owner uid {owner_uid}, sha256:{}, {}",
+                "arrived in {} #{}, owner uid {owner_uid}: {} ({}), sha256:{}, {}",
                 escape_control(inbox),
                 hop.seq,
                 trust.as_str(),
