@@ -50,8 +50,7 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Show events from the log (through the daemon).
     Logs(logs_cmd::LogsArgs),
-    /// Reconstruct a session, an agent's sessions or a task's story across
-    /// agents from the record (never calls a model or changes the host).
+    /// Reconstruct sessions and tasks from the record (never calls a model).
     Replay(replay_cmd::ReplayArgs),
     /// Show agents, inboxes, sessions and checks (through the daemon).
     Status(status_cmd::StatusArgs),
