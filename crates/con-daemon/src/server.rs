@@ -8,8 +8,8 @@ use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
     ClientEvent, ErrorCode, FrameError, LEN_BYTES, LogPosition, MirrorState, MirrorView, Query,
-    Request, Response, STATUS_VIEW_VERSION, SetCondition, StatusView, check_len, decode_body,
-    encode_frame,
+    Request, Response, STATUS_VIEW_VERSION, SetCondition, StatusView, VerifyView, check_len,
+    decode_body, encode_frame,
 };
 use con_store::AppendError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -227,6 +227,7 @@ async fn handle(
         Request::Blob(request) => blob(shared, identity, request, wr).await,
         Request::SetCondition(order) => set_condition(shared, identity, order, wr).await,
         Request::RunChecks => run_checks(shared, identity, wr).await,
+        Request::Verify => verify(shared, identity, wr).await,
     }
 }
 
@@ -778,6 +779,42 @@ async fn run_checks(
         }
     }
     send(wr, &Response::Checks(checks)).await
+}
+
+/// The log's hash chain, walked here because the daemon owns the log.
+/// Every record physically present is checked, the ones past the durable
+/// head included: they are chained like any other.
+async fn verify(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if let Some(refusal) = operators_only(identity, "verify the event log") {
+        return refuse(wr, ErrorCode::Forbidden, refusal).await;
+    }
+    let walked = shared.clone();
+    let result = match tokio::task::spawn_blocking(move || walked.store.verify()).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => return refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
+        Err(e) => return refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
+    };
+    let view = match result {
+        Ok(report) => VerifyView {
+            events: report.events,
+            head_seq: report.head.seq,
+            head_hash: report.head.hash,
+            first_bad_seq: None,
+            reason: None,
+        },
+        Err(broken) => VerifyView {
+            events: broken.last_good.seq,
+            head_seq: broken.last_good.seq,
+            head_hash: broken.last_good.hash,
+            first_bad_seq: Some(broken.seq),
+            reason: Some(broken.reason),
+        },
+    };
+    send(wr, &Response::Verified(view)).await
 }
 
 /// Current UTC day, as [`con_projection::utc_day`] counts them.

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use crate::{
     BLOB_CHUNK_BYTES, BlobRequest, CheckView, ClientEvent, ErrorCode, FrameError, LEN_BYTES,
-    LlmAnswer, LlmCall, Query, Request, Response, SetCondition, StatusView, check_len, decode_body,
-    encode_frame,
+    LlmAnswer, LlmCall, Query, Request, Response, SetCondition, StatusView, VerifyView, check_len,
+    decode_body, encode_frame,
 };
 use con_event::Digest;
 
@@ -202,6 +202,16 @@ impl Client {
         self.send(&Request::RunChecks)?;
         match self.receive()? {
             Response::Checks(checks) => Ok(checks),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Has the daemon walk the log's hash chain (operators only): the log
+    /// has one owner, so a live log is verified where it is.
+    pub fn verify(&mut self) -> Result<VerifyView, ClientError> {
+        self.send(&Request::Verify)?;
+        match self.receive()? {
+            Response::Verified(view) => Ok(view),
             _ => Err(ClientError::Unexpected),
         }
     }

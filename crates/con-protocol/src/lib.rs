@@ -153,6 +153,21 @@ pub struct SetCondition {
     pub reason: String,
 }
 
+/// The result of walking the log's hash chain ([`Request::Verify`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyView {
+    /// Events that verified.
+    pub events: u64,
+    /// The last seq that verified (0 if none).
+    pub head_seq: u64,
+    /// Its chain hash.
+    pub head_hash: Digest,
+    /// The first seq that does not, if the chain is broken.
+    pub first_bad_seq: Option<u64>,
+    /// What is wrong with it.
+    pub reason: Option<String>,
+}
+
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -176,6 +191,9 @@ pub enum Request {
     /// Run con's built-in checks of itself now and record each result;
     /// answered with [`Response::Checks`]. Operators only.
     RunChecks,
+    /// Walk the whole log's hash chain in the daemon (which owns the log);
+    /// answered with [`Response::Verified`]. Operators only.
+    Verify,
 }
 
 /// Error classes, so clients can react without parsing messages.
@@ -233,6 +251,8 @@ pub enum Response {
     Blob(BlobChunk),
     /// Answer to [`Request::RunChecks`]: each result as recorded.
     Checks(Vec<CheckView>),
+    /// Answer to [`Request::Verify`].
+    Verified(VerifyView),
 }
 
 /// A frame that cannot be accepted.

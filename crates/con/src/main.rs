@@ -12,6 +12,7 @@ mod healthcheck_cmd;
 mod logs_cmd;
 mod paths;
 mod policy_cmd;
+mod replay_cmd;
 mod run_cmd;
 mod status_cmd;
 mod task_cmd;
@@ -53,6 +54,8 @@ enum Command {
     Run(run_cmd::RunArgs),
     /// Show events from the log (through the daemon).
     Logs(logs_cmd::LogsArgs),
+    /// Reconstruct sessions and tasks from the record (never calls a model).
+    Replay(replay_cmd::ReplayArgs),
     /// Show agents, inboxes, sessions and checks (through the daemon).
     Status(status_cmd::StatusArgs),
     /// Drop a task into the outer inbox (or an agent's inbox), as yourself.
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Daemon(args) => daemon_cmd::run(args, &layout),
         Command::Run(args) => run_cmd::run(args, &layout),
         Command::Logs(args) => logs_cmd::run(args, &layout),
+        Command::Replay(args) => replay_cmd::run(args, &layout),
         Command::Status(args) => status_cmd::run(args, &layout),
         Command::Task(args) => task_cmd::run(args, &layout),
         Command::Healthcheck(args) => healthcheck_cmd::run(args, &layout),

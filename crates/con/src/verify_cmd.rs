@@ -6,14 +6,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use con_layout::Layout;
+use con_protocol::{Client, ClientError};
 use con_store::Store;
 use serde::Serialize;
 
 /// Arguments of `con verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Event log directory [default: <root>/var/lib/con/events]. Use a copy
-    /// while the daemon runs: the log has a single owner.
+    /// Event log directory (or a copy of one) to open and walk here. Without
+    /// it, the running daemon walks its log (operators only); with no
+    /// daemon running, <root>/var/lib/con/events is opened here.
     #[arg(long, value_name = "DIR")]
     db: Option<PathBuf>,
 
@@ -25,6 +27,8 @@ pub struct VerifyArgs {
 #[derive(Serialize)]
 struct Outcome {
     db: PathBuf,
+    /// Whether the daemon walked the log (it owns a live log).
+    by_daemon: bool,
     ok: bool,
     events: u64,
     /// The last seq that verified, and its hash.
@@ -36,6 +40,28 @@ struct Outcome {
 
 /// Runs `con verify`: exit 0 when the chain holds, 1 when it is broken.
 pub fn run(args: VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    if args.db.is_none() {
+        // A live log has one owner, the daemon: it walks the chain. With no
+        // daemon to answer, the log is free to open here.
+        match Client::connect(&layout.socket()) {
+            Ok(mut client) => {
+                let view = client.verify()?;
+                let outcome = Outcome {
+                    db: layout.event_log(),
+                    by_daemon: true,
+                    ok: view.first_bad_seq.is_none(),
+                    events: view.events,
+                    head_seq: view.head_seq,
+                    head_hash: view.head_hash.to_hex(),
+                    first_bad_seq: view.first_bad_seq,
+                    reason: view.reason,
+                };
+                return report(&outcome, args.json);
+            }
+            Err(ClientError::Connect { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let db = args.db.unwrap_or_else(|| layout.event_log());
     if !db.join("db").exists() {
         anyhow::bail!("{}: no event log here", db.display());
@@ -49,6 +75,7 @@ pub fn run(args: VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let outcome = match &result {
         Ok(report) => Outcome {
             db: db.clone(),
+            by_daemon: false,
             ok: true,
             events: report.events,
             head_seq: report.head.seq,
@@ -58,6 +85,7 @@ pub fn run(args: VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         },
         Err(broken) => Outcome {
             db: db.clone(),
+            by_daemon: false,
             ok: false,
             events: broken.last_good.seq,
             head_seq: broken.last_good.seq,
@@ -66,19 +94,27 @@ pub fn run(args: VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             reason: Some(broken.reason.clone()),
         },
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
-    } else if let Err(broken) = &result {
+    report(&outcome, args.json)
+}
+
+/// Prints the outcome; exit 0 when the chain holds, 1 when it is broken.
+fn report(outcome: &Outcome, json: bool) -> anyhow::Result<ExitCode> {
+    let by = if outcome.by_daemon {
+        " (walked by the daemon)"
+    } else {
+        ""
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(outcome)?);
+    } else if let (Some(seq), Some(reason)) = (outcome.first_bad_seq, &outcome.reason) {
         println!(
-            "{}: chain broken at seq {}: {}",
-            db.display(),
-            broken.seq,
-            broken.reason
+            "{}: chain broken at seq {seq}: {reason}{by}",
+            outcome.db.display()
         );
     } else {
         println!(
-            "{}: chain ok: {} events, head seq {} hash {}",
-            db.display(),
+            "{}: chain ok: {} events, head seq {} hash {}{by}",
+            outcome.db.display(),
             outcome.events,
             outcome.head_seq,
             outcome.head_hash

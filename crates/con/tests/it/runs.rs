@@ -20,12 +20,12 @@ const KEY_VAR: &str = "CON_TEST_API_KEY";
 /// A conspiracy in a temp root: config, users, directories, secrets. Each
 /// root has its own user prefix, so tests running in parallel never share
 /// users.
-struct Conspiracy {
-    root: Root,
+pub(crate) struct Conspiracy {
+    pub(crate) root: Root,
     users: Vec<(String, TestUser)>,
 }
 
-struct AgentDef<'a> {
+pub(crate) struct AgentDef<'a> {
     name: &'a str,
     tier: &'a str,
     extra: String,
@@ -34,7 +34,7 @@ struct AgentDef<'a> {
 impl Conspiracy {
     /// `provider` and `base_url` apply to every agent unless `extra` says
     /// otherwise.
-    fn new(provider: &str, base_url: &str, agents: &[AgentDef<'_>]) -> Self {
+    pub(crate) fn new(provider: &str, base_url: &str, agents: &[AgentDef<'_>]) -> Self {
         let root = Root::new();
         let mut toml = format!(
             "[system]\nname = \"runs-test\"\n\n[base]\nprovider = \"{provider}\"\nmodel = \"test-model\"\nbase_url = \"{base_url}\"\napi_key_env = \"{KEY_VAR}\"\n\n[pricing.test-model]\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n\n"
@@ -76,11 +76,11 @@ impl Conspiracy {
         Self { root, users }
     }
 
-    fn user(&self, agent: &str) -> &TestUser {
+    pub(crate) fn user(&self, agent: &str) -> &TestUser {
         &self.users.iter().find(|(n, _)| n == agent).unwrap().1
     }
 
-    fn agent_dir(&self, agent: &str, sub: &str) -> PathBuf {
+    pub(crate) fn agent_dir(&self, agent: &str, sub: &str) -> PathBuf {
         self.root
             .path()
             .join("srv/con/agents")
@@ -112,7 +112,7 @@ impl Conspiracy {
     }
 
     /// A daemon that leaves starting runs to the test (`--supervisor systemd`).
-    fn daemon(&self) -> Daemon {
+    pub(crate) fn daemon(&self) -> Daemon {
         Daemon::start_with(CON, &self.root, &["--supervisor", "systemd"], &[])
     }
 
@@ -122,7 +122,7 @@ impl Conspiracy {
     }
 
     /// `con run <agent>` as the agent's user, as the supervisor would start it.
-    fn run(&self, agent: &str, extra: &[&str]) -> Output {
+    pub(crate) fn run(&self, agent: &str, extra: &[&str]) -> Output {
         self.user(agent)
             .command_with_groups(CON)
             .args([
@@ -143,7 +143,7 @@ impl Conspiracy {
     }
 
     /// Drops a task as root (verified) into `agent`'s inbox.
-    fn task(&self, agent: &str, id: &str, text: &str) -> PathBuf {
+    pub(crate) fn task(&self, agent: &str, id: &str, text: &str) -> PathBuf {
         let path = self.agent_dir(agent, "inbox").join(format!("{id}.task"));
         let tmp = self.agent_dir(agent, "inbox").join(format!(".{id}.tmp"));
         std::fs::write(&tmp, text).unwrap();
@@ -152,7 +152,7 @@ impl Conspiracy {
     }
 }
 
-fn ok(out: &Output) {
+pub(crate) fn ok(out: &Output) {
     assert!(
         out.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -220,7 +220,7 @@ fn body_text(server: &ScriptedServer, index: usize) -> String {
     out
 }
 
-fn agent<'a>(name: &'a str, tier: &'a str, extra: &str) -> AgentDef<'a> {
+pub(crate) fn agent<'a>(name: &'a str, tier: &'a str, extra: &str) -> AgentDef<'a> {
     AgentDef {
         name,
         tier,
@@ -230,7 +230,7 @@ fn agent<'a>(name: &'a str, tier: &'a str, extra: &str) -> AgentDef<'a> {
 
 /// A concierge and a sysadmin, each with its own scripted model, the
 /// concierge allowed to task the sysadmin (as bootstrap grants operators).
-fn concierge_tasking_sysadmin(
+pub(crate) fn concierge_tasking_sysadmin(
     provider: &str,
     concierge_model: &ScriptedServer,
     sysadmin_model: &ScriptedServer,

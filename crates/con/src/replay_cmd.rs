@@ -1,0 +1,502 @@
+//! `con replay`: sessions and tasks reconstructed from the record.
+//!
+//! This module only fetches (events and contents, through the daemon or
+//! from a database directory) and prints; the folds are `con_replay`'s.
+//! Nothing here calls a model or changes the host.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::Args;
+use con_event::{Digest, Event, Payload, SessionId};
+use con_layout::Layout;
+use con_protocol::{Client, ClientError, ErrorCode, Query};
+use con_replay::json::EventWithContents;
+use con_replay::text::{self, TextOptions};
+use con_replay::{Contents, blobs_of};
+use con_store::Store;
+use serde::Serialize;
+
+/// Arguments of `con replay`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["id", "agent", "trace"])))]
+pub struct ReplayArgs {
+    /// A session id (32 hex digits) or a task id: that session's timeline,
+    /// or the timelines of every session of that task.
+    #[arg(value_name = "SESSION|TASK", conflicts_with_all = ["agent", "trace"])]
+    id: Option<String>,
+    /// List the sessions of this agent instead (id, task, start, duration,
+    /// outcome, model calls, cost).
+    #[arg(long, value_name = "AGENT", conflicts_with = "trace")]
+    agent: Option<String>,
+    /// With --agent: only sessions started at or after this time (RFC 3339,
+    /// or a duration ago such as `2h`).
+    #[arg(long, value_name = "TIME", requires = "agent")]
+    since: Option<String>,
+    /// With --agent: only sessions started before this time (RFC 3339, or a
+    /// duration ago).
+    #[arg(long, value_name = "TIME", requires = "agent")]
+    until: Option<String>,
+    /// The story of a task across agents, as a tree: the sessions that
+    /// handled it and the tasks they handed on, recursively.
+    #[arg(long, value_name = "TASK")]
+    trace: Option<String>,
+    /// Whole contents (prompt, new model messages, outputs) instead of
+    /// capped ones.
+    #[arg(long)]
+    full: bool,
+    /// JSON instead of text: for a timeline, one object per event (the
+    /// event JSON view of docs/event-json.md plus its `contents`); for a
+    /// list, one object per session; for a trace, the tree.
+    #[arg(long)]
+    json: bool,
+    /// Read this event log directory (or a copy of one) instead of asking
+    /// the daemon. The log has one owner: use a copy while the daemon runs.
+    #[arg(long, value_name = "DIR")]
+    db: Option<PathBuf>,
+}
+
+/// Where events and contents come from.
+trait Source {
+    /// Events matching `query` (its `follow` is ignored), in seq order;
+    /// stops after `until` if given.
+    fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>>;
+    /// A content, or `None` if it is not there or not readable by the caller.
+    fn blob(&mut self, digest: Digest) -> anyhow::Result<Option<Vec<u8>>>;
+    /// How to say "not found" to this caller.
+    fn scope(&self) -> &'static str;
+}
+
+/// Through the daemon: an agent user sees only its own events (the daemon
+/// restricts its queries), operators everything.
+struct DaemonSource {
+    socket: PathBuf,
+}
+
+impl DaemonSource {
+    fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.socket)?)
+    }
+}
+
+impl Source for DaemonSource {
+    fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>> {
+        // A connection per query: one stopped early (`until`) still has
+        // answers in flight.
+        let mut client = self.connect()?;
+        let mut out = Vec::new();
+        let mut failure = None;
+        let result = client.query(
+            Query {
+                follow: false,
+                ..query
+            },
+            |bytes| match Event::from_stored(&bytes) {
+                Ok(event) => {
+                    if until.is_some_and(|u| event.seq() > u) {
+                        return false;
+                    }
+                    out.push(event);
+                    true
+                }
+                Err(e) => {
+                    failure = Some(anyhow::anyhow!("undecodable event from the daemon: {e}"));
+                    false
+                }
+            },
+        );
+        match (failure, result) {
+            (Some(e), _) => Err(e),
+            (None, Err(ClientError::Refused { message, .. })) => {
+                anyhow::bail!("the con daemon refused: {message}")
+            }
+            (None, Err(e)) => Err(e.into()),
+            (None, Ok(_)) => Ok(out),
+        }
+    }
+
+    fn blob(&mut self, digest: Digest) -> anyhow::Result<Option<Vec<u8>>> {
+        match self.connect()?.blob(digest) {
+            Ok(bytes) => Ok(Some(bytes)),
+            // Not there, or not the caller's to read: shown as unavailable.
+            Err(ClientError::Refused {
+                code: ErrorCode::NotFound | ErrorCode::Forbidden,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn scope(&self) -> &'static str {
+        "among the events you may read"
+    }
+}
+
+/// A database directory opened for inspection. Only full scans of the log
+/// are used: its indexes are derived and catching them up would write.
+struct StoreSource {
+    store: Store,
+}
+
+impl Source for StoreSource {
+    fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>> {
+        let mut out = Vec::new();
+        for event in self.store.events_from(query.from_seq.max(1)) {
+            let event = event?;
+            if until.is_some_and(|u| event.seq() > u) {
+                break;
+            }
+            let env = &event.envelope;
+            let keep = query.session.is_none_or(|s| env.session == Some(s))
+                && query
+                    .task
+                    .as_deref()
+                    .is_none_or(|t| env.task.as_deref() == Some(t))
+                && query.kind.is_none_or(|k| env.kind == k)
+                && query.agent.as_deref().is_none_or(|a| {
+                    env.actor.agent.as_deref() == Some(a)
+                        || event.payload.subject_agent() == Some(a)
+                });
+            if keep {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    fn blob(&mut self, digest: Digest) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.store.blob(&digest)?)
+    }
+
+    fn scope(&self) -> &'static str {
+        "in this event log"
+    }
+}
+
+/// Runs `con replay`.
+pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let mut source: Box<dyn Source> = match &args.db {
+        Some(db) => {
+            if !db.join("db").exists() {
+                anyhow::bail!("{}: no event log here", db.display());
+            }
+            Box::new(StoreSource {
+                store: Store::open_for_inspection(db)
+                    .with_context(|| format!("{}: opening the event log", db.display()))?,
+            })
+        }
+        None => Box::new(DaemonSource {
+            socket: layout.socket(),
+        }),
+    };
+    let out = if let Some(agent) = &args.agent {
+        list(source.as_mut(), agent, &args)?
+    } else if let Some(task) = &args.trace {
+        trace(source.as_mut(), task, args.json)?
+    } else if let Some(id) = &args.id {
+        replay(source.as_mut(), id, &args)?
+    } else {
+        anyhow::bail!("nothing to replay: give a session or task id, --agent or --trace");
+    };
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    // A closed pipe (`con replay … | head`) ends the output quietly.
+    let _ = lock.write_all(out.as_bytes()).and_then(|()| lock.flush());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kind_id(name: &str) -> Option<u16> {
+    con_event::kind_by_name(name).map(|k| k.id)
+}
+
+/// Fetches every content `events` reference that `contents` lacks.
+fn fetch_blobs<'a>(
+    source: &mut dyn Source,
+    events: impl IntoIterator<Item = &'a Event>,
+    contents: &mut Contents,
+) -> anyhow::Result<()> {
+    for blob in blobs_of(events) {
+        if !contents.contains_key(&blob.digest)
+            && let Some(bytes) = source.blob(blob.digest)?
+        {
+            contents.insert(blob.digest, bytes);
+        }
+    }
+    Ok(())
+}
+
+/// The events a session's timeline is made of (a superset: the fold
+/// selects), from any source.
+fn session_input(source: &mut dyn Source, session: SessionId) -> anyhow::Result<Vec<Event>> {
+    let own = source.events(
+        Query {
+            from_seq: 1,
+            session: Some(session),
+            ..Query::default()
+        },
+        None,
+    )?;
+    let Some(start) = own
+        .iter()
+        .find(|e| matches!(e.payload, Payload::SessionStarted(_)))
+        .or(own.first())
+    else {
+        return Ok(own);
+    };
+    let agent = match &start.payload {
+        Payload::SessionStarted(p) => Some(p.agent.clone()),
+        other => other
+            .subject_agent()
+            .or(start.envelope.actor.agent.as_deref())
+            .map(str::to_owned),
+    };
+    let Some(agent) = agent else {
+        return Ok(own);
+    };
+    let start_seq = start.seq();
+    let task = start.envelope.task.clone();
+    let end_seq = own
+        .iter()
+        .find(|e| matches!(e.payload, Payload::SessionEnded(_)))
+        .map(|e| e.seq());
+    let mut all = own;
+    if let Some(task) = task {
+        all.extend(source.events(
+            Query {
+                from_seq: 1,
+                agent: Some(agent.clone()),
+                kind: kind_id("inbox.arrived"),
+                task: Some(task),
+                ..Query::default()
+            },
+            Some(start_seq),
+        )?);
+    }
+    // Checks and enforcement about the agent while the session ran.
+    all.extend(
+        source
+            .events(
+                Query {
+                    from_seq: start_seq,
+                    agent: Some(agent),
+                    ..Query::default()
+                },
+                end_seq,
+            )?
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.payload,
+                    Payload::ContractResult(_)
+                        | Payload::EnforcementAction(_)
+                        | Payload::EnforcementDone(_)
+                )
+            }),
+    );
+    all.sort_by_key(Event::seq);
+    all.dedup_by_key(|e| e.seq());
+    Ok(all)
+}
+
+/// `con replay <session | task>`.
+fn replay(source: &mut dyn Source, id: &str, args: &ReplayArgs) -> anyhow::Result<String> {
+    let mut sessions = Vec::new();
+    if let Some(session) = SessionId::from_hex(id).filter(|_| id.len() >= 32) {
+        let input = session_input(source, session)?;
+        if !input.is_empty() {
+            sessions.push((session, input));
+        }
+    }
+    if sessions.is_empty() {
+        let starts = source.events(
+            Query {
+                from_seq: 1,
+                task: Some(id.to_owned()),
+                kind: kind_id("session.started"),
+                ..Query::default()
+            },
+            None,
+        )?;
+        for start in starts {
+            if let Some(s) = start.envelope.session {
+                sessions.push((s, session_input(source, s)?));
+            }
+        }
+    }
+    if sessions.is_empty() {
+        anyhow::bail!(
+            "no session or task {} {}",
+            con_event::escape_control(id),
+            source.scope()
+        );
+    }
+    let mut out = String::new();
+    for (i, (session, input)) in sessions.iter().enumerate() {
+        let selected = con_replay::timeline::select(*session, input)?;
+        let mut contents = Contents::new();
+        fetch_blobs(source, selected.iter().copied(), &mut contents)?;
+        if args.json {
+            for event in &selected {
+                out.push_str(&serde_json::to_string(&EventWithContents::new(
+                    event, &contents,
+                ))?);
+                out.push('\n');
+            }
+        } else {
+            if i > 0 {
+                out.push('\n');
+            }
+            let t = con_replay::timeline(*session, input, &contents)?;
+            out.push_str(&text::timeline(&t, TextOptions { full: args.full }));
+        }
+    }
+    Ok(out)
+}
+
+/// A time bound: RFC 3339, or a duration before now.
+fn time_bound(flag: &str, value: &str) -> anyhow::Result<i64> {
+    let at = match humantime::parse_rfc3339_weak(value) {
+        Ok(t) => t,
+        Err(_) => {
+            let ago = humantime::parse_duration(value).map_err(|_| {
+                anyhow::anyhow!("{flag} {value:?}: not an RFC 3339 time or a duration ago")
+            })?;
+            SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| anyhow::anyhow!("{flag} {value:?}: before the epoch"))?
+        }
+    };
+    let ns = at
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| anyhow::anyhow!("{flag} {value:?}: before the epoch"))?
+        .as_nanos();
+    Ok(i64::try_from(ns).unwrap_or(i64::MAX))
+}
+
+/// One session in `--agent --json`.
+#[derive(Serialize)]
+struct SessionJson {
+    session: SessionId,
+    agent: String,
+    task: Option<String>,
+    start_seq: u64,
+    started: String,
+    started_unix_nanos: i64,
+    duration_ms: Option<i64>,
+    outcome: Option<&'static str>,
+    model_calls: u32,
+    cost_micro_usd: u64,
+}
+
+/// `con replay --agent A`.
+fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Result<String> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|v| time_bound("--since", v))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|v| time_bound("--until", v))
+        .transpose()?;
+    let events = source.events(
+        Query {
+            from_seq: 1,
+            agent: Some(agent.to_owned()),
+            ..Query::default()
+        },
+        None,
+    )?;
+    let list = con_replay::sessions(&events, Some(agent), since, until);
+    if !args.json {
+        return Ok(text::session_list(&list));
+    }
+    let mut out = String::new();
+    for s in list {
+        out.push_str(&serde_json::to_string(&SessionJson {
+            session: s.session,
+            agent: s.agent,
+            task: s.task,
+            start_seq: s.start_seq,
+            started: humantime::format_rfc3339_nanos(con_event::json::recorded_time(s.started_at))
+                .to_string(),
+            started_unix_nanos: s.started_at,
+            duration_ms: s.duration_nanos.map(|d| d / 1_000_000),
+            outcome: s.outcome.map(|o| o.as_str()),
+            model_calls: s.model_calls,
+            cost_micro_usd: s.cost_micro_usd,
+        })?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `con replay --trace T`: the fold is run again each time the sessions it
+/// found bring new events, until the tree stops growing.
+fn trace(source: &mut dyn Source, task: &str, json: bool) -> anyhow::Result<String> {
+    let mut by_seq: BTreeMap<u64, Event> = BTreeMap::new();
+    for kind in ["inbox.arrived", "task.routed", "session.started"] {
+        for e in source.events(
+            Query {
+                from_seq: 1,
+                kind: kind_id(kind),
+                ..Query::default()
+            },
+            None,
+        )? {
+            by_seq.insert(e.seq(), e);
+        }
+    }
+    let mut contents = Contents::new();
+    let mut loaded: BTreeSet<SessionId> = BTreeSet::new();
+    let tree = loop {
+        let events: Vec<Event> = by_seq.values().cloned().collect();
+        let tree = con_replay::trace(task, &events, &contents);
+        let new: Vec<SessionId> = tree
+            .sessions()
+            .into_iter()
+            .filter(|s| !loaded.contains(s))
+            .collect();
+        if new.is_empty() {
+            break tree;
+        }
+        for s in new {
+            loaded.insert(s);
+            let own = source.events(
+                Query {
+                    from_seq: 1,
+                    session: Some(s),
+                    ..Query::default()
+                },
+                None,
+            )?;
+            // Tool calls' arguments say what a session wrote where.
+            fetch_blobs(
+                source,
+                own.iter()
+                    .filter(|e| matches!(e.payload, Payload::ToolCall(_))),
+                &mut contents,
+            )?;
+            for e in own {
+                by_seq.insert(e.seq(), e);
+            }
+        }
+    };
+    if tree.root.hops.is_empty() && tree.root.sessions.is_empty() {
+        anyhow::bail!(
+            "no task {} {}",
+            con_event::escape_control(task),
+            source.scope()
+        );
+    }
+    if json {
+        Ok(format!("{}\n", serde_json::to_string(&tree)?))
+    } else {
+        Ok(text::trace(&tree))
+    }
+}

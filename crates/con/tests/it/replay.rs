@@ -1,0 +1,276 @@
+//! `con replay` and `con verify` on a live system: the real daemon, real
+//! agent users, scripted model servers, and the recorded delegation from
+//! the concierge to the sysadmin read back through the daemon and from the
+//! database directory.
+
+use std::process::{Command, Output};
+
+use con_event::{Payload, SessionId};
+use con_llm_script::{ScriptedServer, Step};
+use con_test_support::all_events;
+
+use crate::CON;
+use crate::runs::{Conspiracy, concierge_tasking_sysadmin, ok};
+
+/// `con <args>` on the conspiracy's root, as root.
+fn con(c: &Conspiracy, args: &[&str]) -> Output {
+    Command::new(CON)
+        .args([
+            "--root",
+            c.root.path().to_str().unwrap(),
+            "--user-prefix",
+            c.root.user_prefix(),
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `con <args>` as an agent's user.
+fn con_as(c: &Conspiracy, agent: &str, args: &[&str]) -> Output {
+    c.user(agent)
+        .command(CON)
+        .args([
+            "--root",
+            c.root.path().to_str().unwrap(),
+            "--user-prefix",
+            c.root.user_prefix(),
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    ok(out);
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The concierge tasks the sysadmin with write_file; the sysadmin answers
+/// after an exec. Both runs done, the daemon still running.
+fn delegation() -> (Conspiracy, ScriptedServer, ScriptedServer) {
+    let concierge_model = ScriptedServer::start(vec![]);
+    let sysadmin_model = ScriptedServer::start(vec![]);
+    let c = concierge_tasking_sysadmin("openai-compatible", &concierge_model, &sysadmin_model);
+    let job = c.agent_dir("sysadmin", "inbox").join("job-1.task");
+    concierge_model.push(Step::tool_call(
+        "write_file",
+        serde_json::json!({"path": job.to_str().unwrap(), "content": "How full is /var?"}),
+    ));
+    concierge_model.push(Step::text("Routed to the sysadmin as job-1."));
+    sysadmin_model.push(Step::tool_call(
+        "exec",
+        serde_json::json!({"command": "printf '42%%\\n\\033[2Jforged line'"}),
+    ));
+    sysadmin_model.push(Step::text("/var is 42% full."));
+    (c, concierge_model, sysadmin_model)
+}
+
+fn session_of(c: &Conspiracy, agent: &str) -> SessionId {
+    all_events(&c.root.socket())
+        .iter()
+        .find_map(|e| match &e.payload {
+            Payload::SessionStarted(p) if p.agent == agent => e.envelope.session,
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// `s` with every `marker` followed by a non-empty run of `allowed`
+/// characters written as `with`.
+fn replace_after(s: &str, marker: &str, allowed: fn(char) -> bool, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find(marker) {
+        let after = &rest[at + marker.len()..];
+        let run = after.find(|ch: char| !allowed(ch)).unwrap_or(after.len());
+        out.push_str(&rest[..at]);
+        if run == 0 {
+            out.push_str(marker);
+        } else {
+            out.push_str(with);
+        }
+        rest = &after[run..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Runs of exactly 32 lowercase hex digits (session ids) as `<session>`.
+fn redact_ids(s: &str) -> String {
+    let hex = |ch: char| ch.is_ascii_digit() || ('a'..='f').contains(&ch);
+    let mut out = String::new();
+    let mut run = String::new();
+    let mut alnum_before = false;
+    for ch in s.chars().chain(std::iter::once(' ')) {
+        if hex(ch) && !(run.is_empty() && alnum_before) {
+            run.push(ch);
+            continue;
+        }
+        let word = !ch.is_ascii_alphanumeric();
+        out.push_str(if run.len() == 32 && word {
+            "<session>"
+        } else {
+            &run
+        });
+        run.clear();
+        alnum_before = ch.is_ascii_alphanumeric();
+        out.push(ch);
+    }
+    out.pop();
+    out
+}
+
+/// Ids, times, uids, seqs, costs and the temp root out of a view, so that
+/// a snapshot holds only what is the same every run.
+fn redact(text: &str, c: &Conspiracy) -> String {
+    let digit = |ch: char| ch.is_ascii_digit();
+    let time = |ch: char| ch.is_ascii_digit() || "-:T.Z".contains(ch);
+    let hex = |ch: char| ch.is_ascii_hexdigit();
+    let mut s = text.replace(c.root.path().to_str().unwrap(), "<root>");
+    s = s.replace(c.root.user_prefix(), "<prefix>");
+    s = redact_ids(&s);
+    s = replace_after(&s, "sha256:", hex, "sha256:<digest>");
+    s = replace_after(&s, "started ", time, "started <time>");
+    s = replace_after(&s, "uid ", digit, "uid <uid>");
+    s = replace_after(&s, "#", digit, "#<seq>");
+    replace_after(&s, "$", |ch| ch.is_ascii_digit() || ch == '.', "$<cost>")
+}
+
+#[test]
+fn replay_reads_the_delegation_back_as_sessions_a_tree_and_identical_json() {
+    let (c, _cm, _sm) = delegation();
+    let mut daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+    let concierge = session_of(&c, "concierge");
+    let sysadmin = session_of(&c, "sysadmin");
+
+    // The story of the task, one tree across both agents.
+    let tree = stdout(&con(&c, &["replay", "--trace", "t-1"]));
+    insta::assert_snapshot!("trace_of_a_delegation", redact(&tree, &c));
+
+    // One session's timeline, by session id and by task id alike.
+    let text = stdout(&con(&c, &["replay", &sysadmin.to_hex()]));
+    assert_eq!(text, stdout(&con(&c, &["replay", "job-1"])));
+    for expected in [
+        "inbox.arrived      in sysadmin, owner uid",
+        "| How full is /var?",
+        "session.started",
+        "llm.request",
+        "asks exec",
+        "tool.call          exec",
+        "tool.result        exec exit 0",
+        "session.ended      ok after 2 iterations",
+        "| /var is 42% full.",
+        "2 model calls",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
+    // The output of the exec cannot draw on the terminal or forge a line.
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("forged")), "{text}");
+    // The prompt only with --full.
+    let full = stdout(&con(&c, &["replay", "--full", &sysadmin.to_hex()]));
+    assert!(full.len() > text.len());
+    assert!(
+        full.contains("untrusted") || full.contains("UNVERIFIED"),
+        "{full}"
+    );
+
+    // The list of an agent's sessions.
+    let list = stdout(&con(
+        &c,
+        &["replay", "--agent", "concierge", "--since", "1h"],
+    ));
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.contains(&concierge.to_hex()) && list.contains("t-1"),
+        "{list}"
+    );
+    assert!(list.contains(" ok "), "{list}");
+    let none = stdout(&con(
+        &c,
+        &["replay", "--agent", "concierge", "--until", "1h"],
+    ));
+    assert_eq!(none.lines().count(), 1, "{none}");
+
+    // An agent replays its own sessions, and nothing of another's.
+    let own = con_as(&c, "sysadmin", &["replay", &sysadmin.to_hex()]);
+    assert!(stdout(&own).contains("session.ended"));
+    let theirs = con_as(&c, "sysadmin", &["replay", &concierge.to_hex()]);
+    assert!(!theirs.status.success());
+    let err = String::from_utf8_lossy(&theirs.stderr);
+    assert!(
+        err.contains("no session or task") && err.contains("among the events you may read"),
+        "{err}"
+    );
+    assert!(theirs.stdout.is_empty());
+    let listing = con_as(&c, "sysadmin", &["replay", "--agent", "concierge"]);
+    assert!(!listing.status.success());
+    assert!(
+        String::from_utf8_lossy(&listing.stderr).contains("may not read the events of agent"),
+        "{listing:?}"
+    );
+
+    // The JSON: one event view per line, with its contents.
+    let live: Vec<String> = [concierge, sysadmin]
+        .iter()
+        .map(|s| stdout(&con(&c, &["replay", "--json", &s.to_hex()])))
+        .collect();
+    let first: serde_json::Value = serde_json::from_str(live[1].lines().next().unwrap()).unwrap();
+    assert_eq!(first["kind"], "inbox.arrived");
+    assert_eq!(first["contents"][0]["utf8"], "How full is /var?");
+    let kinds: Vec<String> = live[1]
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+        .collect();
+    assert_eq!(kinds.len(), 11, "{kinds:?}");
+
+    // The same, offline, from the database the daemon wrote.
+    daemon.terminate();
+    let db = c.root.db();
+    for (s, live) in [concierge, sysadmin].iter().zip(&live) {
+        let offline = stdout(&con(
+            &c,
+            &[
+                "replay",
+                "--json",
+                "--db",
+                db.to_str().unwrap(),
+                &s.to_hex(),
+            ],
+        ));
+        assert_eq!(&offline, live);
+    }
+    let offline_tree = stdout(&con(
+        &c,
+        &["replay", "--trace", "t-1", "--db", db.to_str().unwrap()],
+    ));
+    assert_eq!(offline_tree, tree);
+}
+
+#[test]
+fn verify_walks_the_chain_of_a_running_daemon() {
+    let (c, _cm, _sm) = delegation();
+    let _daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    let out = stdout(&con(&c, &["verify"]));
+    assert!(out.contains("chain ok"), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&con(&c, &["verify", "--json"]))).unwrap();
+    assert_eq!(json["ok"], true);
+    assert!(json["events"].as_u64().unwrap() >= 10, "{json}");
+    // Operators only.
+    let refused = con_as(&c, "concierge", &["verify"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only operators"),
+        "{refused:?}"
+    );
+}
