@@ -334,22 +334,14 @@ fn set_aside(
         "[con: this task was set aside in {} without being run: {why}]\n",
         run.failed().display()
     );
-    let response = con_fs::StagedFile::begin(&response_path, 0o666)
-        .and_then(|mut staged| {
-            staged.write_all(notice.as_bytes())?;
-            staged.commit()
-        })
-        .is_ok();
-    if response {
-        rec.append(
-            TaskRouted {
-                from: run.agent.clone(),
-                to: TaskRouted::OUTBOX.into(),
-                path: response_path.display().to_string(),
-            },
-            Vec::new(),
-        )?;
-    }
+    let response = match con_fs::StagedFile::begin(&response_path, 0o666) {
+        Err(_) => false,
+        Ok(staged) => match answer(&mut rec, run, staged, &notice, &response_path) {
+            Ok(()) => true,
+            Err(Routing::Record(e)) => return Err(e),
+            Err(Routing::Failed(..)) => false,
+        },
+    };
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let (routed, detail) = match con_fs::move_without_replacing(path, &run.failed(), &file_name) {
         Ok(dest) => {
@@ -776,27 +768,10 @@ fn route(
     run: &AgentRun,
     task: &Task,
     body: &str,
-    mut staged: con_fs::StagedFile,
+    staged: con_fs::StagedFile,
     response_path: &Path,
 ) -> Result<bool, Routing> {
-    staged
-        .write_all(body.as_bytes())
-        .and_then(|()| staged.commit())
-        .map_err(|e| {
-            Routing::Failed(
-                format!("cannot write the response {}: {e}", response_path.display()),
-                false,
-            )
-        })?;
-    rec.append(
-        TaskRouted {
-            from: run.agent.clone(),
-            to: TaskRouted::OUTBOX.into(),
-            path: response_path.display().to_string(),
-        },
-        Vec::new(),
-    )
-    .map_err(Routing::Record)?;
+    answer(rec, run, staged, body, response_path)?;
     let file_name = task
         .path
         .file_name()
@@ -817,6 +792,36 @@ fn route(
     )
     .map_err(Routing::Record)?;
     Ok(true)
+}
+
+/// Writes `body` as the response through `staged` (made before any model
+/// call) and records it routed to the outbox.
+fn answer(
+    rec: &mut Recorder<'_>,
+    run: &AgentRun,
+    mut staged: con_fs::StagedFile,
+    body: &str,
+    response_path: &Path,
+) -> Result<(), Routing> {
+    staged
+        .write_all(body.as_bytes())
+        .and_then(|()| staged.commit())
+        .map_err(|e| {
+            Routing::Failed(
+                format!("cannot write the response {}: {e}", response_path.display()),
+                false,
+            )
+        })?;
+    rec.append(
+        TaskRouted {
+            from: run.agent.clone(),
+            to: TaskRouted::OUTBOX.into(),
+            path: response_path.display().to_string(),
+        },
+        Vec::new(),
+    )
+    .map_err(Routing::Record)?;
+    Ok(())
 }
 
 /// `dir/<stem>.<ext>`, or `dir/<stem>-N.<ext>` for the first N free.
