@@ -11,9 +11,10 @@ check() {
         say "$path: missing ($what)"
         return
     fi
+    # Names of their own: the caller's variables must survive.
     set -- $(stat -c '%u %a' "$path")
-    uid=$1 mode=$2
-    [ "$uid" = "$want_uid" ] || say "$path: owned by uid $uid, want $want_uid ($what)"
+    got_uid=$1 mode=$2
+    [ "$got_uid" = "$want_uid" ] || say "$path: owned by uid $got_uid, want $want_uid ($what)"
     # Others get nothing in an agent's tree; only the skills are world-readable.
     other=$((0$mode % 8))
     case $what in
@@ -24,7 +25,7 @@ check() {
 
 for a in $CON_AGENTS; do
     user="$CON_USER_PREFIX$a"
-    uid=$(id -u "$user" 2>/dev/null) || { say "$a: no user $user"; continue; }
+    agent_uid=$(id -u "$user" 2>/dev/null) || { say "$a: no user $user"; continue; }
     base="$CON_AGENTS_DIR/$a"
     check "$base" 0 "base dir, root's"
     # Group write on the base would let the agent rename its own tree.
@@ -36,7 +37,7 @@ for a in $CON_AGENTS; do
     check "$base/workspace" 0 "workspace, root's"
     check "$base/workspace/skills" 0 skills
     for sub in inbox outbox processed failed; do
-        check "$base/$sub" "$uid" "$sub, the agent's"
+        check "$base/$sub" "$agent_uid" "$sub, the agent's"
     done
 done
 [ "$problems" -eq 0 ] || exit 1
