@@ -596,6 +596,14 @@ fn the_shipped_contracts_pass_on_a_freshly_bootstrapped_root() {
     let dir = host.path().join("srv/con/contracts");
     let meta = std::fs::metadata(dir.join("CON-AGENT-002.yaml")).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o644));
+    // Test machines run many tests and builds at once: load is not what
+    // this test is about, so its ceiling is out of reach (the daemon hands
+    // the configured value to the check).
+    let config = host.config();
+    let text_before = std::fs::read_to_string(&config).unwrap();
+    let edited = text_before.replace("max_load_per_cpu = 4.0", "max_load_per_cpu = 10000.0");
+    assert_ne!(edited, text_before, "the profile's max_load_per_cpu moved");
+    std::fs::write(&config, edited).unwrap();
     let _daemon = Daemon::start_with(CON, &host.root, &["--supervisor", "systemd"], &[]);
     let out = host.con(&["contracts", "check"]);
     let stdout = text(&out.stdout);
