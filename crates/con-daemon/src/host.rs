@@ -87,6 +87,9 @@ impl DaemonConfig {
             max_task_bytes: config.inbox.max_task_bytes,
             gateway: Some(gateway),
             limits: crate::LogLimits::from_config(&config.contracts.system),
+            // Under systemd a timer runs `con healthcheck`; without it the
+            // daemon keeps the contracts' schedule itself.
+            contracts: crate::ContractSettings::from_host(layout, config, start_runs),
         })
     }
 }

@@ -11,6 +11,7 @@
 //! everything submitted, and returns.
 
 mod arrivals;
+mod contracts;
 mod gateway;
 pub mod health;
 mod host;
@@ -19,6 +20,7 @@ mod quota;
 mod server;
 mod supervisor;
 
+pub use contracts::{ContractSettings, LOAD_CHECK};
 pub use gateway::{GatewayConfig, Route, micro_usd};
 pub use quota::{LOG_SIZE_CONTRACT, LogLimits, QUOTA_CONTRACT};
 pub use supervisor::{SupervisedAgent, SupervisorConfig};
@@ -65,6 +67,8 @@ pub struct DaemonConfig {
     pub gateway: Option<GatewayConfig>,
     /// How large the log may grow, and what each agent may add to it.
     pub limits: LogLimits,
+    /// How contracts are evaluated.
+    pub contracts: ContractSettings,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -285,6 +289,10 @@ impl Daemon {
             wake_tx,
             recorded.clone(),
         )?;
+        let scheduler = config
+            .contracts
+            .schedule
+            .then(|| tokio::spawn(contracts::schedule(shared.clone())));
         let supervisor = config.supervisor.clone().map(|sc| {
             tokio::spawn(supervisor::Supervisor::new(shared.clone(), sc, recorded).run(wake_rx))
         });
@@ -324,6 +332,9 @@ impl Daemon {
         }
         if let Some(supervisor) = supervisor {
             let _ = supervisor.await;
+        }
+        if let Some(scheduler) = scheduler {
+            let _ = scheduler.await;
         }
         let _ = measuring.await;
         // Every arrival seen so far is committed before the writer stops.

@@ -228,6 +228,7 @@ async fn handle(
         Request::SetCondition(order) => set_condition(shared, identity, order, wr).await,
         Request::RunChecks => run_checks(shared, identity, wr).await,
         Request::Verify => verify(shared, identity, wr).await,
+        Request::RunContracts(which) => run_contracts(shared, identity, which, wr).await,
     }
 }
 
@@ -815,6 +816,35 @@ async fn verify(
         },
     };
     send(wr, &Response::Verified(view)).await
+}
+
+/// Contracts evaluated now (`con contracts check`, `con healthcheck`);
+/// each result is recorded before it is answered.
+async fn run_contracts(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    which: con_protocol::RunContracts,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if let Some(refusal) = operators_only(identity, "run contracts") {
+        return refuse(wr, ErrorCode::Forbidden, refusal).await;
+    }
+    match crate::contracts::evaluate(shared, which).await {
+        Ok(runs) => send(wr, &Response::CheckRuns(runs)).await,
+        Err(Ok(unknown)) => {
+            refuse(
+                wr,
+                ErrorCode::NotFound,
+                format!(
+                    "no contract {:?} in {}",
+                    unknown.0,
+                    shared.config.layout.contracts_dir().display()
+                ),
+            )
+            .await
+        }
+        Err(Err(e)) => refuse(wr, ErrorCode::Unavailable, e).await,
+    }
 }
 
 /// Current UTC day, as [`con_projection::utc_day`] counts them.

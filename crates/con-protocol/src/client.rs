@@ -5,9 +5,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::{
-    BLOB_CHUNK_BYTES, BlobRequest, CheckView, ClientEvent, ErrorCode, FrameError, LEN_BYTES,
-    LlmAnswer, LlmCall, Query, Request, Response, SetCondition, StatusView, VerifyView, check_len,
-    decode_body, encode_frame,
+    BLOB_CHUNK_BYTES, BlobRequest, CheckRun, CheckView, ClientEvent, ErrorCode, FrameError,
+    LEN_BYTES, LlmAnswer, LlmCall, Query, Request, Response, RunContracts, SetCondition,
+    StatusView, VerifyView, check_len, decode_body, encode_frame,
 };
 use con_event::Digest;
 
@@ -212,6 +212,16 @@ impl Client {
         self.send(&Request::Verify)?;
         match self.receive()? {
             Response::Verified(view) => Ok(view),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Has the daemon evaluate contracts now; each result is recorded
+    /// before this returns (operators only).
+    pub fn run_contracts(&mut self, which: RunContracts) -> Result<Vec<CheckRun>, ClientError> {
+        self.send(&Request::RunContracts(which))?;
+        match self.receive()? {
+            Response::CheckRuns(runs) => Ok(runs),
             _ => Err(ClientError::Unexpected),
         }
     }

@@ -194,6 +194,41 @@ pub enum Request {
     /// Walk the whole log's hash chain in the daemon (which owns the log);
     /// answered with [`Response::Verified`]. Operators only.
     Verify,
+    /// Evaluate contracts now (the contracts directory's and the built-in
+    /// checks) and record each result; answered with
+    /// [`Response::CheckRuns`] (or [`ErrorCode::NotFound`] naming an
+    /// unknown id). Operators only.
+    RunContracts(RunContracts),
+}
+
+/// Which contracts [`Request::RunContracts`] evaluates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunContracts {
+    /// Contract ids; empty: all of them.
+    pub ids: Vec<String>,
+    /// Only detective contracts (what the healthcheck runs); preventive
+    /// ones are records of what the OS enforces.
+    pub detective_only: bool,
+}
+
+/// One check evaluated on request, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRun {
+    /// Contract id (a file's name if the file could not be read far enough
+    /// to give one).
+    pub contract: String,
+    /// Check name (`load` for a contract file that cannot be used).
+    pub check: String,
+    /// Agent the contract is scoped to.
+    pub scope_agent: Option<String>,
+    /// Outcome.
+    pub status: con_event::payloads::CheckStatus,
+    /// Output or reason, as recorded.
+    pub detail: String,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// Seq of its `contract.result`.
+    pub seq: u64,
 }
 
 /// Error classes, so clients can react without parsing messages.
@@ -253,6 +288,8 @@ pub enum Response {
     Checks(Vec<CheckView>),
     /// Answer to [`Request::Verify`].
     Verified(VerifyView),
+    /// Answer to [`Request::RunContracts`]: each result as recorded.
+    CheckRuns(Vec<CheckRun>),
 }
 
 /// A frame that cannot be accepted.

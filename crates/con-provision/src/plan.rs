@@ -50,6 +50,8 @@ pub enum Phase {
     Egress,
     /// The journald catalog.
     Catalog,
+    /// A contract file (or its script) from con's shipped library.
+    Contract,
 }
 
 /// An ACL entry's tag; users and groups by name.
@@ -138,6 +140,8 @@ pub enum FileKind {
     Skill,
     /// The journald catalog.
     Catalog,
+    /// A contract file (or its script) from con's shipped library.
+    Contract,
 }
 
 /// One piece of host state.
@@ -244,7 +248,7 @@ impl Resource {
             Resource::User { .. } => Phase::Users,
             Resource::Dir { .. } => Phase::Dirs,
             Resource::File { kind, .. } => match kind {
-                FileKind::Config | FileKind::Secrets => Phase::Files,
+                FileKind::Config | FileKind::Secrets | FileKind::Contract => Phase::Files,
                 FileKind::Instructions | FileKind::Skill => Phase::Instructions,
                 FileKind::Catalog => Phase::Catalog,
             },
@@ -303,12 +307,17 @@ impl Resource {
                     Content::Bytes(_) if *kind == FileKind::Catalog => {
                         "generated from the event registry".to_owned()
                     }
+                    // The library changes with con; its hashes would churn too.
+                    Content::Bytes(_) if *kind == FileKind::Contract => {
+                        "shipped with con".to_owned()
+                    }
                     Content::Bytes(b) => digest(b).chars().take(19).collect(),
                 };
                 let label = match kind {
                     FileKind::Config | FileKind::Secrets | FileKind::Catalog => "file",
                     FileKind::Instructions => "instructions",
                     FileKind::Skill => "skill",
+                    FileKind::Contract => "contract",
                 };
                 format!("{label} {} {owner}:{group} {mode:04o} {what}", p(path))
             }
@@ -492,6 +501,11 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         }
         dirs.push((dir.clone(), spec));
     }
+    // The shipped library's scripts: root's alone, since root runs them.
+    dirs.push((
+        layout.contracts_dir().join("scripts"),
+        plain("root", "root", 0o755, None),
+    ));
     // Officers and operators leave artifacts for everyone; sticky so none
     // can delete or replace another's. Every agent reads them.
     let officers = layout.group(ConGroup::Officers);
@@ -642,6 +656,18 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
             };
             resources.push(file(path, content.clone(), 0o644, FileKind::Config, None));
         }
+    }
+    // con's own contract library. Its files are root's and read-only to
+    // everyone else (a root-owned file others could write would be refused
+    // by the daemon); what the sysadmin adds next to them is its own.
+    for (rel, content, mode) in crate::shipped::CONTRACTS {
+        resources.push(file(
+            layout.contracts_dir().join(rel),
+            content.to_vec(),
+            *mode,
+            FileKind::Contract,
+            None,
+        ));
     }
     resources.push(Resource::File {
         path: layout.env_file(),

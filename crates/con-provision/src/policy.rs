@@ -664,7 +664,7 @@ impl Policy {
         }
         let c = &self.contracts;
         out.push_str(&format!(
-            "\ncontracts watching it ({}; listed from their id: and scope: lines, not evaluated: the contract engine does not exist yet):\n",
+            "\ncontracts watching it ({}; listed from their id: and scope: lines; `con contracts list` shows how they fare):\n",
             p(&c.dir)
         ));
         if c.installed == 0 {

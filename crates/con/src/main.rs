@@ -7,6 +7,7 @@
 mod bootstrap_cmd;
 mod commission_cmd;
 mod config_cmd;
+mod contracts_cmd;
 mod daemon_cmd;
 mod healthcheck_cmd;
 mod logs_cmd;
@@ -73,8 +74,12 @@ enum Command {
     /// Explain what an agent may do, and which config line says so.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
-    /// Run con's built-in health checks and record each result.
+    /// Run every detective contract and con's built-in checks once, through
+    /// the daemon, which records each result.
     Healthcheck(healthcheck_cmd::HealthcheckArgs),
+    /// List contracts with their state, or run them now.
+    #[command(subcommand)]
+    Contracts(contracts_cmd::ContractsCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args, &layout),
         Command::Task(args) => task_cmd::run(args, &layout),
         Command::Healthcheck(args) => healthcheck_cmd::run(args, &layout),
+        Command::Contracts(cmd) => contracts_cmd::run(cmd, &layout),
         Command::Bootstrap(args) => bootstrap_cmd::run(args, &layout),
         Command::Commission(args) => commission_cmd::commission(args, &layout),
         Command::Decommission(args) => commission_cmd::decommission(args, &layout),

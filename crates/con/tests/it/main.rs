@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
 mod cli;
+mod contracts;
 mod daemon;
 mod healthcheck;
 mod provision;

@@ -578,7 +578,12 @@ fn policy_explain_sysadmin() {
         serde_json::from_str(&host.ok(&["policy", "explain", "sysadmin", "--json"])).unwrap();
     assert_eq!(json["agent"], "sysadmin");
     assert_eq!(json["inboxes"].as_array().unwrap().len(), 4);
-    assert_eq!(json["contracts"]["installed"], 3);
+    // The test's three files, one of them over a shipped one's name.
+    let shipped = con_provision::shipped::CONTRACTS
+        .iter()
+        .filter(|(p, _, _)| p.ends_with(".yaml"))
+        .count();
+    assert_eq!(json["contracts"]["installed"], shipped + 2);
     assert!(
         json["units"][0]["exposure"]["score"]["score"].is_string(),
         "{json}"
@@ -659,4 +664,50 @@ fn provision_applied_is_recorded_when_the_daemon_runs() {
         .expect("agent.state recorded");
     assert_eq!(state.agent, "scribe");
     assert_eq!(state.condition, AgentCondition::Decommissioned);
+}
+
+#[test]
+fn the_shipped_contracts_pass_on_a_freshly_bootstrapped_root() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    let dir = host.path().join("srv/con/contracts");
+    let meta = std::fs::metadata(dir.join("CON-AGENT-002.yaml")).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o644));
+    // Test machines run many tests and builds at once: load is not what
+    // this test is about, so its ceiling is out of reach (the daemon hands
+    // the configured value to the check).
+    let config = host.config();
+    let text_before = std::fs::read_to_string(&config).unwrap();
+    let edited = text_before.replace("max_load_per_cpu = 4.0", "max_load_per_cpu = 10000.0");
+    assert_ne!(edited, text_before, "the profile's max_load_per_cpu moved");
+    std::fs::write(&config, edited).unwrap();
+    let _daemon = Daemon::start_with(CON, &host.root, &["--supervisor", "systemd"], &[]);
+    let out = host.con(&["contracts", "check"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    // Every shipped contract ran, and none was skipped or failed.
+    for id in [
+        "CON-SYS-001",
+        "CON-SYS-002",
+        "CON-SYS-003",
+        "CON-SYS-004",
+        "CON-SYS-006",
+        "CON-AGENT-001",
+        "CON-AGENT-002",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("{id} missing: {stdout}"));
+        assert!(line.contains(" pass "), "{line}");
+    }
+
+    // Drift is caught: an AGENTS.md made writable fails its contract.
+    let md = host
+        .path()
+        .join(format!("home/{}/AGENTS.md", host.user("concierge")));
+    std::fs::set_permissions(&md, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = host.con(&["contracts", "check", "CON-AGENT-002"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("0 644"), "{}", text(&out.stdout));
 }

@@ -1,0 +1,345 @@
+//! Evaluating contracts: the contract files in the contracts directory and
+//! con's built-in checks ([`crate::health`]). The daemon is the one place
+//! that records their results (`contract.result` is its kind alone), when
+//! asked (`con healthcheck`, `con contracts check`) and, when it supervises
+//! runs itself, on each contract's `frequency`.
+//!
+//! Checks run in parallel on blocking threads, each in its own process
+//! group with its own deadline (`con_contracts::run_check`). A contract file
+//! that cannot be used is one failing result of its own (`load`), and every
+//! other contract still runs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use con_contracts::{CheckResult, ContractType, Loaded, LoadedContract};
+use con_event::NewEvent;
+use con_event::payloads::{CheckStatus, ContractResult};
+use con_layout::Layout;
+use con_protocol::{CheckRun, RunContracts};
+
+use crate::Shared;
+
+/// The check name of a contract file that could not be used.
+pub const LOAD_CHECK: &str = "load";
+
+/// Checks run at once.
+const PARALLEL_CHECKS: usize = 4;
+
+/// How often the scheduler looks for due contracts.
+const SCHEDULER_TICK: Duration = Duration::from_secs(1);
+
+/// What contract evaluation needs from the host.
+#[derive(Clone, Debug, Default)]
+pub struct ContractSettings {
+    /// The environment every check starts with (paths, user prefix,
+    /// thresholds); see [`ContractSettings::from_host`].
+    pub env: Vec<(String, String)>,
+    /// Evaluate on each contract's frequency (when the daemon supervises
+    /// runs itself; under systemd a timer runs `con healthcheck`).
+    pub schedule: bool,
+    /// How often the built-in checks run when scheduling.
+    pub builtin_interval: Duration,
+}
+
+impl ContractSettings {
+    /// Settings for `layout` and `config`'s agents and `[contracts.system]`.
+    pub fn from_host(layout: &Layout, config: &con_config::Config, schedule: bool) -> Self {
+        let sys = &config.contracts.system;
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        let agents: Vec<&str> = config.agents.iter().map(|a| a.name.as_str()).collect();
+        let env = [
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            ),
+            ("LANG", "C.UTF-8".to_owned()),
+            ("HOME", "/root".to_owned()),
+            ("CON_ROOT", path(layout.root().to_path_buf())),
+            ("CON_USER_PREFIX", layout.user_prefix().to_owned()),
+            ("CON_CONFIG", path(layout.config_file().to_path_buf())),
+            ("CON_ETC_DIR", path(layout.etc_dir())),
+            ("CON_ENV_FILE", path(layout.env_file())),
+            ("CON_SRV_DIR", path(layout.srv_dir())),
+            ("CON_AGENTS_DIR", path(layout.agents_dir())),
+            ("CON_CONTRACTS_DIR", path(layout.contracts_dir())),
+            ("CON_HOME_BASE", path(layout.home_base())),
+            ("CON_STATE_DIR", path(layout.state_dir())),
+            ("CON_AGENTS", agents.join(" ")),
+            ("CON_DISK_MIN_FREE_PCT", sys.disk_min_free_pct.to_string()),
+            ("CON_MEM_MIN_FREE_PCT", sys.mem_min_free_pct.to_string()),
+            ("CON_MAX_LOAD_PER_CPU", sys.max_load_per_cpu.to_string()),
+            ("CON_MAX_SESSION_MIN", sys.max_session_min.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Self {
+            env,
+            schedule,
+            builtin_interval: Duration::from_secs(sys.healthcheck_interval_secs),
+        }
+    }
+}
+
+/// An id asked for that no contract has.
+#[derive(Debug)]
+pub(crate) struct UnknownContract(pub String);
+
+/// One unit of work: a check of a loaded contract, or a result already
+/// known (a broken file, a skipped scope, a built-in check).
+enum Work {
+    Check(Arc<LoadedContract>, usize),
+    Known(CheckResult),
+}
+
+/// Evaluates what `which` asks for and records every result, in a stable
+/// order (built-ins, then files in name order, checks in file order).
+pub(crate) async fn evaluate(
+    shared: &Arc<Shared>,
+    which: RunContracts,
+) -> Result<Vec<CheckRun>, Result<UnknownContract, String>> {
+    let worker = shared.clone();
+    let results = tokio::task::spawn_blocking(move || run_selected(&worker, &which, None))
+        .await
+        .map_err(|e| Err(e.to_string()))??;
+    record(shared, results).await.map_err(Err)
+}
+
+/// Appends each result; answers with what was recorded.
+async fn record(shared: &Arc<Shared>, results: Vec<CheckResult>) -> Result<Vec<CheckRun>, String> {
+    let mut runs = Vec::with_capacity(results.len());
+    for r in results {
+        let duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX);
+        let payload = ContractResult {
+            contract: r.contract.clone(),
+            check: r.check.clone(),
+            scope_agent: r.scope_agent.clone(),
+            status: r.status,
+            detail: r.output.clone(),
+            duration_ms,
+        };
+        let appended = shared
+            .appender
+            .submit(NewEvent::system(payload))
+            .wait_async()
+            .await
+            .map_err(|e| format!("recording contract.result: {e}"))?;
+        runs.push(CheckRun {
+            contract: r.contract,
+            check: r.check,
+            scope_agent: r.scope_agent,
+            status: r.status,
+            detail: r.output,
+            duration_ms,
+            seq: appended.seq,
+        });
+    }
+    Ok(runs)
+}
+
+/// Loads, selects and runs (blocking). `due` narrows to those contract ids
+/// (and the built-ins only if it holds [`BUILTIN`]).
+fn run_selected(
+    shared: &Shared,
+    which: &RunContracts,
+    due: Option<&[String]>,
+) -> Result<Vec<CheckResult>, Result<UnknownContract, String>> {
+    let layout = &shared.config.layout;
+    let loaded = load(layout);
+    let builtins = crate::health::builtin_checks(layout, &shared.mirror.health());
+    let wanted = |id: &str| {
+        (which.ids.is_empty() || which.ids.iter().any(|w| w == id))
+            && due.is_none_or(|d| d.iter().any(|w| w == id))
+    };
+    if let Some(unknown) = which.ids.iter().find(|id| {
+        !builtins.iter().any(|b| b.contract == id.as_str())
+            && !loaded.contracts.iter().any(|c| &c.contract.id == *id)
+            && !loaded
+                .broken
+                .iter()
+                .any(|b| b.contract.as_deref() == Some(id.as_str()))
+    }) {
+        return Err(Ok(UnknownContract(unknown.clone())));
+    }
+
+    let mut work: Vec<Work> = Vec::new();
+    let builtins_due = due.is_none_or(|d| d.iter().any(|w| w == BUILTIN));
+    for b in builtins {
+        if builtins_due && (which.ids.is_empty() || which.ids.iter().any(|w| w == b.contract)) {
+            work.push(Work::Known(CheckResult {
+                contract: b.contract.to_owned(),
+                check: b.check.to_owned(),
+                scope_agent: None,
+                status: b.status,
+                output: b.detail,
+                duration: b.duration,
+            }));
+        }
+    }
+    for broken in &loaded.broken {
+        let id = broken.contract.clone().unwrap_or_else(|| {
+            broken
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        // On a schedule, a broken file is reported with the built-ins
+        // rather than on every contract's tick.
+        if builtins_due && (which.ids.is_empty() || which.ids.contains(&id)) {
+            work.push(Work::Known(CheckResult {
+                contract: id,
+                check: LOAD_CHECK.into(),
+                scope_agent: None,
+                status: CheckStatus::Error,
+                output: broken.to_string(),
+                duration: Duration::ZERO,
+            }));
+        }
+    }
+    for c in loaded.contracts {
+        if !wanted(&c.contract.id)
+            || (which.detective_only && c.contract.kind != ContractType::Detective)
+        {
+            continue;
+        }
+        let c = Arc::new(c);
+        if let Some(agent) = c.contract.scope.agent()
+            && !shared.config.agents.iter().any(|a| a == agent)
+        {
+            for check in &c.contract.checks {
+                work.push(Work::Known(CheckResult {
+                    contract: c.contract.id.clone(),
+                    check: check.name.clone(),
+                    scope_agent: Some(agent.to_owned()),
+                    status: CheckStatus::Skipped,
+                    output: format!("agent {agent} is not configured"),
+                    duration: Duration::ZERO,
+                }));
+            }
+            continue;
+        }
+        for i in 0..c.contract.checks.len() {
+            work.push(Work::Check(c.clone(), i));
+        }
+    }
+    Ok(run_parallel(work, &shared.config.contracts.env))
+}
+
+/// The contracts directory, or its listing failure as a broken "file".
+fn load(layout: &Layout) -> Loaded {
+    let dir = layout.contracts_dir();
+    con_contracts::load_dir(&dir).unwrap_or_else(|e| Loaded {
+        contracts: Vec::new(),
+        broken: vec![con_contracts::ContractError {
+            file: dir,
+            contract: None,
+            field: String::new(),
+            message: e.to_string(),
+        }],
+    })
+}
+
+/// Runs the checks on up to [`PARALLEL_CHECKS`] threads; results keep the
+/// order of `work`.
+fn run_parallel(work: Vec<Work>, env: &[(String, String)]) -> Vec<CheckResult> {
+    let n = work.len();
+    let slots: Vec<Mutex<Option<CheckResult>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let queue = Mutex::new(work.into_iter().enumerate());
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_CHECKS.min(n) {
+            s.spawn(|| {
+                loop {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .next();
+                    let Some((i, item)) = next else { break };
+                    let result = match item {
+                        Work::Known(r) => r,
+                        Work::Check(c, k) => {
+                            con_contracts::run_check(&c, &c.contract.checks[k], env)
+                        }
+                    };
+                    if let Some(slot) = slots.get(i) {
+                        *slot
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .filter_map(|m| {
+            m.into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        })
+        .collect()
+}
+
+/// Stands for the built-in checks among due ids.
+const BUILTIN: &str = "\0builtin";
+
+/// Evaluates each detective contract on its frequency, and the built-in
+/// checks on `[contracts.system] healthcheck_interval`, until the daemon
+/// stops. A contract is first due one period after it is first seen, so a
+/// daemon's start does not trigger every check at once.
+pub(crate) async fn schedule(shared: Arc<Shared>) {
+    let mut next: HashMap<String, Instant> = HashMap::new();
+    next.insert(
+        BUILTIN.to_owned(),
+        Instant::now() + shared.config.contracts.builtin_interval,
+    );
+    let stopping = crate::until_stopping(shared.stopping.clone());
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            () = &mut stopping => return,
+            () = tokio::time::sleep(SCHEDULER_TICK) => {}
+        }
+        let layout = shared.config.layout.clone();
+        let Ok(loaded) = tokio::task::spawn_blocking(move || load(&layout)).await else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut due = Vec::new();
+        if next.get(BUILTIN).is_some_and(|t| *t <= now) {
+            due.push(BUILTIN.to_owned());
+            next.insert(
+                BUILTIN.to_owned(),
+                now + shared.config.contracts.builtin_interval,
+            );
+        }
+        for c in &loaded.contracts {
+            let (Some(every), ContractType::Detective) = (c.contract.frequency, c.contract.kind)
+            else {
+                continue;
+            };
+            let at = next.entry(c.contract.id.clone()).or_insert(now + every);
+            if *at <= now {
+                due.push(c.contract.id.clone());
+                *at = now + every;
+            }
+        }
+        if due.is_empty() {
+            continue;
+        }
+        let worker = shared.clone();
+        let which = RunContracts {
+            ids: Vec::new(),
+            detective_only: true,
+        };
+        let results =
+            tokio::task::spawn_blocking(move || run_selected(&worker, &which, Some(&due))).await;
+        if let Ok(Ok(results)) = results
+            && let Err(e) = record(&shared, results).await
+        {
+            eprintln!("con daemon: contracts: {e}");
+        }
+    }
+}
