@@ -67,6 +67,22 @@ fn reopening_continues_the_chain() {
     assert_eq!(store.verify().unwrap().unwrap().events, 15);
 }
 
+/// Opens `path` once the previous `Store` on it in this process has let go:
+/// sled's threads release its file lock shortly after the last handle drops.
+fn open_when_released(path: &std::path::Path) -> Store {
+    let started = std::time::Instant::now();
+    loop {
+        match Store::open(path) {
+            Err(StoreError::Locked(_))
+                if started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 /// `kill -9` while sled writes a snapshot leaves `snap.<lsn>.generating`
 /// half-written; sled 0.34.7 then picks it on open and refuses the whole
 /// database as corrupted. Every acknowledged event must still be there.
@@ -79,7 +95,7 @@ fn a_snapshot_cut_short_by_a_crash_does_not_make_the_log_unopenable() {
         append_n(&store, 300)
     };
     // sled writes its snapshot when it opens a database it must recover.
-    drop(Store::open(&path).unwrap());
+    drop(open_when_released(&path));
     let snapshot = std::fs::read_dir(&path)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -104,7 +120,7 @@ fn a_snapshot_cut_short_by_a_crash_does_not_make_the_log_unopenable() {
     )
     .unwrap();
 
-    let store = Store::open(&path).unwrap();
+    let store = open_when_released(&path);
     let report = store.verify().unwrap().unwrap();
     assert_eq!(report.events, 300);
     assert_eq!(report.head.hash, acks[299].hash);
