@@ -67,6 +67,28 @@ impl Provenance {
         }
     }
 
+    /// Takes everything `other` remembers into account (for each inode the
+    /// record with the latest ctime wins, as in [`Provenance::remember`]):
+    /// how a watcher learns the history of an inbox added while it runs.
+    pub fn merge(&mut self, other: &Provenance) {
+        for (&key, seen) in &other.seen {
+            let Some(name) = other.inboxes.get(seen.inbox) else {
+                continue;
+            };
+            let inbox = self.intern(name);
+            let entry = self.seen.entry(key).or_insert(Seen {
+                ctime: seen.ctime,
+                inbox,
+            });
+            if seen.ctime >= entry.ctime {
+                *entry = Seen {
+                    ctime: seen.ctime,
+                    inbox,
+                };
+            }
+        }
+    }
+
     /// How many inodes are remembered.
     pub fn len(&self) -> usize {
         self.seen.len()
