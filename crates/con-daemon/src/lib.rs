@@ -283,6 +283,9 @@ impl Daemon {
             .transpose()
             .map_err(DaemonError::Config)?;
         let log_bytes = quota::disk_usage(&db).map_err(setup_err(&db))?;
+        // Watched before the socket accepts: a client that sees the daemon
+        // up and edits the config must get a reload.
+        let watching = reload.map(reload::watch);
         let socket = config.layout.socket();
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -325,9 +328,9 @@ impl Daemon {
             }
             None => (None, None),
         };
-        let reloading = reload.map(|reload| {
+        let reloading = watching.map(|watching| {
             tokio::spawn(reload::run(
-                reload,
+                watching,
                 reload::Targets {
                     shared: shared.clone(),
                     arrivals: arrivals.clone(),

@@ -58,12 +58,48 @@ pub(crate) struct Targets {
     pub(crate) supervisor: Option<watch::Sender<SupervisorConfig>>,
 }
 
+/// Reloads being served: the files are watched from here on.
+pub(crate) struct Watching {
+    reload: Reload,
+    watcher: Option<notify::RecommendedWatcher>,
+    changed: mpsc::Receiver<()>,
+    seen: Vec<Option<con_event::Digest>>,
+}
+
+/// Starts watching the files, before the daemon reports ready, so that an
+/// edit right after start is not missed. A config that changed between the
+/// start's read and the watch is reloaded at once.
+pub(crate) fn watch(reload: Reload) -> Watching {
+    let (changed_tx, changed) = mpsc::channel::<()>(16);
+    let watcher = watch_files(&reload.files, changed_tx.clone());
+    let now = read_digests(&reload.files);
+    // What the running config was read from: the config's digest is of the
+    // very bytes parsed; the secrets file as it is now.
+    let mut seen = now.clone();
+    if let Some(first) = seen.first_mut() {
+        *first = Some(reload.current.config_digest);
+    }
+    if seen != now {
+        let _ = changed_tx.try_send(());
+    }
+    Watching {
+        reload,
+        watcher,
+        changed,
+        seen,
+    }
+}
+
 /// Serves reloads until the daemon stops.
-pub(crate) async fn run(mut reload: Reload, targets: Targets) {
-    let (changed_tx, mut changed) = mpsc::channel::<()>(16);
+pub(crate) async fn run(watching: Watching, targets: Targets) {
+    let Watching {
+        mut reload,
+        watcher,
+        mut changed,
+        mut seen,
+    } = watching;
     // Kept alive for as long as reloads are served.
-    let _watcher = watch_files(&reload.files, changed_tx);
-    let mut seen = file_digests(&reload.files).await;
+    let _watcher = watcher;
     // Restart-only settings are compared with what the process started
     // with, not with the last reload.
     let started = reload.current.restart_only.clone();
@@ -184,6 +220,8 @@ fn watch_files(files: &[PathBuf], changed: mpsc::Sender<()>) -> Option<notify::R
     let wanted = names.clone();
     let handler = move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
+            // Reads (the daemon's own among them) change nothing.
+            Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => false,
             Ok(event) => event.paths.iter().any(|p| {
                 wanted
                     .iter()
@@ -220,12 +258,14 @@ fn watch_files(files: &[PathBuf], changed: mpsc::Sender<()>) -> Option<notify::R
 /// tell a real change from a touch.
 async fn file_digests(files: &[PathBuf]) -> Vec<Option<con_event::Digest>> {
     let files = files.to_vec();
-    tokio::task::spawn_blocking(move || {
-        files
-            .iter()
-            .map(|f| std::fs::read(f).ok().map(|b| con_event::Digest::of(&b)))
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
+    tokio::task::spawn_blocking(move || read_digests(&files))
+        .await
+        .unwrap_or_default()
+}
+
+fn read_digests(files: &[PathBuf]) -> Vec<Option<con_event::Digest>> {
+    files
+        .iter()
+        .map(|f| std::fs::read(f).ok().map(|b| con_event::Digest::of(&b)))
+        .collect()
 }

@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod healthcheck;
 mod provision;
+mod reload;
 mod runs;
 mod supervisor;
 

@@ -14,18 +14,18 @@ use con_test_support::{Daemon, Root, TestUser, all_events};
 
 use crate::CON;
 
-const KEY: &str = "sk-test-0123456789-SECRET";
-const KEY_VAR: &str = "CON_TEST_API_KEY";
+pub(crate) const KEY: &str = "sk-test-0123456789-SECRET";
+pub(crate) const KEY_VAR: &str = "CON_TEST_API_KEY";
 
 /// A conspiracy in a temp root: config, users, directories, secrets. Each
 /// root has its own user prefix, so tests running in parallel never share
 /// users.
-struct Conspiracy {
-    root: Root,
+pub(crate) struct Conspiracy {
+    pub(crate) root: Root,
     users: Vec<(String, TestUser)>,
 }
 
-struct AgentDef<'a> {
+pub(crate) struct AgentDef<'a> {
     name: &'a str,
     tier: &'a str,
     extra: String,
@@ -34,7 +34,7 @@ struct AgentDef<'a> {
 impl Conspiracy {
     /// `provider` and `base_url` apply to every agent unless `extra` says
     /// otherwise.
-    fn new(provider: &str, base_url: &str, agents: &[AgentDef<'_>]) -> Self {
+    pub(crate) fn new(provider: &str, base_url: &str, agents: &[AgentDef<'_>]) -> Self {
         let root = Root::new();
         let mut toml = format!(
             "[system]\nname = \"runs-test\"\n\n[base]\nprovider = \"{provider}\"\nmodel = \"test-model\"\nbase_url = \"{base_url}\"\napi_key_env = \"{KEY_VAR}\"\n\n[pricing.test-model]\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n\n"
@@ -55,32 +55,23 @@ impl Conspiracy {
         }
         let mut users = Vec::new();
         for a in agents {
-            let user = TestUser::create(&root.user(a.name));
-            let base = root.path().join("srv/con/agents").join(a.name);
-            for sub in [
-                "",
-                "inbox",
-                "outbox",
-                "processed",
-                "failed",
-                "workspace",
-                "sessions",
-            ] {
-                let d = base.join(sub);
-                std::fs::create_dir_all(&d).unwrap();
-                user.chown(&d);
-                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-            }
-            users.push((a.name.to_owned(), user));
+            users.push((a.name.to_owned(), agent_user_and_dirs(&root, a.name)));
         }
         Self { root, users }
     }
 
-    fn user(&self, agent: &str) -> &TestUser {
+    /// Makes `name`'s user and directories (what `con commission` would)
+    /// without touching the config.
+    pub(crate) fn add_agent_account(&mut self, name: &str) {
+        let user = agent_user_and_dirs(&self.root, name);
+        self.users.push((name.to_owned(), user));
+    }
+
+    pub(crate) fn user(&self, agent: &str) -> &TestUser {
         &self.users.iter().find(|(n, _)| n == agent).unwrap().1
     }
 
-    fn agent_dir(&self, agent: &str, sub: &str) -> PathBuf {
+    pub(crate) fn agent_dir(&self, agent: &str, sub: &str) -> PathBuf {
         self.root
             .path()
             .join("srv/con/agents")
@@ -112,17 +103,17 @@ impl Conspiracy {
     }
 
     /// A daemon that leaves starting runs to the test (`--supervisor systemd`).
-    fn daemon(&self) -> Daemon {
+    pub(crate) fn daemon(&self) -> Daemon {
         Daemon::start_with(CON, &self.root, &["--supervisor", "systemd"], &[])
     }
 
     /// A daemon that starts runs itself.
-    fn supervising_daemon(&self) -> Daemon {
+    pub(crate) fn supervising_daemon(&self) -> Daemon {
         Daemon::start_with(CON, &self.root, &["--supervisor", "daemon"], &[])
     }
 
     /// `con run <agent>` as the agent's user, as the supervisor would start it.
-    fn run(&self, agent: &str, extra: &[&str]) -> Output {
+    pub(crate) fn run(&self, agent: &str, extra: &[&str]) -> Output {
         self.user(agent)
             .command_with_groups(CON)
             .args([
@@ -143,7 +134,7 @@ impl Conspiracy {
     }
 
     /// Drops a task as root (verified) into `agent`'s inbox.
-    fn task(&self, agent: &str, id: &str, text: &str) -> PathBuf {
+    pub(crate) fn task(&self, agent: &str, id: &str, text: &str) -> PathBuf {
         let path = self.agent_dir(agent, "inbox").join(format!("{id}.task"));
         let tmp = self.agent_dir(agent, "inbox").join(format!(".{id}.tmp"));
         std::fs::write(&tmp, text).unwrap();
@@ -152,7 +143,28 @@ impl Conspiracy {
     }
 }
 
-fn ok(out: &Output) {
+/// An agent's user and its directories under `root`.
+fn agent_user_and_dirs(root: &Root, name: &str) -> TestUser {
+    let user = TestUser::create(&root.user(name));
+    let base = root.path().join("srv/con/agents").join(name);
+    for sub in [
+        "",
+        "inbox",
+        "outbox",
+        "processed",
+        "failed",
+        "workspace",
+        "sessions",
+    ] {
+        let d = base.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        user.chown(&d);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    user
+}
+
+pub(crate) fn ok(out: &Output) {
     assert!(
         out.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -162,7 +174,7 @@ fn ok(out: &Output) {
     );
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -170,14 +182,14 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn session_events(events: &[Event], session: SessionId) -> Vec<&Event> {
+pub(crate) fn session_events(events: &[Event], session: SessionId) -> Vec<&Event> {
     events
         .iter()
         .filter(|e| e.envelope.session == Some(session))
         .collect()
 }
 
-fn sessions_of(events: &[Event], agent: &str) -> Vec<SessionId> {
+pub(crate) fn sessions_of(events: &[Event], agent: &str) -> Vec<SessionId> {
     events
         .iter()
         .filter_map(|e| match &e.payload {
@@ -191,7 +203,7 @@ fn kind_names(events: &[&Event]) -> Vec<&'static str> {
     events.iter().map(|e| e.payload.spec().name).collect()
 }
 
-fn ended(events: &[&Event]) -> (Outcome, String) {
+pub(crate) fn ended(events: &[&Event]) -> (Outcome, String) {
     events
         .iter()
         .find_map(|e| match &e.payload {
@@ -220,7 +232,7 @@ fn body_text(server: &ScriptedServer, index: usize) -> String {
     out
 }
 
-fn agent<'a>(name: &'a str, tier: &'a str, extra: &str) -> AgentDef<'a> {
+pub(crate) fn agent<'a>(name: &'a str, tier: &'a str, extra: &str) -> AgentDef<'a> {
     AgentDef {
         name,
         tier,
