@@ -55,9 +55,9 @@ impl HostConfig {
     ) -> Result<Self, DaemonError> {
         let path = layout.config_file();
         // Read once: the digest is of the very bytes parsed.
-        let source = std::fs::read_to_string(&path)
+        let source = std::fs::read_to_string(path)
             .map_err(|e| DaemonError::Config(format!("{}: cannot read: {e}", path.display())))?;
-        let config = con_config::parse(&source, &path, env)
+        let config = con_config::parse(&source, path, env)
             .map_err(|e| DaemonError::Config(e.to_string()))?;
         let secrets = read_secrets(&layout.env_file())?;
         let daemon = DaemonConfig::from_parts(layout, &config, &secrets, supervisor, run_program)?;

@@ -189,6 +189,31 @@ mod tests {
     }
 
     #[test]
+    fn merged_history_makes_a_file_seen_elsewhere_unverified() {
+        // What a reload hands the running watcher for a new inbox.
+        let mut history = Provenance::default();
+        let mut old = arrival(7, 100);
+        history.check(&mut old, "scout", Some(90));
+        let mut running = Provenance::default();
+        let mut other = arrival(8, 100);
+        running.check(&mut other, "concierge", Some(90));
+        running.merge(&history);
+        assert_eq!(running.len(), 2);
+        let mut back = arrival(7, 200);
+        running.check(&mut back, "scout", Some(90));
+        assert_eq!(back.trust, Trust::Unverified);
+        assert!(back.trust_reason.starts_with("back in inbox scout"));
+        // An older record merged later does not win over a newer one.
+        let mut stale = Provenance::default();
+        let mut earlier = arrival(7, 50);
+        stale.check(&mut earlier, "outer", Some(40));
+        running.merge(&stale);
+        let mut again = arrival(7, 300);
+        running.check(&mut again, "scout", Some(90));
+        assert_eq!(again.trust, Trust::Unverified);
+    }
+
+    #[test]
     fn a_file_seen_before_is_never_verified_again() {
         let mut p = Provenance::default();
         let mut first = arrival(7, 100);
