@@ -97,10 +97,16 @@ fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> (HashSet<Arriva
     (recorded, provenance)
 }
 
+/// The inboxes to keep watched: changed by a reload, read by the thread
+/// that (re)watches them.
+type InboxList = Arc<Mutex<Vec<InboxSpec>>>;
+
 /// The running watcher and the threads that record its events and keep
 /// every configured inbox watched.
 pub(crate) struct Arrivals {
     watcher: Arc<InboxWatcher>,
+    inboxes: InboxList,
+    recorded: Recorded,
     recorder: JoinHandle<()>,
     rewatch: JoinHandle<()>,
     stop: Arc<AtomicBool>,
@@ -137,22 +143,60 @@ impl Arrivals {
             |e| eprintln!("con daemon: inbox watcher: {e}"),
         )?);
         let stop = Arc::new(AtomicBool::new(false));
+        let inboxes: InboxList = Arc::new(Mutex::new(inboxes));
         let rewatch = {
             let watcher = watcher.clone();
             let stop = stop.clone();
+            let inboxes = inboxes.clone();
             spawn("con-inbox-rewatch", move || {
                 rewatch(&watcher, &inboxes, &stop)
             })?
         };
-        let recorder = spawn("con-arrivals", move || {
-            record(&rx, &appender, &wake, &recorded)
-        })?;
+        let recorder = {
+            let recorded = recorded.clone();
+            spawn("con-arrivals", move || {
+                record(&rx, &appender, &wake, &recorded)
+            })?
+        };
         Ok(Self {
             watcher,
+            inboxes,
+            recorded,
             recorder,
             rewatch,
             stop,
         })
+    }
+
+    /// Makes `inboxes` the configured set (a reload). A new inbox first
+    /// gets what the log knows of it, as the start does for every inbox
+    /// (its tasks already recorded are not recorded again, and a file that
+    /// arrived before is unverified), and is then watched within a second
+    /// by the thread that watches appearing inboxes. A removed inbox is no
+    /// longer re-watched; its current watch lasts until its directory is
+    /// replaced or removed (an arrival recorded there is never acted on).
+    /// Reads the log: call it off the async workers.
+    pub(crate) fn set_inboxes(&self, store: &Store, inboxes: Vec<InboxSpec>) {
+        let added: Vec<InboxSpec> = {
+            let current = self.inboxes.lock().unwrap_or_else(PoisonError::into_inner);
+            inboxes
+                .iter()
+                .filter(|i| !current.iter().any(|c| c.name == i.name && c.dir == i.dir))
+                .cloned()
+                .collect()
+        };
+        if !added.is_empty() {
+            let (already, provenance) = recorded_and_present(store, &added);
+            for key in &already {
+                self.recorded.insert(PathBuf::from(&key.path));
+            }
+            if let Err(e) = self.watcher.remember(already, provenance) {
+                eprintln!("con daemon: inbox watcher: {e}");
+            }
+        }
+        // Only now may the re-watching thread add them: the watcher has
+        // taken in their history first.
+        *self.inboxes.lock().unwrap_or_else(PoisonError::into_inner) = inboxes;
     }
 
     /// Stops watching and waits until the arrivals handed over so far are
@@ -181,11 +225,17 @@ fn spawn(
 }
 
 /// (Re)adds each inbox whose directory appeared or was replaced.
-fn rewatch(watcher: &InboxWatcher, inboxes: &[InboxSpec], stop: &AtomicBool) {
+fn rewatch(watcher: &InboxWatcher, inboxes: &InboxList, stop: &AtomicBool) {
     let mut watched: HashMap<String, (u64, u64)> = HashMap::new();
     let mut reported: HashSet<String> = HashSet::new();
     while !stop.load(Ordering::SeqCst) {
-        for inbox in inboxes {
+        let current = inboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        // A removed inbox that comes back is watched (and scanned) again.
+        watched.retain(|name, _| current.iter().any(|i| &i.name == name));
+        for inbox in &current {
             let identity = std::fs::metadata(&inbox.dir)
                 .ok()
                 .filter(|m| m.is_dir())

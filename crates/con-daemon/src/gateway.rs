@@ -165,7 +165,10 @@ pub fn micro_usd(usd: f64) -> u64 {
 
 /// The gateway as the daemon runs it.
 pub(crate) struct Gateway {
-    config: GatewayConfig,
+    /// Routes, keys and budgets as last loaded: a call takes the current
+    /// one once and keeps it to the end, so a reload never changes a call
+    /// half-way (see [`Gateway::replace`]).
+    config: std::sync::RwLock<Arc<GatewayConfig>>,
     client: LlmClient,
     /// Worst-case cost of the calls in flight, per agent: counted against
     /// the budget until the call's real cost is recorded, so concurrent
@@ -223,17 +226,36 @@ impl Gateway {
     pub(crate) fn new(config: GatewayConfig) -> Result<Self, String> {
         let client = LlmClient::new().map_err(|e| format!("LLM client: {e}"))?;
         Ok(Self {
-            config,
+            config: std::sync::RwLock::new(Arc::new(config)),
             client,
             reserved: Default::default(),
             conversations: Conversations::default(),
         })
     }
 
+    /// The routes, keys and budgets in force now.
+    pub(crate) fn config(&self) -> Arc<GatewayConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves `config` from the next call on (a reload). Calls in flight
+    /// finish with the configuration they started with; reservations and
+    /// recorded conversations carry over.
+    pub(crate) fn replace(&self, config: GatewayConfig) {
+        *self
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+    }
+
     /// Checks the budgets and, if the call may go ahead, reserves its
     /// worst-case cost until it is over.
     fn reserve<'a>(
         &'a self,
+        config: &GatewayConfig,
         fleet: &FleetStatus,
         agent: &str,
         route: &Route,
@@ -243,7 +265,7 @@ impl Gateway {
             .reserved
             .lock()
             .map_err(|_| "budget bookkeeping is unavailable".to_owned())?;
-        self.check_budget(fleet, agent, route, &reserved)?;
+        Self::check_budget(config, fleet, agent, route, &reserved)?;
         *reserved.entry(agent.to_owned()).or_default() += worst;
         Ok(Reservation {
             gateway: self,
@@ -255,7 +277,7 @@ impl Gateway {
     /// Whether `agent` may spend more today (counting calls in flight); the
     /// reason when not.
     fn check_budget(
-        &self,
+        config: &GatewayConfig,
         fleet: &FleetStatus,
         agent: &str,
         route: &Route,
@@ -281,9 +303,8 @@ impl Gateway {
                 ));
             }
         }
-        if let Some(&cap) = self.config.tier_budgets_micro_usd.get(&route.tier) {
-            let used: u64 = self
-                .config
+        if let Some(&cap) = config.tier_budgets_micro_usd.get(&route.tier) {
+            let used: u64 = config
                 .routes
                 .iter()
                 .filter(|(_, r)| r.tier == route.tier)
@@ -326,7 +347,8 @@ pub(crate) async fn call(
             "this daemon has no LLM gateway configured",
         ));
     };
-    let Some(route) = gateway.config.routes.get(agent) else {
+    let config = gateway.config();
+    let Some(route) = config.routes.get(agent) else {
         return Err(refusal(
             ErrorCode::Rejected,
             format!("agent {agent} has no model configured (its runner does not use the gateway)"),
@@ -368,7 +390,7 @@ pub(crate) async fn call(
     }
     let worst = worst_case(route, canonical.len());
     let _reservation = gateway
-        .reserve(&fleet, agent, route, worst)
+        .reserve(&config, &fleet, agent, route, worst)
         .map_err(|why| refusal(ErrorCode::OverBudget, why))?;
 
     let model = route.endpoint.model.clone();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use con_config::{Config, CronSchedule, Provider, Runner, Supervisor};
+use con_event::Digest;
 use con_layout::Layout;
 
 use crate::gateway::{GatewayConfig, Route, micro_usd};
@@ -23,14 +24,82 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the supervisor looks at inboxes without being woken.
 const SUPERVISOR_TICK: Duration = Duration::from_secs(1);
 
+/// What a host's files say at one moment: the daemon they define, and what
+/// a reload compares with the running one. Built by [`HostConfig::load`],
+/// at start and at every reload alike.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// The daemon `con.toml` and the secrets file define.
+    pub daemon: DaemonConfig,
+    /// SHA-256 of `con.toml` as read (the bytes that were parsed).
+    pub config_digest: Digest,
+    /// Each configured agent's resolved settings, to tell which changed.
+    pub(crate) agents: BTreeMap<String, con_config::Agent>,
+    /// SHA-256 over the secrets' names and values, to tell whether keys
+    /// changed without keeping or recording them twice.
+    pub(crate) secrets_digest: Digest,
+    /// Settings only a restart applies, by name, in a comparable form.
+    pub(crate) restart_only: Vec<(&'static str, String)>,
+}
+
+impl HostConfig {
+    /// Reads `con.toml` (with the environment overrides `env`) and the
+    /// secrets file of `layout` and builds the daemon they define; see
+    /// [`DaemonConfig::from_host`] for `supervisor` and `run_program`.
+    /// Errors are one line: the config's own, or the secrets file's.
+    pub fn load(
+        layout: &Layout,
+        env: &BTreeMap<String, String>,
+        supervisor: Option<Supervisor>,
+        run_program: PathBuf,
+    ) -> Result<Self, DaemonError> {
+        let path = layout.config_file();
+        // Read once: the digest is of the very bytes parsed.
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| DaemonError::Config(format!("{}: cannot read: {e}", path.display())))?;
+        let config = con_config::parse(&source, path, env)
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
+        let secrets = read_secrets(&layout.env_file())?;
+        let daemon = DaemonConfig::from_parts(layout, &config, &secrets, supervisor, run_program)?;
+        let mut secret_lines = String::new();
+        for (key, value) in &secrets {
+            // Length-prefixed, so no two different sets share a digest input.
+            secret_lines.push_str(&format!("{}:{key}{}:{value}", key.len(), value.len()));
+        }
+        Ok(Self {
+            config_digest: Digest::of(source.as_bytes()),
+            agents: config
+                .agents
+                .iter()
+                .map(|a| (a.name.clone(), a.clone()))
+                .collect(),
+            secrets_digest: Digest::of(secret_lines.as_bytes()),
+            restart_only: vec![
+                ("system.name", daemon.system_name.clone()),
+                ("contracts.system", format!("{:?}", daemon.limits)),
+                ("inbox.max_task_kb", daemon.max_task_bytes.to_string()),
+                (
+                    "infra.supervisor",
+                    daemon
+                        .supervisor
+                        .as_ref()
+                        .is_some_and(|s| s.start_runs)
+                        .to_string(),
+                ),
+            ],
+            daemon,
+        })
+    }
+}
+
 impl DaemonConfig {
     /// The daemon of `config` on `layout`.
     ///
     /// `supervisor` overrides `[infra] supervisor`; `run_program` is what
     /// the supervisor runs as each agent, with the layout's global flags
-    /// and `run <agent>`. The secrets file is read here, once: it must be
-    /// root's alone, and a missing one means no keys (local model servers
-    /// may need none).
+    /// and `run <agent>`. The secrets file is read here: it must be root's
+    /// alone, and a missing one means no keys (local model servers may need
+    /// none).
     pub fn from_host(
         layout: &Layout,
         config: &Config,
@@ -38,8 +107,19 @@ impl DaemonConfig {
         run_program: PathBuf,
     ) -> Result<Self, DaemonError> {
         let secrets = read_secrets(&layout.env_file())?;
+        Self::from_parts(layout, config, &secrets, supervisor, run_program)
+    }
+
+    /// [`DaemonConfig::from_host`] with the secrets already read.
+    fn from_parts(
+        layout: &Layout,
+        config: &Config,
+        secrets: &BTreeMap<String, String>,
+        supervisor: Option<Supervisor>,
+        run_program: PathBuf,
+    ) -> Result<Self, DaemonError> {
         check_loopback_users(layout, config)?;
-        let gateway = gateway_config(config, &secrets, &layout.env_file());
+        let gateway = gateway_config(config, secrets, &layout.env_file());
         let start_runs = match supervisor.unwrap_or(config.infra.supervisor) {
             Supervisor::Daemon => true,
             Supervisor::Systemd => false,

@@ -17,12 +17,15 @@ pub mod health;
 mod host;
 pub mod identity;
 mod quota;
+mod reload;
 mod server;
 mod supervisor;
 
 pub use contracts::{ContractSettings, LOAD_CHECK};
 pub use gateway::{GatewayConfig, Route, micro_usd};
+pub use host::HostConfig;
 pub use quota::{LOG_SIZE_CONTRACT, LogLimits, QUOTA_CONTRACT};
+pub use reload::{Loader, Reload};
 pub use supervisor::{SupervisedAgent, SupervisorConfig};
 
 use std::os::unix::fs::PermissionsExt;
@@ -139,7 +142,13 @@ impl CommitObserver for DaemonObserver {
 
 /// Shared by every connection.
 pub(crate) struct Shared {
+    /// The configuration the daemon started with. What a reload changes
+    /// (the agent set, model routes, supervision) is read from the live
+    /// fields instead: [`Shared::agents`], the gateway, the supervisor.
     pub(crate) config: DaemonConfig,
+    /// Configured agent names now: only their users are agents. Replaced
+    /// whole by a reload, so a reader holds one consistent set.
+    agents: std::sync::RwLock<Arc<Vec<String>>>,
     pub(crate) store: Store,
     pub(crate) appender: con_store::Appender,
     pub(crate) head: watch::Receiver<u64>,
@@ -172,6 +181,22 @@ struct FleetCache {
 const FLEET_CHECKPOINT_EVERY: u64 = 1024;
 
 impl Shared {
+    /// The configured agents now (changed by a reload).
+    pub(crate) fn agents(&self) -> Arc<Vec<String>> {
+        self.agents
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Makes `agents` the configured agents from the next connection on.
+    pub(crate) fn set_agents(&self, agents: Vec<String>) {
+        *self
+            .agents
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(agents);
+    }
+
     /// The fleet status through the durable head, as `Store::project` gives
     /// it, without decoding, re-encoding and saving the whole state on every
     /// read: the model gateway and every supervisor round read it. The daemon
@@ -214,9 +239,12 @@ impl Shared {
 pub struct Daemon;
 
 impl Daemon {
-    /// Opens the log, binds the socket and serves until `shutdown` resolves.
+    /// Opens the log, binds the socket and serves until `shutdown` resolves;
+    /// with `reload`, re-reads the configuration when asked or when its
+    /// files change (see [`Reload`]).
     pub async fn run(
         config: DaemonConfig,
+        reload: Option<Reload>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         if config.layout.user_prefix().is_empty() {
@@ -259,11 +287,15 @@ impl Daemon {
             .transpose()
             .map_err(DaemonError::Config)?;
         let log_bytes = quota::disk_usage(&db).map_err(setup_err(&db))?;
+        // Watched before the socket accepts: a client that sees the daemon
+        // up and edits the config must get a reload.
+        let watching = reload.map(reload::watch);
         let socket = config.layout.socket();
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: config.clone(),
+            agents: std::sync::RwLock::new(Arc::new(config.agents.clone())),
             store,
             appender: writer.appender(),
             head: head_rx,
@@ -293,8 +325,26 @@ impl Daemon {
             .contracts
             .schedule
             .then(|| tokio::spawn(contracts::schedule(shared.clone())));
-        let supervisor = config.supervisor.clone().map(|sc| {
-            tokio::spawn(supervisor::Supervisor::new(shared.clone(), sc, recorded).run(wake_rx))
+        let arrivals = Arc::new(arrivals);
+        let (supervisor_tx, supervisor) = match config.supervisor.clone() {
+            Some(sc) => {
+                let (tx, rx) = watch::channel(sc.clone());
+                let task = tokio::spawn(
+                    supervisor::Supervisor::new(shared.clone(), sc, recorded).run(wake_rx, rx),
+                );
+                (Some(tx), Some(task))
+            }
+            None => (None, None),
+        };
+        let reloading = watching.map(|watching| {
+            tokio::spawn(reload::run(
+                watching,
+                reload::Targets {
+                    shared: shared.clone(),
+                    arrivals: arrivals.clone(),
+                    supervisor: supervisor_tx,
+                },
+            ))
         });
 
         // Ready: the socket accepts and the log is open.
@@ -337,7 +387,13 @@ impl Daemon {
             let _ = scheduler.await;
         }
         let _ = measuring.await;
+        if let Some(reloading) = reloading {
+            let _ = reloading.await;
+        }
         // Every arrival seen so far is committed before the writer stops.
+        // The reload task held the only other handle, and it has ended.
+        let arrivals = Arc::try_unwrap(arrivals)
+            .map_err(|_| DaemonError::Shutdown("the inbox watcher is still in use".to_owned()))?;
         tokio::task::spawn_blocking(move || arrivals.stop())
             .await
             .map_err(|e| DaemonError::Shutdown(e.to_string()))?;

@@ -171,11 +171,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
     };
     // User database lookups may block (NSS): off the async workers.
     let lookup = shared.clone();
-    let identity = tokio::task::spawn_blocking(move || {
-        identify(uid, &lookup.config.layout, &lookup.config.agents)
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("identity lookup failed: {e}")));
+    let identity =
+        tokio::task::spawn_blocking(move || identify(uid, &lookup.config.layout, &lookup.agents()))
+            .await
+            .unwrap_or_else(|e| Err(format!("identity lookup failed: {e}")));
     let identity = match identity {
         Ok(identity) => identity,
         Err(reason) => {
@@ -196,7 +195,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let result = match request {
             Ok(None) => return,
             // The permit is held until the request is handled.
-            Ok(Some((request, _permit))) => handle(&shared, &identity, request, &mut wr).await,
+            Ok(Some((request, _permit))) => {
+                // A reload may have removed the agent since it connected:
+                // from then on its uid is nobody here, on open connections
+                // too.
+                if let Some(name) = identity.agent()
+                    && !shared.agents().iter().any(|a| a == name)
+                {
+                    let _ = refuse(
+                        &mut wr,
+                        ErrorCode::Forbidden,
+                        format!("{identity}: no longer a configured agent"),
+                    )
+                    .await;
+                    return;
+                }
+                handle(&shared, &identity, request, &mut wr).await
+            }
             Err(e) => {
                 // A bad frame leaves the stream position unknown: answer, close.
                 let code = match e {
@@ -903,7 +918,7 @@ async fn status(
         },
         Identity::Operator { .. } => {
             let head = shared.store.head();
-            let configured = &shared.config.agents;
+            let configured = shared.agents();
             let mut agents: Vec<AgentView> = configured
                 .iter()
                 .map(|name| agent_view(name, true, fleet.agents.get(name)))

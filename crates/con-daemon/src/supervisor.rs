@@ -19,7 +19,7 @@ use con_config::{CronSchedule, Mode};
 use con_event::NewEvent;
 use con_event::payloads::{AgentCondition, RunExited, RunStarted, TaskRouted};
 use nix::unistd::User;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::Shared;
@@ -137,8 +137,15 @@ impl Supervisor {
     }
 
     /// Runs until the daemon stops. `wake` carries the name of an inbox that
-    /// just received a task.
-    pub(crate) async fn run(mut self, mut wake: mpsc::Receiver<String>) {
+    /// just received a task; `reloads` the configuration of each reload,
+    /// whose agents and router replace the current ones (runs in progress
+    /// of a removed agent finish and their exits are recorded; no new one
+    /// starts).
+    pub(crate) async fn run(
+        mut self,
+        mut wake: mpsc::Receiver<String>,
+        mut reloads: watch::Receiver<SupervisorConfig>,
+    ) {
         let stop = crate::until_stopping(self.shared.stopping.clone());
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(self.config.tick);
@@ -146,6 +153,14 @@ impl Supervisor {
         loop {
             tokio::select! {
                 () = &mut stop => return self.stop_runs().await,
+                Ok(()) = reloads.changed() => {
+                    let reloaded = reloads.borrow_and_update().clone();
+                    // What the process was started with (program, flags,
+                    // who starts runs) stays: only a restart changes it.
+                    self.config.agents = reloaded.agents;
+                    self.config.router = reloaded.router;
+                    self.round(false).await;
+                }
                 _ = tick.tick() => self.round(true).await,
                 Some(_) = wake.recv() => {
                     // Coalesce a burst of arrivals into one round.
@@ -316,7 +331,11 @@ impl Supervisor {
             Ok(Some(u)) if !u.uid.is_root() && u.gid.as_raw() != 0 => u,
             found => {
                 let runs = self.runs.entry(agent.to_owned()).or_default();
-                runs.not_before = Some(Instant::now() + MAX_BACKOFF);
+                // Growing back-off, not the longest at once: a config
+                // reload can name an agent a moment before `con commission`
+                // has created its user.
+                runs.failures += 1;
+                runs.not_before = Some(Instant::now() + backoff(runs.failures));
                 if !runs.warned {
                     runs.warned = true;
                     let why = match found {

@@ -220,4 +220,5 @@ registry! {
     RunStarted,
     RunExited,
     ProvisionApplied,
+    ConfigReloaded,
 }

@@ -1215,3 +1215,72 @@ impl Kind for ProvisionApplied {
         vec![self.steps]
     }
 }
+
+/// `config.reloaded`: the daemon re-read `con.toml` and the secrets file
+/// while running and now serves what they say. Recorded before the new
+/// configuration is used; a refused file (invalid, or a secrets file others
+/// can read) changes nothing and is not recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigReloaded {
+    /// What asked for it: `signal` (SIGHUP, `systemctl reload`) or `file`
+    /// (the config or secrets file changed).
+    pub trigger: String,
+    /// SHA-256 of `con.toml` as read for this reload.
+    pub config_digest: Digest,
+    /// Agents configured now and not before.
+    pub agents_added: Vec<String>,
+    /// Agents configured before and not now.
+    pub agents_removed: Vec<String>,
+    /// Agents configured before and now whose settings changed.
+    pub agents_changed: Vec<String>,
+    /// Whether the secrets file's entries changed (never their values).
+    pub keys_changed: bool,
+    /// Settings that differ in the file but take effect only when the
+    /// daemon restarts (`[system] name`, `[contracts.system]` limits, …).
+    pub restart_needed: Vec<String>,
+}
+
+impl Kind for ConfigReloaded {
+    const SPEC: KindSpec = KindSpec {
+        id: 19,
+        name: "config.reloaded",
+        version: 1,
+        authority: Authority::Daemon,
+        message_id: "d3820f02f22242bab248ad6059a6bc33",
+        priority: Priority::Notice,
+        subject: "con daemon reloaded its configuration",
+        description: "The daemon re-read con.toml and the secrets file (on SIGHUP, systemctl reload, or because a file changed) and now serves what they say: the agent set that identity and supervision use, their inboxes, model routes, keys, budgets and schedules. The payload names the agents added, removed and changed, and the SHA-256 of the file read; key values are never recorded. Settings listed in restart_needed wait for the next restart. A file that does not validate is refused with one line on the daemon's stderr and the running configuration stays.",
+    };
+    fn message(&self) -> String {
+        let list = |names: &[String]| {
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        };
+        let mut message = format!(
+            "reloaded the configuration ({}; added: {}; removed: {}; changed: {}{})",
+            self.trigger,
+            list(&self.agents_added),
+            list(&self.agents_removed),
+            list(&self.agents_changed),
+            if self.keys_changed {
+                "; keys changed"
+            } else {
+                ""
+            }
+        );
+        if !self.restart_needed.is_empty() {
+            message.push_str(&format!(
+                "; waiting for a restart: {}",
+                self.restart_needed.join(", ")
+            ));
+        }
+        message
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_TRIGGER", self.trigger.clone()));
+        out.push(("CON_CONFIG_SHA256", self.config_digest.to_hex()));
+    }
+}

@@ -67,6 +67,28 @@ impl Provenance {
         }
     }
 
+    /// Takes everything `other` remembers into account (for each inode the
+    /// record with the latest ctime wins, as in [`Provenance::remember`]):
+    /// how a watcher learns the history of an inbox added while it runs.
+    pub fn merge(&mut self, other: &Provenance) {
+        for (&key, seen) in &other.seen {
+            let Some(name) = other.inboxes.get(seen.inbox) else {
+                continue;
+            };
+            let inbox = self.intern(name);
+            let entry = self.seen.entry(key).or_insert(Seen {
+                ctime: seen.ctime,
+                inbox,
+            });
+            if seen.ctime >= entry.ctime {
+                *entry = Seen {
+                    ctime: seen.ctime,
+                    inbox,
+                };
+            }
+        }
+    }
+
     /// How many inodes are remembered.
     pub fn len(&self) -> usize {
         self.seen.len()
@@ -164,6 +186,31 @@ mod tests {
             truncated: false,
             refused: None,
         }
+    }
+
+    #[test]
+    fn merged_history_makes_a_file_seen_elsewhere_unverified() {
+        // What a reload hands the running watcher for a new inbox.
+        let mut history = Provenance::default();
+        let mut old = arrival(7, 100);
+        history.check(&mut old, "scout", Some(90));
+        let mut running = Provenance::default();
+        let mut other = arrival(8, 100);
+        running.check(&mut other, "concierge", Some(90));
+        running.merge(&history);
+        assert_eq!(running.len(), 2);
+        let mut back = arrival(7, 200);
+        running.check(&mut back, "scout", Some(90));
+        assert_eq!(back.trust, Trust::Unverified);
+        assert!(back.trust_reason.starts_with("back in inbox scout"));
+        // An older record merged later does not win over a newer one.
+        let mut stale = Provenance::default();
+        let mut earlier = arrival(7, 50);
+        stale.check(&mut earlier, "outer", Some(40));
+        running.merge(&stale);
+        let mut again = arrival(7, 300);
+        running.check(&mut again, "scout", Some(90));
+        assert_eq!(again.trust, Trust::Unverified);
     }
 
     #[test]

@@ -102,6 +102,7 @@ struct Shared {
 enum Msg {
     Fs(notify::Result<Event>),
     Add(InboxSpec),
+    Remember(HashSet<ArrivalKey>, Provenance),
     Stop,
 }
 
@@ -286,6 +287,21 @@ impl InboxWatcher {
             .map_err(|_| WatchError::Stopped)
     }
 
+    /// Takes in what the log knows about inboxes about to be added (see
+    /// [`InboxWatcher::add_inbox`]) while the watcher runs: `recorded`
+    /// arrivals are never sent again, and `provenance` makes a file that
+    /// arrived before arrive unverified. Call it before adding the inbox:
+    /// messages are handled in order, so the inbox's first scan knows it.
+    pub fn remember(
+        &self,
+        recorded: HashSet<ArrivalKey>,
+        provenance: Provenance,
+    ) -> Result<(), WatchError> {
+        self.tx
+            .send(Msg::Remember(recorded, provenance))
+            .map_err(|_| WatchError::Stopped)
+    }
+
     /// How many arrivals the watcher currently remembers: those whose files
     /// are still in a watched inbox. Files that leave an inbox are forgotten.
     pub fn tracked(&self) -> usize {
@@ -414,6 +430,7 @@ impl Worker {
             match msg {
                 Msg::Stop => break,
                 Msg::Add(spec) => self.add(spec),
+                Msg::Remember(recorded, provenance) => self.take_history(recorded, &provenance),
                 Msg::Fs(res) => self.on_fs(res),
             }
             if self.shared.overflowed.swap(false, Ordering::SeqCst) {
@@ -428,6 +445,11 @@ impl Worker {
             self.shared.queued.fetch_sub(1, Ordering::SeqCst);
         }
         msg
+    }
+
+    fn take_history(&mut self, recorded: HashSet<ArrivalKey>, provenance: &Provenance) {
+        self.pending.extend(recorded);
+        self.provenance.merge(provenance);
     }
 
     fn add(&mut self, spec: InboxSpec) {
@@ -681,6 +703,12 @@ impl Worker {
                 }
                 Msg::Add(spec) => {
                     self.backlog.push_back(spec);
+                    continue;
+                }
+                // Knowledge only (no scan): taken in at once, so it is there
+                // before any inbox added after it is scanned.
+                Msg::Remember(recorded, provenance) => {
+                    self.take_history(recorded, &provenance);
                     continue;
                 }
                 Msg::Fs(Err(source)) => {

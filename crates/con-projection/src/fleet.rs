@@ -145,7 +145,8 @@ impl Projection for FleetStatus {
             | Payload::ChainCheckpoint(_)
             | Payload::RunStarted(_)
             | Payload::RunExited(_)
-            | Payload::ProvisionApplied(_) => {}
+            | Payload::ProvisionApplied(_)
+            | Payload::ConfigReloaded(_) => {}
         }
     }
 }

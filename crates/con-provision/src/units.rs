@@ -404,6 +404,8 @@ fn daemon_service(config: &Config, layout: &Layout) -> String {
         "ExecStart",
         &exec_line(layout, &["daemon", "--supervisor", "systemd"]),
     );
+    u.comment("`systemctl reload`: the daemon re-reads its config and secrets on SIGHUP, without a restart (it also does when they change).");
+    u.set("ExecReload", "/bin/kill -HUP $MAINPID");
     u.set("Restart", "on-failure");
     u.set("RestartSec", "2s");
     u.comment(

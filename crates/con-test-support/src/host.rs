@@ -101,7 +101,18 @@ impl Daemon {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let child = Command::new(con.as_ref())
+        Self::spawn(con.as_ref(), root, args, env, Stdio::null())
+    }
+
+    /// [`Daemon::start_with`] (no extra environment) with the daemon's
+    /// stderr going to the file `stderr`, for tests of what it says.
+    pub fn start_logging(con: impl AsRef<Path>, root: &Root, args: &[&str], stderr: &Path) -> Self {
+        let file = std::fs::File::create(stderr).expect("create the daemon's stderr file");
+        Self::spawn(con.as_ref(), root, args, &[], Stdio::from(file))
+    }
+
+    fn spawn(con: &Path, root: &Root, args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
+        let child = Command::new(con)
             .arg("--root")
             .arg(root.path())
             .args(["--user-prefix", root.user_prefix(), "daemon"])
@@ -109,7 +120,7 @@ impl Daemon {
             .envs(env.iter().copied())
             .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn con daemon");
         let daemon = Self { child: Some(child) };

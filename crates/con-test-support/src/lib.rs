@@ -322,6 +322,18 @@ pub fn samples() -> Vec<Sample> {
             .into(),
         ),
         current(
+            ConfigReloaded {
+                trigger: "signal".into(),
+                config_digest: Digest::of(b"[system]\nname = \"fleet\"\n"),
+                agents_added: vec!["scout".into()],
+                agents_removed: vec!["scribe".into()],
+                agents_changed: vec!["sysadmin".into()],
+                keys_changed: true,
+                restart_needed: vec!["contracts.system".into()],
+            }
+            .into(),
+        ),
+        current(
             ChainCheckpoint {
                 through_seq: 1000,
                 head: Digest::of(b"head"),

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
-use con_daemon::{Daemon, DaemonConfig};
+use con_daemon::{Daemon, HostConfig, Loader, Reload};
 use con_layout::Layout;
 
 /// Arguments of `con daemon`.
@@ -42,21 +43,24 @@ impl From<SupervisorMode> for con_config::Supervisor {
     }
 }
 
-/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+/// Runs the daemon in the foreground until SIGTERM or SIGINT; SIGHUP
+/// reloads the configuration (so does a change of `con.toml` or the
+/// secrets file).
 pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // Fail closed: no valid config, no daemon.
     let env = con_config::collect_environment(std::env::vars_os())?;
-    let config = con_config::load(layout.config_file(), &env)?;
     let run_program = match args.run_program {
         Some(p) => p,
         None => std::env::current_exe()?,
     };
-    let daemon = DaemonConfig::from_host(
-        layout,
-        &config,
-        args.supervisor.map(Into::into),
-        run_program,
-    )?;
+    let supervisor = args.supervisor.map(Into::into);
+    // Start and every reload read the files through this one function.
+    let load: Arc<Loader> = {
+        let layout = layout.clone();
+        Arc::new(move || HostConfig::load(&layout, &env, supervisor, run_program.clone()))
+    };
+    let host = load()?;
+    let daemon = host.daemon.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -65,7 +69,7 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             "con daemon: starting on {} with {} ({} agents configured; {})",
             layout.socket().display(),
             layout.event_log().display(),
-            config.agents.len(),
+            daemon.agents.len(),
             if daemon.supervisor.as_ref().is_some_and(|s| s.start_runs) {
                 "supervising agent runs"
             } else {
@@ -73,10 +77,19 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             }
         );
         // Handlers are installed before the daemon can report itself ready:
-        // a SIGTERM right after READY must drain, not kill.
+        // a SIGTERM right after READY must drain, not kill, and a SIGHUP
+        // must reload (its default action would end the daemon).
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // A reload already pending covers this signal too.
+                let _ = reload_tx.try_send(());
+            }
+        });
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}
@@ -84,7 +97,13 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             }
             eprintln!("con daemon: stopping (draining in-flight requests)");
         };
-        Daemon::run(daemon, shutdown)
+        let reload = Reload {
+            current: host,
+            load,
+            files: vec![layout.config_file().to_path_buf(), layout.env_file()],
+            requests: reload_rx,
+        };
+        Daemon::run(daemon, Some(reload), shutdown)
             .await
             .map_err(anyhow::Error::from)
     })?;

@@ -9,6 +9,7 @@ mod contracts;
 mod daemon;
 mod healthcheck;
 mod provision;
+mod reload;
 mod replay;
 mod runs;
 mod supervisor;

@@ -14,8 +14,8 @@ use con_test_support::{Daemon, Root, TestUser, all_events};
 
 use crate::CON;
 
-const KEY: &str = "sk-test-0123456789-SECRET";
-const KEY_VAR: &str = "CON_TEST_API_KEY";
+pub(crate) const KEY: &str = "sk-test-0123456789-SECRET";
+pub(crate) const KEY_VAR: &str = "CON_TEST_API_KEY";
 
 /// A conspiracy in a temp root: config, users, directories, secrets. Each
 /// root has its own user prefix, so tests running in parallel never share
@@ -55,25 +55,16 @@ impl Conspiracy {
         }
         let mut users = Vec::new();
         for a in agents {
-            let user = TestUser::create(&root.user(a.name));
-            let base = root.path().join("srv/con/agents").join(a.name);
-            for sub in [
-                "",
-                "inbox",
-                "outbox",
-                "processed",
-                "failed",
-                "workspace",
-                "sessions",
-            ] {
-                let d = base.join(sub);
-                std::fs::create_dir_all(&d).unwrap();
-                user.chown(&d);
-                std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
-            }
-            users.push((a.name.to_owned(), user));
+            users.push((a.name.to_owned(), agent_user_and_dirs(&root, a.name)));
         }
         Self { root, users }
+    }
+
+    /// Makes `name`'s user and directories (what `con commission` would)
+    /// without touching the config.
+    pub(crate) fn add_agent_account(&mut self, name: &str) {
+        let user = agent_user_and_dirs(&self.root, name);
+        self.users.push((name.to_owned(), user));
     }
 
     pub(crate) fn user(&self, agent: &str) -> &TestUser {
@@ -117,7 +108,7 @@ impl Conspiracy {
     }
 
     /// A daemon that starts runs itself.
-    fn supervising_daemon(&self) -> Daemon {
+    pub(crate) fn supervising_daemon(&self) -> Daemon {
         Daemon::start_with(CON, &self.root, &["--supervisor", "daemon"], &[])
     }
 
@@ -152,6 +143,27 @@ impl Conspiracy {
     }
 }
 
+/// An agent's user and its directories under `root`.
+fn agent_user_and_dirs(root: &Root, name: &str) -> TestUser {
+    let user = TestUser::create(&root.user(name));
+    let base = root.path().join("srv/con/agents").join(name);
+    for sub in [
+        "",
+        "inbox",
+        "outbox",
+        "processed",
+        "failed",
+        "workspace",
+        "sessions",
+    ] {
+        let d = base.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        user.chown(&d);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    user
+}
+
 pub(crate) fn ok(out: &Output) {
     assert!(
         out.status.success(),
@@ -162,7 +174,7 @@ pub(crate) fn ok(out: &Output) {
     );
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -170,14 +182,14 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn session_events(events: &[Event], session: SessionId) -> Vec<&Event> {
+pub(crate) fn session_events(events: &[Event], session: SessionId) -> Vec<&Event> {
     events
         .iter()
         .filter(|e| e.envelope.session == Some(session))
         .collect()
 }
 
-fn sessions_of(events: &[Event], agent: &str) -> Vec<SessionId> {
+pub(crate) fn sessions_of(events: &[Event], agent: &str) -> Vec<SessionId> {
     events
         .iter()
         .filter_map(|e| match &e.payload {
@@ -191,7 +203,7 @@ fn kind_names(events: &[&Event]) -> Vec<&'static str> {
     events.iter().map(|e| e.payload.spec().name).collect()
 }
 
-fn ended(events: &[&Event]) -> (Outcome, String) {
+pub(crate) fn ended(events: &[&Event]) -> (Outcome, String) {
     events
         .iter()
         .find_map(|e| match &e.payload {
