@@ -151,6 +151,23 @@ pub struct GatewayConfig {
     pub tier_budgets_micro_usd: BTreeMap<Tier, u64>,
 }
 
+impl GatewayConfig {
+    /// One line per agent whose model calls cannot be made at all, saying
+    /// why (a missing key names its variable and the secrets file): what the
+    /// daemon says when it starts and when it reloads.
+    pub fn problems(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter_map(|(agent, route)| {
+                route
+                    .unusable
+                    .as_ref()
+                    .map(|why| format!("agent {agent} cannot make model calls: {why}"))
+            })
+            .collect()
+    }
+}
+
 /// Converts a USD amount from config to millionths (saturating).
 pub fn micro_usd(usd: f64) -> u64 {
     let micro = (usd * 1_000_000.0).round();

@@ -177,6 +177,9 @@ async fn apply(
         tx.send_replace(config.clone());
     }
     eprintln!("con daemon: {message}");
+    for problem in daemon.gateway.iter().flat_map(|g| g.problems()) {
+        eprintln!("con daemon: {problem}");
+    }
     reload.current = next;
 }
 

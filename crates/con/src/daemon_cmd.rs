@@ -76,6 +76,9 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 "agent runs are left to systemd"
             }
         );
+        for problem in daemon.gateway.iter().flat_map(|g| g.problems()) {
+            eprintln!("con daemon: {problem}");
+        }
         // Handlers are installed before the daemon can report itself ready:
         // a SIGTERM right after READY must drain, not kill, and a SIGHUP
         // must reload (its default action would end the daemon).

@@ -1,11 +1,16 @@
-//! `con task`: drop a task file, atomically, as the calling user.
+//! `con task`: drop a task file, atomically, as the calling user, and
+//! optionally wait for its answer.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use con_event::payloads::{Kind, Outcome, SessionEnded};
+use con_event::{Event, Payload};
 use con_layout::Layout;
+use con_protocol::{Client, ClientError, Query};
 
 /// Arguments of `con task`.
 #[derive(Debug, Args)]
@@ -16,6 +21,13 @@ pub struct TaskArgs {
     /// (needs write access to it, granted by ACL).
     #[arg(long, value_name = "AGENT")]
     to: Option<String>,
+    /// Wait for the task's first session to end: print the answer and exit
+    /// 0, or say why it failed (a missing key, a provider error…) and exit 1.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this many seconds (exit 1).
+    #[arg(long, value_name = "SECS", default_value_t = 300, requires = "wait")]
+    timeout: u64,
 }
 
 /// Runs `con task`.
@@ -40,6 +52,71 @@ pub fn run(args: TaskArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     }
     let dest = con_inbox::submit_task(&inbox, &message)
         .with_context(|| format!("{}: cannot write the task", inbox.display()))?;
-    println!("{}", dest.display());
-    Ok(ExitCode::SUCCESS)
+    if !args.wait {
+        println!("{}", dest.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".task").to_owned())
+        .unwrap_or_default();
+    wait_for_answer(layout, &id, Duration::from_secs(args.timeout))
+}
+
+/// Follows the log for the end of task `id`'s first session: its answer on
+/// stdout, or why it ended without one on stderr.
+fn wait_for_answer(layout: &Layout, id: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect_with_timeout(&layout.socket(), timeout)?;
+    let mut ended = None;
+    let followed = client.query(
+        Query {
+            from_seq: 1,
+            task: Some(id.to_owned()),
+            kind: Some(SessionEnded::SPEC.id),
+            follow: true,
+            ..Query::default()
+        },
+        |bytes| match Event::from_stored(&bytes) {
+            Ok(Event {
+                payload: Payload::SessionEnded(end),
+                ..
+            }) => {
+                ended = Some(end);
+                false
+            }
+            _ => true,
+        },
+    );
+    match (followed, ended) {
+        (_, Some(end)) => {
+            // A new connection: the followed query may still be streaming
+            // on this one.
+            let answer = match end.response {
+                Some(r) => {
+                    Some(Client::connect_with_timeout(&layout.socket(), timeout)?.blob(r.digest)?)
+                }
+                None => None,
+            };
+            if let Some(answer) = &answer {
+                std::io::Write::write_all(&mut std::io::stdout(), answer)?;
+            }
+            if end.outcome == Outcome::Ok {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "con: task {id}: {}: {}",
+                end.outcome.as_str(),
+                con_event::escape_control(&end.detail)
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        (Err(ClientError::NoAnswer { .. }), None) => {
+            anyhow::bail!(
+                "task {id}: no session of it ended within {} s (is an agent running it? `con status`)",
+                timeout.as_secs()
+            )
+        }
+        (Err(e), None) => Err(e.into()),
+        (Ok(_), None) => anyhow::bail!("task {id}: the daemon ended the stream"),
+    }
 }

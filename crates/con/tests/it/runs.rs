@@ -1440,3 +1440,72 @@ fn a_task_that_always_fails_is_set_aside_after_max_attempts() {
         "the next one is done"
     );
 }
+
+/// `con task --wait` as root: the outer inbox, the supervisor's run of the
+/// concierge, and the answer on stdout.
+fn con_task_wait(c: &Conspiracy, text: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_con"))
+        .args([
+            "--root",
+            c.root.path().to_str().unwrap(),
+            "--user-prefix",
+            c.root.user_prefix(),
+            "task",
+            "--wait",
+            "--timeout",
+            "60",
+            text,
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn con_task_wait_prints_the_answer() {
+    let model = ScriptedServer::start(vec![Step::text("Hello, operator.")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("concierge", "operator", "")],
+    );
+    let _daemon = c.supervising_daemon();
+    let out = con_task_wait(&c, "Say hello.");
+    ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, operator.");
+}
+
+/// A newcomer with no API key learns what is wrong, and where the key goes,
+/// from the command that is waiting, not from a JSON payload.
+#[test]
+fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
+    let model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        "anthropic",
+        &model.base_url(),
+        &[agent("concierge", "operator", "")],
+    );
+    let env = c.root.path().join("etc/con/env");
+    std::fs::write(&env, "").unwrap();
+    let log = c.root.path().join("daemon.stderr");
+    let _daemon = Daemon::start_logging(CON, &c.root, &["--supervisor", "daemon"], &log);
+    let missing = format!("{KEY_VAR} is not set in {}", env.display());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.lines().any(|l| l
+            .starts_with("con daemon: agent concierge cannot make model calls: ")
+            && l.contains(&missing)),
+        "the daemon says it when it starts: {said}"
+    );
+    let out = con_task_wait(&c, "hello");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("provider_error") && err.contains(&missing),
+        "{err}"
+    );
+    assert!(
+        model.requests().is_empty(),
+        "nothing was sent without a key"
+    );
+}
