@@ -7,7 +7,7 @@ PROFILE ?= default
 CONFIG ?= configs/$(PROFILE)/con.toml
 BIN := target/release/con
 
-.PHONY: run test e2e deps journald build lint fmt bench catalog golden clean
+.PHONY: run task test e2e deps journald build lint fmt bench catalog golden clean
 
 ## run: build con, install it as /usr/local/bin/con (the path units and
 ## sudoers name), bootstrap the profile onto this host (users, groups,
@@ -26,6 +26,12 @@ run: deps build
 	@echo "==> starting the daemon; in another shell: $(BIN) status, $(BIN) logs -f, $(BIN) task \"hello\""
 	./scripts/ensure-journald.sh
 	exec /usr/local/bin/con daemon
+
+## task: drop MSG into the outer inbox of the running conspiracy (`make run`)
+## and print the answer when it comes: make task MSG="How full is /var?"
+task:
+	@test -n "$(MSG)" || { echo 'usage: make task MSG="..."' >&2; exit 2; }
+	/usr/local/bin/con task --wait "$(MSG)"
 
 ## test: lint, then every unit, integration, crash and journald test, then
 ## the end-to-end suite.

@@ -14,6 +14,7 @@ mod logs_cmd;
 mod paths;
 mod policy_cmd;
 mod replay_cmd;
+mod responses_cmd;
 mod run_cmd;
 mod status_cmd;
 mod task_cmd;
@@ -61,6 +62,8 @@ enum Command {
     Status(status_cmd::StatusArgs),
     /// Drop a task into the outer inbox (or an agent's inbox), as yourself.
     Task(task_cmd::TaskArgs),
+    /// Show the answers agents wrote, with the task each answers.
+    Responses(responses_cmd::ResponsesArgs),
     /// Create or repair the host state the config implies (users, directories,
     /// ACLs, sudoers, instructions, units, egress), or check it for drift.
     Bootstrap(bootstrap_cmd::BootstrapArgs),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay_cmd::run(args, &layout),
         Command::Status(args) => status_cmd::run(args, &layout),
         Command::Task(args) => task_cmd::run(args, &layout),
+        Command::Responses(args) => responses_cmd::run(args, &layout),
         Command::Healthcheck(args) => healthcheck_cmd::run(args, &layout),
         Command::Contracts(cmd) => contracts_cmd::run(cmd, &layout),
         Command::Bootstrap(args) => bootstrap_cmd::run(args, &layout),

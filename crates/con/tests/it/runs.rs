@@ -1509,3 +1509,75 @@ fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
         "nothing was sent without a key"
     );
 }
+
+/// `con responses` lists answers with their tasks, escapes what the agent
+/// wrote, and shows an agent user only its own.
+#[test]
+fn con_responses_lists_answers_with_their_tasks() {
+    let model = ScriptedServer::start(vec![
+        Step::text("first answer\nsecond line \u{1b}[8mhidden"),
+        Step::text("scribe's answer"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[
+            agent("concierge", "operator", ""),
+            agent("scribe", "worker", ""),
+        ],
+    );
+    let _daemon = c.daemon();
+    c.task("concierge", "t-one", "One.");
+    ok(&c.run("concierge", &[]));
+    c.task("scribe", "t-two", "Two.");
+    ok(&c.run("scribe", &[]));
+    let responses = |user: Option<&TestUser>, args: &[&str]| {
+        let mut cmd = match user {
+            Some(u) => u.command_with_groups(CON),
+            None => Command::new(CON),
+        };
+        let out = cmd
+            .args([
+                "--root",
+                c.root.path().to_str().unwrap(),
+                "--user-prefix",
+                c.root.user_prefix(),
+                "responses",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        ok(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = responses(None, &[]);
+    assert!(
+        text.contains("concierge  task t-one  (ok)\n  | first answer\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  | second line \\u{1b}[8mhidden\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("scribe  task t-two  (ok)\n  | scribe's answer\n"),
+        "{text}"
+    );
+
+    let json = responses(None, &["--json", "--agent", "scribe"]);
+    let rows: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["task"], "t-two");
+    assert_eq!(rows[0]["response"], "scribe's answer");
+
+    let own = responses(Some(c.user("scribe")), &["--json"]);
+    assert_eq!(
+        own.lines().count(),
+        1,
+        "an agent sees its own answers only: {own}"
+    );
+    assert!(own.contains("t-two"), "{own}");
+}
