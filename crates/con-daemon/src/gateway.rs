@@ -268,6 +268,14 @@ impl Gateway {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
     }
 
+    /// Why `agent` can make no model call today (its or its tier's daily
+    /// budget is spent), if so; `None` for an agent with no route.
+    pub(crate) fn budget_spent(&self, fleet: &FleetStatus, agent: &str) -> Option<String> {
+        let config = self.config();
+        let route = config.routes.get(agent)?;
+        Self::check_budget(&config, fleet, agent, route, &BTreeMap::new()).err()
+    }
+
     /// Checks the budgets and, if the call may go ahead, reserves its
     /// worst-case cost until it is over.
     fn reserve<'a>(
@@ -344,7 +352,7 @@ fn usd(micro: u64) -> String {
     format!("${:.4}", micro as f64 / 1_000_000.0)
 }
 
-fn now_unix_nanos() -> i64 {
+pub(crate) fn now_unix_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

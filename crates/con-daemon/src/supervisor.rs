@@ -78,6 +78,8 @@ struct AgentRuns {
     failures: u32,
     not_before: Option<Instant>,
     warned: bool,
+    /// The UTC day it was last said that this agent's budget is spent.
+    budget_said: Option<i64>,
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -237,6 +239,27 @@ impl Supervisor {
                 .get(&agent.name)
                 .map_or(AgentCondition::Active, |a| a.condition);
             if condition != AgentCondition::Active {
+                continue;
+            }
+            // A run could make no model call: it would only be refused,
+            // exit and be retried on every back-off. The tasks wait, and the
+            // check passes again at the next UTC day or when a reload raises
+            // the budget.
+            if let Some(why) = self
+                .shared
+                .gateway
+                .as_ref()
+                .and_then(|g| g.budget_spent(&conditions, &agent.name))
+            {
+                let runs = self.runs.entry(agent.name.clone()).or_default();
+                let today = con_projection::utc_day(crate::gateway::now_unix_nanos());
+                if runs.budget_said != Some(today) {
+                    runs.budget_said = Some(today);
+                    eprintln!(
+                        "con daemon: no runs of {} until its budget allows: {why}",
+                        agent.name
+                    );
+                }
                 continue;
             }
             let runs = self.runs.entry(agent.name.clone()).or_default();

@@ -1581,3 +1581,36 @@ fn con_responses_lists_answers_with_their_tasks() {
     );
     assert!(own.contains("t-two"), "{own}");
 }
+
+/// Once an agent's budget is spent, the supervisor starts no run of it: a
+/// run could only be refused and retried on every back-off. Its tasks wait.
+#[test]
+fn a_spent_budget_starts_no_runs_until_it_allows() {
+    let model = ScriptedServer::start(vec![Step::Reply(Reply::text("first").with_usage(1000, 0))]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "daily_budget_usd = 0.0001")],
+    );
+    let _daemon = c.supervising_daemon();
+    let first = c.task("scribe", "t-1", "first");
+    wait_for("the first answer", Duration::from_secs(30), || {
+        !first.exists()
+    });
+    let second = c.task("scribe", "t-2", "second");
+    let third = c.task("scribe", "t-3", "third");
+    // Long enough for the supervisor's back-off (1, 2, 4, 8 s) to have
+    // started several runs that would each be refused.
+    std::thread::sleep(Duration::from_secs(10));
+    let events = all_events(&c.root.socket());
+    let runs = events
+        .iter()
+        .filter(|e| matches!(&e.payload, Payload::RunStarted(r) if r.agent == "scribe"))
+        .count();
+    assert!(
+        runs <= 2,
+        "{runs} runs started for an agent with no budget left"
+    );
+    assert_eq!(model.requests().len(), 1);
+    assert!(second.exists() && third.exists(), "the tasks wait");
+}
