@@ -474,7 +474,29 @@ pub(crate) async fn call(
         .conversations
         .recorded(call.session, request_seq, conversation);
 
-    let outcome = gateway.client.call(&route.endpoint, &request).await;
+    // A call still in flight when the daemon has been stopping for half its
+    // drain time is given up and recorded as interrupted, before the
+    // connection is cut: never a request without a response.
+    let started = std::time::Instant::now();
+    let stopping = {
+        let stopping = shared.stopping.clone();
+        let grace = shared.config.drain_timeout / 2;
+        async move {
+            crate::until_stopping(stopping).await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = gateway.client.call(&route.endpoint, &request) => outcome,
+        () = stopping => con_llm::CallOutcome {
+            result: Err(LlmError::Interrupted(
+                "the daemon stopped while the call was in flight".to_owned(),
+            )),
+            attempts: 1,
+            status: None,
+            latency: started.elapsed(),
+        },
+    };
     let (reply_bytes, error) = match &outcome.result {
         Ok(reply) => match serde_json::to_vec(reply) {
             Ok(bytes) => (Some(bytes), None),
@@ -487,7 +509,9 @@ pub(crate) async fn call(
         // A request that timed out or lost its connection may still have
         // been processed and billed: it counts at its worst case, so
         // failing calls cannot spend past the budget unseen.
-        Err(LlmError::Timeout { .. } | LlmError::Transport { .. }) => worst,
+        Err(LlmError::Timeout { .. } | LlmError::Transport { .. } | LlmError::Interrupted(_)) => {
+            worst
+        }
         _ => route.price.map(|p| p.cost_micro_usd(&usage)).unwrap_or(0),
     };
     let mut recorded = NewEvent::system(LlmResponse {

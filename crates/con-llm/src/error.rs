@@ -73,6 +73,10 @@ pub enum LlmError {
     /// The HTTP client could not be set up (TLS roots, resolver).
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+    /// The caller stopped waiting (the daemon is shutting down): the
+    /// request may have been processed and billed, the answer is lost.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }
 
 impl LlmError {
@@ -101,7 +105,8 @@ impl LlmError {
             | LlmError::Provider { .. }
             | LlmError::Untrusted { .. }
             | LlmError::Endpoint(_)
-            | LlmError::Client(_) => false,
+            | LlmError::Client(_)
+            | LlmError::Interrupted(_) => false,
         }
     }
 }

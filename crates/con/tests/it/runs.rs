@@ -1614,3 +1614,65 @@ fn a_spent_budget_starts_no_runs_until_it_allows() {
     assert_eq!(model.requests().len(), 1);
     assert!(second.exists() && third.exists(), "the tasks wait");
 }
+
+/// A model call in flight when the daemon stops is recorded as interrupted:
+/// the log never holds a request without its response.
+#[test]
+fn a_model_call_in_flight_at_shutdown_is_recorded_as_interrupted() {
+    let model = ScriptedServer::start(vec![
+        Step::text("too late").delayed(Duration::from_secs(60)),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let mut daemon = c.daemon();
+    c.task("scribe", "t-slow", "take your time");
+    let mut run = c
+        .user("scribe")
+        .command_with_groups(CON)
+        .args([
+            "--root",
+            c.root.path().to_str().unwrap(),
+            "--user-prefix",
+            c.root.user_prefix(),
+            "run",
+            "scribe",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the model call", Duration::from_secs(30), || {
+        model.requests().len() == 1
+    });
+    let stopped = Instant::now();
+    assert!(daemon.terminate().success(), "a clean stop");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(30),
+        "the call did not hold the daemon: {:?}",
+        stopped.elapsed()
+    );
+    let _ = run.kill();
+    let _ = run.wait();
+
+    let _daemon = c.daemon();
+    let events = all_events(&c.root.socket());
+    let request = events
+        .iter()
+        .find(|e| matches!(e.payload, Payload::LlmRequest(_)))
+        .expect("the request is recorded");
+    let response = events
+        .iter()
+        .find_map(|e| match &e.payload {
+            Payload::LlmResponse(r) if e.envelope.causation == Some(request.envelope.seq) => {
+                Some(r.clone())
+            }
+            _ => None,
+        })
+        .expect("and so is its response");
+    let error = response.error.unwrap_or_default();
+    assert!(error.contains("interrupted"), "{error}");
+    assert!(response.response.is_none());
+}
