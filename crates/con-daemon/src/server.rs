@@ -244,6 +244,50 @@ async fn handle(
         Request::RunChecks => run_checks(shared, identity, wr).await,
         Request::Verify => verify(shared, identity, wr).await,
         Request::RunContracts(which) => run_contracts(shared, identity, which, wr).await,
+        Request::Backup(dir) => backup(shared, identity, dir, wr).await,
+    }
+}
+
+/// A consistent copy of the live log into a new directory, made here because
+/// the daemon owns the log. Root only: a member of `trusted` must not be able
+/// to make root write a database wherever it names.
+async fn backup(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    dir: String,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if identity.uid() != 0 {
+        return refuse(
+            wr,
+            ErrorCode::Forbidden,
+            format!("{identity}: only root backs up the event log"),
+        )
+        .await;
+    }
+    let dest = std::path::PathBuf::from(&dir);
+    if !dest.is_absolute() {
+        return refuse(
+            wr,
+            ErrorCode::Rejected,
+            format!("backup: {dir:?} is not an absolute path"),
+        )
+        .await;
+    }
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.backup(&dest)).await {
+        Ok(Ok(head)) => {
+            send(
+                wr,
+                &Response::BackedUp {
+                    head_seq: head.seq,
+                    head_hash: head.hash,
+                },
+            )
+            .await
+        }
+        Ok(Err(e)) => refuse(wr, ErrorCode::Rejected, e.to_string()).await,
+        Err(e) => refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
     }
 }
 

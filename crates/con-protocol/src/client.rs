@@ -226,6 +226,19 @@ impl Client {
         }
     }
 
+    /// Has the daemon copy its live log into the new directory `dir` (root
+    /// only); returns the copy's head seq and hash.
+    pub fn backup(&mut self, dir: &Path) -> Result<(u64, Digest), ClientError> {
+        self.send(&Request::Backup(dir.display().to_string()))?;
+        match self.receive()? {
+            Response::BackedUp {
+                head_seq,
+                head_hash,
+            } => Ok((head_seq, head_hash)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
     /// Asks the daemon to record an agent's new condition (operators only).
     pub fn set_condition(&mut self, order: SetCondition) -> Result<(u64, Digest), ClientError> {
         self.send(&Request::SetCondition(order))?;

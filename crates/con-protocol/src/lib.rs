@@ -199,6 +199,10 @@ pub enum Request {
     /// [`Response::CheckRuns`] (or [`ErrorCode::NotFound`] naming an
     /// unknown id). Operators only.
     RunContracts(RunContracts),
+    /// Copy the live log, as of its durable head, into a new database
+    /// directory (an absolute path that must not exist); answered with
+    /// [`Response::BackedUp`]. Root only: the daemon writes where it is told.
+    Backup(String),
 }
 
 /// Which contracts [`Request::RunContracts`] evaluates.
@@ -290,6 +294,13 @@ pub enum Response {
     Verified(VerifyView),
     /// Answer to [`Request::RunContracts`]: each result as recorded.
     CheckRuns(Vec<CheckRun>),
+    /// Answer to [`Request::Backup`]: the copy's head.
+    BackedUp {
+        /// Its last seq.
+        head_seq: u64,
+        /// That record's chain hash.
+        head_hash: Digest,
+    },
 }
 
 /// A frame that cannot be accepted.

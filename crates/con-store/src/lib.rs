@@ -22,6 +22,7 @@
 //! batch, after which every event of the batch is acknowledged and becomes
 //! visible to readers (the *durable head*).
 
+mod backup;
 mod followed_blobs;
 mod projections;
 mod unfinished_snapshots;
@@ -101,6 +102,9 @@ pub enum StoreError {
     /// A writer is already running on this store.
     #[error("event log: a writer is already running on this store")]
     WriterActive,
+    /// A backup could not be made.
+    #[error("backup: {0}")]
+    Backup(String),
     /// The writer thread could not be started.
     #[error("event log: cannot start the writer thread: {0}")]
     Thread(std::io::Error),

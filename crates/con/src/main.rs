@@ -4,6 +4,7 @@
 //! argument parsing, resolving the global flags into a `con_layout::Layout`,
 //! output formatting and exit codes.
 
+mod backup_cmd;
 mod bootstrap_cmd;
 mod commission_cmd;
 mod config_cmd;
@@ -50,6 +51,9 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// Walk the event log's hash chain and name the first bad seq.
     Verify(verify_cmd::VerifyArgs),
+    /// Copy the live event log into a new directory, through the daemon
+    /// (root), without stopping it.
+    Backup(backup_cmd::BackupArgs),
     /// Run the daemon (root): owner of the event log, serving the socket.
     Daemon(daemon_cmd::DaemonArgs),
     /// Work through an agent's inbox (as the agent's user): one LLM tool-loop session per task.
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
     let result = cli.layout.resolve().and_then(|layout| match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd, &layout),
         Command::Verify(args) => verify_cmd::run(args, &layout),
+        Command::Backup(args) => backup_cmd::run(args, &layout),
         Command::Daemon(args) => daemon_cmd::run(args, &layout),
         Command::Run(args) => run_cmd::run(args, &layout),
         Command::Logs(args) => logs_cmd::run(args, &layout),

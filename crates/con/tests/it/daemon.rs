@@ -71,6 +71,10 @@ fn client_as_other_user() {
             Client::connect(&socket)
                 .and_then(|mut c| c.append(client_event(tool_call("spoof"), None))),
         ),
+        "backup" => outcome(
+            Client::connect(&socket)
+                .and_then(|mut c| c.backup(Path::new(&std::env::var("CON_TEST_DIR").unwrap()))),
+        ),
         "session-for-other" => outcome(Client::connect(&socket).and_then(|mut c| {
             c.append(client_event(
                 SessionStarted {
@@ -1791,4 +1795,103 @@ fn a_log_at_its_size_limit_refuses_agents_first_and_keeps_a_reserve_for_operator
         "log_max_mb 4: {ok} agent and {accepted} operator events of 256 KiB, log {:.1} MiB on disk",
         size as f64 / 1048576.0
     );
+}
+
+/// `con backup` copies the live log while four clients keep appending; the
+/// copy verifies, and restoring it (stop, replace, start) gives the same
+/// head and a working daemon. Only root may ask for one.
+#[test]
+fn a_backup_under_load_verifies_and_restores() {
+    let root = Root::new();
+    let mut daemon = Daemon::start(CON, &root);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appenders: Vec<_> = (0..4)
+        .map(|n| {
+            let socket = root.socket();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&socket).unwrap();
+                let mut appended = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    client
+                        .append(marked_event(&format!("load {n} {appended}")))
+                        .unwrap();
+                    appended += 1;
+                }
+                appended
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let copy = root.path().join("backup");
+    let out = con(&root, &["backup", copy.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let appended: u64 = appenders.into_iter().map(|a| a.join().unwrap()).sum();
+    assert!(appended > 100, "the load was real: {appended} appends");
+    let seq: u64 = said
+        .split("through seq ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+
+    let verified = con(&root, &["verify", "--db", copy.to_str().unwrap(), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    assert_eq!(report["head_seq"], seq, "{report}");
+    let live: serde_json::Value =
+        serde_json::from_slice(&con(&root, &["verify", "--json"]).stdout).unwrap();
+    assert!(
+        live["head_seq"].as_u64().unwrap() > seq,
+        "appends went on: {live}"
+    );
+
+    // Restore: stop, replace, start.
+    assert!(daemon.terminate().success());
+    let log = root.path().join("var/lib/con/events");
+    std::fs::remove_dir_all(&log).unwrap();
+    std::fs::rename(&copy, &log).unwrap();
+    let _daemon = Daemon::start(CON, &root);
+    let restored: serde_json::Value =
+        serde_json::from_slice(&con(&root, &["verify", "--json"]).stdout).unwrap();
+    // The restarted daemon may have recorded its own events since.
+    assert!(restored["head_seq"].as_u64().unwrap() >= seq, "{restored}");
+    let copied = Client::connect(&root.socket())
+        .unwrap()
+        .query(
+            Query {
+                from_seq: seq,
+                limit: Some(1),
+                ..Query::default()
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert!(copied >= seq);
+    con(&root, &["status"]);
+}
+
+/// Only root may have the daemon write a backup: a trusted operator or an
+/// agent could otherwise make root create a database wherever it names.
+#[test]
+fn a_backup_is_root_only() {
+    let root = Root::new();
+    let agent = TestUser::create(&root.user("sysadmin"));
+    let member = TestUser::unique("cb");
+    let group_prefix = unique_prefix("ctb");
+    let trusted = TestGroup::create(&format!("{group_prefix}trusted"));
+    trusted.add(&member);
+    let _daemon = Daemon::start_with(CON, &root, &[], &[("CON_GROUP_PREFIX", &group_prefix)]);
+    let target = root.path().join("stolen");
+    for who in [&member, &agent] {
+        let said = run_as_with(
+            who,
+            &root,
+            "backup",
+            &[("CON_TEST_DIR", target.display().to_string())],
+        );
+        expect_refused(&said, "Forbidden", "only root backs up the event log");
+    }
+    assert!(!target.exists(), "nothing was written");
 }
