@@ -189,6 +189,8 @@ pub(crate) struct RawSystemContracts {
 pub(crate) struct RawDashboard {
     pub enabled: Option<bool>,
     pub listen: Option<String>,
+    /// The Go original's spelling: a port on loopback.
+    pub port: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -431,9 +431,29 @@ fn resolve_contracts(raw: &RawConfig, path: &Path) -> Result<ContractsConfig, Co
 
 fn resolve_dashboard(raw: &RawConfig, path: &Path) -> Result<Dashboard, ConfigError> {
     let d = raw.dashboard.as_ref();
-    let listen_text = d
-        .and_then(|d| d.listen.clone())
-        .unwrap_or_else(|| defaults::DASHBOARD_LISTEN.to_owned());
+    let port = match d.and_then(|d| d.port) {
+        None => None,
+        Some(p) => Some(u16::try_from(p).ok().filter(|&p| p > 0).ok_or_else(|| {
+            ConfigError::section(
+                path,
+                "dashboard.port",
+                format!("{p} is not a port (1 to 65535)"),
+            )
+        })?),
+    };
+    let listen_text = match (d.and_then(|d| d.listen.clone()), port) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::section(
+                path,
+                "dashboard.port",
+                "set either listen or port, not both".to_owned(),
+            ));
+        }
+        (Some(listen), None) => listen,
+        // The original's `port`: the same loopback address, that port.
+        (None, Some(port)) => format!("127.0.0.1:{port}"),
+        (None, None) => defaults::DASHBOARD_LISTEN.to_owned(),
+    };
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
         ConfigError::section(
             path,

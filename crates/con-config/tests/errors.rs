@@ -346,6 +346,14 @@ fn bad_sections() {
         "configs/x.toml: inbox.max_task_kb: must be between 1 and 65536 (KiB), got 100000",
     );
     check(
+        "[dashboard]\nport = 70000\n",
+        "configs/x.toml: dashboard.port: 70000 is not a port (1 to 65535)",
+    );
+    check(
+        "[dashboard]\nport = 8080\nlisten = \"127.0.0.1:8470\"\n",
+        "configs/x.toml: dashboard.port: set either listen or port, not both",
+    );
+    check(
         "[infra]\nsupervisor = \"runit\"\n",
         r#"configs/x.toml: infra.supervisor: unknown supervisor "runit" (expected auto, systemd or daemon)"#,
     );

@@ -239,3 +239,42 @@ fn every_role_and_agent_in_the_profiles_has_instructions() {
     }
     assert!(configs_dir().join("default/mission.md").is_file());
 }
+
+/// The Go original's own profiles (in the shared baseline next to this
+/// repository, when it is there) load as that project meant them: its
+/// `[dashboard] port` is the loopback address on that port.
+#[test]
+fn the_originals_profiles_load_unchanged() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let Some(parent) = workspace
+        .canonicalize()
+        .ok()
+        .and_then(|w| w.parent().map(Path::to_path_buf))
+    else {
+        return;
+    };
+    let dir = parent.join("shared/seed/agent-runner/configs");
+    if !dir.is_dir() {
+        eprintln!(
+            "skipped: {} is not here (a clone without the baseline)",
+            dir.display()
+        );
+        return;
+    }
+    let mut files = vec![dir.join("example.toml")];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path().join("con.toml");
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 3, "{files:?}");
+    for file in &files {
+        let config = load(file, &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        if file.ends_with("default/con.toml") {
+            assert_eq!(config.dashboard.listen.to_string(), "127.0.0.1:8080");
+            assert!(config.dashboard.enabled);
+            assert_eq!(config.agents.len(), 3);
+        }
+    }
+}
