@@ -27,6 +27,7 @@
 
 mod catalog;
 mod entry;
+mod query;
 mod read;
 mod rebuild;
 
@@ -44,6 +45,7 @@ pub use entry::{
     BLOB_INLINE_MAX, BLOB_MESSAGE_ID, BLOB_PART_BYTES, JournalEntry, MirrorContext, blob_entries,
     entry_for, field,
 };
+pub use query::{JournalLocation, Matches, QueryError};
 pub use read::{ExportReader, JsonReader, ReadEntry, ReadError, read_export, read_json};
 pub use rebuild::{
     RebuildError, Rebuilder, Rebuilt, rebuild_from_export, rebuild_from_json, verify_chain,

@@ -10,6 +10,7 @@ mod config_cmd;
 mod contracts_cmd;
 mod daemon_cmd;
 mod healthcheck_cmd;
+mod journal_args;
 mod logs_cmd;
 mod paths;
 mod policy_cmd;

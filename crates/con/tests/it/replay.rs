@@ -274,3 +274,138 @@ fn verify_walks_the_chain_of_a_running_daemon() {
         "{refused:?}"
     );
 }
+
+/// `con replay --json` of `session` through `args`, once the journal shows
+/// what `expected` shows (the mirror trails the log by a moment).
+fn journal_json(c: &Conspiracy, session: SessionId, args: &[&str], expected: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = con(
+            c,
+            &[
+                &["replay", "--json", "--journal"],
+                args,
+                &[&session.to_hex()],
+            ]
+            .concat(),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if (out.status.success() && text == expected)
+            || start.elapsed() > std::time::Duration::from_secs(15)
+        {
+            return stdout(&out);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The directory of this host's journal files.
+fn host_journal_dir() -> std::path::PathBuf {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap();
+    ["/var/log/journal", "/run/log/journal"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(machine.trim()))
+        .find(|d| d.is_dir())
+        .expect("a journal directory for this machine")
+}
+
+#[test]
+fn replay_from_the_journal_matches_the_daemon_and_a_database_copy() {
+    let (c, _cm, _sm) = delegation();
+    let mut daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+    let sessions = [session_of(&c, "concierge"), session_of(&c, "sysadmin")];
+    let live: Vec<String> = sessions
+        .iter()
+        .map(|s| stdout(&con(&c, &["replay", "--json", &s.to_hex()])))
+        .collect();
+    assert!(live.iter().all(|l| l.lines().count() >= 5), "{live:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&con(&c, &["status", "--json"]))).unwrap();
+    let log_id = status["log"]["log_id"].as_str().unwrap().to_owned();
+    assert_eq!(log_id.len(), 32, "{status}");
+
+    // This host's journal, the running daemon's log by default.
+    for (s, live) in sessions.iter().zip(&live) {
+        assert_eq!(&journal_json(&c, *s, &[], live), live);
+    }
+    let tree = stdout(&con(&c, &["replay", "--trace", "t-1"]));
+    let journal_tree = stdout(&con(
+        &c,
+        &["replay", "--journal", "--log-id", &log_id, "--trace", "t-1"],
+    ));
+    assert_eq!(journal_tree, tree);
+    let list = stdout(&con(&c, &["replay", "--agent", "sysadmin"]));
+    let journal_list = stdout(&con(&c, &["replay", "--journal", "--agent", "sysadmin"]));
+    assert_eq!(journal_list, list);
+
+    // With the daemon stopped: the database, and the journal again (the
+    // log now found by the session's entries).
+    daemon.terminate();
+    let db = c.root.db();
+    for (s, live) in sessions.iter().zip(&live) {
+        let offline = stdout(&con(
+            &c,
+            &[
+                "replay",
+                "--json",
+                "--db",
+                db.to_str().unwrap(),
+                &s.to_hex(),
+            ],
+        ));
+        assert_eq!(&offline, live);
+        assert_eq!(&journal_json(&c, *s, &[], live), live);
+    }
+
+    // A directory of journal files, as a copy or a central server has it,
+    // holding other logs too (every test run on this host).
+    let dir = host_journal_dir();
+    for (s, live) in sessions.iter().zip(&live) {
+        let args = ["--directory", dir.to_str().unwrap()];
+        assert_eq!(&journal_json(&c, *s, &args, live), live);
+    }
+
+    // An export stream of this log saved to a file.
+    let export = c.root.path().join("con.export");
+    let out = Command::new("journalctl")
+        .args([
+            "-o",
+            "export",
+            "--no-pager",
+            &format!("CON_LOG_ID={log_id}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&export, &out.stdout).unwrap();
+    for (s, live) in sessions.iter().zip(&live) {
+        let args = ["--file", export.to_str().unwrap()];
+        assert_eq!(&journal_json(&c, *s, &args, live), live);
+    }
+    let export_tree = stdout(&con(
+        &c,
+        &[
+            "replay",
+            "--journal",
+            "--file",
+            export.to_str().unwrap(),
+            "--trace",
+            "t-1",
+        ],
+    ));
+    assert_eq!(export_tree, tree);
+
+    // Not in the journal at all: said so, nothing printed.
+    let missing = con(
+        &c,
+        &["replay", "--journal", "--log-id", &log_id, &"0".repeat(32)],
+    );
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("in the journal"),
+        "{missing:?}"
+    );
+}
