@@ -225,9 +225,16 @@ impl Source for JournalSource {
                     events
                 }
                 _ => {
-                    let ids: Vec<&str> = rebuilt.logs.keys().map(String::as_str).collect();
+                    // A few are enough to pick from; a shared journal may
+                    // hold hundreds (every test run on a host).
+                    let ids: Vec<&str> = rebuilt.logs.keys().take(5).map(String::as_str).collect();
+                    let more = match rebuilt.logs.len() - ids.len() {
+                        0 => String::new(),
+                        n => format!(" and {n} more"),
+                    };
                     anyhow::bail!(
-                        "entries of several logs match in the journal ({}): choose one with --log-id",
+                        "entries of {} logs match in the journal ({}{more}): choose one with --log-id",
+                        rebuilt.logs.len(),
                         ids.join(", ")
                     )
                 }
