@@ -144,6 +144,7 @@ impl DaemonConfig {
             system_name: config.system.name.clone(),
             agents: config.agents.iter().map(|a| a.name.clone()).collect(),
             mirror_capacity: MIRROR_CAPACITY,
+            checkpoints: crate::CheckpointSettings::default(),
             drain_timeout: DRAIN_TIMEOUT,
             supervisor: Some(SupervisorConfig {
                 run_program,

@@ -7,10 +7,12 @@
 //!
 //! Lifecycle: [`Daemon::run`] binds, tells systemd it is ready
 //! (`sd_notify READY=1`), serves until the shutdown future resolves, then
-//! stops accepting, lets in-flight requests finish, commits and acknowledges
-//! everything submitted, and returns.
+//! stops accepting, lets in-flight requests finish, writes a
+//! `chain.checkpoint` ([`checkpoint`]), commits and acknowledges everything
+//! submitted, and returns.
 
 mod arrivals;
+mod checkpoint;
 mod contracts;
 mod gateway;
 pub mod health;
@@ -21,6 +23,7 @@ mod reload;
 mod server;
 mod supervisor;
 
+pub use checkpoint::CheckpointSettings;
 pub use contracts::{ContractSettings, LOAD_CHECK};
 pub use gateway::{GatewayConfig, Route, micro_usd};
 pub use host::HostConfig;
@@ -72,6 +75,8 @@ pub struct DaemonConfig {
     pub limits: LogLimits,
     /// How contracts are evaluated.
     pub contracts: ContractSettings,
+    /// When `chain.checkpoint` events are written.
+    pub checkpoints: CheckpointSettings,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -235,6 +240,10 @@ impl Shared {
     }
 }
 
+/// How long a stopping daemon waits for the journal mirror to send what is
+/// queued.
+const MIRROR_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A running daemon's handles.
 pub struct Daemon;
 
@@ -321,6 +330,7 @@ impl Daemon {
             wake_tx,
             recorded.clone(),
         )?;
+        let checkpointing = tokio::spawn(checkpoint::run(shared.clone(), config.checkpoints));
         let scheduler = config
             .contracts
             .schedule
@@ -397,12 +407,24 @@ impl Daemon {
         tokio::task::spawn_blocking(move || arrivals.stop())
             .await
             .map_err(|e| DaemonError::Shutdown(e.to_string()))?;
+        // Last, so that it vouches for everything this run wrote.
+        if let Ok(mut plan) = checkpointing.await {
+            checkpoint::write(&shared, &mut plan).await;
+        }
+        let mirror = shared.mirror.clone();
         drop(shared);
         // Commits and acknowledges everything submitted, then stops.
         tokio::task::spawn_blocking(move || writer.shutdown())
             .await
             .map_err(|e| DaemonError::Shutdown(e.to_string()))?
-            .map_err(|e| DaemonError::Shutdown(e.to_string()))
+            .map_err(|e| DaemonError::Shutdown(e.to_string()))?;
+        // The writer dropped the mirror with itself: give it a moment to
+        // send what is queued. What it does not send is re-sent at the next
+        // start.
+        tokio::task::spawn_blocking(move || mirror.wait_finished(MIRROR_DRAIN_TIMEOUT))
+            .await
+            .map_err(|e| DaemonError::Shutdown(e.to_string()))?;
+        Ok(())
     }
 }
 

@@ -26,7 +26,9 @@
 //! checks the hash chain of the result.
 
 mod catalog;
+mod crosscheck;
 mod entry;
+mod query;
 mod read;
 mod rebuild;
 
@@ -40,10 +42,12 @@ use con_store::{CommitObserver, CommittedEvent, FollowedBlobs, Store, StoreError
 use systemd_journal_logger::JournalLog;
 
 pub use catalog::catalog;
+pub use crosscheck::{CrossCheck, Finding, FindingKind, LogRecord, cross_check};
 pub use entry::{
     BLOB_INLINE_MAX, BLOB_MESSAGE_ID, BLOB_PART_BYTES, JournalEntry, MirrorContext, blob_entries,
     entry_for, field,
 };
+pub use query::{JournalLocation, Matches, QueryError};
 pub use read::{ExportReader, JsonReader, ReadEntry, ReadError, read_export, read_json};
 pub use rebuild::{
     RebuildError, Rebuilder, Rebuilt, rebuild_from_export, rebuild_from_json, verify_chain,
@@ -84,6 +88,8 @@ struct Shared {
     /// would otherwise make it flap between degraded and recovered).
     last_lost: u64,
     incidents: Vec<NewEvent>,
+    /// The sender thread has sent everything it was given and ended.
+    finished: bool,
 }
 
 impl Shared {
@@ -143,6 +149,26 @@ impl MirrorStatus {
     }
 }
 
+impl MirrorStatus {
+    /// Waits up to `timeout` for the sender thread to end, which it does
+    /// once the mirror (the writer's observer) is dropped and everything
+    /// queued is sent: a daemon stopping cleanly gets its last entries (its
+    /// shutdown checkpoint) into the journal, and a stuck journald cannot
+    /// hold it. Whether it ended.
+    pub fn wait_finished(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if lock(&self.0).finished {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl JournalMirror {
     /// Starts the sender thread for `store`'s log. Before anything new, it
     /// re-sends the durable events past the mirror's marker. The thread is
@@ -157,9 +183,10 @@ impl JournalMirror {
         std::thread::Builder::new()
             .name("con-journal-mirror".into())
             .spawn(move || {
-                let mut sender = Sender::new(config.context, thread_shared, store);
+                let mut sender = Sender::new(config.context, thread_shared.clone(), store);
                 sender.backfill(backlog_end);
                 sender.run(&rx);
+                lock(&thread_shared).finished = true;
             })?;
         Ok((
             Self {

@@ -11,6 +11,7 @@ mod config_cmd;
 mod contracts_cmd;
 mod daemon_cmd;
 mod healthcheck_cmd;
+mod journal_args;
 mod logs_cmd;
 mod paths;
 mod policy_cmd;

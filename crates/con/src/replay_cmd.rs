@@ -1,7 +1,7 @@
 //! `con replay`: sessions and tasks reconstructed from the record.
 //!
-//! This module only fetches (events and contents, through the daemon or
-//! from a database directory) and prints; the folds are `con_replay`'s.
+//! This module only fetches (events and contents, through the daemon, from
+//! a database directory or from the journal) and prints; the folds are `con_replay`'s.
 //! Nothing here calls a model or changes the host.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 use con_event::{Digest, Event, Payload, SessionId};
+use con_journal::{JournalLocation, Matches, field};
 use con_layout::Layout;
 use con_protocol::{Client, ClientError, ErrorCode, Query};
 use con_replay::json::EventWithContents;
@@ -20,6 +21,8 @@ use con_replay::text::{self, TextOptions};
 use con_replay::{Contents, blobs_of};
 use con_store::Store;
 use serde::Serialize;
+
+use crate::journal_args::JournalArgs;
 
 /// Arguments of `con replay`.
 #[derive(Debug, Args)]
@@ -56,8 +59,12 @@ pub struct ReplayArgs {
     json: bool,
     /// Read this event log directory (or a copy of one) instead of asking
     /// the daemon. The log has one owner: use a copy while the daemon runs.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "journal")]
     db: Option<PathBuf>,
+    /// Where the journal is, with --journal: read events and contents from
+    /// journald instead of the event log.
+    #[command(flatten)]
+    journal: JournalArgs,
 }
 
 /// Where events and contents come from.
@@ -136,6 +143,126 @@ impl Source for DaemonSource {
     }
 }
 
+/// Whether `event` is one `query` asks for (its filters, as the daemon
+/// applies them; `from_seq` and `follow` aside).
+fn selected(query: &Query, event: &Event) -> bool {
+    let env = &event.envelope;
+    query.session.is_none_or(|s| env.session == Some(s))
+        && query
+            .task
+            .as_deref()
+            .is_none_or(|t| env.task.as_deref() == Some(t))
+        && query.kind.is_none_or(|k| env.kind == k)
+        && query.agent.as_deref().is_none_or(|a| {
+            env.actor.agent.as_deref() == Some(a) || event.payload.subject_agent() == Some(a)
+        })
+}
+
+/// The journal: each query becomes `journalctl` matches on the fields the
+/// mirror writes (which narrow), then the same filter as for a database
+/// (which decides: `CON_AGENT` names one agent where the daemon's filter
+/// accepts the actor or the subject). Entries of one log only: its
+/// `CON_LOG_ID`, given, the local daemon's, or the only one the first
+/// query finds.
+struct JournalSource {
+    journal: JournalLocation,
+    log_id: Option<String>,
+    /// Contents the entries read so far carried (inline or in parts).
+    blobs: BTreeMap<Digest, Vec<u8>>,
+}
+
+impl JournalSource {
+    fn new(args: &JournalArgs, layout: &Layout) -> Self {
+        Self {
+            journal: args.location(),
+            log_id: args.log_id(layout),
+            blobs: BTreeMap::new(),
+        }
+    }
+
+    /// `conjunction` restricted to the log, once it is known.
+    fn in_log(&self, mut conjunction: Matches) -> Matches {
+        if let Some(id) = &self.log_id {
+            conjunction.insert(0, (field::LOG_ID, id.clone()));
+        }
+        conjunction
+    }
+}
+
+impl Source for JournalSource {
+    fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>> {
+        let mut all: Matches = Vec::new();
+        if let Some(s) = query.session {
+            all.push((field::SESSION, s.to_hex()));
+        }
+        if let Some(t) = &query.task {
+            all.push(("CON_TASK", t.clone()));
+        }
+        if let Some(spec) = query.kind.and_then(con_event::kind_by_id) {
+            all.push(("CON_EVENT", spec.journal_name()));
+        }
+        let alternatives = match &query.agent {
+            Some(a) => vec![
+                self.in_log([all.clone(), vec![("CON_AGENT", a.clone())]].concat()),
+                self.in_log([all, vec![("CON_ACTOR", a.clone())]].concat()),
+            ],
+            None if all.is_empty() && self.log_id.is_none() => {
+                vec![vec![("SYSLOG_IDENTIFIER", "con".to_owned())]]
+            }
+            None => vec![self.in_log(all)],
+        };
+        let mut rebuilt = self.journal.read(&alternatives)?;
+        self.blobs.append(&mut rebuilt.blobs);
+        let events = match &self.log_id {
+            Some(id) => rebuilt.logs.remove(id).unwrap_or_default(),
+            None => match rebuilt.logs.len() {
+                0 => Vec::new(),
+                1 => {
+                    let Some((id, events)) = rebuilt.logs.pop_first() else {
+                        return Ok(Vec::new());
+                    };
+                    self.log_id = Some(id);
+                    events
+                }
+                _ => {
+                    // A few are enough to pick from; a shared journal may
+                    // hold hundreds (every test run on a host).
+                    let ids: Vec<&str> = rebuilt.logs.keys().take(5).map(String::as_str).collect();
+                    let more = match rebuilt.logs.len() - ids.len() {
+                        0 => String::new(),
+                        n => format!(" and {n} more"),
+                    };
+                    anyhow::bail!(
+                        "entries of {} logs match in the journal ({}{more}): choose one with --log-id",
+                        rebuilt.logs.len(),
+                        ids.join(", ")
+                    )
+                }
+            },
+        };
+        Ok(events
+            .into_iter()
+            .filter(|e| e.seq() >= query.from_seq && until.is_none_or(|u| e.seq() <= u))
+            .filter(|e| selected(&query, e))
+            .collect())
+    }
+
+    fn blob(&mut self, digest: Digest) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Some(content) = self.blobs.get(&digest) {
+            return Ok(Some(content.clone()));
+        }
+        let mut rebuilt = self
+            .journal
+            .read(&[self.in_log(vec![(field::BLOB_DIGEST, digest.to_hex())])])?;
+        self.blobs.append(&mut rebuilt.blobs);
+        Ok(self.blobs.get(&digest).cloned())
+    }
+
+    fn scope(&self) -> &'static str {
+        "in the journal"
+    }
+}
+
 /// A database directory opened for inspection. Only full scans of the log
 /// are used: its indexes are derived and catching them up would write.
 struct StoreSource {
@@ -150,18 +277,7 @@ impl Source for StoreSource {
             if until.is_some_and(|u| event.seq() > u) {
                 break;
             }
-            let env = &event.envelope;
-            let keep = query.session.is_none_or(|s| env.session == Some(s))
-                && query
-                    .task
-                    .as_deref()
-                    .is_none_or(|t| env.task.as_deref() == Some(t))
-                && query.kind.is_none_or(|k| env.kind == k)
-                && query.agent.as_deref().is_none_or(|a| {
-                    env.actor.agent.as_deref() == Some(a)
-                        || event.payload.subject_agent() == Some(a)
-                });
-            if keep {
+            if selected(&query, &event) {
                 out.push(event);
             }
         }
@@ -180,6 +296,7 @@ impl Source for StoreSource {
 /// Runs `con replay`.
 pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let mut source: Box<dyn Source> = match &args.db {
+        _ if args.journal.journal => Box::new(JournalSource::new(&args.journal, layout)),
         Some(db) => {
             if !db.join("db").exists() {
                 anyhow::bail!("{}: no event log here", db.display());

@@ -1,14 +1,21 @@
-//! `con verify`.
+//! `con verify`: the log's hash chain, and with `--journal` the log
+//! against its journald copy and the checkpoints in it.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use con_event::{Digest, Event};
+use con_journal::{CrossCheck, FindingKind, LogRecord, cross_check, field};
 use con_layout::Layout;
-use con_protocol::{Client, ClientError};
+use con_protocol::{Client, ClientError, ErrorCode, Query};
 use con_store::Store;
 use serde::Serialize;
+
+use crate::journal_args::JournalArgs;
 
 /// Arguments of `con verify`.
 #[derive(Debug, Args)]
@@ -22,6 +29,12 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+
+    /// With --journal: cross-check every record's hash against the
+    /// journal's copy, report records missing from either side, and check
+    /// the log against the journal's `chain.checkpoint` entries.
+    #[command(flatten)]
+    journal: JournalArgs,
 }
 
 #[derive(Serialize)]
@@ -40,6 +53,9 @@ struct Outcome {
 
 /// Runs `con verify`: exit 0 when the chain holds, 1 when it is broken.
 pub fn run(args: VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    if args.journal.journal {
+        return against_journal(&args, layout);
+    }
     if args.db.is_none() {
         // A live log has one owner, the daemon: it walks the chain. With no
         // daemon to answer, the log is free to open here.
@@ -121,6 +137,247 @@ fn report(outcome: &Outcome, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The log's side of a cross-check.
+struct LogSide {
+    /// The database directory, for messages.
+    db: PathBuf,
+    by_daemon: bool,
+    log_id: String,
+    records: Vec<LogRecord>,
+    blobs: BTreeMap<Digest, Option<Vec<u8>>>,
+}
+
+/// Every record and referenced content of the running daemon's log.
+fn log_through_daemon(client: &mut Client, layout: &Layout) -> anyhow::Result<LogSide> {
+    let status = client.status()?;
+    let log_id = status.log.map(|l| l.log_id).unwrap_or_default();
+    let mut records = Vec::new();
+    let mut failure = None;
+    let result = client.query(
+        Query {
+            from_seq: 1,
+            ..Query::default()
+        },
+        |bytes| match Event::from_stored(&bytes) {
+            // Only the seq the record claims is known here: the daemon does
+            // not send keys.
+            Ok(event) => {
+                records.push(LogRecord {
+                    key: event.seq(),
+                    stored: bytes,
+                });
+                true
+            }
+            Err(e) => {
+                failure = Some(anyhow::anyhow!("undecodable event from the daemon: {e}"));
+                false
+            }
+        },
+    );
+    match (failure, result) {
+        (Some(e), _) => return Err(e),
+        (None, Err(ClientError::Refused { message, .. })) => {
+            anyhow::bail!("the con daemon refused: {message}")
+        }
+        (None, Err(e)) => return Err(e.into()),
+        (None, Ok(_)) => {}
+    }
+    let mut blobs = BTreeMap::new();
+    for digest in referenced(&records) {
+        let content = match Client::connect(&layout.socket())?.blob(digest) {
+            Ok(bytes) => Some(bytes),
+            Err(ClientError::Refused {
+                code: ErrorCode::NotFound,
+                ..
+            }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        blobs.insert(digest, content);
+    }
+    Ok(LogSide {
+        db: layout.event_log(),
+        by_daemon: true,
+        log_id,
+        records,
+        blobs,
+    })
+}
+
+/// Every record (under its key, as stored) and referenced content of the
+/// log in `db`, opened for inspection.
+fn log_offline(db: PathBuf) -> anyhow::Result<LogSide> {
+    if !db.join("db").exists() {
+        anyhow::bail!("{}: no event log here", db.display());
+    }
+    let store = Store::open_for_inspection(&db)?;
+    let mut records = Vec::new();
+    for item in store.stored_records() {
+        let (key, stored) =
+            item.with_context(|| format!("{}: reading the event log", db.display()))?;
+        records.push(LogRecord { key, stored });
+    }
+    let mut blobs = BTreeMap::new();
+    for digest in referenced(&records) {
+        blobs.insert(digest, store.blob(&digest)?);
+    }
+    Ok(LogSide {
+        log_id: store.log_id()?,
+        db,
+        by_daemon: false,
+        records,
+        blobs,
+    })
+}
+
+/// Digests the decodable records reference.
+fn referenced(records: &[LogRecord]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = records
+        .iter()
+        .filter_map(|r| Event::from_stored(&r.stored).ok())
+        .flat_map(|e| e.payload.blob_refs())
+        .map(|b| b.digest)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+#[derive(Serialize)]
+struct FindingJson {
+    kind: &'static str,
+    seq: u64,
+    through_seq: u64,
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct CrossCheckJson {
+    db: PathBuf,
+    by_daemon: bool,
+    ok: bool,
+    log_id: String,
+    journal_log_id: String,
+    log_records: u64,
+    journal_records: u64,
+    matching: u64,
+    checkpoints: u64,
+    checkpoints_matching: u64,
+    findings: Vec<FindingJson>,
+}
+
+/// Times the journal is read again while the only findings are records at
+/// the log's tail it lacks: the mirror trails a live log by a moment.
+const MIRROR_LAG_RETRIES: u32 = 3;
+
+/// `con verify --journal`.
+fn against_journal(args: &VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let log = match &args.db {
+        Some(db) => log_offline(db.clone())?,
+        None => match Client::connect(&layout.socket()) {
+            Ok(mut client) => log_through_daemon(&mut client, layout)?,
+            Err(ClientError::Connect { .. }) => log_offline(layout.event_log())?,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let journal_log_id = args
+        .journal
+        .log_id
+        .clone()
+        .unwrap_or_else(|| log.log_id.clone());
+    let location = args.journal.location();
+    let mut attempt = 0;
+    let check = loop {
+        let mut rebuilt = location
+            .read(&[vec![(field::LOG_ID, journal_log_id.clone())]])
+            .context("reading the journal")?;
+        let journal = rebuilt.logs.remove(&journal_log_id).unwrap_or_default();
+        let mut check = cross_check(&log.records, &journal, &log.blobs, &rebuilt.blobs);
+        if log.log_id != journal_log_id {
+            check.findings.insert(
+                0,
+                con_journal::Finding {
+                    kind: FindingKind::ReplacedDatabase,
+                    seq: 1,
+                    through_seq: 1,
+                    detail: format!(
+                        "this is log {}, the journal's is log {journal_log_id}",
+                        log.log_id
+                    ),
+                },
+            );
+        }
+        let lagging = log.by_daemon
+            && !check.findings.is_empty()
+            && check
+                .findings
+                .iter()
+                .all(|f| f.kind == FindingKind::MissingFromJournal);
+        attempt += 1;
+        if !lagging || attempt > MIRROR_LAG_RETRIES {
+            break check;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    report_cross_check(&log, &journal_log_id, &check, args.json)
+}
+
+fn report_cross_check(
+    log: &LogSide,
+    journal_log_id: &str,
+    check: &CrossCheck,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let ok = check.findings.is_empty();
+    if json {
+        let view = CrossCheckJson {
+            db: log.db.clone(),
+            by_daemon: log.by_daemon,
+            ok,
+            log_id: log.log_id.clone(),
+            journal_log_id: journal_log_id.to_owned(),
+            log_records: check.log_records,
+            journal_records: check.journal_records,
+            matching: check.matching,
+            checkpoints: check.checkpoints,
+            checkpoints_matching: check.checkpoints_matching,
+            findings: check
+                .findings
+                .iter()
+                .map(|f| FindingJson {
+                    kind: f.kind.as_str(),
+                    seq: f.seq,
+                    through_seq: f.through_seq,
+                    detail: f.detail.clone(),
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!(
+            "{}: log {}: {} records, {} confirmed by the journal ({} records of log {journal_log_id}); \
+             {} of {} checkpoints match",
+            log.db.display(),
+            log.log_id,
+            check.log_records,
+            check.matching,
+            check.journal_records,
+            check.checkpoints_matching,
+            check.checkpoints,
+        );
+        for f in &check.findings {
+            println!("{} at seq {}: {}", f.kind.as_str(), f.seq, f.detail);
+        }
+        if ok {
+            println!("log and journal agree");
+        }
+    }
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

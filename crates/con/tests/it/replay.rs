@@ -274,3 +274,426 @@ fn verify_walks_the_chain_of_a_running_daemon() {
         "{refused:?}"
     );
 }
+
+/// `con replay --json` of `session` through `args`, once the journal shows
+/// what `expected` shows (the mirror trails the log by a moment).
+fn journal_json(c: &Conspiracy, session: SessionId, args: &[&str], expected: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = con(
+            c,
+            &[
+                &["replay", "--json", "--journal"],
+                args,
+                &[&session.to_hex()],
+            ]
+            .concat(),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if (out.status.success() && text == expected)
+            || start.elapsed() > std::time::Duration::from_secs(15)
+        {
+            return stdout(&out);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The directory of this host's journal files.
+fn host_journal_dir() -> std::path::PathBuf {
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap();
+    ["/var/log/journal", "/run/log/journal"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(machine.trim()))
+        .find(|d| d.is_dir())
+        .expect("a journal directory for this machine")
+}
+
+#[test]
+fn replay_from_the_journal_matches_the_daemon_and_a_database_copy() {
+    let (c, _cm, _sm) = delegation();
+    let mut daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+    let sessions = [session_of(&c, "concierge"), session_of(&c, "sysadmin")];
+    let live: Vec<String> = sessions
+        .iter()
+        .map(|s| stdout(&con(&c, &["replay", "--json", &s.to_hex()])))
+        .collect();
+    assert!(live.iter().all(|l| l.lines().count() >= 5), "{live:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&con(&c, &["status", "--json"]))).unwrap();
+    let log_id = status["log"]["log_id"].as_str().unwrap().to_owned();
+    assert_eq!(log_id.len(), 32, "{status}");
+
+    // This host's journal, the running daemon's log by default.
+    for (s, live) in sessions.iter().zip(&live) {
+        assert_eq!(&journal_json(&c, *s, &[], live), live);
+    }
+    let tree = stdout(&con(&c, &["replay", "--trace", "t-1"]));
+    let journal_tree = stdout(&con(
+        &c,
+        &["replay", "--journal", "--log-id", &log_id, "--trace", "t-1"],
+    ));
+    assert_eq!(journal_tree, tree);
+    let list = stdout(&con(&c, &["replay", "--agent", "sysadmin"]));
+    let journal_list = stdout(&con(&c, &["replay", "--journal", "--agent", "sysadmin"]));
+    assert_eq!(journal_list, list);
+
+    // With the daemon stopped: the database, and the journal again (the
+    // log now found by the session's entries).
+    daemon.terminate();
+    let db = c.root.db();
+    for (s, live) in sessions.iter().zip(&live) {
+        let offline = stdout(&con(
+            &c,
+            &[
+                "replay",
+                "--json",
+                "--db",
+                db.to_str().unwrap(),
+                &s.to_hex(),
+            ],
+        ));
+        assert_eq!(&offline, live);
+        assert_eq!(&journal_json(&c, *s, &[], live), live);
+    }
+
+    // A directory of journal files, as a copy or a central server has it,
+    // holding other logs too (every test run on this host).
+    let dir = host_journal_dir();
+    for (s, live) in sessions.iter().zip(&live) {
+        let args = ["--directory", dir.to_str().unwrap()];
+        assert_eq!(&journal_json(&c, *s, &args, live), live);
+    }
+
+    // An export stream of this log saved to a file.
+    let export = c.root.path().join("con.export");
+    let out = Command::new("journalctl")
+        .args([
+            "-o",
+            "export",
+            "--no-pager",
+            &format!("CON_LOG_ID={log_id}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&export, &out.stdout).unwrap();
+    for (s, live) in sessions.iter().zip(&live) {
+        let args = ["--file", export.to_str().unwrap()];
+        assert_eq!(&journal_json(&c, *s, &args, live), live);
+    }
+    let export_tree = stdout(&con(
+        &c,
+        &[
+            "replay",
+            "--journal",
+            "--file",
+            export.to_str().unwrap(),
+            "--trace",
+            "t-1",
+        ],
+    ));
+    assert_eq!(export_tree, tree);
+
+    // Not in the journal at all: said so, nothing printed.
+    let missing = con(
+        &c,
+        &["replay", "--journal", "--log-id", &log_id, &"0".repeat(32)],
+    );
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("in the journal"),
+        "{missing:?}"
+    );
+}
+
+/// An edit of a database copy.
+type Tamper = Box<dyn FnOnce(&con_store::Store)>;
+
+/// A copy of the database `db` with `tamper` applied to it.
+fn tampered_copy(
+    db: &std::path::Path,
+    name: &str,
+    tamper: impl FnOnce(&con_store::Store),
+) -> std::path::PathBuf {
+    let copy = db.with_file_name(format!("events-{name}"));
+    let out = Command::new("cp")
+        .args(["-a", db.to_str().unwrap(), copy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let store = con_store::Store::open_for_inspection(&copy).unwrap();
+    tamper(&store);
+    store.flush().unwrap();
+    copy
+}
+
+/// `con verify --json <args>`: the exit code and the findings as (kind, seq).
+fn verify_json(
+    c: &Conspiracy,
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value, Vec<(String, u64)>) {
+    let out = con(c, &[&["verify", "--json"], args].concat());
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let findings = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (out.status.code(), json, findings)
+}
+
+/// Rewrites every record from `from` on, the way someone who knows the
+/// format would: a changed record, its hash and every later link
+/// recomputed, so the log's own chain still verifies.
+fn rewrite_from(store: &con_store::Store, from: u64) {
+    let log = store.raw_log();
+    let mut prev = match from {
+        1 => con_event::Digest::default(),
+        _ => {
+            let v = log.get((from - 1).to_be_bytes()).unwrap().unwrap();
+            con_event::decode_stored(&v).unwrap().hash
+        }
+    };
+    let keys: Vec<u64> = log
+        .iter()
+        .map(|i| u64::from_be_bytes(i.unwrap().0.as_ref().try_into().unwrap()))
+        .filter(|k| *k >= from)
+        .collect();
+    for key in keys {
+        let v = log.get(key.to_be_bytes()).unwrap().unwrap();
+        let stored = con_event::decode_stored(&v).unwrap();
+        let mut env = con_event::Envelope::decode_record(stored.record).unwrap();
+        env.ts_unix_nanos += 1;
+        env.prev_hash = prev;
+        let record = env.encode_record().unwrap();
+        prev = con_event::chain_hash(&env.prev_hash, &record);
+        log.insert(key.to_be_bytes(), con_event::encode_stored(&record, &prev))
+            .unwrap();
+    }
+}
+
+#[test]
+fn verify_against_the_journal_names_each_tamper_and_its_seq() {
+    let (c, _cm, _sm) = delegation();
+    let mut daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+
+    // Live: the daemon's log against this host's journal.
+    let (code, json, findings) = verify_json(&c, &["--journal"]);
+    assert_eq!((code, &findings[..]), (Some(0), &[][..]), "{json}");
+    assert_eq!(json["by_daemon"], true);
+
+    // Stopping cleanly writes a checkpoint of the head, mirrored too.
+    daemon.terminate();
+    let db = c.root.db();
+    let events: Vec<con_event::Event> = {
+        let store = con_store::Store::open_for_inspection(&db).unwrap();
+        store.events_from(1).map(Result::unwrap).collect()
+    };
+    let head = events.len() as u64;
+    match &events.last().unwrap().payload {
+        Payload::ChainCheckpoint(cp) => {
+            assert_eq!(cp.through_seq, head - 1);
+            assert_eq!(cp.head, events[events.len() - 2].hash);
+        }
+        other => panic!("the last event is {other:?}"),
+    }
+    let db_arg = db.to_str().unwrap().to_owned();
+    let start = std::time::Instant::now();
+    let (code, json, findings) = loop {
+        let v = verify_json(&c, &["--journal", "--db", &db_arg]);
+        if v.0 == Some(0) || start.elapsed() > std::time::Duration::from_secs(15) {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!((code, &findings[..]), (Some(0), &[][..]), "{json}");
+    assert_eq!(json["matching"], head);
+    assert!(json["checkpoints"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(json["checkpoints"], json["checkpoints_matching"]);
+    let log_id = json["log_id"].as_str().unwrap().to_owned();
+
+    let blob_seq = events
+        .iter()
+        .find(|e| !e.payload.blob_refs().is_empty())
+        .unwrap()
+        .seq();
+    let blob = events[blob_seq as usize - 1].payload.blob_refs()[0].digest;
+    let cases: Vec<(&str, Tamper, &str, u64)> = vec![
+        (
+            "modified",
+            Box::new(|s| {
+                let key = 5u64.to_be_bytes();
+                let mut v = s.raw_log().get(key).unwrap().unwrap().to_vec();
+                let mid = v.len() / 2;
+                v[mid] ^= 0x40;
+                s.raw_log().insert(key, v).unwrap();
+            }),
+            "modified_event",
+            5,
+        ),
+        (
+            "deleted",
+            Box::new(|s| {
+                s.raw_log().remove(6u64.to_be_bytes()).unwrap();
+            }),
+            "deleted_event",
+            6,
+        ),
+        (
+            "reordered",
+            Box::new(|s| {
+                let log = s.raw_log();
+                let a = log.get(7u64.to_be_bytes()).unwrap().unwrap();
+                let b = log.get(8u64.to_be_bytes()).unwrap().unwrap();
+                log.insert(7u64.to_be_bytes(), b).unwrap();
+                log.insert(8u64.to_be_bytes(), a).unwrap();
+            }),
+            "reordered_events",
+            7,
+        ),
+        (
+            "truncated",
+            Box::new(move |s| {
+                for seq in head - 3..=head {
+                    s.raw_log().remove(seq.to_be_bytes()).unwrap();
+                }
+            }),
+            "truncated_tail",
+            head - 3,
+        ),
+        (
+            "blob",
+            Box::new(move |s| {
+                s.raw_blobs()
+                    .insert(blob.0, b"not what was attached".to_vec())
+                    .unwrap();
+            }),
+            "modified_blob",
+            blob_seq,
+        ),
+        (
+            "rewritten",
+            Box::new(|s| rewrite_from(s, 9)),
+            "rewritten_tail",
+            9,
+        ),
+        (
+            "replaced",
+            Box::new(|s| rewrite_from(s, 1)),
+            "replaced_database",
+            1,
+        ),
+    ];
+    for (name, tamper, kind, seq) in cases {
+        let copy = tampered_copy(&db, name, tamper);
+        let (code, json, findings) =
+            verify_json(&c, &["--journal", "--db", copy.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{name}: {json}");
+        assert!(
+            findings.contains(&(kind.to_owned(), seq)),
+            "{name}: expected {kind} at seq {seq}: {json}"
+        );
+        // The text names it the same way.
+        let text = String::from_utf8(
+            con(&c, &["verify", "--journal", "--db", copy.to_str().unwrap()]).stdout,
+        )
+        .unwrap();
+        assert!(
+            text.contains(&format!("{kind} at seq {seq}")),
+            "{name}: {text}"
+        );
+    }
+
+    // A rewrite with recomputed hashes passes the chain walk alone; the
+    // checkpoints alone (a journal that kept nothing else) still catch it,
+    // and a truncated tail.
+    let rewritten = db.with_file_name("events-rewritten");
+    let plain = con(&c, &["verify", "--db", rewritten.to_str().unwrap()]);
+    assert!(plain.status.success(), "{plain:?}");
+    let only_checkpoints = c.root.path().join("checkpoints.export");
+    let out = Command::new("journalctl")
+        .args([
+            "-o",
+            "export",
+            "--no-pager",
+            &format!("CON_LOG_ID={log_id}"),
+            "CON_EVENT=chain_checkpoint",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !out.stdout.is_empty());
+    std::fs::write(&only_checkpoints, &out.stdout).unwrap();
+    for (name, kind) in [
+        ("rewritten", "rewritten_tail"),
+        ("truncated", "truncated_tail"),
+    ] {
+        let copy = db.with_file_name(format!("events-{name}"));
+        let (code, json, findings) = verify_json(
+            &c,
+            &[
+                "--journal",
+                "--file",
+                only_checkpoints.to_str().unwrap(),
+                "--db",
+                copy.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, Some(1));
+        assert!(findings.iter().any(|(k, _)| k == kind), "{name}: {json}");
+    }
+
+    // Another database in place of this one: another log id.
+    let fresh = c.root.path().join("fresh");
+    {
+        let store = con_store::Store::open(&fresh).unwrap();
+        let writer =
+            con_store::GroupCommitWriter::spawn(store, con_store::WriterConfig::default(), None)
+                .unwrap();
+        writer
+            .appender()
+            .append(con_event::NewEvent::system(
+                con_event::payloads::TaskRouted {
+                    from: "outer".into(),
+                    to: "concierge".into(),
+                    path: "/srv/con/inbox/x.task".into(),
+                },
+            ))
+            .unwrap();
+        writer.shutdown().unwrap();
+    }
+    let start = std::time::Instant::now();
+    let (code, json, findings) = loop {
+        match verify_json(
+            &c,
+            &[
+                "--journal",
+                "--log-id",
+                &log_id,
+                "--db",
+                fresh.to_str().unwrap(),
+            ],
+        ) {
+            v if v.0.is_some() || start.elapsed() > std::time::Duration::from_secs(10) => break v,
+            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    };
+    assert_eq!(code, Some(1));
+    assert!(
+        findings.contains(&("replaced_database".to_owned(), 1)),
+        "{json}"
+    );
+}
