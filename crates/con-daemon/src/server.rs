@@ -244,6 +244,7 @@ async fn handle(
         Request::RunChecks => run_checks(shared, identity, wr).await,
         Request::Verify => verify(shared, identity, wr).await,
         Request::RunContracts(which) => run_contracts(shared, identity, which, wr).await,
+        Request::Agent(order) => agent_order(shared, identity, order, wr).await,
     }
 }
 
@@ -747,6 +748,50 @@ async fn set_condition(
     append_and_answer(shared, new, wr).await
 }
 
+/// An operator's halt, quarantine, kill or resume of a configured agent:
+/// an enforcement with the operator as actor (see [`crate::enforce`]),
+/// answered once done and recorded.
+async fn agent_order(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    order: con_protocol::AgentOrder,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if let Some(refusal) = operators_only(identity, "halt, quarantine, kill or resume agents") {
+        return refuse(wr, ErrorCode::Forbidden, refusal).await;
+    }
+    if let Err(m) = con_config::validate_agent_name(&order.agent) {
+        return refuse(
+            wr,
+            ErrorCode::Rejected,
+            format!("agent name {:?}: {m}", order.agent),
+        )
+        .await;
+    }
+    if !shared.agents().contains(&order.agent) {
+        return refuse(
+            wr,
+            ErrorCode::NotFound,
+            format!("no agent {:?} is configured", order.agent),
+        )
+        .await;
+    }
+    let action = order.action.as_str();
+    let cause = crate::enforce::Cause {
+        actor: Actor {
+            uid: identity.uid(),
+            agent: None,
+        },
+        contract: crate::enforce::OPERATOR.to_owned(),
+        causation: None,
+        reason: format!("con agent {action} by uid {}", identity.uid()),
+    };
+    match crate::enforce::enforce(shared, &cause, action, Some(order.agent)).await {
+        Ok(view) => send(wr, &Response::Enforced(view)).await,
+        Err(e) => refuse(wr, ErrorCode::Unavailable, e).await,
+    }
+}
+
 /// con's built-in checks, run now; each result is recorded (by the
 /// daemon: `contract.result` is its kind alone) before it is answered.
 async fn run_checks(
@@ -915,6 +960,7 @@ async fn status(
             outer_inbox_depth: None,
             agents: vec![agent_view(name, true, fleet.agents.get(name))],
             checks: Vec::new(),
+            alerts: Vec::new(),
         },
         Identity::Operator { .. } => {
             let head = shared.store.head();
@@ -976,6 +1022,18 @@ async fn status(
                         scope_agent: c.scope_agent.clone(),
                         detail: c.detail.clone(),
                         seq: c.seq,
+                    })
+                    .collect(),
+                alerts: fleet
+                    .alerts
+                    .values()
+                    .map(|a| con_protocol::AlertView {
+                        contract: a.contract.clone(),
+                        check: a.check.clone(),
+                        scope_agent: a.scope_agent.clone(),
+                        message: a.message.clone(),
+                        since_seq: a.since_seq,
+                        seq: a.seq,
                     })
                     .collect(),
             }

@@ -17,6 +17,7 @@ pub mod instructions;
 pub mod plan;
 pub mod policy;
 pub mod profile;
+pub mod quarantine;
 pub mod shipped;
 pub mod sudoers;
 pub mod units;
