@@ -430,3 +430,117 @@ fn quarantine_closes_the_inbox_to_other_agents_and_resume_reopens_it() {
     );
     assert!(write("after"), "the grant works again");
 }
+
+#[test]
+fn a_halt_in_supervisor_mode_ends_the_run_and_none_starts_until_resumed() {
+    let model = ScriptedServer::start(vec![
+        Step::tool_call(
+            "exec",
+            serde_json::json!({"command": "sleep 300", "timeout_secs": 600}),
+        ),
+        Step::text("answered after the resume"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _daemon = c.supervising_daemon();
+    let task = c.task("scribe", "t-long", "sleep a while");
+    let uid = c.user("scribe").uid;
+    wait_for("the long exec", Duration::from_secs(20), || {
+        alive(uid).iter().any(|l| l.contains("sleep 300"))
+    });
+    let out = con(&c, &["agent", "halt", "scribe", "--json"]);
+    ok(&out);
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["done"]["agents"][0], "scribe", "{view}");
+    assert!(alive(uid).is_empty(), "survived: {:?}", alive(uid));
+    let runs_started = || {
+        all_events(&c.root.socket())
+            .iter()
+            .filter(|e| matches!(e.payload, Payload::RunStarted(_)))
+            .count()
+    };
+    wait_for("the killed run's exit", Duration::from_secs(10), || {
+        all_events(&c.root.socket())
+            .iter()
+            .any(|e| matches!(e.payload, Payload::RunExited(_)))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(runs_started(), 1, "a halted agent was started again");
+    assert!(task.exists(), "the task waits");
+
+    ok(&con(&c, &["agent", "resume", "scribe"]));
+    wait_for("the task answered", Duration::from_secs(30), || {
+        !task.exists()
+    });
+    assert_eq!(runs_started(), 2);
+}
+
+const ALERT: &str = r#"
+id: T-ALERT
+type: detective
+checks:
+  - name: flag
+    command:
+      run: 'test -e "$CON_ROOT/flag" && echo up || echo down'
+      test: '[ "$RESULT" = up ]'
+    on_fail:
+      action: alert
+      message: "the flag is down"
+"#;
+
+#[test]
+fn an_alert_shows_in_status_until_its_check_passes() {
+    let model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    contract(&c, "alert.yaml", ALERT);
+    let _daemon = c.daemon();
+    let alerts = || {
+        let out = con(&c, &["status", "--json"]);
+        ok(&out);
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        view["alerts"].as_array().unwrap().clone()
+    };
+    assert_eq!(
+        con(&c, &["contracts", "check", "T-ALERT"]).status.code(),
+        Some(1)
+    );
+    let shown = alerts();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(shown[0]["contract"], "T-ALERT");
+    assert!(
+        shown[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the flag is down"),
+        "{shown:?}"
+    );
+    let text = con(&c, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("alerts:"),
+        "{text:?}"
+    );
+    let done = all_events(&c.root.socket())
+        .into_iter()
+        .find_map(|e| match e.payload {
+            Payload::EnforcementDone(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        con_event::payloads::Kind::priority(&done),
+        con_event::Priority::Warning
+    );
+    std::fs::write(c.root.path().join("flag"), "").unwrap();
+    assert_eq!(
+        con(&c, &["contracts", "check", "T-ALERT"]).status.code(),
+        Some(0)
+    );
+    assert!(alerts().is_empty());
+}
