@@ -232,7 +232,7 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
 }
 
 /// Now, in Unix nanoseconds (the check states' clock).
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

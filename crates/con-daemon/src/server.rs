@@ -812,6 +812,9 @@ async fn run_checks(
         Err(e) => return refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
     };
     let mut checks = Vec::with_capacity(verdicts.len());
+    // Folded in like every other result, so the check states the daemon
+    // decides escalations by follow the whole log.
+    let mut states = shared.check_states.lock().await;
     for verdict in verdicts {
         let result = verdict.result();
         let view = |seq| CheckView {
@@ -828,7 +831,20 @@ async fn run_checks(
             .wait_async()
             .await
         {
-            Ok(a) => checks.push(view(a.seq)),
+            Ok(a) => {
+                states.observe(
+                    (
+                        result.contract.clone(),
+                        result.check.clone(),
+                        result.scope_agent.clone(),
+                    ),
+                    result.status,
+                    a.seq,
+                    crate::contracts::now_nanos(),
+                    &result.detail,
+                );
+                checks.push(view(a.seq));
+            }
             Err(e) => {
                 return refuse(
                     wr,

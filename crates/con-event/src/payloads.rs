@@ -930,9 +930,9 @@ impl Kind for EnforcementDone {
 pub enum AgentCondition {
     /// May be started.
     Active,
-    /// Stopped until `con resume`.
+    /// Stopped until `con agent resume`.
     Halted,
-    /// Isolated until `con resume`.
+    /// Isolated until `con agent resume`.
     Quarantined,
     /// Removed from the conspiracy.
     Decommissioned,
@@ -995,7 +995,7 @@ impl Kind for AgentState {
         message_id: "d507bd7c1c0e444186a05386a3d890f7",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT_SUBJECT@ is now @CON_CONDITION@",
-        description: "The administrative condition of an agent changed (active, halted, quarantined, decommissioned). Halts and quarantines are durable: the agent is not started again until `con resume`.",
+        description: "The administrative condition of an agent changed (active, halted, quarantined, decommissioned). Halts and quarantines are durable: the agent is not started again until `con agent resume`.",
     };
     fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
         match version {
