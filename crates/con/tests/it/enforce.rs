@@ -315,8 +315,69 @@ fn alive(uid: u32) -> Vec<String> {
         .collect()
 }
 
+const KILL_SCRIBE: &str = r#"
+id: T-KILL
+type: detective
+scope: agent:scribe
+checks:
+  - name: never
+    command:
+      run: 'echo no'
+      test: '[ "$RESULT" = yes ]'
+    on_fail:
+      action: kill_session
+"#;
+
 #[test]
 fn kill_during_a_long_exec_leaves_no_process_of_the_agent() {
+    long_exec_killed(|c| {
+        let out = con(c, &["agent", "kill", "scribe", "--json"]);
+        ok(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    });
+}
+
+#[test]
+fn a_kill_session_contract_ends_its_scope_agents_run() {
+    long_exec_killed(|c| {
+        contract(c, "kill.yaml", KILL_SCRIBE);
+        assert_eq!(
+            con(c, &["contracts", "check", "T-KILL"]).status.code(),
+            Some(1)
+        );
+        let events = all_events(&c.root.socket());
+        let result = events
+            .iter()
+            .find(|e| matches!(e.payload, Payload::ContractResult(_)))
+            .unwrap();
+        let action = events
+            .iter()
+            .find(|e| matches!(&e.payload, Payload::EnforcementAction(a) if a.action == "kill_session"))
+            .unwrap();
+        assert_eq!(action.envelope.causation, Some(result.seq()));
+        match &action.payload {
+            Payload::EnforcementAction(a) => assert_eq!(a.target.as_deref(), Some("scribe")),
+            _ => unreachable!(),
+        }
+        let done = events
+            .iter()
+            .find(|e| e.envelope.causation == Some(action.seq()))
+            .unwrap();
+        match &done.payload {
+            Payload::EnforcementDone(d) => serde_json::json!({
+                "action_seq": action.seq(),
+                "done_seq": done.seq(),
+                "done": {"pids": d.pids},
+            }),
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+/// A `con run` of scribe inside `sleep 300 & sleep 301`, then `kill`
+/// (which returns the enforced view as JSON): no process of scribe's user
+/// survives, and the agent stays active with its task queued.
+fn long_exec_killed(kill: impl FnOnce(&Conspiracy) -> serde_json::Value) {
     let model = ScriptedServer::start(vec![
         Step::tool_call(
             "exec",
@@ -354,9 +415,7 @@ fn kill_during_a_long_exec_leaves_no_process_of_the_agent() {
         alive(uid).iter().any(|l| l.contains("sleep 301"))
     });
 
-    let out = con(&c, &["agent", "kill", "scribe", "--json"]);
-    ok(&out);
-    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let view = kill(&c);
     let pids: Vec<u64> = view["done"]["pids"]
         .as_array()
         .unwrap()
