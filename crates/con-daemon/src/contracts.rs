@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use con_contracts::{CheckResult, ContractType, Loaded, LoadedContract};
-use con_event::NewEvent;
+use con_contracts::{Check, CheckResult, CheckStates, ContractType, Loaded, LoadedContract};
 use con_event::payloads::{CheckStatus, ContractResult};
+use con_event::{Actor, NewEvent, Payload};
 use con_layout::Layout;
 use con_protocol::{CheckRun, RunContracts};
 
@@ -84,6 +84,10 @@ impl ContractSettings {
     }
 }
 
+/// A result, with the check it is of (for its `on_fail`) when it came
+/// from a contract file's check.
+type Evaluated = (CheckResult, Option<Check>);
+
 /// An id asked for that no contract has.
 #[derive(Debug)]
 pub(crate) struct UnknownContract(pub String);
@@ -108,10 +112,47 @@ pub(crate) async fn evaluate(
     record(shared, results).await.map_err(Err)
 }
 
-/// Appends each result; answers with what was recorded.
-async fn record(shared: &Arc<Shared>, results: Vec<CheckResult>) -> Result<Vec<CheckRun>, String> {
+/// Every check's state from the log's `contract.result` events: what the
+/// daemon starts with, so an incident that began before a restart does not
+/// escalate again.
+pub(crate) fn seed_check_states(
+    store: &con_store::Store,
+) -> Result<CheckStates, con_store::StoreError> {
+    let mut states = CheckStates::default();
+    for event in store.events_from(1) {
+        let event = event?;
+        if let Payload::ContractResult(r) = &event.payload {
+            states.observe(
+                (r.contract.clone(), r.check.clone(), r.scope_agent.clone()),
+                r.status,
+                event.seq(),
+                event.envelope.ts_unix_nanos,
+                &r.detail,
+            );
+        }
+    }
+    Ok(states)
+}
+
+/// What a recorded result asks the daemon to do.
+struct Asked {
+    contract: String,
+    scope_agent: Option<String>,
+    result_seq: u64,
+    reason: String,
+    decision: con_contracts::Decision,
+}
+
+/// Appends each result and folds it into the check states; then carries out
+/// what the failing ones ask for (each enforcement caused by its result).
+/// Answers with what was recorded.
+async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<CheckRun>, String> {
     let mut runs = Vec::with_capacity(results.len());
-    for r in results {
+    let mut asked = Vec::new();
+    // Held until every result is folded in: a concurrent evaluation of the
+    // same check sees this one's transition, so an incident starts once.
+    let mut states = shared.check_states.lock().await;
+    for (r, check) in results {
         let duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX);
         let payload = ContractResult {
             contract: r.contract.clone(),
@@ -127,6 +168,31 @@ async fn record(shared: &Arc<Shared>, results: Vec<CheckResult>) -> Result<Vec<C
             .wait_async()
             .await
             .map_err(|e| format!("recording contract.result: {e}"))?;
+        let transition = states.observe(
+            (r.contract.clone(), r.check.clone(), r.scope_agent.clone()),
+            r.status,
+            appended.seq,
+            now_nanos(),
+            &r.output,
+        );
+        if let Some(check) = &check {
+            let decision = con_contracts::decide(check, transition);
+            if decision.action.is_some() || decision.escalate.is_some() {
+                let message = check.on_fail.as_ref().and_then(|o| o.message.clone());
+                asked.push(Asked {
+                    contract: r.contract.clone(),
+                    scope_agent: r.scope_agent.clone(),
+                    result_seq: appended.seq,
+                    reason: format!(
+                        "check {} {}: {}",
+                        r.check,
+                        r.status.as_str(),
+                        message.unwrap_or_else(|| r.output.clone())
+                    ),
+                    decision,
+                });
+            }
+        }
         runs.push(CheckRun {
             contract: r.contract,
             check: r.check,
@@ -137,7 +203,40 @@ async fn record(shared: &Arc<Shared>, results: Vec<CheckResult>) -> Result<Vec<C
             seq: appended.seq,
         });
     }
+    drop(states);
+    for a in asked {
+        let cause = crate::enforce::Cause {
+            actor: Actor::system(),
+            contract: a.contract,
+            causation: Some(a.result_seq),
+            reason: a.reason,
+        };
+        // Each enforcement is recorded (or, unrecordable, not carried
+        // out) on its own; one failing does not stop the others.
+        if let Some(action) = a.decision.action {
+            let target = match action {
+                con_contracts::Action::HaltAgents | con_contracts::Action::HaltWorkers => None,
+                _ => a.scope_agent.clone(),
+            };
+            if let Err(e) = crate::enforce::enforce(shared, &cause, action.as_str(), target).await {
+                eprintln!("con daemon: enforcement of {}: {e}", cause.contract);
+            }
+        }
+        if let Some(to) = a.decision.escalate
+            && let Err(e) = crate::enforce::enforce(shared, &cause, "escalate", Some(to)).await
+        {
+            eprintln!("con daemon: escalation of {}: {e}", cause.contract);
+        }
+    }
     Ok(runs)
+}
+
+/// Now, in Unix nanoseconds (the check states' clock).
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Loads, selects and runs (blocking). `due` narrows to those contract ids
@@ -146,7 +245,7 @@ fn run_selected(
     shared: &Shared,
     which: &RunContracts,
     due: Option<&[String]>,
-) -> Result<Vec<CheckResult>, Result<UnknownContract, String>> {
+) -> Result<Vec<Evaluated>, Result<UnknownContract, String>> {
     let layout = &shared.config.layout;
     let loaded = load(layout);
     let builtins = crate::health::builtin_checks(layout, &shared.mirror.health());
@@ -244,10 +343,10 @@ fn load(layout: &Layout) -> Loaded {
 }
 
 /// Runs the checks on up to [`PARALLEL_CHECKS`] threads; results keep the
-/// order of `work`.
-fn run_parallel(work: Vec<Work>, env: &[(String, String)]) -> Vec<CheckResult> {
+/// order of `work`, each with the check it is of (for its `on_fail`).
+fn run_parallel(work: Vec<Work>, env: &[(String, String)]) -> Vec<Evaluated> {
     let n = work.len();
-    let slots: Vec<Mutex<Option<CheckResult>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let slots: Vec<Mutex<Option<Evaluated>>> = (0..n).map(|_| Mutex::new(None)).collect();
     let queue = Mutex::new(work.into_iter().enumerate());
     std::thread::scope(|s| {
         for _ in 0..PARALLEL_CHECKS.min(n) {
@@ -259,9 +358,13 @@ fn run_parallel(work: Vec<Work>, env: &[(String, String)]) -> Vec<CheckResult> {
                         .next();
                     let Some((i, item)) = next else { break };
                     let result = match item {
-                        Work::Known(r) => r,
+                        Work::Known(r) => (r, None),
                         Work::Check(c, k) => {
-                            con_contracts::run_check(&c, &c.contract.checks[k], env)
+                            let check = &c.contract.checks[k];
+                            (
+                                con_contracts::run_check(&c, check, env),
+                                Some(check.clone()),
+                            )
                         }
                     };
                     if let Some(slot) = slots.get(i) {

@@ -143,6 +143,11 @@ impl DaemonConfig {
             layout: layout.clone(),
             system_name: config.system.name.clone(),
             agents: config.agents.iter().map(|a| a.name.clone()).collect(),
+            tiers: config
+                .agents
+                .iter()
+                .map(|a| (a.name.clone(), a.tier))
+                .collect(),
             mirror_capacity: MIRROR_CAPACITY,
             checkpoints: crate::CheckpointSettings::default(),
             drain_timeout: DRAIN_TIMEOUT,

@@ -14,6 +14,7 @@
 mod arrivals;
 mod checkpoint;
 mod contracts;
+mod enforce;
 mod gateway;
 pub mod health;
 mod host;
@@ -58,6 +59,8 @@ pub struct DaemonConfig {
     pub system_name: String,
     /// Configured agent names: only their users are agents.
     pub agents: Vec<String>,
+    /// Each configured agent's tier (`halt_workers` halts the workers).
+    pub tiers: std::collections::BTreeMap<String, con_config::Tier>,
     /// Journal mirror queue length.
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
@@ -154,6 +157,13 @@ pub(crate) struct Shared {
     /// Configured agent names now: only their users are agents. Replaced
     /// whole by a reload, so a reader holds one consistent set.
     agents: std::sync::RwLock<Arc<Vec<String>>>,
+    /// Their tiers, replaced with them.
+    tiers: std::sync::RwLock<Arc<std::collections::BTreeMap<String, con_config::Tier>>>,
+    /// Every check's state as the recorded results tell it, seeded from the
+    /// log at start: what decides whether a failing result starts an
+    /// incident (and escalates) or continues one. Held while a result is
+    /// recorded and folded in, so two evaluations cannot both start one.
+    pub(crate) check_states: tokio::sync::Mutex<con_contracts::CheckStates>,
     pub(crate) store: Store,
     pub(crate) appender: con_store::Appender,
     pub(crate) head: watch::Receiver<u64>,
@@ -195,11 +205,27 @@ impl Shared {
     }
 
     /// Makes `agents` the configured agents from the next connection on.
-    pub(crate) fn set_agents(&self, agents: Vec<String>) {
+    pub(crate) fn set_agents(
+        &self,
+        agents: Vec<String>,
+        tiers: std::collections::BTreeMap<String, con_config::Tier>,
+    ) {
         *self
             .agents
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(agents);
+        *self
+            .tiers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tiers);
+    }
+
+    /// The configured agents' tiers now (changed by a reload).
+    pub(crate) fn tiers(&self) -> Arc<std::collections::BTreeMap<String, con_config::Tier>> {
+        self.tiers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The fleet status through the durable head, as `Store::project` gives
@@ -302,9 +328,12 @@ impl Daemon {
         let socket = config.layout.socket();
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let check_states = contracts::seed_check_states(&store)?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             agents: std::sync::RwLock::new(Arc::new(config.agents.clone())),
+            tiers: std::sync::RwLock::new(Arc::new(config.tiers.clone())),
+            check_states: tokio::sync::Mutex::new(check_states),
             store,
             appender: writer.appender(),
             head: head_rx,

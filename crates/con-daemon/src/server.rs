@@ -245,6 +245,7 @@ async fn handle(
         Request::Verify => verify(shared, identity, wr).await,
         Request::RunContracts(which) => run_contracts(shared, identity, which, wr).await,
         Request::Backup(dir) => backup(shared, identity, dir, wr).await,
+        Request::Agent(order) => agent_order(shared, identity, order, wr).await,
     }
 }
 
@@ -791,6 +792,50 @@ async fn set_condition(
     append_and_answer(shared, new, wr).await
 }
 
+/// An operator's halt, quarantine, kill or resume of a configured agent:
+/// an enforcement with the operator as actor (see [`crate::enforce`]),
+/// answered once done and recorded.
+async fn agent_order(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    order: con_protocol::AgentOrder,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if let Some(refusal) = operators_only(identity, "halt, quarantine, kill or resume agents") {
+        return refuse(wr, ErrorCode::Forbidden, refusal).await;
+    }
+    if let Err(m) = con_config::validate_agent_name(&order.agent) {
+        return refuse(
+            wr,
+            ErrorCode::Rejected,
+            format!("agent name {:?}: {m}", order.agent),
+        )
+        .await;
+    }
+    if !shared.agents().contains(&order.agent) {
+        return refuse(
+            wr,
+            ErrorCode::NotFound,
+            format!("no agent {:?} is configured", order.agent),
+        )
+        .await;
+    }
+    let action = order.action.as_str();
+    let cause = crate::enforce::Cause {
+        actor: Actor {
+            uid: identity.uid(),
+            agent: None,
+        },
+        contract: crate::enforce::OPERATOR.to_owned(),
+        causation: None,
+        reason: format!("con agent {action} by uid {}", identity.uid()),
+    };
+    match crate::enforce::enforce(shared, &cause, action, Some(order.agent)).await {
+        Ok(view) => send(wr, &Response::Enforced(view)).await,
+        Err(e) => refuse(wr, ErrorCode::Unavailable, e).await,
+    }
+}
+
 /// con's built-in checks, run now; each result is recorded (by the
 /// daemon: `contract.result` is its kind alone) before it is answered.
 async fn run_checks(
@@ -811,6 +856,9 @@ async fn run_checks(
         Err(e) => return refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
     };
     let mut checks = Vec::with_capacity(verdicts.len());
+    // Folded in like every other result, so the check states the daemon
+    // decides escalations by follow the whole log.
+    let mut states = shared.check_states.lock().await;
     for verdict in verdicts {
         let result = verdict.result();
         let view = |seq| CheckView {
@@ -827,7 +875,20 @@ async fn run_checks(
             .wait_async()
             .await
         {
-            Ok(a) => checks.push(view(a.seq)),
+            Ok(a) => {
+                states.observe(
+                    (
+                        result.contract.clone(),
+                        result.check.clone(),
+                        result.scope_agent.clone(),
+                    ),
+                    result.status,
+                    a.seq,
+                    crate::contracts::now_nanos(),
+                    &result.detail,
+                );
+                checks.push(view(a.seq));
+            }
             Err(e) => {
                 return refuse(
                     wr,
@@ -959,6 +1020,7 @@ async fn status(
             outer_inbox_depth: None,
             agents: vec![agent_view(name, true, fleet.agents.get(name))],
             checks: Vec::new(),
+            alerts: Vec::new(),
         },
         Identity::Operator { .. } => {
             let head = shared.store.head();
@@ -1020,6 +1082,18 @@ async fn status(
                         scope_agent: c.scope_agent.clone(),
                         detail: c.detail.clone(),
                         seq: c.seq,
+                    })
+                    .collect(),
+                alerts: fleet
+                    .alerts
+                    .values()
+                    .map(|a| con_protocol::AlertView {
+                        contract: a.contract.clone(),
+                        check: a.check.clone(),
+                        scope_agent: a.scope_agent.clone(),
+                        message: a.message.clone(),
+                        since_seq: a.since_seq,
+                        seq: a.seq,
                     })
                     .collect(),
             }

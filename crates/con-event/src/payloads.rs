@@ -804,9 +804,47 @@ impl Kind for EnforcementAction {
     }
 }
 
-/// `enforcement.done`: recorded after an enforcement acted.
+/// `enforcement.done` version 2 (current): recorded after an enforcement
+/// acted, with what it actually did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnforcementDone {
+    /// Contract that triggered it (`operator` for an operator's order).
+    pub contract: String,
+    /// The action.
+    pub action: String,
+    /// Target agent, if any.
+    pub target: Option<String>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Detail or error.
+    pub detail: String,
+    /// Agents whose condition it changed (halted, quarantined, resumed).
+    pub agents: Vec<String>,
+    /// Processes it killed.
+    pub pids: Vec<u32>,
+    /// Files and directories it wrote or changed (an escalation task, an
+    /// inbox whose ACL it changed).
+    pub paths: Vec<String>,
+    /// ACL entries it removed: exactly what a resume puts back.
+    pub acl_removed: Vec<AclGrant>,
+}
+
+/// One ACL entry of one path, as enforcement removed or restored it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclGrant {
+    /// The file or directory.
+    pub path: String,
+    /// Whether the entry is in the default ACL (else the access ACL).
+    pub default: bool,
+    /// The entry as `setfacl -m` takes it: `user:a-concierge:rwx`.
+    pub entry: String,
+}
+
+/// `enforcement.done` version 1: whether it succeeded and a detail only.
+/// Kept so records of this version keep decoding; upcast to
+/// [`EnforcementDone`] with nothing listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcementDoneV1 {
     /// Contract that triggered it.
     pub contract: String,
     /// The action.
@@ -819,17 +857,43 @@ pub struct EnforcementDone {
     pub detail: String,
 }
 
+impl From<EnforcementDoneV1> for EnforcementDone {
+    fn from(v1: EnforcementDoneV1) -> Self {
+        EnforcementDone {
+            contract: v1.contract,
+            action: v1.action,
+            target: v1.target,
+            ok: v1.ok,
+            detail: v1.detail,
+            agents: Vec::new(),
+            pids: Vec::new(),
+            paths: Vec::new(),
+            acl_removed: Vec::new(),
+        }
+    }
+}
+
 impl Kind for EnforcementDone {
     const SPEC: KindSpec = KindSpec {
         id: 11,
         name: "enforcement.done",
-        version: 1,
+        version: 2,
         authority: Authority::Daemon,
         message_id: "eb4aca849ecd493da5b9c93b64f77149",
         priority: Priority::Notice,
         subject: "Enforcement @CON_ACTION@ finished",
-        description: "An enforcement action finished. If it failed, the target may still be running: check `con status`.",
+        description: "An enforcement action finished: the agents whose condition it changed, the processes it killed, the paths it wrote or changed and the ACL entries it removed (which a resume restores). If it failed, the target may still be running: check `con status`.",
     };
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        match version {
+            1 => codec::decode::<EnforcementDoneV1>("enforcement.done v1", bytes).map(Into::into),
+            2 => codec::decode("enforcement.done", bytes),
+            _ => Err(DecodeError::UnknownVersion {
+                kind: Self::SPEC.name,
+                version,
+            }),
+        }
+    }
     fn message(&self) -> String {
         format!(
             "enforcement {} on {} {}: {}",
@@ -840,10 +904,12 @@ impl Kind for EnforcementDone {
         )
     }
     fn priority(&self) -> Priority {
-        if self.ok {
-            Priority::Notice
-        } else {
-            Priority::Err
+        match (self.ok, self.action.as_str()) {
+            (false, _) => Priority::Err,
+            // An alert is the sysadmin's to read: it stands out in the
+            // journal like the failure it reports.
+            (true, "alert") => Priority::Warning,
+            (true, _) => Priority::Notice,
         }
     }
     fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
@@ -864,9 +930,9 @@ impl Kind for EnforcementDone {
 pub enum AgentCondition {
     /// May be started.
     Active,
-    /// Stopped until `con resume`.
+    /// Stopped until `con agent resume`.
     Halted,
-    /// Isolated until `con resume`.
+    /// Isolated until `con agent resume`.
     Quarantined,
     /// Removed from the conspiracy.
     Decommissioned,
@@ -929,7 +995,7 @@ impl Kind for AgentState {
         message_id: "d507bd7c1c0e444186a05386a3d890f7",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT_SUBJECT@ is now @CON_CONDITION@",
-        description: "The administrative condition of an agent changed (active, halted, quarantined, decommissioned). Halts and quarantines are durable: the agent is not started again until `con resume`.",
+        description: "The administrative condition of an agent changed (active, halted, quarantined, decommissioned). Halts and quarantines are durable: the agent is not started again until `con agent resume`.",
     };
     fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
         match version {

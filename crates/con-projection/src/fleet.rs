@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use con_event::payloads::{AgentCondition, CheckStatus, Outcome};
+use con_event::payloads::{AclGrant, AgentCondition, CheckStatus, EnforcementDone, Outcome};
 use con_event::{Event, Payload};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,8 @@ pub struct AgentStatus {
     pub spend_micro_usd_by_day: BTreeMap<i64, u64>,
     /// Seq of the last event about this agent.
     pub last_seq: u64,
+    /// ACL entries its quarantine removed and a resume puts back.
+    pub acl_removed: Vec<AclGrant>,
 }
 
 impl Default for AgentStatus {
@@ -45,6 +47,7 @@ impl Default for AgentStatus {
             last_outcome: None,
             spend_micro_usd_by_day: BTreeMap::new(),
             last_seq: 0,
+            acl_removed: Vec::new(),
         }
     }
 }
@@ -66,6 +69,23 @@ pub struct CheckState {
     pub seq: u64,
 }
 
+/// An alert a failing check raised, until the check holds again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Contract id.
+    pub contract: String,
+    /// Check name within the contract.
+    pub check: String,
+    /// Agent the contract is scoped to.
+    pub scope_agent: Option<String>,
+    /// What the alert says (the check's `on_fail.message`, or its output).
+    pub message: String,
+    /// Seq of the first `enforcement.action` of this alert.
+    pub since_seq: u64,
+    /// Seq of the latest.
+    pub seq: u64,
+}
+
 /// Agents, inboxes, sessions, contracts and spend, folded from the log.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetStatus {
@@ -73,6 +93,8 @@ pub struct FleetStatus {
     pub agents: BTreeMap<String, AgentStatus>,
     /// Last result per `contract/check`.
     pub checks: BTreeMap<String, CheckState>,
+    /// Alerts raised per `contract/check` whose check has not held since.
+    pub alerts: BTreeMap<String, Alert>,
     /// Seq of the last event applied.
     pub through_seq: u64,
 }
@@ -83,12 +105,45 @@ impl FleetStatus {
         a.last_seq = seq;
         a
     }
+
+    /// After a kill (alone, or of a halt or quarantine) that succeeded, no
+    /// process of those agents' users is left, so none of their sessions
+    /// runs, and none could record its end.
+    fn sessions_killed(&mut self, p: &EnforcementDone, seq: u64) {
+        let kills = matches!(
+            p.action.as_str(),
+            "kill_session" | "halt" | "quarantine" | "halt_agents" | "halt_workers"
+        );
+        if !p.ok || !kills {
+            return;
+        }
+        let target = p.target.iter().filter(|_| p.action == "kill_session");
+        for name in p.agents.iter().chain(target) {
+            self.agent(name, seq).running_sessions = 0;
+        }
+    }
+
+    /// What a quarantine removed from the ACLs, until a resume restores it.
+    fn acl_changed(&mut self, p: &EnforcementDone, seq: u64) {
+        match (p.action.as_str(), &p.target) {
+            ("quarantine", Some(target)) => {
+                // Added to, never replaced: a second quarantine of a
+                // quarantined agent removes nothing more, and what the
+                // first removed must still come back.
+                let removed = p.acl_removed.clone();
+                self.agent(target, seq).acl_removed.extend(removed);
+            }
+            ("resume", Some(target)) if p.ok => self.agent(target, seq).acl_removed.clear(),
+            _ => {}
+        }
+    }
 }
 
 impl Projection for FleetStatus {
     const NAME: &'static str = "fleet-status";
     // 3: checks carry their contract and check names.
-    const VERSION: u32 = 3;
+    // 4: alerts, and the ACL entries a quarantine removed.
+    const VERSION: u32 = 4;
 
     fn apply(&mut self, event: &Event) {
         let seq = event.seq();
@@ -122,8 +177,12 @@ impl Projection for FleetStatus {
                 *spent = spent.saturating_add(p.cost_micro_usd);
             }
             Payload::ContractResult(p) => {
+                let key = format!("{}/{}", p.contract, p.check);
+                if p.status == CheckStatus::Pass {
+                    self.alerts.remove(&key);
+                }
                 self.checks.insert(
-                    format!("{}/{}", p.contract, p.check),
+                    key,
                     CheckState {
                         contract: p.contract.clone(),
                         check: p.check.clone(),
@@ -135,11 +194,34 @@ impl Projection for FleetStatus {
                 );
             }
             Payload::AgentState(p) => self.agent(&p.agent, seq).condition = p.condition,
+            Payload::EnforcementAction(p) if p.action == "alert" => {
+                // The result that raised it is its cause; an alert without
+                // one (never written by con) has no check to attach to.
+                let Some(cause) = event.envelope.causation else {
+                    return;
+                };
+                let Some((key, check)) = self.checks.iter().find(|(_, c)| c.seq == cause) else {
+                    return;
+                };
+                let since_seq = self.alerts.get(key).map_or(seq, |a| a.since_seq);
+                let alert = Alert {
+                    contract: check.contract.clone(),
+                    check: check.check.clone(),
+                    scope_agent: check.scope_agent.clone(),
+                    message: p.reason.clone(),
+                    since_seq,
+                    seq,
+                };
+                self.alerts.insert(key.clone(), alert);
+            }
+            Payload::EnforcementDone(p) => {
+                self.sessions_killed(p, seq);
+                self.acl_changed(p, seq);
+            }
             Payload::LlmRequest(_)
             | Payload::ToolCall(_)
             | Payload::ToolResult(_)
             | Payload::EnforcementAction(_)
-            | Payload::EnforcementDone(_)
             | Payload::JournalMirrorDegraded(_)
             | Payload::JournalMirrorRecovered(_)
             | Payload::ChainCheckpoint(_)

@@ -8,7 +8,7 @@
 
 mod fleet;
 
-pub use fleet::{AgentStatus, CheckState, FleetStatus, utc_day};
+pub use fleet::{AgentStatus, Alert, CheckState, FleetStatus, utc_day};
 
 use con_event::Event;
 use serde::{Serialize, de::DeserializeOwned};

@@ -173,3 +173,132 @@ fn last_contract_result_and_agent_condition_win() {
     assert_eq!(s.checks["CON-SYS-001/disk"].seq, 3);
     assert_eq!(s.agents["scout"].condition, AgentCondition::Quarantined);
 }
+
+/// Like [`fold`], each event with the seq of its cause.
+fn fold_caused(events: Vec<(Option<u64>, Payload)>) -> FleetStatus {
+    let mut state = FleetStatus::default();
+    for (i, (causation, payload)) in events.into_iter().enumerate() {
+        let spec = payload.spec();
+        state.apply(&Event {
+            envelope: Envelope {
+                seq: i as u64 + 1,
+                id: EventId::default(),
+                ts_unix_nanos: 0,
+                actor: Actor::system(),
+                session: None,
+                task: None,
+                causation,
+                kind: spec.id,
+                kind_version: spec.version,
+                payload: payload.encode().unwrap(),
+                prev_hash: Digest::default(),
+            },
+            payload,
+            hash: Digest::default(),
+        });
+    }
+    state
+}
+
+fn done(action: &str, target: &str, agents: &[&str], removed: &[&str]) -> Payload {
+    EnforcementDone {
+        contract: "operator".into(),
+        action: action.into(),
+        target: Some(target.into()),
+        ok: true,
+        detail: String::new(),
+        agents: agents.iter().map(|a| (*a).to_owned()).collect(),
+        pids: vec![1],
+        paths: Vec::new(),
+        acl_removed: removed
+            .iter()
+            .map(|e| AclGrant {
+                path: "/srv/con/agents/scout/inbox".into(),
+                default: false,
+                entry: (*e).to_owned(),
+            })
+            .collect(),
+    }
+    .into()
+}
+
+#[test]
+fn an_alert_lasts_until_its_check_passes() {
+    let result = |status| -> Payload {
+        ContractResult {
+            contract: "C".into(),
+            check: "disk".into(),
+            scope_agent: None,
+            status,
+            detail: "8%".into(),
+            duration_ms: 1,
+        }
+        .into()
+    };
+    let alert = || -> Payload {
+        EnforcementAction {
+            contract: "C".into(),
+            action: "alert".into(),
+            target: None,
+            reason: "low disk".into(),
+        }
+        .into()
+    };
+    let s = fold_caused(vec![
+        (None, result(CheckStatus::Fail)),
+        (Some(1), alert()),
+        (None, result(CheckStatus::Fail)),
+        (Some(3), alert()),
+    ]);
+    let a = &s.alerts["C/disk"];
+    assert_eq!((a.since_seq, a.seq, a.message.as_str()), (2, 4, "low disk"));
+    let s = fold_caused(vec![
+        (None, result(CheckStatus::Fail)),
+        (Some(1), alert()),
+        (None, result(CheckStatus::Skipped)),
+    ]);
+    assert!(s.alerts.contains_key("C/disk"), "skipped is not holding");
+    let s = fold_caused(vec![
+        (None, result(CheckStatus::Fail)),
+        (Some(1), alert()),
+        (None, result(CheckStatus::Pass)),
+    ]);
+    assert!(s.alerts.is_empty());
+}
+
+#[test]
+fn a_quarantine_keeps_what_it_removed_until_resumed_and_a_kill_ends_sessions() {
+    let started: Payload = SessionStarted {
+        agent: "scout".into(),
+        runner: "builtin".into(),
+        provider: None,
+        model: None,
+        trust: Trust::Verified,
+        prompt: BlobRef::of(b"p"),
+    }
+    .into();
+    let s = fold_caused(vec![
+        (None, started.clone()),
+        (
+            None,
+            done("quarantine", "scout", &["scout"], &["user:a-x:rwx"]),
+        ),
+        // A second quarantine removes nothing more and forgets nothing.
+        (None, done("quarantine", "scout", &[], &[])),
+    ]);
+    let scout = &s.agents["scout"];
+    assert_eq!(scout.running_sessions, 0, "every process was killed");
+    assert_eq!(scout.acl_removed.len(), 1);
+    assert_eq!(scout.acl_removed[0].entry, "user:a-x:rwx");
+    let s = fold_caused(vec![
+        (
+            None,
+            done("quarantine", "scout", &["scout"], &["user:a-x:rwx"]),
+        ),
+        (None, done("resume", "scout", &["scout"], &[])),
+        (None, started.clone()),
+        (None, done("kill_session", "scout", &[], &[])),
+    ]);
+    assert!(s.agents["scout"].acl_removed.is_empty());
+    assert_eq!(s.agents["scout"].running_sessions, 0);
+}

@@ -5,9 +5,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::{
-    BLOB_CHUNK_BYTES, BlobRequest, CheckRun, CheckView, ClientEvent, ErrorCode, FrameError,
-    LEN_BYTES, LlmAnswer, LlmCall, Query, Request, Response, RunContracts, SetCondition,
-    StatusView, VerifyView, check_len, decode_body, encode_frame,
+    AgentOrder, BLOB_CHUNK_BYTES, BlobRequest, CheckRun, CheckView, ClientEvent, EnforcedView,
+    ErrorCode, FrameError, LEN_BYTES, LlmAnswer, LlmCall, Query, Request, Response, RunContracts,
+    SetCondition, StatusView, VerifyView, check_len, decode_body, encode_frame,
 };
 use con_event::Digest;
 
@@ -244,6 +244,16 @@ impl Client {
         self.send(&Request::SetCondition(order))?;
         match self.receive()? {
             Response::Appended { seq, hash } => Ok((seq, hash)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Orders the daemon to halt, quarantine, kill or resume an agent
+    /// (operators only); returns what it did, as recorded.
+    pub fn agent_order(&mut self, order: AgentOrder) -> Result<EnforcedView, ClientError> {
+        self.send(&Request::Agent(order))?;
+        match self.receive()? {
+            Response::Enforced(view) => Ok(view),
             _ => Err(ClientError::Unexpected),
         }
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
 pub use status::{
-    AgentView, Caller, CallerRole, CheckView, LogPosition, MirrorState, MirrorView,
+    AgentView, AlertView, Caller, CallerRole, CheckView, LogPosition, MirrorState, MirrorView,
     STATUS_VIEW_VERSION, StatusView,
 };
 
@@ -153,6 +153,55 @@ pub struct SetCondition {
     pub reason: String,
 }
 
+/// What an operator orders about one agent ([`Request::Agent`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentAction {
+    /// Stop it (every process of its user) and mark it halted.
+    Halt,
+    /// Stop it, take every other agent's write access to its inbox away
+    /// and mark it quarantined.
+    Quarantine,
+    /// End its running sessions and every process of its user; its
+    /// condition stays.
+    Kill,
+    /// Restore exactly what a halt or quarantine removed and mark it active.
+    Resume,
+}
+
+impl AgentAction {
+    /// The `enforcement.action` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentAction::Halt => "halt",
+            AgentAction::Quarantine => "quarantine",
+            AgentAction::Kill => "kill_session",
+            AgentAction::Resume => "resume",
+        }
+    }
+}
+
+/// An operator's order about one agent: recorded as `enforcement.action`
+/// (the operator as actor) before the daemon acts, `enforcement.done`
+/// after.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentOrder {
+    /// The agent.
+    pub agent: String,
+    /// What to do.
+    pub action: AgentAction,
+}
+
+/// What an enforcement did ([`Response::Enforced`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnforcedView {
+    /// Seq of its `enforcement.action`.
+    pub action_seq: u64,
+    /// Seq of its `enforcement.done`.
+    pub done_seq: u64,
+    /// The `enforcement.done` as recorded.
+    pub done: con_event::payloads::EnforcementDone,
+}
+
 /// The result of walking the log's hash chain ([`Request::Verify`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyView {
@@ -203,6 +252,9 @@ pub enum Request {
     /// directory (an absolute path that must not exist); answered with
     /// [`Response::BackedUp`]. Root only: the daemon writes where it is told.
     Backup(String),
+    /// Halt, quarantine, kill or resume an agent; answered with
+    /// [`Response::Enforced`] once done and recorded. Operators only.
+    Agent(AgentOrder),
 }
 
 /// Which contracts [`Request::RunContracts`] evaluates.
@@ -301,6 +353,8 @@ pub enum Response {
         /// That record's chain hash.
         head_hash: Digest,
     },
+    /// Answer to [`Request::Agent`]: what was done, as recorded.
+    Enforced(EnforcedView),
 }
 
 /// A frame that cannot be accepted.

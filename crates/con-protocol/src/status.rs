@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Layout version of [`StatusView`]. Bumped whenever a field is added,
 /// removed or changes meaning; readers check it before anything else.
-pub const STATUS_VIEW_VERSION: u16 = 1;
+pub const STATUS_VIEW_VERSION: u16 = 2;
 
 /// Current state of the conspiracy as the daemon sees it, for one caller.
 /// Operators see everything; an agent sees only who it is and its own row.
@@ -31,6 +31,9 @@ pub struct StatusView {
     /// Last result of every contract check recorded so far, by contract and
     /// check (operators only; empty for agents).
     pub checks: Vec<CheckView>,
+    /// Alerts raised by failing checks that have not held since, by
+    /// contract and check (operators only; empty for agents). Since view 2.
+    pub alerts: Vec<AlertView>,
 }
 
 /// The caller's role.
@@ -125,5 +128,23 @@ pub struct CheckView {
     /// Output or reason, as recorded.
     pub detail: String,
     /// Seq of that `contract.result`.
+    pub seq: u64,
+}
+
+/// An alert a failing check raised (`on_fail: {action: alert}`), shown
+/// until the check passes again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertView {
+    /// Contract id.
+    pub contract: String,
+    /// Check name.
+    pub check: String,
+    /// Agent the contract is scoped to.
+    pub scope_agent: Option<String>,
+    /// The alert's message.
+    pub message: String,
+    /// Seq of the first `enforcement.action` of this alert.
+    pub since_seq: u64,
+    /// Seq of the latest.
     pub seq: u64,
 }

@@ -6,6 +6,8 @@
 //! front by [`Profile::read`]) and a [`con_layout::Layout`] it computes the ordered
 //! [`Resource`]s. [`apply()`] compares each with the host and fixes only
 //! the differences; [`check`] runs the same comparison without fixing.
+//! [`quarantine`] is what enforcement changes on the host (an inbox's write
+//! grants, an agent's systemd units), called by the daemon.
 
 mod api;
 pub mod apply;
@@ -17,6 +19,7 @@ pub mod instructions;
 pub mod plan;
 pub mod policy;
 pub mod profile;
+pub mod quarantine;
 pub mod shipped;
 pub mod sudoers;
 pub mod units;

@@ -259,9 +259,41 @@ pub fn samples() -> Vec<Sample> {
                 target: Some("scout".into()),
                 ok: true,
                 detail: "agent quarantined".into(),
+                agents: vec!["scout".into()],
+                pids: vec![4242, 4243],
+                paths: vec!["/srv/con/agents/scout/inbox".into()],
+                acl_removed: vec![AclGrant {
+                    path: "/srv/con/agents/scout/inbox".into(),
+                    default: false,
+                    entry: "user:a-concierge:rwx".into(),
+                }],
             }
             .into(),
         ),
+        Sample {
+            kind: "enforcement.done",
+            version: 1,
+            bytes: codec::encode(&EnforcementDoneV1 {
+                contract: "CON-AGENT-001".into(),
+                action: "quarantine".into(),
+                target: Some("scout".into()),
+                ok: true,
+                detail: "agent quarantined".into(),
+            })
+            .expect("sample encodes"),
+            payload: EnforcementDone {
+                contract: "CON-AGENT-001".into(),
+                action: "quarantine".into(),
+                target: Some("scout".into()),
+                ok: true,
+                detail: "agent quarantined".into(),
+                agents: Vec::new(),
+                pids: Vec::new(),
+                paths: Vec::new(),
+                acl_removed: Vec::new(),
+            }
+            .into(),
+        },
         current(
             AgentState {
                 agent: "scout".into(),

@@ -4,6 +4,7 @@
 //! argument parsing, resolving the global flags into a `con_layout::Layout`,
 //! output formatting and exit codes.
 
+mod agent_cmd;
 mod backup_cmd;
 mod bootstrap_cmd;
 mod commission_cmd;
@@ -63,6 +64,9 @@ enum Command {
     Logs(logs_cmd::LogsArgs),
     /// Reconstruct sessions and tasks from the record (never calls a model).
     Replay(replay_cmd::ReplayArgs),
+    /// List agents; halt, quarantine, kill or resume one (operators).
+    #[command(subcommand)]
+    Agent(agent_cmd::AgentCommand),
     /// Show agents, inboxes, sessions and checks (through the daemon).
     Status(status_cmd::StatusArgs),
     /// Drop a task into the outer inbox (or an agent's inbox), as yourself.
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd::run(args, &layout),
         Command::Logs(args) => logs_cmd::run(args, &layout),
         Command::Replay(args) => replay_cmd::run(args, &layout),
+        Command::Agent(cmd) => agent_cmd::run(cmd, &layout),
         Command::Status(args) => status_cmd::run(args, &layout),
         Command::Task(args) => task_cmd::run(args, &layout),
         Command::Responses(args) => responses_cmd::run(args, &layout),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::Args;
-use con_event::payloads::Outcome;
+use con_event::payloads::{AgentCondition, Outcome};
 use con_layout::Layout;
 use con_runner::{AgentRun, ClientLink};
 
@@ -35,6 +35,26 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     con_runner::stop_on_signals(stop.clone())?;
     // No daemon, no audit: nothing happens before the socket answers.
     let mut link = ClientLink::connect(&layout.socket())?;
+    // A halted or quarantined agent does nothing, and touches no task: they
+    // wait in its inbox until an operator resumes it. Asked here as well as
+    // by the supervisor, because under systemd a path unit starts this run
+    // whenever a task is waiting.
+    let condition =
+        con_protocol::Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT)?
+            .status()?
+            .agents
+            .iter()
+            .find(|a| a.name == args.agent)
+            .map_or(AgentCondition::Active, |a| a.condition);
+    if condition != AgentCondition::Active {
+        eprintln!(
+            "con run: agent {} is {}: not running (tasks stay queued until `con agent resume {}`)",
+            args.agent,
+            condition.as_str(),
+            args.agent
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let env = con_config::collect_environment(std::env::vars_os())?;
     let config_file = layout.config_file();
     let config = con_config::load(config_file, &env)?;

@@ -120,5 +120,22 @@ pub fn render(view: &StatusView) -> String {
             );
         }
     }
+    if !view.alerts.is_empty() {
+        let _ = writeln!(out, "\nalerts:");
+        for a in &view.alerts {
+            let _ = writeln!(
+                out,
+                "  {}/{}{}: {} (since seq {})",
+                escape_control(&a.contract),
+                escape_control(&a.check),
+                a.scope_agent
+                    .as_deref()
+                    .map(|s| format!(" ({})", escape_control(s)))
+                    .unwrap_or_default(),
+                escape_control(&a.message),
+                a.since_seq
+            );
+        }
+    }
     out
 }

@@ -7,6 +7,7 @@
 mod cli;
 mod contracts;
 mod daemon;
+mod enforce;
 mod healthcheck;
 mod provision;
 mod reload;

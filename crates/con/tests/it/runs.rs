@@ -80,7 +80,7 @@ impl Conspiracy {
     }
 
     /// Lets `writer` task `target` (what bootstrap grants operators).
-    fn grant_tasking(&self, writer: &str, target: &str) {
+    pub(crate) fn grant_tasking(&self, writer: &str, target: &str) {
         let w = &self.user(writer).name;
         let t = &self.user(target).name;
         let setfacl = |args: &[&str], path: &Path| {
@@ -726,9 +726,16 @@ fn a_halted_agent_gets_no_model_calls() {
         .unwrap();
     let task = c.task("scribe", "t-halted", "anything");
     let out = c.run("scribe", &[]);
-    assert!(!out.status.success());
+    // Nothing to do is no failure: a path unit firing does nothing.
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("scribe is halted"),
+        "{out:?}"
+    );
     assert!(model.requests().is_empty());
     assert!(task.exists(), "the task stays queued");
+    let sessions = sessions_of(&all_events(&c.root.socket()), "scribe");
+    assert!(sessions.is_empty(), "a halted run opened a session");
 }
 
 #[test]
@@ -776,7 +783,7 @@ fn a_verified_task_forwarded_by_an_agent_arrives_unverified() {
 /// `sh -c script` as `agent`'s user, as the agent's own run would do it
 /// (uid, gid and supplementary groups of the agent); returns whether the
 /// whole script succeeded.
-fn as_agent(c: &Conspiracy, agent: &str, script: &str) -> bool {
+pub(crate) fn as_agent(c: &Conspiracy, agent: &str, script: &str) -> bool {
     let user = c.user(agent);
     Command::new("setpriv")
         .args([
