@@ -143,6 +143,7 @@ impl DaemonConfig {
             layout: layout.clone(),
             system_name: config.system.name.clone(),
             agents: config.agents.iter().map(|a| a.name.clone()).collect(),
+            fleet_viewers: config.fleet_viewers(),
             mirror_capacity: MIRROR_CAPACITY,
             drain_timeout: DRAIN_TIMEOUT,
             supervisor: Some(SupervisorConfig {

@@ -8,12 +8,14 @@
 //! from the kernel (`SO_PEERCRED`).
 
 mod client;
+mod ledger;
 mod status;
 
 use con_event::{Digest, SessionId};
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
+pub use ledger::{LEDGER_TSV_HEADER, LedgerEntry, LedgerQuery};
 pub use status::{
     AgentView, Caller, CallerRole, CheckView, LogPosition, MirrorState, MirrorView,
     STATUS_VIEW_VERSION, StatusView,
@@ -199,6 +201,11 @@ pub enum Request {
     /// [`Response::CheckRuns`] (or [`ErrorCode::NotFound`] naming an
     /// unknown id). Operators only.
     RunContracts(RunContracts),
+    /// The ledger of finished sessions; answered with
+    /// [`Response::Ledger`] chunks, then [`Response::End`]. Operators, and
+    /// agents the config lets see the fleet (officers; operators where
+    /// `[fleet_view]` says so); refused for any other agent.
+    Ledger(LedgerQuery),
 }
 
 /// Which contracts [`Request::RunContracts`] evaluates.
@@ -290,6 +297,9 @@ pub enum Response {
     Verified(VerifyView),
     /// Answer to [`Request::RunContracts`]: each result as recorded.
     CheckRuns(Vec<CheckRun>),
+    /// Part of the answer to [`Request::Ledger`], in the order the
+    /// sessions ended; [`Response::End`] follows the last part.
+    Ledger(Vec<LedgerEntry>),
 }
 
 /// A frame that cannot be accepted.

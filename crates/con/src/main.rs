@@ -10,6 +10,7 @@ mod config_cmd;
 mod contracts_cmd;
 mod daemon_cmd;
 mod healthcheck_cmd;
+mod ledger_cmd;
 mod logs_cmd;
 mod paths;
 mod policy_cmd;
@@ -59,6 +60,10 @@ enum Command {
     Replay(replay_cmd::ReplayArgs),
     /// Show agents, inboxes, sessions and checks (through the daemon).
     Status(status_cmd::StatusArgs),
+    /// One line per finished session (time, agent, model, task, trust,
+    /// outcome, duration, cost; never content), for operators and the
+    /// agents that see the fleet.
+    Ledger(ledger_cmd::LedgerArgs),
     /// Drop a task into the outer inbox (or an agent's inbox), as yourself.
     Task(task_cmd::TaskArgs),
     /// Create or repair the host state the config implies (users, directories,
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => logs_cmd::run(args, &layout),
         Command::Replay(args) => replay_cmd::run(args, &layout),
         Command::Status(args) => status_cmd::run(args, &layout),
+        Command::Ledger(args) => ledger_cmd::run(args, &layout),
         Command::Task(args) => task_cmd::run(args, &layout),
         Command::Healthcheck(args) => healthcheck_cmd::run(args, &layout),
         Command::Contracts(cmd) => contracts_cmd::run(cmd, &layout),

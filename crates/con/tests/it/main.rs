@@ -7,6 +7,7 @@
 mod cli;
 mod contracts;
 mod daemon;
+mod fleet;
 mod healthcheck;
 mod provision;
 mod reload;
