@@ -9,7 +9,7 @@
 //! over. Who may read them is the ledger directory's business
 //! (provisioning: root, and the agents that see the fleet).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,15 +44,19 @@ pub(crate) fn entry(row: &LedgerRow) -> LedgerEntry {
     }
 }
 
-/// The content of day `day`'s file.
-fn day_file(ledger: &Ledger, day: i64) -> String {
-    let mut out = String::from(LEDGER_TSV_HEADER);
-    out.push('\n');
-    for row in ledger.day(day) {
-        out.push_str(&entry(row).tsv_line());
-        out.push('\n');
+/// The content of the files of `days`, in one pass over the rows.
+fn day_files(ledger: &Ledger, days: &BTreeSet<i64>) -> BTreeMap<i64, String> {
+    let mut files: BTreeMap<i64, String> = days
+        .iter()
+        .map(|&day| (day, format!("{LEDGER_TSV_HEADER}\n")))
+        .collect();
+    for row in &ledger.rows {
+        if let Some(file) = files.get_mut(&utc_day(row.ended_unix_nanos)) {
+            file.push_str(&entry(row).tsv_line());
+            file.push('\n');
+        }
     }
-    out
+    files
 }
 
 /// Writes `content` as `dir/<date>.tsv` unless it already holds exactly
@@ -87,11 +91,10 @@ fn catch_up(shared: &Shared, written: u64) -> Result<u64, String> {
             .take_while(|r| r.seq > written)
             .map(|r| utc_day(r.ended_unix_nanos))
             .collect();
-        let files: Vec<(i64, String)> = days
-            .into_iter()
-            .map(|day| (day, day_file(ledger, day)))
-            .collect();
-        (files, ledger.rows.last().map_or(0, |r| r.seq))
+        (
+            day_files(ledger, &days),
+            ledger.rows.last().map_or(0, |r| r.seq),
+        )
     })?;
     for (day, content) in files {
         write_day(&dir, day, &content)?;
