@@ -29,8 +29,8 @@ pub use cron::{CronError, CronSchedule, cron_to_on_calendar};
 pub use env::collect_environment;
 pub use error::{ConfigError, ErrorKind};
 pub use model::{
-    Agent, Config, ContractsConfig, Dashboard, Inbox, Infra, KnownCli, Mode, Network, Price,
-    Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
+    Agent, Config, ContractsConfig, Dashboard, FleetView, Inbox, Infra, KnownCli, Mode, Network,
+    Price, Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
 };
 
 /// The rule agent names (and role, group and scope names) must follow.

@@ -28,6 +28,8 @@ pub struct Config {
     pub inbox: Inbox,
     /// `[gateway]`: how the daemon's LLM gateway treats model servers.
     pub gateway: Gateway,
+    /// `[fleet_view]`: which agents see the whole fleet.
+    pub fleet_view: FleetView,
     /// `[pricing."<model>"]`, by model name.
     pub pricing: BTreeMap<String, Price>,
     /// `[budgets]`: daily spend caps shared by all agents of a tier.
@@ -50,6 +52,34 @@ impl Config {
     pub fn agent(&self, name: &str) -> Option<&Agent> {
         self.agents.iter().find(|a| a.name == name)
     }
+
+    /// Whether `agent` sees the whole fleet (the status of every agent and
+    /// the ledger; never their contents): every officer, and operators when
+    /// `[fleet_view] operators` says so. Workers never.
+    pub fn sees_fleet(&self, agent: &Agent) -> bool {
+        match agent.tier {
+            Tier::Officer => true,
+            Tier::Operator => self.fleet_view.operators,
+            Tier::Worker => false,
+        }
+    }
+
+    /// The names of the agents that see the whole fleet, in file order.
+    pub fn fleet_viewers(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .filter(|a| self.sees_fleet(a))
+            .map(|a| a.name.clone())
+            .collect()
+    }
+}
+
+/// `[fleet_view]`: who, besides officers, sees the whole fleet's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct FleetView {
+    /// Operators see every agent's status row and the ledger (default
+    /// false). Officers always do; workers never.
+    pub operators: bool,
 }
 
 /// `[system]`.

@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub infra: Option<RawInfra>,
     pub inbox: Option<RawInbox>,
     pub gateway: Option<RawGateway>,
+    pub fleet_view: Option<RawFleetView>,
     /// `[pricing."<model>"]`: USD per million tokens, for cost accounting.
     #[serde(default)]
     pub pricing: std::collections::BTreeMap<String, RawPrice>,
@@ -210,4 +211,10 @@ pub(crate) struct RawInfra {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGateway {
     pub loopback_server_users: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleetView {
+    pub operators: Option<bool>,
 }

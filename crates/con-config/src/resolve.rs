@@ -14,8 +14,8 @@ use crate::env::{EnvOverrides, parse_env};
 use crate::error::ConfigError;
 use crate::level::{self, Field, Level};
 use crate::model::{
-    Agent, Config, ContractsConfig, Dashboard, Gateway, Inbox, Infra, KnownCli, Mode, Network,
-    Price, Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
+    Agent, Config, ContractsConfig, Dashboard, FleetView, Gateway, Inbox, Infra, KnownCli, Mode,
+    Network, Price, Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
 };
 use crate::raw::{RawAgent, RawConfig, RawLevel};
 use crate::{parse_duration_secs, validate_agent_name};
@@ -77,6 +77,13 @@ pub(crate) fn resolve(
     let infra = resolve_infra(&raw, path)?;
     let inbox = resolve_inbox(&raw, path)?;
     let gateway = resolve_gateway(&raw, path)?;
+    let fleet_view = FleetView {
+        operators: raw
+            .fleet_view
+            .as_ref()
+            .and_then(|f| f.operators)
+            .unwrap_or(false),
+    };
     let pricing = resolve_pricing(&raw, path)?;
     let tier_budgets = resolve_budgets(&raw, path)?;
 
@@ -129,6 +136,7 @@ pub(crate) fn resolve(
         infra,
         inbox,
         gateway,
+        fleet_view,
         pricing,
         tier_budgets,
         agents,

@@ -305,3 +305,21 @@ fn system_name_env_override() {
     assert_eq!(resolve("", &[]).system.name, "conspiracyos");
     assert!(resolve("", &[]).agents.is_empty());
 }
+
+/// Officers always see the fleet, operators only where `[fleet_view]` says
+/// so, workers never.
+#[test]
+fn fleet_view_is_officers_and_operators_where_configured() {
+    let agents = "[[agents]]\nname = \"boss\"\ntier = \"officer\"\n\n[[agents]]\nname = \"desk\"\ntier = \"operator\"\n\n[[agents]]\nname = \"hand\"\ntier = \"worker\"\n";
+    let default = parse(agents, Path::new("con.toml"), &BTreeMap::new()).unwrap();
+    assert!(!default.fleet_view.operators);
+    assert_eq!(default.fleet_viewers(), vec!["boss".to_owned()]);
+    let with_operators = format!("[fleet_view]\noperators = true\n\n{agents}");
+    let config = parse(&with_operators, Path::new("con.toml"), &BTreeMap::new()).unwrap();
+    assert_eq!(
+        config.fleet_viewers(),
+        vec!["boss".to_owned(), "desk".to_owned()]
+    );
+    let unknown = "[fleet_view]\nworkers = true\n";
+    assert!(parse(unknown, Path::new("con.toml"), &BTreeMap::new()).is_err());
+}

@@ -148,6 +148,7 @@ impl DaemonConfig {
                 .iter()
                 .map(|a| (a.name.clone(), a.tier))
                 .collect(),
+            fleet_viewers: config.fleet_viewers(),
             mirror_capacity: MIRROR_CAPACITY,
             checkpoints: crate::CheckpointSettings::default(),
             drain_timeout: DRAIN_TIMEOUT,

@@ -19,6 +19,7 @@ mod gateway;
 pub mod health;
 mod host;
 pub mod identity;
+mod ledger;
 mod quota;
 mod reload;
 mod server;
@@ -40,7 +41,7 @@ use std::time::Duration;
 use con_event::SessionId;
 use con_journal::{JournalMirror, MirrorConfig, MirrorContext, MirrorStatus};
 use con_layout::Layout;
-use con_projection::{FleetStatus, Projection};
+use con_projection::{FleetStatus, Ledger, Projection};
 use con_store::{
     CommitObserver, CommittedEvent, GroupCommitWriter, ProjectionError, Store, StoreError,
     WriterConfig,
@@ -61,6 +62,9 @@ pub struct DaemonConfig {
     pub agents: Vec<String>,
     /// Each configured agent's tier (`halt_workers` halts the workers).
     pub tiers: std::collections::BTreeMap<String, con_config::Tier>,
+    /// The agents among them that see the whole fleet (status rows of
+    /// every agent, the ledger): `con_config::Config::fleet_viewers`.
+    pub fleet_viewers: Vec<String>,
     /// Journal mirror queue length.
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
@@ -154,11 +158,10 @@ pub(crate) struct Shared {
     /// (the agent set, model routes, supervision) is read from the live
     /// fields instead: [`Shared::agents`], the gateway, the supervisor.
     pub(crate) config: DaemonConfig,
-    /// Configured agent names now: only their users are agents. Replaced
-    /// whole by a reload, so a reader holds one consistent set.
-    agents: std::sync::RwLock<Arc<Vec<String>>>,
-    /// Their tiers, replaced with them.
-    tiers: std::sync::RwLock<Arc<std::collections::BTreeMap<String, con_config::Tier>>>,
+    /// Configured agent names now (only their users are agents), their
+    /// tiers, and those of them that see the fleet. Replaced whole by a
+    /// reload, so a reader holds one consistent set.
+    agents: std::sync::RwLock<AgentSet>,
     /// Every check's state as the recorded results tell it, seeded from the
     /// log at start: what decides whether a failing result starts an
     /// incident (and escalates) or continues one. Held while a result is
@@ -174,7 +177,9 @@ pub(crate) struct Shared {
     /// The LLM gateway, if configured.
     pub(crate) gateway: Option<gateway::Gateway>,
     /// The fleet status as last read (see [`Shared::fleet_status`]).
-    fleet: std::sync::Mutex<Option<FleetCache>>,
+    fleet: ProjectionCache<FleetStatus>,
+    /// The ledger as last read (see [`Shared::with_ledger`]).
+    ledger: ProjectionCache<Ledger>,
     /// Owners of the sessions seen so far (see `server::session_owner`).
     pub(crate) session_owners: std::sync::Mutex<std::collections::HashMap<SessionId, String>>,
     /// Frame bytes (KiB) all connections may hold at once.
@@ -183,86 +188,122 @@ pub(crate) struct Shared {
     pub(crate) quotas: quota::Quotas,
 }
 
-/// [`FleetStatus`] kept in memory between reads, and the seq of the last
-/// checkpoint the store saved for it.
-struct FleetCache {
-    state: FleetStatus,
-    checkpointed: u64,
+/// The configured agents and the fleet viewers among them, swapped
+/// together.
+#[derive(Clone, Default)]
+struct AgentSet {
+    names: Arc<Vec<String>>,
+    tiers: Arc<std::collections::BTreeMap<String, con_config::Tier>>,
+    fleet_viewers: Arc<Vec<String>>,
 }
 
-/// Events the in-memory fleet status may run past its stored checkpoint
-/// before a read goes through the store again (which saves a new one), so a
-/// restart folds at most about this many events.
-const FLEET_CHECKPOINT_EVERY: u64 = 1024;
+/// A projection kept in memory between reads, and the seq of the last
+/// checkpoint the store saved for it: `Store::project` without decoding,
+/// re-encoding and saving the whole state on every read (the gateway and
+/// every supervisor round read the fleet status). The daemon is the log's
+/// only writer, so the cached state stays valid; only the events committed
+/// since the last read are folded in.
+struct ProjectionCache<P> {
+    cached: std::sync::Mutex<Option<(P, u64)>>,
+    /// The seq a state has folded through (its own `through_seq`).
+    through: fn(&P) -> u64,
+}
+
+impl<P: Projection> ProjectionCache<P> {
+    fn new(through: fn(&P) -> u64) -> Self {
+        Self {
+            cached: std::sync::Mutex::new(None),
+            through,
+        }
+    }
+
+    /// Calls `f` with the state through the durable head.
+    fn with<R>(&self, store: &Store, f: impl FnOnce(&P) -> R) -> Result<R, ProjectionError> {
+        let mut cache = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cache.as_mut() {
+            Some((state, checkpointed))
+                if (self.through)(state) < *checkpointed + CHECKPOINT_EVERY =>
+            {
+                for event in store.events_from((self.through)(state) + 1) {
+                    state.apply(&event?);
+                }
+                Ok(f(state))
+            }
+            _ => {
+                let state = store.project::<P>()?;
+                let through = (self.through)(&state);
+                let out = f(&state);
+                *cache = Some((state, through));
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Events a cached projection may run past its stored checkpoint before a
+/// read goes through the store again (which saves a new one), so a restart
+/// folds at most about this many events.
+const CHECKPOINT_EVERY: u64 = 1024;
 
 impl Shared {
     /// The configured agents now (changed by a reload).
     pub(crate) fn agents(&self) -> Arc<Vec<String>> {
+        self.agent_set().names
+    }
+
+    /// The configured agents that see the whole fleet now.
+    pub(crate) fn fleet_viewers(&self) -> Arc<Vec<String>> {
+        self.agent_set().fleet_viewers
+    }
+
+    fn agent_set(&self) -> AgentSet {
         self.agents
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Makes `agents` the configured agents from the next connection on.
+    /// Makes `agents` the configured agents, with their `tiers`, and
+    /// `fleet_viewers` those that see the fleet, from the next connection
+    /// or request on.
     pub(crate) fn set_agents(
         &self,
         agents: Vec<String>,
         tiers: std::collections::BTreeMap<String, con_config::Tier>,
+        fleet_viewers: Vec<String>,
     ) {
         *self
             .agents
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(agents);
-        *self
-            .tiers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tiers);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = AgentSet {
+            names: Arc::new(agents),
+            tiers: Arc::new(tiers),
+            fleet_viewers: Arc::new(fleet_viewers),
+        };
     }
 
     /// The configured agents' tiers now (changed by a reload).
     pub(crate) fn tiers(&self) -> Arc<std::collections::BTreeMap<String, con_config::Tier>> {
-        self.tiers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.agent_set().tiers
     }
 
-    /// The fleet status through the durable head, as `Store::project` gives
-    /// it, without decoding, re-encoding and saving the whole state on every
-    /// read: the model gateway and every supervisor round read it. The daemon
-    /// is the log's only writer, so the cached state stays valid; only the
-    /// events committed since the last read are folded in.
-    fn fleet_status_blocking(&self) -> Result<FleetStatus, ProjectionError> {
-        let mut cache = self
-            .fleet
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match cache.as_mut() {
-            Some(c) if c.state.through_seq < c.checkpointed + FLEET_CHECKPOINT_EVERY => {
-                for event in self.store.events_from(c.state.through_seq + 1) {
-                    c.state.apply(&event?);
-                }
-                Ok(c.state.clone())
-            }
-            _ => {
-                let state = self.store.project::<FleetStatus>()?;
-                *cache = Some(FleetCache {
-                    checkpointed: state.through_seq,
-                    state: state.clone(),
-                });
-                Ok(state)
-            }
-        }
-    }
-
-    /// [`Shared::fleet_status_blocking`] on a blocking thread.
+    /// The fleet status through the durable head.
     pub(crate) async fn fleet_status(self: &Arc<Self>) -> Result<FleetStatus, String> {
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || shared.fleet_status_blocking())
+        tokio::task::spawn_blocking(move || shared.fleet.with(&shared.store, FleetStatus::clone))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
+    }
+
+    /// Calls `f` with the ledger through the durable head (blocking: call
+    /// it on a blocking thread). The ledger grows with the log, so it is
+    /// lent, not cloned.
+    pub(crate) fn with_ledger<R>(&self, f: impl FnOnce(&Ledger) -> R) -> Result<R, String> {
+        self.ledger.with(&self.store, f).map_err(|e| e.to_string())
     }
 }
 
@@ -331,8 +372,11 @@ impl Daemon {
         let check_states = contracts::seed_check_states(&store)?;
         let shared = Arc::new(Shared {
             config: config.clone(),
-            agents: std::sync::RwLock::new(Arc::new(config.agents.clone())),
-            tiers: std::sync::RwLock::new(Arc::new(config.tiers.clone())),
+            agents: std::sync::RwLock::new(AgentSet {
+                names: Arc::new(config.agents.clone()),
+                tiers: Arc::new(config.tiers.clone()),
+                fleet_viewers: Arc::new(config.fleet_viewers.clone()),
+            }),
             check_states: tokio::sync::Mutex::new(check_states),
             store,
             appender: writer.appender(),
@@ -341,12 +385,14 @@ impl Daemon {
             stopping: stop_rx,
             connections: Default::default(),
             gateway,
-            fleet: Default::default(),
+            fleet: ProjectionCache::new(|f: &FleetStatus| f.through_seq),
+            ledger: ProjectionCache::new(|l: &Ledger| l.through_seq),
             session_owners: Default::default(),
             frame_budget: Arc::new(tokio::sync::Semaphore::new(server::FRAME_BUDGET_KIB)),
             quotas: quota::Quotas::new(config.limits.clone(), log_bytes),
         });
         let measuring = tokio::spawn(quota::measure_log(shared.clone()));
+        let ledger_files = tokio::spawn(ledger::write_files(shared.clone()));
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
         let recorded = arrivals::Recorded::default();
@@ -426,6 +472,7 @@ impl Daemon {
             let _ = scheduler.await;
         }
         let _ = measuring.await;
+        let _ = ledger_files.await;
         if let Some(reloading) = reloading {
             let _ = reloading.await;
         }

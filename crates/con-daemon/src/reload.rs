@@ -169,9 +169,11 @@ async fn apply(
     {
         eprintln!("con daemon: reload: inbox watcher: {e}");
     }
-    targets
-        .shared
-        .set_agents(daemon.agents.clone(), daemon.tiers.clone());
+    targets.shared.set_agents(
+        daemon.agents.clone(),
+        daemon.tiers.clone(),
+        daemon.fleet_viewers.clone(),
+    );
     if let Some(gateway) = &targets.shared.gateway {
         gateway.replace(daemon.gateway.clone().unwrap_or_default());
     }

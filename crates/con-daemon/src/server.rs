@@ -246,6 +246,7 @@ async fn handle(
         Request::RunContracts(which) => run_contracts(shared, identity, which, wr).await,
         Request::Backup(dir) => backup(shared, identity, dir, wr).await,
         Request::Agent(order) => agent_order(shared, identity, order, wr).await,
+        Request::Ledger(query) => ledger(shared, identity, query, wr).await,
     }
 }
 
@@ -967,6 +968,63 @@ async fn run_contracts(
     }
 }
 
+/// Whether `identity` sees the whole fleet: operators, and the agents the
+/// running config names fleet viewers. Never anything the caller says.
+fn sees_fleet(shared: &Shared, identity: &Identity) -> bool {
+    match identity {
+        Identity::Operator { .. } => true,
+        Identity::Agent { name, .. } => shared.fleet_viewers().iter().any(|v| v == name),
+    }
+}
+
+/// Ledger entries sent per frame.
+const LEDGER_CHUNK: usize = 1024;
+
+/// The ledger of finished sessions, for those who see the fleet. It holds
+/// no content and leads to none: a session id opens nothing an agent could
+/// not open before (queries and blobs stay its own).
+async fn ledger(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    query: con_protocol::LedgerQuery,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if !sees_fleet(shared, identity) {
+        return refuse(
+            wr,
+            ErrorCode::Forbidden,
+            format!(
+                "{identity}: the ledger is for operators, officers and the operators [fleet_view] names; this agent sees only its own sessions (con replay --agent <itself>)"
+            ),
+        )
+        .await;
+    }
+    let lookup = shared.clone();
+    let selected = tokio::task::spawn_blocking(move || {
+        lookup.with_ledger(|l| {
+            l.select(query.since_unix_nanos, query.agent.as_deref())
+                .map(crate::ledger::entry)
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let entries = match selected {
+        Ok(entries) => entries,
+        Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
+    };
+    for part in entries.chunks(LEDGER_CHUNK) {
+        send(wr, &Response::Ledger(part.to_vec())).await?;
+    }
+    send(
+        wr,
+        &Response::End {
+            head_seq: shared.store.head().seq,
+        },
+    )
+    .await
+}
+
 /// Current UTC day, as [`con_projection::utc_day`] counts them.
 fn today() -> i64 {
     let now = std::time::SystemTime::now()
@@ -992,8 +1050,10 @@ fn agent_view(name: &str, configured: bool, a: Option<&con_projection::AgentStat
     }
 }
 
-/// The status view for `identity`: everything for operators; for an agent,
-/// who it is and its own row (not the fleet, not the log's head).
+/// The status view for `identity`: everything for operators; for an agent
+/// that sees the fleet, every agent's row, the outer inbox and the checks
+/// failing (without their output); for any other agent, who it is and
+/// its own row (not the fleet, not the log's head).
 async fn status(
     shared: &Arc<Shared>,
     identity: &Identity,
@@ -1003,6 +1063,7 @@ async fn status(
         Ok(f) => f,
         Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
     };
+    let sees_fleet = sees_fleet(shared, identity);
     let caller = Caller {
         role: match identity {
             Identity::Operator { .. } => CallerRole::Operator,
@@ -1010,8 +1071,82 @@ async fn status(
         },
         uid: identity.uid(),
         agent: identity.agent().map(str::to_owned),
+        sees_fleet,
+    };
+    let fleet_rows = || {
+        let configured = shared.agents();
+        let mut agents: Vec<AgentView> = configured
+            .iter()
+            .map(|name| agent_view(name, true, fleet.agents.get(name)))
+            .collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        agents.extend(
+            fleet
+                .agents
+                .iter()
+                .filter(|(name, _)| {
+                    name.as_str() != con_inbox::OUTER_INBOX && !configured.contains(name)
+                })
+                .map(|(name, a)| agent_view(name, false, Some(a))),
+        );
+        agents
+    };
+    let outer_inbox_depth = || {
+        fleet
+            .agents
+            .get(con_inbox::OUTER_INBOX)
+            .map_or(0, |a| a.inbox_depth)
+    };
+    let check_view = |c: &con_projection::CheckState| CheckView {
+        contract: c.contract.clone(),
+        check: c.check.clone(),
+        status: c.status,
+        scope_agent: c.scope_agent.clone(),
+        detail: c.detail.clone(),
+        seq: c.seq,
+    };
+    let alert_views = || -> Vec<con_protocol::AlertView> {
+        fleet
+            .alerts
+            .values()
+            .map(|a| con_protocol::AlertView {
+                contract: a.contract.clone(),
+                check: a.check.clone(),
+                scope_agent: a.scope_agent.clone(),
+                message: a.message.clone(),
+                since_seq: a.since_seq,
+                seq: a.seq,
+            })
+            .collect()
     };
     let view = match identity {
+        Identity::Agent { .. } if sees_fleet => StatusView {
+            view_version: STATUS_VIEW_VERSION,
+            caller,
+            log: None,
+            journal_mirror: None,
+            outer_inbox_depth: Some(outer_inbox_depth()),
+            agents: fleet_rows(),
+            checks: fleet
+                .checks
+                .values()
+                .filter(|c| {
+                    !matches!(
+                        c.status,
+                        con_event::payloads::CheckStatus::Pass
+                            | con_event::payloads::CheckStatus::Skipped
+                    )
+                })
+                .map(|c| CheckView {
+                    // A check's output may quote what it read, an agent's
+                    // files included: which check fails is the fleet's
+                    // business, what it saw is not.
+                    detail: String::new(),
+                    ..check_view(c)
+                })
+                .collect(),
+            alerts: alert_views(),
+        },
         Identity::Agent { name, .. } => StatusView {
             view_version: STATUS_VIEW_VERSION,
             caller,
@@ -1024,21 +1159,6 @@ async fn status(
         },
         Identity::Operator { .. } => {
             let head = shared.store.head();
-            let configured = shared.agents();
-            let mut agents: Vec<AgentView> = configured
-                .iter()
-                .map(|name| agent_view(name, true, fleet.agents.get(name)))
-                .collect();
-            agents.sort_by(|a, b| a.name.cmp(&b.name));
-            agents.extend(
-                fleet
-                    .agents
-                    .iter()
-                    .filter(|(name, _)| {
-                        name.as_str() != con_inbox::OUTER_INBOX && !configured.contains(name)
-                    })
-                    .map(|(name, a)| agent_view(name, false, Some(a))),
-            );
             StatusView {
                 view_version: STATUS_VIEW_VERSION,
                 caller,
@@ -1065,37 +1185,10 @@ async fn status(
                         dropped,
                     },
                 }),
-                outer_inbox_depth: Some(
-                    fleet
-                        .agents
-                        .get(con_inbox::OUTER_INBOX)
-                        .map_or(0, |a| a.inbox_depth),
-                ),
-                agents,
-                checks: fleet
-                    .checks
-                    .values()
-                    .map(|c| CheckView {
-                        contract: c.contract.clone(),
-                        check: c.check.clone(),
-                        status: c.status,
-                        scope_agent: c.scope_agent.clone(),
-                        detail: c.detail.clone(),
-                        seq: c.seq,
-                    })
-                    .collect(),
-                alerts: fleet
-                    .alerts
-                    .values()
-                    .map(|a| con_protocol::AlertView {
-                        contract: a.contract.clone(),
-                        check: a.check.clone(),
-                        scope_agent: a.scope_agent.clone(),
-                        message: a.message.clone(),
-                        since_seq: a.since_seq,
-                        seq: a.seq,
-                    })
-                    .collect(),
+                outer_inbox_depth: Some(outer_inbox_depth()),
+                agents: fleet_rows(),
+                checks: fleet.checks.values().map(check_view).collect(),
+                alerts: alert_views(),
             }
         }
     };

@@ -7,8 +7,10 @@
 //! state a rebuild from seq 1 gives. This crate does no IO.
 
 mod fleet;
+mod ledger;
 
 pub use fleet::{AgentStatus, Alert, CheckState, FleetStatus, utc_day};
+pub use ledger::{Ledger, LedgerRow, OpenSession, rfc3339_utc, utc_date};
 
 use con_event::Event;
 use serde::{Serialize, de::DeserializeOwned};

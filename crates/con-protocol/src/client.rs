@@ -6,8 +6,9 @@ use std::path::Path;
 
 use crate::{
     AgentOrder, BLOB_CHUNK_BYTES, BlobRequest, CheckRun, CheckView, ClientEvent, EnforcedView,
-    ErrorCode, FrameError, LEN_BYTES, LlmAnswer, LlmCall, Query, Request, Response, RunContracts,
-    SetCondition, StatusView, VerifyView, check_len, decode_body, encode_frame,
+    ErrorCode, FrameError, LEN_BYTES, LedgerEntry, LedgerQuery, LlmAnswer, LlmCall, Query, Request,
+    Response, RunContracts, SetCondition, StatusView, VerifyView, check_len, decode_body,
+    encode_frame,
 };
 use con_event::Digest;
 
@@ -255,6 +256,19 @@ impl Client {
         match self.receive()? {
             Response::Enforced(view) => Ok(view),
             _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The ledger entries `query` selects, in the order the sessions ended.
+    pub fn ledger(&mut self, query: LedgerQuery) -> Result<Vec<LedgerEntry>, ClientError> {
+        self.send(&Request::Ledger(query))?;
+        let mut out = Vec::new();
+        loop {
+            match self.receive()? {
+                Response::Ledger(part) => out.extend(part),
+                Response::End { .. } => return Ok(out),
+                _ => return Err(ClientError::Unexpected),
+            }
         }
     }
 

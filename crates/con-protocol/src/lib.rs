@@ -8,12 +8,14 @@
 //! from the kernel (`SO_PEERCRED`).
 
 mod client;
+mod ledger;
 mod status;
 
 use con_event::{Digest, SessionId};
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
+pub use ledger::{LEDGER_TSV_HEADER, LedgerEntry, LedgerQuery};
 pub use status::{
     AgentView, AlertView, Caller, CallerRole, CheckView, LogPosition, MirrorState, MirrorView,
     STATUS_VIEW_VERSION, StatusView,
@@ -255,6 +257,11 @@ pub enum Request {
     /// Halt, quarantine, kill or resume an agent; answered with
     /// [`Response::Enforced`] once done and recorded. Operators only.
     Agent(AgentOrder),
+    /// The ledger of finished sessions; answered with
+    /// [`Response::Ledger`] chunks, then [`Response::End`]. Operators, and
+    /// agents the config lets see the fleet (officers; operators where
+    /// `[fleet_view]` says so); refused for any other agent.
+    Ledger(LedgerQuery),
 }
 
 /// Which contracts [`Request::RunContracts`] evaluates.
@@ -355,6 +362,9 @@ pub enum Response {
     },
     /// Answer to [`Request::Agent`]: what was done, as recorded.
     Enforced(EnforcedView),
+    /// Part of the answer to [`Request::Ledger`], in the order the
+    /// sessions ended; [`Response::End`] follows the last part.
+    Ledger(Vec<LedgerEntry>),
 }
 
 /// A frame that cannot be accepted.

@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 
 /// Layout version of [`StatusView`]. Bumped whenever a field is added,
 /// removed or changes meaning; readers check it before anything else.
-pub const STATUS_VIEW_VERSION: u16 = 2;
+pub const STATUS_VIEW_VERSION: u16 = 3;
 
 /// Current state of the conspiracy as the daemon sees it, for one caller.
-/// Operators see everything; an agent sees only who it is and its own row.
+/// Operators see everything; an agent that sees the fleet (an officer, or
+/// an operator where the config says so) sees every agent's row, the outer
+/// inbox and the failing checks; any other agent only who it is and its
+/// own row.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     /// [`STATUS_VIEW_VERSION`] of the daemon that answered.
@@ -22,14 +25,17 @@ pub struct StatusView {
     pub log: Option<LogPosition>,
     /// journald mirror health (operators only).
     pub journal_mirror: Option<MirrorView>,
-    /// Tasks waiting in the outer inbox (operators only).
+    /// Tasks waiting in the outer inbox (operators and fleet viewers).
     pub outer_inbox_depth: Option<u64>,
     /// Every configured agent in name order, then any agent that has events
     /// but is no longer configured (`configured: false`). An agent caller
-    /// gets only its own row.
+    /// that does not see the fleet gets only its own row.
     pub agents: Vec<AgentView>,
     /// Last result of every contract check recorded so far, by contract and
-    /// check (operators only; empty for agents).
+    /// check (operators). A fleet viewer gets the failing ones (`fail`,
+    /// `error`, `timeout`), without
+    /// their `detail` (a check's output may quote what it read); any other
+    /// agent none.
     pub checks: Vec<CheckView>,
     /// Alerts raised by failing checks that have not held since, by
     /// contract and check (operators only; empty for agents). Since view 2.
@@ -55,6 +61,9 @@ pub struct Caller {
     pub uid: u32,
     /// Agent name, for agents.
     pub agent: Option<String>,
+    /// Whether this view covers the whole fleet: operators, and agents the
+    /// config lets see it (officers; operators where `[fleet_view]` says so).
+    pub sees_fleet: bool,
 }
 
 /// Where the log stands.

@@ -1,6 +1,6 @@
 //! Assembling an agent's `AGENTS.md` from the profile's layers.
 
-use con_config::Agent;
+use con_config::{Agent, Config, Tier};
 use con_layout::Layout;
 
 use crate::ProvisionError;
@@ -8,12 +8,19 @@ use crate::profile::Profile;
 
 /// The assembled instructions of `agent`: every layer that exists, in order
 /// base → `groups/<tier group>` → `groups/<g>`… → `roles/<r>`… →
-/// `scopes/<s>`… → `agents/<name>` → the inline `instructions`, each
-/// preceded by an HTML comment naming its source (invisible when rendered,
-/// plain to anyone auditing what an agent was told). The header names the
-/// layout's profile directory, where the layers live.
+/// `scopes/<s>`… → `agents/<name>` → the inline `instructions`, then the
+/// roster of `config`'s agents ([`roster`]), each preceded by an HTML
+/// comment naming its source (invisible when rendered, plain to anyone
+/// auditing what an agent was told). The header names the layout's profile
+/// directory, where the layers live.
+///
+/// Because the roster is part of every agent's file, a plan for a config
+/// with an agent more or less (commission, decommission) rewrites every
+/// remaining agent's `AGENTS.md`, and the apply's report (recorded in
+/// `provision.applied`) lists each of them.
 pub fn assemble(
     agent: &Agent,
+    config: &Config,
     profile: &Profile,
     layout: &Layout,
 ) -> Result<String, ProvisionError> {
@@ -28,8 +35,8 @@ pub fn assemble(
     layers.push(format!("agents/{}/AGENTS.md", agent.name));
 
     let mut out = format!(
-        "<!-- AGENTS.md for agent {}, assembled by `con bootstrap` from {}; \
-         do not edit: it is overwritten. -->\n",
+        "<!-- AGENTS.md for agent {}, assembled by con provisioning (bootstrap, \
+         commission, decommission) from {}; do not edit: it is overwritten. -->\n",
         agent.name,
         layout.profile_dir().display()
     );
@@ -45,7 +52,45 @@ pub fn assemble(
             text,
         );
     }
+    push_layer(
+        &mut out,
+        "con.toml: the configured agents",
+        &roster(agent, config, layout),
+    );
     Ok(out)
+}
+
+/// Who exists and what each does: every configured agent (file order) with
+/// its tier, roles and inbox, and what its tier means for the reader. Kept
+/// current by provisioning, so agents need not list `/srv/con/agents/`
+/// (which also shows decommissioned agents' directories).
+pub fn roster(me: &Agent, config: &Config, layout: &Layout) -> String {
+    let mut out = String::from(
+        "## Who is here\n\n\
+         The agents of this conspiracy now. This list is rewritten whenever an \
+         agent is commissioned or decommissioned; an agent not listed here does \
+         not exist (any more).\n\n",
+    );
+    for a in &config.agents {
+        let you = if a.name == me.name { " (you)" } else { "" };
+        let roles = if a.roles.is_empty() {
+            "no role".to_owned()
+        } else {
+            format!("roles: {}", a.roles.join(", "))
+        };
+        let job = match a.tier {
+            Tier::Officer => "sets direction",
+            Tier::Operator => "runs the system",
+            Tier::Worker => "does delegated work",
+        };
+        out.push_str(&format!(
+            "- `{}`{you}: {} ({job}); {roles}; inbox `{}/`\n",
+            a.name,
+            a.tier.as_str(),
+            layout.agent_inbox(&a.name).display()
+        ));
+    }
+    out
 }
 
 fn push_layer(out: &mut String, source: &str, text: &str) {

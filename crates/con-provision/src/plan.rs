@@ -524,11 +524,16 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         .default_named
         .push((AclTag::Group(officers.clone()), RWX));
     dirs.push((layout.policy_dir(), policy));
-    for dir in [
-        layout.ledger_dir(),
-        layout.status_dir(),
-        layout.scopes_dir(),
-    ] {
+    // The daily ledger files (the daemon writes them, 0644): accounting of
+    // the whole fleet, so read only by those who see the fleet, as the
+    // daemon's ledger request is: officers, and operators where
+    // `[fleet_view]` says so. Workers cannot enter.
+    let mut ledger = plain("root", &officers, 0o750, None);
+    if config.fleet_view.operators {
+        ledger.named.push((AclTag::Group(operators.clone()), R | X));
+    }
+    dirs.push((layout.ledger_dir(), ledger));
+    for dir in [layout.status_dir(), layout.scopes_dir()] {
         dirs.push((dir, plain("root", "root", 0o755, None)));
     }
     dirs.push((layout.state_dir(), plain("root", "root", 0o700, None)));
@@ -705,7 +710,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
     }
     for agent in &config.agents {
         let a = Some(agent.name.as_str());
-        let text = instructions::assemble(agent, &input.profile, layout)?;
+        let text = instructions::assemble(agent, config, &input.profile, layout)?;
         resources.push(file(
             layout.agents_md(&agent.name),
             text.into_bytes(),

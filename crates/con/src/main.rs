@@ -13,6 +13,7 @@ mod contracts_cmd;
 mod daemon_cmd;
 mod healthcheck_cmd;
 mod journal_args;
+mod ledger_cmd;
 mod logs_cmd;
 mod paths;
 mod policy_cmd;
@@ -69,6 +70,10 @@ enum Command {
     Agent(agent_cmd::AgentCommand),
     /// Show agents, inboxes, sessions and checks (through the daemon).
     Status(status_cmd::StatusArgs),
+    /// One line per finished session (time, agent, model, task, trust,
+    /// outcome, duration, cost; never content), for operators and the
+    /// agents that see the fleet.
+    Ledger(ledger_cmd::LedgerArgs),
     /// Drop a task into the outer inbox (or an agent's inbox), as yourself.
     Task(task_cmd::TaskArgs),
     /// Show the answers agents wrote, with the task each answers.
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay_cmd::run(args, &layout),
         Command::Agent(cmd) => agent_cmd::run(cmd, &layout),
         Command::Status(args) => status_cmd::run(args, &layout),
+        Command::Ledger(args) => ledger_cmd::run(args, &layout),
         Command::Task(args) => task_cmd::run(args, &layout),
         Command::Responses(args) => responses_cmd::run(args, &layout),
         Command::Healthcheck(args) => healthcheck_cmd::run(args, &layout),

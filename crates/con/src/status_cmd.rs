@@ -44,6 +44,11 @@ pub fn render(view: &StatusView) -> String {
     let mut out = String::new();
     let caller = &view.caller;
     let _ = match &caller.agent {
+        Some(agent) if caller.sees_fleet => writeln!(
+            out,
+            "you are:        agent {agent} (uid {}), seeing the fleet",
+            caller.uid
+        ),
         Some(agent) => writeln!(out, "you are:        agent {agent} (uid {})", caller.uid),
         None => writeln!(out, "you are:        operator (uid {})", caller.uid),
     };
@@ -92,7 +97,7 @@ pub fn render(view: &StatusView) -> String {
             format!("${:.4}", a.spent_today_micro_usd as f64 / 1e6)
         );
     }
-    if view.log.is_none() {
+    if !caller.sees_fleet {
         return out;
     }
     let failing: Vec<_> = view
@@ -100,7 +105,10 @@ pub fn render(view: &StatusView) -> String {
         .iter()
         .filter(|c| !matches!(c.status, CheckStatus::Pass | CheckStatus::Skipped))
         .collect();
-    if failing.is_empty() {
+    if failing.is_empty() && view.log.is_none() {
+        // A fleet viewer that is no operator is sent only the failing ones.
+        let _ = writeln!(out, "\nchecks: none failing");
+    } else if failing.is_empty() {
         let _ = writeln!(
             out,
             "\nchecks: {} recorded, none failing",

@@ -8,6 +8,7 @@ mod cli;
 mod contracts;
 mod daemon;
 mod enforce;
+mod fleet;
 mod healthcheck;
 mod provision;
 mod reload;

@@ -711,3 +711,101 @@ fn the_shipped_contracts_pass_on_a_freshly_bootstrapped_root() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(text(&out.stdout).contains("0 644"), "{}", text(&out.stdout));
 }
+
+/// Every agent's AGENTS.md names the agents that exist: a commission adds
+/// the new one to the others' rosters and a decommission takes it out, as
+/// part of their own apply (no bootstrap by hand), and the rewritten files
+/// are among the steps `provision.applied` records.
+#[test]
+fn the_roster_follows_commission_and_decommission() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    let _daemon = Daemon::start_with(CON, &host.root, &["--supervisor", "systemd"], &[]);
+    let concierge_md = host
+        .path()
+        .join("home")
+        .join(host.user("concierge"))
+        .join("AGENTS.md");
+    let read = |path: &Path| {
+        // As the concierge itself: what its runs read.
+        let out = host.as_agent("concierge", &format!("cat {}", path.display()));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let before = read(&concierge_md);
+    assert!(before.contains("## Who is here"), "{before}");
+    assert!(before.contains("- `strategist`: officer"), "{before}");
+    assert!(!before.contains("`researcher`"), "{before}");
+
+    let commission = host.ok(&["commission", "researcher"]);
+    let after = read(&concierge_md);
+    assert!(
+        after.contains("- `researcher`: worker (does delegated work); no role"),
+        "{after}"
+    );
+    let rewritten = format!("home/{}/AGENTS.md", host.user("concierge"));
+    assert!(
+        commission.lines().any(|l| l.contains(&rewritten)),
+        "{commission}"
+    );
+    // The new agent knows the others, and itself.
+    let own = host
+        .path()
+        .join("home")
+        .join(host.user("researcher"))
+        .join("AGENTS.md");
+    let own = text(&std::fs::read(own).unwrap());
+    assert!(
+        own.contains("- `researcher` (you): worker") && own.contains("- `concierge`: operator")
+    );
+
+    let decommission = host.ok(&["decommission", "researcher"]);
+    let gone = read(&concierge_md);
+    assert!(!gone.contains("`researcher`"), "{gone}");
+    assert_eq!(gone, before);
+    assert!(
+        decommission.lines().any(|l| l.contains(&rewritten)),
+        "{decommission}"
+    );
+
+    // Both rewrites are in the record: the steps of each provision.applied.
+    let socket = host.root.socket();
+    let mut client = con_protocol::Client::connect(&socket).unwrap();
+    let recorded: Vec<(String, String)> = all_events(&socket)
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Payload::ProvisionApplied(p) => Some(p.clone()),
+            _ => None,
+        })
+        .map(|p| (p.command, text(&client.blob(p.steps.digest).unwrap())))
+        .collect();
+    let commands: Vec<&str> = recorded.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(
+        commands,
+        ["commission researcher", "decommission researcher"]
+    );
+    for (command, steps) in &recorded {
+        assert!(
+            steps.lines().any(|l| l.contains(&rewritten)),
+            "{command}: {steps}"
+        );
+    }
+}
+
+/// The daily ledger files are the fleet's accounting: the officers (and
+/// root) may read them, workers and operators the config does not name may
+/// not even list the directory.
+#[test]
+fn the_ledger_directory_is_for_those_who_see_the_fleet() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    host.ok(&["commission", "scribe"]);
+    let ledger = host.path().join("srv/con/ledger");
+    let meta = std::fs::metadata(&ledger).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o750);
+    assert_eq!(meta.uid(), 0);
+    let out = host.as_agent("strategist", &format!("ls {}", ledger.display()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    host.denied("scribe", &format!("ls {}", ledger.display()));
+    host.denied("concierge", &format!("ls {}", ledger.display()));
+}
