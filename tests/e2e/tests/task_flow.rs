@@ -17,6 +17,10 @@ const KEY: &str = "sk-e2e-secret-key";
 /// anything else is refused.
 const SUDO_PROBE: &str = "sudo -n /usr/bin/journalctl --no-pager -n 1 -t con >/dev/null && echo SUDO-ALLOWED; sudo -n /bin/cat /etc/con/env || echo SUDO-REFUSED";
 
+/// Run by the strategist (an officer) inside its unit: standing policy and
+/// an artifact, both writable for it there.
+const POLICY_WRITE: &str = "echo Answer within a day. > /srv/con/policy/global.md && echo brief > /srv/con/artifacts/brief.md && echo WROTE";
+
 fn script_server_binary() -> std::path::PathBuf {
     std::env::var_os("CON_E2E_SCRIPT_BIN")
         .map(Into::into)
@@ -44,7 +48,9 @@ fn a_task_is_answered_by_a_systemd_started_agent_run() {
         r#"cat > /opt/script.json <<'JSON'
 [{{"reply": {{"text": "{ANSWER}", "usage": {{"input_tokens": 10, "output_tokens": 5}}}}}},
  {{"reply": {{"tool_calls": [{{"name": "exec", "arguments": {{"command": "{SUDO_PROBE}"}}}}]}}}},
- {{"reply": {{"text": "probed"}}}}]
+ {{"reply": {{"text": "probed"}}}},
+ {{"reply": {{"tool_calls": [{{"name": "exec", "arguments": {{"command": "{POLICY_WRITE}"}}}}]}}}},
+ {{"reply": {{"text": "policy set"}}}}]
 JSON
 systemd-run --unit=llm-script /usr/local/bin/con-llm-script --script /opt/script.json --listen 127.0.0.1:18080"#
     ))
@@ -193,4 +199,52 @@ con bootstrap --profile /opt/profile --json > /opt/bootstrap.json
         );
     }
     assert!(!journal.stdout.contains(KEY));
+
+    // The strategist (cron: its timer, or a start by hand) writes standing
+    // policy and an artifact from inside its hardened unit; every agent
+    // reads the policy, and an operator cannot write it.
+    c.exec_ok(&["con", "task", "--to", "strategist", "Set the policy."])
+        .unwrap();
+    c.exec_ok(&["systemctl", "start", "con-agent@strategist.service"])
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let out = c
+            .sh("cat /srv/con/agents/strategist/outbox/*.response 2>/dev/null")
+            .unwrap();
+        if out.success() && out.stdout == "policy set" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no strategist response after 60 s;\n{}",
+            c.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let owner = c
+        .exec_ok(&[
+            "stat",
+            "-c",
+            "%U",
+            "/srv/con/policy/global.md",
+            "/srv/con/artifacts/brief.md",
+        ])
+        .unwrap();
+    assert_eq!(owner.stdout, "a-strategist\na-strategist\n");
+    let read = c
+        .exec_ok(&[
+            "runuser",
+            "-u",
+            "a-concierge",
+            "--",
+            "cat",
+            "/srv/con/policy/global.md",
+        ])
+        .unwrap();
+    assert_eq!(read.stdout_trimmed(), "Answer within a day.");
+    let write = c
+        .sh("runuser -u a-concierge -- sh -c 'echo x > /srv/con/policy/operators.md'")
+        .unwrap();
+    assert!(!write.success(), "an operator wrote policy: {write}");
 }
