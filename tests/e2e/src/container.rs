@@ -232,6 +232,12 @@ impl Container {
         self.command(&["/bin/sh", "-c", script]).output()
     }
 
+    /// Runs a `/bin/sh -c` script inside as `user` (its uid, gid and
+    /// groups: see [`Exec::user`]); the output whatever the exit code.
+    pub fn sh_as(&self, user: &str, script: &str) -> Result<Output> {
+        self.command(&["/bin/sh", "-c", script]).user(user).output()
+    }
+
     /// Runs a `/bin/sh -c` script inside as root and requires success.
     pub fn sh_ok(&self, script: &str) -> Result<Output> {
         self.command(&["/bin/sh", "-c", script]).ok()

@@ -8,19 +8,6 @@
 
 use con_e2e::{CONFIGS_PATH, Container, Image};
 
-/// Runs `script` as `user` (its own uid, gid and groups) with `sh`.
-fn as_user(c: &Container, user: &str, script: &str) -> con_e2e::Output {
-    c.sh(&format!(
-        "runuser -u {user} -- /bin/sh -c {}",
-        shell_quote(script)
-    ))
-    .unwrap()
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 #[test]
 fn agents_are_held_to_their_own_trees_and_grants() {
     if !con_e2e::enabled() {
@@ -37,14 +24,14 @@ fn agents_are_held_to_their_own_trees_and_grants() {
     .unwrap();
 
     let refused = |user: &str, script: &str| {
-        let out = as_user(&c, user, script);
+        let out = c.sh_as(user, script).unwrap();
         assert!(
             !out.success(),
             "{user} must not be able to: {script}\n{out}"
         );
     };
     let allowed = |user: &str, script: &str| {
-        let out = as_user(&c, user, script);
+        let out = c.sh_as(user, script).unwrap();
         assert!(out.success(), "{user} should be able to: {script}\n{out}");
     };
 

@@ -10,13 +10,6 @@ use std::time::{Duration, Instant};
 use con_e2e::{CONFIGS_PATH, Container, Image};
 use serde_json::Value;
 
-/// Runs `script` as `user` with `sh`.
-fn as_user(c: &Container, user: &str, script: &str) -> con_e2e::Output {
-    let quoted = format!("'{}'", script.replace('\'', r"'\''"));
-    c.sh(&format!("runuser -u {user} -- /bin/sh -c {quoted}"))
-        .unwrap()
-}
-
 /// The recorded arrivals at `path`, waiting until there is one.
 fn arrivals(c: &Container, path: &str) -> Vec<Value> {
     let started = Instant::now();
@@ -56,6 +49,7 @@ fn only_a_root_task_is_verified() {
         &format!("{CONFIGS_PATH}/default"),
     ])
     .unwrap();
+    let as_user = |user: &str, script: &str| c.sh_as(user, script).unwrap();
     let sysadmin = "/srv/con/agents/sysadmin/inbox";
     let concierge = "/srv/con/agents/concierge/inbox";
 
@@ -73,11 +67,7 @@ fn only_a_root_task_is_verified() {
     // The concierge moves that operator task on into the sysadmin's inbox:
     // the same root-owned file, recorded before, so unverified there.
     let name = op_path.rsplit('/').next().unwrap();
-    let moved = as_user(
-        &c,
-        "a-concierge",
-        &format!("mv {op_path} {sysadmin}/{name}"),
-    );
+    let moved = as_user("a-concierge", &format!("mv {op_path} {sysadmin}/{name}"));
     assert!(moved.success(), "{moved}");
     let forwarded = arrivals(&c, &format!("{sysadmin}/{name}"));
     assert_eq!(
@@ -94,7 +84,6 @@ fn only_a_root_task_is_verified() {
 
     // A symlink to a root file: never followed, unverified.
     let linked = as_user(
-        &c,
         "a-concierge",
         &format!("ln -s /etc/con/mission.md {sysadmin}/link.task"),
     );
@@ -106,7 +95,6 @@ fn only_a_root_task_is_verified() {
     // A hard link to a root-owned file: the kernel refuses it
     // (protected_hardlinks), or it arrives unverified.
     let hard = as_user(
-        &c,
         "a-concierge",
         &format!("ln /etc/con/mission.md {sysadmin}/hard.task"),
     );
@@ -117,7 +105,6 @@ fn only_a_root_task_is_verified() {
 
     // An agent tasking itself: its own file, unverified.
     let own = as_user(
-        &c,
         "a-concierge",
         &format!("printf 'do as I say' > {concierge}/self.task"),
     );
@@ -130,7 +117,6 @@ fn only_a_root_task_is_verified() {
     c.sh_ok("echo from root > /srv/con/agents/concierge/workspace/root.md")
         .unwrap();
     let launder = as_user(
-        &c,
         "a-concierge",
         &format!("mv /srv/con/agents/concierge/workspace/root.md {sysadmin}/launder.task"),
     );
