@@ -25,6 +25,10 @@ fn a_thousand_tasks_are_each_recorded_and_answered_once_in_order() {
     c.sh_ok(&format!(
         r#"set -e
 cp -a {CONFIGS_PATH}/default /opt/profile
+# The heartbeat halts workers when the host's load is high, which the flood
+# itself (and a busy test machine) can cause: not what this test is about.
+sed -i 's/^max_load_per_cpu = .*/max_load_per_cpu = 1000.0/' /opt/profile/con.toml
+grep -q '^max_load_per_cpu = 1000.0' /opt/profile/con.toml
 cat >> /opt/profile/con.toml <<'TOML'
 
 [[agents]]
