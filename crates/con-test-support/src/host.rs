@@ -61,6 +61,17 @@ impl Root {
         &self.user_prefix
     }
 
+    /// The global flags that point `con` at this host: `--root <path>
+    /// --user-prefix <prefix>`.
+    pub fn con_flags(&self) -> [std::ffi::OsString; 4] {
+        [
+            "--root".into(),
+            self.path().into(),
+            "--user-prefix".into(),
+            self.user_prefix.as_str().into(),
+        ]
+    }
+
     /// The Linux user of `agent` on this host.
     pub fn user(&self, agent: &str) -> String {
         format!("{}{agent}", self.user_prefix)

@@ -34,12 +34,7 @@ fn write(path: &Path, text: &str, mode: u32) {
 
 fn con(root: &Root, args: &[&str]) -> Output {
     Command::new(CON)
-        .args([
-            "--root",
-            root.path().to_str().unwrap(),
-            "--user-prefix",
-            root.user_prefix(),
-        ])
+        .args(root.con_flags())
         .args(args)
         .output()
         .unwrap()

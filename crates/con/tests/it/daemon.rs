@@ -1283,13 +1283,8 @@ fn a_log_whose_last_record_cannot_be_read_is_refused_and_left_as_it_was() {
         let before = files(&db);
 
         let mut child = Command::new(CON)
-            .args([
-                "--root",
-                root.path().to_str().unwrap(),
-                "--user-prefix",
-                root.user_prefix(),
-                "daemon",
-            ])
+            .args(root.con_flags())
+            .args(["daemon"])
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -18,12 +18,7 @@ use crate::runs::{Conspiracy, agent, as_agent, ok, wait_for};
 
 fn con(c: &Conspiracy, args: &[&str]) -> Output {
     Command::new(CON)
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-        ])
+        .args(c.root.con_flags())
         .args(args)
         .output()
         .unwrap()
@@ -260,15 +255,8 @@ fn operators_alone_may_order_agents_about() {
     let out = c
         .user("scribe")
         .command(CON)
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-            "agent",
-            "halt",
-            "scribe",
-        ])
+        .args(c.root.con_flags())
+        .args(["agent", "halt", "scribe"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -396,14 +384,8 @@ fn long_exec_killed(kill: impl FnOnce(&Conspiracy) -> serde_json::Value) {
     let mut run = c
         .user("scribe")
         .command_with_groups(CON)
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-            "run",
-            "scribe",
-        ])
+        .args(c.root.con_flags())
+        .args(["run", "scribe"])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .current_dir("/")

@@ -15,12 +15,7 @@ use crate::runs::{Conspiracy, agent, ok, wait_for};
 fn con_as(c: &Conspiracy, agent: &str, args: &[&str]) -> Output {
     c.user(agent)
         .command(CON)
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-        ])
+        .args(c.root.con_flags())
         .args(args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")

@@ -144,13 +144,8 @@ fn a_new_agent_is_served_after_a_reload(by_signal: bool) {
 fn status_as(c: &Conspiracy, agent: &str) -> std::process::Output {
     c.user(agent)
         .command(CON)
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-            "status",
-        ])
+        .args(c.root.con_flags())
+        .args(["status"])
         .output()
         .unwrap()
 }

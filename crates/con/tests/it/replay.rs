@@ -15,12 +15,7 @@ use crate::runs::{Conspiracy, concierge_tasking_sysadmin, ok};
 /// `con <args>` on the conspiracy's root, as root.
 fn con(c: &Conspiracy, args: &[&str]) -> Output {
     Command::new(CON)
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-        ])
+        .args(c.root.con_flags())
         .args(args)
         .output()
         .unwrap()
@@ -30,12 +25,7 @@ fn con(c: &Conspiracy, args: &[&str]) -> Output {
 fn con_as(c: &Conspiracy, agent: &str, args: &[&str]) -> Output {
     c.user(agent)
         .command(CON)
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-        ])
+        .args(c.root.con_flags())
         .args(args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")

@@ -116,14 +116,8 @@ impl Conspiracy {
     pub(crate) fn run(&self, agent: &str, extra: &[&str]) -> Output {
         self.user(agent)
             .command_with_groups(CON)
-            .args([
-                "--root",
-                self.root.path().to_str().unwrap(),
-                "--user-prefix",
-                self.root.user_prefix(),
-                "run",
-                agent,
-            ])
+            .args(self.root.con_flags())
+            .args(["run", agent])
             .args(extra)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -806,16 +800,8 @@ pub(crate) fn as_agent(c: &Conspiracy, agent: &str, script: &str) -> bool {
 /// `con task --to agent text` as root; the new task's path.
 fn con_task_as_root(c: &Conspiracy, agent: &str, text: &str) -> PathBuf {
     let out = Command::new(env!("CARGO_BIN_EXE_con"))
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-            "task",
-            "--to",
-            agent,
-            text,
-        ])
+        .args(c.root.con_flags())
+        .args(["task", "--to", agent, text])
         .output()
         .unwrap();
     ok(&out);
@@ -1452,17 +1438,8 @@ fn a_task_that_always_fails_is_set_aside_after_max_attempts() {
 /// concierge, and the answer on stdout.
 fn con_task_wait(c: &Conspiracy, text: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_con"))
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-            "task",
-            "--wait",
-            "--timeout",
-            "60",
-            text,
-        ])
+        .args(c.root.con_flags())
+        .args(["task", "--wait", "--timeout", "60", text])
         .output()
         .unwrap()
 }
@@ -1544,13 +1521,8 @@ fn con_responses_lists_answers_with_their_tasks() {
             None => Command::new(CON),
         };
         let out = cmd
-            .args([
-                "--root",
-                c.root.path().to_str().unwrap(),
-                "--user-prefix",
-                c.root.user_prefix(),
-                "responses",
-            ])
+            .args(c.root.con_flags())
+            .args(["responses"])
             .args(args)
             .output()
             .unwrap();
@@ -1639,14 +1611,8 @@ fn a_model_call_in_flight_at_shutdown_is_recorded_as_interrupted() {
     let mut run = c
         .user("scribe")
         .command_with_groups(CON)
-        .args([
-            "--root",
-            c.root.path().to_str().unwrap(),
-            "--user-prefix",
-            c.root.user_prefix(),
-            "run",
-            "scribe",
-        ])
+        .args(c.root.con_flags())
+        .args(["run", "scribe"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
