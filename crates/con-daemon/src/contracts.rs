@@ -172,7 +172,7 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
             (r.contract.clone(), r.check.clone(), r.scope_agent.clone()),
             r.status,
             appended.seq,
-            now_nanos(),
+            crate::gateway::now_unix_nanos(),
             &r.output,
         );
         if let Some(check) = &check {
@@ -229,14 +229,6 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
         }
     }
     Ok(runs)
-}
-
-/// Now, in Unix nanoseconds (the check states' clock).
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Loads, selects and runs (blocking). `due` narrows to those contract ids
@@ -307,7 +299,7 @@ fn run_selected(
         }
         let c = Arc::new(c);
         if let Some(agent) = c.contract.scope.agent()
-            && !shared.config.agents.iter().any(|a| a == agent)
+            && !shared.agents().iter().any(|a| a == agent)
         {
             for check in &c.contract.checks {
                 work.push(Work::Known(CheckResult {
@@ -329,6 +321,26 @@ fn run_selected(
 }
 
 /// The contracts directory, or its listing failure as a broken "file".
+/// Names, sizes and modification times of the entries of `dir`, sorted
+/// (empty when it cannot be read).
+fn listing(dir: &std::path::Path) -> Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let meta = e.metadata().ok();
+            (
+                e.file_name(),
+                meta.as_ref().map_or(0, std::fs::Metadata::len),
+                meta.and_then(|m| m.modified().ok()),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 fn load(layout: &Layout) -> Loaded {
     let dir = layout.contracts_dir();
     con_contracts::load_dir(&dir).unwrap_or_else(|e| Loaded {
@@ -400,15 +412,35 @@ pub(crate) async fn schedule(shared: Arc<Shared>) {
     );
     let stopping = crate::until_stopping(shared.stopping.clone());
     tokio::pin!(stopping);
+    // The detective contracts' frequencies, parsed again only when the
+    // directory's listing (names, sizes, times) changes: a tick is a stat
+    // of each file, not a parse of each.
+    let mut seen: Option<Vec<(std::ffi::OsString, u64, Option<std::time::SystemTime>)>> = None;
+    let mut every: Vec<(String, Duration)> = Vec::new();
     loop {
         tokio::select! {
             () = &mut stopping => return,
             () = tokio::time::sleep(SCHEDULER_TICK) => {}
         }
         let layout = shared.config.layout.clone();
-        let Ok(loaded) = tokio::task::spawn_blocking(move || load(&layout)).await else {
-            continue;
-        };
+        let listing = tokio::task::spawn_blocking(move || listing(&layout.contracts_dir()))
+            .await
+            .ok();
+        if listing != seen {
+            let layout = shared.config.layout.clone();
+            let Ok(loaded) = tokio::task::spawn_blocking(move || load(&layout)).await else {
+                continue;
+            };
+            every = loaded
+                .contracts
+                .iter()
+                .filter_map(|c| match (c.contract.frequency, c.contract.kind) {
+                    (Some(f), ContractType::Detective) => Some((c.contract.id.clone(), f)),
+                    _ => None,
+                })
+                .collect();
+            seen = listing;
+        }
         let now = Instant::now();
         let mut due = Vec::new();
         if next.get(BUILTIN).is_some_and(|t| *t <= now) {
@@ -418,15 +450,11 @@ pub(crate) async fn schedule(shared: Arc<Shared>) {
                 now + shared.config.contracts.builtin_interval,
             );
         }
-        for c in &loaded.contracts {
-            let (Some(every), ContractType::Detective) = (c.contract.frequency, c.contract.kind)
-            else {
-                continue;
-            };
-            let at = next.entry(c.contract.id.clone()).or_insert(now + every);
+        for (id, period) in &every {
+            let at = next.entry(id.clone()).or_insert(now + *period);
             if *at <= now {
-                due.push(c.contract.id.clone());
-                *at = now + every;
+                due.push(id.clone());
+                *at = now + *period;
             }
         }
         if due.is_empty() {

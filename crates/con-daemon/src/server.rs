@@ -885,7 +885,7 @@ async fn run_checks(
                     ),
                     result.status,
                     a.seq,
-                    crate::contracts::now_nanos(),
+                    crate::gateway::now_unix_nanos(),
                     &result.detail,
                 );
                 checks.push(view(a.seq));
@@ -1026,12 +1026,8 @@ async fn ledger(
 }
 
 /// Current UTC day, as [`con_projection::utc_day`] counts them.
-fn today() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    con_projection::utc_day(now)
+pub(crate) fn today() -> i64 {
+    con_projection::utc_day(crate::gateway::now_unix_nanos())
 }
 
 fn agent_view(name: &str, configured: bool, a: Option<&con_projection::AgentStatus>) -> AgentView {

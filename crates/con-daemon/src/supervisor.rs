@@ -252,7 +252,7 @@ impl Supervisor {
                 .and_then(|g| g.budget_spent(&conditions, &agent.name))
             {
                 let runs = self.runs.entry(agent.name.clone()).or_default();
-                let today = con_projection::utc_day(crate::gateway::now_unix_nanos());
+                let today = crate::server::today();
                 if runs.budget_said != Some(today) {
                     runs.budget_said = Some(today);
                     eprintln!(

@@ -156,6 +156,8 @@ pub struct TaskRouted {
 impl TaskRouted {
     /// `to` value for a response written to the outbox.
     pub const OUTBOX: &'static str = "outbox";
+    /// `to` value for an answered task moved to the agent's `processed/`.
+    pub const PROCESSED: &'static str = "processed";
     /// `to` value for a task set aside unrun in the agent's `failed/`.
     pub const FAILED: &'static str = "failed";
 

@@ -417,7 +417,13 @@ fn arrived(a: &InboxArrived) -> HopKind {
 
 /// Whether a routing destination is not another agent.
 fn is_terminal(to: &str) -> bool {
-    matches!(to, "processed" | "failed" | "outbox")
+    use con_event::payloads::TaskRouted;
+    [
+        TaskRouted::PROCESSED,
+        TaskRouted::FAILED,
+        TaskRouted::OUTBOX,
+    ]
+    .contains(&to)
 }
 
 /// Whether an arrival's (absolute) path is the path a tool wrote: the same,

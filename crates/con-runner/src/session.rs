@@ -785,7 +785,7 @@ fn route(
     rec.append(
         TaskRouted {
             from: run.agent.clone(),
-            to: "processed".into(),
+            to: TaskRouted::PROCESSED.into(),
             path: dest.display().to_string(),
         },
         Vec::new(),

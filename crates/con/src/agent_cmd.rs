@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use con_event::escape_control;
 use con_layout::Layout;
-use con_protocol::{AgentAction, AgentOrder, Client, STATUS_VIEW_VERSION};
+use con_protocol::{AgentAction, AgentOrder, Client};
 
 /// `con agent …`.
 #[derive(Debug, Subcommand)]
@@ -104,13 +104,7 @@ pub fn run(cmd: AgentCommand, layout: &Layout) -> anyhow::Result<ExitCode> {
 }
 
 fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
-    let view = Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT)?.status()?;
-    if view.view_version != STATUS_VIEW_VERSION {
-        anyhow::bail!(
-            "the daemon answered status view version {} but this con reads version {STATUS_VIEW_VERSION}; use the con binary the daemon runs",
-            view.view_version
-        );
-    }
+    let view = crate::status_cmd::fetch(layout)?;
     let text = if args.json {
         serde_json::to_string_pretty(&view.agents)? + "\n"
     } else {

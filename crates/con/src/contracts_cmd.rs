@@ -245,7 +245,5 @@ fn row(
 }
 
 fn rfc3339(nanos: i64) -> String {
-    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(0);
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+    humantime::format_rfc3339_seconds(con_event::json::recorded_time(nanos)).to_string()
 }

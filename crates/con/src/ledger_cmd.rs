@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use clap::Args;
 use con_event::escape_control;
@@ -33,7 +33,7 @@ pub fn run(args: LedgerArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let since = args
         .since
         .as_deref()
-        .map(|t| parse_since(t, SystemTime::now()))
+        .map(|t| crate::time_bound::parse("--since", t, SystemTime::now()))
         .transpose()?;
     let entries = Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT)?.ledger(
         LedgerQuery {
@@ -54,25 +54,6 @@ pub fn run(args: LedgerArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // A closed pipe (`con ledger | head -1`) is not an error.
     let _ = std::io::stdout().write_all(text.as_bytes());
     Ok(ExitCode::SUCCESS)
-}
-
-/// `--since`: nanoseconds since the epoch.
-fn parse_since(t: &str, now: SystemTime) -> anyhow::Result<i64> {
-    let at = if let Ok(d) = humantime::parse_duration(t) {
-        now.checked_sub(d)
-            .ok_or_else(|| anyhow::anyhow!("--since {t}: before the epoch"))?
-    } else if t.len() == 10 {
-        humantime::parse_rfc3339(&format!("{t}T00:00:00Z"))
-            .map_err(|e| anyhow::anyhow!("--since {t}: {e}"))?
-    } else {
-        humantime::parse_rfc3339_weak(t)
-            .map_err(|e| anyhow::anyhow!("--since {t}: not a time, date or duration ({e})"))?
-    };
-    let nanos = at
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_nanos();
-    Ok(i64::try_from(nanos).unwrap_or(i64::MAX))
 }
 
 /// The text form: one aligned line per session, agent-chosen text escaped.
@@ -105,25 +86,4 @@ fn render(entries: &[LedgerEntry]) -> String {
         total as f64 / 1e6
     );
     out
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn since_takes_times_dates_and_durations() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_706_745_600 + 3600);
-        assert_eq!(
-            parse_since("2024-02-01", now).unwrap(),
-            1_706_745_600_000_000_000
-        );
-        assert_eq!(
-            parse_since("2024-02-01T00:00:01Z", now).unwrap(),
-            1_706_745_601_000_000_000
-        );
-        assert_eq!(parse_since("1h", now).unwrap(), 1_706_745_600_000_000_000);
-        assert!(parse_since("yesterday", now).is_err());
-    }
 }

@@ -22,6 +22,7 @@ mod responses_cmd;
 mod run_cmd;
 mod status_cmd;
 mod task_cmd;
+mod time_bound;
 mod verify_cmd;
 
 use std::process::ExitCode;

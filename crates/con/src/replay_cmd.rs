@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use clap::Args;
@@ -474,26 +474,6 @@ fn replay(source: &mut dyn Source, id: &str, args: &ReplayArgs) -> anyhow::Resul
     Ok(out)
 }
 
-/// A time bound: RFC 3339, or a duration before now.
-fn time_bound(flag: &str, value: &str) -> anyhow::Result<i64> {
-    let at = match humantime::parse_rfc3339_weak(value) {
-        Ok(t) => t,
-        Err(_) => {
-            let ago = humantime::parse_duration(value).map_err(|_| {
-                anyhow::anyhow!("{flag} {value:?}: not an RFC 3339 time or a duration ago")
-            })?;
-            SystemTime::now()
-                .checked_sub(ago)
-                .ok_or_else(|| anyhow::anyhow!("{flag} {value:?}: before the epoch"))?
-        }
-    };
-    let ns = at
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| anyhow::anyhow!("{flag} {value:?}: before the epoch"))?
-        .as_nanos();
-    Ok(i64::try_from(ns).unwrap_or(i64::MAX))
-}
-
 /// One session in `--agent --json`.
 #[derive(Serialize)]
 struct SessionJson {
@@ -514,12 +494,12 @@ fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Resu
     let since = args
         .since
         .as_deref()
-        .map(|v| time_bound("--since", v))
+        .map(|v| crate::time_bound::parse("--since", v, SystemTime::now()))
         .transpose()?;
     let until = args
         .until
         .as_deref()
-        .map(|v| time_bound("--until", v))
+        .map(|v| crate::time_bound::parse("--until", v, SystemTime::now()))
         .transpose()?;
     let events = source.events(
         Query {

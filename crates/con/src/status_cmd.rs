@@ -19,8 +19,9 @@ pub struct StatusArgs {
     json: bool,
 }
 
-/// Runs `con status`.
-pub fn run(args: StatusArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+/// The daemon's status view, refused unless it is the layout this con
+/// reads.
+pub(crate) fn fetch(layout: &Layout) -> anyhow::Result<StatusView> {
     let view = Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT)?.status()?;
     if view.view_version != STATUS_VIEW_VERSION {
         anyhow::bail!(
@@ -28,6 +29,12 @@ pub fn run(args: StatusArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             view.view_version
         );
     }
+    Ok(view)
+}
+
+/// Runs `con status`.
+pub fn run(args: StatusArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let view = fetch(layout)?;
     let text = if args.json {
         serde_json::to_string_pretty(&view)? + "\n"
     } else {
