@@ -17,6 +17,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -38,10 +39,9 @@ pub(crate) fn sweep(path: &Path) -> io::Result<Sweep> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Sweep::Swept),
         Err(e) => return Err(e),
     };
-    let _held: Flock<File> = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(held) => held,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(Sweep::Locked),
-        Err((_, errno)) => return Err(io::Error::from(errno)),
+    let _held: Flock<File> = match lock_within(file, RELEASE_GRACE)? {
+        Some(held) => held,
+        None => return Ok(Sweep::Locked),
     };
     let mut removed = 0;
     for entry in std::fs::read_dir(path)? {
@@ -59,6 +59,35 @@ pub(crate) fn sweep(path: &Path) -> io::Result<Sweep> {
     Ok(Sweep::Swept)
     // The lock is released here, before sled takes it: a process that
     // slips in between finds the directory already clean.
+}
+
+/// How long a lock is waited for before the database counts as held.
+///
+/// Dropping a sled database does not release its lock at once: writes and
+/// snapshots sled handed to its own thread pool keep the configuration (and
+/// with it the locked file) alive until they finish. Reopening a log just
+/// closed in the same process (a test, `con backup`, a restart in place) would
+/// otherwise be told another process holds it. A live daemon holds the lock
+/// for its whole life, so the wait only delays that refusal.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// Takes `file`'s exclusive `flock`, retrying until `grace` has passed;
+/// `None` if it is still held then.
+fn lock_within(mut file: File, grace: Duration) -> io::Result<Option<Flock<File>>> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => return Ok(Some(held)),
+            Err((returned, nix::errno::Errno::EWOULDBLOCK)) => {
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                file = returned;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((_, errno)) => return Err(io::Error::from(errno)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +112,25 @@ mod tests {
         drop(holder);
         assert!(matches!(sweep(dir.path()).unwrap(), Sweep::Swept));
         assert!(!stale.exists());
+    }
+
+    #[test]
+    fn a_lock_released_within_the_grace_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db"), b"").unwrap();
+        let stale = dir.path().join("snap.0000000000000010.generating");
+        std::fs::write(&stale, b"half").unwrap();
+        let holder = Flock::lock(
+            File::open(dir.path().join("db")).unwrap(),
+            FlockArg::LockExclusiveNonblock,
+        )
+        .unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(holder);
+        });
+        assert!(matches!(sweep(dir.path()).unwrap(), Sweep::Swept));
+        assert!(!stale.exists());
+        releaser.join().unwrap();
     }
 }
