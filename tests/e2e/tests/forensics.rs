@@ -265,4 +265,53 @@ con bootstrap --profile /opt/profile >/dev/null
         !theirs.success() && theirs.stdout.is_empty(),
         "the sysadmin read the concierge's session: {theirs}"
     );
+
+    // The README's journal queries, as written (with this session's id):
+    // each answers with entries. A failing check first, so the warning
+    // priority has something to show.
+    c.sh_ok(
+        r#"cat > /srv/con/contracts/ZZ-ALERT.yaml <<'YAML'
+id: ZZ-ALERT
+description: fails on purpose
+type: detective
+frequency: 1h
+scope: system
+checks:
+  - name: never
+    command:
+      run: "echo 1"
+      test: "[ \"$RESULT\" = 2 ]"
+    on_fail:
+      action: alert
+      message: "forensics alert"
+YAML
+chmod 0644 /srv/con/contracts/ZZ-ALERT.yaml"#,
+    )
+    .unwrap();
+    let check = c.exec(&["con", "contracts", "check", "ZZ-ALERT"]).unwrap();
+    assert_eq!(check.code, Some(1), "{check}");
+    let readme = std::fs::read_to_string(con_e2e::workspace().join("README.md")).unwrap();
+    let section = readme
+        .split("## Querying the journal")
+        .nth(1)
+        .expect("README has a 'Querying the journal' section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block in it");
+    let queries: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(queries.len() >= 4, "{block}");
+    for query in queries {
+        // The comment after a query is for the reader.
+        let command = query.split(" #").next().unwrap().trim();
+        let line = command.replace("<session-id>", &session);
+        let out = c.sh(&format!("{line} --no-pager")).unwrap();
+        assert!(
+            out.success()
+                && !out.stdout.trim().is_empty()
+                && !out.stdout.contains("-- No entries --"),
+            "README query `{line}`: {out}"
+        );
+    }
 }
