@@ -495,7 +495,7 @@ fn kill_user(uid: u32) -> (Vec<u32>, Vec<u32>) {
 }
 
 /// Live (not zombie) processes whose real, effective or saved uid is `uid`.
-fn processes_of(uid: u32) -> Vec<i32> {
+pub(crate) fn processes_of(uid: u32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

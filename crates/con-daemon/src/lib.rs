@@ -20,6 +20,7 @@ pub mod health;
 mod host;
 pub mod identity;
 mod ledger;
+mod orphans;
 mod quota;
 mod reload;
 mod server;
@@ -393,6 +394,7 @@ impl Daemon {
         });
         let measuring = tokio::spawn(quota::measure_log(shared.clone()));
         let ledger_files = tokio::spawn(ledger::write_files(shared.clone()));
+        let orphans = tokio::spawn(orphans::run(shared.clone()));
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
         let recorded = arrivals::Recorded::default();
@@ -473,6 +475,7 @@ impl Daemon {
         }
         let _ = measuring.await;
         let _ = ledger_files.await;
+        let _ = orphans.await;
         if let Some(reloading) = reloading {
             let _ = reloading.await;
         }

@@ -268,6 +268,10 @@ pub enum Outcome {
     /// response could not be written) and was moved to `failed/` before any
     /// model call.
     SetAside,
+    /// The run ended without recording an end (the daemon was killed under
+    /// it, the OOM killer took it…); recorded by the daemon once no process
+    /// of the agent was left.
+    Abandoned,
 }
 
 impl Outcome {
@@ -282,6 +286,7 @@ impl Outcome {
             Outcome::RunnerError => "runner_error",
             Outcome::Killed => "killed",
             Outcome::SetAside => "set_aside",
+            Outcome::Abandoned => "abandoned",
         }
     }
 }

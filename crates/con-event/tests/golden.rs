@@ -167,6 +167,7 @@ fn stored_enum_variant_indexes_never_change() {
         Outcome::RunnerError,
         Outcome::Killed,
         Outcome::SetAside,
+        Outcome::Abandoned,
     ];
     let check = [
         CheckStatus::Pass,
@@ -184,7 +185,7 @@ fn stored_enum_variant_indexes_never_change() {
     assert_eq!(trust.iter().map(index).collect::<Vec<_>>(), [0, 1]);
     assert_eq!(
         outcome.iter().map(index).collect::<Vec<_>>(),
-        [0, 1, 2, 3, 4, 5, 6, 7]
+        [0, 1, 2, 3, 4, 5, 6, 7, 8]
     );
     assert_eq!(check.iter().map(index).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
     assert_eq!(

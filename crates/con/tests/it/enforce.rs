@@ -585,3 +585,93 @@ fn an_alert_shows_in_status_until_its_check_passes() {
     );
     assert!(alerts().is_empty());
 }
+
+/// A run killed from outside (here: every process of the agent, as the
+/// OOM killer or a hard unit stop would) leaves its session open. The
+/// daemon records its end as `abandoned` once no process of the agent is
+/// left — not while one is (a live run ends its session itself).
+#[test]
+fn a_session_whose_run_died_is_recorded_abandoned_once_its_agent_has_no_process() {
+    let model = ScriptedServer::start(vec![
+        Step::tool_call(
+            "exec",
+            serde_json::json!({"command": "sleep 300", "timeout_secs": 600}),
+        ),
+        Step::text("never reached"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let mut daemon = c.daemon();
+    c.task("scribe", "t-long", "sleep a while");
+    let uid = c.user("scribe").uid;
+    let mut run = c
+        .user("scribe")
+        .command_with_groups(CON)
+        .args(c.root.con_flags())
+        .args(["run", "scribe"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the long exec", Duration::from_secs(20), || {
+        alive(uid).iter().any(|l| l.contains("sleep 300"))
+    });
+    let ends = |events: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == "session.ended")
+            .cloned()
+            .collect()
+    };
+
+    // A restart while the run lives: its session is not closed for it.
+    daemon.terminate();
+    let mut daemon = c.daemon();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        ends(&logs_json(&c)).is_empty(),
+        "closed a live run's session"
+    );
+
+    // Every process of the agent killed behind con's back.
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-u", &uid.to_string()])
+        .status();
+    let _ = run.wait();
+    wait_for("no process of scribe", Duration::from_secs(10), || {
+        alive(uid).is_empty()
+    });
+    daemon.terminate();
+    let _daemon = c.daemon();
+    let mut ended = Vec::new();
+    wait_for("the abandoned end", Duration::from_secs(10), || {
+        ended = ends(&logs_json(&c));
+        !ended.is_empty()
+    });
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    let started = logs_json(&c)
+        .into_iter()
+        .find(|e| e["kind"] == "session.started")
+        .unwrap();
+    assert_eq!(ended[0]["session"], started["session"]);
+    assert_eq!(ended[0]["payload"]["outcome"], "abandoned");
+    assert_eq!(ended[0]["payload"]["agent"], "scribe");
+    assert!(
+        ended[0]["actor"]["agent"].is_null(),
+        "recorded by the daemon"
+    );
+    let out = con(&c, &["agent", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["running_sessions"], 0, "{rows}");
+    // Once: a further restart closes nothing more.
+    drop(_daemon);
+    let _daemon = c.daemon();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ends(&logs_json(&c)).len(), 1);
+}
