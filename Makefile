@@ -7,7 +7,7 @@ PROFILE ?= default
 CONFIG ?= configs/$(PROFILE)/con.toml
 BIN := target/release/con
 
-.PHONY: run task test e2e deps journald build lint fmt bench catalog golden clean
+.PHONY: run task test e2e image up down deps journald build lint fmt bench catalog golden clean
 
 ## run: build con, install it as /usr/local/bin/con (the path units and
 ## sudoers name), bootstrap the profile onto this host (users, groups,
@@ -45,6 +45,23 @@ test: deps journald lint
 e2e: deps
 	$(CARGO) build --locked -p con -p con-llm-script
 	CON_E2E=1 $(CARGO) test --locked --no-fail-fast -p con-e2e -- --test-threads=1
+
+## image / up / down: con under a real systemd without provisioning this
+## host. `make up` boots a systemd-nspawn container from the e2e image
+## (built by `make image`, cached) with this checkout's con, bootstraps
+## PROFILE in it and leaves it running; it prints how to get a shell and
+## drop a task. `make down` stops and removes it. Root; private network.
+image: deps
+	$(CARGO) build --locked -p con-e2e --bin con-machine
+	target/debug/con-machine image
+
+up: deps
+	$(CARGO) build --locked -p con -p con-e2e --bin con-machine
+	target/debug/con-machine up $(PROFILE)
+
+down:
+	$(CARGO) build --locked -p con-e2e --bin con-machine
+	target/debug/con-machine down
 
 deps:
 	@./scripts/install-deps.sh
