@@ -3,7 +3,10 @@
 //! The same shape serves a profile directory (`con bootstrap --profile DIR`)
 //! and the installed copy under `/etc/con`: `con.toml`, `mission.md`,
 //! `{base,groups/<g>,roles/<r>,scopes/<s>,agents/<a>}/AGENTS.md`,
-//! `roles/<r>/skills/<skill>.md` and `sudoers/<role>`. Anything else in the
+//! `roles/<r>/skills/<skill>.md` and `sudoers/<role>`. The original
+//! agent-runner's profiles also carry ready-made drop-ins in
+//! `sudoers.d/<name>`: they are read so bootstrap can vet and report them
+//! ([`Profile::sudoers_drop_ins`]), never installed. Anything else in the
 //! directory is not part of the profile and is ignored; a symlink or other
 //! non-regular file where a profile file belongs is an error, so a profile
 //! cannot smuggle in a link to a file root would then copy.
@@ -19,6 +22,9 @@ pub struct Profile {
     /// Relative path → content.
     pub files: BTreeMap<PathBuf, Vec<u8>>,
 }
+
+/// The original agent-runner's directory of ready-made sudoers drop-ins.
+const DROP_IN_DIR: &str = "sudoers.d";
 
 /// Directories whose `<name>/AGENTS.md` is an instruction layer.
 const LAYER_DIRS: [&str; 4] = ["groups", "roles", "scopes", "agents"];
@@ -48,7 +54,30 @@ impl Profile {
                 profile.read_file(dir, &Path::new("sudoers").join(&role))?;
             }
         }
+        for name in entries(&dir.join(DROP_IN_DIR))? {
+            // The names sudo itself would read from a sudoers.d directory.
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                profile.read_file(dir, &Path::new(DROP_IN_DIR).join(&name))?;
+            }
+        }
         Ok(profile)
+    }
+
+    /// The profile's `sudoers.d/` drop-ins (the original agent-runner's
+    /// layout): relative path and content, in name order. con installs sudo
+    /// rights only from `sudoers/<role>` templates, whose every line grants
+    /// one role's user something `con policy explain` can state; a
+    /// ready-made drop-in is vetted and reported, not installed.
+    pub fn sudoers_drop_ins(&self) -> Vec<(&Path, &[u8])> {
+        self.files
+            .iter()
+            .filter(|(path, _)| path.parent() == Some(Path::new(DROP_IN_DIR)))
+            .map(|(path, content)| (path.as_path(), content.as_slice()))
+            .collect()
     }
 
     /// The content of `rel`, if the profile has it.

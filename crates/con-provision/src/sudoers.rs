@@ -86,30 +86,41 @@ pub fn install(path: &Path, text: &str) -> Result<(), String> {
         .write_all(text.as_bytes())
         .map_err(|e| e.to_string())?;
     staged.set_mode(0o440).map_err(|e| e.to_string())?;
-    let out = Command::new("visudo")
-        .arg("-c")
-        .arg("-f")
-        .arg(staged.temp_path())
-        .output()
-        .map_err(|e| format!("cannot run visudo (install the sudo package): {e}"))?;
-    if !out.status.success() {
-        let message = String::from_utf8_lossy(&out.stderr).to_string()
-            + &String::from_utf8_lossy(&out.stdout);
-        let message = message
-            .replace(
-                &staged.temp_path().display().to_string(),
-                &path.display().to_string(),
-            )
-            .split('\n')
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(format!("visudo rejected {}: {message}", path.display()));
-    }
+    visudo_check(staged.temp_path(), path)?;
     staged
         .commit()
         .map_err(|e| format!("{}: cannot install: {e}", path.display()))
+}
+
+/// Checks a sudoers file that is not installed (a profile's `sudoers.d/`
+/// drop-in, which con does not install: see `con bootstrap`) with `visudo
+/// -c -f`. `Err` is one line naming the file and what visudo said.
+pub fn vet(path: &Path) -> Result<(), String> {
+    visudo_check(path, path)
+}
+
+/// `visudo -c -f file`, its complaints joined on one line with the file
+/// called `shown_as`.
+fn visudo_check(file: &Path, shown_as: &Path) -> Result<(), String> {
+    let out = Command::new("visudo")
+        .arg("-c")
+        .arg("-f")
+        .arg(file)
+        .output()
+        .map_err(|e| format!("cannot run visudo (install the sudo package): {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let message =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let message = message
+        .replace(&file.display().to_string(), &shown_as.display().to_string())
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(format!("visudo rejected {}: {message}", shown_as.display()))
 }
 
 #[cfg(test)]

@@ -50,7 +50,13 @@ pub fn run(args: BootstrapArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             install_profile: false,
         },
     };
+    let profile_dir = args.profile.clone().unwrap_or_else(|| layout.profile_dir());
+    let notes = vet_drop_ins(&input.profile, &profile_dir)?;
     let plan = con_provision::plan(&input, layout)?;
+
+    for note in &notes {
+        eprintln!("con: note: {note}");
+    }
 
     if args.check {
         let drift = con_provision::check(&plan, layout, None);
@@ -192,4 +198,22 @@ fn record(
         .append(ClientEvent::new(&applied.into(), vec![steps])?)
         .with_context(|| format!("recording provision.applied for {command}"))?;
     Ok(true)
+}
+
+/// Vets the profile's ready-made `sudoers.d/` drop-ins (the original
+/// agent-runner's layout) with visudo and says what becomes of them: they
+/// are not installed. A drop-in visudo rejects makes the profile invalid.
+fn vet_drop_ins(profile: &Profile, dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for (rel, _) in profile.sudoers_drop_ins() {
+        let path = dir.join(rel);
+        con_provision::sudoers::vet(&path).map_err(anyhow::Error::msg)?;
+        notes.push(format!(
+            "{}: valid sudoers (visudo -c), accepted and not installed: con grants sudo only \
+             from sudoers/<role> templates, one role's user per line, which `con policy explain` \
+             states; write the rights the role needs there",
+            path.display()
+        ));
+    }
+    Ok(notes)
 }

@@ -809,3 +809,94 @@ fn the_ledger_directory_is_for_those_who_see_the_fleet() {
     host.denied("scribe", &format!("ls {}", ledger.display()));
     host.denied("concierge", &format!("ls {}", ledger.display()));
 }
+
+/// The original agent-runner's default profile, as shipped (read from
+/// `../shared/seed`; skipped with a message where that is absent).
+fn seed_default_profile() -> Option<PathBuf> {
+    let dir = workspace().join("../shared/seed/agent-runner/configs/default");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "skipped: the original's profile is not at {} (a clone without ../shared)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// `con bootstrap --profile` of the original's default profile provisions
+/// a test root: its AGENTS.md layers are assembled, and its ready-made
+/// sudoers drop-in is checked by visudo and reported, not installed. A
+/// drop-in visudo rejects stops the bootstrap before anything is touched.
+#[test]
+fn the_originals_default_profile_bootstraps_a_test_root() {
+    let Some(seed) = seed_default_profile() else {
+        return;
+    };
+    let host = Host::new();
+    std::fs::remove_dir_all(host.profile()).unwrap();
+    copy_dir(&seed, &host.profile());
+    let out = host.con(&["bootstrap", "--profile", host.profile().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "sudoers.d/con-sysadmin: valid sudoers (visudo -c), accepted and not installed"
+        ),
+        "{stderr}"
+    );
+    let installed: Vec<_> = std::fs::read_dir(host.path().join("etc/sudoers.d"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(installed.is_empty(), "sudoers installed: {installed:?}");
+
+    // Each layer of the original's instructions is in the agent's AGENTS.md.
+    let first_line = |rel: &str| -> String {
+        std::fs::read_to_string(seed.join(rel))
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .find(|l| l.len() > 20 && !l.starts_with('#'))
+            .unwrap()
+            .to_owned()
+    };
+    let md = std::fs::read_to_string(
+        host.path()
+            .join(format!("home/{}/AGENTS.md", host.user("sysadmin"))),
+    )
+    .unwrap();
+    for layer in ["base/AGENTS.md", "agents/sysadmin/AGENTS.md"] {
+        let line = first_line(layer);
+        assert!(md.contains(&line), "{layer}: {line:?} not in:\n{md}");
+    }
+    // A second run changes nothing.
+    let again = host.ok(&["bootstrap", "--profile", host.profile().to_str().unwrap()]);
+    assert!(again.contains("0 changes"), "{again}");
+
+    // A broken drop-in: refused with the file named, nothing created.
+    let broken = Host::new();
+    std::fs::remove_dir_all(broken.profile()).unwrap();
+    copy_dir(&seed, &broken.profile());
+    let drop_in = broken.profile().join("sudoers.d/con-sysadmin");
+    std::fs::set_permissions(
+        &drop_in,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::write(&drop_in, "a-sysadmin ALL=(root NOPASSWD /bin/true\n").unwrap();
+    let out = broken.con(&["bootstrap", "--profile", broken.profile().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("visudo rejected") && err.contains("sudoers.d/con-sysadmin"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(broken.accounts().is_empty(), "accounts were created");
+}
