@@ -390,6 +390,58 @@ pub fn session_list(list: &[SessionSummary]) -> String {
     out
 }
 
+/// One session of a list that spans logs (and hosts).
+#[derive(Clone, Copy, Debug)]
+pub struct ListedSession<'a> {
+    /// The name of the host the log was written on (`-` if unknown).
+    pub host: &'a str,
+    /// The log's id (`CON_LOG_ID`; empty if unknown).
+    pub log_id: &'a str,
+    /// The session.
+    pub session: &'a SessionSummary,
+}
+
+/// The text view of sessions from several logs: one line each, with the
+/// host and log it belongs to, then what [`session_list`] shows and the
+/// agent.
+pub fn sessions_of_logs(rows: &[ListedSession<'_>]) -> String {
+    let mut out = format!(
+        "{:<16}  {:<32}  {:<32}  {:<12}  {:<24}  {:<24}  {:>10}  {:<14}  {:>5}  {:>10}\n",
+        "HOST",
+        "LOG",
+        "SESSION",
+        "AGENT",
+        "TASK",
+        "STARTED",
+        "DURATION",
+        "OUTCOME",
+        "CALLS",
+        "COST"
+    );
+    for row in rows {
+        let s = row.session;
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<32}  {:<32}  {:<12}  {:<24}  {:<24}  {:>10}  {:<14}  {:>5}  {:>10}",
+            escape_control(row.host),
+            if row.log_id.is_empty() {
+                "-".to_owned()
+            } else {
+                escape_control(row.log_id).into_owned()
+            },
+            s.session.to_hex(),
+            escape_control(&s.agent),
+            escape_control(s.task.as_deref().unwrap_or("-")),
+            timestamp(s.started_at),
+            s.duration_nanos.map(duration).unwrap_or_else(|| "-".into()),
+            s.outcome.map(|o| o.as_str()).unwrap_or("running"),
+            s.model_calls,
+            dollars(s.cost_micro_usd)
+        );
+    }
+    out
+}
+
 /// The text view of a trace: a tree, one line per hop and session.
 pub fn trace(t: &Trace) -> String {
     let mut out = String::new();

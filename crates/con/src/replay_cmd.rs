@@ -13,12 +13,12 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::Args;
 use con_event::{Digest, Event, Payload, SessionId};
-use con_journal::{JournalLocation, Matches, field};
+use con_journal::{JournalLocation, LogHost, Matches, field};
 use con_layout::Layout;
 use con_protocol::{Client, ClientError, ErrorCode, Query};
 use con_replay::json::EventWithContents;
 use con_replay::text::{self, TextOptions};
-use con_replay::{Contents, blobs_of};
+use con_replay::{Contents, SessionSummary, blobs_of};
 use con_store::Store;
 use serde::Serialize;
 
@@ -26,23 +26,29 @@ use crate::journal_args::JournalArgs;
 
 /// Arguments of `con replay`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["id", "agent", "trace"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["id", "agent", "trace", "list"])))]
+#[command(group(clap::ArgGroup::new("listing").args(["agent", "list"])))]
 pub struct ReplayArgs {
     /// A session id (32 hex digits) or a task id: that session's timeline,
     /// or the timelines of every session of that task.
-    #[arg(value_name = "SESSION|TASK", conflicts_with_all = ["agent", "trace"])]
+    #[arg(value_name = "SESSION|TASK")]
     id: Option<String>,
     /// List the sessions of this agent instead (id, task, start, duration,
     /// outcome, model calls, cost).
-    #[arg(long, value_name = "AGENT", conflicts_with = "trace")]
+    #[arg(long, value_name = "AGENT")]
     agent: Option<String>,
-    /// With --agent: only sessions started at or after this time (RFC 3339,
-    /// or a duration ago such as `2h`).
-    #[arg(long, value_name = "TIME", requires = "agent")]
+    /// List every session of every log the source holds (with --journal,
+    /// each log and host found there), one line each: host, log id,
+    /// session, agent, task, start, duration, outcome, model calls, cost.
+    #[arg(long)]
+    list: bool,
+    /// With --agent or --list: only sessions started at or after this time
+    /// (RFC 3339, or a duration ago such as `2h`).
+    #[arg(long, value_name = "TIME", requires = "listing")]
     since: Option<String>,
-    /// With --agent: only sessions started before this time (RFC 3339, or a
-    /// duration ago).
-    #[arg(long, value_name = "TIME", requires = "agent")]
+    /// With --agent or --list: only sessions started before this time (RFC
+    /// 3339, or a duration ago).
+    #[arg(long, value_name = "TIME", requires = "listing")]
     until: Option<String>,
     /// The story of a task across agents, as a tree: the sessions that
     /// handled it and the tasks they handed on, recursively.
@@ -76,12 +82,61 @@ trait Source {
     fn blob(&mut self, digest: Digest) -> anyhow::Result<Option<Vec<u8>>>;
     /// How to say "not found" to this caller.
     fn scope(&self) -> &'static str;
+    /// The events of these kinds in every log the source holds, each log
+    /// with where it was written, for `--list`.
+    fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>>;
+    /// Settles which log the later queries read, where the source holds
+    /// several (a journal): the one whose entries match `query`.
+    fn settle_log(&mut self, _query: Query) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a log was written, as far as its source tells.
+#[derive(Clone, Debug, Default)]
+struct LogOrigin {
+    /// Its `CON_LOG_ID` (empty if unknown).
+    log_id: String,
+    /// Its host (unknown for a database directory: a log does not record
+    /// the host it was written on).
+    host: LogHost,
+}
+
+/// The events of `kinds` among `events` (any order), in seq order.
+fn of_kinds(mut events: Vec<Event>, kinds: &[u16]) -> Vec<Event> {
+    events.retain(|e| kinds.contains(&e.envelope.kind));
+    events.sort_by_key(Event::seq);
+    events.dedup_by_key(|e| e.seq());
+    events
+}
+
+/// This machine, as journald would name it in the entries the daemon
+/// mirrors: `[system] name` from the configuration (if it can be read),
+/// the kernel's host name and `/etc/machine-id`.
+fn this_host(config: &std::path::Path) -> LogHost {
+    let system = con_config::collect_environment(std::env::vars_os())
+        .ok()
+        .and_then(|env| con_config::load(config, &env).ok())
+        .map(|c| c.system.name);
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    LogHost {
+        system,
+        hostname: read("/proc/sys/kernel/hostname"),
+        machine_id: read("/etc/machine-id"),
+    }
 }
 
 /// Through the daemon: an agent user sees only its own events (the daemon
 /// restricts its queries), operators everything.
 struct DaemonSource {
     socket: PathBuf,
+    /// The configuration file, for the host's name in `--list`.
+    config: PathBuf,
 }
 
 impl DaemonSource {
@@ -140,6 +195,31 @@ impl Source for DaemonSource {
 
     fn scope(&self) -> &'static str {
         "among the events you may read"
+    }
+
+    fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>> {
+        let log_id = self
+            .connect()?
+            .status()?
+            .log
+            .map(|l| l.log_id)
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        for &kind in kinds {
+            events.extend(self.events(
+                Query {
+                    from_seq: 1,
+                    kind: Some(kind),
+                    ..Query::default()
+                },
+                None,
+            )?);
+        }
+        let origin = LogOrigin {
+            log_id,
+            host: this_host(&self.config),
+        };
+        Ok(vec![(origin, of_kinds(events, kinds))])
     }
 }
 
@@ -227,7 +307,17 @@ impl Source for JournalSource {
                 _ => {
                     // A few are enough to pick from; a shared journal may
                     // hold hundreds (every test run on a host).
-                    let ids: Vec<&str> = rebuilt.logs.keys().take(5).map(String::as_str).collect();
+                    let ids: Vec<String> = rebuilt
+                        .logs
+                        .keys()
+                        .take(5)
+                        .map(|id| match rebuilt.hosts.get(id) {
+                            Some(host) => {
+                                format!("{id} on {}", con_event::escape_control(host.name()))
+                            }
+                            None => id.clone(),
+                        })
+                        .collect();
                     let more = match rebuilt.logs.len() - ids.len() {
                         0 => String::new(),
                         n => format!(" and {n} more"),
@@ -261,6 +351,31 @@ impl Source for JournalSource {
     fn scope(&self) -> &'static str {
         "in the journal"
     }
+
+    fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>> {
+        let alternatives: Vec<Matches> = kinds
+            .iter()
+            .filter_map(|&k| con_event::kind_by_id(k))
+            .map(|spec| self.in_log(vec![("CON_EVENT", spec.journal_name())]))
+            .collect();
+        let rebuilt = self.journal.read(&alternatives)?;
+        let mut out = Vec::new();
+        for (log_id, events) in rebuilt.logs {
+            if self.log_id.as_ref().is_some_and(|id| *id != log_id) {
+                continue;
+            }
+            let host = rebuilt.hosts.get(&log_id).cloned().unwrap_or_default();
+            out.push((LogOrigin { log_id, host }, of_kinds(events, kinds)));
+        }
+        Ok(out)
+    }
+
+    fn settle_log(&mut self, query: Query) -> anyhow::Result<()> {
+        if self.log_id.is_none() {
+            self.events(query, None)?;
+        }
+        Ok(())
+    }
 }
 
 /// A database directory opened for inspection. Only full scans of the log
@@ -291,6 +406,21 @@ impl Source for StoreSource {
     fn scope(&self) -> &'static str {
         "in this event log"
     }
+
+    fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>> {
+        let mut events = Vec::new();
+        for event in self.store.events_from(1) {
+            let event = event?;
+            if kinds.contains(&event.envelope.kind) {
+                events.push(event);
+            }
+        }
+        let origin = LogOrigin {
+            log_id: self.store.log_id()?,
+            host: LogHost::default(),
+        };
+        Ok(vec![(origin, events)])
+    }
 }
 
 /// Runs `con replay`.
@@ -308,9 +438,12 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         }
         None => Box::new(DaemonSource {
             socket: layout.socket(),
+            config: layout.config_file().to_owned(),
         }),
     };
-    let out = if let Some(agent) = &args.agent {
+    let out = if args.list {
+        list_all(source.as_mut(), &args)?
+    } else if let Some(agent) = &args.agent {
         list(source.as_mut(), agent, &args)?
     } else if let Some(task) = &args.trace {
         trace(source.as_mut(), task, args.json)?
@@ -489,8 +622,44 @@ struct SessionJson {
     cost_micro_usd: u64,
 }
 
-/// `con replay --agent A`.
-fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Result<String> {
+impl SessionJson {
+    fn new(s: SessionSummary) -> Self {
+        Self {
+            session: s.session,
+            agent: s.agent,
+            task: s.task,
+            start_seq: s.start_seq,
+            started: humantime::format_rfc3339_nanos(con_event::json::recorded_time(s.started_at))
+                .to_string(),
+            started_unix_nanos: s.started_at,
+            duration_ms: s.duration_nanos.map(|d| d / 1_000_000),
+            outcome: s.outcome.map(|o| o.as_str()),
+            model_calls: s.model_calls,
+            cost_micro_usd: s.cost_micro_usd,
+        }
+    }
+}
+
+/// One session in `--list --json`: where its log was written, then the
+/// session as `--agent --json` shows it.
+#[derive(Serialize)]
+struct ListedSessionJson {
+    /// The name the text view shows: `system`, else `hostname`, else
+    /// `machine_id`.
+    host: Option<String>,
+    /// `[system] name` of the con instance (`CON_SYSTEM`).
+    system: Option<String>,
+    /// journald's `_HOSTNAME`.
+    hostname: Option<String>,
+    /// journald's `_MACHINE_ID`.
+    machine_id: Option<String>,
+    log_id: String,
+    #[serde(flatten)]
+    session: SessionJson,
+}
+
+/// `--since` and `--until` as ns since the epoch.
+fn time_window(args: &ReplayArgs) -> anyhow::Result<(Option<i64>, Option<i64>)> {
     let since = args
         .since
         .as_deref()
@@ -501,6 +670,55 @@ fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Resu
         .as_deref()
         .map(|v| crate::time_bound::parse("--until", v, SystemTime::now()))
         .transpose()?;
+    Ok((since, until))
+}
+
+/// `con replay --list`: every session of every log, in order of start.
+fn list_all(source: &mut dyn Source, args: &ReplayArgs) -> anyhow::Result<String> {
+    let (since, until) = time_window(args)?;
+    let kinds: Vec<u16> = ["session.started", "llm.response", "session.ended"]
+        .into_iter()
+        .filter_map(kind_id)
+        .collect();
+    let mut rows: Vec<(LogOrigin, SessionSummary)> = Vec::new();
+    for (origin, events) in source.logs(&kinds)? {
+        for s in con_replay::sessions(&events, None, since, until) {
+            rows.push((origin.clone(), s));
+        }
+    }
+    rows.sort_by(|(a, x), (b, y)| {
+        (x.started_at, &a.log_id, x.start_seq).cmp(&(y.started_at, &b.log_id, y.start_seq))
+    });
+    if !args.json {
+        let text_rows: Vec<text::ListedSession<'_>> = rows
+            .iter()
+            .map(|(origin, s)| text::ListedSession {
+                host: origin.host.name(),
+                log_id: &origin.log_id,
+                session: s,
+            })
+            .collect();
+        return Ok(text::sessions_of_logs(&text_rows));
+    }
+    let mut out = String::new();
+    for (origin, s) in rows {
+        let host = origin.host;
+        out.push_str(&serde_json::to_string(&ListedSessionJson {
+            host: (host.name() != "-").then(|| host.name().to_owned()),
+            system: host.system,
+            hostname: host.hostname,
+            machine_id: host.machine_id,
+            log_id: origin.log_id,
+            session: SessionJson::new(s),
+        })?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `con replay --agent A`.
+fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Result<String> {
+    let (since, until) = time_window(args)?;
     let events = source.events(
         Query {
             from_seq: 1,
@@ -515,19 +733,7 @@ fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Resu
     }
     let mut out = String::new();
     for s in list {
-        out.push_str(&serde_json::to_string(&SessionJson {
-            session: s.session,
-            agent: s.agent,
-            task: s.task,
-            start_seq: s.start_seq,
-            started: humantime::format_rfc3339_nanos(con_event::json::recorded_time(s.started_at))
-                .to_string(),
-            started_unix_nanos: s.started_at,
-            duration_ms: s.duration_nanos.map(|d| d / 1_000_000),
-            outcome: s.outcome.map(|o| o.as_str()),
-            model_calls: s.model_calls,
-            cost_micro_usd: s.cost_micro_usd,
-        })?);
+        out.push_str(&serde_json::to_string(&SessionJson::new(s))?);
         out.push('\n');
     }
     Ok(out)
@@ -536,6 +742,12 @@ fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Resu
 /// `con replay --trace T`: the fold is run again each time the sessions it
 /// found bring new events, until the tree stops growing.
 fn trace(source: &mut dyn Source, task: &str, json: bool) -> anyhow::Result<String> {
+    // In a journal of several logs, the one that holds the task.
+    source.settle_log(Query {
+        from_seq: 1,
+        task: Some(task.to_owned()),
+        ..Query::default()
+    })?;
     let mut by_seq: BTreeMap<u64, Event> = BTreeMap::new();
     for kind in ["inbox.arrived", "task.routed", "session.started"] {
         for e in source.events(

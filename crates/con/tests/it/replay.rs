@@ -687,3 +687,352 @@ fn verify_against_the_journal_names_each_tamper_and_its_seq() {
         "{json}"
     );
 }
+
+/// `systemd-journal-remote`, which a central log server runs (the Debian
+/// package of that name; `scripts/install-deps.sh` installs it).
+const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+
+/// One con instance of a fleet: the delegation run to its end under its
+/// own `[system] name`, what it showed through its daemon, and its
+/// journal entries exported to a file once the daemon stopped.
+struct Instance {
+    c: Conspiracy,
+    _models: (ScriptedServer, ScriptedServer),
+    system: String,
+    log_id: String,
+    sessions: [SessionId; 2],
+    /// `con replay --json` of each session, through the daemon.
+    live: Vec<String>,
+    /// `con replay --list --json` through the daemon.
+    list: String,
+    /// `journalctl -o export CON_LOG_ID=<log_id>`, the whole log.
+    export: std::path::PathBuf,
+}
+
+/// The whole log `log_id` (`head` events, attachments included) exported
+/// from this host's journal, once the mirror has sent all of it.
+fn export_log(log_id: &str, head: usize, to: &std::path::Path) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = Command::new("journalctl")
+            .args([
+                "-o",
+                "export",
+                "--no-pager",
+                &format!("CON_LOG_ID={log_id}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let rebuilt = con_journal::rebuild_from_export(&out.stdout[..]).unwrap();
+        let have = rebuilt.logs.get(log_id).map_or(0, Vec::len);
+        if have == head && rebuilt.missing_blobs(log_id).is_empty() {
+            std::fs::write(to, &out.stdout).unwrap();
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the journal holds {have} of the {head} events of log {log_id}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn instance(system: &str) -> Instance {
+    let (c, cm, sm) = delegation();
+    let config = c.root.path().join("etc/con/con.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        toml.replace("name = \"runs-test\"", &format!("name = \"{system}\"")),
+    )
+    .unwrap();
+    let mut daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+    let sessions = [session_of(&c, "concierge"), session_of(&c, "sysadmin")];
+    let live = sessions
+        .iter()
+        .map(|s| stdout(&con(&c, &["replay", "--json", &s.to_hex()])))
+        .collect();
+    let list = stdout(&con(&c, &["replay", "--list", "--json"]));
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&con(&c, &["status", "--json"]))).unwrap();
+    let log_id = status["log"]["log_id"].as_str().unwrap().to_owned();
+    // Stopping writes the last checkpoint; the export waits for it.
+    daemon.terminate();
+    let head = con_store::Store::open_for_inspection(&c.root.db())
+        .unwrap()
+        .events_from(1)
+        .count();
+    let export = c.root.path().join(format!("{system}.export"));
+    export_log(&log_id, head, &export);
+    Instance {
+        c,
+        _models: (cm, sm),
+        system: system.to_owned(),
+        log_id,
+        sessions,
+        live,
+        list,
+        export,
+    }
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_journal_remote_directory_keeps_two_instances_apart() {
+    if !std::path::Path::new(JOURNAL_REMOTE).exists() {
+        eprintln!(
+            "SKIPPED: {JOURNAL_REMOTE} is missing (apt-get install systemd-journal-remote; \
+             scripts/install-deps.sh installs it)"
+        );
+        return;
+    }
+    let fleet = [instance("alpha"), instance("beta")];
+    assert_ne!(fleet[0].log_id, fleet[1].log_id);
+
+    // What a central server receives: both instances' entries, written by
+    // systemd-journal-remote into one journal file.
+    let dir = fleet[0].c.root.path().join("remote");
+    std::fs::create_dir(&dir).unwrap();
+    let out = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", dir.join("remote.journal").display()))
+        .args(fleet.iter().map(|i| &i.export))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dir_arg = dir.to_str().unwrap();
+    let c = &fleet[0].c;
+
+    // Every session of both, one line each, with its host and log.
+    let listed = stdout(&con(
+        c,
+        &[
+            "replay",
+            "--journal",
+            "--directory",
+            dir_arg,
+            "--list",
+            "--json",
+        ],
+    ));
+    let rows = json_lines(&listed);
+    assert_eq!(rows.len(), 4, "{listed}");
+    for i in &fleet {
+        let mine: Vec<&serde_json::Value> =
+            rows.iter().filter(|r| r["log_id"] == i.log_id).collect();
+        // As its own daemon listed them: the same sessions, the same host.
+        assert_eq!(
+            mine.into_iter().cloned().collect::<Vec<_>>(),
+            json_lines(&i.list),
+            "{listed}"
+        );
+        let own = json_lines(&i.list);
+        assert_eq!(own.len(), 2);
+        for (row, session) in own.iter().zip(&i.sessions) {
+            assert_eq!(row["session"], session.to_hex());
+            assert_eq!(row["system"], i.system.as_str());
+            assert_eq!(row["host"], i.system.as_str());
+            assert!(row["hostname"].is_string() && row["machine_id"].is_string());
+            assert_eq!(row["outcome"], "ok");
+            assert_eq!(row["model_calls"], 2);
+        }
+        // A database directory does not know its host.
+        let db = i.c.root.db();
+        let offline = json_lines(&stdout(&con(
+            c,
+            &["replay", "--list", "--json", "--db", db.to_str().unwrap()],
+        )));
+        assert_eq!(offline.len(), 2);
+        for (row, live) in offline.iter().zip(&own) {
+            assert_eq!(row["host"], serde_json::Value::Null);
+            assert_eq!(row["log_id"], i.log_id.as_str());
+            assert_eq!(row["session"], live["session"]);
+            assert_eq!(row["cost_micro_usd"], live["cost_micro_usd"]);
+        }
+    }
+    let text = stdout(&con(
+        c,
+        &["replay", "--journal", "--directory", dir_arg, "--list"],
+    ));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].starts_with("HOST") && lines[0].contains("LOG"),
+        "{text}"
+    );
+    for i in &fleet {
+        for (s, agent) in i.sessions.iter().zip(["concierge", "sysadmin"]) {
+            let line = lines
+                .iter()
+                .find(|l| l.contains(&s.to_hex()))
+                .unwrap_or_else(|| panic!("{s} in {text}"));
+            assert!(line.starts_with(&i.system), "{line}");
+            assert!(line.contains(&i.log_id) && line.contains(agent), "{line}");
+        }
+    }
+
+    // Each session replays from the central directory exactly as through
+    // its own daemon and from its own database, whichever root asks.
+    for i in &fleet {
+        for (s, live) in i.sessions.iter().zip(&i.live) {
+            let central = stdout(&con(
+                c,
+                &[
+                    "replay",
+                    "--json",
+                    "--journal",
+                    "--directory",
+                    dir_arg,
+                    &s.to_hex(),
+                ],
+            ));
+            assert_eq!(&central, live);
+            let db = i.c.root.db();
+            let offline = stdout(&con(
+                c,
+                &[
+                    "replay",
+                    "--json",
+                    "--db",
+                    db.to_str().unwrap(),
+                    &s.to_hex(),
+                ],
+            ));
+            assert_eq!(&offline, live);
+        }
+        // Both logs have a task t-1: its trace is read from the log named.
+        let tree = stdout(&con(
+            &i.c,
+            &[
+                "replay",
+                "--trace",
+                "t-1",
+                "--db",
+                i.c.root.db().to_str().unwrap(),
+            ],
+        ));
+        let central_tree = stdout(&con(
+            c,
+            &[
+                "replay",
+                "--journal",
+                "--directory",
+                dir_arg,
+                "--log-id",
+                &i.log_id,
+                "--trace",
+                "t-1",
+            ],
+        ));
+        assert_eq!(central_tree, tree);
+    }
+    let ambiguous = con(
+        c,
+        &[
+            "replay",
+            "--journal",
+            "--directory",
+            dir_arg,
+            "--trace",
+            "t-1",
+        ],
+    );
+    assert!(!ambiguous.status.success());
+    assert!(
+        String::from_utf8_lossy(&ambiguous.stderr).contains("choose one with --log-id"),
+        "{ambiguous:?}"
+    );
+
+    // Each log's chain checked on its own.
+    for i in &fleet {
+        let out = con(
+            c,
+            &[
+                "verify",
+                "--journal",
+                "--directory",
+                dir_arg,
+                "--log-id",
+                &i.log_id,
+                "--json",
+            ],
+        );
+        let json: serde_json::Value = serde_json::from_slice(&stdout(&out).into_bytes()).unwrap();
+        assert_eq!(json["ok"], true, "{json}");
+        let logs = json["logs"].as_array().unwrap();
+        assert_eq!(logs.len(), 1, "{json}");
+        assert_eq!(logs[0]["log_id"], i.log_id.as_str());
+        assert_eq!(logs[0]["host"], i.system.as_str());
+        assert!(logs[0]["checkpoints"].as_u64().unwrap() >= 1, "{json}");
+        assert_eq!(logs[0]["checkpoints"], logs[0]["checkpoints_matching"]);
+        let head = con_store::Store::open_for_inspection(&i.c.root.db())
+            .unwrap()
+            .events_from(1)
+            .count() as u64;
+        assert_eq!(logs[0]["head_seq"], head, "{json}");
+    }
+    let both = stdout(&con(c, &["verify", "--journal", "--directory", dir_arg]));
+    for i in &fleet {
+        assert!(
+            both.lines()
+                .any(|l| l.starts_with(&format!("log {} on {}: chain ok", i.log_id, i.system))),
+            "{both}"
+        );
+    }
+
+    // The same session in two logs (here: one log's entries under a second
+    // log id, as a copied database would run on): --log-id is required,
+    // and then it is replayed from the log named.
+    let copy = c.root.path().join("copy.export");
+    let other = "0123456789abcdef0123456789abcdef";
+    let bytes = std::fs::read_to_string(&fleet[0].export).unwrap();
+    std::fs::write(
+        &copy,
+        bytes.replace(
+            &format!("CON_LOG_ID={}", fleet[0].log_id),
+            &format!("CON_LOG_ID={other}"),
+        ),
+    )
+    .unwrap();
+    let files = [
+        "--file",
+        fleet[0].export.to_str().unwrap(),
+        "--file",
+        copy.to_str().unwrap(),
+    ];
+    let session = fleet[0].sessions[1].to_hex();
+    let ambiguous = con(
+        c,
+        &[&["replay", "--journal"], &files[..], &[session.as_str()]].concat(),
+    );
+    assert!(!ambiguous.status.success());
+    assert!(ambiguous.stdout.is_empty());
+    let err = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(
+        err.contains("entries of 2 logs match")
+            && err.contains(&format!("{} on alpha", fleet[0].log_id))
+            && err.contains(&format!("{other} on alpha"))
+            && err.contains("--log-id"),
+        "{err}"
+    );
+    for id in [fleet[0].log_id.as_str(), other] {
+        let chosen = stdout(&con(
+            c,
+            &[
+                &["replay", "--json", "--journal", "--log-id", id],
+                &files[..],
+                &[session.as_str()],
+            ]
+            .concat(),
+        ));
+        assert_eq!(chosen, fleet[0].live[1]);
+    }
+}
