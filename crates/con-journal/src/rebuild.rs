@@ -212,6 +212,20 @@ impl Rebuilder {
                 format!("{seq}, but the record is seq {}", envelope.seq),
             ));
         }
+        // The convenience copy of the link, which `journalctl` matches
+        // and people read, must say what the record says.
+        if entry.get(field::PREV_HASH).is_some() {
+            let prev = text(entry, field::PREV_HASH)?;
+            if prev != envelope.prev_hash.to_hex() {
+                return Err(bad(
+                    field::PREV_HASH,
+                    format!(
+                        "{prev} is not the record's prev_hash ({})",
+                        envelope.prev_hash
+                    ),
+                ));
+            }
+        }
         let payload = Payload::decode(envelope.kind, envelope.kind_version, &envelope.payload)
             .map_err(|e| bad(field::RECORD, format!("undecodable payload: {e}")))?;
         let event = Event {

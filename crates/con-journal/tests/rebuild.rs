@@ -391,6 +391,11 @@ fn damaged_entries_are_one_line_errors_naming_the_field_and_cursor() {
             Box::new(|e| e.fields.push((field::RECORD.into(), b"AA==".to_vec()))),
             "field CON_RECORD: 2 values where one belongs",
         ),
+        (
+            Box::new(|e| set(e, field::PREV_HASH, "0".repeat(64).as_bytes())),
+            "field CON_PREV_HASH: 0000000000000000000000000000000000000000000000000000000000000000 \
+             is not the record's prev_hash",
+        ),
     ];
     for (damage, expected) in cases {
         let mut entry = good.clone();

@@ -116,17 +116,29 @@ pub fn timeline(t: &Timeline, opts: TextOptions) -> String {
         _ => "not ended".to_owned(),
     };
     let _ = writeln!(out, "started {}, {ended}", timestamp(t.started_at));
-    let _ = writeln!(
-        out,
+    let _ = writeln!(out, "{}", totals(t));
+    out.push('\n');
+    out.push_str(&entries(t, opts, |_| true));
+    out
+}
+
+/// Model calls, tokens and cost of a timeline, one line.
+fn totals(t: &Timeline) -> String {
+    format!(
         "{}, {} in / {} out tokens, {}",
         plural(t.model_calls as usize, "model call", "model calls"),
         t.input_tokens,
         t.output_tokens,
         dollars(t.cost_micro_usd)
-    );
-    out.push('\n');
+    )
+}
+
+/// The entries of `t` whose seq `shown` accepts, as [`timeline`] writes
+/// them: what a follower prints as a session grows.
+pub fn entries(t: &Timeline, opts: TextOptions, shown: impl Fn(u64) -> bool) -> String {
+    let mut out = String::new();
     let margin = " ".repeat(19);
-    for e in &t.entries {
+    for e in t.entries.iter().filter(|e| shown(e.seq)) {
         let (kind, line) = summary(&e.step);
         let _ = writeln!(
             out,
@@ -139,6 +151,20 @@ pub fn timeline(t: &Timeline, opts: TextOptions) -> String {
         details(&mut out, &margin, &e.step, opts.full);
     }
     out
+}
+
+/// The closing lines of a followed session: how it ended and its totals
+/// (the header [`timeline`] wrote said "not ended").
+pub fn ending(t: &Timeline) -> String {
+    match (t.ended_at, t.outcome) {
+        (Some(end), Some(outcome)) => format!(
+            "\nended after {}: {}\n{}\n",
+            duration(end - t.started_at),
+            outcome.as_str(),
+            totals(t)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Kind name and one line about a step (agent-controlled parts escaped).

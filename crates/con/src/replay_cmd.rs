@@ -19,7 +19,7 @@ use con_protocol::{Client, ClientError, ErrorCode, Query};
 use con_replay::json::EventWithContents;
 use con_replay::text::{self, TextOptions};
 use con_replay::{Contents, SessionSummary, blobs_of};
-use con_store::Store;
+use con_store::{ChainBreak, Head, Store, VerifyReport};
 use serde::Serialize;
 
 use crate::journal_args::JournalArgs;
@@ -63,6 +63,23 @@ pub struct ReplayArgs {
     /// list, one object per session; for a trace, the tree.
     #[arg(long)]
     json: bool,
+    /// Verify every event shown: the hash chain from seq 1 through the
+    /// last of them (through the daemon, which walks its log: operators
+    /// only; in a database directory; with --journal, the rebuilt records
+    /// of the log's journal copy), then a line saying through which seq it
+    /// holds (on standard error with --json). Fails, naming the seq, if
+    /// the chain breaks at or before an event shown.
+    #[arg(long, conflicts_with_all = ["list", "follow"])]
+    verify: bool,
+    /// Follow a session as it runs (through the daemon): print what is
+    /// recorded, then each new event of it as it is appended; exit when
+    /// the session ends (or on Ctrl-C).
+    #[arg(
+        long,
+        requires = "id",
+        conflicts_with_all = ["db", "journal", "agent", "trace", "list"]
+    )]
+    follow: bool,
     /// Read this event log directory (or a copy of one) instead of asking
     /// the daemon. The log has one owner: use a copy while the daemon runs.
     #[arg(long, value_name = "DIR", conflicts_with = "journal")]
@@ -85,11 +102,22 @@ trait Source {
     /// The events of these kinds in every log the source holds, each log
     /// with where it was written, for `--list`.
     fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>>;
+    /// Walks the chain of the log the source reads from seq 1 (its whole
+    /// length), and checks that each of `shown` is the record the chain
+    /// has at its seq.
+    fn verify(&mut self, shown: &[Event]) -> anyhow::Result<Walk>;
     /// Settles which log the later queries read, where the source holds
     /// several (a journal): the one whose entries match `query`.
     fn settle_log(&mut self, _query: Query) -> anyhow::Result<()> {
         Ok(())
     }
+}
+
+/// A walk of a log's chain: how far it holds (or where it breaks), and
+/// what walked it, for the verification line.
+struct Walk {
+    chain: Result<VerifyReport, ChainBreak>,
+    by: String,
 }
 
 /// Where a log was written, as far as its source tells.
@@ -220,6 +248,37 @@ impl Source for DaemonSource {
             host: this_host(&self.config),
         };
         Ok(vec![(origin, of_kinds(events, kinds))])
+    }
+
+    fn verify(&mut self, _shown: &[Event]) -> anyhow::Result<Walk> {
+        // The daemon owns the log and walks it; what it sent for the view
+        // came from the same records.
+        let view = match self.connect()?.verify() {
+            Ok(view) => view,
+            Err(ClientError::Refused { message, .. }) => {
+                anyhow::bail!("--verify: the con daemon refused: {message}")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let head = Head {
+            seq: view.head_seq,
+            hash: view.head_hash,
+        };
+        let chain = match view.first_bad_seq {
+            Some(seq) => Err(ChainBreak {
+                seq,
+                reason: view.reason.unwrap_or_default(),
+                last_good: head,
+            }),
+            None => Ok(VerifyReport {
+                events: view.events,
+                head,
+            }),
+        };
+        Ok(Walk {
+            chain,
+            by: "the log's chain, walked by the daemon".into(),
+        })
     }
 }
 
@@ -370,6 +429,45 @@ impl Source for JournalSource {
         Ok(out)
     }
 
+    fn verify(&mut self, shown: &[Event]) -> anyhow::Result<Walk> {
+        let Some(log_id) = self.log_id.clone() else {
+            anyhow::bail!("--verify: no log in the journal to verify (choose one with --log-id)");
+        };
+        // Every entry of the log: each rebuilt record already hashes to its
+        // CON_HASH (and its CON_PREV_HASH is its record's); the walk checks
+        // that each links to the one before, from seq 1.
+        let mut rebuilt = self.journal.read(&[self.in_log(Vec::new())])?;
+        let events = rebuilt.logs.remove(&log_id).unwrap_or_default();
+        let mut chain = con_journal::verify_chain(&events);
+        let by_seq: BTreeMap<u64, &Event> = events.iter().map(|e| (e.seq(), e)).collect();
+        if let Some(e) = shown
+            .iter()
+            .find(|e| by_seq.get(&e.seq()).is_none_or(|c| c.hash != e.hash))
+        {
+            let seq = e.seq();
+            if chain.as_ref().err().is_none_or(|b| b.seq > seq) {
+                let last_good = by_seq
+                    .get(&(seq - 1))
+                    .map(|p| Head {
+                        seq: p.seq(),
+                        hash: p.hash,
+                    })
+                    .unwrap_or_default();
+                chain = Err(ChainBreak {
+                    seq,
+                    reason: "the entry shown is not the one the journal's chain has there".into(),
+                    last_good,
+                });
+            }
+        }
+        Ok(Walk {
+            chain,
+            by: format!(
+                "the journal's copy of log {log_id}, CON_HASH and CON_PREV_HASH of each record"
+            ),
+        })
+    }
+
     fn settle_log(&mut self, query: Query) -> anyhow::Result<()> {
         if self.log_id.is_none() {
             self.events(query, None)?;
@@ -382,6 +480,8 @@ impl Source for JournalSource {
 /// are used: its indexes are derived and catching them up would write.
 struct StoreSource {
     store: Store,
+    /// The directory, for messages.
+    dir: PathBuf,
 }
 
 impl Source for StoreSource {
@@ -421,10 +521,22 @@ impl Source for StoreSource {
         };
         Ok(vec![(origin, events)])
     }
+
+    fn verify(&mut self, _shown: &[Event]) -> anyhow::Result<Walk> {
+        // The view was read from these very records.
+        Ok(Walk {
+            chain: self.store.verify()?,
+            by: format!("the chain of {}", self.dir.display()),
+        })
+    }
 }
 
 /// Runs `con replay`.
 pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    if args.follow {
+        let id = args.id.as_deref().unwrap_or_default();
+        return follow(layout, id, &args);
+    }
     let mut source: Box<dyn Source> = match &args.db {
         _ if args.journal.journal => Box::new(JournalSource::new(&args.journal, layout)),
         Some(db) => {
@@ -434,6 +546,7 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             Box::new(StoreSource {
                 store: Store::open_for_inspection(db)
                     .with_context(|| format!("{}: opening the event log", db.display()))?,
+                dir: db.clone(),
             })
         }
         None => Box::new(DaemonSource {
@@ -441,22 +554,229 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             config: layout.config_file().to_owned(),
         }),
     };
-    let out = if args.list {
-        list_all(source.as_mut(), &args)?
+    let mut shown = Vec::new();
+    let result = if args.list {
+        list_all(source.as_mut(), &args)
     } else if let Some(agent) = &args.agent {
-        list(source.as_mut(), agent, &args)?
+        list(source.as_mut(), agent, &args, &mut shown)
     } else if let Some(task) = &args.trace {
-        trace(source.as_mut(), task, args.json)?
+        trace(source.as_mut(), task, args.json, &mut shown)
     } else if let Some(id) = &args.id {
-        replay(source.as_mut(), id, &args)?
+        replay(source.as_mut(), id, &args, &mut shown)
     } else {
         anyhow::bail!("nothing to replay: give a session or task id, --agent or --trace");
     };
+    let mut out = match result {
+        Ok(out) => out,
+        // A record damaged past decoding stops the view; the walk says
+        // where the chain broke.
+        Err(e) if args.verify => match source.verify(&[]) {
+            Ok(Walk {
+                chain: Err(brk), ..
+            }) => anyhow::bail!(
+                "{e:#}\nnot verified: chain broken at seq {}: {} (last good seq {})",
+                brk.seq,
+                brk.reason,
+                brk.last_good.seq
+            ),
+            _ => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    if args.verify {
+        let line = verification(source.as_mut(), &shown)?;
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     // A closed pipe (`con replay … | head`) ends the output quietly.
     let _ = lock.write_all(out.as_bytes()).and_then(|()| lock.flush());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--verify`: every event shown must lie on the chain from seq 1, which
+/// must hold through the last of them. The line to print, or the failure
+/// naming the seq where the chain breaks.
+fn verification(source: &mut dyn Source, shown: &[Event]) -> anyhow::Result<String> {
+    let through = shown.iter().map(Event::seq).max().unwrap_or(0);
+    let Walk { chain, by } = source.verify(shown)?;
+    // And each record shown hashes, with its own prev_hash, to its hash
+    // (what the walk vouched for is what is shown).
+    let broken_before = |seq: u64| chain.as_ref().err().is_some_and(|b| b.seq <= seq);
+    for e in shown {
+        let record = e.envelope.encode_record()?;
+        if !broken_before(e.seq())
+            && con_event::chain_hash(&e.envelope.prev_hash, &record) != e.hash
+        {
+            anyhow::bail!(
+                "not verified: seq {}: the record shown does not match its hash {}",
+                e.seq(),
+                e.hash
+            );
+        }
+    }
+    match chain {
+        Err(brk) if brk.seq <= through => anyhow::bail!(
+            "not verified: chain broken at seq {}: {} (last good seq {}; {} of the events \
+             shown are at or after seq {})",
+            brk.seq,
+            brk.reason,
+            brk.last_good.seq,
+            shown.iter().filter(|e| e.seq() >= brk.seq).count(),
+            brk.seq
+        ),
+        Err(brk) => Ok(format!(
+            "verified through seq {through}: {by} holds from seq 1 ({} events shown); \
+             it breaks later, at seq {}: {}",
+            shown.len(),
+            brk.seq,
+            brk.reason
+        )),
+        Ok(report) if report.head.seq < through => anyhow::bail!(
+            "not verified: the chain ends at seq {}, before seq {through}",
+            report.head.seq
+        ),
+        Ok(_) => Ok(format!(
+            "verified through seq {through}: {by} holds from seq 1 ({} events shown)",
+            shown.len()
+        )),
+    }
+}
+
+/// Writes `text` to standard output at once; `false` once it is closed.
+fn emit(text: &str) -> bool {
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    lock.write_all(text.as_bytes())
+        .and_then(|()| lock.flush())
+        .is_ok()
+}
+
+/// `con replay --follow SESSION`: what is recorded of the session, then
+/// each event of it as the daemon commits it (the follow query `con logs
+/// -f` uses, on the session's agent from the first seq not yet read), until
+/// its `session.ended`.
+fn follow(layout: &Layout, id: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let Some(session) = SessionId::from_hex(id).filter(|_| id.len() == 32) else {
+        anyhow::bail!(
+            "--follow {}: not a session id (32 hex digits)",
+            con_event::escape_control(id)
+        );
+    };
+    let mut source = DaemonSource {
+        socket: layout.socket(),
+        config: layout.config_file().to_owned(),
+    };
+    let mut input = session_input(&mut source, session)?;
+    let Some(agent) = input.iter().find_map(|e| match &e.payload {
+        Payload::SessionStarted(p) if e.envelope.session == Some(session) => Some(p.agent.clone()),
+        _ => None,
+    }) else {
+        anyhow::bail!(
+            "no session {session} {}",
+            <DaemonSource as Source>::scope(&source)
+        );
+    };
+    let ended = |input: &[Event]| {
+        input.iter().any(|e| {
+            e.envelope.session == Some(session) && matches!(e.payload, Payload::SessionEnded(_))
+        })
+    };
+    let opts = TextOptions { full: args.full };
+    let mut contents = Contents::new();
+    let mut printed: BTreeSet<u64> = BTreeSet::new();
+    // What is new in the view since the last call, as text to print.
+    let mut render =
+        |input: &[Event], source: &mut DaemonSource, first: bool| -> anyhow::Result<String> {
+            let selected = con_replay::timeline::select(session, input)?;
+            let new: Vec<&Event> = selected
+                .iter()
+                .copied()
+                .filter(|e| !printed.contains(&e.seq()))
+                .collect();
+            fetch_blobs(source, new.iter().copied(), &mut contents)?;
+            let mut out = String::new();
+            if args.json {
+                for event in &new {
+                    out.push_str(&serde_json::to_string(&EventWithContents::new(
+                        event, &contents,
+                    ))?);
+                    out.push('\n');
+                }
+            } else {
+                let t = con_replay::timeline(session, input, &contents)?;
+                if first {
+                    out.push_str(&text::timeline(&t, opts));
+                } else {
+                    out.push_str(&text::entries(&t, opts, |seq| !printed.contains(&seq)));
+                }
+                // The header of a first view already says how it ended.
+                if !first && ended(input) {
+                    out.push_str(&text::ending(&t));
+                }
+            }
+            printed.extend(new.iter().map(|e| e.seq()));
+            Ok(out)
+        };
+    if !emit(&render(&input, &mut source, true)?) || ended(&input) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let from_seq = input.iter().map(Event::seq).max().unwrap_or(0) + 1;
+    let mut client = source.connect()?;
+    let mut failure = None;
+    let mut done = false;
+    let result = client.query(
+        Query {
+            from_seq,
+            agent: Some(agent),
+            follow: true,
+            ..Query::default()
+        },
+        |bytes| {
+            let event = match Event::from_stored(&bytes) {
+                Ok(event) => event,
+                Err(e) => {
+                    failure = Some(anyhow::anyhow!("undecodable event from the daemon: {e}"));
+                    return false;
+                }
+            };
+            if input.iter().any(|e| e.seq() == event.seq()) {
+                return true;
+            }
+            input.push(event);
+            match render(&input, &mut source, false) {
+                Ok(out) if emit(&out) => {
+                    done = ended(&input);
+                    !done
+                }
+                // Standard output closed: stop quietly.
+                Ok(_) => {
+                    done = true;
+                    false
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        },
+    );
+    match (failure, result) {
+        (Some(e), _) => Err(e),
+        (None, Err(ClientError::Refused { message, .. })) => {
+            anyhow::bail!("the con daemon refused: {message}")
+        }
+        (None, Err(e)) => Err(e.into()),
+        (None, Ok(_)) if done => Ok(ExitCode::SUCCESS),
+        (None, Ok(_)) => {
+            anyhow::bail!("the daemon ended the follow before session {session} ended")
+        }
+    }
 }
 
 fn kind_id(name: &str) -> Option<u16> {
@@ -553,7 +873,12 @@ fn session_input(source: &mut dyn Source, session: SessionId) -> anyhow::Result<
 }
 
 /// `con replay <session | task>`.
-fn replay(source: &mut dyn Source, id: &str, args: &ReplayArgs) -> anyhow::Result<String> {
+fn replay(
+    source: &mut dyn Source,
+    id: &str,
+    args: &ReplayArgs,
+    shown: &mut Vec<Event>,
+) -> anyhow::Result<String> {
     let mut sessions = Vec::new();
     if let Some(session) = SessionId::from_hex(id).filter(|_| id.len() >= 32) {
         let input = session_input(source, session)?;
@@ -587,6 +912,7 @@ fn replay(source: &mut dyn Source, id: &str, args: &ReplayArgs) -> anyhow::Resul
     let mut out = String::new();
     for (i, (session, input)) in sessions.iter().enumerate() {
         let selected = con_replay::timeline::select(*session, input)?;
+        shown.extend(selected.iter().map(|e| (*e).clone()));
         let mut contents = Contents::new();
         fetch_blobs(source, selected.iter().copied(), &mut contents)?;
         if args.json {
@@ -717,7 +1043,12 @@ fn list_all(source: &mut dyn Source, args: &ReplayArgs) -> anyhow::Result<String
 }
 
 /// `con replay --agent A`.
-fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Result<String> {
+fn list(
+    source: &mut dyn Source,
+    agent: &str,
+    args: &ReplayArgs,
+    shown: &mut Vec<Event>,
+) -> anyhow::Result<String> {
     let (since, until) = time_window(args)?;
     let events = source.events(
         Query {
@@ -728,6 +1059,7 @@ fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Resu
         None,
     )?;
     let list = con_replay::sessions(&events, Some(agent), since, until);
+    shown.extend(events);
     if !args.json {
         return Ok(text::session_list(&list));
     }
@@ -741,7 +1073,12 @@ fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Resu
 
 /// `con replay --trace T`: the fold is run again each time the sessions it
 /// found bring new events, until the tree stops growing.
-fn trace(source: &mut dyn Source, task: &str, json: bool) -> anyhow::Result<String> {
+fn trace(
+    source: &mut dyn Source,
+    task: &str,
+    json: bool,
+    shown: &mut Vec<Event>,
+) -> anyhow::Result<String> {
     // In a journal of several logs, the one that holds the task.
     source.settle_log(Query {
         from_seq: 1,
@@ -803,6 +1140,7 @@ fn trace(source: &mut dyn Source, task: &str, json: bool) -> anyhow::Result<Stri
             source.scope()
         );
     }
+    shown.extend(by_seq.into_values());
     if json {
         Ok(format!("{}\n", serde_json::to_string(&tree)?))
     } else {

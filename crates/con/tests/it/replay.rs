@@ -1036,3 +1036,386 @@ fn a_journal_remote_directory_keeps_two_instances_apart() {
         assert_eq!(chosen, fleet[0].live[1]);
     }
 }
+
+/// Export-format bytes of `entries`, as `journalctl -o export` writes
+/// them (values with control characters in the binary form).
+fn to_export(entries: &[con_journal::ReadEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in entries {
+        for (name, value) in &entry.fields {
+            out.extend_from_slice(name.as_bytes());
+            if value.iter().any(|&b| b < b' ' && b != b'\t') || value.contains(&0x7f) {
+                out.push(b'\n');
+                out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+                out.extend_from_slice(value);
+            } else {
+                out.push(b'=');
+                out.extend_from_slice(value);
+            }
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+#[test]
+fn replay_verify_vouches_for_what_it_shows_and_names_the_seq_of_a_tamper() {
+    let (c, _cm, _sm) = delegation();
+    let mut daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+    let sysadmin = session_of(&c, "sysadmin").to_hex();
+    let json = stdout(&con(&c, &["replay", "--json", &sysadmin]));
+    let seqs: Vec<u64> = json_lines(&json)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    let last = *seqs.last().unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&con(&c, &["status", "--json"]))).unwrap();
+    let log_id = status["log"]["log_id"].as_str().unwrap().to_owned();
+
+    // Through the daemon, which walks its log.
+    let plain = stdout(&con(&c, &["replay", &sysadmin]));
+    let verified = stdout(&con(&c, &["replay", "--verify", &sysadmin]));
+    let line = format!(
+        "verified through seq {last}: the log's chain, walked by the daemon holds from seq 1 ({} events shown)\n",
+        seqs.len()
+    );
+    assert_eq!(verified, format!("{plain}{line}"));
+    // With --json the line goes to standard error, the JSON is unchanged.
+    let out = con(&c, &["replay", "--verify", "--json", &sysadmin]);
+    assert_eq!(stdout(&out), json);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), line);
+    let traced = stdout(&con(&c, &["replay", "--verify", "--trace", "t-1"]));
+    assert!(
+        traced
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("verified through seq "),
+        "{traced}"
+    );
+    // Walking the chain is for operators.
+    let refused = con_as(&c, "sysadmin", &["replay", "--verify", &sysadmin]);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only operators"),
+        "{refused:?}"
+    );
+
+    daemon.terminate();
+    let db = c.root.db();
+    let head = con_store::Store::open_for_inspection(&db)
+        .unwrap()
+        .events_from(1)
+        .count();
+    let db_line = format!(
+        "verified through seq {last}: the chain of {} holds from seq 1",
+        db.display()
+    );
+    let offline = stdout(&con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--db",
+            db.to_str().unwrap(),
+            &sysadmin,
+        ],
+    ));
+    assert!(
+        offline.lines().last().unwrap().starts_with(&db_line),
+        "{offline}"
+    );
+
+    // A copy with a record of the session changed (its hash left as it
+    // was): the view is refused, naming the seq.
+    let tool_result = json_lines(&json)
+        .iter()
+        .find(|e| e["kind"] == "tool.result")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let bump = |seq: u64| {
+        move |s: &con_store::Store| {
+            let key = seq.to_be_bytes();
+            let v = s.raw_log().get(key).unwrap().unwrap();
+            let stored = con_event::decode_stored(&v).unwrap();
+            let mut env = con_event::Envelope::decode_record(stored.record).unwrap();
+            env.ts_unix_nanos += 1;
+            let record = env.encode_record().unwrap();
+            s.raw_log()
+                .insert(key, con_event::encode_stored(&record, &stored.hash))
+                .unwrap();
+        }
+    };
+    let copy = tampered_copy(&db, "in-session", bump(tool_result));
+    // Without --verify the edit goes unnoticed.
+    ok(&con(
+        &c,
+        &["replay", "--db", copy.to_str().unwrap(), &sysadmin],
+    ));
+    let refused = con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--db",
+            copy.to_str().unwrap(),
+            &sysadmin,
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!("not verified: chain broken at seq {tool_result}:"))
+            && err.contains("content does not match"),
+        "{err}"
+    );
+    // A change after the last event shown leaves it verified, and says so.
+    let later = tampered_copy(&db, "later", bump(head as u64));
+    let verified = stdout(&con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--db",
+            later.to_str().unwrap(),
+            &sysadmin,
+        ],
+    ));
+    let line = verified.lines().last().unwrap();
+    assert!(
+        line.starts_with(&format!("verified through seq {last}:"))
+            && line.contains(&format!("it breaks later, at seq {head}")),
+        "{verified}"
+    );
+
+    // The journal's copy: the rebuilt records' chain.
+    let export = c.root.path().join("log.export");
+    export_log(&log_id, head, &export);
+    let from_journal = stdout(&con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--journal",
+            "--file",
+            export.to_str().unwrap(),
+            &sysadmin,
+        ],
+    ));
+    assert_eq!(
+        from_journal,
+        format!(
+            "{plain}verified through seq {last}: the journal's copy of log {log_id}, CON_HASH and \
+             CON_PREV_HASH of each record holds from seq 1 ({} events shown)\n",
+            seqs.len()
+        )
+    );
+    // Without one entry of the session: the replay still shows the rest,
+    // --verify refuses it and names the missing seq; so does con verify.
+    let entries: Vec<con_journal::ReadEntry> =
+        con_journal::read_export(&std::fs::read(&export).unwrap()[..])
+            .map(Result::unwrap)
+            .filter(|e| {
+                e.get("CON_SEQ") != Some(tool_result.to_string().as_bytes())
+                    || e.get("CON_RECORD").is_none()
+            })
+            .collect();
+    let cut = c.root.path().join("cut.export");
+    std::fs::write(&cut, to_export(&entries)).unwrap();
+    let cut_arg = cut.to_str().unwrap();
+    ok(&con(
+        &c,
+        &["replay", "--journal", "--file", cut_arg, &sysadmin],
+    ));
+    let refused = con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--journal",
+            "--file",
+            cut_arg,
+            &sysadmin,
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!(
+            "not verified: chain broken at seq {tool_result}: missing from the journal"
+        )),
+        "{err}"
+    );
+    let journal_alone = con(&c, &["verify", "--journal", "--file", cut_arg]);
+    assert_eq!(journal_alone.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&journal_alone.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "log {log_id} on runs-test: chain broken at seq {tool_result}: missing from the journal"
+        )),
+        "{text}"
+    );
+    let intact = stdout(&con(
+        &c,
+        &["verify", "--journal", "--file", export.to_str().unwrap()],
+    ));
+    assert!(
+        intact.starts_with(&format!(
+            "log {log_id} on runs-test: chain ok: {head} events, head seq {head}"
+        )),
+        "{intact}"
+    );
+}
+
+/// Lines a child writes to its standard output, each with when it came.
+fn lines_of(
+    child: &mut std::process::Child,
+) -> std::sync::mpsc::Receiver<(std::time::Instant, String)> {
+    use std::io::BufRead;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send((std::time::Instant::now(), line)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn replay_follow_prints_a_session_as_it_is_recorded_and_exits_when_it_ends() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let concierge_model = ScriptedServer::start(vec![]);
+    let sysadmin_model = ScriptedServer::start(vec![]);
+    let c = crate::runs::concierge_tasking_sysadmin(
+        "openai-compatible",
+        &concierge_model,
+        &sysadmin_model,
+    );
+    // The model takes its time over the first step.
+    sysadmin_model.push(
+        Step::tool_call("exec", serde_json::json!({"command": "echo 42%"}))
+            .delayed(Duration::from_secs(3)),
+    );
+    sysadmin_model.push(Step::text("/var is 42% full."));
+    let _daemon = c.daemon();
+    c.task("sysadmin", "job-1", "How full is /var?");
+    let mut run = c
+        .run_command("sysadmin", &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run is waiting for the model.
+    let mut session = None;
+    crate::runs::wait_for("the first model call", Duration::from_secs(20), || {
+        let events = all_events(&c.root.socket());
+        session = events.iter().find_map(|e| match &e.payload {
+            Payload::SessionStarted(_) => e.envelope.session,
+            _ => None,
+        });
+        events
+            .iter()
+            .any(|e| matches!(e.payload, Payload::LlmRequest(_)))
+    });
+    let session = session.unwrap().to_hex();
+    let follower = |json: bool| {
+        let mut args = vec!["replay", "--follow", session.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let mut child = Command::new(CON)
+            .args(c.root.con_flags())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(&mut child);
+        (child, lines)
+    };
+    let (mut text_child, text_lines) = follower(false);
+    let (mut json_child, json_lines_rx) = follower(true);
+
+    // What was recorded comes at once, while the model still thinks.
+    let (first_at, header) = text_lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        header.starts_with(&format!("session {session}")),
+        "{header}"
+    );
+    let responded = all_events(&c.root.socket())
+        .iter()
+        .any(|e| matches!(e.payload, Payload::LlmResponse(_)));
+    assert!(!responded, "the model answered before the follower started");
+
+    // Then each event as it is appended, and an exit after the end.
+    let wait = |child: &mut std::process::Child| {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the follower did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(wait(&mut text_child).success());
+    assert!(wait(&mut json_child).success());
+    assert!(run.wait().unwrap().success());
+    let text: Vec<(Instant, String)> = text_lines.iter().collect();
+    let response = text
+        .iter()
+        .find(|(_, l)| l.contains("llm.response"))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(
+        response.0.duration_since(first_at) > Duration::from_secs(1),
+        "the response was printed when it was recorded"
+    );
+    let all: String = text.iter().map(|(_, l)| format!("{l}\n")).collect();
+    for expected in [
+        "not ended",
+        "llm.request",
+        "asks exec",
+        "tool.call          exec",
+        "tool.result        exec exit 0",
+        "session.ended      ok after 2 iterations",
+        "| /var is 42% full.",
+    ] {
+        assert!(all.contains(expected), "{expected:?} in:\n{all}");
+    }
+    assert!(text.last().unwrap().1.starts_with("2 model calls"), "{all}");
+    // Each event once: the same JSON as a replay of the finished session.
+    let followed: String = json_lines_rx
+        .iter()
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    assert_eq!(followed, stdout(&con(&c, &["replay", "--json", &session])));
+    assert!(
+        followed
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"session.ended\"")
+    );
+
+    // A session that has ended: printed, and done.
+    let done = stdout(&con(&c, &["replay", "--follow", &session]));
+    assert_eq!(done, stdout(&con(&c, &["replay", &session])));
+}
