@@ -864,6 +864,32 @@ fn a_journal_remote_directory_keeps_two_instances_apart() {
     ));
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
+    let none = stdout(&con(
+        c,
+        &[
+            "replay",
+            "--journal",
+            "--directory",
+            dir_arg,
+            "--list",
+            "--until",
+            "1h",
+        ],
+    ));
+    assert_eq!(none.lines().count(), 1, "{none}");
+    let recent = stdout(&con(
+        c,
+        &[
+            "replay",
+            "--journal",
+            "--directory",
+            dir_arg,
+            "--list",
+            "--since",
+            "1h",
+        ],
+    ));
+    assert_eq!(recent, text);
     assert!(
         lines[0].starts_with("HOST") && lines[0].contains("LOG"),
         "{text}"
