@@ -7,7 +7,7 @@ PROFILE ?= default
 CONFIG ?= configs/$(PROFILE)/con.toml
 BIN := target/release/con
 
-.PHONY: run task test e2e image up down deps journald build lint fmt bench catalog golden clean
+.PHONY: run task test e2e image up down deps journald build lint fmt bench catalog golden corpus clean
 
 ## run: build con, install it as /usr/local/bin/con (the path units and
 ## sudoers name), bootstrap the profile onto this host (users, groups,
@@ -90,6 +90,12 @@ catalog:
 	CON_BLESS=1 $(CARGO) test -p con-journal --test journald shipped_catalog
 golden:
 	CON_BLESS=1 $(CARGO) test -p con-event --test golden
+
+## corpus: record a new entry of the replay/ corpus for the current event
+## format with the real daemon and scripted models (replay/README.md);
+## CON_CORPUS_NAME=<name> names it (default: delegation). Never replaces one.
+corpus: deps journald
+	$(CARGO) test --locked -p con --test it record_a_corpus_entry -- --ignored --nocapture
 
 clean:
 	$(CARGO) clean

@@ -2,7 +2,7 @@
 # Installs the Debian packages con's build and tests need (root). Quick when
 # everything is already there: apt is only called for missing packages.
 set -eu
-pkgs="libacl1-dev acl nftables sudo systemd util-linux procps debootstrap systemd-container"
+pkgs="libacl1-dev acl nftables sudo systemd util-linux procps debootstrap systemd-container systemd-journal-remote"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -20,6 +20,9 @@ pub mod field {
     pub const LOG_ID: &str = "CON_LOG_ID";
     /// The event's seq (also inside the record).
     pub const SEQ: &str = "CON_SEQ";
+    /// The previous record's chain hash, 64 hex digits (also inside the
+    /// record; a rebuild refuses an entry where they differ).
+    pub const PREV_HASH: &str = "CON_PREV_HASH";
     /// The payload layout version stored in the record.
     pub const KIND_VERSION: &str = "CON_KIND_VERSION";
     /// The version of the `CON_PAYLOAD` JSON body: the kind's current
@@ -134,7 +137,7 @@ pub fn entry_for(
     if let Some(c) = env.causation {
         fields.push(("CON_CAUSATION", c.to_string()));
     }
-    fields.push(("CON_PREV_HASH", env.prev_hash.to_hex()));
+    fields.push((field::PREV_HASH, env.prev_hash.to_hex()));
     if !ctx.system.is_empty() {
         fields.push(("CON_SYSTEM", ctx.system.clone()));
     }

@@ -63,6 +63,51 @@ pub struct Rebuilt {
     /// Entries that were not con records (other programs, or con entries
     /// written before entries carried `CON_RECORD`).
     pub other_entries: u64,
+    /// Where each log's entries were written (keyed like
+    /// [`Rebuilt::logs`]), as its entry of the lowest seq read says.
+    pub hosts: BTreeMap<String, LogHost>,
+}
+
+/// Where a log's journal entries come from: the fields that tell hosts
+/// apart in a journal holding several (a central `systemd-journal-remote`
+/// directory, or one host's journal with several con instances).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogHost {
+    /// `CON_SYSTEM`: `[system] name` of the con instance.
+    pub system: Option<String>,
+    /// `_HOSTNAME`: the machine's host name, as journald recorded it.
+    pub hostname: Option<String>,
+    /// `_MACHINE_ID`: the machine's id, as journald recorded it.
+    pub machine_id: Option<String>,
+}
+
+impl LogHost {
+    /// The fields of `entry` that say where it was written (values that
+    /// are not UTF-8 are left out).
+    pub fn of(entry: &ReadEntry) -> Self {
+        let text = |name: &str| {
+            entry
+                .get(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        Self {
+            system: text("CON_SYSTEM"),
+            hostname: text("_HOSTNAME"),
+            machine_id: text("_MACHINE_ID"),
+        }
+    }
+
+    /// One name for people: the con instance's name, else the host name,
+    /// else the machine id; `-` if the entries carried none of them.
+    pub fn name(&self) -> &str {
+        self.system
+            .as_deref()
+            .or(self.hostname.as_deref())
+            .or(self.machine_id.as_deref())
+            .unwrap_or("-")
+    }
 }
 
 impl Rebuilt {
@@ -88,6 +133,7 @@ impl Rebuilt {
 struct Read {
     event: Event,
     at: String,
+    host: LogHost,
 }
 
 #[derive(Default)]
@@ -166,6 +212,20 @@ impl Rebuilder {
                 format!("{seq}, but the record is seq {}", envelope.seq),
             ));
         }
+        // The convenience copy of the link, which `journalctl` matches
+        // and people read, must say what the record says.
+        if entry.get(field::PREV_HASH).is_some() {
+            let prev = text(entry, field::PREV_HASH)?;
+            if prev != envelope.prev_hash.to_hex() {
+                return Err(bad(
+                    field::PREV_HASH,
+                    format!(
+                        "{prev} is not the record's prev_hash ({})",
+                        envelope.prev_hash
+                    ),
+                ));
+            }
+        }
         let payload = Payload::decode(envelope.kind, envelope.kind_version, &envelope.payload)
             .map_err(|e| bad(field::RECORD, format!("undecodable payload: {e}")))?;
         let event = Event {
@@ -185,7 +245,8 @@ impl Rebuilder {
         }
         match self.logs.entry(log_id).or_default().entry(seq) {
             Entry::Vacant(v) => {
-                v.insert(Read { event, at });
+                let host = LogHost::of(entry);
+                v.insert(Read { event, at, host });
             }
             Entry::Occupied(o) if o.get().event.hash == hash => self.repeats += 1,
             Entry::Occupied(o) => {
@@ -261,7 +322,16 @@ impl Rebuilder {
 
     /// Assembles the attachments and returns everything rebuilt.
     pub fn finish(self) -> Result<Rebuilt, RebuildError> {
+        let hosts = self
+            .logs
+            .iter()
+            .filter_map(|(id, events)| {
+                let first = events.first_key_value()?.1;
+                Some((id.clone(), first.host.clone()))
+            })
+            .collect();
         let mut rebuilt = Rebuilt {
+            hosts,
             logs: self
                 .logs
                 .into_iter()

@@ -391,6 +391,11 @@ fn damaged_entries_are_one_line_errors_naming_the_field_and_cursor() {
             Box::new(|e| e.fields.push((field::RECORD.into(), b"AA==".to_vec()))),
             "field CON_RECORD: 2 values where one belongs",
         ),
+        (
+            Box::new(|e| set(e, field::PREV_HASH, "0".repeat(64).as_bytes())),
+            "field CON_PREV_HASH: 0000000000000000000000000000000000000000000000000000000000000000 \
+             is not the record's prev_hash",
+        ),
     ];
     for (damage, expected) in cases {
         let mut entry = good.clone();
@@ -532,4 +537,49 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn logs_of_several_hosts_stay_apart_each_with_its_host() {
+    let (events, _) = chain();
+    let host_entries = |log_id: &str, system: &str, hostname: &str| -> Vec<ReadEntry> {
+        let ctx = MirrorContext {
+            log_id: log_id.into(),
+            system: system.into(),
+        };
+        events
+            .iter()
+            .map(|e| {
+                let mut entry = ReadEntry::from(&entry_for(e, &[], &ctx).unwrap());
+                entry.fields.push(("_HOSTNAME".into(), hostname.into()));
+                entry
+                    .fields
+                    .push(("_MACHINE_ID".into(), format!("{hostname:0>32}").into()));
+                entry
+            })
+            .collect()
+    };
+    let a = "a".repeat(32);
+    let b = "b".repeat(32);
+    // Interleaved, newest first: the host is still the one of each log's
+    // lowest seq.
+    let mut entries = host_entries(&a, "alpha", "host-a");
+    entries.extend(host_entries(&b, "", "host-b"));
+    entries.reverse();
+    let rebuilt = rebuild_from_export(&to_export(&entries)[..]).unwrap();
+    assert_eq!(rebuilt.logs[&a], events);
+    assert_eq!(rebuilt.logs[&b], events);
+    let host_a = &rebuilt.hosts[&a];
+    assert_eq!(host_a.system.as_deref(), Some("alpha"));
+    assert_eq!(host_a.hostname.as_deref(), Some("host-a"));
+    assert_eq!(host_a.name(), "alpha");
+    // No con instance name: the machine's.
+    let host_b = &rebuilt.hosts[&b];
+    assert_eq!(host_b.system, None);
+    assert_eq!(host_b.name(), "host-b");
+    assert_eq!(
+        host_b.machine_id.as_deref(),
+        Some(format!("{:0>32}", "host-b").as_str())
+    );
+    assert_eq!(LogHost::default().name(), "-");
 }

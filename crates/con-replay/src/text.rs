@@ -116,17 +116,29 @@ pub fn timeline(t: &Timeline, opts: TextOptions) -> String {
         _ => "not ended".to_owned(),
     };
     let _ = writeln!(out, "started {}, {ended}", timestamp(t.started_at));
-    let _ = writeln!(
-        out,
+    let _ = writeln!(out, "{}", totals(t));
+    out.push('\n');
+    out.push_str(&entries(t, opts, |_| true));
+    out
+}
+
+/// Model calls, tokens and cost of a timeline, one line.
+fn totals(t: &Timeline) -> String {
+    format!(
         "{}, {} in / {} out tokens, {}",
         plural(t.model_calls as usize, "model call", "model calls"),
         t.input_tokens,
         t.output_tokens,
         dollars(t.cost_micro_usd)
-    );
-    out.push('\n');
+    )
+}
+
+/// The entries of `t` whose seq `shown` accepts, as [`timeline`] writes
+/// them: what a follower prints as a session grows.
+pub fn entries(t: &Timeline, opts: TextOptions, shown: impl Fn(u64) -> bool) -> String {
+    let mut out = String::new();
     let margin = " ".repeat(19);
-    for e in &t.entries {
+    for e in t.entries.iter().filter(|e| shown(e.seq)) {
         let (kind, line) = summary(&e.step);
         let _ = writeln!(
             out,
@@ -139,6 +151,20 @@ pub fn timeline(t: &Timeline, opts: TextOptions) -> String {
         details(&mut out, &margin, &e.step, opts.full);
     }
     out
+}
+
+/// The closing lines of a followed session: how it ended and its totals
+/// (the header [`timeline`] wrote said "not ended").
+pub fn ending(t: &Timeline) -> String {
+    match (t.ended_at, t.outcome) {
+        (Some(end), Some(outcome)) => format!(
+            "\nended after {}: {}\n{}\n",
+            duration(end - t.started_at),
+            outcome.as_str(),
+            totals(t)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Kind name and one line about a step (agent-controlled parts escaped).
@@ -379,6 +405,58 @@ pub fn session_list(list: &[SessionSummary]) -> String {
             out,
             "{:<32}  {:<24}  {:<24}  {:>10}  {:<14}  {:>5}  {:>10}",
             s.session.to_hex(),
+            escape_control(s.task.as_deref().unwrap_or("-")),
+            timestamp(s.started_at),
+            s.duration_nanos.map(duration).unwrap_or_else(|| "-".into()),
+            s.outcome.map(|o| o.as_str()).unwrap_or("running"),
+            s.model_calls,
+            dollars(s.cost_micro_usd)
+        );
+    }
+    out
+}
+
+/// One session of a list that spans logs (and hosts).
+#[derive(Clone, Copy, Debug)]
+pub struct ListedSession<'a> {
+    /// The name of the host the log was written on (`-` if unknown).
+    pub host: &'a str,
+    /// The log's id (`CON_LOG_ID`; empty if unknown).
+    pub log_id: &'a str,
+    /// The session.
+    pub session: &'a SessionSummary,
+}
+
+/// The text view of sessions from several logs: one line each, with the
+/// host and log it belongs to, then what [`session_list`] shows and the
+/// agent.
+pub fn sessions_of_logs(rows: &[ListedSession<'_>]) -> String {
+    let mut out = format!(
+        "{:<16}  {:<32}  {:<32}  {:<12}  {:<24}  {:<24}  {:>10}  {:<14}  {:>5}  {:>10}\n",
+        "HOST",
+        "LOG",
+        "SESSION",
+        "AGENT",
+        "TASK",
+        "STARTED",
+        "DURATION",
+        "OUTCOME",
+        "CALLS",
+        "COST"
+    );
+    for row in rows {
+        let s = row.session;
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<32}  {:<32}  {:<12}  {:<24}  {:<24}  {:>10}  {:<14}  {:>5}  {:>10}",
+            escape_control(row.host),
+            if row.log_id.is_empty() {
+                "-".to_owned()
+            } else {
+                escape_control(row.log_id).into_owned()
+            },
+            s.session.to_hex(),
+            escape_control(&s.agent),
             escape_control(s.task.as_deref().unwrap_or("-")),
             timestamp(s.started_at),
             s.duration_nanos.map(duration).unwrap_or_else(|| "-".into()),

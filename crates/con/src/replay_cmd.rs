@@ -13,36 +13,42 @@ use std::time::SystemTime;
 use anyhow::Context;
 use clap::Args;
 use con_event::{Digest, Event, Payload, SessionId};
-use con_journal::{JournalLocation, Matches, field};
+use con_journal::{JournalLocation, LogHost, Matches, field};
 use con_layout::Layout;
 use con_protocol::{Client, ClientError, ErrorCode, Query};
 use con_replay::json::EventWithContents;
 use con_replay::text::{self, TextOptions};
-use con_replay::{Contents, blobs_of};
-use con_store::Store;
+use con_replay::{Contents, SessionSummary, blobs_of};
+use con_store::{ChainBreak, Head, Store, VerifyReport};
 use serde::Serialize;
 
 use crate::journal_args::JournalArgs;
 
 /// Arguments of `con replay`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["id", "agent", "trace"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["id", "agent", "trace", "list"])))]
+#[command(group(clap::ArgGroup::new("listing").args(["agent", "list"])))]
 pub struct ReplayArgs {
     /// A session id (32 hex digits) or a task id: that session's timeline,
     /// or the timelines of every session of that task.
-    #[arg(value_name = "SESSION|TASK", conflicts_with_all = ["agent", "trace"])]
+    #[arg(value_name = "SESSION|TASK")]
     id: Option<String>,
     /// List the sessions of this agent instead (id, task, start, duration,
     /// outcome, model calls, cost).
-    #[arg(long, value_name = "AGENT", conflicts_with = "trace")]
+    #[arg(long, value_name = "AGENT")]
     agent: Option<String>,
-    /// With --agent: only sessions started at or after this time (RFC 3339,
-    /// or a duration ago such as `2h`).
-    #[arg(long, value_name = "TIME", requires = "agent")]
+    /// List every session of every log the source holds (with --journal,
+    /// each log and host found there), one line each: host, log id,
+    /// session, agent, task, start, duration, outcome, model calls, cost.
+    #[arg(long)]
+    list: bool,
+    /// With --agent or --list: only sessions started at or after this time
+    /// (RFC 3339, or a duration ago such as `2h`).
+    #[arg(long, value_name = "TIME", requires = "listing")]
     since: Option<String>,
-    /// With --agent: only sessions started before this time (RFC 3339, or a
-    /// duration ago).
-    #[arg(long, value_name = "TIME", requires = "agent")]
+    /// With --agent or --list: only sessions started before this time (RFC
+    /// 3339, or a duration ago).
+    #[arg(long, value_name = "TIME", requires = "listing")]
     until: Option<String>,
     /// The story of a task across agents, as a tree: the sessions that
     /// handled it and the tasks they handed on, recursively.
@@ -57,6 +63,23 @@ pub struct ReplayArgs {
     /// list, one object per session; for a trace, the tree.
     #[arg(long)]
     json: bool,
+    /// Verify every event shown: the hash chain from seq 1 through the
+    /// last of them (through the daemon, which walks its log: operators
+    /// only; in a database directory; with --journal, the rebuilt records
+    /// of the log's journal copy), then a line saying through which seq it
+    /// holds (on standard error with --json). Fails, naming the seq, if
+    /// the chain breaks at or before an event shown.
+    #[arg(long, conflicts_with_all = ["list", "follow"])]
+    verify: bool,
+    /// Follow a session as it runs (through the daemon): print what is
+    /// recorded, then each new event of it as it is appended; exit when
+    /// the session ends (or on Ctrl-C).
+    #[arg(
+        long,
+        requires = "id",
+        conflicts_with_all = ["db", "journal", "agent", "trace", "list"]
+    )]
+    follow: bool,
     /// Read this event log directory (or a copy of one) instead of asking
     /// the daemon. The log has one owner: use a copy while the daemon runs.
     #[arg(long, value_name = "DIR", conflicts_with = "journal")]
@@ -76,12 +99,72 @@ trait Source {
     fn blob(&mut self, digest: Digest) -> anyhow::Result<Option<Vec<u8>>>;
     /// How to say "not found" to this caller.
     fn scope(&self) -> &'static str;
+    /// The events of these kinds in every log the source holds, each log
+    /// with where it was written, for `--list`.
+    fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>>;
+    /// Walks the chain of the log the source reads from seq 1 (its whole
+    /// length), and checks that each of `shown` is the record the chain
+    /// has at its seq.
+    fn verify(&mut self, shown: &[Event]) -> anyhow::Result<Walk>;
+    /// Settles which log the later queries read, where the source holds
+    /// several (a journal): the one whose entries match `query`.
+    fn settle_log(&mut self, _query: Query) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A walk of a log's chain: how far it holds (or where it breaks), and
+/// what walked it, for the verification line.
+struct Walk {
+    chain: Result<VerifyReport, ChainBreak>,
+    by: String,
+}
+
+/// Where a log was written, as far as its source tells.
+#[derive(Clone, Debug, Default)]
+struct LogOrigin {
+    /// Its `CON_LOG_ID` (empty if unknown).
+    log_id: String,
+    /// Its host (unknown for a database directory: a log does not record
+    /// the host it was written on).
+    host: LogHost,
+}
+
+/// The events of `kinds` among `events` (any order), in seq order.
+fn of_kinds(mut events: Vec<Event>, kinds: &[u16]) -> Vec<Event> {
+    events.retain(|e| kinds.contains(&e.envelope.kind));
+    events.sort_by_key(Event::seq);
+    events.dedup_by_key(|e| e.seq());
+    events
+}
+
+/// This machine, as journald would name it in the entries the daemon
+/// mirrors: `[system] name` from the configuration (if it can be read),
+/// the kernel's host name and `/etc/machine-id`.
+fn this_host(config: &std::path::Path) -> LogHost {
+    let system = con_config::collect_environment(std::env::vars_os())
+        .ok()
+        .and_then(|env| con_config::load(config, &env).ok())
+        .map(|c| c.system.name);
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    LogHost {
+        system,
+        hostname: read("/proc/sys/kernel/hostname"),
+        machine_id: read("/etc/machine-id"),
+    }
 }
 
 /// Through the daemon: an agent user sees only its own events (the daemon
 /// restricts its queries), operators everything.
 struct DaemonSource {
     socket: PathBuf,
+    /// The configuration file, for the host's name in `--list`.
+    config: PathBuf,
 }
 
 impl DaemonSource {
@@ -140,6 +223,62 @@ impl Source for DaemonSource {
 
     fn scope(&self) -> &'static str {
         "among the events you may read"
+    }
+
+    fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>> {
+        let log_id = self
+            .connect()?
+            .status()?
+            .log
+            .map(|l| l.log_id)
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        for &kind in kinds {
+            events.extend(self.events(
+                Query {
+                    from_seq: 1,
+                    kind: Some(kind),
+                    ..Query::default()
+                },
+                None,
+            )?);
+        }
+        let origin = LogOrigin {
+            log_id,
+            host: this_host(&self.config),
+        };
+        Ok(vec![(origin, of_kinds(events, kinds))])
+    }
+
+    fn verify(&mut self, _shown: &[Event]) -> anyhow::Result<Walk> {
+        // The daemon owns the log and walks it; what it sent for the view
+        // came from the same records.
+        let view = match self.connect()?.verify() {
+            Ok(view) => view,
+            Err(ClientError::Refused { message, .. }) => {
+                anyhow::bail!("--verify: the con daemon refused: {message}")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let head = Head {
+            seq: view.head_seq,
+            hash: view.head_hash,
+        };
+        let chain = match view.first_bad_seq {
+            Some(seq) => Err(ChainBreak {
+                seq,
+                reason: view.reason.unwrap_or_default(),
+                last_good: head,
+            }),
+            None => Ok(VerifyReport {
+                events: view.events,
+                head,
+            }),
+        };
+        Ok(Walk {
+            chain,
+            by: "the log's chain, walked by the daemon".into(),
+        })
     }
 }
 
@@ -227,7 +366,17 @@ impl Source for JournalSource {
                 _ => {
                     // A few are enough to pick from; a shared journal may
                     // hold hundreds (every test run on a host).
-                    let ids: Vec<&str> = rebuilt.logs.keys().take(5).map(String::as_str).collect();
+                    let ids: Vec<String> = rebuilt
+                        .logs
+                        .keys()
+                        .take(5)
+                        .map(|id| match rebuilt.hosts.get(id) {
+                            Some(host) => {
+                                format!("{id} on {}", con_event::escape_control(host.name()))
+                            }
+                            None => id.clone(),
+                        })
+                        .collect();
                     let more = match rebuilt.logs.len() - ids.len() {
                         0 => String::new(),
                         n => format!(" and {n} more"),
@@ -261,12 +410,78 @@ impl Source for JournalSource {
     fn scope(&self) -> &'static str {
         "in the journal"
     }
+
+    fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>> {
+        let alternatives: Vec<Matches> = kinds
+            .iter()
+            .filter_map(|&k| con_event::kind_by_id(k))
+            .map(|spec| self.in_log(vec![("CON_EVENT", spec.journal_name())]))
+            .collect();
+        let rebuilt = self.journal.read(&alternatives)?;
+        let mut out = Vec::new();
+        for (log_id, events) in rebuilt.logs {
+            if self.log_id.as_ref().is_some_and(|id| *id != log_id) {
+                continue;
+            }
+            let host = rebuilt.hosts.get(&log_id).cloned().unwrap_or_default();
+            out.push((LogOrigin { log_id, host }, of_kinds(events, kinds)));
+        }
+        Ok(out)
+    }
+
+    fn verify(&mut self, shown: &[Event]) -> anyhow::Result<Walk> {
+        let Some(log_id) = self.log_id.clone() else {
+            anyhow::bail!("--verify: no log in the journal to verify (choose one with --log-id)");
+        };
+        // Every entry of the log: each rebuilt record already hashes to its
+        // CON_HASH (and its CON_PREV_HASH is its record's); the walk checks
+        // that each links to the one before, from seq 1.
+        let mut rebuilt = self.journal.read(&[self.in_log(Vec::new())])?;
+        let events = rebuilt.logs.remove(&log_id).unwrap_or_default();
+        let mut chain = con_journal::verify_chain(&events);
+        let by_seq: BTreeMap<u64, &Event> = events.iter().map(|e| (e.seq(), e)).collect();
+        if let Some(e) = shown
+            .iter()
+            .find(|e| by_seq.get(&e.seq()).is_none_or(|c| c.hash != e.hash))
+        {
+            let seq = e.seq();
+            if chain.as_ref().err().is_none_or(|b| b.seq > seq) {
+                let last_good = by_seq
+                    .get(&(seq - 1))
+                    .map(|p| Head {
+                        seq: p.seq(),
+                        hash: p.hash,
+                    })
+                    .unwrap_or_default();
+                chain = Err(ChainBreak {
+                    seq,
+                    reason: "the entry shown is not the one the journal's chain has there".into(),
+                    last_good,
+                });
+            }
+        }
+        Ok(Walk {
+            chain,
+            by: format!(
+                "the journal's copy of log {log_id}, CON_HASH and CON_PREV_HASH of each record"
+            ),
+        })
+    }
+
+    fn settle_log(&mut self, query: Query) -> anyhow::Result<()> {
+        if self.log_id.is_none() {
+            self.events(query, None)?;
+        }
+        Ok(())
+    }
 }
 
 /// A database directory opened for inspection. Only full scans of the log
 /// are used: its indexes are derived and catching them up would write.
 struct StoreSource {
     store: Store,
+    /// The directory, for messages.
+    dir: PathBuf,
 }
 
 impl Source for StoreSource {
@@ -291,10 +506,37 @@ impl Source for StoreSource {
     fn scope(&self) -> &'static str {
         "in this event log"
     }
+
+    fn logs(&mut self, kinds: &[u16]) -> anyhow::Result<Vec<(LogOrigin, Vec<Event>)>> {
+        let mut events = Vec::new();
+        for event in self.store.events_from(1) {
+            let event = event?;
+            if kinds.contains(&event.envelope.kind) {
+                events.push(event);
+            }
+        }
+        let origin = LogOrigin {
+            log_id: self.store.log_id()?,
+            host: LogHost::default(),
+        };
+        Ok(vec![(origin, events)])
+    }
+
+    fn verify(&mut self, _shown: &[Event]) -> anyhow::Result<Walk> {
+        // The view was read from these very records.
+        Ok(Walk {
+            chain: self.store.verify()?,
+            by: format!("the chain of {}", self.dir.display()),
+        })
+    }
 }
 
 /// Runs `con replay`.
 pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    if args.follow {
+        let id = args.id.as_deref().unwrap_or_default();
+        return follow(layout, id, &args);
+    }
     let mut source: Box<dyn Source> = match &args.db {
         _ if args.journal.journal => Box::new(JournalSource::new(&args.journal, layout)),
         Some(db) => {
@@ -304,26 +546,237 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             Box::new(StoreSource {
                 store: Store::open_for_inspection(db)
                     .with_context(|| format!("{}: opening the event log", db.display()))?,
+                dir: db.clone(),
             })
         }
         None => Box::new(DaemonSource {
             socket: layout.socket(),
+            config: layout.config_file().to_owned(),
         }),
     };
-    let out = if let Some(agent) = &args.agent {
-        list(source.as_mut(), agent, &args)?
+    let mut shown = Vec::new();
+    let result = if args.list {
+        list_all(source.as_mut(), &args)
+    } else if let Some(agent) = &args.agent {
+        list(source.as_mut(), agent, &args, &mut shown)
     } else if let Some(task) = &args.trace {
-        trace(source.as_mut(), task, args.json)?
+        trace(source.as_mut(), task, args.json, &mut shown)
     } else if let Some(id) = &args.id {
-        replay(source.as_mut(), id, &args)?
+        replay(source.as_mut(), id, &args, &mut shown)
     } else {
         anyhow::bail!("nothing to replay: give a session or task id, --agent or --trace");
     };
+    let mut out = match result {
+        Ok(out) => out,
+        // A record damaged past decoding stops the view; the walk says
+        // where the chain broke.
+        Err(e) if args.verify => match source.verify(&[]) {
+            Ok(Walk {
+                chain: Err(brk), ..
+            }) => anyhow::bail!(
+                "{e:#}\nnot verified: chain broken at seq {}: {} (last good seq {})",
+                brk.seq,
+                brk.reason,
+                brk.last_good.seq
+            ),
+            _ => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    if args.verify {
+        let line = verification(source.as_mut(), &shown)?;
+        if args.json {
+            eprintln!("{line}");
+        } else {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     // A closed pipe (`con replay … | head`) ends the output quietly.
     let _ = lock.write_all(out.as_bytes()).and_then(|()| lock.flush());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--verify`: every event shown must lie on the chain from seq 1, which
+/// must hold through the last of them. The line to print, or the failure
+/// naming the seq where the chain breaks.
+fn verification(source: &mut dyn Source, shown: &[Event]) -> anyhow::Result<String> {
+    let through = shown.iter().map(Event::seq).max().unwrap_or(0);
+    let Walk { chain, by } = source.verify(shown)?;
+    // And each record shown hashes, with its own prev_hash, to its hash
+    // (what the walk vouched for is what is shown).
+    let broken_before = |seq: u64| chain.as_ref().err().is_some_and(|b| b.seq <= seq);
+    for e in shown {
+        let record = e.envelope.encode_record()?;
+        if !broken_before(e.seq())
+            && con_event::chain_hash(&e.envelope.prev_hash, &record) != e.hash
+        {
+            anyhow::bail!(
+                "not verified: seq {}: the record shown does not match its hash {}",
+                e.seq(),
+                e.hash
+            );
+        }
+    }
+    match chain {
+        Err(brk) if brk.seq <= through => anyhow::bail!(
+            "not verified: chain broken at seq {}: {} (last good seq {}; {} of the events \
+             shown are at or after seq {})",
+            brk.seq,
+            brk.reason,
+            brk.last_good.seq,
+            shown.iter().filter(|e| e.seq() >= brk.seq).count(),
+            brk.seq
+        ),
+        Err(brk) => Ok(format!(
+            "verified through seq {through}: {by} holds from seq 1 ({} events shown); \
+             it breaks later, at seq {}: {}",
+            shown.len(),
+            brk.seq,
+            brk.reason
+        )),
+        Ok(report) if report.head.seq < through => anyhow::bail!(
+            "not verified: the chain ends at seq {}, before seq {through}",
+            report.head.seq
+        ),
+        Ok(_) => Ok(format!(
+            "verified through seq {through}: {by} holds from seq 1 ({} events shown)",
+            shown.len()
+        )),
+    }
+}
+
+/// Writes `text` to standard output at once; `false` once it is closed.
+fn emit(text: &str) -> bool {
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    lock.write_all(text.as_bytes())
+        .and_then(|()| lock.flush())
+        .is_ok()
+}
+
+/// `con replay --follow SESSION`: what is recorded of the session, then
+/// each event of it as the daemon commits it (the follow query `con logs
+/// -f` uses, on the session's agent from the first seq not yet read), until
+/// its `session.ended`.
+fn follow(layout: &Layout, id: &str, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let Some(session) = SessionId::from_hex(id).filter(|_| id.len() == 32) else {
+        anyhow::bail!(
+            "--follow {}: not a session id (32 hex digits)",
+            con_event::escape_control(id)
+        );
+    };
+    let mut source = DaemonSource {
+        socket: layout.socket(),
+        config: layout.config_file().to_owned(),
+    };
+    let mut input = session_input(&mut source, session)?;
+    let Some(agent) = input.iter().find_map(|e| match &e.payload {
+        Payload::SessionStarted(p) if e.envelope.session == Some(session) => Some(p.agent.clone()),
+        _ => None,
+    }) else {
+        anyhow::bail!(
+            "no session {session} {}",
+            <DaemonSource as Source>::scope(&source)
+        );
+    };
+    let ended = |input: &[Event]| {
+        input.iter().any(|e| {
+            e.envelope.session == Some(session) && matches!(e.payload, Payload::SessionEnded(_))
+        })
+    };
+    let opts = TextOptions { full: args.full };
+    let mut contents = Contents::new();
+    let mut printed: BTreeSet<u64> = BTreeSet::new();
+    // What is new in the view since the last call, as text to print.
+    let mut render =
+        |input: &[Event], source: &mut DaemonSource, first: bool| -> anyhow::Result<String> {
+            let selected = con_replay::timeline::select(session, input)?;
+            let new: Vec<&Event> = selected
+                .iter()
+                .copied()
+                .filter(|e| !printed.contains(&e.seq()))
+                .collect();
+            fetch_blobs(source, new.iter().copied(), &mut contents)?;
+            let mut out = String::new();
+            if args.json {
+                for event in &new {
+                    out.push_str(&serde_json::to_string(&EventWithContents::new(
+                        event, &contents,
+                    ))?);
+                    out.push('\n');
+                }
+            } else {
+                let t = con_replay::timeline(session, input, &contents)?;
+                if first {
+                    out.push_str(&text::timeline(&t, opts));
+                } else {
+                    out.push_str(&text::entries(&t, opts, |seq| !printed.contains(&seq)));
+                }
+                // The header of a first view already says how it ended.
+                if !first && ended(input) {
+                    out.push_str(&text::ending(&t));
+                }
+            }
+            printed.extend(new.iter().map(|e| e.seq()));
+            Ok(out)
+        };
+    if !emit(&render(&input, &mut source, true)?) || ended(&input) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let from_seq = input.iter().map(Event::seq).max().unwrap_or(0) + 1;
+    let mut client = source.connect()?;
+    let mut failure = None;
+    let mut done = false;
+    let result = client.query(
+        Query {
+            from_seq,
+            agent: Some(agent),
+            follow: true,
+            ..Query::default()
+        },
+        |bytes| {
+            let event = match Event::from_stored(&bytes) {
+                Ok(event) => event,
+                Err(e) => {
+                    failure = Some(anyhow::anyhow!("undecodable event from the daemon: {e}"));
+                    return false;
+                }
+            };
+            if input.iter().any(|e| e.seq() == event.seq()) {
+                return true;
+            }
+            input.push(event);
+            match render(&input, &mut source, false) {
+                Ok(out) if emit(&out) => {
+                    done = ended(&input);
+                    !done
+                }
+                // Standard output closed: stop quietly.
+                Ok(_) => {
+                    done = true;
+                    false
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        },
+    );
+    match (failure, result) {
+        (Some(e), _) => Err(e),
+        (None, Err(ClientError::Refused { message, .. })) => {
+            anyhow::bail!("the con daemon refused: {message}")
+        }
+        (None, Err(e)) => Err(e.into()),
+        (None, Ok(_)) if done => Ok(ExitCode::SUCCESS),
+        (None, Ok(_)) => {
+            anyhow::bail!("the daemon ended the follow before session {session} ended")
+        }
+    }
 }
 
 fn kind_id(name: &str) -> Option<u16> {
@@ -420,7 +873,12 @@ fn session_input(source: &mut dyn Source, session: SessionId) -> anyhow::Result<
 }
 
 /// `con replay <session | task>`.
-fn replay(source: &mut dyn Source, id: &str, args: &ReplayArgs) -> anyhow::Result<String> {
+fn replay(
+    source: &mut dyn Source,
+    id: &str,
+    args: &ReplayArgs,
+    shown: &mut Vec<Event>,
+) -> anyhow::Result<String> {
     let mut sessions = Vec::new();
     if let Some(session) = SessionId::from_hex(id).filter(|_| id.len() >= 32) {
         let input = session_input(source, session)?;
@@ -454,6 +912,7 @@ fn replay(source: &mut dyn Source, id: &str, args: &ReplayArgs) -> anyhow::Resul
     let mut out = String::new();
     for (i, (session, input)) in sessions.iter().enumerate() {
         let selected = con_replay::timeline::select(*session, input)?;
+        shown.extend(selected.iter().map(|e| (*e).clone()));
         let mut contents = Contents::new();
         fetch_blobs(source, selected.iter().copied(), &mut contents)?;
         if args.json {
@@ -489,33 +948,9 @@ struct SessionJson {
     cost_micro_usd: u64,
 }
 
-/// `con replay --agent A`.
-fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Result<String> {
-    let since = args
-        .since
-        .as_deref()
-        .map(|v| crate::time_bound::parse("--since", v, SystemTime::now()))
-        .transpose()?;
-    let until = args
-        .until
-        .as_deref()
-        .map(|v| crate::time_bound::parse("--until", v, SystemTime::now()))
-        .transpose()?;
-    let events = source.events(
-        Query {
-            from_seq: 1,
-            agent: Some(agent.to_owned()),
-            ..Query::default()
-        },
-        None,
-    )?;
-    let list = con_replay::sessions(&events, Some(agent), since, until);
-    if !args.json {
-        return Ok(text::session_list(&list));
-    }
-    let mut out = String::new();
-    for s in list {
-        out.push_str(&serde_json::to_string(&SessionJson {
+impl SessionJson {
+    fn new(s: SessionSummary) -> Self {
+        Self {
             session: s.session,
             agent: s.agent,
             task: s.task,
@@ -527,7 +962,110 @@ fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Resu
             outcome: s.outcome.map(|o| o.as_str()),
             model_calls: s.model_calls,
             cost_micro_usd: s.cost_micro_usd,
+        }
+    }
+}
+
+/// One session in `--list --json`: where its log was written, then the
+/// session as `--agent --json` shows it.
+#[derive(Serialize)]
+struct ListedSessionJson {
+    /// The name the text view shows: `system`, else `hostname`, else
+    /// `machine_id`.
+    host: Option<String>,
+    /// `[system] name` of the con instance (`CON_SYSTEM`).
+    system: Option<String>,
+    /// journald's `_HOSTNAME`.
+    hostname: Option<String>,
+    /// journald's `_MACHINE_ID`.
+    machine_id: Option<String>,
+    log_id: String,
+    #[serde(flatten)]
+    session: SessionJson,
+}
+
+/// `--since` and `--until` as ns since the epoch.
+fn time_window(args: &ReplayArgs) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|v| crate::time_bound::parse("--since", v, SystemTime::now()))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|v| crate::time_bound::parse("--until", v, SystemTime::now()))
+        .transpose()?;
+    Ok((since, until))
+}
+
+/// `con replay --list`: every session of every log, in order of start.
+fn list_all(source: &mut dyn Source, args: &ReplayArgs) -> anyhow::Result<String> {
+    let (since, until) = time_window(args)?;
+    let kinds: Vec<u16> = ["session.started", "llm.response", "session.ended"]
+        .into_iter()
+        .filter_map(kind_id)
+        .collect();
+    let mut rows: Vec<(LogOrigin, SessionSummary)> = Vec::new();
+    for (origin, events) in source.logs(&kinds)? {
+        for s in con_replay::sessions(&events, None, since, until) {
+            rows.push((origin.clone(), s));
+        }
+    }
+    rows.sort_by(|(a, x), (b, y)| {
+        (x.started_at, &a.log_id, x.start_seq).cmp(&(y.started_at, &b.log_id, y.start_seq))
+    });
+    if !args.json {
+        let text_rows: Vec<text::ListedSession<'_>> = rows
+            .iter()
+            .map(|(origin, s)| text::ListedSession {
+                host: origin.host.name(),
+                log_id: &origin.log_id,
+                session: s,
+            })
+            .collect();
+        return Ok(text::sessions_of_logs(&text_rows));
+    }
+    let mut out = String::new();
+    for (origin, s) in rows {
+        let host = origin.host;
+        out.push_str(&serde_json::to_string(&ListedSessionJson {
+            host: (host.name() != "-").then(|| host.name().to_owned()),
+            system: host.system,
+            hostname: host.hostname,
+            machine_id: host.machine_id,
+            log_id: origin.log_id,
+            session: SessionJson::new(s),
         })?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `con replay --agent A`.
+fn list(
+    source: &mut dyn Source,
+    agent: &str,
+    args: &ReplayArgs,
+    shown: &mut Vec<Event>,
+) -> anyhow::Result<String> {
+    let (since, until) = time_window(args)?;
+    let events = source.events(
+        Query {
+            from_seq: 1,
+            agent: Some(agent.to_owned()),
+            ..Query::default()
+        },
+        None,
+    )?;
+    let list = con_replay::sessions(&events, Some(agent), since, until);
+    shown.extend(events);
+    if !args.json {
+        return Ok(text::session_list(&list));
+    }
+    let mut out = String::new();
+    for s in list {
+        out.push_str(&serde_json::to_string(&SessionJson::new(s))?);
         out.push('\n');
     }
     Ok(out)
@@ -535,7 +1073,18 @@ fn list(source: &mut dyn Source, agent: &str, args: &ReplayArgs) -> anyhow::Resu
 
 /// `con replay --trace T`: the fold is run again each time the sessions it
 /// found bring new events, until the tree stops growing.
-fn trace(source: &mut dyn Source, task: &str, json: bool) -> anyhow::Result<String> {
+fn trace(
+    source: &mut dyn Source,
+    task: &str,
+    json: bool,
+    shown: &mut Vec<Event>,
+) -> anyhow::Result<String> {
+    // In a journal of several logs, the one that holds the task.
+    source.settle_log(Query {
+        from_seq: 1,
+        task: Some(task.to_owned()),
+        ..Query::default()
+    })?;
     let mut by_seq: BTreeMap<u64, Event> = BTreeMap::new();
     for kind in ["inbox.arrived", "task.routed", "session.started"] {
         for e in source.events(
@@ -591,6 +1140,7 @@ fn trace(source: &mut dyn Source, task: &str, json: bool) -> anyhow::Result<Stri
             source.scope()
         );
     }
+    shown.extend(by_seq.into_values());
     if json {
         Ok(format!("{}\n", serde_json::to_string(&tree)?))
     } else {

@@ -54,6 +54,12 @@ struct Outcome {
 /// Runs `con verify`: exit 0 when the chain holds, 1 when it is broken.
 pub fn run(args: VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     if args.journal.journal {
+        // A journal that is not this host's (a copy, a central server's
+        // directory, export files) and no log to hold against it: each of
+        // its logs on its own.
+        if args.db.is_none() && !args.journal.is_local() {
+            return journal_chains(&args);
+        }
         return against_journal(&args, layout);
     }
     if args.db.is_none() {
@@ -375,6 +381,182 @@ fn report_cross_check(
         }
         if ok {
             println!("log and journal agree");
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One log of a journal, checked on its own.
+#[derive(Serialize)]
+struct JournalChainJson {
+    log_id: String,
+    /// `system`, else `hostname`, else `machine_id` (`-`: none recorded).
+    host: String,
+    system: Option<String>,
+    hostname: Option<String>,
+    machine_id: Option<String>,
+    ok: bool,
+    /// Events of the log in the journal.
+    events: u64,
+    /// The last seq that verified, and its hash.
+    head_seq: u64,
+    head_hash: String,
+    first_bad_seq: Option<u64>,
+    reason: Option<String>,
+    checkpoints: u64,
+    checkpoints_matching: u64,
+    findings: Vec<FindingJson>,
+}
+
+/// `con verify --journal --directory DIR | --file F…` without `--db`:
+/// every log in the journal (or the one `--log-id` names) rebuilt and its
+/// chain walked from seq 1, its `chain.checkpoint` entries checked against
+/// the records they vouch for, and every attachment its events reference
+/// looked for. Logs are kept apart by `CON_LOG_ID`.
+fn journal_chains(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let alternatives: Vec<con_journal::Matches> = match &args.journal.log_id {
+        Some(id) => vec![vec![(field::LOG_ID, id.clone())]],
+        None => vec![vec![("SYSLOG_IDENTIFIER", "con".to_owned())]],
+    };
+    let rebuilt = args
+        .journal
+        .location()
+        .read(&alternatives)
+        .context("reading the journal")?;
+    let mut logs: Vec<JournalChainJson> = Vec::new();
+    for (log_id, events) in &rebuilt.logs {
+        if args.journal.log_id.as_ref().is_some_and(|id| id != log_id) {
+            continue;
+        }
+        let host = rebuilt.hosts.get(log_id).cloned().unwrap_or_default();
+        let mut findings = Vec::new();
+        let chain = con_journal::verify_chain(events);
+        let (head, first_bad_seq, reason) = match &chain {
+            Ok(report) => (report.head, None, None),
+            Err(brk) => (brk.last_good, Some(brk.seq), Some(brk.reason.clone())),
+        };
+        if let Err(brk) = &chain {
+            findings.push(FindingJson {
+                kind: FindingKind::BrokenChain.as_str(),
+                seq: brk.seq,
+                through_seq: brk.seq,
+                detail: brk.reason.clone(),
+            });
+        }
+        let by_seq: BTreeMap<u64, &Event> = events.iter().map(|e| (e.seq(), e)).collect();
+        let last = events.last().map_or(0, Event::seq);
+        let (mut checkpoints, mut checkpoints_matching) = (0, 0);
+        for e in events {
+            let con_event::Payload::ChainCheckpoint(cp) = &e.payload else {
+                continue;
+            };
+            checkpoints += 1;
+            match by_seq.get(&cp.through_seq) {
+                Some(vouched) if vouched.hash == cp.head => checkpoints_matching += 1,
+                Some(vouched) => findings.push(FindingJson {
+                    kind: FindingKind::ModifiedEvent.as_str(),
+                    seq: cp.through_seq,
+                    through_seq: cp.through_seq,
+                    detail: format!(
+                        "the checkpoint at seq {} vouches for hash {}, the journal's record has {}",
+                        e.seq(),
+                        cp.head,
+                        vouched.hash
+                    ),
+                }),
+                None => findings.push(FindingJson {
+                    kind: FindingKind::TruncatedTail.as_str(),
+                    seq: cp.through_seq,
+                    through_seq: cp.through_seq,
+                    detail: format!(
+                        "the checkpoint at seq {} vouches for seq {}, which the journal lacks \
+                         (its copy ends at seq {last})",
+                        e.seq(),
+                        cp.through_seq
+                    ),
+                }),
+            }
+        }
+        for digest in rebuilt.missing_blobs(log_id) {
+            let seq = events
+                .iter()
+                .find(|e| e.payload.blob_refs().iter().any(|b| b.digest == digest))
+                .map_or(0, Event::seq);
+            findings.push(FindingJson {
+                kind: FindingKind::MissingBlob.as_str(),
+                seq,
+                through_seq: seq,
+                detail: format!("attachment sha256:{digest} is not in the journal"),
+            });
+        }
+        findings.sort_by_key(|f| f.seq);
+        logs.push(JournalChainJson {
+            log_id: log_id.clone(),
+            host: host.name().to_owned(),
+            system: host.system,
+            hostname: host.hostname,
+            machine_id: host.machine_id,
+            ok: findings.is_empty(),
+            events: events.len() as u64,
+            head_seq: head.seq,
+            head_hash: head.hash.to_hex(),
+            first_bad_seq,
+            reason,
+            checkpoints,
+            checkpoints_matching,
+            findings,
+        });
+    }
+    if logs.is_empty() {
+        match &args.journal.log_id {
+            Some(id) => anyhow::bail!(
+                "no entries of log {} in the journal",
+                con_event::escape_control(id)
+            ),
+            None => anyhow::bail!("no con entries in the journal"),
+        }
+    }
+    let ok = logs.iter().all(|l| l.ok);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "logs": logs }))?
+        );
+    } else {
+        for l in &logs {
+            let on = con_event::escape_control(&l.host);
+            match (l.first_bad_seq, &l.reason) {
+                (Some(seq), Some(reason)) => println!(
+                    "log {} on {on}: chain broken at seq {seq}: {reason} (last good seq {})",
+                    l.log_id, l.head_seq
+                ),
+                _ => println!(
+                    "log {} on {on}: chain ok: {} events, head seq {} hash {}; {} of {} checkpoints match",
+                    l.log_id,
+                    l.events,
+                    l.head_seq,
+                    l.head_hash,
+                    l.checkpoints_matching,
+                    l.checkpoints
+                ),
+            }
+            for f in l
+                .findings
+                .iter()
+                .filter(|f| f.kind != FindingKind::BrokenChain.as_str())
+            {
+                println!(
+                    "log {}: {} at seq {}: {}",
+                    l.log_id,
+                    f.kind,
+                    f.seq,
+                    con_event::escape_control(&f.detail)
+                );
+            }
         }
     }
     Ok(if ok {

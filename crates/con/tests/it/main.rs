@@ -6,6 +6,7 @@
 
 mod cli;
 mod contracts;
+mod corpus;
 mod daemon;
 mod enforce;
 mod fleet;

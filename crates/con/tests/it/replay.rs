@@ -687,3 +687,761 @@ fn verify_against_the_journal_names_each_tamper_and_its_seq() {
         "{json}"
     );
 }
+
+/// `systemd-journal-remote`, which a central log server runs (the Debian
+/// package of that name; `scripts/install-deps.sh` installs it).
+const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+
+/// One con instance of a fleet: the delegation run to its end under its
+/// own `[system] name`, what it showed through its daemon, and its
+/// journal entries exported to a file once the daemon stopped.
+struct Instance {
+    c: Conspiracy,
+    _models: (ScriptedServer, ScriptedServer),
+    system: String,
+    log_id: String,
+    sessions: [SessionId; 2],
+    /// `con replay --json` of each session, through the daemon.
+    live: Vec<String>,
+    /// `con replay --list --json` through the daemon.
+    list: String,
+    /// `journalctl -o export CON_LOG_ID=<log_id>`, the whole log.
+    export: std::path::PathBuf,
+}
+
+/// The whole log `log_id` (`head` events, attachments included) exported
+/// from this host's journal, once the mirror has sent all of it.
+fn export_log(log_id: &str, head: usize, to: &std::path::Path) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = Command::new("journalctl")
+            .args([
+                "-o",
+                "export",
+                "--no-pager",
+                &format!("CON_LOG_ID={log_id}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let rebuilt = con_journal::rebuild_from_export(&out.stdout[..]).unwrap();
+        let have = rebuilt.logs.get(log_id).map_or(0, Vec::len);
+        if have == head && rebuilt.missing_blobs(log_id).is_empty() {
+            std::fs::write(to, &out.stdout).unwrap();
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the journal holds {have} of the {head} events of log {log_id}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn instance(system: &str) -> Instance {
+    let (c, cm, sm) = delegation();
+    let config = c.root.path().join("etc/con/con.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        toml.replace("name = \"runs-test\"", &format!("name = \"{system}\"")),
+    )
+    .unwrap();
+    let mut daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+    let sessions = [session_of(&c, "concierge"), session_of(&c, "sysadmin")];
+    let live = sessions
+        .iter()
+        .map(|s| stdout(&con(&c, &["replay", "--json", &s.to_hex()])))
+        .collect();
+    let list = stdout(&con(&c, &["replay", "--list", "--json"]));
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&con(&c, &["status", "--json"]))).unwrap();
+    let log_id = status["log"]["log_id"].as_str().unwrap().to_owned();
+    // Stopping writes the last checkpoint; the export waits for it.
+    daemon.terminate();
+    let head = con_store::Store::open_for_inspection(&c.root.db())
+        .unwrap()
+        .events_from(1)
+        .count();
+    let export = c.root.path().join(format!("{system}.export"));
+    export_log(&log_id, head, &export);
+    Instance {
+        c,
+        _models: (cm, sm),
+        system: system.to_owned(),
+        log_id,
+        sessions,
+        live,
+        list,
+        export,
+    }
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_journal_remote_directory_keeps_two_instances_apart() {
+    if !std::path::Path::new(JOURNAL_REMOTE).exists() {
+        eprintln!(
+            "SKIPPED: {JOURNAL_REMOTE} is missing (apt-get install systemd-journal-remote; \
+             scripts/install-deps.sh installs it)"
+        );
+        return;
+    }
+    let fleet = [instance("alpha"), instance("beta")];
+    assert_ne!(fleet[0].log_id, fleet[1].log_id);
+
+    // What a central server receives: both instances' entries, written by
+    // systemd-journal-remote into one journal file.
+    let dir = fleet[0].c.root.path().join("remote");
+    std::fs::create_dir(&dir).unwrap();
+    let out = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", dir.join("remote.journal").display()))
+        .args(fleet.iter().map(|i| &i.export))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dir_arg = dir.to_str().unwrap();
+    let c = &fleet[0].c;
+
+    // Every session of both, one line each, with its host and log.
+    let listed = stdout(&con(
+        c,
+        &[
+            "replay",
+            "--journal",
+            "--directory",
+            dir_arg,
+            "--list",
+            "--json",
+        ],
+    ));
+    let rows = json_lines(&listed);
+    assert_eq!(rows.len(), 4, "{listed}");
+    for i in &fleet {
+        let mine: Vec<&serde_json::Value> =
+            rows.iter().filter(|r| r["log_id"] == i.log_id).collect();
+        // As its own daemon listed them: the same sessions, the same host.
+        assert_eq!(
+            mine.into_iter().cloned().collect::<Vec<_>>(),
+            json_lines(&i.list),
+            "{listed}"
+        );
+        let own = json_lines(&i.list);
+        assert_eq!(own.len(), 2);
+        for (row, session) in own.iter().zip(&i.sessions) {
+            assert_eq!(row["session"], session.to_hex());
+            assert_eq!(row["system"], i.system.as_str());
+            assert_eq!(row["host"], i.system.as_str());
+            assert!(row["hostname"].is_string() && row["machine_id"].is_string());
+            assert_eq!(row["outcome"], "ok");
+            assert_eq!(row["model_calls"], 2);
+        }
+        // A database directory does not know its host.
+        let db = i.c.root.db();
+        let offline = json_lines(&stdout(&con(
+            c,
+            &["replay", "--list", "--json", "--db", db.to_str().unwrap()],
+        )));
+        assert_eq!(offline.len(), 2);
+        for (row, live) in offline.iter().zip(&own) {
+            assert_eq!(row["host"], serde_json::Value::Null);
+            assert_eq!(row["log_id"], i.log_id.as_str());
+            assert_eq!(row["session"], live["session"]);
+            assert_eq!(row["cost_micro_usd"], live["cost_micro_usd"]);
+        }
+    }
+    let text = stdout(&con(
+        c,
+        &["replay", "--journal", "--directory", dir_arg, "--list"],
+    ));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    let none = stdout(&con(
+        c,
+        &[
+            "replay",
+            "--journal",
+            "--directory",
+            dir_arg,
+            "--list",
+            "--until",
+            "1h",
+        ],
+    ));
+    assert_eq!(none.lines().count(), 1, "{none}");
+    let recent = stdout(&con(
+        c,
+        &[
+            "replay",
+            "--journal",
+            "--directory",
+            dir_arg,
+            "--list",
+            "--since",
+            "1h",
+        ],
+    ));
+    assert_eq!(recent, text);
+    assert!(
+        lines[0].starts_with("HOST") && lines[0].contains("LOG"),
+        "{text}"
+    );
+    for i in &fleet {
+        for (s, agent) in i.sessions.iter().zip(["concierge", "sysadmin"]) {
+            let line = lines
+                .iter()
+                .find(|l| l.contains(&s.to_hex()))
+                .unwrap_or_else(|| panic!("{s} in {text}"));
+            assert!(line.starts_with(&i.system), "{line}");
+            assert!(line.contains(&i.log_id) && line.contains(agent), "{line}");
+        }
+    }
+
+    // Each session replays from the central directory exactly as through
+    // its own daemon and from its own database, whichever root asks.
+    for i in &fleet {
+        for (s, live) in i.sessions.iter().zip(&i.live) {
+            let central = stdout(&con(
+                c,
+                &[
+                    "replay",
+                    "--json",
+                    "--journal",
+                    "--directory",
+                    dir_arg,
+                    &s.to_hex(),
+                ],
+            ));
+            assert_eq!(&central, live);
+            let db = i.c.root.db();
+            let offline = stdout(&con(
+                c,
+                &[
+                    "replay",
+                    "--json",
+                    "--db",
+                    db.to_str().unwrap(),
+                    &s.to_hex(),
+                ],
+            ));
+            assert_eq!(&offline, live);
+        }
+        // Both logs have a task t-1: its trace is read from the log named.
+        let tree = stdout(&con(
+            &i.c,
+            &[
+                "replay",
+                "--trace",
+                "t-1",
+                "--db",
+                i.c.root.db().to_str().unwrap(),
+            ],
+        ));
+        let central_tree = stdout(&con(
+            c,
+            &[
+                "replay",
+                "--journal",
+                "--directory",
+                dir_arg,
+                "--log-id",
+                &i.log_id,
+                "--trace",
+                "t-1",
+            ],
+        ));
+        assert_eq!(central_tree, tree);
+    }
+    let ambiguous = con(
+        c,
+        &[
+            "replay",
+            "--journal",
+            "--directory",
+            dir_arg,
+            "--trace",
+            "t-1",
+        ],
+    );
+    assert!(!ambiguous.status.success());
+    assert!(
+        String::from_utf8_lossy(&ambiguous.stderr).contains("choose one with --log-id"),
+        "{ambiguous:?}"
+    );
+
+    // Each log's chain checked on its own.
+    for i in &fleet {
+        let out = con(
+            c,
+            &[
+                "verify",
+                "--journal",
+                "--directory",
+                dir_arg,
+                "--log-id",
+                &i.log_id,
+                "--json",
+            ],
+        );
+        let json: serde_json::Value = serde_json::from_slice(&stdout(&out).into_bytes()).unwrap();
+        assert_eq!(json["ok"], true, "{json}");
+        let logs = json["logs"].as_array().unwrap();
+        assert_eq!(logs.len(), 1, "{json}");
+        assert_eq!(logs[0]["log_id"], i.log_id.as_str());
+        assert_eq!(logs[0]["host"], i.system.as_str());
+        assert!(logs[0]["checkpoints"].as_u64().unwrap() >= 1, "{json}");
+        assert_eq!(logs[0]["checkpoints"], logs[0]["checkpoints_matching"]);
+        let head = con_store::Store::open_for_inspection(&i.c.root.db())
+            .unwrap()
+            .events_from(1)
+            .count() as u64;
+        assert_eq!(logs[0]["head_seq"], head, "{json}");
+    }
+    let both = stdout(&con(c, &["verify", "--journal", "--directory", dir_arg]));
+    for i in &fleet {
+        assert!(
+            both.lines()
+                .any(|l| l.starts_with(&format!("log {} on {}: chain ok", i.log_id, i.system))),
+            "{both}"
+        );
+    }
+
+    // The same session in two logs (here: one log's entries under a second
+    // log id, as a copied database would run on): --log-id is required,
+    // and then it is replayed from the log named.
+    let copy = c.root.path().join("copy.export");
+    let other = "0123456789abcdef0123456789abcdef";
+    let bytes = std::fs::read_to_string(&fleet[0].export).unwrap();
+    std::fs::write(
+        &copy,
+        bytes.replace(
+            &format!("CON_LOG_ID={}", fleet[0].log_id),
+            &format!("CON_LOG_ID={other}"),
+        ),
+    )
+    .unwrap();
+    let files = [
+        "--file",
+        fleet[0].export.to_str().unwrap(),
+        "--file",
+        copy.to_str().unwrap(),
+    ];
+    let session = fleet[0].sessions[1].to_hex();
+    let ambiguous = con(
+        c,
+        &[&["replay", "--journal"], &files[..], &[session.as_str()]].concat(),
+    );
+    assert!(!ambiguous.status.success());
+    assert!(ambiguous.stdout.is_empty());
+    let err = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(
+        err.contains("entries of 2 logs match")
+            && err.contains(&format!("{} on alpha", fleet[0].log_id))
+            && err.contains(&format!("{other} on alpha"))
+            && err.contains("--log-id"),
+        "{err}"
+    );
+    for id in [fleet[0].log_id.as_str(), other] {
+        let chosen = stdout(&con(
+            c,
+            &[
+                &["replay", "--json", "--journal", "--log-id", id],
+                &files[..],
+                &[session.as_str()],
+            ]
+            .concat(),
+        ));
+        assert_eq!(chosen, fleet[0].live[1]);
+    }
+}
+
+/// Export-format bytes of `entries`, as `journalctl -o export` writes
+/// them (values with control characters in the binary form).
+fn to_export(entries: &[con_journal::ReadEntry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in entries {
+        for (name, value) in &entry.fields {
+            out.extend_from_slice(name.as_bytes());
+            if value.iter().any(|&b| b < b' ' && b != b'\t') || value.contains(&0x7f) {
+                out.push(b'\n');
+                out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+                out.extend_from_slice(value);
+            } else {
+                out.push(b'=');
+                out.extend_from_slice(value);
+            }
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+#[test]
+fn replay_verify_vouches_for_what_it_shows_and_names_the_seq_of_a_tamper() {
+    let (c, _cm, _sm) = delegation();
+    let mut daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+    let sysadmin = session_of(&c, "sysadmin").to_hex();
+    let json = stdout(&con(&c, &["replay", "--json", &sysadmin]));
+    let seqs: Vec<u64> = json_lines(&json)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    let last = *seqs.last().unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&con(&c, &["status", "--json"]))).unwrap();
+    let log_id = status["log"]["log_id"].as_str().unwrap().to_owned();
+
+    // Through the daemon, which walks its log.
+    let plain = stdout(&con(&c, &["replay", &sysadmin]));
+    let verified = stdout(&con(&c, &["replay", "--verify", &sysadmin]));
+    let line = format!(
+        "verified through seq {last}: the log's chain, walked by the daemon holds from seq 1 ({} events shown)\n",
+        seqs.len()
+    );
+    assert_eq!(verified, format!("{plain}{line}"));
+    // With --json the line goes to standard error, the JSON is unchanged.
+    let out = con(&c, &["replay", "--verify", "--json", &sysadmin]);
+    assert_eq!(stdout(&out), json);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), line);
+    let traced = stdout(&con(&c, &["replay", "--verify", "--trace", "t-1"]));
+    assert!(
+        traced
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("verified through seq "),
+        "{traced}"
+    );
+    // Walking the chain is for operators.
+    let refused = con_as(&c, "sysadmin", &["replay", "--verify", &sysadmin]);
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only operators"),
+        "{refused:?}"
+    );
+
+    daemon.terminate();
+    let db = c.root.db();
+    let head = con_store::Store::open_for_inspection(&db)
+        .unwrap()
+        .events_from(1)
+        .count();
+    let db_line = format!(
+        "verified through seq {last}: the chain of {} holds from seq 1",
+        db.display()
+    );
+    let offline = stdout(&con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--db",
+            db.to_str().unwrap(),
+            &sysadmin,
+        ],
+    ));
+    assert!(
+        offline.lines().last().unwrap().starts_with(&db_line),
+        "{offline}"
+    );
+
+    // A copy with a record of the session changed (its hash left as it
+    // was): the view is refused, naming the seq.
+    let tool_result = json_lines(&json)
+        .iter()
+        .find(|e| e["kind"] == "tool.result")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let bump = |seq: u64| {
+        move |s: &con_store::Store| {
+            let key = seq.to_be_bytes();
+            let v = s.raw_log().get(key).unwrap().unwrap();
+            let stored = con_event::decode_stored(&v).unwrap();
+            let mut env = con_event::Envelope::decode_record(stored.record).unwrap();
+            env.ts_unix_nanos += 1;
+            let record = env.encode_record().unwrap();
+            s.raw_log()
+                .insert(key, con_event::encode_stored(&record, &stored.hash))
+                .unwrap();
+        }
+    };
+    let copy = tampered_copy(&db, "in-session", bump(tool_result));
+    // Without --verify the edit goes unnoticed.
+    ok(&con(
+        &c,
+        &["replay", "--db", copy.to_str().unwrap(), &sysadmin],
+    ));
+    let refused = con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--db",
+            copy.to_str().unwrap(),
+            &sysadmin,
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!("not verified: chain broken at seq {tool_result}:"))
+            && err.contains("content does not match"),
+        "{err}"
+    );
+    // A change after the last event shown leaves it verified, and says so.
+    let later = tampered_copy(&db, "later", bump(head as u64));
+    let verified = stdout(&con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--db",
+            later.to_str().unwrap(),
+            &sysadmin,
+        ],
+    ));
+    let line = verified.lines().last().unwrap();
+    assert!(
+        line.starts_with(&format!("verified through seq {last}:"))
+            && line.contains(&format!("it breaks later, at seq {head}")),
+        "{verified}"
+    );
+
+    // The journal's copy: the rebuilt records' chain.
+    let export = c.root.path().join("log.export");
+    export_log(&log_id, head, &export);
+    let from_journal = stdout(&con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--journal",
+            "--file",
+            export.to_str().unwrap(),
+            &sysadmin,
+        ],
+    ));
+    assert_eq!(
+        from_journal,
+        format!(
+            "{plain}verified through seq {last}: the journal's copy of log {log_id}, CON_HASH and \
+             CON_PREV_HASH of each record holds from seq 1 ({} events shown)\n",
+            seqs.len()
+        )
+    );
+    // Without one entry of the session: the replay still shows the rest,
+    // --verify refuses it and names the missing seq; so does con verify.
+    let entries: Vec<con_journal::ReadEntry> =
+        con_journal::read_export(&std::fs::read(&export).unwrap()[..])
+            .map(Result::unwrap)
+            .filter(|e| {
+                e.get("CON_SEQ") != Some(tool_result.to_string().as_bytes())
+                    || e.get("CON_RECORD").is_none()
+            })
+            .collect();
+    let cut = c.root.path().join("cut.export");
+    std::fs::write(&cut, to_export(&entries)).unwrap();
+    let cut_arg = cut.to_str().unwrap();
+    ok(&con(
+        &c,
+        &["replay", "--journal", "--file", cut_arg, &sysadmin],
+    ));
+    let refused = con(
+        &c,
+        &[
+            "replay",
+            "--verify",
+            "--journal",
+            "--file",
+            cut_arg,
+            &sysadmin,
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.is_empty());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains(&format!(
+            "not verified: chain broken at seq {tool_result}: missing from the journal"
+        )),
+        "{err}"
+    );
+    let journal_alone = con(&c, &["verify", "--journal", "--file", cut_arg]);
+    assert_eq!(journal_alone.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&journal_alone.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "log {log_id} on runs-test: chain broken at seq {tool_result}: missing from the journal"
+        )),
+        "{text}"
+    );
+    let intact = stdout(&con(
+        &c,
+        &["verify", "--journal", "--file", export.to_str().unwrap()],
+    ));
+    assert!(
+        intact.starts_with(&format!(
+            "log {log_id} on runs-test: chain ok: {head} events, head seq {head}"
+        )),
+        "{intact}"
+    );
+}
+
+/// Lines a child writes to its standard output, each with when it came.
+fn lines_of(
+    child: &mut std::process::Child,
+) -> std::sync::mpsc::Receiver<(std::time::Instant, String)> {
+    use std::io::BufRead;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send((std::time::Instant::now(), line)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn replay_follow_prints_a_session_as_it_is_recorded_and_exits_when_it_ends() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let concierge_model = ScriptedServer::start(vec![]);
+    let sysadmin_model = ScriptedServer::start(vec![]);
+    let c = crate::runs::concierge_tasking_sysadmin(
+        "openai-compatible",
+        &concierge_model,
+        &sysadmin_model,
+    );
+    // The model takes its time over the first step.
+    sysadmin_model.push(
+        Step::tool_call("exec", serde_json::json!({"command": "echo 42%"}))
+            .delayed(Duration::from_secs(3)),
+    );
+    sysadmin_model.push(Step::text("/var is 42% full."));
+    let _daemon = c.daemon();
+    c.task("sysadmin", "job-1", "How full is /var?");
+    let mut run = c
+        .run_command("sysadmin", &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run is waiting for the model.
+    let mut session = None;
+    crate::runs::wait_for("the first model call", Duration::from_secs(20), || {
+        let events = all_events(&c.root.socket());
+        session = events.iter().find_map(|e| match &e.payload {
+            Payload::SessionStarted(_) => e.envelope.session,
+            _ => None,
+        });
+        events
+            .iter()
+            .any(|e| matches!(e.payload, Payload::LlmRequest(_)))
+    });
+    let session = session.unwrap().to_hex();
+    let follower = |json: bool| {
+        let mut args = vec!["replay", "--follow", session.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let mut child = Command::new(CON)
+            .args(c.root.con_flags())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(&mut child);
+        (child, lines)
+    };
+    let (mut text_child, text_lines) = follower(false);
+    let (mut json_child, json_lines_rx) = follower(true);
+
+    // What was recorded comes at once, while the model still thinks.
+    let (first_at, header) = text_lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        header.starts_with(&format!("session {session}")),
+        "{header}"
+    );
+    let responded = all_events(&c.root.socket())
+        .iter()
+        .any(|e| matches!(e.payload, Payload::LlmResponse(_)));
+    assert!(!responded, "the model answered before the follower started");
+
+    // Then each event as it is appended, and an exit after the end.
+    let wait = |child: &mut std::process::Child| {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the follower did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(wait(&mut text_child).success());
+    assert!(wait(&mut json_child).success());
+    assert!(run.wait().unwrap().success());
+    let text: Vec<(Instant, String)> = text_lines.iter().collect();
+    let response = text
+        .iter()
+        .find(|(_, l)| l.contains("llm.response"))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(
+        response.0.duration_since(first_at) > Duration::from_secs(1),
+        "the response was printed when it was recorded"
+    );
+    let all: String = text.iter().map(|(_, l)| format!("{l}\n")).collect();
+    for expected in [
+        "not ended",
+        "llm.request",
+        "asks exec",
+        "tool.call          exec",
+        "tool.result        exec exit 0",
+        "session.ended      ok after 2 iterations",
+        "| /var is 42% full.",
+    ] {
+        assert!(all.contains(expected), "{expected:?} in:\n{all}");
+    }
+    assert!(text.last().unwrap().1.starts_with("2 model calls"), "{all}");
+    // Each event once: the same JSON as a replay of the finished session.
+    let followed: String = json_lines_rx
+        .iter()
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    assert_eq!(followed, stdout(&con(&c, &["replay", "--json", &session])));
+    assert!(
+        followed
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"session.ended\"")
+    );
+
+    // A session that has ended: printed, and done.
+    let done = stdout(&con(&c, &["replay", "--follow", &session]));
+    assert_eq!(done, stdout(&con(&c, &["replay", &session])));
+}

@@ -114,17 +114,21 @@ impl Conspiracy {
 
     /// `con run <agent>` as the agent's user, as the supervisor would start it.
     pub(crate) fn run(&self, agent: &str, extra: &[&str]) -> Output {
-        self.user(agent)
-            .command_with_groups(CON)
-            .args(self.root.con_flags())
+        self.run_command(agent, extra).output().unwrap()
+    }
+
+    /// The command [`Conspiracy::run`] runs, for a test to start it and
+    /// carry on while it runs.
+    pub(crate) fn run_command(&self, agent: &str, extra: &[&str]) -> Command {
+        let mut cmd = self.user(agent).command_with_groups(CON);
+        cmd.args(self.root.con_flags())
             .args(["run", agent])
             .args(extra)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", "/nonexistent")
-            .current_dir("/")
-            .output()
-            .unwrap()
+            .current_dir("/");
+        cmd
     }
 
     /// Drops a task as root (verified) into `agent`'s inbox.
