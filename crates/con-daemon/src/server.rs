@@ -830,6 +830,7 @@ async fn agent_order(
         contract: crate::enforce::OPERATOR.to_owned(),
         causation: None,
         reason: format!("con agent {action} by uid {}", identity.uid()),
+        escalation: None,
     };
     match crate::enforce::enforce(shared, &cause, action, Some(order.agent)).await {
         Ok(view) => send(wr, &Response::Enforced(view)).await,

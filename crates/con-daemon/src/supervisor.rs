@@ -186,7 +186,7 @@ impl Supervisor {
             Ok(_) => true,
             Err(e) => {
                 if !self.log_failed {
-                    eprintln!("con daemon: supervisor stops starting runs: {e}");
+                    log::error!("supervisor stops starting runs: {e}");
                 }
                 self.log_failed = true;
                 false
@@ -255,10 +255,7 @@ impl Supervisor {
                 let today = crate::server::today();
                 if runs.budget_said != Some(today) {
                     runs.budget_said = Some(today);
-                    eprintln!(
-                        "con daemon: no runs of {} until its budget allows: {why}",
-                        agent.name
-                    );
+                    log::warn!("no runs of {} until its budget allows: {why}", agent.name);
                 }
                 continue;
             }
@@ -343,7 +340,7 @@ impl Supervisor {
                     })
                     .await;
                 }
-                Err(e) => eprintln!("con daemon: cannot route {}: {e}", task.display()),
+                Err(e) => log::error!("cannot route {}: {e}", task.display()),
             }
         }
     }
@@ -366,7 +363,7 @@ impl Supervisor {
                         Ok(None) => format!("no user {user_name}"),
                         Err(e) => format!("cannot look up {user_name}: {e}"),
                     };
-                    eprintln!("con daemon: not starting {agent}: {why}");
+                    log::warn!("not starting {agent}: {why}");
                 }
                 return;
             }
@@ -412,7 +409,7 @@ impl Supervisor {
             Err(e) => {
                 runs.failures += 1;
                 runs.not_before = Some(started + backoff(runs.failures));
-                eprintln!("con daemon: cannot start {agent}: {e}");
+                log::error!("cannot start {agent}: {e}");
                 return;
             }
         };

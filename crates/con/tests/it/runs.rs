@@ -1,12 +1,12 @@
 //! Agent runs end to end: the real `con` binary as real agent users, the
 //! real daemon as LLM gateway, and a scripted model server on loopback.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use con_event::payloads::{Outcome, Trust};
+use con_event::payloads::{EnforcementAction, Outcome, TaskFailed, Trust};
 use con_event::{Event, Payload, SessionId};
 use con_llm_script::{ErrorReply, Reply, ScriptedServer, Step};
 use con_runner::prompt::{UNVERIFIED_FRAMING, VERIFIED_FRAMING};
@@ -1431,6 +1431,246 @@ fn a_task_that_always_fails_is_set_aside_after_max_attempts() {
     assert_eq!(
         std::fs::read_to_string(c.agent_dir("sysadmin", "outbox").join("b-next.response")).unwrap(),
         "the next one is done"
+    );
+}
+
+/// The `.task` files in `dir`.
+fn task_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "task"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The recorded `task.failed` events, with their seqs and sessions.
+fn failed_events(c: &Conspiracy) -> Vec<(u64, Option<SessionId>, TaskFailed)> {
+    all_events(&c.root.socket())
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Payload::TaskFailed(f) => Some((e.envelope.seq, e.envelope.session, f)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `escalate` enforcements caused by event `seq`.
+fn escalations_of(c: &Conspiracy, seq: u64) -> Vec<EnforcementAction> {
+    all_events(&c.root.socket())
+        .into_iter()
+        .filter(|e| e.envelope.causation == Some(seq))
+        .filter_map(|e| match e.payload {
+            Payload::EnforcementAction(a) if a.action == "escalate" => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A poison task (the provider answers 400 every time) is set aside after
+/// `max_attempts`: one `task.failed`, a response to its sender, the next
+/// task answered, and the agent holding the sysadmin role told exactly
+/// once, by a root-owned (verified) task — also after a daemon restart.
+#[test]
+fn a_poison_task_is_set_aside_and_the_sysadmin_is_told_once() {
+    let model = ScriptedServer::start(vec![
+        Step::Error(ErrorReply::new(400)),
+        Step::Error(ErrorReply::new(400)),
+        Step::text("the next one is done"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[
+            agent("scribe", "worker", ""),
+            agent("ops", "operator", "roles = [\"sysadmin\"]"),
+        ],
+    );
+    let config = c.root.path().join("etc/con/con.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[inbox]\nmax_attempts = 2\n");
+    std::fs::write(&config, toml).unwrap();
+    let mut daemon = c.daemon();
+    let poison = c.task("scribe", "a-poison", "Something the provider refuses.");
+    let next = c.task("scribe", "b-next", "Something it answers.");
+    for attempt in 1..=2 {
+        assert!(!c.run("scribe", &[]).status.success(), "attempt {attempt}");
+    }
+    ok(&c.run("scribe", &[]));
+    assert_eq!(
+        model.requests().len(),
+        3,
+        "two attempts, then the next task"
+    );
+    let failed_path = c.agent_dir("scribe", "failed").join("a-poison.task");
+    assert!(failed_path.exists() && !poison.exists());
+    assert!(!next.exists(), "the next task was answered");
+    assert_eq!(
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("b-next.response")).unwrap(),
+        "the next one is done"
+    );
+    let notice =
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("a-poison.response")).unwrap();
+    assert!(notice.contains("set aside"), "{notice}");
+
+    let failed = failed_events(&c);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (seq, session, f) = &failed[0];
+    assert_eq!(f.agent, "scribe");
+    assert_eq!(f.attempts, 2);
+    assert_eq!(f.path, failed_path.display().to_string());
+    assert!(
+        f.reason.starts_with("2 sessions of it failed; the last: "),
+        "{f:?}"
+    );
+    let events = all_events(&c.root.socket());
+    let (outcome, _) = ended(&session_events(&events, session.unwrap()));
+    assert_eq!(outcome, Outcome::SetAside, "in the set-aside session");
+
+    let inbox = c.agent_dir("ops", "inbox");
+    wait_for("the escalation", Duration::from_secs(10), || {
+        !task_files(&inbox).is_empty()
+    });
+    let escalation = |c: &Conspiracy| {
+        let files = task_files(&inbox);
+        assert_eq!(files.len(), 1, "exactly one escalation: {files:?}");
+        assert_eq!(escalations_of(c, *seq).len(), 1);
+        files[0].clone()
+    };
+    let file = escalation(&c);
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), 0, "root's task");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("agent scribe")
+            && text.contains("a-poison")
+            && text.contains(&format!("seq {seq}")),
+        "{text}"
+    );
+    let trust = arrivals_at(&c, &file, 0).pop().unwrap().trust;
+    assert_eq!(trust, Trust::Verified);
+
+    // Restarted, the daemon derives from the log that it told the sysadmin.
+    assert!(daemon.terminate().success());
+    let _daemon = c.daemon();
+    std::thread::sleep(Duration::from_millis(1500));
+    escalation(&c);
+    assert_eq!(failed_events(&c).len(), 1);
+}
+
+/// A FIFO named like a task is set aside (never opened: that would wait
+/// for a writer) by a run that goes on to the next task.
+#[test]
+fn a_fifo_in_an_inbox_is_set_aside_without_hanging() {
+    let model = ScriptedServer::start(vec![Step::text("done")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let log = c.root.path().join("daemon.stderr");
+    let _daemon = Daemon::start_logging(CON, &c.root, &["--supervisor", "systemd"], &log);
+    let fifo = c.agent_dir("scribe", "inbox").join("a-fifo.task");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let next = c.task("scribe", "b-next", "Something to answer.");
+    // Recorded by the watcher, which never opens it.
+    arrivals_at(&c, &fifo, 0);
+    let started = Instant::now();
+    ok(&c.run("scribe", &[]));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(model.requests().len(), 1, "only the next task cost a call");
+    assert!(!next.exists());
+    let failed = c.agent_dir("scribe", "failed").join("a-fifo.task");
+    assert!(
+        std::fs::symlink_metadata(&failed)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let failed = failed_events(&c);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].2.reason, "it is not a regular file (fifo)");
+    // No agent holds the sysadmin role: nobody to tell, and the daemon
+    // says so.
+    wait_for("the daemon's word", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).unwrap().lines().any(|l| {
+            l.starts_with("con daemon: the failed task ")
+                && l.contains("a-fifo.task of agent scribe")
+                && l.ends_with(
+                    "is not escalated: no agent holds the sysadmin role (`con status` lists it)",
+                )
+        })
+    });
+}
+
+/// The daemon's diagnostics reach journald as entries of their own, with
+/// their priority, and its stderr (a file here) too.
+#[test]
+fn daemon_diagnostics_reach_the_journal_with_their_priority() {
+    let status = Command::new(con_test_support::workspace().join("scripts/ensure-journald.sh"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "journald is needed");
+    let model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        "anthropic",
+        &model.base_url(),
+        &[agent("concierge", "operator", "")],
+    );
+    std::fs::write(c.root.path().join("etc/con/env"), "").unwrap();
+    let log = c.root.path().join("daemon.stderr");
+    let _daemon = Daemon::start_logging(CON, &c.root, &["--supervisor", "systemd"], &log);
+    let socket = c.root.socket().display().to_string();
+    let entries = || -> Vec<serde_json::Value> {
+        assert!(
+            Command::new("journalctl")
+                .arg("--sync")
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = Command::new("journalctl")
+            .args(["-t", "con-daemon", "-o", "json", "--all", "--no-pager"])
+            .arg(format!("CON_SOCKET={socket}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let priority_of = |start: &str| {
+        entries().iter().find_map(|e| {
+            let message = e["MESSAGE"].as_str()?;
+            message
+                .starts_with(start)
+                .then(|| e["PRIORITY"].as_str().unwrap_or_default().to_owned())
+        })
+    };
+    wait_for("the journal entries", Duration::from_secs(10), || {
+        priority_of("agent concierge cannot make model calls: ").is_some()
+    });
+    assert_eq!(
+        priority_of("agent concierge cannot make model calls: ").as_deref(),
+        Some("4"),
+        "a warning"
+    );
+    assert_eq!(
+        priority_of("starting on ").as_deref(),
+        Some("5"),
+        "a notice"
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("con daemon: agent concierge cannot make model calls: ")),
+        "{said}"
     );
 }
 
