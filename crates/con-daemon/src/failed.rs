@@ -55,6 +55,17 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Whether `task`'s recorded path is a file directly in its agent's
+/// `failed/`, where a run puts what it sets aside. The path is the run's
+/// word: anything else is not looked at.
+pub(crate) fn in_failed_dir(layout: &con_layout::Layout, task: &FailedTask) -> bool {
+    let path = std::path::Path::new(&task.path);
+    path.parent() == Some(layout.agent_failed(&task.agent).as_path())
+        && path
+            .file_name()
+            .is_some_and(|n| n != "." && n != ".." && !n.is_empty())
+}
+
 /// Escalates every failed task the log has not escalated yet.
 async fn pass(shared: &Arc<Shared>, said: &mut HashSet<u64>) {
     let pending = match shared
@@ -82,6 +93,11 @@ async fn pass(shared: &Arc<Shared>, said: &mut HashSet<u64>) {
             escape_control(&task.path),
             task.agent
         );
+        if !in_failed_dir(&shared.config.layout, &task) {
+            log::warn!("{what} is not escalated: its path is not in the agent's failed/");
+            said.insert(seq);
+            continue;
+        }
         let Some(sysadmin) = shared.sysadmin() else {
             log::warn!(
                 "{what} is not escalated: no agent holds the sysadmin role (`con status` lists it)"

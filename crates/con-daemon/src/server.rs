@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use con_event::payloads::{AgentState, Trust};
+use con_event::payloads::{AgentState, CheckStatus, Outcome, Trust};
 use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
-    ClientEvent, ErrorCode, FrameError, LEN_BYTES, LogPosition, MirrorState, MirrorView, Query,
-    Request, Response, STATUS_VIEW_VERSION, SetCondition, StatusView, VerifyView, check_len,
-    decode_body, encode_frame,
+    ClientEvent, ErrorCode, FrameError, LEN_BYTES, LogPosition, MirrorState, MirrorView,
+    ProblemKind, ProblemView, Query, Request, Response, STATUS_VIEW_VERSION, SetCondition,
+    StatusView, VerifyView, check_len, decode_body, encode_frame,
 };
 use con_store::AppendError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1116,6 +1116,7 @@ async fn status(
             })
             .collect()
     };
+    let problems = problems(shared, identity, sees_fleet, &fleet);
     let view = match identity {
         Identity::Agent { .. } if sees_fleet => StatusView {
             view_version: STATUS_VIEW_VERSION,
@@ -1143,6 +1144,7 @@ async fn status(
                 })
                 .collect(),
             alerts: alert_views(),
+            problems,
         },
         Identity::Agent { name, .. } => StatusView {
             view_version: STATUS_VIEW_VERSION,
@@ -1153,6 +1155,7 @@ async fn status(
             agents: vec![agent_view(name, true, fleet.agents.get(name))],
             checks: Vec::new(),
             alerts: Vec::new(),
+            problems,
         },
         Identity::Operator { .. } => {
             let head = shared.store.head();
@@ -1186,10 +1189,138 @@ async fn status(
                 agents: fleet_rows(),
                 checks: fleet.checks.values().map(check_view).collect(),
                 alerts: alert_views(),
+                problems,
             }
         }
     };
     // A view too large for one frame is an error the operator sees, never
     // a silently emptied fleet.
     send(wr, &Response::Status(view)).await
+}
+
+/// What is wrong now, as `identity` may see it (see
+/// [`con_protocol::StatusView::problems`]): from the gateway's
+/// configuration (no model calls, budget spent) and the fleet status (the
+/// last session of each agent, failing checks, failed tasks still in
+/// `failed/`). Details (what a run, a provider or a check wrote) go to
+/// operators, and to an agent about itself.
+fn problems(
+    shared: &Shared,
+    identity: &Identity,
+    sees_fleet: bool,
+    fleet: &con_projection::FleetStatus,
+) -> Vec<ProblemView> {
+    let me = identity.agent();
+    let operator = me.is_none();
+    let visible = |agent: Option<&str>| sees_fleet || (agent.is_some() && agent == me);
+    let detail = |agent: Option<&str>, text: &str| {
+        if operator || (agent.is_some() && agent == me) {
+            text.to_owned()
+        } else {
+            String::new()
+        }
+    };
+    let mut out = Vec::new();
+    let configured = shared.agents();
+    if let Some(gateway) = &shared.gateway {
+        let config = gateway.config();
+        for (agent, route) in &config.routes {
+            if !configured.contains(agent) || !visible(Some(agent)) {
+                continue;
+            }
+            let (kind, why) = match (&route.unusable, gateway.budget_spent(fleet, agent)) {
+                (Some(why), _) => (ProblemKind::NoModelCalls, why.clone()),
+                (None, Some(why)) => (
+                    ProblemKind::BudgetSpent,
+                    format!("{why}: no model calls until the next UTC day or a reload raises it"),
+                ),
+                (None, None) => continue,
+            };
+            out.push(ProblemView {
+                kind,
+                agent: Some(agent.clone()),
+                message: format!("agent {agent} cannot make model calls: {why}"),
+                detail: String::new(),
+                seq: None,
+                task: None,
+                session: None,
+            });
+        }
+    }
+    for (agent, status) in &fleet.agents {
+        let Some(end) = &status.last_end else {
+            continue;
+        };
+        if matches!(end.outcome, Outcome::Ok | Outcome::SetAside) || !visible(Some(agent)) {
+            continue;
+        }
+        out.push(ProblemView {
+            kind: ProblemKind::SessionEndedEarly,
+            agent: Some(agent.clone()),
+            message: format!(
+                "agent {agent}'s last session ended early: {}",
+                end.outcome.as_str()
+            ),
+            detail: detail(Some(agent), &end.detail),
+            seq: Some(end.seq),
+            task: end.task.clone(),
+            session: end.session,
+        });
+    }
+    for check in fleet.checks.values() {
+        let failing = !matches!(check.status, CheckStatus::Pass | CheckStatus::Skipped);
+        if !failing || !(operator || sees_fleet) {
+            continue;
+        }
+        out.push(ProblemView {
+            kind: ProblemKind::CheckFailing,
+            agent: check.scope_agent.clone(),
+            message: format!(
+                "contract {} check {}: {}",
+                check.contract,
+                check.check,
+                check.status.as_str()
+            ),
+            // A check's output may quote what it read: operators only.
+            detail: if operator {
+                check.detail.clone()
+            } else {
+                String::new()
+            },
+            seq: Some(check.seq),
+            task: None,
+            session: None,
+        });
+    }
+    for (seq, failed) in &fleet.failed_tasks {
+        if !visible(Some(&failed.agent)) {
+            continue;
+        }
+        // Still where it was put: nobody has dealt with it yet. (Only a
+        // path in the agent's own failed/ is looked at: the path is the
+        // run's word.)
+        if !crate::failed::in_failed_dir(&shared.config.layout, failed)
+            || std::fs::symlink_metadata(&failed.path).is_err()
+        {
+            continue;
+        }
+        out.push(ProblemView {
+            kind: ProblemKind::TaskFailed,
+            agent: Some(failed.agent.clone()),
+            message: format!(
+                "a task of agent {} was set aside in {} ({})",
+                failed.agent,
+                failed.path,
+                match failed.escalated {
+                    Some(s) => format!("escalated, seq {s}"),
+                    None => "not escalated".to_owned(),
+                }
+            ),
+            detail: detail(Some(&failed.agent), &failed.reason),
+            seq: Some(*seq),
+            task: failed.task.clone(),
+            session: failed.session,
+        });
+    }
+    out
 }

@@ -286,6 +286,17 @@ impl Outcome {
     }
 }
 
+/// Characters of a detail a one-line message carries at most.
+const MESSAGE_DETAIL_CHARS: usize = 300;
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn cap_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
 /// `session.ended`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnded {
@@ -315,13 +326,20 @@ impl Kind for SessionEnded {
         description: "An agent session ended. CON_OUTCOME is ok, max_iterations, timeout, budget, provider_error, runner_error or killed.",
     };
     fn message(&self) -> String {
-        format!(
+        let mut m = format!(
             "agent {} ended its session: {} after {} iterations, {} ms",
             self.agent,
             self.outcome.as_str(),
             self.iterations,
             self.duration_ms
-        )
+        );
+        // Why it ended early belongs on the line (`con logs`, the journal's
+        // MESSAGE); the whole detail stays in the payload.
+        if !self.detail.is_empty() {
+            m.push_str(": ");
+            m.push_str(&cap_chars(&self.detail, MESSAGE_DETAIL_CHARS));
+        }
+        m
     }
     fn priority(&self) -> Priority {
         match self.outcome {

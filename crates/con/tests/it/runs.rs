@@ -1550,12 +1550,52 @@ fn a_poison_task_is_set_aside_and_the_sysadmin_is_told_once() {
     let trust = arrivals_at(&c, &file, 0).pop().unwrap().trust;
     assert_eq!(trust, Trust::Verified);
 
+    // `con status` lists it while it is in failed/: to operators with its
+    // reason, to its own agent, not to an agent that does not see the fleet.
+    let failed_problems = |user: Option<&TestUser>| -> Vec<serde_json::Value> {
+        let json: serde_json::Value =
+            serde_json::from_str(&con_status(&c, user, &["--json"])).unwrap();
+        json["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "task_failed")
+            .cloned()
+            .collect()
+    };
+    let listed = failed_problems(None);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["agent"], "scribe");
+    assert_eq!(listed[0]["task"], "a-poison");
+    assert_eq!(listed[0]["seq"], *seq);
+    assert_eq!(listed[0]["detail"], f.reason.as_str());
+    assert!(
+        listed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(escalated, seq "),
+        "{listed:?}"
+    );
+    let text = con_status(&c, None, &[]);
+    assert!(
+        text.contains(&format!(
+            "  a task of agent scribe was set aside in {} (escalated",
+            failed_path.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(failed_problems(Some(c.user("scribe"))).len(), 1);
+    assert!(failed_problems(Some(c.user("ops"))).is_empty());
+
     // Restarted, the daemon derives from the log that it told the sysadmin.
     assert!(daemon.terminate().success());
     let _daemon = c.daemon();
     std::thread::sleep(Duration::from_millis(1500));
     escalation(&c);
     assert_eq!(failed_events(&c).len(), 1);
+    // Taken out of failed/, it is no longer a problem.
+    std::fs::remove_file(&failed_path).unwrap();
+    assert!(failed_problems(None).is_empty());
 }
 
 /// A FIFO named like a task is set aside (never opened: that would wait
@@ -1720,7 +1760,12 @@ fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
             && l.contains(&missing)),
         "the daemon says it when it starts: {said}"
     );
+    let started = Instant::now();
     let out = con_task_wait(&c, "hello");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "within its timeout"
+    );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -1732,6 +1777,65 @@ fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
         model.requests().is_empty(),
         "nothing was sent without a key"
     );
+    // `con status` says the same, text and JSON: the agent cannot make
+    // model calls, and why its last session ended early.
+    let text = con_status(&c, None, &[]);
+    assert!(
+        text.contains(&format!(
+            "\nproblems:\n  agent concierge cannot make model calls: {missing}: no key for provider anthropic\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("  agent concierge's last session ended early: provider_error (task ")
+            && l.contains(&missing)),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&con_status(&c, None, &["--json"])).unwrap();
+    assert_eq!(json["view_version"], 4);
+    let problems = json["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["kind"] == "no_model_calls"
+            && p["agent"] == "concierge"
+            && p["message"].as_str().unwrap().contains(&missing)),
+        "{json}"
+    );
+    assert!(
+        problems.iter().any(|p| p["kind"] == "session_ended_early"
+            && p["detail"].as_str().unwrap().contains(&missing)),
+        "{json}"
+    );
+    // `con logs` says why the session ended, on its line.
+    let out = Command::new(CON)
+        .args(c.root.con_flags())
+        .args(["logs"])
+        .output()
+        .unwrap();
+    ok(&out);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        logs.lines().any(|l| l.contains("session.ended")
+            && l.contains("provider_error after")
+            && l.contains(&missing)),
+        "{logs}"
+    );
+}
+
+/// `con status` as root, or as `user`, with `args`: its standard output.
+pub(crate) fn con_status(c: &Conspiracy, user: Option<&TestUser>, args: &[&str]) -> String {
+    let mut cmd = match user {
+        Some(u) => u.command_with_groups(CON),
+        None => Command::new(CON),
+    };
+    let out = cmd
+        .args(c.root.con_flags())
+        .arg("status")
+        .args(args)
+        .output()
+        .unwrap();
+    ok(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `con responses` lists answers with their tasks, escapes what the agent
