@@ -453,7 +453,10 @@ fn over_budget_stops_before_the_model_call_and_keeps_the_task() {
     let _daemon = c.daemon();
     c.task("scribe", "t-1", "first");
     let second = c.task("scribe", "t-2", "write a poem");
-    let out = c.run("scribe", &[]);
+    // Refused mid-run, the run waits for the budget (3 s here), then leaves
+    // the task queued.
+    let out = c.run("scribe", &["--session-secs", "3"]);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert_eq!(model.requests().len(), 1, "no model call once over budget");
     assert!(
         c.agent_dir("scribe", "outbox")
@@ -472,6 +475,83 @@ fn over_budget_stops_before_the_model_call_and_keeps_the_task() {
         .filter(|e| matches!(e.payload, Payload::LlmRequest(_)))
         .count();
     assert_eq!(requests, 1, "the refused call was never recorded as made");
+}
+
+/// Raises every agent's `daily_budget_usd` in the config to a dollar (the
+/// daemon reloads on the change).
+fn raise_budget(c: &Conspiracy) {
+    let config = c.root.path().join("etc/con/con.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let raised = text.replace("daily_budget_usd = 0.0001", "daily_budget_usd = 1.0");
+    assert_ne!(raised, text);
+    std::fs::write(&config, raised).unwrap();
+}
+
+fn count(events: &[Event], kind: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.payload.spec().name == kind)
+        .count()
+}
+
+/// With its budget spent, `con run` started again and again while a task
+/// waits (what a systemd path unit does) waits for the budget instead of
+/// trying: over 40 s, two runs, no session and no model call; and once a
+/// reload raises the budget, the waiting run answers the task.
+#[test]
+fn a_spent_budget_is_waited_out_by_the_run_not_retried_on_every_start() {
+    let model = ScriptedServer::start(vec![
+        Step::Reply(Reply::text("first").with_usage(1000, 0)),
+        Step::text("after the reload"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "daily_budget_usd = 0.0001")],
+    );
+    let _daemon = c.daemon();
+    c.task("scribe", "t-1", "first");
+    ok(&c.run("scribe", &[]));
+    let second = c.task("scribe", "t-2", "second");
+    let before = all_events(&c.root.socket());
+
+    let started = Instant::now();
+    let mut runs = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        runs += 1;
+        let out = c.run("scribe", &["--session-secs", "20"]);
+        assert_eq!(out.status.code(), Some(75), "{out:?}");
+    }
+    assert_eq!(runs, 2, "each run waited out its 20 s");
+    assert!(second.exists());
+    let after = all_events(&c.root.socket());
+    for kind in ["session.started", "llm.request", "llm.response"] {
+        assert_eq!(count(&after, kind), count(&before, kind), "no new {kind}");
+    }
+    assert_eq!(model.requests().len(), 1);
+
+    // A reload raising the budget lets the waiting run go on.
+    let waiting = c
+        .user("scribe")
+        .command_with_groups(CON)
+        .args(c.root.con_flags())
+        .args(["run", "scribe", "--session-secs", "60"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    raise_budget(&c);
+    let output = waiting.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("t-2.response")).unwrap(),
+        "after the reload"
+    );
+    assert_eq!(model.requests().len(), 2);
 }
 
 #[test]
@@ -1016,13 +1096,17 @@ fn the_tier_budget_is_shared_by_every_agent_of_the_tier() {
     c.task("scribe", "t-1", "first");
     ok(&c.run("scribe", &[]));
     let queued = c.task("clerk", "t-2", "second");
-    let _ = c.run("clerk", &[]);
+    let out = c.run("clerk", &["--session-secs", "2"]);
     assert_eq!(model.requests().len(), 1, "the clerk's call was not made");
     assert!(queued.exists());
+    // The clerk's run waited for the tier's budget instead of trying.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("waiting until the budget allows") && stderr.contains("worker tier"),
+        "{stderr}"
+    );
     let events = all_events(&c.root.socket());
-    let (outcome, detail) = ended(&session_events(&events, sessions_of(&events, "clerk")[0]));
-    assert_eq!(outcome, Outcome::Budget);
-    assert!(detail.contains("worker tier"), "{detail}");
+    assert!(sessions_of(&events, "clerk").is_empty());
 }
 
 #[test]
@@ -1906,10 +1990,15 @@ fn con_responses_lists_answers_with_their_tasks() {
 }
 
 /// Once an agent's budget is spent, the supervisor starts no run of it: a
-/// run could only be refused and retried on every back-off. Its tasks wait.
+/// run could only be refused and retried on every back-off. Its tasks wait
+/// until a reload raises the budget.
 #[test]
 fn a_spent_budget_starts_no_runs_until_it_allows() {
-    let model = ScriptedServer::start(vec![Step::Reply(Reply::text("first").with_usage(1000, 0))]);
+    let model = ScriptedServer::start(vec![
+        Step::Reply(Reply::text("first").with_usage(1000, 0)),
+        Step::text("second"),
+        Step::text("third"),
+    ]);
     let c = Conspiracy::new(
         "openai-compatible",
         &model.base_url(),
@@ -1936,6 +2025,13 @@ fn a_spent_budget_starts_no_runs_until_it_allows() {
     );
     assert_eq!(model.requests().len(), 1);
     assert!(second.exists() && third.exists(), "the tasks wait");
+    raise_budget(&c);
+    wait_for(
+        "the waiting tasks' answers",
+        Duration::from_secs(30),
+        || !second.exists() && !third.exists(),
+    );
+    assert_eq!(model.requests().len(), 3);
 }
 
 /// A model call in flight when the daemon stops is recorded as interrupted:
