@@ -8,14 +8,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use con_event::Payload;
-use con_event::payloads::{ConfigReloaded, Outcome};
+use con_event::payloads::ConfigReloaded;
 use con_llm_script::{Reply, ScriptedServer, Step};
 use con_test_support::{Daemon, Root, all_events};
 
 use crate::CON;
-use crate::runs::{
-    Conspiracy, KEY, KEY_VAR, agent, ended, ok, session_events, sessions_of, wait_for,
-};
+use crate::runs::{Conspiracy, KEY, KEY_VAR, agent, ok, sessions_of, wait_for};
 
 fn config_file(root: &Root) -> PathBuf {
     root.path().join("etc/con/con.toml")
