@@ -191,6 +191,11 @@ pub(crate) struct Shared {
     pub(crate) frame_budget: Arc<tokio::sync::Semaphore>,
     /// The log's size and each agent's use of its quotas.
     pub(crate) quotas: quota::Quotas,
+    /// The tasks whose arrival is durable (what may be acted on).
+    pub(crate) recorded: arrivals::Recorded,
+    /// Asks the supervisor for a routing pass of the outer inbox now
+    /// (`None` without a supervisor).
+    pub(crate) route_requests: Option<tokio::sync::mpsc::Sender<supervisor::RouteRequest>>,
 }
 
 /// The configured agents and the fleet viewers among them, swapped
@@ -392,6 +397,8 @@ impl Daemon {
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let check_states = contracts::seed_check_states(&store)?;
+        let recorded = arrivals::Recorded::default();
+        let (route_tx, route_rx) = tokio::sync::mpsc::channel::<supervisor::RouteRequest>(16);
         let shared = Arc::new(Shared {
             config: config.clone(),
             agents: std::sync::RwLock::new(AgentSet::of(&config)),
@@ -408,13 +415,14 @@ impl Daemon {
             session_owners: Default::default(),
             frame_budget: Arc::new(tokio::sync::Semaphore::new(server::FRAME_BUDGET_KIB)),
             quotas: quota::Quotas::new(config.limits.clone(), log_bytes),
+            recorded: recorded.clone(),
+            route_requests: config.supervisor.is_some().then_some(route_tx),
         });
         let measuring = tokio::spawn(quota::measure_log(shared.clone()));
         let ledger_files = tokio::spawn(ledger::write_files(shared.clone()));
         let failed_tasks = tokio::spawn(failed::run(shared.clone()));
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
-        let recorded = arrivals::Recorded::default();
         let arrivals = arrivals::Arrivals::start(
             &shared.store,
             shared.appender.clone(),
@@ -434,7 +442,8 @@ impl Daemon {
             Some(sc) => {
                 let (tx, rx) = watch::channel(sc.clone());
                 let task = tokio::spawn(
-                    supervisor::Supervisor::new(shared.clone(), sc, recorded).run(wake_rx, rx),
+                    supervisor::Supervisor::new(shared.clone(), sc, recorded)
+                        .run(wake_rx, rx, route_rx),
                 );
                 (Some(tx), Some(task))
             }

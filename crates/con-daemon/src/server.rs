@@ -247,7 +247,76 @@ async fn handle(
         Request::Backup(dir) => backup(shared, identity, dir, wr).await,
         Request::Agent(order) => agent_order(shared, identity, order, wr).await,
         Request::Ledger(query) => ledger(shared, identity, query, wr).await,
+        Request::RouteInbox => route_inbox(shared, identity, wr).await,
     }
+}
+
+/// How long a routing pass asked for waits for the arrivals of the tasks
+/// in the outer inbox to be recorded (nothing is routed before it is).
+const ROUTE_ARRIVAL_WAIT: Duration = Duration::from_secs(2);
+
+/// `.task` entries of the outer inbox whose arrival is not recorded yet.
+fn unrecorded_outer_tasks(shared: &Shared) -> Vec<std::path::PathBuf> {
+    let dir = shared.config.layout.outer_inbox();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut waiting: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.len() > ".task".len() && n.ends_with(".task"))
+        })
+        .filter(|p| !shared.recorded.contains(p))
+        .collect();
+    waiting.sort();
+    waiting
+}
+
+/// A routing pass of the outer inbox now, by the supervisor (which also
+/// routes on every arrival): operators only. Tasks whose arrival is not
+/// recorded yet get a moment; what is still unrecorded after it is named,
+/// not routed.
+async fn route_inbox(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if let Some(reason) = operators_only(identity, "route the outer inbox") {
+        return refuse(wr, ErrorCode::Forbidden, reason).await;
+    }
+    let Some(requests) = shared.route_requests.clone() else {
+        return refuse(
+            wr,
+            ErrorCode::Unavailable,
+            "this daemon does not route the outer inbox".to_owned(),
+        )
+        .await;
+    };
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < ROUTE_ARRIVAL_WAIT && !unrecorded_outer_tasks(shared).is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let answer = if requests.send(tx).await.is_ok() {
+        rx.await.ok()
+    } else {
+        None
+    };
+    let Some(mut view) = answer else {
+        return refuse(
+            wr,
+            ErrorCode::Unavailable,
+            "the daemon is stopping: nothing was routed".to_owned(),
+        )
+        .await;
+    };
+    view.waiting = unrecorded_outer_tasks(shared)
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    send(wr, &Response::Routed(view)).await
 }
 
 /// A consistent copy of the live log into a new directory, made here because

@@ -2089,3 +2089,126 @@ fn a_model_call_in_flight_at_shutdown_is_recorded_as_interrupted() {
     assert!(error.contains("interrupted"), "{error}");
     assert!(response.response.is_none());
 }
+
+/// `con route-inbox`: operators only; when it returns, every recorded task
+/// of the outer inbox is in the concierge's inbox, and each task it says it
+/// moved was moved and recorded as it says (the daemon routes on its own
+/// too, so some may have gone before); with nothing left, it says so; with
+/// no concierge, it says the outer inbox is not routed and exits 1.
+#[test]
+fn con_route_inbox_routes_the_outer_inbox_now_and_says_what_moved() {
+    let model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("concierge", "operator", "")],
+    );
+    let _daemon = c.daemon();
+    let route = |user: Option<&TestUser>, args: &[&str]| {
+        let mut cmd = match user {
+            Some(u) => u.command_with_groups(CON),
+            None => Command::new(CON),
+        };
+        cmd.args(c.root.con_flags())
+            .arg("route-inbox")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = route(Some(c.user("concierge")), &[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only operators route the outer inbox"),
+        "{refused:?}"
+    );
+
+    let outer = c.root.path().join("srv/con/inbox");
+    let inbox = c.agent_dir("concierge", "inbox");
+    let view_of =
+        |out: &Output| -> con_protocol::RouteView { serde_json::from_slice(&out.stdout).unwrap() };
+    // The concierge's inbox immutable: no routing pass can move a task
+    // there, and this one says so for each.
+    let immutable = Immutable::set(&inbox);
+    for i in 0..20 {
+        let tmp = outer.join(format!(".t-{i:02}"));
+        std::fs::write(&tmp, format!("task {i}")).unwrap();
+        std::fs::rename(&tmp, outer.join(format!("t-{i:02}.task"))).unwrap();
+    }
+    let out = route(None, &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let view = view_of(&out);
+    assert!(view.routed.is_empty(), "{view:?}");
+    assert_eq!(view.failed.len(), 20, "{view:?}");
+    assert!(
+        view.failed[0].starts_with("t-00.task: ")
+            && view.failed[0].contains("Operation not permitted"),
+        "{view:?}"
+    );
+    assert_eq!(task_files(&outer).len(), 20);
+    let text = String::from_utf8_lossy(&route(None, &[]).stdout).into_owned();
+    assert!(text.starts_with("not routed: t-00.task: "), "{text}");
+    drop(immutable);
+
+    let out = route(None, &["--json"]);
+    ok(&out);
+    let view = view_of(&out);
+    assert_eq!(view.router.as_deref(), Some("concierge"));
+    assert!(
+        view.failed.is_empty() && view.waiting.is_empty(),
+        "{view:?}"
+    );
+    assert!(task_files(&outer).is_empty(), "all routed: {view:?}");
+    assert_eq!(task_files(&inbox).len(), 20);
+    let events = all_events(&c.root.socket());
+    for t in &view.routed {
+        assert_eq!(t.to, "concierge");
+        assert!(Path::new(&t.path).exists(), "{t:?}");
+        let recorded = events.iter().find(|e| e.envelope.seq == t.seq).unwrap();
+        match &recorded.payload {
+            Payload::TaskRouted(r) => assert_eq!(
+                (r.from.as_str(), r.path.as_str()),
+                ("outer", t.path.as_str())
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    let text = route(None, &[]);
+    ok(&text);
+    assert_eq!(String::from_utf8_lossy(&text.stdout), "nothing to route\n");
+
+    // No concierge, no routing.
+    let lone = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _lone_daemon = lone.daemon();
+    let out = Command::new(CON)
+        .args(lone.root.con_flags())
+        .arg("route-inbox")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no concierge is configured"),
+        "{out:?}"
+    );
+}
+
+/// A directory made immutable (`chattr +i`: not even root may add to it)
+/// until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Self {
+        let ok = Command::new("chattr").arg("+i").arg(dir).status().unwrap();
+        assert!(ok.success(), "chattr +i {}", dir.display());
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
