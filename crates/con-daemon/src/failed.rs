@@ -39,9 +39,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut head = shared.head.clone();
     let stop = crate::until_stopping(shared.stopping.clone());
     tokio::pin!(stop);
-    // Failed tasks this process has already said it does not escalate (or
-    // could not): said once per daemon run, not on every commit.
-    let mut said = HashSet::new();
+    let mut said = Said::default();
     loop {
         pass(&shared, &mut said).await;
         tokio::select! {
@@ -66,8 +64,21 @@ pub(crate) fn in_failed_dir(layout: &con_layout::Layout, task: &FailedTask) -> b
             .is_some_and(|n| n != "." && n != ".." && !n.is_empty())
 }
 
+/// What this process has said about failed tasks it did not escalate: said
+/// once per daemon run, not on every commit.
+#[derive(Default)]
+struct Said {
+    /// Failed tasks (by seq) the daemon's log was told are not escalated.
+    /// They are looked at again on every pass: a reload may name a
+    /// sysadmin.
+    not_escalated: HashSet<u64>,
+    /// Failed tasks whose escalation could not be recorded: not tried again
+    /// until a restart, so a failing log is not asked on every commit.
+    given_up: HashSet<u64>,
+}
+
 /// Escalates every failed task the log has not escalated yet.
-async fn pass(shared: &Arc<Shared>, said: &mut HashSet<u64>) {
+async fn pass(shared: &Arc<Shared>, said: &mut Said) {
     let pending = match shared
         .with_fleet(|f| {
             f.failed_tasks
@@ -85,7 +96,7 @@ async fn pass(shared: &Arc<Shared>, said: &mut HashSet<u64>) {
         }
     };
     for (seq, task) in pending {
-        if said.contains(&seq) {
+        if said.given_up.contains(&seq) {
             continue;
         }
         let what = format!(
@@ -93,25 +104,29 @@ async fn pass(shared: &Arc<Shared>, said: &mut HashSet<u64>) {
             escape_control(&task.path),
             task.agent
         );
-        if !in_failed_dir(&shared.config.layout, &task) {
-            log::warn!("{what} is not escalated: its path is not in the agent's failed/");
-            said.insert(seq);
-            continue;
-        }
-        let Some(sysadmin) = shared.sysadmin() else {
-            log::warn!(
-                "{what} is not escalated: no agent holds the sysadmin role (`con status` lists it)"
-            );
-            said.insert(seq);
-            continue;
+        let not_escalated = if !in_failed_dir(&shared.config.layout, &task) {
+            Err("its path is not in the agent's failed/".to_owned())
+        } else {
+            match shared.sysadmin() {
+                None => Err(
+                    "no agent holds the sysadmin role (`con status` lists it)".to_owned(),
+                ),
+                Some(s) if s == task.agent => Err(
+                    "it is the sysadmin's own, and its inbox could not run it (`con status` lists it)"
+                        .to_owned(),
+                ),
+                Some(s) => Ok(s),
+            }
         };
-        if sysadmin == task.agent {
-            log::warn!(
-                "{what} is not escalated: it is the sysadmin's own, and its inbox could not run it (`con status` lists it)"
-            );
-            said.insert(seq);
-            continue;
-        }
+        let sysadmin = match not_escalated {
+            Ok(s) => s,
+            Err(why) => {
+                if said.not_escalated.insert(seq) {
+                    log::warn!("{what} is not escalated: {why}");
+                }
+                continue;
+            }
+        };
         let cause = Cause {
             actor: Actor::system(),
             contract: FAILED_TASK.to_owned(),
@@ -128,7 +143,7 @@ async fn pass(shared: &Arc<Shared>, said: &mut HashSet<u64>) {
             // Not recorded, so not done: said once, tried again after a
             // restart.
             log::error!("{what}: escalation not recorded: {e}");
-            said.insert(seq);
+            said.given_up.insert(seq);
         }
     }
 }

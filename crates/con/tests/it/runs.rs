@@ -1731,6 +1731,20 @@ fn a_fifo_in_an_inbox_is_set_aside_without_hanging() {
                 )
         })
     });
+    // A reload that names one: it is told then.
+    let mut c = c;
+    c.add_agent_account("ops");
+    let config = c.root.path().join("etc/con/con.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[[agents]]\nname = \"ops\"\ntier = \"operator\"\nroles = [\"sysadmin\"]\n");
+    std::fs::write(&config, toml).unwrap();
+    let inbox = c.agent_dir("ops", "inbox");
+    wait_for(
+        "the escalation after the reload",
+        Duration::from_secs(10),
+        || task_files(&inbox).len() == 1,
+    );
+    assert_eq!(escalations_of(&c, failed[0].0).len(), 1);
 }
 
 /// The daemon's diagnostics reach journald as entries of their own, with
