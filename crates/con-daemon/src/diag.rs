@@ -7,10 +7,11 @@
 //! journald as native entries with their priority (`log::Level::Error` →
 //! 3 err, `Warn` → 4 warning, `Info` → 5 notice, `Debug` → 6 info),
 //! `SYSLOG_IDENTIFIER=con-daemon` and `CON_SOCKET` (the daemon's socket:
-//! several daemons on one host, as in tests, stay apart). They also go to
-//! standard error as `con daemon: <message>` unless standard error *is*
-//! the journal (a systemd service: one entry, not two), and only there
-//! when journald is absent (a container without it).
+//! several daemons on one host, as in tests, stay apart), sent by a thread
+//! of its own so that a journald that is behind never holds the daemon up.
+//! They also go to standard error as `con daemon: <message>` unless
+//! standard error *is* the journal (a systemd service: one entry, not two),
+//! and only there when journald is absent (a container without it).
 //!
 //! A message repeated in a loop (a failing accept, a watcher error every
 //! second) must not flood either: the same message at the same level is
@@ -21,7 +22,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -116,11 +117,43 @@ impl RateLimiter {
     }
 }
 
+/// One diagnostic on its way to journald.
+struct Line {
+    level: Level,
+    target: String,
+    module_path: Option<String>,
+    file: Option<String>,
+    line: Option<u32>,
+    message: String,
+}
+
+/// What the journal thread is given.
+enum ToJournal {
+    Line(Line),
+    /// Answer once everything before has been sent.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// Diagnostics queued for journald at most; beyond, they are dropped
+/// (counted, and said on stderr where that is not the journal).
+const JOURNAL_QUEUE: usize = 1024;
+
+/// How long [`Log::flush`] waits for the queue to reach journald.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
+
 /// The daemon's logger (see the module documentation).
+///
+/// journald is written by a thread of its own through a bounded queue: a
+/// send to journald's socket blocks while journald is behind, and a
+/// diagnostic must never hold the daemon (its start, a request, the
+/// supervisor) up. A full queue drops the diagnostic and counts it.
 pub struct DaemonLogger {
-    journal: Option<JournalLog>,
+    journal: mpsc::SyncSender<ToJournal>,
+    /// Whether lines go to stderr too: unless stderr is the journal.
     stderr: bool,
     limiter: Mutex<RateLimiter>,
+    /// Diagnostics dropped because the journal queue was full, not yet said.
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 /// The level below which nothing is said (`Debug` and `Trace` are for
@@ -128,19 +161,30 @@ pub struct DaemonLogger {
 const MAX_LEVEL: LevelFilter = LevelFilter::Info;
 
 impl DaemonLogger {
-    /// A logger for the daemon serving `socket`: journald if it answers,
-    /// standard error unless that is the journal already.
+    /// A logger for the daemon serving `socket` (see the module
+    /// documentation); starts its journal thread.
     pub fn new(socket: &Path) -> Self {
-        let journal = JournalLog::empty().ok().map(|j| {
-            j.with_syslog_identifier("con-daemon".to_owned())
-                .with_extra_fields([("CON_SOCKET", socket.display().to_string())])
-        });
-        let stderr = journal.is_none() || !systemd_journal_logger::connected_to_journal();
-        Self {
-            journal,
-            stderr,
-            limiter: Mutex::new(RateLimiter::new(WINDOW, BURST)),
-        }
+        let stderr = !systemd_journal_logger::connected_to_journal();
+        let (tx, rx) = mpsc::sync_channel(JOURNAL_QUEUE);
+        let socket = socket.display().to_string();
+        std::thread::Builder::new()
+            .name("con-diag-journal".into())
+            .spawn(move || journal_thread(&rx, &socket, !stderr))
+            .map_or_else(
+                // No thread, no journal: stderr says everything.
+                |_| Self {
+                    journal: mpsc::sync_channel(0).0,
+                    stderr: true,
+                    limiter: Mutex::new(RateLimiter::new(WINDOW, BURST)),
+                    dropped: Default::default(),
+                },
+                |_| Self {
+                    journal: tx,
+                    stderr,
+                    limiter: Mutex::new(RateLimiter::new(WINDOW, BURST)),
+                    dropped: Default::default(),
+                },
+            )
     }
 
     /// Installs it as the process's logger. Fails if one is installed
@@ -152,22 +196,63 @@ impl DaemonLogger {
     }
 
     fn emit(&self, record: &Record<'_>, message: &str) {
-        let sent = self.journal.as_ref().is_some_and(|j| {
+        let line = Line {
+            level: record.level(),
+            target: record.target().to_owned(),
+            module_path: record.module_path().map(str::to_owned),
+            file: record.file().map(str::to_owned),
+            line: record.line(),
+            message: message.to_owned(),
+        };
+        let queued = self.journal.try_send(ToJournal::Line(line)).is_ok();
+        if !queued {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.stderr || !queued {
+            to_stderr(message);
+        }
+    }
+}
+
+/// One line on stderr, written at once so concurrent lines do not
+/// interleave.
+fn to_stderr(message: &str) {
+    let _ = std::io::stderr().write_all(format!("con daemon: {message}\n").as_bytes());
+}
+
+/// Sends the queued diagnostics to journald until the logger is gone. If
+/// journald does not answer, the lines are written to stderr instead when
+/// `only_journal` (stderr is the journal's stream then; otherwise stderr
+/// has them already).
+fn journal_thread(rx: &mpsc::Receiver<ToJournal>, socket: &str, only_journal: bool) {
+    let journal = JournalLog::empty().ok().map(|j| {
+        j.with_syslog_identifier("con-daemon".to_owned())
+            .with_extra_fields([("CON_SOCKET", socket)])
+    });
+    while let Ok(item) = rx.recv() {
+        let line = match item {
+            ToJournal::Line(line) => line,
+            ToJournal::Flush(done) => {
+                let _ = done.try_send(());
+                continue;
+            }
+        };
+        let sent = journal.as_ref().is_some_and(|j| {
             j.journal_send(
                 &Record::builder()
-                    .args(format_args!("{message}"))
-                    .level(record.level())
-                    .target(record.target())
-                    .module_path(record.module_path())
-                    .file(record.file())
-                    .line(record.line())
+                    .args(format_args!("{}", line.message))
+                    .level(line.level)
+                    .target(&line.target)
+                    .module_path(line.module_path.as_deref())
+                    .file(line.file.as_deref())
+                    .line(line.line)
                     .build(),
             )
             .is_ok()
         });
-        if self.stderr || !sent {
-            // One write per line, so concurrent messages do not interleave.
-            let _ = std::io::stderr().write_all(format!("con daemon: {message}\n").as_bytes());
+        if !sent && only_journal {
+            to_stderr(&line.message);
         }
     }
 }
@@ -202,17 +287,32 @@ impl Log for DaemonLogger {
     }
 
     /// Says how many repeats of each message were suppressed and not yet
-    /// reported.
+    /// reported, and how many diagnostics journald's queue dropped; then
+    /// waits (up to a second) for the queue to reach journald.
     fn flush(&self) {
         let pending = self
             .limiter
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .drain_suppressed();
-        for (key, k) in pending {
-            let (level, message) = key.split_once('\u{0}').unwrap_or(("WARN", &key));
-            let level = level.parse().unwrap_or(Level::Warn);
-            let line = format!("{k} more like this were suppressed: {message}");
+        let mut lines: Vec<(Level, String)> = pending
+            .into_iter()
+            .map(|(key, k)| {
+                let (level, message) = key.split_once('\u{0}').unwrap_or(("WARN", &key));
+                (
+                    level.parse().unwrap_or(Level::Warn),
+                    format!("{k} more like this were suppressed: {message}"),
+                )
+            })
+            .collect();
+        let dropped = self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            lines.push((
+                Level::Warn,
+                format!("{dropped} diagnostic(s) did not reach journald: it was not keeping up"),
+            ));
+        }
+        for (level, line) in lines {
             self.emit(
                 &Record::builder()
                     .args(format_args!("{line}"))
@@ -221,6 +321,10 @@ impl Log for DaemonLogger {
                     .build(),
                 &line,
             );
+        }
+        let (done, finished) = mpsc::sync_channel(1);
+        if self.journal.try_send(ToJournal::Flush(done)).is_ok() {
+            let _ = finished.recv_timeout(FLUSH_WAIT);
         }
     }
 }
