@@ -38,6 +38,10 @@ pub struct Config {
     pub agents: Vec<Agent>,
 }
 
+/// The role whose holder runs the host: the daemon escalates to it what
+/// no run could do (a task set aside as failed).
+pub const SYSADMIN_ROLE: &str = "sysadmin";
+
 /// What one model costs, in USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Price {
@@ -62,6 +66,14 @@ impl Config {
             Tier::Operator => self.fleet_view.operators,
             Tier::Worker => false,
         }
+    }
+
+    /// The agent that holds the [`SYSADMIN_ROLE`] (the first in file
+    /// order, if several do): who is told about tasks set aside as failed.
+    pub fn sysadmin(&self) -> Option<&Agent> {
+        self.agents
+            .iter()
+            .find(|a| a.roles.iter().any(|r| r == SYSADMIN_ROLE))
     }
 
     /// The names of the agents that see the whole fleet, in file order.

@@ -77,10 +77,7 @@ fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> (HashSet<Arriva
             Err(e) => {
                 // Arrivals we cannot read are not remembered: their files,
                 // should they come back, would be judged by lstat alone.
-                eprintln!(
-                    "con daemon: cannot read the arrivals of inbox {}: {e}",
-                    inbox.name
-                );
+                log::error!("cannot read the arrivals of inbox {}: {e}", inbox.name);
                 continue;
             }
         };
@@ -140,7 +137,7 @@ impl Arrivals {
             already,
             provenance,
             tx,
-            |e| eprintln!("con daemon: inbox watcher: {e}"),
+            |e| log::error!("inbox watcher: {e}"),
         )?);
         let stop = Arc::new(AtomicBool::new(false));
         let inboxes: InboxList = Arc::new(Mutex::new(inboxes));
@@ -191,7 +188,7 @@ impl Arrivals {
                 self.recorded.insert(PathBuf::from(&key.path));
             }
             if let Err(e) = self.watcher.remember(already, provenance) {
-                eprintln!("con daemon: inbox watcher: {e}");
+                log::error!("inbox watcher: {e}");
             }
         }
         // Only now may the re-watching thread add them: the watcher has
@@ -243,8 +240,8 @@ fn rewatch(watcher: &InboxWatcher, inboxes: &InboxList, stop: &AtomicBool) {
             match identity {
                 None => {
                     if reported.insert(inbox.name.clone()) {
-                        eprintln!(
-                            "con daemon: inbox {} ({}) does not exist; watching for it",
+                        log::warn!(
+                            "inbox {} ({}) does not exist; watching for it",
                             inbox.dir.display(),
                             inbox.name
                         );
@@ -256,7 +253,7 @@ fn rewatch(watcher: &InboxWatcher, inboxes: &InboxList, stop: &AtomicBool) {
                             watched.insert(inbox.name.clone(), id);
                             reported.remove(&inbox.name);
                         }
-                        Err(e) => eprintln!("con daemon: inbox watcher: {e}"),
+                        Err(e) => log::error!("inbox watcher: {e}"),
                     }
                 }
                 Some(_) => {}
@@ -284,10 +281,9 @@ fn record(
                         let _ = wake.try_send(inbox);
                     }
                     // Not recorded, so never acted on; a restart scans again.
-                    Err(e) => eprintln!(
-                        "con daemon: could not record the arrival of {}: {e}",
-                        path.display()
-                    ),
+                    Err(e) => {
+                        log::error!("could not record the arrival of {}: {e}", path.display())
+                    }
                 }
             }
         }

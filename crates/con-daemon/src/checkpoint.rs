@@ -74,7 +74,7 @@ pub(crate) async fn write(shared: &Shared, plan: &mut Plan) {
     });
     match shared.appender.submit(event).wait_async().await {
         Ok(appended) => plan.last = appended.seq,
-        Err(e) => eprintln!("con daemon: chain checkpoint at seq {}: {e}", head.seq),
+        Err(e) => log::error!("chain checkpoint at seq {}: {e}", head.seq),
     }
 }
 

@@ -210,6 +210,7 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
             contract: a.contract,
             causation: Some(a.result_seq),
             reason: a.reason,
+            escalation: None,
         };
         // Each enforcement is recorded (or, unrecordable, not carried
         // out) on its own; one failing does not stop the others.
@@ -219,13 +220,13 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
                 _ => a.scope_agent.clone(),
             };
             if let Err(e) = crate::enforce::enforce(shared, &cause, action.as_str(), target).await {
-                eprintln!("con daemon: enforcement of {}: {e}", cause.contract);
+                log::error!("enforcement of {}: {e}", cause.contract);
             }
         }
         if let Some(to) = a.decision.escalate
             && let Err(e) = crate::enforce::enforce(shared, &cause, "escalate", Some(to)).await
         {
-            eprintln!("con daemon: escalation of {}: {e}", cause.contract);
+            log::error!("escalation of {}: {e}", cause.contract);
         }
     }
     Ok(runs)
@@ -470,7 +471,7 @@ pub(crate) async fn schedule(shared: Arc<Shared>) {
         if let Ok(Ok(results)) = results
             && let Err(e) = record(&shared, results).await
         {
-            eprintln!("con daemon: contracts: {e}");
+            log::error!("contracts: {e}");
         }
     }
 }

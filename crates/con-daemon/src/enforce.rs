@@ -45,6 +45,9 @@ pub(crate) struct Cause {
     pub(crate) causation: Option<u64>,
     /// Why, as recorded in the action.
     pub(crate) reason: String,
+    /// What an escalation's task says, when the cause is not a failing
+    /// contract (a failed task); `None`: the contract's wording.
+    pub(crate) escalation: Option<String>,
 }
 
 /// What one enforcement did so far; becomes its `enforcement.done`.
@@ -164,11 +167,10 @@ async fn act(
     };
     match action {
         "alert" => {
-            // `<4>`: journald reads it as warning priority from the
-            // daemon's stderr; the mirrored enforcement events say the
-            // same in the record.
-            eprintln!(
-                "<4>con daemon: alert from {}{}: {}",
+            // Warning priority in the journal; the mirrored enforcement
+            // events say the same in the record.
+            log::warn!(
+                "alert from {}{}: {}",
                 cause.contract,
                 target.map(|t| format!(" about {t}")).unwrap_or_default(),
                 cause.reason
@@ -409,14 +411,14 @@ async fn escalate(shared: &Arc<Shared>, cause: &Cause, to: &str, done: &mut Done
         return;
     }
     let inbox = shared.config.layout.agent_inbox(to);
-    let text = format!(
+    let text = cause.escalation.clone().unwrap_or_else(|| format!(
         "Escalation from con: contract {} is failing.\n\n{}\n\nThe failing result is event {} in the log (`con logs --json`); you are told once per incident, when it starts failing. Investigate and report what you find and what you did.\n",
         cause.contract,
         cause.reason,
         cause
             .causation
             .map_or_else(|| "unknown".to_owned(), |s| format!("seq {s}")),
-    );
+    ));
     match tokio::task::spawn_blocking(move || con_inbox::submit_task(&inbox, &text)).await {
         Ok(Ok(path)) => {
             done.notes.push(format!("task for {to}"));

@@ -123,7 +123,7 @@ pub(crate) async fn write_files(shared: Arc<Shared>) {
             }
             // Said once per incident; retried at the next commit.
             Err(e) if !failing => {
-                eprintln!("con daemon: ledger files: {e}");
+                log::error!("ledger files: {e}");
                 failing = true;
             }
             Err(_) => {}

@@ -14,7 +14,9 @@
 mod arrivals;
 mod checkpoint;
 mod contracts;
+pub mod diag;
 mod enforce;
+mod failed;
 mod gateway;
 pub mod health;
 mod host;
@@ -66,6 +68,9 @@ pub struct DaemonConfig {
     /// The agents among them that see the whole fleet (status rows of
     /// every agent, the ledger): `con_config::Config::fleet_viewers`.
     pub fleet_viewers: Vec<String>,
+    /// The agent holding the sysadmin role, told about failed tasks
+    /// (`con_config::Config::sysadmin`).
+    pub sysadmin: Option<String>,
     /// Journal mirror queue length.
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
@@ -187,6 +192,11 @@ pub(crate) struct Shared {
     pub(crate) frame_budget: Arc<tokio::sync::Semaphore>,
     /// The log's size and each agent's use of its quotas.
     pub(crate) quotas: quota::Quotas,
+    /// The tasks whose arrival is durable (what may be acted on).
+    pub(crate) recorded: arrivals::Recorded,
+    /// Asks the supervisor for a routing pass of the outer inbox now
+    /// (`None` without a supervisor).
+    pub(crate) route_requests: Option<tokio::sync::mpsc::Sender<supervisor::RouteRequest>>,
 }
 
 /// The configured agents and the fleet viewers among them, swapped
@@ -196,6 +206,18 @@ struct AgentSet {
     names: Arc<Vec<String>>,
     tiers: Arc<std::collections::BTreeMap<String, con_config::Tier>>,
     fleet_viewers: Arc<Vec<String>>,
+    sysadmin: Option<String>,
+}
+
+impl AgentSet {
+    fn of(config: &DaemonConfig) -> Self {
+        Self {
+            names: Arc::new(config.agents.clone()),
+            tiers: Arc::new(config.tiers.clone()),
+            fleet_viewers: Arc::new(config.fleet_viewers.clone()),
+            sysadmin: config.sysadmin.clone(),
+        }
+    }
 }
 
 /// A projection kept in memory between reads, and the seq of the last
@@ -260,6 +282,11 @@ impl Shared {
         self.agent_set().fleet_viewers
     }
 
+    /// The agent holding the sysadmin role now, if one does.
+    pub(crate) fn sysadmin(&self) -> Option<String> {
+        self.agent_set().sysadmin
+    }
+
     fn agent_set(&self) -> AgentSet {
         self.agents
             .read()
@@ -267,23 +294,14 @@ impl Shared {
             .clone()
     }
 
-    /// Makes `agents` the configured agents, with their `tiers`, and
-    /// `fleet_viewers` those that see the fleet, from the next connection
-    /// or request on.
-    pub(crate) fn set_agents(
-        &self,
-        agents: Vec<String>,
-        tiers: std::collections::BTreeMap<String, con_config::Tier>,
-        fleet_viewers: Vec<String>,
-    ) {
+    /// Makes `config`'s agents the configured agents (with their tiers,
+    /// the fleet viewers and the sysadmin among them), from the next
+    /// connection or request on.
+    pub(crate) fn set_agents(&self, config: &DaemonConfig) {
         *self
             .agents
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = AgentSet {
-            names: Arc::new(agents),
-            tiers: Arc::new(tiers),
-            fleet_viewers: Arc::new(fleet_viewers),
-        };
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = AgentSet::of(config);
     }
 
     /// The configured agents' tiers now (changed by a reload).
@@ -293,8 +311,17 @@ impl Shared {
 
     /// The fleet status through the durable head.
     pub(crate) async fn fleet_status(self: &Arc<Self>) -> Result<FleetStatus, String> {
+        self.with_fleet(FleetStatus::clone).await
+    }
+
+    /// `f` of the fleet status through the durable head, without cloning
+    /// all of it.
+    pub(crate) async fn with_fleet<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&FleetStatus) -> R + Send + 'static,
+    ) -> Result<R, String> {
         let shared = self.clone();
-        tokio::task::spawn_blocking(move || shared.fleet.with(&shared.store, FleetStatus::clone))
+        tokio::task::spawn_blocking(move || shared.fleet.with(&shared.store, f))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
@@ -371,13 +398,11 @@ impl Daemon {
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let check_states = contracts::seed_check_states(&store)?;
+        let recorded = arrivals::Recorded::default();
+        let (route_tx, route_rx) = tokio::sync::mpsc::channel::<supervisor::RouteRequest>(16);
         let shared = Arc::new(Shared {
             config: config.clone(),
-            agents: std::sync::RwLock::new(AgentSet {
-                names: Arc::new(config.agents.clone()),
-                tiers: Arc::new(config.tiers.clone()),
-                fleet_viewers: Arc::new(config.fleet_viewers.clone()),
-            }),
+            agents: std::sync::RwLock::new(AgentSet::of(&config)),
             check_states: tokio::sync::Mutex::new(check_states),
             store,
             appender: writer.appender(),
@@ -391,13 +416,15 @@ impl Daemon {
             session_owners: Default::default(),
             frame_budget: Arc::new(tokio::sync::Semaphore::new(server::FRAME_BUDGET_KIB)),
             quotas: quota::Quotas::new(config.limits.clone(), log_bytes),
+            recorded: recorded.clone(),
+            route_requests: config.supervisor.is_some().then_some(route_tx),
         });
         let measuring = tokio::spawn(quota::measure_log(shared.clone()));
         let ledger_files = tokio::spawn(ledger::write_files(shared.clone()));
         let orphans = tokio::spawn(orphans::run(shared.clone()));
+        let failed_tasks = tokio::spawn(failed::run(shared.clone()));
 
         let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<String>(1024);
-        let recorded = arrivals::Recorded::default();
         let arrivals = arrivals::Arrivals::start(
             &shared.store,
             shared.appender.clone(),
@@ -417,7 +444,8 @@ impl Daemon {
             Some(sc) => {
                 let (tx, rx) = watch::channel(sc.clone());
                 let task = tokio::spawn(
-                    supervisor::Supervisor::new(shared.clone(), sc, recorded).run(wake_rx, rx),
+                    supervisor::Supervisor::new(shared.clone(), sc, recorded)
+                        .run(wake_rx, rx, route_rx),
                 );
                 (Some(tx), Some(task))
             }
@@ -447,7 +475,7 @@ impl Daemon {
                     }
                     // EMFILE and friends: keep serving the connections we have.
                     Err(e) => {
-                        eprintln!("con daemon: accept: {e}");
+                        log::error!("accept: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
@@ -476,6 +504,7 @@ impl Daemon {
         let _ = measuring.await;
         let _ = ledger_files.await;
         let _ = orphans.await;
+        let _ = failed_tasks.await;
         if let Some(reloading) = reloading {
             let _ = reloading.await;
         }

@@ -27,7 +27,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     let mut stopping = shared.stopping.clone();
     loop {
         if let Err(e) = sweep(&shared).await {
-            eprintln!("con daemon: closing abandoned sessions: {e}");
+            log::error!("closing abandoned sessions: {e}");
         }
         tokio::select! {
             () = tokio::time::sleep(SWEEP_EVERY) => {}

@@ -370,7 +370,7 @@ async fn record(
     });
     if let Err(e) = shared.appender.submit(event).wait_async().await {
         // The refusal stands either way; the operator learns of it here.
-        eprintln!("con daemon: recording {contract} {action}: {e}");
+        log::error!("recording {contract} {action}: {e}");
     }
 }
 
@@ -416,8 +416,8 @@ pub(crate) async fn measure_log(shared: Arc<Shared>) {
                 // What was appended while measuring counts until the next.
                 quotas.since.fetch_sub(counted, Ordering::Relaxed);
             }
-            Ok(Err(e)) => eprintln!("con daemon: measuring the event log: {e}"),
-            Err(e) => eprintln!("con daemon: measuring the event log: {e}"),
+            Ok(Err(e)) => log::error!("measuring the event log: {e}"),
+            Err(e) => log::error!("measuring the event log: {e}"),
         }
         let log = quotas.log_bytes();
         let ceiling = quotas.limits.agent_ceiling();

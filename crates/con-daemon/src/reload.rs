@@ -138,11 +138,11 @@ async fn apply(
     let next = match tokio::task::spawn_blocking(move || load()).await {
         Ok(Ok(next)) => next,
         Ok(Err(e)) => {
-            eprintln!("con daemon: reload refused, the running configuration stays: {e}");
+            log::error!("reload refused, the running configuration stays: {e}");
             return;
         }
         Err(e) => {
-            eprintln!("con daemon: reload refused, the running configuration stays: {e}");
+            log::error!("reload refused, the running configuration stays: {e}");
             return;
         }
     };
@@ -156,7 +156,7 @@ async fn apply(
         .wait_async()
         .await
     {
-        eprintln!("con daemon: reload not applied, it could not be recorded: {e}");
+        log::error!("reload not applied, it could not be recorded: {e}");
         return;
     }
     let daemon = &next.daemon;
@@ -167,22 +167,18 @@ async fn apply(
     let inboxes = daemon.inboxes.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || arrivals.set_inboxes(&store, inboxes)).await
     {
-        eprintln!("con daemon: reload: inbox watcher: {e}");
+        log::error!("reload: inbox watcher: {e}");
     }
-    targets.shared.set_agents(
-        daemon.agents.clone(),
-        daemon.tiers.clone(),
-        daemon.fleet_viewers.clone(),
-    );
+    targets.shared.set_agents(daemon);
     if let Some(gateway) = &targets.shared.gateway {
         gateway.replace(daemon.gateway.clone().unwrap_or_default());
     }
     if let (Some(tx), Some(config)) = (&targets.supervisor, &daemon.supervisor) {
         tx.send_replace(config.clone());
     }
-    eprintln!("con daemon: {message}");
+    log::info!("{message}");
     for problem in daemon.gateway.iter().flat_map(|g| g.problems()) {
-        eprintln!("con daemon: {problem}");
+        log::warn!("{problem}");
     }
     reload.current = next;
 }
@@ -245,15 +241,15 @@ fn watch_files(files: &[PathBuf], changed: mpsc::Sender<()>) -> Option<notify::R
     let mut watcher = match notify::recommended_watcher(handler) {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("con daemon: not watching the config for changes (SIGHUP reloads): {e}");
+            log::warn!("not watching the config for changes (SIGHUP reloads): {e}");
             return None;
         }
     };
     let dirs: BTreeSet<&Path> = names.iter().map(|(dir, _)| dir.as_path()).collect();
     for dir in dirs {
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-            eprintln!(
-                "con daemon: not watching {} for config changes (SIGHUP reloads): {e}",
+            log::warn!(
+                "not watching {} for config changes (SIGHUP reloads): {e}",
                 dir.display()
             );
         }

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use con_event::payloads::{AgentState, Trust};
+use con_event::payloads::{AgentState, CheckStatus, Outcome, Trust};
 use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
-    ClientEvent, ErrorCode, FrameError, LEN_BYTES, LogPosition, MirrorState, MirrorView, Query,
-    Request, Response, STATUS_VIEW_VERSION, SetCondition, StatusView, VerifyView, check_len,
-    decode_body, encode_frame,
+    ClientEvent, ErrorCode, FrameError, LEN_BYTES, LogPosition, MirrorState, MirrorView,
+    ProblemKind, ProblemView, Query, Request, Response, STATUS_VIEW_VERSION, SetCondition,
+    StatusView, VerifyView, check_len, decode_body, encode_frame,
 };
 use con_store::AppendError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,7 +247,76 @@ async fn handle(
         Request::Backup(dir) => backup(shared, identity, dir, wr).await,
         Request::Agent(order) => agent_order(shared, identity, order, wr).await,
         Request::Ledger(query) => ledger(shared, identity, query, wr).await,
+        Request::RouteInbox => route_inbox(shared, identity, wr).await,
     }
+}
+
+/// How long a routing pass asked for waits for the arrivals of the tasks
+/// in the outer inbox to be recorded (nothing is routed before it is).
+const ROUTE_ARRIVAL_WAIT: Duration = Duration::from_secs(2);
+
+/// `.task` entries of the outer inbox whose arrival is not recorded yet.
+fn unrecorded_outer_tasks(shared: &Shared) -> Vec<std::path::PathBuf> {
+    let dir = shared.config.layout.outer_inbox();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut waiting: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.len() > ".task".len() && n.ends_with(".task"))
+        })
+        .filter(|p| !shared.recorded.contains(p))
+        .collect();
+    waiting.sort();
+    waiting
+}
+
+/// A routing pass of the outer inbox now, by the supervisor (which also
+/// routes on every arrival): operators only. Tasks whose arrival is not
+/// recorded yet get a moment; what is still unrecorded after it is named,
+/// not routed.
+async fn route_inbox(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if let Some(reason) = operators_only(identity, "route the outer inbox") {
+        return refuse(wr, ErrorCode::Forbidden, reason).await;
+    }
+    let Some(requests) = shared.route_requests.clone() else {
+        return refuse(
+            wr,
+            ErrorCode::Unavailable,
+            "this daemon does not route the outer inbox".to_owned(),
+        )
+        .await;
+    };
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < ROUTE_ARRIVAL_WAIT && !unrecorded_outer_tasks(shared).is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let answer = if requests.send(tx).await.is_ok() {
+        rx.await.ok()
+    } else {
+        None
+    };
+    let Some(mut view) = answer else {
+        return refuse(
+            wr,
+            ErrorCode::Unavailable,
+            "the daemon is stopping: nothing was routed".to_owned(),
+        )
+        .await;
+    };
+    view.waiting = unrecorded_outer_tasks(shared)
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    send(wr, &Response::Routed(view)).await
 }
 
 /// A consistent copy of the live log into a new directory, made here because
@@ -830,6 +899,7 @@ async fn agent_order(
         contract: crate::enforce::OPERATOR.to_owned(),
         causation: None,
         reason: format!("con agent {action} by uid {}", identity.uid()),
+        escalation: None,
     };
     match crate::enforce::enforce(shared, &cause, action, Some(order.agent)).await {
         Ok(view) => send(wr, &Response::Enforced(view)).await,
@@ -1115,6 +1185,7 @@ async fn status(
             })
             .collect()
     };
+    let problems = problems(shared, identity, sees_fleet, &fleet);
     let view = match identity {
         Identity::Agent { .. } if sees_fleet => StatusView {
             view_version: STATUS_VIEW_VERSION,
@@ -1142,6 +1213,7 @@ async fn status(
                 })
                 .collect(),
             alerts: alert_views(),
+            problems,
         },
         Identity::Agent { name, .. } => StatusView {
             view_version: STATUS_VIEW_VERSION,
@@ -1152,6 +1224,7 @@ async fn status(
             agents: vec![agent_view(name, true, fleet.agents.get(name))],
             checks: Vec::new(),
             alerts: Vec::new(),
+            problems,
         },
         Identity::Operator { .. } => {
             let head = shared.store.head();
@@ -1185,10 +1258,138 @@ async fn status(
                 agents: fleet_rows(),
                 checks: fleet.checks.values().map(check_view).collect(),
                 alerts: alert_views(),
+                problems,
             }
         }
     };
     // A view too large for one frame is an error the operator sees, never
     // a silently emptied fleet.
     send(wr, &Response::Status(view)).await
+}
+
+/// What is wrong now, as `identity` may see it (see
+/// [`con_protocol::StatusView::problems`]): from the gateway's
+/// configuration (no model calls, budget spent) and the fleet status (the
+/// last session of each agent, failing checks, failed tasks still in
+/// `failed/`). Details (what a run, a provider or a check wrote) go to
+/// operators, and to an agent about itself.
+fn problems(
+    shared: &Shared,
+    identity: &Identity,
+    sees_fleet: bool,
+    fleet: &con_projection::FleetStatus,
+) -> Vec<ProblemView> {
+    let me = identity.agent();
+    let operator = me.is_none();
+    let visible = |agent: Option<&str>| sees_fleet || (agent.is_some() && agent == me);
+    let detail = |agent: Option<&str>, text: &str| {
+        if operator || (agent.is_some() && agent == me) {
+            text.to_owned()
+        } else {
+            String::new()
+        }
+    };
+    let mut out = Vec::new();
+    let configured = shared.agents();
+    if let Some(gateway) = &shared.gateway {
+        let config = gateway.config();
+        for (agent, route) in &config.routes {
+            if !configured.contains(agent) || !visible(Some(agent)) {
+                continue;
+            }
+            let (kind, why) = match (&route.unusable, gateway.budget_spent(fleet, agent)) {
+                (Some(why), _) => (ProblemKind::NoModelCalls, why.clone()),
+                (None, Some(why)) => (
+                    ProblemKind::BudgetSpent,
+                    format!("{why}: no model calls until the next UTC day or a reload raises it"),
+                ),
+                (None, None) => continue,
+            };
+            out.push(ProblemView {
+                kind,
+                agent: Some(agent.clone()),
+                message: format!("agent {agent} cannot make model calls: {why}"),
+                detail: String::new(),
+                seq: None,
+                task: None,
+                session: None,
+            });
+        }
+    }
+    for (agent, status) in &fleet.agents {
+        let Some(end) = &status.last_end else {
+            continue;
+        };
+        if matches!(end.outcome, Outcome::Ok | Outcome::SetAside) || !visible(Some(agent)) {
+            continue;
+        }
+        out.push(ProblemView {
+            kind: ProblemKind::SessionEndedEarly,
+            agent: Some(agent.clone()),
+            message: format!(
+                "agent {agent}'s last session ended early: {}",
+                end.outcome.as_str()
+            ),
+            detail: detail(Some(agent), &end.detail),
+            seq: Some(end.seq),
+            task: end.task.clone(),
+            session: end.session,
+        });
+    }
+    for check in fleet.checks.values() {
+        let failing = !matches!(check.status, CheckStatus::Pass | CheckStatus::Skipped);
+        if !failing || !(operator || sees_fleet) {
+            continue;
+        }
+        out.push(ProblemView {
+            kind: ProblemKind::CheckFailing,
+            agent: check.scope_agent.clone(),
+            message: format!(
+                "contract {} check {}: {}",
+                check.contract,
+                check.check,
+                check.status.as_str()
+            ),
+            // A check's output may quote what it read: operators only.
+            detail: if operator {
+                check.detail.clone()
+            } else {
+                String::new()
+            },
+            seq: Some(check.seq),
+            task: None,
+            session: None,
+        });
+    }
+    for (seq, failed) in &fleet.failed_tasks {
+        if !visible(Some(&failed.agent)) {
+            continue;
+        }
+        // Still where it was put: nobody has dealt with it yet. (Only a
+        // path in the agent's own failed/ is looked at: the path is the
+        // run's word.)
+        if !crate::failed::in_failed_dir(&shared.config.layout, failed)
+            || std::fs::symlink_metadata(&failed.path).is_err()
+        {
+            continue;
+        }
+        out.push(ProblemView {
+            kind: ProblemKind::TaskFailed,
+            agent: Some(failed.agent.clone()),
+            message: format!(
+                "a task of agent {} was set aside in {} ({})",
+                failed.agent,
+                failed.path,
+                match failed.escalated {
+                    Some(s) => format!("escalated, seq {s}"),
+                    None => "not escalated".to_owned(),
+                }
+            ),
+            detail: detail(Some(&failed.agent), &failed.reason),
+            seq: Some(*seq),
+            task: failed.task.clone(),
+            session: failed.session,
+        });
+    }
+    out
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use con_config::{CronSchedule, Mode};
 use con_event::NewEvent;
 use con_event::payloads::{AgentCondition, RunExited, RunStarted, TaskRouted};
+use con_protocol::{RouteView, RoutedTask};
 use nix::unistd::User;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -61,6 +62,10 @@ pub struct SupervisorConfig {
     /// recorded, so nothing is routed before it is in the log).
     pub start_runs: bool,
 }
+
+/// An operator's request for a routing pass now (`con route-inbox`): the
+/// supervisor answers with what it moved.
+pub(crate) type RouteRequest = tokio::sync::oneshot::Sender<RouteView>;
 
 /// Longest back-off after failing runs.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -147,6 +152,7 @@ impl Supervisor {
         mut self,
         mut wake: mpsc::Receiver<String>,
         mut reloads: watch::Receiver<SupervisorConfig>,
+        mut route_requests: mpsc::Receiver<RouteRequest>,
     ) {
         let stop = crate::until_stopping(self.shared.stopping.clone());
         tokio::pin!(stop);
@@ -164,6 +170,10 @@ impl Supervisor {
                     self.round(false).await;
                 }
                 _ = tick.tick() => self.round(true).await,
+                Some(reply) = route_requests.recv() => {
+                    let view = self.route_outer_inbox().await;
+                    let _ = reply.send(view);
+                }
                 Some(_) = wake.recv() => {
                     // Coalesce a burst of arrivals into one round.
                     while wake.try_recv().is_ok() {}
@@ -179,17 +189,17 @@ impl Supervisor {
         }
     }
 
-    /// Records `event`; false (and no further action from now on) if the
-    /// log cannot take it.
-    async fn record(&mut self, event: NewEvent) -> bool {
+    /// Records `event`; its seq, or `None` (and no further action from now
+    /// on) if the log cannot take it.
+    async fn record(&mut self, event: NewEvent) -> Option<u64> {
         match self.shared.appender.submit(event).wait_async().await {
-            Ok(_) => true,
+            Ok(appended) => Some(appended.seq),
             Err(e) => {
                 if !self.log_failed {
-                    eprintln!("con daemon: supervisor stops starting runs: {e}");
+                    log::error!("supervisor stops starting runs: {e}");
                 }
                 self.log_failed = true;
-                false
+                None
             }
         }
     }
@@ -255,10 +265,7 @@ impl Supervisor {
                 let today = crate::server::today();
                 if runs.budget_said != Some(today) {
                     runs.budget_said = Some(today);
-                    eprintln!(
-                        "con daemon: no runs of {} until its budget allows: {why}",
-                        agent.name
-                    );
+                    log::warn!("no runs of {} until its budget allows: {why}", agent.name);
                 }
                 continue;
             }
@@ -311,9 +318,17 @@ impl Supervisor {
         ))
     }
 
-    async fn route_outer_inbox(&mut self) {
+    /// Moves every recorded task of the outer inbox to the router's inbox
+    /// (recording each move); says what it did.
+    async fn route_outer_inbox(&mut self) -> RouteView {
+        let mut view = RouteView::default();
+        if self.log_failed {
+            view.failed
+                .push("the log refused an event: the daemon acts on nothing more".to_owned());
+            return view;
+        }
         let Some(router) = self.config.router.clone() else {
-            return;
+            return view;
         };
         let Some(target) = self
             .config
@@ -322,8 +337,9 @@ impl Supervisor {
             .find(|a| a.name == router)
             .cloned()
         else {
-            return;
+            return view;
         };
+        view.router = Some(router.clone());
         let inbox = target.inbox.clone();
         for task in tasks_in(&self.config.outer_inbox, &self.recorded) {
             let Some(name) = task.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
@@ -333,19 +349,36 @@ impl Supervisor {
             // the task; a task already there is never overwritten.
             match con_fs::move_without_replacing(&task, &inbox, &name) {
                 Ok(dest) => {
-                    self.record(NewEvent {
-                        task: name.strip_suffix(".task").map(str::to_owned),
-                        ..NewEvent::system(TaskRouted {
-                            from: con_inbox::OUTER_INBOX.into(),
-                            to: router.clone(),
-                            path: dest.display().to_string(),
+                    let path = dest.display().to_string();
+                    let recorded = self
+                        .record(NewEvent {
+                            task: name.strip_suffix(".task").map(str::to_owned),
+                            ..NewEvent::system(TaskRouted {
+                                from: con_inbox::OUTER_INBOX.into(),
+                                to: router.clone(),
+                                path: path.clone(),
+                            })
                         })
-                    })
-                    .await;
+                        .await;
+                    match recorded {
+                        Some(seq) => view.routed.push(RoutedTask {
+                            name,
+                            to: router.clone(),
+                            path,
+                            seq,
+                        }),
+                        None => view.failed.push(format!(
+                            "{name}: moved to {path}, but the log refused its record"
+                        )),
+                    }
                 }
-                Err(e) => eprintln!("con daemon: cannot route {}: {e}", task.display()),
+                Err(e) => {
+                    log::error!("cannot route {}: {e}", task.display());
+                    view.failed.push(format!("{name}: {e}"));
+                }
             }
         }
+        view
     }
 
     async fn start(&mut self, agent: &str, trigger: &str) {
@@ -366,7 +399,7 @@ impl Supervisor {
                         Ok(None) => format!("no user {user_name}"),
                         Err(e) => format!("cannot look up {user_name}: {e}"),
                     };
-                    eprintln!("con daemon: not starting {agent}: {why}");
+                    log::warn!("not starting {agent}: {why}");
                 }
                 return;
             }
@@ -412,7 +445,7 @@ impl Supervisor {
             Err(e) => {
                 runs.failures += 1;
                 runs.not_before = Some(started + backoff(runs.failures));
-                eprintln!("con daemon: cannot start {agent}: {e}");
+                log::error!("cannot start {agent}: {e}");
                 return;
             }
         };
@@ -428,7 +461,7 @@ impl Supervisor {
                 trigger: trigger.to_owned(),
             }))
             .await;
-        if !recorded {
+        if recorded.is_none() {
             // No audit, no action.
             let _ = child.start_kill();
         }

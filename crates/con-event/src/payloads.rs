@@ -291,6 +291,17 @@ impl Outcome {
     }
 }
 
+/// Characters of a detail a one-line message carries at most.
+const MESSAGE_DETAIL_CHARS: usize = 300;
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn cap_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
 /// `session.ended`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnded {
@@ -320,13 +331,20 @@ impl Kind for SessionEnded {
         description: "An agent session ended. CON_OUTCOME is ok, max_iterations, timeout, budget, provider_error, runner_error or killed.",
     };
     fn message(&self) -> String {
-        format!(
+        let mut m = format!(
             "agent {} ended its session: {} after {} iterations, {} ms",
             self.agent,
             self.outcome.as_str(),
             self.iterations,
             self.duration_ms
-        )
+        );
+        // Why it ended early belongs on the line (`con logs`, the journal's
+        // MESSAGE); the whole detail stays in the payload.
+        if !self.detail.is_empty() {
+            m.push_str(": ");
+            m.push_str(&cap_chars(&self.detail, MESSAGE_DETAIL_CHARS));
+        }
+        m
     }
     fn priority(&self) -> Priority {
         match self.outcome {
@@ -1355,5 +1373,51 @@ impl Kind for ConfigReloaded {
     fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
         out.push(("CON_TRIGGER", self.trigger.clone()));
         out.push(("CON_CONFIG_SHA256", self.config_digest.to_hex()));
+    }
+}
+
+/// `task.failed`: a run set a task aside in its agent's `failed/` without
+/// answering it (it could not be read, was too large or sparse, was not a
+/// regular file, its response could not be written, or its last
+/// `[inbox] max_attempts` sessions all failed). Recorded by the run in the
+/// set-aside session, after the task's `task.routed` to `failed`; the
+/// envelope carries that session and the task id. The daemon tells the
+/// agent holding the sysadmin role once per failed task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailed {
+    /// The agent whose inbox held it.
+    pub agent: String,
+    /// Where the task is now (in the agent's `failed/`).
+    pub path: String,
+    /// Why it was set aside.
+    pub reason: String,
+    /// Sessions of it that had failed before (0 when it was set aside
+    /// before any was run).
+    pub attempts: u32,
+}
+
+impl Kind for TaskFailed {
+    const SPEC: KindSpec = KindSpec {
+        id: 20,
+        name: "task.failed",
+        version: 1,
+        authority: Authority::AgentRun,
+        message_id: "c8d9b5ae3cff476f84ff0297ab048372",
+        priority: Priority::Warning,
+        subject: "Task of agent @CON_AGENT@ set aside as failed",
+        description: "An agent run set a task aside in the agent's failed/ directory without answering it: it could not be read, was too large or sparse, was not a regular file, its response could not be written, or its last [inbox] max_attempts sessions all failed (CON_ATTEMPTS). The sender got a response saying why; the agent holding the sysadmin role gets one escalation task per failed task. The task stays in failed/ until an operator removes it or moves it back into an inbox; until then `con status` lists it as a problem.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "task {} of agent {} set aside after {} failed session(s): {}",
+            self.path, self.agent, self.attempts, self.reason
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_PATH", self.path.clone()));
+        out.push(("CON_ATTEMPTS", self.attempts.to_string()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        Some(&self.agent)
     }
 }

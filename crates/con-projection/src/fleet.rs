@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use con_event::payloads::{AclGrant, AgentCondition, CheckStatus, EnforcementDone, Outcome};
-use con_event::{Event, Payload};
+use con_event::{Event, Payload, SessionId};
 use serde::{Deserialize, Serialize};
 
 use crate::Projection;
@@ -35,7 +35,48 @@ pub struct AgentStatus {
     pub last_seq: u64,
     /// ACL entries its quarantine removed and a resume puts back.
     pub acl_removed: Vec<AclGrant>,
+    /// How its last session ended, with the reason.
+    pub last_end: Option<SessionEnd>,
 }
+
+/// How a session ended, as its `session.ended` says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnd {
+    /// The session.
+    pub session: Option<SessionId>,
+    /// The task it worked on.
+    pub task: Option<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why, for anything but `ok`.
+    pub detail: String,
+    /// Seq of the `session.ended`.
+    pub seq: u64,
+}
+
+/// A task a run set aside unanswered (`task.failed`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedTask {
+    /// The agent whose inbox held it.
+    pub agent: String,
+    /// The task id.
+    pub task: Option<String>,
+    /// The session that set it aside.
+    pub session: Option<SessionId>,
+    /// Where it was put (in the agent's `failed/`).
+    pub path: String,
+    /// Why.
+    pub reason: String,
+    /// Sessions of it that had failed before.
+    pub attempts: u32,
+    /// Seq of the `enforcement.action` that escalated it (caused by the
+    /// `task.failed`), once one did.
+    pub escalated: Option<u64>,
+}
+
+/// Failed tasks the fleet status keeps, newest by seq: the view is cloned
+/// on every read, so a flood of failures must not grow it without bound.
+pub const MAX_FAILED_TASKS: usize = 256;
 
 impl Default for AgentStatus {
     fn default() -> Self {
@@ -48,6 +89,7 @@ impl Default for AgentStatus {
             spend_micro_usd_by_day: BTreeMap::new(),
             last_seq: 0,
             acl_removed: Vec::new(),
+            last_end: None,
         }
     }
 }
@@ -95,6 +137,9 @@ pub struct FleetStatus {
     pub checks: BTreeMap<String, CheckState>,
     /// Alerts raised per `contract/check` whose check has not held since.
     pub alerts: BTreeMap<String, Alert>,
+    /// Tasks set aside unanswered, by the seq of their `task.failed` (at
+    /// most [`MAX_FAILED_TASKS`], the newest).
+    pub failed_tasks: BTreeMap<u64, FailedTask>,
     /// Seq of the last event applied.
     pub through_seq: u64,
 }
@@ -143,7 +188,8 @@ impl Projection for FleetStatus {
     const NAME: &'static str = "fleet-status";
     // 3: checks carry their contract and check names.
     // 4: alerts, and the ACL entries a quarantine removed.
-    const VERSION: u32 = 4;
+    // 5: how each agent's last session ended, and failed tasks.
+    const VERSION: u32 = 5;
 
     fn apply(&mut self, event: &Event) {
         let seq = event.seq();
@@ -165,6 +211,31 @@ impl Projection for FleetStatus {
                 let a = self.agent(&p.agent, seq);
                 a.running_sessions = a.running_sessions.saturating_sub(1);
                 a.last_outcome = Some(p.outcome);
+                a.last_end = Some(SessionEnd {
+                    session: event.envelope.session,
+                    task: event.envelope.task.clone(),
+                    outcome: p.outcome,
+                    detail: p.detail.clone(),
+                    seq,
+                });
+            }
+            Payload::TaskFailed(p) => {
+                self.agent(&p.agent, seq);
+                self.failed_tasks.insert(
+                    seq,
+                    FailedTask {
+                        agent: p.agent.clone(),
+                        task: event.envelope.task.clone(),
+                        session: event.envelope.session,
+                        path: p.path.clone(),
+                        reason: p.reason.clone(),
+                        attempts: p.attempts,
+                        escalated: None,
+                    },
+                );
+                while self.failed_tasks.len() > MAX_FAILED_TASKS {
+                    self.failed_tasks.pop_first();
+                }
             }
             Payload::LlmResponse(p) => {
                 let day = utc_day(event.envelope.ts_unix_nanos);
@@ -214,6 +285,16 @@ impl Projection for FleetStatus {
                 };
                 self.alerts.insert(key.clone(), alert);
             }
+            Payload::EnforcementAction(_) => {
+                // An escalation of a failed task names it as its cause.
+                if let Some(failed) = event
+                    .envelope
+                    .causation
+                    .and_then(|c| self.failed_tasks.get_mut(&c))
+                {
+                    failed.escalated.get_or_insert(seq);
+                }
+            }
             Payload::EnforcementDone(p) => {
                 self.sessions_killed(p, seq);
                 self.acl_changed(p, seq);
@@ -221,7 +302,6 @@ impl Projection for FleetStatus {
             Payload::LlmRequest(_)
             | Payload::ToolCall(_)
             | Payload::ToolResult(_)
-            | Payload::EnforcementAction(_)
             | Payload::JournalMirrorDegraded(_)
             | Payload::JournalMirrorRecovered(_)
             | Payload::ChainCheckpoint(_)

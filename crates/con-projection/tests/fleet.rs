@@ -302,3 +302,75 @@ fn a_quarantine_keeps_what_it_removed_until_resumed_and_a_kill_ends_sessions() {
     assert!(s.agents["scout"].acl_removed.is_empty());
     assert_eq!(s.agents["scout"].running_sessions, 0);
 }
+
+fn task_failed(agent: &str, path: &str) -> Payload {
+    TaskFailed {
+        agent: agent.into(),
+        path: path.into(),
+        reason: "2 sessions of it failed".into(),
+        attempts: 2,
+    }
+    .into()
+}
+
+#[test]
+fn a_failed_task_is_kept_and_marked_escalated_by_the_action_it_caused() {
+    let escalate = || -> Payload {
+        EnforcementAction {
+            contract: "task.failed".into(),
+            action: "escalate".into(),
+            target: Some("ops".into()),
+            reason: "set aside".into(),
+        }
+        .into()
+    };
+    let s = fold_caused(vec![
+        (None, task_failed("scribe", "/f/a.task")),
+        (None, task_failed("scribe", "/f/b.task")),
+        (Some(1), escalate()),
+        // Another action naming the same cause does not move the mark.
+        (Some(1), escalate()),
+    ]);
+    assert_eq!(s.failed_tasks.len(), 2);
+    assert_eq!(s.failed_tasks[&1].escalated, Some(3));
+    assert_eq!(s.failed_tasks[&1].path, "/f/a.task");
+    assert_eq!(s.failed_tasks[&1].attempts, 2);
+    assert_eq!(s.failed_tasks[&2].escalated, None);
+    assert_eq!(s.agents["scribe"].last_seq, 2);
+}
+
+#[test]
+fn failed_tasks_kept_are_bounded_to_the_newest() {
+    let n = con_projection::MAX_FAILED_TASKS + 10;
+    let s = fold_caused(
+        (0..n)
+            .map(|i| (None, task_failed("scribe", &format!("/f/{i}.task"))))
+            .collect(),
+    );
+    assert_eq!(s.failed_tasks.len(), con_projection::MAX_FAILED_TASKS);
+    assert_eq!(*s.failed_tasks.keys().next().unwrap(), 11);
+}
+
+#[test]
+fn the_last_session_end_keeps_its_reason() {
+    let ended = |outcome, detail: &str| -> Payload {
+        SessionEnded {
+            agent: "scribe".into(),
+            outcome,
+            iterations: 1,
+            duration_ms: 5,
+            response: None,
+            detail: detail.into(),
+        }
+        .into()
+    };
+    let s = fold(vec![
+        (0, Some(1), ended(Outcome::Ok, "")),
+        (0, Some(2), ended(Outcome::ProviderError, "HTTP 400")),
+    ]);
+    let end = s.agents["scribe"].last_end.clone().unwrap();
+    assert_eq!(end.outcome, Outcome::ProviderError);
+    assert_eq!(end.detail, "HTTP 400");
+    assert_eq!(end.session, Some(SessionId([2; 16])));
+    assert_eq!(end.seq, 2);
+}

@@ -7,8 +7,8 @@ use std::path::Path;
 use crate::{
     AgentOrder, BLOB_CHUNK_BYTES, BlobRequest, CheckRun, CheckView, ClientEvent, EnforcedView,
     ErrorCode, FrameError, LEN_BYTES, LedgerEntry, LedgerQuery, LlmAnswer, LlmCall, Query, Request,
-    Response, RunContracts, SetCondition, StatusView, VerifyView, check_len, decode_body,
-    encode_frame,
+    Response, RouteView, RunContracts, SetCondition, StatusView, VerifyView, check_len,
+    decode_body, encode_frame,
 };
 use con_event::Digest;
 
@@ -255,6 +255,16 @@ impl Client {
         self.send(&Request::Agent(order))?;
         match self.receive()? {
             Response::Enforced(view) => Ok(view),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Has the daemon route the outer inbox now (operators only); returns
+    /// what it moved.
+    pub fn route_inbox(&mut self) -> Result<RouteView, ClientError> {
+        self.send(&Request::RouteInbox)?;
+        match self.receive()? {
+            Response::Routed(view) => Ok(view),
             _ => Err(ClientError::Unexpected),
         }
     }

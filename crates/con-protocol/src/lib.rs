@@ -18,7 +18,7 @@ pub use client::{Client, ClientError};
 pub use ledger::{LEDGER_TSV_HEADER, LedgerEntry, LedgerQuery};
 pub use status::{
     AgentView, AlertView, Caller, CallerRole, CheckView, LogPosition, MirrorState, MirrorView,
-    STATUS_VIEW_VERSION, StatusView,
+    ProblemKind, ProblemView, STATUS_VIEW_VERSION, StatusView,
 };
 
 /// Protocol version carried by every frame. Version 2 added blob requests,
@@ -262,6 +262,37 @@ pub enum Request {
     /// agents the config lets see the fleet (officers; operators where
     /// `[fleet_view]` says so); refused for any other agent.
     Ledger(LedgerQuery),
+    /// Route the outer inbox now (the daemon also does on every arrival and
+    /// every second); answered with [`Response::Routed`]. Operators only.
+    RouteInbox,
+}
+
+/// What one routing pass of the outer inbox did ([`Request::RouteInbox`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteView {
+    /// The agent outer-inbox tasks go to (the concierge); `None`: none is
+    /// configured, and nothing is routed.
+    pub router: Option<String>,
+    /// The tasks moved, in name order.
+    pub routed: Vec<RoutedTask>,
+    /// Tasks that could not be moved, one line each (the task stays).
+    pub failed: Vec<String>,
+    /// Tasks in the outer inbox whose arrival is not recorded yet: they are
+    /// routed once it is (nothing is acted on before it is in the log).
+    pub waiting: Vec<String>,
+}
+
+/// One task a routing pass moved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedTask {
+    /// The task's file name.
+    pub name: String,
+    /// The agent it went to.
+    pub to: String,
+    /// Where it is now.
+    pub path: String,
+    /// Seq of its `task.routed`.
+    pub seq: u64,
 }
 
 /// Which contracts [`Request::RunContracts`] evaluates.
@@ -365,6 +396,8 @@ pub enum Response {
     /// Part of the answer to [`Request::Ledger`], in the order the
     /// sessions ended; [`Response::End`] follows the last part.
     Ledger(Vec<LedgerEntry>),
+    /// Answer to [`Request::RouteInbox`].
+    Routed(RouteView),
 }
 
 /// A frame that cannot be accepted.

@@ -2,13 +2,13 @@
 //! that `con status --json`, dashboards and contracts read fields instead of
 //! parsing prose. Documented in `docs/status-json.md`.
 
-use con_event::Digest;
 use con_event::payloads::{AgentCondition, CheckStatus, Outcome};
+use con_event::{Digest, SessionId};
 use serde::{Deserialize, Serialize};
 
 /// Layout version of [`StatusView`]. Bumped whenever a field is added,
 /// removed or changes meaning; readers check it before anything else.
-pub const STATUS_VIEW_VERSION: u16 = 3;
+pub const STATUS_VIEW_VERSION: u16 = 4;
 
 /// Current state of the conspiracy as the daemon sees it, for one caller.
 /// Operators see everything; an agent that sees the fleet (an officer, or
@@ -40,6 +40,69 @@ pub struct StatusView {
     /// Alerts raised by failing checks that have not held since, by
     /// contract and check (operators only; empty for agents). Since view 2.
     pub alerts: Vec<AlertView>,
+    /// What is wrong now, for this caller: agents that cannot make model
+    /// calls (and why), sessions that ended early, failing checks, tasks
+    /// set aside that are still in `failed/`. Operators see all, with
+    /// details; a fleet viewer all, with details only of its own; any other
+    /// agent its own. Since view 4.
+    pub problems: Vec<ProblemView>,
+}
+
+/// What kind of problem a [`ProblemView`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// The agent can make no model call at all (a missing key, a bad
+    /// endpoint): the message names the variable and the file it goes in.
+    NoModelCalls,
+    /// The agent's or its tier's daily budget is spent: no model call until
+    /// the next UTC day or a reload raises it.
+    BudgetSpent,
+    /// The agent's last session ended without an answer or before the
+    /// model finished (any outcome but `ok`; a task set aside is a
+    /// `task_failed`).
+    SessionEndedEarly,
+    /// A contract check's last result is `fail`, `error` or `timeout`.
+    CheckFailing,
+    /// A task set aside unanswered (`task.failed`) that is still in the
+    /// agent's `failed/`: it stops being one when an operator removes it
+    /// or moves it back into an inbox.
+    TaskFailed,
+}
+
+impl ProblemKind {
+    /// Canonical spelling, the same as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::NoModelCalls => "no_model_calls",
+            ProblemKind::BudgetSpent => "budget_spent",
+            ProblemKind::SessionEndedEarly => "session_ended_early",
+            ProblemKind::CheckFailing => "check_failing",
+            ProblemKind::TaskFailed => "task_failed",
+        }
+    }
+}
+
+/// One problem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProblemView {
+    /// What kind.
+    pub kind: ProblemKind,
+    /// The agent it is about (a system-wide check: none).
+    pub agent: Option<String>,
+    /// What is wrong, in one line, from the configuration and the log's
+    /// facts (never an agent's or a check's output).
+    pub message: String,
+    /// The recorded reason as it was written (a session's end detail, a
+    /// failed task's reason, a check's output); empty where the caller may
+    /// not read it.
+    pub detail: String,
+    /// The event that shows it, if one does.
+    pub seq: Option<u64>,
+    /// The task concerned, if any.
+    pub task: Option<String>,
+    /// The session concerned, if any (hex in JSON).
+    pub session: Option<SessionId>,
 }
 
 /// The caller's role.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use con_config::{KnownCli, Runner};
 use con_event::payloads::{
-    Outcome, SessionEnded, SessionStarted, TaskRouted, ToolCall, ToolResult, Trust,
+    Outcome, SessionEnded, SessionStarted, TaskFailed, TaskRouted, ToolCall, ToolResult, Trust,
 };
 use con_event::{BlobRef, Payload, SessionId};
 use con_llm::{ChatRequest, Message, ToolOutcome};
@@ -219,12 +219,19 @@ fn run_session(
         // ACL): no run of it can ever succeed.
         Err(e) => {
             let why = format!("it cannot be read: {e}");
-            return set_aside(link, run, path, Trust::Unverified, why, started).map(Some);
+            return set_aside(link, run, path, Trust::Unverified, why, 0, started).map(Some);
         }
     };
     settle_trust(link, run, &mut task)?;
     if let Some(why) = task.refused.clone() {
-        return set_aside(link, run, path, task.trust, why, started).map(Some);
+        return set_aside(link, run, path, task.trust, why, 0, started).map(Some);
+    }
+    // A FIFO, socket or device has no content to run: a model call would
+    // only be told so, and a FIFO must never be opened (the open would wait
+    // for a writer).
+    if task.body == prompt::TaskBody::Special {
+        let why = format!("it is {}", task.trust_reason);
+        return set_aside(link, run, path, task.trust, why, 0, started).map(Some);
     }
     // A task that keeps failing (a provider that refuses it every time, a
     // runner that cannot do it) would otherwise cost a model call on every
@@ -238,7 +245,8 @@ fn run_session(
     if failures.len() >= run.max_attempts as usize {
         let last = failures.last().map(String::as_str).unwrap_or_default();
         let why = format!("{} sessions of it failed; the last: {last}", failures.len());
-        return set_aside(link, run, path, task.trust, why, started).map(Some);
+        let attempts = u32::try_from(failures.len()).unwrap_or(u32::MAX);
+        return set_aside(link, run, path, task.trust, why, attempts, started).map(Some);
     }
     let session = SessionId(*uuid::Uuid::new_v4().as_bytes());
     let nonce = session.to_hex()[..16].to_owned();
@@ -251,7 +259,7 @@ fn run_session(
         Ok(staged) => staged,
         Err(e) => {
             let why = format!("its response cannot be written: {e}");
-            return set_aside(link, run, path, task.trust, why, started).map(Some);
+            return set_aside(link, run, path, task.trust, why, 0, started).map(Some);
         }
     };
     let workspace = run.workspace();
@@ -300,7 +308,8 @@ fn run_session(
 
 /// Moves a task that can never be run to `failed/`, in a session of its own
 /// with no model call, recorded like any other (`session.started` with an
-/// empty prompt, `task.routed` to `failed`, `session.ended` as `set_aside`
+/// empty prompt, `task.routed` to `failed`, `task.failed` with the reason
+/// and the `attempts` that failed before, `session.ended` as `set_aside`
 /// with the reason): the next task runs, and the operator finds this one
 /// where it was put, with the reason in the log.
 fn set_aside(
@@ -309,6 +318,7 @@ fn set_aside(
     path: &Path,
     trust: Trust,
     why: String,
+    attempts: u32,
     started: Instant,
 ) -> Result<SessionReport, RunError> {
     let mut rec = Recorder {
@@ -345,11 +355,21 @@ fn set_aside(
     let file_name = path.file_name().unwrap_or_default().to_string_lossy();
     let (routed, detail) = match con_fs::move_without_replacing(path, &run.failed(), &file_name) {
         Ok(dest) => {
+            let dest = dest.display().to_string();
             rec.append(
                 TaskRouted {
                     from: run.agent.clone(),
                     to: TaskRouted::FAILED.into(),
-                    path: dest.display().to_string(),
+                    path: dest.clone(),
+                },
+                Vec::new(),
+            )?;
+            rec.append(
+                TaskFailed {
+                    agent: run.agent.clone(),
+                    path: dest,
+                    reason: why.clone(),
+                    attempts,
                 },
                 Vec::new(),
             )?;

@@ -134,12 +134,20 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .expect("spawn con daemon");
-        let daemon = Self { child: Some(child) };
+        let mut daemon = Self { child: Some(child) };
         let start = Instant::now();
         while UnixStream::connect(root.socket()).is_err() {
+            // Say which: it stopped (and how), or it is still starting.
+            if let Some(status) = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("daemon exited before its socket accepted: {status}");
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "daemon did not start"
+                "daemon did not start within 20 s (still running)"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -366,6 +366,15 @@ pub fn samples() -> Vec<Sample> {
             .into(),
         ),
         current(
+            TaskFailed {
+                agent: "scribe".into(),
+                path: "/srv/con/agents/scribe/failed/20261125-0001.task".into(),
+                reason: "3 sessions of it failed; the last: provider error 400".into(),
+                attempts: 3,
+            }
+            .into(),
+        ),
+        current(
             ChainCheckpoint {
                 through_seq: 1000,
                 head: Digest::of(b"head"),

@@ -47,6 +47,9 @@ impl From<SupervisorMode> for con_config::Supervisor {
 /// reloads the configuration (so does a change of `con.toml` or the
 /// secrets file).
 pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    // Diagnostics from here on go to journald (and stderr unless it is the
+    // journal), rate-limited; see con_daemon::diag.
+    con_daemon::diag::DaemonLogger::new(&layout.socket()).install()?;
     // Fail closed: no valid config, no daemon.
     let env = con_config::collect_environment(std::env::vars_os())?;
     let run_program = match args.run_program {
@@ -65,8 +68,8 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        eprintln!(
-            "con daemon: starting on {} with {} ({} agents configured; {})",
+        log::info!(
+            "starting on {} with {} ({} agents configured; {})",
             layout.socket().display(),
             layout.event_log().display(),
             daemon.agents.len(),
@@ -77,7 +80,7 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             }
         );
         for problem in daemon.gateway.iter().flat_map(|g| g.problems()) {
-            eprintln!("con daemon: {problem}");
+            log::warn!("{problem}");
         }
         // Handlers are installed before the daemon can report itself ready:
         // a SIGTERM right after READY must drain, not kill, and a SIGHUP
@@ -98,7 +101,7 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            eprintln!("con daemon: stopping (draining in-flight requests)");
+            log::info!("stopping (draining in-flight requests)");
         };
         let reload = Reload {
             current: host,
@@ -110,6 +113,8 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             .await
             .map_err(anyhow::Error::from)
     })?;
-    eprintln!("con daemon: stopped cleanly");
+    log::info!("stopped cleanly");
+    // Repeats suppressed since they were last said are counted, not lost.
+    log::logger().flush();
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,7 @@ mod paths;
 mod policy_cmd;
 mod replay_cmd;
 mod responses_cmd;
+mod route_cmd;
 mod run_cmd;
 mod status_cmd;
 mod task_cmd;
@@ -79,6 +80,9 @@ enum Command {
     Task(task_cmd::TaskArgs),
     /// Show the answers agents wrote, with the task each answers.
     Responses(responses_cmd::ResponsesArgs),
+    /// Route the outer inbox now, through the daemon (operators), and say
+    /// what moved.
+    RouteInbox(route_cmd::RouteArgs),
     /// Create or repair the host state the config implies (users, directories,
     /// ACLs, sudoers, instructions, units, egress), or check it for drift.
     Bootstrap(bootstrap_cmd::BootstrapArgs),
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Ledger(args) => ledger_cmd::run(args, &layout),
         Command::Task(args) => task_cmd::run(args, &layout),
         Command::Responses(args) => responses_cmd::run(args, &layout),
+        Command::RouteInbox(args) => route_cmd::run(args, &layout),
         Command::Healthcheck(args) => healthcheck_cmd::run(args, &layout),
         Command::Contracts(cmd) => contracts_cmd::run(cmd, &layout),
         Command::Bootstrap(args) => bootstrap_cmd::run(args, &layout),

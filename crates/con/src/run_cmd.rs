@@ -1,7 +1,8 @@
 //! `con run <agent>`: drain an agent's inbox, as the agent's own user.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use clap::Args;
@@ -39,13 +40,11 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // wait in its inbox until an operator resumes it. Asked here as well as
     // by the supervisor, because under systemd a path unit starts this run
     // whenever a task is waiting.
-    let condition =
-        con_protocol::Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT)?
-            .status()?
-            .agents
-            .iter()
-            .find(|a| a.name == args.agent)
-            .map_or(AgentCondition::Active, |a| a.condition);
+    let condition = crate::status_cmd::fetch(layout)?
+        .agents
+        .iter()
+        .find(|a| a.name == args.agent)
+        .map_or(AgentCondition::Active, |a| a.condition);
     if condition != AgentCondition::Active {
         eprintln!(
             "con run: agent {} is {}: not running (tasks stay queued until `con agent resume {}`)",
@@ -71,24 +70,113 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         run.session_limit = Duration::from_secs(secs);
     }
 
-    let drained = con_runner::drain(&mut link, &run)?;
-    for s in &drained.sessions {
-        let detail = if s.detail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", con_event::escape_control(&s.detail))
-        };
-        println!(
-            "{}: task {}: {} after {} iteration(s){detail}",
-            run.agent,
-            con_event::escape_control(&s.task),
-            s.outcome.as_str(),
-            s.iterations
-        );
+    // A spent budget is waited out here, not retried: a run refused for
+    // budget and started again (a path unit fires while a task waits, a
+    // supervisor backs off) would try a model call on every start. While
+    // it waits it holds the agent's place, so nothing else starts one; it
+    // gives up after the session wall clock (the unit's runtime limit is a
+    // minute longer) and the tasks stay queued.
+    let waiting = BudgetWait {
+        layout,
+        agent: &run.agent,
+        stop: &run.stop,
+        until: Instant::now() + run.session_limit,
+    };
+    loop {
+        if !waiting.until_allowed()? {
+            return Ok(ExitCode::from(EX_TEMPFAIL));
+        }
+        let drained = con_runner::drain(&mut link, &run)?;
+        for s in &drained.sessions {
+            let detail = if s.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", con_event::escape_control(&s.detail))
+            };
+            println!(
+                "{}: task {}: {} after {} iteration(s){detail}",
+                run.agent,
+                con_event::escape_control(&s.task),
+                s.outcome.as_str(),
+                s.iterations
+            );
+        }
+        match drained.stopped {
+            None => return Ok(ExitCode::SUCCESS),
+            // Refused for budget mid-run: wait, then go on with the task.
+            // At least one poll first, even if the status already says the
+            // budget allows (calls in flight count against it too), so a
+            // refusal is never retried in a loop.
+            Some(Outcome::Budget) => {
+                if !waiting.pause(BUDGET_POLL) {
+                    return Ok(ExitCode::from(EX_TEMPFAIL));
+                }
+            }
+            Some(Outcome::ProviderError) => return Ok(ExitCode::from(EX_TEMPFAIL)),
+            Some(_) => return Ok(ExitCode::FAILURE),
+        }
     }
-    Ok(match drained.stopped {
-        None => ExitCode::SUCCESS,
-        Some(Outcome::Budget | Outcome::ProviderError) => ExitCode::from(EX_TEMPFAIL),
-        Some(_) => ExitCode::FAILURE,
-    })
+}
+
+/// How often a run waiting for its budget asks the daemon again.
+const BUDGET_POLL: Duration = Duration::from_secs(5);
+
+/// Waiting for an agent's budget to allow model calls again.
+struct BudgetWait<'a> {
+    layout: &'a Layout,
+    agent: &'a str,
+    stop: &'a std::sync::atomic::AtomicBool,
+    until: Instant,
+}
+
+impl BudgetWait<'_> {
+    /// Why the daemon says the agent can make no model call today (its own
+    /// or its tier's budget is spent), if so.
+    fn refusal(&self) -> anyhow::Result<Option<String>> {
+        Ok(crate::status_cmd::fetch(self.layout)?
+            .problems
+            .into_iter()
+            .find(|p| {
+                p.kind == con_protocol::ProblemKind::BudgetSpent
+                    && p.agent.as_deref() == Some(self.agent)
+            })
+            .map(|p| p.message))
+    }
+
+    /// Returns once the budget allows model calls (true), or when told to
+    /// stop or out of time (false), asking every [`BUDGET_POLL`].
+    fn until_allowed(&self) -> anyhow::Result<bool> {
+        let mut said = false;
+        loop {
+            let Some(why) = self.refusal()? else {
+                return Ok(true);
+            };
+            if !said {
+                said = true;
+                eprintln!(
+                    "con run: waiting until the budget allows: {}",
+                    con_event::escape_control(&why)
+                );
+            }
+            if !self.pause(BUDGET_POLL) {
+                eprintln!(
+                    "con run: {}: still no budget; the tasks stay queued",
+                    self.agent
+                );
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Sleeps `how_long`; false if told to stop or out of time first.
+    fn pause(&self, how_long: Duration) -> bool {
+        let end = Instant::now() + how_long;
+        while Instant::now() < end {
+            if self.stop.load(Ordering::SeqCst) || Instant::now() >= self.until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        !self.stop.load(Ordering::SeqCst) && Instant::now() < self.until
+    }
 }

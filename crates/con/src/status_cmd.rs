@@ -104,6 +104,7 @@ pub fn render(view: &StatusView) -> String {
             format!("${:.4}", a.spent_today_micro_usd as f64 / 1e6)
         );
     }
+    render_problems(&mut out, view);
     if !caller.sees_fleet {
         return out;
     }
@@ -153,4 +154,34 @@ pub fn render(view: &StatusView) -> String {
         }
     }
     out
+}
+
+/// The problems section: one line per problem, with where it is recorded
+/// and its recorded reason when the caller may read it.
+fn render_problems(out: &mut String, view: &StatusView) {
+    if view.problems.is_empty() {
+        let _ = writeln!(out, "\nproblems: none");
+        return;
+    }
+    let _ = writeln!(out, "\nproblems:");
+    for p in &view.problems {
+        let mut at = Vec::new();
+        if let Some(task) = &p.task {
+            at.push(format!("task {}", escape_control(task)));
+        }
+        if let Some(seq) = p.seq {
+            at.push(format!("seq {seq}"));
+        }
+        let at = if at.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", at.join(", "))
+        };
+        let detail = if p.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", escape_control(&p.detail))
+        };
+        let _ = writeln!(out, "  {}{at}{detail}", escape_control(&p.message));
+    }
 }

@@ -393,6 +393,7 @@ fn every_kind(socket: &Path, agent: Option<String>) -> String {
                 }
                 Payload::SessionEnded(x) => x.agent = me.into(),
                 Payload::TaskRouted(x) => x.from = me.into(),
+                Payload::TaskFailed(x) => x.agent = me.into(),
                 _ => {}
             }
         }
@@ -1119,6 +1120,7 @@ fn daemon_kinds_are_refused_from_root_trusted_members_and_agents_alike() {
         [
             "session.ended",
             "session.started",
+            "task.failed",
             "task.routed",
             "tool.call",
             "tool.result"

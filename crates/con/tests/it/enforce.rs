@@ -567,6 +567,25 @@ fn an_alert_shows_in_status_until_its_check_passes() {
         String::from_utf8_lossy(&text.stdout).contains("alerts:"),
         "{text:?}"
     );
+    // The failing check is a problem too, until it passes.
+    let failing_checks = || {
+        let out = con(&c, &["status", "--json"]);
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        view["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "check_failing")
+            .map(|p| p["message"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let failing = failing_checks();
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert!(
+        failing[0].starts_with("contract T-ALERT check "),
+        "{failing:?}"
+    );
+    assert!(failing[0].ends_with(": fail"), "{failing:?}");
     let done = all_events(&c.root.socket())
         .into_iter()
         .find_map(|e| match e.payload {
@@ -584,6 +603,7 @@ fn an_alert_shows_in_status_until_its_check_passes() {
         Some(0)
     );
     assert!(alerts().is_empty());
+    assert!(failing_checks().is_empty());
 }
 
 /// A run killed from outside (here: every process of the agent, as the

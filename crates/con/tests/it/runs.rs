@@ -1,12 +1,12 @@
 //! Agent runs end to end: the real `con` binary as real agent users, the
 //! real daemon as LLM gateway, and a scripted model server on loopback.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use con_event::payloads::{Outcome, Trust};
+use con_event::payloads::{EnforcementAction, Outcome, TaskFailed, Trust};
 use con_event::{Event, Payload, SessionId};
 use con_llm_script::{ErrorReply, Reply, ScriptedServer, Step};
 use con_runner::prompt::{UNVERIFIED_FRAMING, VERIFIED_FRAMING};
@@ -457,7 +457,10 @@ fn over_budget_stops_before_the_model_call_and_keeps_the_task() {
     let _daemon = c.daemon();
     c.task("scribe", "t-1", "first");
     let second = c.task("scribe", "t-2", "write a poem");
-    let out = c.run("scribe", &[]);
+    // Refused mid-run, the run waits for the budget (3 s here), then leaves
+    // the task queued.
+    let out = c.run("scribe", &["--session-secs", "3"]);
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
     assert_eq!(model.requests().len(), 1, "no model call once over budget");
     assert!(
         c.agent_dir("scribe", "outbox")
@@ -476,6 +479,83 @@ fn over_budget_stops_before_the_model_call_and_keeps_the_task() {
         .filter(|e| matches!(e.payload, Payload::LlmRequest(_)))
         .count();
     assert_eq!(requests, 1, "the refused call was never recorded as made");
+}
+
+/// Raises every agent's `daily_budget_usd` in the config to a dollar (the
+/// daemon reloads on the change).
+fn raise_budget(c: &Conspiracy) {
+    let config = c.root.path().join("etc/con/con.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let raised = text.replace("daily_budget_usd = 0.0001", "daily_budget_usd = 1.0");
+    assert_ne!(raised, text);
+    std::fs::write(&config, raised).unwrap();
+}
+
+fn count(events: &[Event], kind: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.payload.spec().name == kind)
+        .count()
+}
+
+/// With its budget spent, `con run` started again and again while a task
+/// waits (what a systemd path unit does) waits for the budget instead of
+/// trying: over 40 s, two runs, no session and no model call; and once a
+/// reload raises the budget, the waiting run answers the task.
+#[test]
+fn a_spent_budget_is_waited_out_by_the_run_not_retried_on_every_start() {
+    let model = ScriptedServer::start(vec![
+        Step::Reply(Reply::text("first").with_usage(1000, 0)),
+        Step::text("after the reload"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "daily_budget_usd = 0.0001")],
+    );
+    let _daemon = c.daemon();
+    c.task("scribe", "t-1", "first");
+    ok(&c.run("scribe", &[]));
+    let second = c.task("scribe", "t-2", "second");
+    let before = all_events(&c.root.socket());
+
+    let started = Instant::now();
+    let mut runs = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        runs += 1;
+        let out = c.run("scribe", &["--session-secs", "20"]);
+        assert_eq!(out.status.code(), Some(75), "{out:?}");
+    }
+    assert_eq!(runs, 2, "each run waited out its 20 s");
+    assert!(second.exists());
+    let after = all_events(&c.root.socket());
+    for kind in ["session.started", "llm.request", "llm.response"] {
+        assert_eq!(count(&after, kind), count(&before, kind), "no new {kind}");
+    }
+    assert_eq!(model.requests().len(), 1);
+
+    // A reload raising the budget lets the waiting run go on.
+    let waiting = c
+        .user("scribe")
+        .command_with_groups(CON)
+        .args(c.root.con_flags())
+        .args(["run", "scribe", "--session-secs", "60"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    raise_budget(&c);
+    let output = waiting.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("t-2.response")).unwrap(),
+        "after the reload"
+    );
+    assert_eq!(model.requests().len(), 2);
 }
 
 #[test]
@@ -1020,13 +1100,17 @@ fn the_tier_budget_is_shared_by_every_agent_of_the_tier() {
     c.task("scribe", "t-1", "first");
     ok(&c.run("scribe", &[]));
     let queued = c.task("clerk", "t-2", "second");
-    let _ = c.run("clerk", &[]);
+    let out = c.run("clerk", &["--session-secs", "2"]);
     assert_eq!(model.requests().len(), 1, "the clerk's call was not made");
     assert!(queued.exists());
+    // The clerk's run waited for the tier's budget instead of trying.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("waiting until the budget allows") && stderr.contains("worker tier"),
+        "{stderr}"
+    );
     let events = all_events(&c.root.socket());
-    let (outcome, detail) = ended(&session_events(&events, sessions_of(&events, "clerk")[0]));
-    assert_eq!(outcome, Outcome::Budget);
-    assert!(detail.contains("worker tier"), "{detail}");
+    assert!(sessions_of(&events, "clerk").is_empty());
 }
 
 #[test]
@@ -1438,6 +1522,300 @@ fn a_task_that_always_fails_is_set_aside_after_max_attempts() {
     );
 }
 
+/// The `.task` files in `dir`.
+fn task_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "task"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The recorded `task.failed` events, with their seqs and sessions.
+fn failed_events(c: &Conspiracy) -> Vec<(u64, Option<SessionId>, TaskFailed)> {
+    all_events(&c.root.socket())
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            Payload::TaskFailed(f) => Some((e.envelope.seq, e.envelope.session, f)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `escalate` enforcements caused by event `seq`.
+fn escalations_of(c: &Conspiracy, seq: u64) -> Vec<EnforcementAction> {
+    all_events(&c.root.socket())
+        .into_iter()
+        .filter(|e| e.envelope.causation == Some(seq))
+        .filter_map(|e| match e.payload {
+            Payload::EnforcementAction(a) if a.action == "escalate" => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A poison task (the provider answers 400 every time) is set aside after
+/// `max_attempts`: one `task.failed`, a response to its sender, the next
+/// task answered, and the agent holding the sysadmin role told exactly
+/// once, by a root-owned (verified) task — also after a daemon restart.
+#[test]
+fn a_poison_task_is_set_aside_and_the_sysadmin_is_told_once() {
+    let model = ScriptedServer::start(vec![
+        Step::Error(ErrorReply::new(400)),
+        Step::Error(ErrorReply::new(400)),
+        Step::text("the next one is done"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[
+            agent("scribe", "worker", ""),
+            agent("ops", "operator", "roles = [\"sysadmin\"]"),
+        ],
+    );
+    let config = c.root.path().join("etc/con/con.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[inbox]\nmax_attempts = 2\n");
+    std::fs::write(&config, toml).unwrap();
+    let mut daemon = c.daemon();
+    let poison = c.task("scribe", "a-poison", "Something the provider refuses.");
+    let next = c.task("scribe", "b-next", "Something it answers.");
+    for attempt in 1..=2 {
+        assert!(!c.run("scribe", &[]).status.success(), "attempt {attempt}");
+    }
+    ok(&c.run("scribe", &[]));
+    assert_eq!(
+        model.requests().len(),
+        3,
+        "two attempts, then the next task"
+    );
+    let failed_path = c.agent_dir("scribe", "failed").join("a-poison.task");
+    assert!(failed_path.exists() && !poison.exists());
+    assert!(!next.exists(), "the next task was answered");
+    assert_eq!(
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("b-next.response")).unwrap(),
+        "the next one is done"
+    );
+    let notice =
+        std::fs::read_to_string(c.agent_dir("scribe", "outbox").join("a-poison.response")).unwrap();
+    assert!(notice.contains("set aside"), "{notice}");
+
+    let failed = failed_events(&c);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (seq, session, f) = &failed[0];
+    assert_eq!(f.agent, "scribe");
+    assert_eq!(f.attempts, 2);
+    assert_eq!(f.path, failed_path.display().to_string());
+    assert!(
+        f.reason.starts_with("2 sessions of it failed; the last: "),
+        "{f:?}"
+    );
+    let events = all_events(&c.root.socket());
+    let (outcome, _) = ended(&session_events(&events, session.unwrap()));
+    assert_eq!(outcome, Outcome::SetAside, "in the set-aside session");
+
+    let inbox = c.agent_dir("ops", "inbox");
+    wait_for("the escalation", Duration::from_secs(10), || {
+        !task_files(&inbox).is_empty()
+    });
+    let escalation = |c: &Conspiracy| {
+        let files = task_files(&inbox);
+        assert_eq!(files.len(), 1, "exactly one escalation: {files:?}");
+        assert_eq!(escalations_of(c, *seq).len(), 1);
+        files[0].clone()
+    };
+    let file = escalation(&c);
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), 0, "root's task");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("agent scribe")
+            && text.contains("a-poison")
+            && text.contains(&format!("seq {seq}")),
+        "{text}"
+    );
+    let trust = arrivals_at(&c, &file, 0).pop().unwrap().trust;
+    assert_eq!(trust, Trust::Verified);
+
+    // `con status` lists it while it is in failed/: to operators with its
+    // reason, to its own agent, not to an agent that does not see the fleet.
+    let failed_problems = |user: Option<&TestUser>| -> Vec<serde_json::Value> {
+        let json: serde_json::Value =
+            serde_json::from_str(&con_status(&c, user, &["--json"])).unwrap();
+        json["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "task_failed")
+            .cloned()
+            .collect()
+    };
+    let listed = failed_problems(None);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["agent"], "scribe");
+    assert_eq!(listed[0]["task"], "a-poison");
+    assert_eq!(listed[0]["seq"], *seq);
+    assert_eq!(listed[0]["detail"], f.reason.as_str());
+    assert!(
+        listed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(escalated, seq "),
+        "{listed:?}"
+    );
+    let text = con_status(&c, None, &[]);
+    assert!(
+        text.contains(&format!(
+            "  a task of agent scribe was set aside in {} (escalated",
+            failed_path.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(failed_problems(Some(c.user("scribe"))).len(), 1);
+    assert!(failed_problems(Some(c.user("ops"))).is_empty());
+
+    // Restarted, the daemon derives from the log that it told the sysadmin.
+    assert!(daemon.terminate().success());
+    let _daemon = c.daemon();
+    std::thread::sleep(Duration::from_millis(1500));
+    escalation(&c);
+    assert_eq!(failed_events(&c).len(), 1);
+    // Taken out of failed/, it is no longer a problem.
+    std::fs::remove_file(&failed_path).unwrap();
+    assert!(failed_problems(None).is_empty());
+}
+
+/// A FIFO named like a task is set aside (never opened: that would wait
+/// for a writer) by a run that goes on to the next task.
+#[test]
+fn a_fifo_in_an_inbox_is_set_aside_without_hanging() {
+    let model = ScriptedServer::start(vec![Step::text("done")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let log = c.root.path().join("daemon.stderr");
+    let _daemon = Daemon::start_logging(CON, &c.root, &["--supervisor", "systemd"], &log);
+    let fifo = c.agent_dir("scribe", "inbox").join("a-fifo.task");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let next = c.task("scribe", "b-next", "Something to answer.");
+    // Recorded by the watcher, which never opens it.
+    arrivals_at(&c, &fifo, 0);
+    let started = Instant::now();
+    ok(&c.run("scribe", &[]));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(model.requests().len(), 1, "only the next task cost a call");
+    assert!(!next.exists());
+    let failed = c.agent_dir("scribe", "failed").join("a-fifo.task");
+    assert!(
+        std::fs::symlink_metadata(&failed)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let failed = failed_events(&c);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].2.reason, "it is not a regular file (fifo)");
+    // No agent holds the sysadmin role: nobody to tell, and the daemon
+    // says so.
+    wait_for("the daemon's word", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).unwrap().lines().any(|l| {
+            l.starts_with("con daemon: the failed task ")
+                && l.contains("a-fifo.task of agent scribe")
+                && l.ends_with(
+                    "is not escalated: no agent holds the sysadmin role (`con status` lists it)",
+                )
+        })
+    });
+    // A reload that names one: it is told then.
+    let mut c = c;
+    c.add_agent_account("ops");
+    let config = c.root.path().join("etc/con/con.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[[agents]]\nname = \"ops\"\ntier = \"operator\"\nroles = [\"sysadmin\"]\n");
+    std::fs::write(&config, toml).unwrap();
+    let inbox = c.agent_dir("ops", "inbox");
+    wait_for(
+        "the escalation after the reload",
+        Duration::from_secs(10),
+        || task_files(&inbox).len() == 1,
+    );
+    assert_eq!(escalations_of(&c, failed[0].0).len(), 1);
+}
+
+/// The daemon's diagnostics reach journald as entries of their own, with
+/// their priority, and its stderr (a file here) too.
+#[test]
+fn daemon_diagnostics_reach_the_journal_with_their_priority() {
+    let status = Command::new(con_test_support::workspace().join("scripts/ensure-journald.sh"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "journald is needed");
+    let model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        "anthropic",
+        &model.base_url(),
+        &[agent("concierge", "operator", "")],
+    );
+    std::fs::write(c.root.path().join("etc/con/env"), "").unwrap();
+    let log = c.root.path().join("daemon.stderr");
+    let _daemon = Daemon::start_logging(CON, &c.root, &["--supervisor", "systemd"], &log);
+    let socket = c.root.socket().display().to_string();
+    let entries = || -> Vec<serde_json::Value> {
+        assert!(
+            Command::new("journalctl")
+                .arg("--sync")
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = Command::new("journalctl")
+            .args(["-t", "con-daemon", "-o", "json", "--all", "--no-pager"])
+            .arg(format!("CON_SOCKET={socket}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let priority_of = |start: &str| {
+        entries().iter().find_map(|e| {
+            let message = e["MESSAGE"].as_str()?;
+            message
+                .starts_with(start)
+                .then(|| e["PRIORITY"].as_str().unwrap_or_default().to_owned())
+        })
+    };
+    wait_for("the journal entries", Duration::from_secs(10), || {
+        priority_of("agent concierge cannot make model calls: ").is_some()
+    });
+    assert_eq!(
+        priority_of("agent concierge cannot make model calls: ").as_deref(),
+        Some("4"),
+        "a warning"
+    );
+    assert_eq!(
+        priority_of("starting on ").as_deref(),
+        Some("5"),
+        "a notice"
+    );
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("con daemon: agent concierge cannot make model calls: ")),
+        "{said}"
+    );
+}
+
 /// `con task --wait` as root: the outer inbox, the supervisor's run of the
 /// concierge, and the answer on stdout.
 fn con_task_wait(c: &Conspiracy, text: &str) -> Output {
@@ -1484,7 +1862,12 @@ fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
             && l.contains(&missing)),
         "the daemon says it when it starts: {said}"
     );
+    let started = Instant::now();
     let out = con_task_wait(&c, "hello");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "within its timeout"
+    );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -1496,6 +1879,65 @@ fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
         model.requests().is_empty(),
         "nothing was sent without a key"
     );
+    // `con status` says the same, text and JSON: the agent cannot make
+    // model calls, and why its last session ended early.
+    let text = con_status(&c, None, &[]);
+    assert!(
+        text.contains(&format!(
+            "\nproblems:\n  agent concierge cannot make model calls: {missing}: no key for provider anthropic\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("  agent concierge's last session ended early: provider_error (task ")
+            && l.contains(&missing)),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&con_status(&c, None, &["--json"])).unwrap();
+    assert_eq!(json["view_version"], 4);
+    let problems = json["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["kind"] == "no_model_calls"
+            && p["agent"] == "concierge"
+            && p["message"].as_str().unwrap().contains(&missing)),
+        "{json}"
+    );
+    assert!(
+        problems.iter().any(|p| p["kind"] == "session_ended_early"
+            && p["detail"].as_str().unwrap().contains(&missing)),
+        "{json}"
+    );
+    // `con logs` says why the session ended, on its line.
+    let out = Command::new(CON)
+        .args(c.root.con_flags())
+        .args(["logs"])
+        .output()
+        .unwrap();
+    ok(&out);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        logs.lines().any(|l| l.contains("session.ended")
+            && l.contains("provider_error after")
+            && l.contains(&missing)),
+        "{logs}"
+    );
+}
+
+/// `con status` as root, or as `user`, with `args`: its standard output.
+pub(crate) fn con_status(c: &Conspiracy, user: Option<&TestUser>, args: &[&str]) -> String {
+    let mut cmd = match user {
+        Some(u) => u.command_with_groups(CON),
+        None => Command::new(CON),
+    };
+    let out = cmd
+        .args(c.root.con_flags())
+        .arg("status")
+        .args(args)
+        .output()
+        .unwrap();
+    ok(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `con responses` lists answers with their tasks, escapes what the agent
@@ -1566,10 +2008,15 @@ fn con_responses_lists_answers_with_their_tasks() {
 }
 
 /// Once an agent's budget is spent, the supervisor starts no run of it: a
-/// run could only be refused and retried on every back-off. Its tasks wait.
+/// run could only be refused and retried on every back-off. Its tasks wait
+/// until a reload raises the budget.
 #[test]
 fn a_spent_budget_starts_no_runs_until_it_allows() {
-    let model = ScriptedServer::start(vec![Step::Reply(Reply::text("first").with_usage(1000, 0))]);
+    let model = ScriptedServer::start(vec![
+        Step::Reply(Reply::text("first").with_usage(1000, 0)),
+        Step::text("second"),
+        Step::text("third"),
+    ]);
     let c = Conspiracy::new(
         "openai-compatible",
         &model.base_url(),
@@ -1596,6 +2043,13 @@ fn a_spent_budget_starts_no_runs_until_it_allows() {
     );
     assert_eq!(model.requests().len(), 1);
     assert!(second.exists() && third.exists(), "the tasks wait");
+    raise_budget(&c);
+    wait_for(
+        "the waiting tasks' answers",
+        Duration::from_secs(30),
+        || !second.exists() && !third.exists(),
+    );
+    assert_eq!(model.requests().len(), 3);
 }
 
 /// A model call in flight when the daemon stops is recorded as interrupted:
@@ -1652,4 +2106,127 @@ fn a_model_call_in_flight_at_shutdown_is_recorded_as_interrupted() {
     let error = response.error.unwrap_or_default();
     assert!(error.contains("interrupted"), "{error}");
     assert!(response.response.is_none());
+}
+
+/// `con route-inbox`: operators only; when it returns, every recorded task
+/// of the outer inbox is in the concierge's inbox, and each task it says it
+/// moved was moved and recorded as it says (the daemon routes on its own
+/// too, so some may have gone before); with nothing left, it says so; with
+/// no concierge, it says the outer inbox is not routed and exits 1.
+#[test]
+fn con_route_inbox_routes_the_outer_inbox_now_and_says_what_moved() {
+    let model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("concierge", "operator", "")],
+    );
+    let _daemon = c.daemon();
+    let route = |user: Option<&TestUser>, args: &[&str]| {
+        let mut cmd = match user {
+            Some(u) => u.command_with_groups(CON),
+            None => Command::new(CON),
+        };
+        cmd.args(c.root.con_flags())
+            .arg("route-inbox")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refused = route(Some(c.user("concierge")), &[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only operators route the outer inbox"),
+        "{refused:?}"
+    );
+
+    let outer = c.root.path().join("srv/con/inbox");
+    let inbox = c.agent_dir("concierge", "inbox");
+    let view_of =
+        |out: &Output| -> con_protocol::RouteView { serde_json::from_slice(&out.stdout).unwrap() };
+    // The concierge's inbox immutable: no routing pass can move a task
+    // there, and this one says so for each.
+    let immutable = Immutable::set(&inbox);
+    for i in 0..20 {
+        let tmp = outer.join(format!(".t-{i:02}"));
+        std::fs::write(&tmp, format!("task {i}")).unwrap();
+        std::fs::rename(&tmp, outer.join(format!("t-{i:02}.task"))).unwrap();
+    }
+    let out = route(None, &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let view = view_of(&out);
+    assert!(view.routed.is_empty(), "{view:?}");
+    assert_eq!(view.failed.len(), 20, "{view:?}");
+    assert!(
+        view.failed[0].starts_with("t-00.task: ")
+            && view.failed[0].contains("Operation not permitted"),
+        "{view:?}"
+    );
+    assert_eq!(task_files(&outer).len(), 20);
+    let text = String::from_utf8_lossy(&route(None, &[]).stdout).into_owned();
+    assert!(text.starts_with("not routed: t-00.task: "), "{text}");
+    drop(immutable);
+
+    let out = route(None, &["--json"]);
+    ok(&out);
+    let view = view_of(&out);
+    assert_eq!(view.router.as_deref(), Some("concierge"));
+    assert!(
+        view.failed.is_empty() && view.waiting.is_empty(),
+        "{view:?}"
+    );
+    assert!(task_files(&outer).is_empty(), "all routed: {view:?}");
+    assert_eq!(task_files(&inbox).len(), 20);
+    let events = all_events(&c.root.socket());
+    for t in &view.routed {
+        assert_eq!(t.to, "concierge");
+        assert!(Path::new(&t.path).exists(), "{t:?}");
+        let recorded = events.iter().find(|e| e.envelope.seq == t.seq).unwrap();
+        match &recorded.payload {
+            Payload::TaskRouted(r) => assert_eq!(
+                (r.from.as_str(), r.path.as_str()),
+                ("outer", t.path.as_str())
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    let text = route(None, &[]);
+    ok(&text);
+    assert_eq!(String::from_utf8_lossy(&text.stdout), "nothing to route\n");
+
+    // No concierge, no routing.
+    let lone = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", "")],
+    );
+    let _lone_daemon = lone.daemon();
+    let out = Command::new(CON)
+        .args(lone.root.con_flags())
+        .arg("route-inbox")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no concierge is configured"),
+        "{out:?}"
+    );
+}
+
+/// A directory made immutable (`chattr +i`: not even root may add to it)
+/// until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Self {
+        let ok = Command::new("chattr").arg("+i").arg(dir).status().unwrap();
+        assert!(ok.success(), "chattr +i {}", dir.display());
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
 }
