@@ -18,6 +18,7 @@ mod logs_cmd;
 mod paths;
 mod policy_cmd;
 mod replay_cmd;
+mod rerun_cmd;
 mod responses_cmd;
 mod run_cmd;
 mod status_cmd;
@@ -108,6 +109,10 @@ enum Command {
         /// Output directory.
         dir: std::path::PathBuf,
     },
+    /// Internal: runs the tool calls `con replay --rerun` hands it, as the
+    /// unprivileged user it was started as.
+    #[command(name = "__rerun-worker", hide = true)]
+    RerunWorker,
 }
 
 /// `con.1` plus `con-<sub>.1` for every subcommand (nested ones too).
@@ -118,7 +123,10 @@ fn write_manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         let mut out = Vec::new();
         clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
         std::fs::write(&path, out).with_context(|| path.display().to_string())?;
-        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help" && !s.is_hide_set())
+        {
             render(sub.clone(), &format!("{name}-{}", sub.get_name()), dir)?;
         }
         Ok(())
@@ -156,6 +164,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Manpages { dir } => write_manpages(&dir),
+        Command::RerunWorker => rerun_cmd::worker(),
     });
     match result {
         Ok(code) => code,
