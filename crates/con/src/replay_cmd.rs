@@ -559,10 +559,13 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         let id = args.id.as_deref().unwrap_or_default();
         return follow(layout, id, &args);
     }
-    if args.rerun {
-        // Refused before anything is read.
-        crate::rerun_cmd::check_caller(layout)?;
-    }
+    // Refused before anything is read; signals taken before the store
+    // (sled) starts threads.
+    let rerun_stop = if args.rerun {
+        Some(crate::rerun_cmd::start(layout)?)
+    } else {
+        None
+    };
     let mut source: Box<dyn Source> = match &args.db {
         _ if args.journal.journal => Box::new(JournalSource::new(&args.journal, layout)),
         Some(db) => {
@@ -580,9 +583,9 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             config: layout.config_file().to_owned(),
         }),
     };
-    if args.rerun {
+    if let Some(stop) = rerun_stop {
         let id = args.id.as_deref().unwrap_or_default();
-        return crate::rerun_cmd::run(source.as_mut(), layout, id, args.json);
+        return crate::rerun_cmd::run(source.as_mut(), layout, id, args.json, &stop);
     }
     let mut shown = Vec::new();
     let result = if args.list {

@@ -65,8 +65,11 @@ pub(crate) struct WorkerInput {
 struct WorkerOutput {
     /// The tool's result, if it ran.
     result: Option<RerunResult>,
-    /// Why it did not: where its path really leads, outside the copy.
+    /// Why it did not: where its path really leads, outside the copy…
     outside: Option<String>,
+    /// …or what stopped it.
+    #[serde(default)]
+    failed: Option<String>,
 }
 
 /// Who runs the calls.
@@ -126,14 +129,26 @@ pub(crate) fn check_caller(layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `con replay --rerun`.
+/// What `con replay --rerun` does first, before any other thread starts:
+/// refuses anyone but root ([`check_caller`]), and takes SIGINT, SIGTERM
+/// and SIGHUP, which then stop the worker (whose running command is
+/// killed) so that the scratch directory is still removed. The flag says
+/// a signal came.
+pub(crate) fn start(layout: &Layout) -> anyhow::Result<Arc<AtomicBool>> {
+    check_caller(layout)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    con_runner::stop_on_signals(stop.clone())?;
+    Ok(stop)
+}
+
+/// Runs `con replay --rerun` (after [`start`]).
 pub(crate) fn run(
     source: &mut dyn Source,
     layout: &Layout,
     id: &str,
     json: bool,
+    stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<ExitCode> {
-    check_caller(layout)?;
     let Some(session) = SessionId::from_hex(id).filter(|_| id.len() == 32) else {
         anyhow::bail!(
             "--rerun {}: not a session id (32 hex digits)",
@@ -193,7 +208,7 @@ pub(crate) fn run(
             read_only_but: (isolation == Isolation::NetworkAndMounts)
                 .then(|| scratch.dir.path().to_owned()),
         };
-        let (ready, outputs) = run_worker(&worker, &run_as, isolation, &scratch)?;
+        let (ready, outputs) = run_worker(&worker, &run_as, isolation, &scratch, stop)?;
         (Some(ready), outputs)
     };
     let pairs = [
@@ -217,6 +232,9 @@ pub(crate) fn run(
                     };
                     (verdict, Some(r))
                 }
+                Some(Ok(WorkerOutput {
+                    failed: Some(why), ..
+                })) => (Verdict::NotReproduced(NotReproduced::Failed(why)), None),
                 Some(Ok(WorkerOutput { outside, .. })) => {
                     let (path, how) = match outside {
                         Some(real) => (real, Some("through a symlink in the copy".to_owned())),
@@ -284,7 +302,10 @@ pub(crate) fn run(
     let mut lock = stdout.lock();
     let _ = lock.write_all(out.as_bytes()).and_then(|()| lock.flush());
     drop(scratch);
-    Ok(if report.all_same() {
+    Ok(if stop.load(Ordering::SeqCst) {
+        // Interrupted: the calls not run say so.
+        ExitCode::from(130)
+    } else if report.all_same() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -353,6 +374,7 @@ fn run_worker(
     run_as: &RunAs,
     isolation: Isolation,
     scratch: &Scratch,
+    stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<(WorkerReady, Vec<Result<WorkerOutput, String>>)> {
     let exe = std::env::current_exe().context("--rerun: finding the con binary")?;
     let mut cmd = if isolation == Isolation::None {
@@ -370,6 +392,22 @@ fn run_worker(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().context("--rerun: starting the worker")?;
+    // A signal to con replay stops the worker, which kills the command it
+    // runs and answers no more.
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, done) = (stop.clone(), done.clone());
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if stop.load(Ordering::SeqCst) {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
     let body = serde_json::to_vec(input)?;
     let mut stdin = child
         .stdin
@@ -406,9 +444,15 @@ fn run_worker(
         );
     }
     let _ = writer.join();
-    let status = child.wait().context("--rerun: waiting for the worker")?;
+    let status = child.wait();
+    done.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    let status = status.context("--rerun: waiting for the worker")?;
     let stderr = errors.join().unwrap_or_default();
     let why = || {
+        if stop.load(Ordering::SeqCst) {
+            return "interrupted by a signal before this call ran".to_owned();
+        }
         format!(
             "the worker (as {} in {}) {status}{}",
             run_as.name,
@@ -481,6 +525,7 @@ pub(crate) fn worker() -> anyhow::Result<ExitCode> {
             Some(path) if !real_path(path).starts_with(&root) => WorkerOutput {
                 result: None,
                 outside: Some(real_path(path).display().to_string()),
+                failed: None,
             },
             _ => {
                 let t0 = Instant::now();
@@ -490,13 +535,23 @@ pub(crate) fn worker() -> anyhow::Result<ExitCode> {
                     &call.arguments,
                     con_runner::tools::EXEC_MAX_TIMEOUT,
                 );
-                WorkerOutput {
-                    result: Some(RerunResult {
-                        exit_code: out.exit_code,
-                        output: out.content,
-                        duration_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    }),
-                    outside: None,
+                if stop.load(Ordering::SeqCst) {
+                    WorkerOutput {
+                        result: None,
+                        outside: None,
+                        failed: Some("interrupted by a signal while it ran".into()),
+                    }
+                } else {
+                    WorkerOutput {
+                        result: Some(RerunResult {
+                            exit_code: out.exit_code,
+                            output: out.content,
+                            duration_ms: u64::try_from(t0.elapsed().as_millis())
+                                .unwrap_or(u64::MAX),
+                        }),
+                        outside: None,
+                        failed: None,
+                    }
                 }
             }
         };

@@ -51,9 +51,12 @@ fn verdicts(report: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Every file and directory under `dir`: kind, mode, owner, size, mtime
-/// and content.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, (u32, u32, u32, i64, i64, Vec<u8>)> {
+/// What [`tree`] keeps of a file: mode, owner, group, mtime (s, ns) and
+/// content.
+type Stat = (u32, u32, u32, i64, i64, Vec<u8>);
+
+/// Every file and directory under `dir`.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Stat> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -349,4 +352,75 @@ fn rerun_commands_run_as_nobody_without_network_on_a_read_only_host() {
         "{report:#}"
     );
     assert!(!ws.join("link").exists());
+}
+
+#[test]
+fn a_signal_stops_the_rerun_kills_its_command_and_removes_the_copy() {
+    let model = ScriptedServer::start(vec![
+        Step::tool_call("exec", json!({"command": "sleep \"$(cat delay)\""})),
+        Step::text("done"),
+    ]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("sysadmin", "operator", "")],
+    );
+    let ws = c.agent_dir("sysadmin", "workspace");
+    std::fs::write(ws.join("delay"), "0").unwrap();
+    let _daemon = c.daemon();
+    c.task("sysadmin", "t-1", "Wait.");
+    ok(&c.run("sysadmin", &[]));
+    let session = sessions_of(&all_events(&c.root.socket()), "sysadmin")[0];
+    // Now the command takes long enough to be interrupted.
+    std::fs::write(ws.join("delay"), "37").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut rerun = Command::new(CON)
+        .args(c.root.con_flags())
+        .args(["replay", "--rerun", "--json", &session.to_hex()])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleeping = || {
+        Command::new("pgrep")
+            .args(["-u", "nobody", "-f", "^sleep 37$"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    crate::runs::wait_for(
+        "the rerun's sleep",
+        std::time::Duration::from_secs(20),
+        sleeping,
+    );
+    let t0 = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rerun.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = rerun.wait().unwrap();
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    assert!(!sleeping(), "the command outlived the rerun");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut rerun.stdout.take().unwrap(), &mut out).unwrap();
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(verdicts(&report), ["not_reproduced"], "{report:#}");
+    assert_eq!(
+        report["calls"][0]["reason"],
+        "the rerun failed: interrupted by a signal while it ran"
+    );
 }
