@@ -557,6 +557,10 @@ pub fn text(r: &Report) -> String {
         escape_control(&r.workspace),
         escape_control(&r.user),
     );
+    let _ = writeln!(
+        out,
+        "the calls the recorded model replies asked for, in recorded order; no model is called, nothing is recorded"
+    );
     let _ = writeln!(out, "network: {}", escape_control(&r.network));
     let _ = writeln!(out, "file system: {}", escape_control(&r.file_system));
     if !r.not_copied.is_empty() {
