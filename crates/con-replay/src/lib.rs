@@ -9,6 +9,9 @@
 //!   it, the tasks those sessions handed to other agents, recursively
 //!   ([`trace::trace`]);
 //! - an agent's session list ([`sessions::sessions`]);
+//! - a rerun's plan and comparison: which recorded tool calls may run
+//!   again in a scratch copy of the workspace, and how their new results
+//!   compare with the recorded ones ([`rerun`]);
 //!
 //! and their text ([`text`]) and JSON ([`json`]) views.
 //!
@@ -18,6 +21,7 @@
 //! recorded.
 
 pub mod json;
+pub mod rerun;
 pub mod sessions;
 pub mod text;
 pub mod timeline;

@@ -51,6 +51,8 @@ pub struct Entry {
 /// A tool call the model asked for in a reply.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AskedTool {
+    /// The provider's call id (what the `tool.call` that ran it names).
+    pub id: Option<String>,
     /// Tool name.
     pub name: String,
     /// Arguments, as compact JSON.
@@ -460,6 +462,7 @@ fn parse_reply(bytes: &[u8]) -> (Option<String>, Vec<AskedTool>) {
             calls
                 .iter()
                 .map(|c| AskedTool {
+                    id: c.get("id").and_then(|i| i.as_str()).map(str::to_owned),
                     name: c
                         .get("name")
                         .and_then(|n| n.as_str())

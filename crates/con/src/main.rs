@@ -18,6 +18,7 @@ mod logs_cmd;
 mod paths;
 mod policy_cmd;
 mod replay_cmd;
+mod rerun_cmd;
 mod responses_cmd;
 mod route_cmd;
 mod run_cmd;
@@ -112,6 +113,10 @@ enum Command {
         /// Output directory.
         dir: std::path::PathBuf,
     },
+    /// Internal: runs the tool calls `con replay --rerun` hands it, as the
+    /// unprivileged user it was started as.
+    #[command(name = "__rerun-worker", hide = true)]
+    RerunWorker,
 }
 
 /// `con.1` plus `con-<sub>.1` for every subcommand (nested ones too).
@@ -122,7 +127,10 @@ fn write_manpages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         let mut out = Vec::new();
         clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
         std::fs::write(&path, out).with_context(|| path.display().to_string())?;
-        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| s.get_name() != "help" && !s.is_hide_set())
+        {
             render(sub.clone(), &format!("{name}-{}", sub.get_name()), dir)?;
         }
         Ok(())
@@ -161,6 +169,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Manpages { dir } => write_manpages(&dir),
+        Command::RerunWorker => rerun_cmd::worker(),
     });
     match result {
         Ok(code) => code,

@@ -2,7 +2,9 @@
 //!
 //! This module only fetches (events and contents, through the daemon, from
 //! a database directory or from the journal) and prints; the folds are `con_replay`'s.
-//! Nothing here calls a model or changes the host.
+//! Nothing here calls a model or changes the host; `--rerun`
+//! (`crate::rerun_cmd`) runs recorded tool calls again, in a scratch
+//! directory only, as a user with no standing on the host.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -71,6 +73,26 @@ pub struct ReplayArgs {
     /// the chain breaks at or before an event shown.
     #[arg(long, conflicts_with_all = ["list", "follow"])]
     verify: bool,
+    /// Run the session's tool calls again and compare each result (exit
+    /// code and output) with the recorded one: `same`, `differs` (with the
+    /// first differing line and the exit codes) or `not reproduced` (and
+    /// why). The calls are those the recorded model replies asked for, in
+    /// recorded order: no model is called and nothing is recorded. They run
+    /// in a fresh temporary copy of the agent's workspace as it is now
+    /// (recorded paths under the workspace are moved into it; a file tool's
+    /// path outside it is not run), as `nobody` with no groups and no new
+    /// privileges, in a network namespace of its own when `unshare` can
+    /// make one, with each call's recorded timeout. Root only: the commands
+    /// are the agent's model's, and only root can run them as a user with
+    /// no standing on the host (an operator would lend them its own
+    /// rights); agents may replay their sessions but not rerun them. Exit
+    /// status 1 if any call differs.
+    #[arg(
+        long,
+        requires = "id",
+        conflicts_with_all = ["agent", "trace", "list", "follow", "verify", "full"]
+    )]
+    rerun: bool,
     /// Follow a session as it runs (through the daemon): print what is
     /// recorded, then each new event of it as it is appended; exit when
     /// the session ends (or on Ctrl-C).
@@ -91,7 +113,7 @@ pub struct ReplayArgs {
 }
 
 /// Where events and contents come from.
-trait Source {
+pub(crate) trait Source {
     /// Events matching `query` (its `follow` is ignored), in seq order;
     /// stops after `until` if given.
     fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>>;
@@ -115,14 +137,14 @@ trait Source {
 
 /// A walk of a log's chain: how far it holds (or where it breaks), and
 /// what walked it, for the verification line.
-struct Walk {
+pub(crate) struct Walk {
     chain: Result<VerifyReport, ChainBreak>,
     by: String,
 }
 
 /// Where a log was written, as far as its source tells.
 #[derive(Clone, Debug, Default)]
-struct LogOrigin {
+pub(crate) struct LogOrigin {
     /// Its `CON_LOG_ID` (empty if unknown).
     log_id: String,
     /// Its host (unknown for a database directory: a log does not record
@@ -537,6 +559,13 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         let id = args.id.as_deref().unwrap_or_default();
         return follow(layout, id, &args);
     }
+    // Refused before anything is read; signals taken before the store
+    // (sled) starts threads.
+    let rerun_stop = if args.rerun {
+        Some(crate::rerun_cmd::start(layout)?)
+    } else {
+        None
+    };
     let mut source: Box<dyn Source> = match &args.db {
         _ if args.journal.journal => Box::new(JournalSource::new(&args.journal, layout)),
         Some(db) => {
@@ -554,6 +583,10 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             config: layout.config_file().to_owned(),
         }),
     };
+    if let Some(stop) = rerun_stop {
+        let id = args.id.as_deref().unwrap_or_default();
+        return crate::rerun_cmd::run(source.as_mut(), layout, id, args.json, &stop);
+    }
     let mut shown = Vec::new();
     let result = if args.list {
         list_all(source.as_mut(), &args)
@@ -784,7 +817,7 @@ fn kind_id(name: &str) -> Option<u16> {
 }
 
 /// Fetches every content `events` reference that `contents` lacks.
-fn fetch_blobs<'a>(
+pub(crate) fn fetch_blobs<'a>(
     source: &mut dyn Source,
     events: impl IntoIterator<Item = &'a Event>,
     contents: &mut Contents,
@@ -801,7 +834,10 @@ fn fetch_blobs<'a>(
 
 /// The events a session's timeline is made of (a superset: the fold
 /// selects), from any source.
-fn session_input(source: &mut dyn Source, session: SessionId) -> anyhow::Result<Vec<Event>> {
+pub(crate) fn session_input(
+    source: &mut dyn Source,
+    session: SessionId,
+) -> anyhow::Result<Vec<Event>> {
     let own = source.events(
         Query {
             from_seq: 1,

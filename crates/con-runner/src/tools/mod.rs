@@ -18,7 +18,8 @@ use con_llm::ToolSpec;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use exec::{EXEC_DEFAULT_TIMEOUT, EXEC_MAX_TIMEOUT, EXEC_OUTPUT_CAP, ExecArgs, exec};
+pub use exec::EXEC_MAX_TIMEOUT;
+use exec::{EXEC_DEFAULT_TIMEOUT, EXEC_OUTPUT_CAP, ExecArgs, exec};
 use files::{READ_MAX_LIMIT, READ_PAGE};
 
 /// Where and as whom tools run.

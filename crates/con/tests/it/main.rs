@@ -14,6 +14,7 @@ mod healthcheck;
 mod provision;
 mod reload;
 mod replay;
+mod rerun;
 mod runs;
 mod supervisor;
 

@@ -1445,3 +1445,60 @@ fn replay_follow_prints_a_session_as_it_is_recorded_and_exits_when_it_ends() {
     let done = stdout(&con(&c, &["replay", "--follow", &session]));
     assert_eq!(done, stdout(&con(&c, &["replay", &session])));
 }
+
+#[test]
+fn rerun_of_the_delegation_runs_the_exec_again_and_never_the_write_into_an_inbox() {
+    let (c, concierge_model, sysadmin_model) = delegation();
+    let _daemon = c.daemon();
+    c.task("concierge", "t-1", "Ask the sysadmin how full /var is.");
+    ok(&c.run("concierge", &[]));
+    ok(&c.run("sysadmin", &[]));
+    let concierge = session_of(&c, "concierge");
+    let sysadmin = session_of(&c, "sysadmin");
+    let requests = (
+        concierge_model.requests().len(),
+        sysadmin_model.requests().len(),
+    );
+    let inbox = c.agent_dir("sysadmin", "inbox");
+    let processed = c.agent_dir("sysadmin", "processed");
+    let listing = |d: &std::path::Path| {
+        let mut names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = (listing(&inbox), listing(&processed));
+
+    // The concierge's write_file went to another agent's inbox: not run.
+    let text = stdout(&con(&c, &["replay", "--rerun", &concierge.to_hex()]));
+    let job = inbox.join("job-1.task");
+    assert!(
+        text.contains(&format!(
+            "not reproduced: writes {} outside the workspace",
+            job.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 tool call: 0 same, 0 differ, 1 not reproduced"),
+        "{text}"
+    );
+    // The sysadmin's exec runs again and prints the same bytes.
+    let text = stdout(&con(&c, &["replay", "--rerun", &sysadmin.to_hex()]));
+    assert!(
+        text.contains("1 tool call: 1 same, 0 differ, 0 not reproduced"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "{text}");
+
+    assert_eq!((listing(&inbox), listing(&processed)), before);
+    assert_eq!(
+        (
+            concierge_model.requests().len(),
+            sysadmin_model.requests().len()
+        ),
+        requests
+    );
+}
