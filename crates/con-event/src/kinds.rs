@@ -221,4 +221,6 @@ registry! {
     RunExited,
     ProvisionApplied,
     ConfigReloaded,
+    LogDegraded,
+    LogRecovered,
 }
