@@ -43,8 +43,8 @@ use con_journal::{JournalMirror, MirrorConfig, MirrorContext, MirrorStatus};
 use con_layout::Layout;
 use con_projection::{FleetStatus, Ledger, Projection};
 use con_store::{
-    CommitObserver, CommittedEvent, GroupCommitWriter, ProjectionError, Store, StoreError,
-    WriterConfig,
+    CommitObserver, CommittedEvent, GroupCommitWriter, LogState, ProjectionError, Store,
+    StoreError, WriterConfig,
 };
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -169,6 +169,9 @@ pub(crate) struct Shared {
     pub(crate) check_states: tokio::sync::Mutex<con_contracts::CheckStates>,
     pub(crate) store: Store,
     pub(crate) appender: con_store::Appender,
+    /// Whether the log records now (the writer's state): while it does
+    /// not, no run starts, no session opens and arrivals wait.
+    pub(crate) log_state: watch::Receiver<LogState>,
     pub(crate) head: watch::Receiver<u64>,
     pub(crate) mirror: MirrorStatus,
     pub(crate) stopping: watch::Receiver<bool>,
@@ -217,30 +220,47 @@ impl<P: Projection> ProjectionCache<P> {
         }
     }
 
-    /// Calls `f` with the state through the durable head.
+    /// Calls `f` with the state through the durable head. While the log
+    /// cannot be read (after a failed write sled refuses most reads until
+    /// the writer has reopened it), with the state as last read, so that
+    /// the status view still says what is going on.
     fn with<R>(&self, store: &Store, f: impl FnOnce(&P) -> R) -> Result<R, ProjectionError> {
         let mut cache = self
             .cached
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match cache.as_mut() {
-            Some((state, checkpointed))
-                if (self.through)(state) < *checkpointed + CHECKPOINT_EVERY =>
-            {
-                for event in store.events_from((self.through)(state) + 1) {
-                    state.apply(&event?);
+        if let Some((state, checkpointed)) = cache.as_mut()
+            && (self.through)(state) < *checkpointed + CHECKPOINT_EVERY
+        {
+            for event in store.events_from((self.through)(state) + 1) {
+                match event {
+                    Ok(event) => state.apply(&event),
+                    Err(e) if unreadable_for_now(&e) => break,
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(f(state))
             }
-            _ => {
-                let state = store.project::<P>()?;
+            return Ok(f(state));
+        }
+        match store.project::<P>() {
+            Ok(state) => {
                 let through = (self.through)(&state);
                 let out = f(&state);
                 *cache = Some((state, through));
                 Ok(out)
             }
+            Err(ProjectionError::Store(e)) if unreadable_for_now(&e) => match cache.as_ref() {
+                Some((state, _)) => Ok(f(state)),
+                None => Err(ProjectionError::Store(e)),
+            },
+            Err(e) => Err(e),
         }
     }
+}
+
+/// Whether `e` is the log being unreadable for a while (a failed write,
+/// a reopen in progress) rather than a damaged record.
+fn unreadable_for_now(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sled(_) | StoreError::Reopening(_))
 }
 
 /// Events a cached projection may run past its stored checkpoint before a
@@ -249,6 +269,11 @@ impl<P: Projection> ProjectionCache<P> {
 const CHECKPOINT_EVERY: u64 = 1024;
 
 impl Shared {
+    /// Whether the log records now.
+    pub(crate) fn recording(&self) -> bool {
+        self.log_state.borrow().is_recording()
+    }
+
     /// The configured agents now (changed by a reload).
     pub(crate) fn agents(&self) -> Arc<Vec<String>> {
         self.agent_set().names
@@ -349,7 +374,10 @@ impl Daemon {
         let (head_tx, head_rx) = watch::channel(store.head().seq);
         let writer = GroupCommitWriter::spawn(
             store.clone(),
-            WriterConfig::default(),
+            WriterConfig {
+                min_free_bytes: config.limits.min_free_bytes,
+                ..WriterConfig::default()
+            },
             Some(Box::new(DaemonObserver {
                 mirror,
                 head: head_tx,
@@ -380,6 +408,7 @@ impl Daemon {
             check_states: tokio::sync::Mutex::new(check_states),
             store,
             appender: writer.appender(),
+            log_state: writer.state(),
             head: head_rx,
             mirror: mirror_status,
             stopping: stop_rx,
@@ -391,6 +420,11 @@ impl Daemon {
             frame_budget: Arc::new(tokio::sync::Semaphore::new(server::FRAME_BUDGET_KIB)),
             quotas: quota::Quotas::new(config.limits.clone(), log_bytes),
         });
+        // The fleet status is read once now, so that a status view can
+        // still be served from memory while the log cannot be read.
+        if let Err(e) = shared.fleet_status().await {
+            eprintln!("con daemon: reading the fleet status: {e}");
+        }
         let measuring = tokio::spawn(quota::measure_log(shared.clone()));
         let ledger_files = tokio::spawn(ledger::write_files(shared.clone()));
 
@@ -399,6 +433,7 @@ impl Daemon {
         let arrivals = arrivals::Arrivals::start(
             &shared.store,
             shared.appender.clone(),
+            shared.log_state.clone(),
             config.inboxes.clone(),
             &config.layout.trusted_group(),
             config.max_task_bytes,

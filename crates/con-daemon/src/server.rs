@@ -8,8 +8,8 @@ use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
     ClientEvent, ErrorCode, FrameError, LEN_BYTES, LogPosition, MirrorState, MirrorView, Query,
-    Request, Response, STATUS_VIEW_VERSION, SetCondition, StatusView, VerifyView, check_len,
-    decode_body, encode_frame,
+    RecordingState, RecordingView, Request, Response, STATUS_VIEW_VERSION, SetCondition,
+    StatusView, VerifyView, check_len, decode_body, encode_frame,
 };
 use con_store::AppendError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1046,6 +1046,27 @@ fn agent_view(name: &str, configured: bool, a: Option<&con_projection::AgentStat
     }
 }
 
+/// The log's state as the status view shows it.
+fn recording_view(state: &con_store::LogState) -> RecordingView {
+    match state {
+        con_store::LogState::Recording => RecordingView {
+            state: RecordingState::Recording,
+            since_unix_nanos: None,
+            reason: None,
+        },
+        con_store::LogState::NotRecording(not) => RecordingView {
+            state: RecordingState::NotRecording,
+            since_unix_nanos: Some(not.since_unix_nanos),
+            reason: Some(not.reason.clone()),
+        },
+        con_store::LogState::Failed(reason) => RecordingView {
+            state: RecordingState::Failed,
+            since_unix_nanos: None,
+            reason: Some(reason.clone()),
+        },
+    }
+}
+
 /// The status view for `identity`: everything for operators; for an agent
 /// that sees the fleet, every agent's row, the outer inbox and the checks
 /// failing (without their output); for any other agent, who it is and
@@ -1057,9 +1078,14 @@ async fn status(
 ) -> Result<(), Closed> {
     let fleet = match shared.fleet_status().await {
         Ok(f) => f,
+        // After a failed write sled refuses most reads until the log is
+        // reopened; what the log cannot say, the view leaves out, but it
+        // still says that the log does not record.
+        Err(_) if !shared.recording() => con_projection::FleetStatus::default(),
         Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
     };
     let sees_fleet = sees_fleet(shared, identity);
+    let recording = recording_view(&shared.log_state.borrow());
     let caller = Caller {
         role: match identity {
             Identity::Operator { .. } => CallerRole::Operator,
@@ -1120,6 +1146,7 @@ async fn status(
             view_version: STATUS_VIEW_VERSION,
             caller,
             log: None,
+            recording: recording.clone(),
             journal_mirror: None,
             outer_inbox_depth: Some(outer_inbox_depth()),
             agents: fleet_rows(),
@@ -1147,6 +1174,7 @@ async fn status(
             view_version: STATUS_VIEW_VERSION,
             caller,
             log: None,
+            recording: recording.clone(),
             journal_mirror: None,
             outer_inbox_depth: None,
             agents: vec![agent_view(name, true, fleet.agents.get(name))],
@@ -1163,6 +1191,7 @@ async fn status(
                     head_seq: head.seq,
                     head_hash: head.hash,
                 }),
+                recording,
                 journal_mirror: Some(match shared.mirror.health() {
                     con_journal::MirrorHealth::Healthy => MirrorView {
                         state: MirrorState::Healthy,

@@ -7,11 +7,15 @@ use anyhow::anyhow;
 use clap::Args;
 use con_event::payloads::{AgentCondition, Outcome};
 use con_layout::Layout;
+use con_protocol::RecordingState;
 use con_runner::{AgentRun, ClientLink};
 
 /// Exit code when the run stopped on a temporary condition (budget spent,
 /// provider down): the task stays queued and the supervisor backs off.
 const EX_TEMPFAIL: u8 = 75;
+
+/// How often a run waiting for the event log to record asks again.
+const RECORDING_POLL: Duration = Duration::from_millis(500);
 
 /// Arguments of `con run`.
 #[derive(Debug, Args)]
@@ -39,13 +43,44 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // wait in its inbox until an operator resumes it. Asked here as well as
     // by the supervisor, because under systemd a path unit starts this run
     // whenever a task is waiting.
-    let condition =
+    let mut view =
         con_protocol::Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT)?
-            .status()?
-            .agents
-            .iter()
-            .find(|a| a.name == args.agent)
-            .map_or(AgentCondition::Active, |a| a.condition);
+            .status()?;
+    // No audit, no action: while the log cannot record, no session could
+    // be opened (the daemon refuses it). Wait here rather than exit, so a
+    // systemd path unit firing for the waiting task does not spin; the
+    // task stays untouched until the log records again.
+    let mut said = false;
+    while view.recording.state != RecordingState::Recording {
+        if view.recording.state == RecordingState::Failed {
+            eprintln!(
+                "con run: the event log has failed: {}; not running (tasks stay queued)",
+                view.recording.reason.as_deref().unwrap_or("")
+            );
+            return Ok(ExitCode::from(EX_TEMPFAIL));
+        }
+        if !said {
+            said = true;
+            eprintln!(
+                "con run: {}; waiting until it records again (tasks stay queued)",
+                view.recording
+                    .reason
+                    .as_deref()
+                    .unwrap_or("the event log cannot record")
+            );
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(ExitCode::from(EX_TEMPFAIL));
+        }
+        std::thread::sleep(RECORDING_POLL);
+        view = con_protocol::Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT)?
+            .status()?;
+    }
+    let condition = view
+        .agents
+        .iter()
+        .find(|a| a.name == args.agent)
+        .map_or(AgentCondition::Active, |a| a.condition);
     if condition != AgentCondition::Active {
         eprintln!(
             "con run: agent {} is {}: not running (tasks stay queued until `con agent resume {}`)",

@@ -9,6 +9,7 @@ mod contracts;
 mod daemon;
 mod enforce;
 mod fleet;
+mod full_disk;
 mod healthcheck;
 mod provision;
 mod reload;
