@@ -176,7 +176,7 @@ const VALUE_FILE_BYTES: usize = 64 * 1024;
 /// `df`; root may use a little more), or `None` if it cannot be read.
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
     let s = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(u64::from(s.blocks_available()).saturating_mul(u64::from(s.fragment_size())))
+    Some(s.blocks_available().saturating_mul(s.fragment_size()))
 }
 
 fn mib(bytes: u64) -> String {

@@ -41,7 +41,7 @@ impl Tmpfs {
     /// Bytes free on it (for unprivileged users, like `df`).
     pub fn free_bytes(&self) -> u64 {
         let s = nix::sys::statvfs::statvfs(&self.dir).expect("statvfs");
-        u64::from(s.blocks_available()) * u64::from(s.fragment_size())
+        s.blocks_available() * s.fragment_size()
     }
 
     /// Writes the file `name` on it until at most `leave` bytes are free
