@@ -178,6 +178,12 @@ pub struct Inbox {
 pub struct Infra {
     /// Who starts agent runs.
     pub supervisor: Supervisor,
+    /// `client_idle_timeout` as written (default `10m`): the daemon closes
+    /// a client connection that sends no request for this long, unless an
+    /// agent session it recorded events for is still open.
+    pub client_idle_timeout: String,
+    /// The same in seconds (always > 0).
+    pub client_idle_timeout_secs: u64,
 }
 
 /// `[gateway]`: how the daemon's LLM gateway treats model servers.

@@ -206,6 +206,7 @@ pub(crate) struct RawInbox {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInfra {
     pub supervisor: Option<String>,
+    pub client_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -47,6 +47,8 @@ pub(crate) mod defaults {
     /// Default `log_min_free_mb`: room for sled's next segments and a
     /// snapshot of a large log, well before the disk is full.
     pub const LOG_MIN_FREE_MB: u64 = 8;
+    /// Default `[infra] client_idle_timeout`.
+    pub const CLIENT_IDLE_TIMEOUT: &str = "10m";
     /// A MiB short of a TiB: anything larger is a typo.
     pub const LOG_MIN_FREE_MAX_MB: u64 = 1024 * 1024 - 1;
     /// Well above an honest run's largest event: an exec runner's output
@@ -539,7 +541,18 @@ fn resolve_infra(raw: &RawConfig, path: &Path) -> Result<Infra, ConfigError> {
             .parse()
             .map_err(|m| ConfigError::section(path, "infra.supervisor", m))?,
     };
-    Ok(Infra { supervisor })
+    let client_idle_timeout = raw
+        .infra
+        .as_ref()
+        .and_then(|i| i.client_idle_timeout.clone())
+        .unwrap_or_else(|| defaults::CLIENT_IDLE_TIMEOUT.to_owned());
+    let client_idle_timeout_secs = crate::parse_duration_secs(&client_idle_timeout)
+        .map_err(|m| ConfigError::section(path, "infra.client_idle_timeout", m))?;
+    Ok(Infra {
+        supervisor,
+        client_idle_timeout,
+        client_idle_timeout_secs,
+    })
 }
 
 fn resolve_gateway(raw: &RawConfig, path: &Path) -> Result<Gateway, ConfigError> {

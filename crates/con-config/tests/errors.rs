@@ -282,6 +282,10 @@ fn bad_log_limits_and_agent_quotas() {
         "configs/x.toml: contracts.system.log_reserve_mb: must be between 0 and 1023 (less than log_max_mb), got -1",
     );
     check(
+        "[infra]\nclient_idle_timeout = \"0s\"\n",
+        "configs/x.toml: infra.client_idle_timeout: \"0s\": must be greater than zero",
+    );
+    check(
         "[contracts.system]\nlog_min_free_mb = -1\n",
         "configs/x.toml: contracts.system.log_min_free_mb: must be between 0 and 1048575, got -1",
     );

@@ -69,6 +69,10 @@ pub struct DaemonConfig {
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// A connection that sends no request for this long is closed, unless
+    /// an agent session it recorded events for is still open
+    /// (`[infra] client_idle_timeout`).
+    pub client_idle_timeout: Duration,
     /// Start agent runs from the daemon (no systemd), if set.
     pub supervisor: Option<SupervisorConfig>,
     /// Inboxes whose arrivals are recorded (the outer one and every agent's).

@@ -37,8 +37,9 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // Before any thread starts (see stop_on_signals).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     con_runner::stop_on_signals(stop.clone())?;
-    // No daemon, no audit: nothing happens before the socket answers.
-    let mut link = ClientLink::connect(&layout.socket())?;
+    // No daemon, no audit: nothing happens before the socket answers (the
+    // status asked next, and the link once the run may go ahead: a link
+    // left idle while waiting would be closed by the daemon).
     // A halted or quarantined agent does nothing, and touches no task: they
     // wait in its inbox until an operator resumes it. Asked here as well as
     // by the supervisor, because under systemd a path unit starts this run
@@ -106,6 +107,7 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         run.session_limit = Duration::from_secs(secs);
     }
 
+    let mut link = ClientLink::connect(&layout.socket())?;
     let drained = con_runner::drain(&mut link, &run)?;
     for s in &drained.sessions {
         let detail = if s.detail.is_empty() {

@@ -11,6 +11,7 @@ mod enforce;
 mod fleet;
 mod full_disk;
 mod healthcheck;
+mod idle;
 mod provision;
 mod reload;
 mod replay;
