@@ -147,6 +147,11 @@ pub struct SystemContracts {
     /// events once agents are refused, MiB (default an eighth of
     /// `log_max_mb`, at most 64; always less than `log_max_mb`).
     pub log_reserve_mb: u64,
+    /// Free space the daemon keeps on the event log's file system, MiB
+    /// (default 8): with less, the log stops recording (every append is
+    /// refused) until there is more, so sled never meets a full disk in
+    /// the common case; 0 leaves it to sled's own write errors.
+    pub log_min_free_mb: u64,
     /// Largest event an agent may append (record and attachments), KiB
     /// (default 3072; at most 4096, an agent's frame limit).
     pub agent_max_event_kb: u64,
@@ -185,6 +190,12 @@ pub struct Inbox {
 pub struct Infra {
     /// Who starts agent runs.
     pub supervisor: Supervisor,
+    /// `client_idle_timeout` as written (default `10m`): the daemon closes
+    /// a client connection that sends no request for this long, unless an
+    /// agent session it recorded events for is still open.
+    pub client_idle_timeout: String,
+    /// The same in seconds (always > 0).
+    pub client_idle_timeout_secs: u64,
 }
 
 /// `[gateway]`: how the daemon's LLM gateway treats model servers.

@@ -179,6 +179,7 @@ pub(crate) struct RawSystemContracts {
     pub max_session_min: Option<i64>,
     pub log_max_mb: Option<i64>,
     pub log_reserve_mb: Option<i64>,
+    pub log_min_free_mb: Option<i64>,
     pub agent_max_event_kb: Option<i64>,
     pub agent_max_attachment_kb: Option<i64>,
     pub agent_max_mb_per_minute: Option<i64>,
@@ -205,6 +206,7 @@ pub(crate) struct RawInbox {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawInfra {
     pub supervisor: Option<String>,
+    pub client_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

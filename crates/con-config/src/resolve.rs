@@ -44,6 +44,13 @@ pub(crate) mod defaults {
     pub const MAX_ATTEMPTS: u32 = 3;
     /// The reserve is an eighth of `log_max_mb`, at most this.
     pub const LOG_RESERVE_MAX_MB: u64 = 64;
+    /// Default `log_min_free_mb`: room for sled's next segments and a
+    /// snapshot of a large log, well before the disk is full.
+    pub const LOG_MIN_FREE_MB: u64 = 8;
+    /// Default `[infra] client_idle_timeout`.
+    pub const CLIENT_IDLE_TIMEOUT: &str = "10m";
+    /// A MiB short of a TiB: anything larger is a typo.
+    pub const LOG_MIN_FREE_MAX_MB: u64 = 1024 * 1024 - 1;
     /// Well above an honest run's largest event: an exec runner's output
     /// (1 MiB cap) with its call, or a `read_file` page (256 KiB).
     pub const AGENT_MAX_EVENT_KB: u64 = 3 * 1024;
@@ -367,6 +374,21 @@ fn resolve_contracts(raw: &RawConfig, path: &Path) -> Result<ContractsConfig, Co
                 )
             })?,
     };
+    let log_min_free_mb = match s.and_then(|s| s.log_min_free_mb) {
+        None => defaults::LOG_MIN_FREE_MB,
+        Some(n) => u64::try_from(n)
+            .ok()
+            .filter(|&m| m <= defaults::LOG_MIN_FREE_MAX_MB)
+            .ok_or_else(|| {
+                err(
+                    "log_min_free_mb",
+                    format!(
+                        "must be between 0 and {}, got {n}",
+                        defaults::LOG_MIN_FREE_MAX_MB
+                    ),
+                )
+            })?,
+    };
     let positive = |field: &str, v: Option<i64>, default: u64, max: u64| match v {
         None => Ok(default),
         Some(n) => u64::try_from(n)
@@ -429,6 +451,7 @@ fn resolve_contracts(raw: &RawConfig, path: &Path) -> Result<ContractsConfig, Co
             max_session_min,
             log_max_mb,
             log_reserve_mb,
+            log_min_free_mb,
             agent_max_event_kb,
             agent_max_attachment_kb,
             agent_max_mb_per_minute,
@@ -518,7 +541,18 @@ fn resolve_infra(raw: &RawConfig, path: &Path) -> Result<Infra, ConfigError> {
             .parse()
             .map_err(|m| ConfigError::section(path, "infra.supervisor", m))?,
     };
-    Ok(Infra { supervisor })
+    let client_idle_timeout = raw
+        .infra
+        .as_ref()
+        .and_then(|i| i.client_idle_timeout.clone())
+        .unwrap_or_else(|| defaults::CLIENT_IDLE_TIMEOUT.to_owned());
+    let client_idle_timeout_secs = crate::parse_duration_secs(&client_idle_timeout)
+        .map_err(|m| ConfigError::section(path, "infra.client_idle_timeout", m))?;
+    Ok(Infra {
+        supervisor,
+        client_idle_timeout,
+        client_idle_timeout_secs,
+    })
 }
 
 fn resolve_gateway(raw: &RawConfig, path: &Path) -> Result<Gateway, ConfigError> {

@@ -282,6 +282,14 @@ fn bad_log_limits_and_agent_quotas() {
         "configs/x.toml: contracts.system.log_reserve_mb: must be between 0 and 1023 (less than log_max_mb), got -1",
     );
     check(
+        "[infra]\nclient_idle_timeout = \"0s\"\n",
+        "configs/x.toml: infra.client_idle_timeout: \"0s\": must be greater than zero",
+    );
+    check(
+        "[contracts.system]\nlog_min_free_mb = -1\n",
+        "configs/x.toml: contracts.system.log_min_free_mb: must be between 0 and 1048575, got -1",
+    );
+    check(
         "[contracts.system]\nagent_max_event_kb = 0\n",
         "configs/x.toml: contracts.system.agent_max_event_kb: must be between 1 and 4096, got 0",
     );

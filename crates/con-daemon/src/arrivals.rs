@@ -14,8 +14,9 @@ use con_event::{NewEvent, Payload};
 use con_inbox::{
     ArrivalKey, InboxSpec, InboxWatcher, Provenance, WatcherConfig, arrival_key, key_of,
 };
-use con_store::{Appender, Store, Ticket};
+use con_store::{AppendError, Appender, LogState, Store, Ticket};
 use tokio::sync::mpsc::Sender;
+use tokio::sync::watch;
 
 /// Arrivals waiting for their acknowledgement before they are published.
 const IN_FLIGHT: usize = 512;
@@ -113,9 +114,11 @@ impl Arrivals {
     /// Starts watching. Inboxes that do not exist yet, or that are replaced
     /// later, are (re)watched as soon as they appear; until then nothing in
     /// them is recorded, so nothing in them is acted on.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         store: &Store,
         appender: Appender,
+        log_state: watch::Receiver<LogState>,
         inboxes: Vec<InboxSpec>,
         trusted_group: &str,
         max_task_bytes: u64,
@@ -151,8 +154,9 @@ impl Arrivals {
         };
         let recorder = {
             let recorded = recorded.clone();
+            let stop = stop.clone();
             spawn("con-arrivals", move || {
-                record(&rx, &appender, &wake, &recorded)
+                record(&rx, &appender, &log_state, &stop, &wake, &recorded)
             })?
         };
         Ok(Self {
@@ -263,31 +267,63 @@ fn rewatch(watcher: &InboxWatcher, inboxes: &InboxList, stop: &AtomicBool) {
     }
 }
 
+/// How often a recorder waiting for the log to record again looks.
+const RECORDING_POLL: Duration = Duration::from_millis(100);
+
 /// Submits arrivals in order, many in flight; publishes each as recorded and
-/// wakes the supervisor once it is durable.
+/// wakes the supervisor once it is durable. An arrival the log could not
+/// record (its disk full) is submitted again once it records again, so its
+/// task is taken up without a restart; until then nothing acts on it.
 fn record(
     rx: &mpsc::Receiver<NewEvent>,
     appender: &Appender,
+    log_state: &watch::Receiver<LogState>,
+    stop: &AtomicBool,
     wake: &Sender<String>,
     recorded: &Recorded,
 ) {
-    let mut in_flight: VecDeque<(Ticket, String, PathBuf)> = VecDeque::new();
-    let settle = |in_flight: &mut VecDeque<(Ticket, String, PathBuf)>, all: bool| {
+    type InFlight = VecDeque<(Ticket, NewEvent, String, PathBuf)>;
+    let settle = |in_flight: &mut InFlight, all: bool| {
         while in_flight.len() > if all { 0 } else { IN_FLIGHT } {
-            if let Some((ticket, inbox, path)) = in_flight.pop_front() {
+            let Some((mut ticket, event, inbox, path)) = in_flight.pop_front() else {
+                break;
+            };
+            loop {
                 match ticket.wait() {
                     Ok(_) => {
                         recorded.insert(path);
                         let _ = wake.try_send(inbox);
+                    }
+                    Err(AppendError::CannotRecord(_)) => {
+                        // Not recorded, so not acted on: wait until the log
+                        // records, then try again (in order: those behind
+                        // it were refused too, or are retried behind it).
+                        while !log_state.borrow().is_recording() {
+                            if stop.load(Ordering::SeqCst) {
+                                log::warn!(
+                                    "could not record the arrival of {} before stopping; the next start scans again",
+                                    path.display()
+                                );
+                                break;
+                            }
+                            std::thread::sleep(RECORDING_POLL);
+                        }
+                        if !log_state.borrow().is_recording() {
+                            break;
+                        }
+                        ticket = appender.submit(event.clone());
+                        continue;
                     }
                     // Not recorded, so never acted on; a restart scans again.
                     Err(e) => {
                         log::error!("could not record the arrival of {}: {e}", path.display())
                     }
                 }
+                break;
             }
         }
     };
+    let mut in_flight: InFlight = VecDeque::new();
     loop {
         let event = match rx.try_recv() {
             Ok(e) => e,
@@ -305,7 +341,7 @@ fn record(
             Payload::InboxArrived(a) => (a.inbox.clone(), PathBuf::from(&a.path)),
             _ => (String::new(), PathBuf::new()),
         };
-        in_flight.push_back((appender.submit(event), inbox, path));
+        in_flight.push_back((appender.submit(event.clone()), event, inbox, path));
         settle(&mut in_flight, false);
     }
     settle(&mut in_flight, true);

@@ -79,6 +79,10 @@ impl HostConfig {
                 ("contracts.system", format!("{:?}", daemon.limits)),
                 ("inbox.max_task_kb", daemon.max_task_bytes.to_string()),
                 (
+                    "infra.client_idle_timeout",
+                    daemon.client_idle_timeout.as_secs().to_string(),
+                ),
+                (
                     "infra.supervisor",
                     daemon
                         .supervisor
@@ -153,6 +157,7 @@ impl DaemonConfig {
             mirror_capacity: MIRROR_CAPACITY,
             checkpoints: crate::CheckpointSettings::default(),
             drain_timeout: DRAIN_TIMEOUT,
+            client_idle_timeout: Duration::from_secs(config.infra.client_idle_timeout_secs),
             supervisor: Some(SupervisorConfig {
                 run_program,
                 // Runs see the same tree, config and names as the daemon.

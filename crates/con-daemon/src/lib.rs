@@ -46,8 +46,8 @@ use con_journal::{JournalMirror, MirrorConfig, MirrorContext, MirrorStatus};
 use con_layout::Layout;
 use con_projection::{FleetStatus, Ledger, Projection};
 use con_store::{
-    CommitObserver, CommittedEvent, GroupCommitWriter, ProjectionError, Store, StoreError,
-    WriterConfig,
+    CommitObserver, CommittedEvent, GroupCommitWriter, LogState, ProjectionError, Store,
+    StoreError, WriterConfig,
 };
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -75,6 +75,10 @@ pub struct DaemonConfig {
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// A connection that sends no request for this long is closed, unless
+    /// an agent session it recorded events for is still open
+    /// (`[infra] client_idle_timeout`).
+    pub client_idle_timeout: Duration,
     /// Start agent runs from the daemon (no systemd), if set.
     pub supervisor: Option<SupervisorConfig>,
     /// Inboxes whose arrivals are recorded (the outer one and every agent's).
@@ -175,6 +179,9 @@ pub(crate) struct Shared {
     pub(crate) check_states: tokio::sync::Mutex<con_contracts::CheckStates>,
     pub(crate) store: Store,
     pub(crate) appender: con_store::Appender,
+    /// Whether the log records now (the writer's state): while it does
+    /// not, no run starts, no session opens and arrivals wait.
+    pub(crate) log_state: watch::Receiver<LogState>,
     pub(crate) head: watch::Receiver<u64>,
     pub(crate) mirror: MirrorStatus,
     pub(crate) stopping: watch::Receiver<bool>,
@@ -240,30 +247,47 @@ impl<P: Projection> ProjectionCache<P> {
         }
     }
 
-    /// Calls `f` with the state through the durable head.
+    /// Calls `f` with the state through the durable head. While the log
+    /// cannot be read (after a failed write sled refuses most reads until
+    /// the writer has reopened it), with the state as last read, so that
+    /// the status view still says what is going on.
     fn with<R>(&self, store: &Store, f: impl FnOnce(&P) -> R) -> Result<R, ProjectionError> {
         let mut cache = self
             .cached
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match cache.as_mut() {
-            Some((state, checkpointed))
-                if (self.through)(state) < *checkpointed + CHECKPOINT_EVERY =>
-            {
-                for event in store.events_from((self.through)(state) + 1) {
-                    state.apply(&event?);
+        if let Some((state, checkpointed)) = cache.as_mut()
+            && (self.through)(state) < *checkpointed + CHECKPOINT_EVERY
+        {
+            for event in store.events_from((self.through)(state) + 1) {
+                match event {
+                    Ok(event) => state.apply(&event),
+                    Err(e) if unreadable_for_now(&e) => break,
+                    Err(e) => return Err(e.into()),
                 }
-                Ok(f(state))
             }
-            _ => {
-                let state = store.project::<P>()?;
+            return Ok(f(state));
+        }
+        match store.project::<P>() {
+            Ok(state) => {
                 let through = (self.through)(&state);
                 let out = f(&state);
                 *cache = Some((state, through));
                 Ok(out)
             }
+            Err(ProjectionError::Store(e)) if unreadable_for_now(&e) => match cache.as_ref() {
+                Some((state, _)) => Ok(f(state)),
+                None => Err(ProjectionError::Store(e)),
+            },
+            Err(e) => Err(e),
         }
     }
+}
+
+/// Whether `e` is the log being unreadable for a while (a failed write,
+/// a reopen in progress) rather than a damaged record.
+fn unreadable_for_now(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sled(_) | StoreError::Reopening(_))
 }
 
 /// Events a cached projection may run past its stored checkpoint before a
@@ -272,6 +296,11 @@ impl<P: Projection> ProjectionCache<P> {
 const CHECKPOINT_EVERY: u64 = 1024;
 
 impl Shared {
+    /// Whether the log records now.
+    pub(crate) fn recording(&self) -> bool {
+        self.log_state.borrow().is_recording()
+    }
+
     /// The configured agents now (changed by a reload).
     pub(crate) fn agents(&self) -> Arc<Vec<String>> {
         self.agent_set().names
@@ -377,7 +406,10 @@ impl Daemon {
         let (head_tx, head_rx) = watch::channel(store.head().seq);
         let writer = GroupCommitWriter::spawn(
             store.clone(),
-            WriterConfig::default(),
+            WriterConfig {
+                min_free_bytes: config.limits.min_free_bytes,
+                ..WriterConfig::default()
+            },
             Some(Box::new(DaemonObserver {
                 mirror,
                 head: head_tx,
@@ -406,6 +438,7 @@ impl Daemon {
             check_states: tokio::sync::Mutex::new(check_states),
             store,
             appender: writer.appender(),
+            log_state: writer.state(),
             head: head_rx,
             mirror: mirror_status,
             stopping: stop_rx,
@@ -419,6 +452,11 @@ impl Daemon {
             recorded: recorded.clone(),
             route_requests: config.supervisor.is_some().then_some(route_tx),
         });
+        // The fleet status is read once now, so that a status view can
+        // still be served from memory while the log cannot be read.
+        if let Err(e) = shared.fleet_status().await {
+            log::error!("reading the fleet status: {e}");
+        }
         let measuring = tokio::spawn(quota::measure_log(shared.clone()));
         let ledger_files = tokio::spawn(ledger::write_files(shared.clone()));
         let orphans = tokio::spawn(orphans::run(shared.clone()));
@@ -428,6 +466,7 @@ impl Daemon {
         let arrivals = arrivals::Arrivals::start(
             &shared.store,
             shared.appender.clone(),
+            shared.log_state.clone(),
             config.inboxes.clone(),
             &config.layout.trusted_group(),
             config.max_task_bytes,

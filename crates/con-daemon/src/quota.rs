@@ -47,6 +47,9 @@ pub struct LogLimits {
     pub max_bytes: u64,
     /// `log_reserve_mb`: agents are refused from `max_bytes - reserve_bytes` on.
     pub reserve_bytes: u64,
+    /// `log_min_free_mb`: the log stops recording with less free space
+    /// than this on its file system (the writer's `min_free_bytes`).
+    pub min_free_bytes: u64,
     /// `agent_max_event_kb`: an agent's event, payload and attachments.
     pub agent_event_bytes: u64,
     /// `agent_max_attachment_kb`: one attachment of an agent's event.
@@ -63,6 +66,7 @@ impl LogLimits {
         Self {
             max_bytes: c.log_max_mb.saturating_mul(MIB),
             reserve_bytes: c.log_reserve_mb.saturating_mul(MIB),
+            min_free_bytes: c.log_min_free_mb.saturating_mul(MIB),
             agent_event_bytes: c.agent_max_event_kb.saturating_mul(1024),
             agent_attachment_bytes: c.agent_max_attachment_kb.saturating_mul(1024),
             agent_bytes_per_minute: c.agent_max_mb_per_minute.saturating_mul(MIB),
@@ -440,6 +444,7 @@ mod tests {
         LogLimits {
             max_bytes: 100 * MIB,
             reserve_bytes: 10 * MIB,
+            min_free_bytes: 8 * MIB,
             agent_event_bytes: 1000,
             agent_attachment_bytes: 600,
             agent_bytes_per_minute: 2500,

@@ -1,5 +1,6 @@
 //! One connection: identify the peer, then answer requests until EOF.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,8 +9,9 @@ use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
     ClientEvent, ErrorCode, FrameError, LEN_BYTES, LogPosition, MirrorState, MirrorView,
-    ProblemKind, ProblemView, Query, Request, Response, STATUS_VIEW_VERSION, SetCondition,
-    StatusView, VerifyView, check_len, decode_body, encode_frame,
+    ProblemKind, ProblemView, Query, RecordingState, RecordingView, Request, Response,
+    STATUS_VIEW_VERSION, SetCondition, StatusView, VerifyView, check_len, decode_body,
+    encode_frame,
 };
 use con_store::AppendError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -105,6 +107,32 @@ async fn read_request(
     decode_body(&rest).map(|request| Some((request, permit)))
 }
 
+/// Waits until the client has sent a byte of its next request, or closed
+/// the connection (either way the next read will not wait), without
+/// consuming anything. Readiness alone may be stale: it is confirmed by
+/// peeking, and cleared if there is nothing.
+async fn request_begun(rd: &OwnedReadHalf) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let stream: &tokio::net::UnixStream = rd.as_ref();
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = [0u8; 1];
+            nix::sys::socket::recv(
+                stream.as_raw_fd(),
+                &mut byte,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match peeked {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Holds one of a uid's connection slots; frees it when dropped.
 struct Slot {
     shared: Arc<Shared>,
@@ -187,7 +215,22 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         Identity::Agent { .. } => AGENT_MAX_FRAME_BYTES,
         Identity::Operator { .. } => con_protocol::MAX_FRAME_BYTES as usize,
     };
+    // Sessions this connection recorded events for that are still open.
+    let mut live: HashSet<SessionId> = HashSet::new();
     loop {
+        // Idle: no request begun within the limit, and no open session of
+        // a run behind it. Closed without a word: an answer nobody asked
+        // for would be read as the answer to the client's next request.
+        if live.is_empty() {
+            tokio::select! {
+                ready = tokio::time::timeout(shared.config.client_idle_timeout, request_begun(&rd)) => {
+                    if ready.is_err() {
+                        return;
+                    }
+                }
+                _ = stopping.wait_for(|s| *s) => return,
+            }
+        }
         let request = tokio::select! {
             r = read_request(&mut rd, max, &shared.frame_budget) => r,
             _ = stopping.wait_for(|s| *s) => return,
@@ -210,7 +253,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                     .await;
                     return;
                 }
-                handle(&shared, &identity, request, &mut wr).await
+                handle(&shared, &identity, request, &mut wr, &mut live).await
             }
             Err(e) => {
                 // A bad frame leaves the stream position unknown: answer, close.
@@ -233,9 +276,10 @@ async fn handle(
     identity: &Identity,
     request: Request,
     wr: &mut OwnedWriteHalf,
+    live: &mut HashSet<SessionId>,
 ) -> Result<(), Closed> {
     match request {
-        Request::Append(event) => append(shared, identity, event, wr).await,
+        Request::Append(event) => append(shared, identity, event, wr, live).await,
         Request::Query(query) => self::query(shared, identity, query, wr).await,
         Request::Status => status(shared, identity, wr).await,
         Request::Llm(call) => llm(shared, identity, call, wr).await,
@@ -367,6 +411,7 @@ async fn append(
     identity: &Identity,
     event: ClientEvent,
     wr: &mut OwnedWriteHalf,
+    live: &mut HashSet<SessionId>,
 ) -> Result<(), Closed> {
     let payload = match Payload::decode(event.kind, event.kind_version, &event.payload) {
         Ok(p) => p,
@@ -427,28 +472,48 @@ async fn append(
         payload,
         attachments: event.attachments,
     };
-    append_and_answer(shared, new, wr).await
+    let session = new.session;
+    let ends = matches!(new.payload, Payload::SessionEnded(_));
+    let appended = append_and_answer(shared, new, wr).await?;
+    // The sessions this connection records for: while one is open, the
+    // connection is a live run's link and is never closed as idle (the run
+    // may be waiting on a long tool).
+    if appended
+        && identity.agent().is_some()
+        && let Some(session) = session
+    {
+        if ends {
+            live.remove(&session);
+        } else {
+            live.insert(session);
+        }
+    }
+    Ok(())
 }
 
-/// Appends `new` and answers with its durable position, or the refusal.
+/// Appends `new` and answers with its durable position, or the refusal;
+/// whether it was appended.
 async fn append_and_answer(
     shared: &Arc<Shared>,
     new: NewEvent,
     wr: &mut OwnedWriteHalf,
-) -> Result<(), Closed> {
+) -> Result<bool, Closed> {
     match shared.appender.submit(new).wait_async().await {
-        Ok(a) => {
-            send(
-                wr,
-                &Response::Appended {
-                    seq: a.seq,
-                    hash: a.hash,
-                },
-            )
+        Ok(a) => send(
+            wr,
+            &Response::Appended {
+                seq: a.seq,
+                hash: a.hash,
+            },
+        )
+        .await
+        .map(|()| true),
+        Err(AppendError::Rejected(reason)) => refuse(wr, ErrorCode::Rejected, reason)
             .await
-        }
-        Err(AppendError::Rejected(reason)) => refuse(wr, ErrorCode::Rejected, reason).await,
-        Err(e) => refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
+            .map(|()| false),
+        Err(e) => refuse(wr, ErrorCode::Unavailable, e.to_string())
+            .await
+            .map(|()| false),
     }
 }
 
@@ -859,7 +924,7 @@ async fn set_condition(
         .into(),
         attachments: Vec::new(),
     };
-    append_and_answer(shared, new, wr).await
+    append_and_answer(shared, new, wr).await.map(drop)
 }
 
 /// An operator's halt, quarantine, kill or resume of a configured agent:
@@ -1116,6 +1181,27 @@ fn agent_view(name: &str, configured: bool, a: Option<&con_projection::AgentStat
     }
 }
 
+/// The log's state as the status view shows it.
+fn recording_view(state: &con_store::LogState) -> RecordingView {
+    match state {
+        con_store::LogState::Recording => RecordingView {
+            state: RecordingState::Recording,
+            since_unix_nanos: None,
+            reason: None,
+        },
+        con_store::LogState::NotRecording(not) => RecordingView {
+            state: RecordingState::NotRecording,
+            since_unix_nanos: Some(not.since_unix_nanos),
+            reason: Some(not.reason.clone()),
+        },
+        con_store::LogState::Failed(reason) => RecordingView {
+            state: RecordingState::Failed,
+            since_unix_nanos: None,
+            reason: Some(reason.clone()),
+        },
+    }
+}
+
 /// The status view for `identity`: everything for operators; for an agent
 /// that sees the fleet, every agent's row, the outer inbox and the checks
 /// failing (without their output); for any other agent, who it is and
@@ -1127,9 +1213,14 @@ async fn status(
 ) -> Result<(), Closed> {
     let fleet = match shared.fleet_status().await {
         Ok(f) => f,
+        // After a failed write sled refuses most reads until the log is
+        // reopened; what the log cannot say, the view leaves out, but it
+        // still says that the log does not record.
+        Err(_) if !shared.recording() => con_projection::FleetStatus::default(),
         Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
     };
     let sees_fleet = sees_fleet(shared, identity);
+    let recording = recording_view(&shared.log_state.borrow());
     let caller = Caller {
         role: match identity {
             Identity::Operator { .. } => CallerRole::Operator,
@@ -1191,6 +1282,7 @@ async fn status(
             view_version: STATUS_VIEW_VERSION,
             caller,
             log: None,
+            recording: recording.clone(),
             journal_mirror: None,
             outer_inbox_depth: Some(outer_inbox_depth()),
             agents: fleet_rows(),
@@ -1219,6 +1311,7 @@ async fn status(
             view_version: STATUS_VIEW_VERSION,
             caller,
             log: None,
+            recording: recording.clone(),
             journal_mirror: None,
             outer_inbox_depth: None,
             agents: vec![agent_view(name, true, fleet.agents.get(name))],
@@ -1236,6 +1329,7 @@ async fn status(
                     head_seq: head.seq,
                     head_hash: head.hash,
                 }),
+                recording,
                 journal_mirror: Some(match shared.mirror.health() {
                     con_journal::MirrorHealth::Healthy => MirrorView {
                         state: MirrorState::Healthy,

@@ -19,6 +19,7 @@ use con_config::{CronSchedule, Mode};
 use con_event::NewEvent;
 use con_event::payloads::{AgentCondition, RunExited, RunStarted, TaskRouted};
 use con_protocol::{RouteView, RoutedTask};
+use con_store::AppendError;
 use nix::unistd::User;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -126,8 +127,12 @@ pub(crate) struct Supervisor {
     runs: HashMap<String, AgentRuns>,
     exits: JoinSet<Exit>,
     last_cron_minute: Option<i64>,
-    /// Set when an event could not be recorded: no audit, no action.
+    /// Set when the log's writer failed for good: no audit, no action.
     log_failed: bool,
+    /// Events refused while the log could not record (a run's exit, a
+    /// start that was then killed), recorded in order once it records
+    /// again, before anything else is done.
+    unrecorded: Vec<NewEvent>,
 }
 
 impl Supervisor {
@@ -140,6 +145,7 @@ impl Supervisor {
             exits: JoinSet::new(),
             last_cron_minute: None,
             log_failed: false,
+            unrecorded: Vec::new(),
         }
     }
 
@@ -189,11 +195,28 @@ impl Supervisor {
         }
     }
 
-    /// Records `event`; its seq, or `None` (and no further action from now
-    /// on) if the log cannot take it.
+    /// Records `event`; its seq, or `None` if the log cannot take it now.
+    /// While the log cannot record, the event is kept and recorded once it
+    /// can (and no run starts meanwhile); if its writer failed for good, no
+    /// further action is taken from now on.
     async fn record(&mut self, event: NewEvent) -> Option<u64> {
-        match self.shared.appender.submit(event).wait_async().await {
+        if !self.unrecorded.is_empty() {
+            // Keep the order: this one goes after those still waiting.
+            self.unrecorded.push(event);
+            return None;
+        }
+        match self
+            .shared
+            .appender
+            .submit(event.clone())
+            .wait_async()
+            .await
+        {
             Ok(appended) => Some(appended.seq),
+            Err(AppendError::CannotRecord(_)) => {
+                self.unrecorded.push(event);
+                None
+            }
             Err(e) => {
                 if !self.log_failed {
                     log::error!("supervisor stops starting runs: {e}");
@@ -202,6 +225,33 @@ impl Supervisor {
                 None
             }
         }
+    }
+
+    /// Records the events kept while the log could not record; true once
+    /// none is left.
+    async fn record_unrecorded(&mut self) -> bool {
+        while !self.unrecorded.is_empty() {
+            let event = self.unrecorded.remove(0);
+            match self
+                .shared
+                .appender
+                .submit(event.clone())
+                .wait_async()
+                .await
+            {
+                Ok(_) => {}
+                Err(AppendError::CannotRecord(_)) => {
+                    self.unrecorded.insert(0, event);
+                    return false;
+                }
+                Err(e) => {
+                    log::error!("supervisor stops starting runs: {e}");
+                    self.log_failed = true;
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// SIGTERMs every run's session, waits up to `STOP_GRACE`, records exits.
@@ -228,7 +278,10 @@ impl Supervisor {
     }
 
     async fn round(&mut self, from_tick: bool) {
-        if self.log_failed {
+        // No audit, no action: while the log cannot record, nothing is
+        // routed and no run starts; their tasks wait and are taken up on
+        // the first round after it records again.
+        if self.log_failed || !self.shared.recording() || !self.record_unrecorded().await {
             return;
         }
         if from_tick {

@@ -222,4 +222,6 @@ registry! {
     ProvisionApplied,
     ConfigReloaded,
     TaskFailed,
+    LogDegraded,
+    LogRecovered,
 }

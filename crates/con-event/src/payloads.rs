@@ -1421,3 +1421,93 @@ impl Kind for TaskFailed {
         Some(&self.agent)
     }
 }
+
+/// `log.degraded`: the event log could not record for a while (its disk
+/// was full, or a write failed). Recorded by the daemon once the log
+/// records again, just before `log.recovered`: while it could not record,
+/// nothing could be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogDegraded {
+    /// The log's database directory.
+    pub path: String,
+    /// When the log stopped recording, nanoseconds since the Unix epoch.
+    pub since_unix_nanos: i64,
+    /// Why, as appenders were told (`no space left on device (0.4 MiB
+    /// free)`, or the write error).
+    pub reason: String,
+    /// Free bytes on the log's file system when it stopped recording.
+    pub free_bytes: u64,
+}
+
+impl Kind for LogDegraded {
+    const SPEC: KindSpec = KindSpec {
+        id: 21,
+        name: "log.degraded",
+        version: 1,
+        authority: Authority::Daemon,
+        message_id: "95603b40f5b045e7b68d5458ea98228c",
+        priority: Priority::Err,
+        subject: "con event log could not record",
+        description: "The con event log could not record from CON_SINCE_UNIX_NANOS on: its file system was (nearly) full, or a write failed. Meanwhile every append was refused with the reason given here, nothing was acknowledged that is not in the log, the daemon started no agent run and refused to open sessions, and it retried by itself. This entry is written once the log records again, followed by log.recovered. Free space on the log's file system (con keeps [contracts.system] log_min_free_mb free) or fix the failing disk.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "the event log at {} stopped recording: {}",
+            self.path, self.reason
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_SINCE_UNIX_NANOS", self.since_unix_nanos.to_string()));
+        out.push(("CON_FREE_BYTES", self.free_bytes.to_string()));
+    }
+}
+
+/// `log.recovered`: the event log records again, without a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecovered {
+    /// The log's database directory.
+    pub path: String,
+    /// When the log had stopped recording (the `log.degraded` before it).
+    pub since_unix_nanos: i64,
+    /// How long it could not record, in milliseconds.
+    pub duration_ms: u64,
+    /// Appends refused meanwhile.
+    pub refused: u64,
+    /// Whether the database had to be closed and opened again (a write
+    /// had failed), rather than refusing before the disk was full.
+    pub reopened: bool,
+    /// Free bytes on the log's file system now.
+    pub free_bytes: u64,
+}
+
+impl Kind for LogRecovered {
+    const SPEC: KindSpec = KindSpec {
+        id: 22,
+        name: "log.recovered",
+        version: 1,
+        authority: Authority::Daemon,
+        message_id: "5ef15fa405a84c0ab0d817d3d2dc302c",
+        priority: Priority::Notice,
+        subject: "con event log records again",
+        description: "The con event log records again after the log.degraded before it. CON_REFUSED appends were refused meanwhile (their senders were told; none of them is in the log). CON_REOPENED says whether the daemon had to reopen the database because a write had failed. Agent runs start again and waiting tasks are answered.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "the event log at {} records again after {:.1} s; {} append(s) were refused meanwhile{}",
+            self.path,
+            self.duration_ms as f64 / 1000.0,
+            self.refused,
+            if self.reopened {
+                "; the database was reopened"
+            } else {
+                ""
+            }
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_SINCE_UNIX_NANOS", self.since_unix_nanos.to_string()));
+        out.push(("CON_REFUSED", self.refused.to_string()));
+        out.push(("CON_REOPENED", self.reopened.to_string()));
+        out.push(("CON_FREE_BYTES", self.free_bytes.to_string()));
+    }
+}

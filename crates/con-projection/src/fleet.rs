@@ -308,7 +308,9 @@ impl Projection for FleetStatus {
             | Payload::RunStarted(_)
             | Payload::RunExited(_)
             | Payload::ProvisionApplied(_)
-            | Payload::ConfigReloaded(_) => {}
+            | Payload::ConfigReloaded(_)
+            | Payload::LogDegraded(_)
+            | Payload::LogRecovered(_) => {}
         }
     }
 }

@@ -18,7 +18,7 @@ pub use client::{Client, ClientError};
 pub use ledger::{LEDGER_TSV_HEADER, LedgerEntry, LedgerQuery};
 pub use status::{
     AgentView, AlertView, Caller, CallerRole, CheckView, LogPosition, MirrorState, MirrorView,
-    ProblemKind, ProblemView, STATUS_VIEW_VERSION, StatusView,
+    ProblemKind, ProblemView, RecordingState, RecordingView, STATUS_VIEW_VERSION, StatusView,
 };
 
 /// Protocol version carried by every frame. Version 2 added blob requests,

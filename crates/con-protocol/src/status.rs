@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Layout version of [`StatusView`]. Bumped whenever a field is added,
 /// removed or changes meaning; readers check it before anything else.
-pub const STATUS_VIEW_VERSION: u16 = 4;
+pub const STATUS_VIEW_VERSION: u16 = 5;
 
 /// Current state of the conspiracy as the daemon sees it, for one caller.
 /// Operators see everything; an agent that sees the fleet (an officer, or
@@ -23,6 +23,10 @@ pub struct StatusView {
     pub caller: Caller,
     /// The event log's position (operators only).
     pub log: Option<LogPosition>,
+    /// Whether the event log records now (every caller: while it does
+    /// not, nothing anyone asks of the daemon can be recorded). Since
+    /// view 4.
+    pub recording: RecordingView,
     /// journald mirror health (operators only).
     pub journal_mirror: Option<MirrorView>,
     /// Tasks waiting in the outer inbox (operators and fleet viewers).
@@ -138,6 +142,31 @@ pub struct LogPosition {
     pub head_seq: u64,
     /// Chain hash at the head (hex in JSON).
     pub head_hash: Digest,
+}
+
+/// Whether the event log records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Appends are recorded.
+    Recording,
+    /// Appends are refused (the log's file system is full, or a write
+    /// failed); the daemon retries by itself and records again when it can.
+    NotRecording,
+    /// The log's writer failed for good: only a restart of the daemon
+    /// records again.
+    Failed,
+}
+
+/// The event log's recording state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingView {
+    /// Recording, not recording, or failed.
+    pub state: RecordingState,
+    /// When not recording: since when, nanoseconds since the Unix epoch.
+    pub since_unix_nanos: Option<i64>,
+    /// When not recording or failed: why, as appends are refused.
+    pub reason: Option<String>,
 }
 
 /// Whether journald receives every event.

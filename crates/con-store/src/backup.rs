@@ -20,24 +20,25 @@ impl Store {
         }
         let head = self.head();
         let copy = Store::open_sled(dest)?;
-        if let Some(id) = self.meta.get(META_LOG_ID)? {
-            copy.meta.insert(META_LOG_ID, id)?;
+        let (from, to) = (self.h()?, copy.h()?);
+        if let Some(id) = from.meta.get(META_LOG_ID)? {
+            to.meta.insert(META_LOG_ID, id)?;
         }
-        for blob in self.blobs.iter() {
+        for blob in from.blobs.iter() {
             let (digest, bytes) = blob?;
-            copy.blobs.insert(digest, bytes)?;
+            to.blobs.insert(digest, bytes)?;
         }
         for record in self.records_from(1) {
             let (seq, bytes) = record?;
             if seq > head.seq {
                 break;
             }
-            copy.log.insert(crate::seq_key(seq), bytes)?;
+            to.log.insert(crate::seq_key(seq), bytes)?;
         }
-        copy.db.flush()?;
+        to.db.flush()?;
         copy.set_durable(copy.last_record()?);
         copy.catch_up_indexes()?;
-        copy.db.flush()?;
+        to.db.flush()?;
         Ok(copy.head())
     }
 }

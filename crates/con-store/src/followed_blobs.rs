@@ -14,38 +14,49 @@ use crate::{Store, StoreError, seq_key};
 /// without a flush, so after a crash a blob may be passed on again.
 #[derive(Clone)]
 pub struct FollowedBlobs {
-    tree: sled::Tree,
+    store: Store,
+    /// Its tree's name. The tree is looked up on every use (a map lookup in
+    /// sled), so that a set held across a reopen of the store uses the new
+    /// opening and keeps no handle of the old one alive.
+    tree: String,
 }
 
 impl Store {
     /// The set of blobs the follower `name` has passed on (created empty).
     pub fn followed_blobs(&self, name: &str) -> Result<FollowedBlobs, StoreError> {
-        Ok(FollowedBlobs {
-            tree: self.db.open_tree(format!("followed_blobs/{name}"))?,
-        })
+        let set = FollowedBlobs {
+            store: self.clone(),
+            tree: format!("followed_blobs/{name}"),
+        };
+        set.tree()?;
+        Ok(set)
     }
 }
 
 impl FollowedBlobs {
+    fn tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.store.h()?.db.open_tree(&self.tree)?)
+    }
+
     /// Whether `digest` was passed on already.
     pub fn contains(&self, digest: &Digest) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(digest.0)?)
+        Ok(self.tree()?.contains_key(digest.0)?)
     }
 
     /// Records that `digest` was passed on with the event at `seq`.
     pub fn insert(&self, digest: &Digest, seq: u64) -> Result<(), StoreError> {
-        self.tree.insert(digest.0, seq_key(seq).as_slice())?;
+        self.tree()?.insert(digest.0, seq_key(seq).as_slice())?;
         Ok(())
     }
 
-    /// Number of blobs passed on.
+    /// Number of blobs passed on (0 while the store is being reopened).
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.tree().map_or(0, |t| t.len())
     }
 
     /// Whether nothing was passed on yet.
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 }
 

@@ -31,7 +31,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use con_event::{DecodeError, Digest, Event, SessionId};
 
@@ -39,8 +39,8 @@ pub use followed_blobs::FollowedBlobs;
 pub use projections::ProjectionError;
 pub use verify::{ChainBreak, VerifyReport};
 pub use writer::{
-    AppendError, Appended, Appender, CommitObserver, CommittedEvent, GroupCommitWriter, Ticket,
-    WriterConfig, WriterStats,
+    AppendError, Appended, Appender, CommitObserver, CommittedEvent, GroupCommitWriter, LogState,
+    NotRecording, Ticket, WriterConfig, WriterStats,
 };
 
 const META_LOG_ID: &[u8] = b"log_id";
@@ -108,6 +108,10 @@ pub enum StoreError {
     /// The writer thread could not be started.
     #[error("event log: cannot start the writer thread: {0}")]
     Thread(std::io::Error),
+    /// The database is closed for a moment: the writer is reopening it
+    /// after a write failure (see [`GroupCommitWriter`]).
+    #[error("{0}: the event log is being reopened after a write failure; try again")]
+    Reopening(PathBuf),
 }
 
 /// Why the last record of the log cannot be read.
@@ -168,10 +172,10 @@ impl Head {
     }
 }
 
-/// An open event log. Cheap to clone (sled handles are shared).
-#[derive(Clone)]
-pub struct Store {
-    path: PathBuf,
+/// The sled handles of one opening of the database. Replaced whole when the
+/// writer reopens the database after a write failure: sled refuses every
+/// write for the rest of an instance's life once one has failed.
+struct Handles {
     db: sled::Db,
     log: sled::Tree,
     blobs: sled::Tree,
@@ -180,6 +184,15 @@ pub struct Store {
     by_blob: sled::Tree,
     checkpoints: sled::Tree,
     meta: sled::Tree,
+}
+
+/// An open event log. Cheap to clone: clones share one database, also
+/// across a reopen.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    /// `None` only while the writer reopens the database.
+    handles: Arc<RwLock<Option<Arc<Handles>>>>,
     /// Last flushed (acknowledged) position; readers see nothing beyond it.
     durable: Arc<Mutex<Head>>,
     /// Set while a writer runs: two writers would hand out the same seqs.
@@ -243,12 +256,13 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let store = Self::open_sled(path)?;
         store.set_durable(store.last_record()?);
-        if store.meta.get(META_LOG_ID)?.is_none() {
-            store
-                .meta
+        let h = store.h()?;
+        if h.meta.get(META_LOG_ID)?.is_none() {
+            h.meta
                 .insert(META_LOG_ID, uuid::Uuid::new_v4().as_bytes().as_slice())?;
-            store.db.flush()?;
+            h.db.flush()?;
         }
+        drop(h);
         store.catch_up_indexes()?;
         Ok(store)
     }
@@ -267,6 +281,16 @@ impl Store {
     }
 
     fn open_sled(path: &Path) -> Result<Self, StoreError> {
+        Ok(Store {
+            path: path.to_owned(),
+            handles: Arc::new(RwLock::new(Some(Arc::new(Self::open_handles(path)?)))),
+            durable: Arc::default(),
+            writer_active: Arc::default(),
+            index_lock: Arc::default(),
+        })
+    }
+
+    fn open_handles(path: &Path) -> Result<Handles, StoreError> {
         match unfinished_snapshots::sweep(path) {
             Ok(unfinished_snapshots::Sweep::Locked) => {
                 return Err(StoreError::Locked(path.to_owned()));
@@ -302,8 +326,7 @@ impl Store {
                     cause,
                 },
             })?;
-        Ok(Store {
-            path: path.to_owned(),
+        Ok(Handles {
             log: db.open_tree("log")?,
             blobs: db.open_tree("blobs")?,
             by_session: db.open_tree("by_session")?,
@@ -311,11 +334,42 @@ impl Store {
             by_blob: db.open_tree("by_blob")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
-            durable: Arc::default(),
-            writer_active: Arc::default(),
-            index_lock: Arc::default(),
             db,
         })
+    }
+
+    /// The current sled handles, or [`StoreError::Reopening`].
+    fn h(&self) -> Result<Arc<Handles>, StoreError> {
+        self.handles
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Reopening(self.path.clone()))
+    }
+
+    /// Closes this opening of the database and opens it again: what the
+    /// writer does to continue after a write failed (sled refuses every
+    /// write of an instance after one failed; measured on a full disk).
+    /// Every clone of this store uses the new opening from then on; until
+    /// it is open, reads fail with [`StoreError::Reopening`]. The old
+    /// handles are released on a thread of their own: sled flushes when its
+    /// last handle goes, and after a failed write of a value file that
+    /// flush never returns (measured). If readers still hold the old
+    /// opening (an iteration in progress), its lock is waited for like any
+    /// just-closed database's, and then this fails as
+    /// [`StoreError::Locked`]; the caller tries again later.
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        let old = self
+            .handles
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(old) = old {
+            release_elsewhere(old);
+        }
+        let handles = Self::open_handles(&self.path)?;
+        *self.handles.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(handles));
+        Ok(())
     }
 
     /// The last record physically in the log, read strictly: the position
@@ -329,6 +383,7 @@ impl Store {
             cause,
         };
         let Some((key, value)) = self
+            .h()?
             .log
             .last()
             .map_err(|e| unreadable(None, HeadDamage::Sled(e)))?
@@ -365,6 +420,7 @@ impl Store {
     /// of several conspiracies (or test runs) on one host stay apart.
     pub fn log_id(&self) -> Result<String, StoreError> {
         Ok(self
+            .h()?
             .meta
             .get(META_LOG_ID)?
             .map(|v| hex::encode(&v))
@@ -392,10 +448,18 @@ impl Store {
     /// unchanged (the daemon answering a query) read each one only once.
     pub fn records_from(&self, from: u64) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
         let head = self.head().seq;
-        self.log.range(seq_key(from)..=seq_key(head)).map(|item| {
-            let (k, v) = item?;
-            Ok((key_seq(&k)?, v.to_vec()))
-        })
+        let (range, closed) = match self.h() {
+            Ok(h) => (Some(h.log.range(seq_key(from)..=seq_key(head))), None),
+            Err(e) => (None, Some(Err(e))),
+        };
+        range
+            .into_iter()
+            .flatten()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((key_seq(&k)?, v.to_vec()))
+            })
+            .chain(closed)
     }
 
     /// Durable records of one session with seq ≥ `from`, in seq order.
@@ -407,7 +471,8 @@ impl Store {
         self.catch_up_indexes()?;
         let prefix = session.0;
         Ok(self.indexed(
-            self.by_session
+            self.h()?
+                .by_session
                 .range(session_key(session, from)..)
                 .take_while(move |item| {
                     item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
@@ -425,7 +490,8 @@ impl Store {
         let mut prefix = agent.as_bytes().to_vec();
         prefix.push(0);
         Ok(self.indexed(
-            self.by_agent
+            self.h()?
+                .by_agent
                 .range(agent_key(agent, from)..)
                 .take_while(move |item| {
                     item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
@@ -441,7 +507,8 @@ impl Store {
     ) -> Result<impl Iterator<Item = Result<Record, StoreError>> + '_, StoreError> {
         self.catch_up_indexes()?;
         Ok(self.indexed(
-            self.by_agent
+            self.h()?
+                .by_agent
                 .range(agent_key(agent, 0)..=agent_key(agent, u64::MAX))
                 .rev(),
         ))
@@ -456,7 +523,8 @@ impl Store {
         self.catch_up_indexes()?;
         let prefix = digest.0;
         Ok(self.indexed(
-            self.by_blob
+            self.h()?
+                .by_blob
                 .range(blob_key(digest, 0)..)
                 .take_while(move |item| {
                     item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
@@ -468,10 +536,17 @@ impl Store {
     /// whatever the head says: for checks that must see a damaged log as
     /// it is (a record past the head, a gap, a record under another seq).
     pub fn stored_records(&self) -> impl Iterator<Item = Result<Record, StoreError>> + '_ {
-        self.log.iter().map(|item| {
-            let (k, v) = item?;
-            Ok((key_seq(&k)?, v.to_vec()))
-        })
+        let (all, closed) = match self.h() {
+            Ok(h) => (Some(h.log.iter()), None),
+            Err(e) => (None, Some(Err(e))),
+        };
+        all.into_iter()
+            .flatten()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((key_seq(&k)?, v.to_vec()))
+            })
+            .chain(closed)
     }
 
     /// Durable events with seq ≥ `from`, in order.
@@ -502,7 +577,7 @@ impl Store {
         if seq > self.head().seq {
             return Ok(None);
         }
-        Ok(self.log.get(seq_key(seq))?.map(|v| v.to_vec()))
+        Ok(self.h()?.log.get(seq_key(seq))?.map(|v| v.to_vec()))
     }
 
     fn indexed(
@@ -525,34 +600,35 @@ impl Store {
 
     /// Content of a blob.
     pub fn blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.blobs.get(digest.0)?.map(|v| v.to_vec()))
+        Ok(self.h()?.blobs.get(digest.0)?.map(|v| v.to_vec()))
     }
 
     /// Stores `bytes` content-addressed (idempotent). Durable with the next
     /// flush, i.e. no later than the event that references it.
     pub(crate) fn put_blob(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let digest = Digest::of(bytes);
-        if !self.blobs.contains_key(digest.0)? {
-            self.blobs.insert(digest.0, bytes)?;
+        let h = self.h()?;
+        if !h.blobs.contains_key(digest.0)? {
+            h.blobs.insert(digest.0, bytes)?;
         }
         Ok(())
     }
 
-    fn index_event(&self, event: &Event) -> Result<(), StoreError> {
+    fn index_event(h: &Handles, event: &Event) -> Result<(), StoreError> {
         let seq = event.seq();
         if let Some(s) = &event.envelope.session {
-            self.by_session.insert(session_key(s, seq), &[])?;
+            h.by_session.insert(session_key(s, seq), &[])?;
         }
         let actor = event.envelope.actor.agent.as_deref();
         let subject = event.payload.subject_agent();
         if let Some(a) = actor {
-            self.by_agent.insert(agent_key(a, seq), &[])?;
+            h.by_agent.insert(agent_key(a, seq), &[])?;
         }
         if let Some(s) = subject.filter(|s| Some(*s) != actor) {
-            self.by_agent.insert(agent_key(s, seq), &[])?;
+            h.by_agent.insert(agent_key(s, seq), &[])?;
         }
         for blob in event.payload.blob_refs() {
-            self.by_blob.insert(blob_key(&blob.digest, seq), &[])?;
+            h.by_blob.insert(blob_key(&blob.digest, seq), &[])?;
         }
         Ok(())
     }
@@ -560,9 +636,26 @@ impl Store {
     /// The stored hash of `seq`, if that record exists and is readable.
     fn hash_at(&self, seq: u64) -> Result<Option<Digest>, StoreError> {
         Ok(self
+            .h()?
             .log
             .get(seq_key(seq))?
             .and_then(|v| con_event::decode_stored(&v).ok().map(|s| s.hash)))
+    }
+
+    /// Removes every record after `seq` and flushes: the writer's cut back
+    /// to the durable head after a failed batch (those records were never
+    /// acknowledged nor visible).
+    pub(crate) fn remove_after(&self, seq: u64) -> Result<(), StoreError> {
+        let h = self.h()?;
+        let Some(next) = seq.checked_add(1) else {
+            return Ok(());
+        };
+        for item in h.log.range(seq_key(next)..) {
+            let (key, _) = item?;
+            h.log.remove(key)?;
+        }
+        h.db.flush()?;
+        Ok(())
     }
 
     /// Whether `position` still describes this log (same record at that seq).
@@ -579,22 +672,23 @@ impl Store {
     /// again next time.
     pub fn catch_up_indexes(&self) -> Result<(), StoreError> {
         let _guard = lock(&self.index_lock);
-        let mut through = self
+        let h = self.h()?;
+        let mut through = h
             .meta
             .get(META_INDEXED_THROUGH)?
             .and_then(|v| Head::from_bytes(&v))
             .unwrap_or_default();
-        let layout = self
+        let layout = h
             .meta
             .get(META_INDEX_LAYOUT)?
             .and_then(|v| Some(u32::from_be_bytes(v.as_ref().try_into().ok()?)));
         if layout != Some(INDEX_LAYOUT) || !self.still_matches(through)? {
             // The log was replaced or cut back under the indexes, or they
             // were built by a build that kept fewer of them.
-            self.by_session.clear()?;
-            self.by_agent.clear()?;
-            self.by_blob.clear()?;
-            self.meta
+            h.by_session.clear()?;
+            h.by_agent.clear()?;
+            h.by_blob.clear()?;
+            h.meta
                 .insert(META_INDEX_LAYOUT, INDEX_LAYOUT.to_be_bytes().as_slice())?;
             through = Head::default();
         }
@@ -603,9 +697,9 @@ impl Store {
             return Ok(());
         }
         for event in self.events_from(through.seq + 1) {
-            self.index_event(&event?)?;
+            Self::index_event(&h, &event?)?;
         }
-        self.meta
+        h.meta
             .insert(META_INDEXED_THROUGH, head.to_bytes().as_slice())?;
         Ok(())
     }
@@ -614,6 +708,7 @@ impl Store {
     /// Followers are at-least-once: a marker is advisory and may lag.
     pub fn marker(&self, name: &str) -> Result<u64, StoreError> {
         Ok(self
+            .h()?
             .meta
             .get(format!("marker/{name}"))?
             .and_then(|v| key_seq(&v).ok())
@@ -622,26 +717,46 @@ impl Store {
 
     /// Records a follower's position; durable with the writer's next flush.
     pub fn set_marker(&self, name: &str, seq: u64) -> Result<(), StoreError> {
-        self.meta
+        self.h()?
+            .meta
             .insert(format!("marker/{name}"), seq_key(seq).as_slice())?;
         Ok(())
     }
 
     /// Flushes everything written so far to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.h()?.db.flush()?;
         Ok(())
     }
 
     /// Raw access to the log tree for tests that corrupt records on purpose.
+    /// Panics while the store is being reopened.
     #[doc(hidden)]
-    pub fn raw_log(&self) -> &sled::Tree {
-        &self.log
+    #[allow(clippy::expect_used)]
+    pub fn raw_log(&self) -> sled::Tree {
+        self.h().expect("the store is open").log.clone()
     }
 
     /// Raw access to the blob tree for tests that corrupt contents on purpose.
+    /// Panics while the store is being reopened.
     #[doc(hidden)]
-    pub fn raw_blobs(&self) -> &sled::Tree {
-        &self.blobs
+    #[allow(clippy::expect_used)]
+    pub fn raw_blobs(&self) -> sled::Tree {
+        self.h().expect("the store is open").blobs.clone()
+    }
+}
+
+/// Drops `old` on a thread of its own (see [`Store::reopen`]); if no
+/// thread can be started it is leaked rather than risk blocking here.
+fn release_elsewhere(old: Arc<Handles>) {
+    let slot = Arc::new(Mutex::new(Some(old)));
+    let theirs = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name("con-log-release".into())
+        .spawn(move || drop(lock(&theirs).take()));
+    if spawned.is_err()
+        && let Some(old) = lock(&slot).take()
+    {
+        std::mem::forget(old);
     }
 }

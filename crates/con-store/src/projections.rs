@@ -70,7 +70,12 @@ impl Store {
     }
 
     fn load_checkpoint<P: Projection>(&self) -> Result<Option<(P, Head)>, ProjectionError> {
-        let Some(bytes) = self.checkpoints.get(P::NAME).map_err(StoreError::from)? else {
+        let Some(bytes) = self
+            .h()?
+            .checkpoints
+            .get(P::NAME)
+            .map_err(StoreError::from)?
+        else {
             return Ok(None);
         };
         // An undecodable, outdated or foreign checkpoint is only a cache miss.
@@ -117,7 +122,8 @@ impl Store {
         };
         let bytes = con_event::codec::encode_with_limit(&cp, MAX_STATE_BYTES + 1024)
             .map_err(encode_error)?;
-        self.checkpoints
+        self.h()?
+            .checkpoints
             .insert(P::NAME, bytes)
             .map_err(StoreError::from)?;
         Ok(())

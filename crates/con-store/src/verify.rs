@@ -32,7 +32,7 @@ impl Store {
     /// break. Only a failure to read the database at all is an `Err`.
     pub fn verify(&self) -> Result<Result<VerifyReport, ChainBreak>, StoreError> {
         let mut good = Head::default();
-        for item in self.log.iter() {
+        for item in self.h()?.log.iter() {
             let (k, v) = item?;
             let expected = good.seq + 1;
             let fail = |seq: u64, reason: String| {

@@ -5,15 +5,33 @@
 //! sled once, and only then acknowledges the whole batch and publishes the new
 //! durable head to readers. Many concurrent appenders therefore share one
 //! fsync.
+//!
+//! When the log cannot record (its file system is nearly full, or a write
+//! failed), the writer answers every append with
+//! [`AppendError::CannotRecord`] — nothing of those events is stored — and
+//! retries by itself with back-off. Before each batch it checks the free
+//! space and refuses once less than [`WriterConfig::min_free_bytes`] would
+//! be left, so in the common case sled never meets a full disk. If a sled
+//! write or flush fails anyway, that batch is not acknowledged, the head
+//! goes back to the last durable record, and sled is not asked to flush
+//! again (measured with sled 0.34.7: after a failed write sled refuses every
+//! later write and most reads of that opening; after a failed write of a
+//! value file its flush never returns). Once space is back the writer
+//! reopens the database ([`Store::reopen`]), removes the records of the
+//! failed batch that reached the disk (never acknowledged, never visible),
+//! so the log again ends at the last acknowledged event and an append that
+//! was refused is truly absent, records `log.degraded` and `log.recovered`,
+//! and records again. Its state is published as a [`LogState`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use con_event::payloads::{LogDegraded, LogRecovered};
 use con_event::{Digest, Envelope, Event, EventId, NewEvent, chain_hash, encode_stored};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::{Head, Store, StoreError, seq_key};
 
@@ -37,11 +55,49 @@ pub enum AppendError {
     /// attachments). Nothing was written; other events are unaffected.
     #[error("event rejected: {0}")]
     Rejected(String),
-    /// Writing or flushing failed. Whether this batch reached the disk is
+    /// The log cannot record now: its file system is (nearly) full, or a
+    /// write failed. Nothing of this event is stored (a write that reached
+    /// the disk is removed before the log records again); the writer
+    /// retries by itself. One line: `the event log at … cannot record: no
+    /// space left on device (0.4 MiB free)`.
+    #[error("{0}")]
+    CannotRecord(String),
+    /// The log is in a state the writer cannot continue from (a seq it was
+    /// about to store exists, sled reports corruption, or the durable head
+    /// is gone after a reopen). Whether this batch reached the disk is
     /// unknown; the writer refuses every further append, and a restart
     /// recovers the log's true head from disk.
     #[error("the event log writer failed (outcome of this append unknown): {0}")]
     Failed(String),
+}
+
+/// Whether the log records, as the writer last found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogState {
+    /// Appends are recorded.
+    Recording,
+    /// Appends are refused with [`AppendError::CannotRecord`] until the
+    /// writer finds it can record again.
+    NotRecording(NotRecording),
+    /// The writer has failed for good ([`AppendError::Failed`]) or stopped:
+    /// only a restart records again.
+    Failed(String),
+}
+
+/// Why and since when the log does not record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotRecording {
+    /// When it stopped recording, nanoseconds since the Unix epoch.
+    pub since_unix_nanos: i64,
+    /// The refusal appenders get (one line).
+    pub reason: String,
+}
+
+impl LogState {
+    /// Whether appends are recorded now.
+    pub fn is_recording(&self) -> bool {
+        matches!(self, LogState::Recording)
+    }
 }
 
 /// An event that has been durably committed, handed to the observer.
@@ -72,8 +128,20 @@ pub trait CommitObserver: Send {
 pub struct WriterConfig {
     /// Most events committed with one flush.
     pub max_batch: usize,
-    /// How often an idle writer polls its observer for events of its own.
+    /// How often an idle writer polls its observer for events of its own
+    /// (and checks the free space).
     pub idle_poll: Duration,
+    /// Free bytes the writer leaves on the log's file system: an event
+    /// whose bytes (counted twice: sled writes about that much) would leave
+    /// less is refused, and with less than a MiB above it the log stops
+    /// recording until there are two. 0 turns the check off (then only
+    /// sled's own write errors stop it; tests of that path).
+    pub min_free_bytes: u64,
+    /// First wait before trying to record again; doubled up to
+    /// `retry_max`.
+    pub retry_min: Duration,
+    /// Longest wait between tries.
+    pub retry_max: Duration,
 }
 
 impl Default for WriterConfig {
@@ -81,8 +149,38 @@ impl Default for WriterConfig {
         Self {
             max_batch: 4096,
             idle_poll: Duration::from_millis(250),
+            min_free_bytes: 8 * MIB,
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(2),
         }
     }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// With less room than this above `min_free_bytes`, the log stops
+/// recording; it records again from [`RESUME_ROOM`]. The gap keeps a log
+/// near the threshold from flapping (each transition is two events).
+const STOP_ROOM: u64 = MIB;
+const RESUME_ROOM: u64 = 2 * MIB;
+
+/// sled stores a value larger than about a quarter of its 512 KiB segments
+/// in a file of its own. If writing that file fails, sled leaves an IO
+/// buffer claimed for good: its next flush, and dropping the database,
+/// never return (measured with 0.34.7 on a full tmpfs), so the database
+/// cannot be reopened in this process. Such values are written only with
+/// room for them, whatever `min_free_bytes` says.
+const VALUE_FILE_BYTES: usize = 64 * 1024;
+
+/// Free bytes on the file system of `path` (for unprivileged users, like
+/// `df`; root may use a little more), or `None` if it cannot be read.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(s.blocks_available().saturating_mul(s.fragment_size()))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
 }
 
 /// Counters of the writer since it started.
@@ -144,6 +242,7 @@ pub struct GroupCommitWriter {
     tx: mpsc::Sender<Request>,
     thread: Option<JoinHandle<Result<(), AppendError>>>,
     stats: Arc<WriterStats>,
+    state: watch::Receiver<LogState>,
 }
 
 impl GroupCommitWriter {
@@ -173,6 +272,7 @@ impl GroupCommitWriter {
         let stats = Arc::new(WriterStats::default());
         let mut instance = [0u8; 8];
         instance.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+        let (state_tx, state_rx) = watch::channel(LogState::Recording);
         let mut state = WriterState {
             store: store.clone(),
             head,
@@ -180,6 +280,8 @@ impl GroupCommitWriter {
             config,
             observer,
             failed: None,
+            outage: None,
+            state: state_tx,
             stats: stats.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -197,7 +299,14 @@ impl GroupCommitWriter {
             tx,
             thread: Some(thread),
             stats,
+            state: state_rx,
         })
+    }
+
+    /// Whether the log records, kept current by the writer (transitions
+    /// only).
+    pub fn state(&self) -> watch::Receiver<LogState> {
+        self.state.clone()
     }
 
     /// A new submission handle.
@@ -235,13 +344,47 @@ impl Drop for GroupCommitWriter {
 
 struct WriterState {
     store: Store,
+    /// The last record written: the durable head, or past it while a batch
+    /// is being written.
     head: Head,
     /// Random per writer start; the first half of every event id.
     instance: [u8; 8],
     config: WriterConfig,
     observer: Option<Box<dyn CommitObserver>>,
+    /// Set for good: only a restart continues.
     failed: Option<AppendError>,
+    /// Set while the log cannot record.
+    outage: Option<Outage>,
+    state: watch::Sender<LogState>,
     stats: Arc<WriterStats>,
+}
+
+/// A period in which the log cannot record.
+struct Outage {
+    since_unix_nanos: i64,
+    since: Instant,
+    /// What appenders are told, without the free space (added per refusal).
+    cause: String,
+    /// The refusal when it began, as recorded in `log.degraded`.
+    reason: String,
+    free_at_start: u64,
+    /// A sled write or flush failed: that opening of the database is done
+    /// for, and the batch's records may be on disk.
+    reopen: bool,
+    /// The database was reopened during this outage.
+    reopened: bool,
+    /// Appends refused so far.
+    refused: u64,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+/// Why a batch stopped before its end.
+enum Stop {
+    /// Writing this event would leave less than `min_free_bytes` free.
+    NoRoom { free: u64 },
+    /// sled failed.
+    Store(StoreError),
 }
 
 impl WriterState {
@@ -249,13 +392,15 @@ impl WriterState {
         let mut batch: Vec<(Box<NewEvent>, Reply)> = Vec::with_capacity(self.config.max_batch);
         loop {
             let mut shutting_down = false;
-            match rx.recv_timeout(self.config.idle_poll) {
+            let mut idle = false;
+            match rx.recv_timeout(self.wait()) {
                 Ok(Request::Append(e, r)) => batch.push((e, r)),
                 Ok(Request::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     shutting_down = true
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => idle = true,
             }
+            self.maintain(idle);
             // Take whatever else is already waiting; on shutdown, everything.
             while shutting_down || batch.len() < self.config.max_batch {
                 match rx.try_recv() {
@@ -270,8 +415,206 @@ impl WriterState {
             self.commit(&mut batch);
             self.commit_observer_events(&mut batch);
             if shutting_down {
-                return self.failed.clone().map_or(Ok(()), Err);
+                if let Some(failed) = self.failed.clone() {
+                    return Err(failed);
+                }
+                return match &self.outage {
+                    Some(o) => Err(AppendError::CannotRecord(self.refusal(&o.cause))),
+                    None => Ok(()),
+                };
             }
+        }
+    }
+
+    /// How long to wait for requests: until the next try when the log
+    /// cannot record, else the idle poll.
+    fn wait(&self) -> Duration {
+        match &self.outage {
+            Some(o) if self.failed.is_none() => o
+                .next_try
+                .saturating_duration_since(Instant::now())
+                .min(self.config.idle_poll),
+            _ => self.config.idle_poll,
+        }
+    }
+
+    /// Between batches: tries to record again when it is time, and, when
+    /// idle, notices a file system that filled up without appends.
+    fn maintain(&mut self, idle: bool) {
+        if self.failed.is_some() {
+            return;
+        }
+        match &self.outage {
+            Some(o) if Instant::now() >= o.next_try => self.try_to_record_again(),
+            Some(_) => {}
+            None if idle && self.config.min_free_bytes > 0 => {
+                if let Some(free) = free_bytes(self.store.path())
+                    && free < self.config.min_free_bytes.saturating_add(STOP_ROOM)
+                {
+                    self.stop_recording(self.no_space_cause(), free, false);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// `no space left on device`: the cause of a refusal for want of space,
+    /// whether sled met the full disk or con refused before it did.
+    fn no_space_cause(&self) -> String {
+        "no space left on device".to_owned()
+    }
+
+    /// What an appender is told: the cause and the free space now.
+    fn refusal(&self, cause: &str) -> String {
+        let path = self.store.path().display();
+        let free = free_bytes(self.store.path());
+        match (free, self.config.min_free_bytes) {
+            (Some(free), 0) => {
+                format!(
+                    "the event log at {path} cannot record: {cause} ({} free)",
+                    mib(free)
+                )
+            }
+            (Some(free), keep) => format!(
+                "the event log at {path} cannot record: {cause} ({} free, {} kept free)",
+                mib(free),
+                mib(keep)
+            ),
+            (None, _) => format!("the event log at {path} cannot record: {cause}"),
+        }
+    }
+
+    /// Starts an outage (or, if one is under way, takes a new failure into
+    /// it: the database then needs reopening).
+    fn stop_recording(&mut self, cause: String, free: u64, reopen: bool) {
+        // What was written past the durable head is not acknowledged: the
+        // next append continues from the durable head once the records
+        // past it are removed (see `try_to_record_again`).
+        self.head = self.store.head();
+        if let Some(o) = self.outage.as_mut() {
+            o.reopen |= reopen;
+            o.cause = cause;
+            o.backoff = (o.backoff * 2).min(self.config.retry_max);
+            o.next_try = Instant::now() + o.backoff;
+            return;
+        }
+        let reason = self.refusal(&cause);
+        let since_unix_nanos = now_nanos();
+        log::error!("{reason}; retrying");
+        self.outage = Some(Outage {
+            since_unix_nanos,
+            since: Instant::now(),
+            cause,
+            reason: reason.clone(),
+            free_at_start: free,
+            reopen,
+            reopened: false,
+            refused: 0,
+            next_try: Instant::now() + self.config.retry_min,
+            backoff: self.config.retry_min,
+        });
+        self.state
+            .send_replace(LogState::NotRecording(NotRecording {
+                since_unix_nanos,
+                reason,
+            }));
+    }
+
+    fn fail_for_good(&mut self, err: AppendError) {
+        log::error!("{err}");
+        self.state.send_replace(LogState::Failed(err.to_string()));
+        self.failed = Some(err);
+    }
+
+    /// One try to leave an outage: enough space, then (after a failed
+    /// write) reopen and cut the log back to the durable head, then record
+    /// the outage. Any failure schedules the next try.
+    fn try_to_record_again(&mut self) {
+        let Some(outage) = self.outage.as_mut() else {
+            return;
+        };
+        let free = free_bytes(self.store.path());
+        let room_needed = if self.config.min_free_bytes == 0 {
+            RESUME_ROOM
+        } else {
+            self.config.min_free_bytes.saturating_add(RESUME_ROOM)
+        };
+        if free.is_some_and(|f| f < room_needed) {
+            outage.backoff = (outage.backoff * 2).min(self.config.retry_max);
+            outage.next_try = Instant::now() + outage.backoff;
+            return;
+        }
+        if outage.reopen {
+            match self.reopen_at_durable_head() {
+                Ok(()) => {
+                    if let Some(o) = self.outage.as_mut() {
+                        o.reopen = false;
+                        o.reopened = true;
+                    }
+                }
+                Err(Retry::Later(e)) => {
+                    let cause = reopen_failure(&e);
+                    let reason = self.refusal(&cause);
+                    if let Some(o) = self.outage.as_mut() {
+                        if o.cause != cause {
+                            log::error!("{reason}; retrying");
+                            self.state
+                                .send_replace(LogState::NotRecording(NotRecording {
+                                    since_unix_nanos: o.since_unix_nanos,
+                                    reason,
+                                }));
+                        }
+                        o.cause = cause;
+                        o.backoff = (o.backoff * 2).min(self.config.retry_max);
+                        o.next_try = Instant::now() + o.backoff;
+                    }
+                    return;
+                }
+                Err(Retry::Never(e)) => {
+                    self.fail_for_good(AppendError::Failed(e));
+                    return;
+                }
+            }
+        }
+        let Some(outage) = self.outage.as_ref() else {
+            return;
+        };
+        let path = self.store.path().display().to_string();
+        let took = outage.since.elapsed();
+        let degraded = NewEvent::system(LogDegraded {
+            path: path.clone(),
+            since_unix_nanos: outage.since_unix_nanos,
+            reason: outage.reason.clone(),
+            free_bytes: outage.free_at_start,
+        });
+        let recovered = NewEvent {
+            causation: Some(self.head.seq + 1),
+            ..NewEvent::system(LogRecovered {
+                path,
+                since_unix_nanos: outage.since_unix_nanos,
+                duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                refused: outage.refused,
+                reopened: outage.reopened,
+                free_bytes: free.unwrap_or(0),
+            })
+        };
+        let (refused, reopened) = (outage.refused, outage.reopened);
+        // Written while the outage lasts: if this fails, the same outage
+        // goes on (same start, same count).
+        let mut batch = vec![(Box::new(degraded), None), (Box::new(recovered), None)];
+        if self.write_batch(&mut batch) {
+            self.outage = None;
+            log::warn!(
+                "the event log at {} records again after {:.1} s ({refused} append(s) refused{})",
+                self.store.path().display(),
+                took.as_secs_f64(),
+                if reopened {
+                    "; the database was reopened"
+                } else {
+                    ""
+                }
+            );
+            self.state.send_replace(LogState::Recording);
         }
     }
 
@@ -298,37 +641,67 @@ impl WriterState {
             }
             return;
         }
+        if let Some(outage) = self.outage.as_mut() {
+            outage.refused += batch.len() as u64;
+            let cause = outage.cause.clone();
+            let err = AppendError::CannotRecord(self.refusal(&cause));
+            for (_, reply) in batch.drain(..) {
+                reply_with(reply, Err(err.clone()));
+            }
+            return;
+        }
+        self.write_batch(batch);
+    }
+
+    /// Writes and flushes `batch`, acknowledges what is durable and answers
+    /// the rest. False if the log stopped recording (or failed) on the way.
+    fn write_batch(&mut self, batch: &mut Vec<(Box<NewEvent>, Reply)>) -> bool {
         let mut done = Vec::with_capacity(batch.len());
-        // Replies of the event whose write failed and of those after it: they
-        // are answered with the failure, not dropped (which would read as
-        // "writer stopped").
+        // Replies of the event that could not be written and of those after
+        // it: they are answered with the refusal, not dropped (which would
+        // read as "writer stopped").
         let mut unwritten = Vec::new();
-        let mut failure = None;
+        let mut stop = None;
+        // Room for this batch: free space above `min_free_bytes`.
+        let mut room = match (self.config.min_free_bytes, free_bytes(self.store.path())) {
+            (0, _) | (_, None) => None,
+            (keep, Some(free)) => Some((free, free.saturating_sub(keep))),
+        };
         for (new, reply) in batch.drain(..) {
-            if failure.is_some() {
+            if stop.is_some() {
                 unwritten.push(reply);
                 continue;
             }
-            match self.write_one(*new) {
+            match self.write_one(*new, &mut room) {
                 Ok(Ok(event)) => done.push((event, reply)),
                 Ok(Err(rejected)) => reply_with(reply, Err(rejected)),
                 Err(e) => {
-                    failure = Some(e);
+                    stop = Some(e);
                     unwritten.push(reply);
                 }
             }
         }
-        let result = match failure {
-            Some(e) => Err(e),
-            None => self.store.db.flush().map(drop).map_err(StoreError::from),
+        // After a failed write sled's flush may never return (a value file
+        // that could not be written leaves its IO buffer claimed): flush
+        // only when every write succeeded.
+        let flushed = match &stop {
+            Some(Stop::Store(_)) => None,
+            _ if done.is_empty() => Some(Ok(())),
+            _ => Some(
+                self.store
+                    .h()
+                    .and_then(|h| h.db.flush().map(drop).map_err(StoreError::from)),
+            ),
         };
-        match result {
-            Ok(()) => {
+        match flushed {
+            Some(Ok(())) => {
                 self.store.set_durable(self.head);
-                self.stats.flushes.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .events
-                    .fetch_add(done.len() as u64, Ordering::Relaxed);
+                if !done.is_empty() {
+                    self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .events
+                        .fetch_add(done.len() as u64, Ordering::Relaxed);
+                }
                 let mut committed = Vec::with_capacity(done.len());
                 for ((event, attachments), reply) in done {
                     reply_with(
@@ -340,21 +713,102 @@ impl WriterState {
                     );
                     committed.push(CommittedEvent { event, attachments });
                 }
-                if let Some(observer) = self.observer.as_mut() {
+                if !committed.is_empty()
+                    && let Some(observer) = self.observer.as_mut()
+                {
                     observer.committed(committed);
                 }
-            }
-            Err(e) => {
-                // Nothing of this batch is acknowledged, and nothing after it
-                // will be: what reached the disk is unknown, so only a restart
-                // (which reads the head back from disk) can continue safely.
-                let err = AppendError::Failed(e.to_string());
-                for reply in done.into_iter().map(|(_, reply)| reply).chain(unwritten) {
-                    reply_with(reply, Err(err.clone()));
+                match stop {
+                    Some(Stop::NoRoom { free }) => {
+                        self.stop_recording(self.no_space_cause(), free, false);
+                        self.answer_refused(unwritten);
+                        false
+                    }
+                    _ => true,
                 }
-                self.failed = Some(err);
+            }
+            Some(Err(e)) => {
+                self.store_failed(e, done.into_iter().map(|(_, r)| r).chain(unwritten));
+                false
+            }
+            None => {
+                let Some(Stop::Store(e)) = stop else {
+                    return false;
+                };
+                self.store_failed(e, done.into_iter().map(|(_, r)| r).chain(unwritten));
+                false
             }
         }
+    }
+
+    /// Answers `replies` with the current refusal, counting them.
+    fn answer_refused(&mut self, replies: impl IntoIterator<Item = Reply>) {
+        let Some(outage) = self.outage.as_mut() else {
+            return;
+        };
+        let replies: Vec<Reply> = replies.into_iter().collect();
+        outage.refused += replies.len() as u64;
+        let cause = outage.cause.clone();
+        let err = AppendError::CannotRecord(self.refusal(&cause));
+        for reply in replies {
+            reply_with(reply, Err(err.clone()));
+        }
+    }
+
+    /// A sled write or flush failed: nothing of the batch is acknowledged.
+    /// An IO error (a full disk above all) stops recording until the
+    /// database can be reopened; anything else stops the writer for good.
+    fn store_failed(&mut self, e: StoreError, replies: impl IntoIterator<Item = Reply>) {
+        match e {
+            StoreError::Sled(sled::Error::Io(io)) => {
+                let cause = if is_no_space(&io) {
+                    self.no_space_cause()
+                } else {
+                    format!("write failed: {io}")
+                };
+                let free = free_bytes(self.store.path()).unwrap_or(0);
+                self.stop_recording(cause, free, true);
+                self.answer_refused(replies);
+            }
+            StoreError::Reopening(_) => {
+                // The database is closed (a reopen that has not succeeded
+                // yet): nothing was written.
+                let free = free_bytes(self.store.path()).unwrap_or(0);
+                self.stop_recording("the database is closed".to_owned(), free, true);
+                self.answer_refused(replies);
+            }
+            other => {
+                let err = AppendError::Failed(other.to_string());
+                for reply in replies {
+                    reply_with(reply, Err(err.clone()));
+                }
+                self.fail_for_good(err);
+            }
+        }
+    }
+
+    /// Reopens the database and cuts the log back to the durable head: the
+    /// records past it belong to a batch that was never acknowledged.
+    fn reopen_at_durable_head(&mut self) -> Result<(), Retry> {
+        self.store.reopen().map_err(Retry::Later)?;
+        let durable = self.store.head();
+        // Every acknowledged event must have survived: it was flushed.
+        let found = self.store.hash_at(durable.seq).map_err(Retry::Later)?;
+        if durable.seq > 0 && found != Some(durable.hash) {
+            return Err(Retry::Never(format!(
+                "{}: after reopening, the acknowledged seq {} is {}; refusing to append (run `con verify`)",
+                self.store.path().display(),
+                durable.seq,
+                if found.is_some() {
+                    "a different record"
+                } else {
+                    "missing"
+                }
+            )));
+        }
+        self.store.remove_after(durable.seq).map_err(Retry::Later)?;
+        self.head = durable;
+        Ok(())
     }
 
     /// `instance ‖ seq`: unique across logs and restarts (random half) and
@@ -372,7 +826,8 @@ impl WriterState {
     fn write_one(
         &mut self,
         new: NewEvent,
-    ) -> Result<Result<(Event, Vec<Vec<u8>>), AppendError>, StoreError> {
+        room: &mut Option<(u64, u64)>,
+    ) -> Result<Result<(Event, Vec<Vec<u8>>), AppendError>, Stop> {
         let seq = self.head.seq + 1;
         let kind = new.payload.spec();
         let payload = match new.payload.encode() {
@@ -406,20 +861,60 @@ impl WriterState {
                 ))));
             }
         };
+        // sled writes about twice what it is given (measured).
+        let bytes = (record.len() as u64)
+            .saturating_add(new.attachments.iter().map(|a| a.len() as u64).sum())
+            .saturating_mul(2);
+        let largest = new
+            .attachments
+            .iter()
+            .map(Vec::len)
+            .chain([record.len()])
+            .max()
+            .unwrap_or(0);
+        if room.is_none()
+            && largest > VALUE_FILE_BYTES
+            && let Some(free) = free_bytes(self.store.path())
+            && free < bytes.saturating_add(STOP_ROOM)
+        {
+            // Even without a threshold of our own: sled cannot be reopened
+            // in this process after it failed to write a value file.
+            return Err(Stop::NoRoom { free });
+        }
+        if let Some((free, left)) = room.as_mut() {
+            if bytes > *left {
+                if *left < STOP_ROOM {
+                    return Err(Stop::NoRoom { free: *free });
+                }
+                // Smaller events still fit: only this one is refused.
+                return Ok(Err(AppendError::CannotRecord(format!(
+                    "the event log at {} cannot record this event: it needs about {} and {} are free ({} kept free)",
+                    self.store.path().display(),
+                    mib(bytes),
+                    mib(*free),
+                    mib(self.config.min_free_bytes)
+                ))));
+            }
+            *left -= bytes;
+        }
+        let store_err = |e: StoreError| Stop::Store(e);
         for blob in &new.attachments {
-            self.store.put_blob(blob)?;
+            self.store.put_blob(blob).map_err(store_err)?;
         }
         let hash = chain_hash(&self.head.hash, &record);
         // Insert only if the seq is free: whatever made the head wrong, an
         // existing record is never replaced.
         self.store
+            .h()
+            .map_err(store_err)?
             .log
             .compare_and_swap(
                 seq_key(seq),
                 None::<&[u8]>,
                 Some(encode_stored(&record, &hash)),
-            )?
-            .map_err(|_| StoreError::SeqTaken(seq))?;
+            )
+            .map_err(|e| store_err(e.into()))?
+            .map_err(|_| store_err(StoreError::SeqTaken(seq)))?;
         self.head = Head { seq, hash };
         Ok(Ok((
             Event {
@@ -430,6 +925,37 @@ impl WriterState {
             new.attachments,
         )))
     }
+}
+
+/// Whether `io` says the file system is full. sled wraps some of its IO
+/// errors in a custom error that keeps the kind but not the OS code.
+fn is_no_space(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::StorageFull
+        || io.raw_os_error() == Some(nix::libc::ENOSPC)
+        || io.to_string().contains("No space left on device")
+}
+
+/// What appenders are told while a reopen fails.
+fn reopen_failure(e: &StoreError) -> String {
+    match e {
+        StoreError::Open {
+            cause: sled::Error::Io(io),
+            ..
+        }
+        | StoreError::Sled(sled::Error::Io(io))
+            if is_no_space(io) =>
+        {
+            "no space left on device".to_owned()
+        }
+        StoreError::Locked(_) => "the database cannot be reopened: its previous opening has not released it yet (if this lasts, restart the daemon)".to_owned(),
+        other => format!("the database cannot be reopened: {other}"),
+    }
+}
+
+/// Whether a failed reopen is worth another try.
+enum Retry {
+    Later(StoreError),
+    Never(String),
 }
 
 fn reply_with(reply: Reply, result: Result<Appended, AppendError>) {

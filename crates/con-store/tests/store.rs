@@ -477,7 +477,7 @@ fn a_last_record_that_cannot_be_read_is_refused_for_appending_and_named_by_verif
         let damaged = {
             let store = Store::open(&path).unwrap();
             append_n(&store, 12);
-            damage(store.raw_log(), 12, how);
+            damage(&store.raw_log(), 12, how);
             store.flush().unwrap();
             log_contents(&store)
         };

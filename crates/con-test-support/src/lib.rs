@@ -10,7 +10,8 @@
 //! and removed after it; [`unique_name`] and [`unique_prefix`] name them
 //! (and anything else a test creates on the host) so that no two tests
 //! collide. [`Root`] and [`Daemon`] are a con host in a temp dir and the
-//! real `con daemon` on it.
+//! real `con daemon` on it. [`Tmpfs`] is a small file system of a test's
+//! own, to fill up.
 //!
 //! A fixture that cannot be set up panics: the test fails there, loudly,
 //! which is what a test wants.
@@ -19,10 +20,12 @@
 
 mod host;
 mod processes;
+mod tmpfs;
 mod users;
 
 pub use host::{Daemon, Root, all_events, client_event, workspace};
 pub use processes::{live_in_group, pgid_of};
+pub use tmpfs::Tmpfs;
 pub use users::{TestGroup, TestUser, remove_accounts, unique_name, unique_prefix};
 
 use con_event::payloads::*;
@@ -378,6 +381,26 @@ pub fn samples() -> Vec<Sample> {
             ChainCheckpoint {
                 through_seq: 1000,
                 head: Digest::of(b"head"),
+            }
+            .into(),
+        ),
+        current(
+            LogDegraded {
+                path: "/var/lib/con/events".into(),
+                since_unix_nanos: 1_795_000_000_000_000_000,
+                reason: "no space left on device (0.4 MiB free)".into(),
+                free_bytes: 419_430,
+            }
+            .into(),
+        ),
+        current(
+            LogRecovered {
+                path: "/var/lib/con/events".into(),
+                since_unix_nanos: 1_795_000_000_000_000_000,
+                duration_ms: 12_500,
+                refused: 3,
+                reopened: true,
+                free_bytes: 52_428_800,
             }
             .into(),
         ),

@@ -8,11 +8,15 @@ use anyhow::anyhow;
 use clap::Args;
 use con_event::payloads::{AgentCondition, Outcome};
 use con_layout::Layout;
+use con_protocol::RecordingState;
 use con_runner::{AgentRun, ClientLink};
 
 /// Exit code when the run stopped on a temporary condition (budget spent,
 /// provider down): the task stays queued and the supervisor backs off.
 const EX_TEMPFAIL: u8 = 75;
+
+/// How often a run waiting for the event log to record asks again.
+const RECORDING_POLL: Duration = Duration::from_millis(500);
 
 /// Arguments of `con run`.
 #[derive(Debug, Args)]
@@ -34,13 +38,44 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // Before any thread starts (see stop_on_signals).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     con_runner::stop_on_signals(stop.clone())?;
-    // No daemon, no audit: nothing happens before the socket answers.
-    let mut link = ClientLink::connect(&layout.socket())?;
+    // No daemon, no audit: nothing happens before the socket answers (the
+    // status asked next, and the link once the run may go ahead: a link
+    // left idle while waiting would be closed by the daemon).
     // A halted or quarantined agent does nothing, and touches no task: they
     // wait in its inbox until an operator resumes it. Asked here as well as
     // by the supervisor, because under systemd a path unit starts this run
     // whenever a task is waiting.
-    let condition = crate::status_cmd::fetch(layout)?
+    let mut view = crate::status_cmd::fetch(layout)?;
+    // No audit, no action: while the log cannot record, no session could
+    // be opened (the daemon refuses it). Wait here rather than exit, so a
+    // systemd path unit firing for the waiting task does not spin; the
+    // task stays untouched until the log records again.
+    let mut said = false;
+    while view.recording.state != RecordingState::Recording {
+        if view.recording.state == RecordingState::Failed {
+            eprintln!(
+                "con run: the event log has failed: {}; not running (tasks stay queued)",
+                view.recording.reason.as_deref().unwrap_or("")
+            );
+            return Ok(ExitCode::from(EX_TEMPFAIL));
+        }
+        if !said {
+            said = true;
+            eprintln!(
+                "con run: {}; waiting until it records again (tasks stay queued)",
+                view.recording
+                    .reason
+                    .as_deref()
+                    .unwrap_or("the event log cannot record")
+            );
+        }
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(ExitCode::from(EX_TEMPFAIL));
+        }
+        std::thread::sleep(RECORDING_POLL);
+        view = crate::status_cmd::fetch(layout)?;
+    }
+    let condition = view
         .agents
         .iter()
         .find(|a| a.name == args.agent)
@@ -86,6 +121,9 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         if !waiting.until_allowed()? {
             return Ok(ExitCode::from(EX_TEMPFAIL));
         }
+        // A link per pass: one left idle through a long wait would be
+        // closed by the daemon.
+        let mut link = ClientLink::connect(&layout.socket())?;
         let drained = con_runner::drain(&mut link, &run)?;
         for s in &drained.sessions {
             let detail = if s.detail.is_empty() {

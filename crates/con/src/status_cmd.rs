@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use con_event::escape_control;
 use con_event::payloads::CheckStatus;
-use con_protocol::{Client, MirrorState, STATUS_VIEW_VERSION, StatusView};
+use con_protocol::{Client, MirrorState, RecordingState, STATUS_VIEW_VERSION, StatusView};
 
 use con_layout::Layout;
 
@@ -66,6 +66,23 @@ pub fn render(view: &StatusView) -> String {
             log.log_id, log.head_seq, log.head_hash
         );
     }
+    let why = || escape_control(view.recording.reason.as_deref().unwrap_or(""));
+    let _ = match view.recording.state {
+        RecordingState::Recording => Ok(()),
+        RecordingState::NotRecording => writeln!(
+            out,
+            "NOT RECORDING:  since {}: {} (no run starts; the daemon retries by itself)",
+            view.recording
+                .since_unix_nanos
+                .map_or_else(|| "?".to_owned(), con_projection::rfc3339_utc),
+            why()
+        ),
+        RecordingState::Failed => writeln!(
+            out,
+            "NOT RECORDING:  the log's writer failed: {} (restart the daemon)",
+            why()
+        ),
+    };
     if let Some(m) = &view.journal_mirror {
         let _ = match m.state {
             MirrorState::Healthy => writeln!(out, "journal mirror: healthy"),
