@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use con_contracts::{Check, CheckResult, CheckStates, ContractType, Loaded, LoadedContract};
+use con_contracts::{
+    Action, CheckResult, CheckStates, ContractType, Loaded, LoadedContract, OnFail,
+};
 use con_event::payloads::{CheckStatus, ContractResult};
 use con_event::{Actor, NewEvent, Payload};
 use con_layout::Layout;
@@ -84,19 +86,54 @@ impl ContractSettings {
     }
 }
 
-/// A result, with the check it is of (for its `on_fail`) when it came
-/// from a contract file's check.
-type Evaluated = (CheckResult, Option<Check>);
+/// A result, with the `on_fail` it is decided by: its contract file's
+/// check's, or for a built-in check [`builtin_on_fail`]'s; none for a
+/// result no check asks anything of (a broken file, a skipped scope).
+type Evaluated = (CheckResult, Option<OnFail>);
+
+/// The agent a failing built-in check is escalated to, when configured:
+/// the one the shipped library's contracts escalate to.
+const BUILTIN_ESCALATE: &str = "sysadmin";
+
+/// What a failing built-in check (con's own health) asks for, as the
+/// shipped library's checks do: an alert on every failing result, and the
+/// `sysadmin` agent, if one is configured, told once when the check starts
+/// failing. The same [`record`] decides and enforces it, whoever asked for
+/// the evaluation (the scheduler, `con healthcheck`, `con contracts
+/// check`, `RunChecks`).
+fn builtin_on_fail(agents: &[String]) -> OnFail {
+    OnFail {
+        action: Action::Alert,
+        escalate: agents
+            .iter()
+            .any(|a| a == BUILTIN_ESCALATE)
+            .then(|| BUILTIN_ESCALATE.to_owned()),
+        message: None,
+    }
+}
+
+/// Which checks an evaluation runs, besides what its `RunContracts` asks.
+#[derive(Clone, Copy)]
+enum Due<'a> {
+    /// Everything asked for (a request).
+    Asked,
+    /// The scheduler's due contract ids, and the built-ins and broken files
+    /// when they hold [`BUILTIN`].
+    Scheduled(&'a [String]),
+    /// The built-in checks alone (`RunChecks`).
+    BuiltinsOnly,
+}
 
 /// An id asked for that no contract has.
 #[derive(Debug)]
 pub(crate) struct UnknownContract(pub String);
 
 /// One unit of work: a check of a loaded contract, or a result already
-/// known (a broken file, a skipped scope, a built-in check).
+/// known (a broken file, a skipped scope, a built-in check) with the
+/// `on_fail` it is decided by.
 enum Work {
     Check(Arc<LoadedContract>, usize),
-    Known(CheckResult),
+    Known(CheckResult, Option<OnFail>),
 }
 
 /// Evaluates what `which` asks for and records every result, in a stable
@@ -106,10 +143,26 @@ pub(crate) async fn evaluate(
     which: RunContracts,
 ) -> Result<Vec<CheckRun>, Result<UnknownContract, String>> {
     let worker = shared.clone();
-    let results = tokio::task::spawn_blocking(move || run_selected(&worker, &which, None))
+    let results = tokio::task::spawn_blocking(move || run_selected(&worker, &which, Due::Asked))
         .await
         .map_err(|e| Err(e.to_string()))??;
     record(shared, results).await.map_err(Err)
+}
+
+/// Runs con's built-in checks alone and records them through the same
+/// [`record`] as every other evaluation (`RunChecks`).
+pub(crate) async fn evaluate_builtins(shared: &Arc<Shared>) -> Result<Vec<CheckRun>, String> {
+    let worker = shared.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        run_selected(&worker, &RunContracts::default(), Due::BuiltinsOnly)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| match e {
+        Ok(UnknownContract(id)) => format!("no contract {id:?}"),
+        Err(e) => e,
+    })?;
+    record(shared, results).await
 }
 
 /// Every check's state from the log's `contract.result` events: what the
@@ -152,7 +205,7 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
     // Held until every result is folded in: a concurrent evaluation of the
     // same check sees this one's transition, so an incident starts once.
     let mut states = shared.check_states.lock().await;
-    for (r, check) in results {
+    for (r, on_fail) in results {
         let duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX);
         let payload = ContractResult {
             contract: r.contract.clone(),
@@ -175,10 +228,10 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
             crate::gateway::now_unix_nanos(),
             &r.output,
         );
-        if let Some(check) = &check {
-            let decision = con_contracts::decide(check, transition);
+        if let Some(on_fail) = &on_fail {
+            let decision = con_contracts::decide_on_fail(Some(on_fail), transition);
             if decision.action.is_some() || decision.escalate.is_some() {
-                let message = check.on_fail.as_ref().and_then(|o| o.message.clone());
+                let message = on_fail.message.clone();
                 asked.push(Asked {
                     contract: r.contract.clone(),
                     scope_agent: r.scope_agent.clone(),
@@ -231,19 +284,22 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
     Ok(runs)
 }
 
-/// Loads, selects and runs (blocking). `due` narrows to those contract ids
-/// (and the built-ins only if it holds [`BUILTIN`]).
+/// Loads, selects and runs (blocking); `due` narrows the selection.
 fn run_selected(
     shared: &Shared,
     which: &RunContracts,
-    due: Option<&[String]>,
+    due: Due<'_>,
 ) -> Result<Vec<Evaluated>, Result<UnknownContract, String>> {
     let layout = &shared.config.layout;
     let loaded = load(layout);
     let builtins = crate::health::builtin_checks(layout, &shared.mirror.health());
     let wanted = |id: &str| {
         (which.ids.is_empty() || which.ids.iter().any(|w| w == id))
-            && due.is_none_or(|d| d.iter().any(|w| w == id))
+            && match due {
+                Due::Asked => true,
+                Due::Scheduled(d) => d.iter().any(|w| w == id),
+                Due::BuiltinsOnly => false,
+            }
     };
     if let Some(unknown) = which.ids.iter().find(|id| {
         !builtins.iter().any(|b| b.contract == id.as_str())
@@ -257,18 +313,28 @@ fn run_selected(
     }
 
     let mut work: Vec<Work> = Vec::new();
-    let builtins_due = due.is_none_or(|d| d.iter().any(|w| w == BUILTIN));
+    let builtins_due = match due {
+        Due::Asked | Due::BuiltinsOnly => true,
+        Due::Scheduled(d) => d.iter().any(|w| w == BUILTIN),
+    };
+    let on_fail = builtin_on_fail(&shared.agents());
     for b in builtins {
         if builtins_due && (which.ids.is_empty() || which.ids.iter().any(|w| w == b.contract)) {
-            work.push(Work::Known(CheckResult {
-                contract: b.contract.to_owned(),
-                check: b.check.to_owned(),
-                scope_agent: None,
-                status: b.status,
-                output: b.detail,
-                duration: b.duration,
-            }));
+            work.push(Work::Known(
+                CheckResult {
+                    contract: b.contract.to_owned(),
+                    check: b.check.to_owned(),
+                    scope_agent: None,
+                    status: b.status,
+                    output: b.detail,
+                    duration: b.duration,
+                },
+                Some(on_fail.clone()),
+            ));
         }
+    }
+    if matches!(due, Due::BuiltinsOnly) {
+        return Ok(run_parallel(work, &shared.config.contracts.env));
     }
     for broken in &loaded.broken {
         let id = broken.contract.clone().unwrap_or_else(|| {
@@ -281,14 +347,17 @@ fn run_selected(
         // On a schedule, a broken file is reported with the built-ins
         // rather than on every contract's tick.
         if builtins_due && (which.ids.is_empty() || which.ids.contains(&id)) {
-            work.push(Work::Known(CheckResult {
-                contract: id,
-                check: LOAD_CHECK.into(),
-                scope_agent: None,
-                status: CheckStatus::Error,
-                output: broken.to_string(),
-                duration: Duration::ZERO,
-            }));
+            work.push(Work::Known(
+                CheckResult {
+                    contract: id,
+                    check: LOAD_CHECK.into(),
+                    scope_agent: None,
+                    status: CheckStatus::Error,
+                    output: broken.to_string(),
+                    duration: Duration::ZERO,
+                },
+                None,
+            ));
         }
     }
     for c in loaded.contracts {
@@ -302,14 +371,17 @@ fn run_selected(
             && !shared.agents().iter().any(|a| a == agent)
         {
             for check in &c.contract.checks {
-                work.push(Work::Known(CheckResult {
-                    contract: c.contract.id.clone(),
-                    check: check.name.clone(),
-                    scope_agent: Some(agent.to_owned()),
-                    status: CheckStatus::Skipped,
-                    output: format!("agent {agent} is not configured"),
-                    duration: Duration::ZERO,
-                }));
+                work.push(Work::Known(
+                    CheckResult {
+                        contract: c.contract.id.clone(),
+                        check: check.name.clone(),
+                        scope_agent: Some(agent.to_owned()),
+                        status: CheckStatus::Skipped,
+                        output: format!("agent {agent} is not configured"),
+                        duration: Duration::ZERO,
+                    },
+                    None,
+                ));
             }
             continue;
         }
@@ -370,12 +442,12 @@ fn run_parallel(work: Vec<Work>, env: &[(String, String)]) -> Vec<Evaluated> {
                         .next();
                     let Some((i, item)) = next else { break };
                     let result = match item {
-                        Work::Known(r) => (r, None),
+                        Work::Known(r, on_fail) => (r, on_fail),
                         Work::Check(c, k) => {
                             let check = &c.contract.checks[k];
                             (
                                 con_contracts::run_check(&c, check, env),
-                                Some(check.clone()),
+                                check.on_fail.clone(),
                             )
                         }
                     };
@@ -465,8 +537,10 @@ pub(crate) async fn schedule(shared: Arc<Shared>) {
             ids: Vec::new(),
             detective_only: true,
         };
-        let results =
-            tokio::task::spawn_blocking(move || run_selected(&worker, &which, Some(&due))).await;
+        let results = tokio::task::spawn_blocking(move || {
+            run_selected(&worker, &which, Due::Scheduled(&due))
+        })
+        .await;
         if let Ok(Ok(results)) = results
             && let Err(e) = record(&shared, results).await
         {
