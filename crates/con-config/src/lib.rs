@@ -30,7 +30,7 @@ pub use env::collect_environment;
 pub use error::{ConfigError, ErrorKind};
 pub use model::{
     Agent, Config, ContractsConfig, Dashboard, FleetView, Inbox, Infra, KnownCli, Mode, Network,
-    Price, Provider, Runner, Schedule, Supervisor, System, SystemContracts, Tier,
+    Price, Provider, Runner, SYSADMIN_ROLE, Schedule, Supervisor, System, SystemContracts, Tier,
 };
 
 /// The rule agent names (and role, group and scope names) must follow.

@@ -38,6 +38,10 @@ pub struct Config {
     pub agents: Vec<Agent>,
 }
 
+/// The role that runs the host: its agents get the sudo whitelist, manage
+/// the contracts directory and may add contracts through the daemon.
+pub const SYSADMIN_ROLE: &str = "sysadmin";
+
 /// What one model costs, in USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Price {
@@ -62,6 +66,20 @@ impl Config {
             Tier::Operator => self.fleet_view.operators,
             Tier::Worker => false,
         }
+    }
+
+    /// The names of the agents that may add contracts through the daemon
+    /// (`con contracts add`), in file order: those holding the
+    /// [`SYSADMIN_ROLE`] (the role that manages the contracts directory) at
+    /// tier operator or above. Never a worker, whatever its roles: a
+    /// contract's `on_fail` can halt every agent and its escalation is a
+    /// task the daemon writes.
+    pub fn contract_authors(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .filter(|a| a.tier != Tier::Worker && a.roles.iter().any(|r| r == SYSADMIN_ROLE))
+            .map(|a| a.name.clone())
+            .collect()
     }
 
     /// The names of the agents that see the whole fleet, in file order.

@@ -18,6 +18,6 @@ pub use decide::{
     outcome_of_exit,
 };
 pub use load::{Loaded, LoadedContract, load_dir};
-pub use model::{Action, Check, Contract, ContractType, OnFail, Probe, Scope};
+pub use model::{Action, Check, Contract, ContractType, OnFail, Probe, Scope, stored_name};
 pub use parse::{ContractError, parse_contract};
 pub use run::{CheckResult, run_check};

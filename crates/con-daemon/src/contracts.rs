@@ -165,26 +165,40 @@ pub(crate) async fn evaluate_builtins(shared: &Arc<Shared>) -> Result<Vec<CheckR
     record(shared, results).await
 }
 
-/// Every check's state from the log's `contract.result` events: what the
-/// daemon starts with, so an incident that began before a restart does not
-/// escalate again.
-pub(crate) fn seed_check_states(
+/// Whose each content added through the daemon is (`contract.added`): a
+/// root-owned contract file with one of these digests runs as its author.
+/// Keyed by content, not by name, so renaming a file does not change whose
+/// it is; the latest add of a content wins.
+pub(crate) type Authors = HashMap<con_event::Digest, u32>;
+
+/// Every check's state from the log's `contract.result` events (so an
+/// incident that began before a restart does not escalate again) and the
+/// authors of added contracts from its `contract.added` events: what the
+/// daemon starts with, read in one pass.
+pub(crate) fn seed(
     store: &con_store::Store,
-) -> Result<CheckStates, con_store::StoreError> {
+) -> Result<(CheckStates, Authors), con_store::StoreError> {
     let mut states = CheckStates::default();
+    let mut authors = Authors::new();
     for event in store.events_from(1) {
         let event = event?;
-        if let Payload::ContractResult(r) = &event.payload {
-            states.observe(
-                (r.contract.clone(), r.check.clone(), r.scope_agent.clone()),
-                r.status,
-                event.seq(),
-                event.envelope.ts_unix_nanos,
-                &r.detail,
-            );
+        match &event.payload {
+            Payload::ContractResult(r) => {
+                states.observe(
+                    (r.contract.clone(), r.check.clone(), r.scope_agent.clone()),
+                    r.status,
+                    event.seq(),
+                    event.envelope.ts_unix_nanos,
+                    &r.detail,
+                );
+            }
+            Payload::ContractAdded(a) => {
+                authors.insert(a.content.digest, a.author_uid);
+            }
+            _ => {}
         }
     }
-    Ok(states)
+    Ok((states, authors))
 }
 
 /// What a recorded result asks the daemon to do.
@@ -291,7 +305,7 @@ fn run_selected(
     due: Due<'_>,
 ) -> Result<Vec<Evaluated>, Result<UnknownContract, String>> {
     let layout = &shared.config.layout;
-    let loaded = load(layout);
+    let loaded = load(shared);
     let builtins = crate::health::builtin_checks(layout, &shared.mirror.health());
     let wanted = |id: &str| {
         (which.ids.is_empty() || which.ids.iter().any(|w| w == id))
@@ -413,7 +427,25 @@ fn listing(dir: &std::path::Path) -> Vec<(std::ffi::OsString, u64, Option<std::t
     out
 }
 
-fn load(layout: &Layout) -> Loaded {
+/// The contracts directory, each root-owned file whose content was added
+/// through the daemon set to run as its author.
+pub(crate) fn load(shared: &Shared) -> Loaded {
+    let mut loaded = load_dir(&shared.config.layout);
+    let authors = shared
+        .authors
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for c in &mut loaded.contracts {
+        if c.owner == 0
+            && let Some(&author) = authors.get(&c.digest)
+        {
+            c.owner = author;
+        }
+    }
+    loaded
+}
+
+fn load_dir(layout: &Layout) -> Loaded {
     let dir = layout.contracts_dir();
     con_contracts::load_dir(&dir).unwrap_or_else(|e| Loaded {
         contracts: Vec::new(),
@@ -499,8 +531,8 @@ pub(crate) async fn schedule(shared: Arc<Shared>) {
             .await
             .ok();
         if listing != seen {
-            let layout = shared.config.layout.clone();
-            let Ok(loaded) = tokio::task::spawn_blocking(move || load(&layout)).await else {
+            let worker = shared.clone();
+            let Ok(loaded) = tokio::task::spawn_blocking(move || load(&worker)).await else {
                 continue;
             };
             every = loaded

@@ -149,6 +149,7 @@ impl DaemonConfig {
                 .map(|a| (a.name.clone(), a.tier))
                 .collect(),
             fleet_viewers: config.fleet_viewers(),
+            contract_authors: config.contract_authors(),
             mirror_capacity: MIRROR_CAPACITY,
             checkpoints: crate::CheckpointSettings::default(),
             drain_timeout: DRAIN_TIMEOUT,

@@ -13,6 +13,7 @@
 
 mod arrivals;
 mod checkpoint;
+mod contract_add;
 mod contracts;
 mod enforce;
 mod gateway;
@@ -65,6 +66,9 @@ pub struct DaemonConfig {
     /// The agents among them that see the whole fleet (status rows of
     /// every agent, the ledger): `con_config::Config::fleet_viewers`.
     pub fleet_viewers: Vec<String>,
+    /// The agents among them that may add contracts (`con contracts add`):
+    /// `con_config::Config::contract_authors`.
+    pub contract_authors: Vec<String>,
     /// Journal mirror queue length.
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
@@ -167,6 +171,13 @@ pub(crate) struct Shared {
     /// incident (and escalates) or continues one. Held while a result is
     /// recorded and folded in, so two evaluations cannot both start one.
     pub(crate) check_states: tokio::sync::Mutex<con_contracts::CheckStates>,
+    /// Whose each contract content added through the daemon is, seeded
+    /// from the log's `contract.added` events at start and added to before
+    /// each new file is written (see [`contracts::Authors`]).
+    pub(crate) authors: std::sync::RwLock<contracts::Authors>,
+    /// Held while a contract is added: the check of what is there and the
+    /// write are one step.
+    pub(crate) adding: tokio::sync::Mutex<()>,
     pub(crate) store: Store,
     pub(crate) appender: con_store::Appender,
     pub(crate) head: watch::Receiver<u64>,
@@ -195,6 +206,7 @@ struct AgentSet {
     names: Arc<Vec<String>>,
     tiers: Arc<std::collections::BTreeMap<String, con_config::Tier>>,
     fleet_viewers: Arc<Vec<String>>,
+    contract_authors: Arc<Vec<String>>,
 }
 
 /// A projection kept in memory between reads, and the seq of the last
@@ -259,6 +271,11 @@ impl Shared {
         self.agent_set().fleet_viewers
     }
 
+    /// The configured agents that may add contracts now.
+    pub(crate) fn contract_authors(&self) -> Arc<Vec<String>> {
+        self.agent_set().contract_authors
+    }
+
     fn agent_set(&self) -> AgentSet {
         self.agents
             .read()
@@ -267,13 +284,15 @@ impl Shared {
     }
 
     /// Makes `agents` the configured agents, with their `tiers`, and
-    /// `fleet_viewers` those that see the fleet, from the next connection
-    /// or request on.
+    /// `fleet_viewers` those that see the fleet and `contract_authors`
+    /// those that may add contracts, from the next connection or request
+    /// on.
     pub(crate) fn set_agents(
         &self,
         agents: Vec<String>,
         tiers: std::collections::BTreeMap<String, con_config::Tier>,
         fleet_viewers: Vec<String>,
+        contract_authors: Vec<String>,
     ) {
         *self
             .agents
@@ -282,6 +301,7 @@ impl Shared {
             names: Arc::new(agents),
             tiers: Arc::new(tiers),
             fleet_viewers: Arc::new(fleet_viewers),
+            contract_authors: Arc::new(contract_authors),
         };
     }
 
@@ -369,15 +389,18 @@ impl Daemon {
         let socket = config.layout.socket();
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let check_states = contracts::seed_check_states(&store)?;
+        let (check_states, authors) = contracts::seed(&store)?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             agents: std::sync::RwLock::new(AgentSet {
                 names: Arc::new(config.agents.clone()),
                 tiers: Arc::new(config.tiers.clone()),
                 fleet_viewers: Arc::new(config.fleet_viewers.clone()),
+                contract_authors: Arc::new(config.contract_authors.clone()),
             }),
             check_states: tokio::sync::Mutex::new(check_states),
+            authors: std::sync::RwLock::new(authors),
+            adding: tokio::sync::Mutex::new(()),
             store,
             appender: writer.appender(),
             head: head_rx,

@@ -173,6 +173,7 @@ async fn apply(
         daemon.agents.clone(),
         daemon.tiers.clone(),
         daemon.fleet_viewers.clone(),
+        daemon.contract_authors.clone(),
     );
     if let Some(gateway) = &targets.shared.gateway {
         gateway.replace(daemon.gateway.clone().unwrap_or_default());

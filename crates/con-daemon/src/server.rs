@@ -247,6 +247,20 @@ async fn handle(
         Request::Backup(dir) => backup(shared, identity, dir, wr).await,
         Request::Agent(order) => agent_order(shared, identity, order, wr).await,
         Request::Ledger(query) => ledger(shared, identity, query, wr).await,
+        Request::AddContract(contract) => add_contract(shared, identity, contract, wr).await,
+    }
+}
+
+/// A contract file to store (see [`crate::contract_add`]).
+async fn add_contract(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    contract: con_protocol::AddContract,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    match crate::contract_add::add(shared, identity, contract).await {
+        Ok(view) => send(wr, &Response::ContractAdded(view)).await,
+        Err((code, message)) => refuse(wr, code, message).await,
     }
 }
 

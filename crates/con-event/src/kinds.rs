@@ -221,4 +221,5 @@ registry! {
     RunExited,
     ProvisionApplied,
     ConfigReloaded,
+    ContractAdded,
 }

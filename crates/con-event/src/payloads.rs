@@ -1352,3 +1352,65 @@ impl Kind for ConfigReloaded {
         out.push(("CON_CONFIG_SHA256", self.config_digest.to_hex()));
     }
 }
+
+/// `contract.added`: the daemon stored a contract file someone handed it
+/// (`con contracts add`), after parsing it with the same parser that
+/// evaluates it. The file is root's (0644) in the contracts directory; its
+/// checks run as `author_uid`, never as root unless root added it. The
+/// daemon reads these events at start to know whose each stored content
+/// is, so that survives restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractAdded {
+    /// The contract's `id`.
+    pub contract: String,
+    /// Where it was stored (`<contracts dir>/<id>.yaml`).
+    pub path: String,
+    /// Who added it: its checks run as this uid.
+    pub author_uid: u32,
+    /// The author's agent name, when an agent added it.
+    pub author_agent: Option<String>,
+    /// The file as stored.
+    pub content: BlobRef,
+    /// The content it replaced, if the file existed.
+    pub replaced: Option<BlobRef>,
+}
+
+impl Kind for ContractAdded {
+    const SPEC: KindSpec = KindSpec {
+        id: 20,
+        name: "contract.added",
+        version: 1,
+        authority: Authority::Daemon,
+        message_id: "108cac1d08a44ae6994a8da7d4a07c09",
+        priority: Priority::Notice,
+        subject: "Contract @CON_CONTRACT@ added by uid @CON_AUTHOR_UID@",
+        description: "A contract file was added through the daemon (`con contracts add`): parsed first, then stored root-owned and read-only in the contracts directory. Its checks run as the author's uid (CON_AUTHOR_UID), never with more rights than the author has; the content is attached. Review it with `con logs --kind contract.added` and `con contracts list`.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "contract {} {} by uid {}{} at {}",
+            self.contract,
+            if self.replaced.is_some() {
+                "replaced"
+            } else {
+                "added"
+            },
+            self.author_uid,
+            self.author_agent
+                .as_deref()
+                .map(|a| format!(" (agent {a})"))
+                .unwrap_or_default(),
+            self.path
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_CONTRACT", self.contract.clone()));
+        out.push(("CON_AUTHOR_UID", self.author_uid.to_string()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        self.author_agent.as_deref()
+    }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        std::iter::once(self.content).chain(self.replaced).collect()
+    }
+}

@@ -228,7 +228,8 @@ impl Projection for FleetStatus {
             | Payload::RunStarted(_)
             | Payload::RunExited(_)
             | Payload::ProvisionApplied(_)
-            | Payload::ConfigReloaded(_) => {}
+            | Payload::ConfigReloaded(_)
+            | Payload::ContractAdded(_) => {}
         }
     }
 }

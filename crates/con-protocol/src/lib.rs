@@ -262,6 +262,37 @@ pub enum Request {
     /// agents the config lets see the fleet (officers; operators where
     /// `[fleet_view]` says so); refused for any other agent.
     Ledger(LedgerQuery),
+    /// Store a contract file in the contracts directory (parsed first, the
+    /// same way it is evaluated); answered with [`Response::ContractAdded`]
+    /// once stored and recorded (`contract.added`). Root and `trusted`
+    /// operators, and agents the config lets add contracts (the sysadmin
+    /// role, tier operator or above); refused for any other agent.
+    AddContract(AddContract),
+}
+
+/// A contract file for [`Request::AddContract`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddContract {
+    /// The file's name as the caller gave it: errors name it. Where it is
+    /// stored comes from the contract's `id`, never from this.
+    pub file: String,
+    /// The file's content.
+    pub content: Vec<u8>,
+}
+
+/// What [`Request::AddContract`] stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractAddedView {
+    /// The contract's id.
+    pub contract: String,
+    /// Where it is stored.
+    pub path: String,
+    /// Whose it is: its checks run as this uid.
+    pub author_uid: u32,
+    /// Whether it replaced a file of the same name.
+    pub replaced: bool,
+    /// Seq of its `contract.added`.
+    pub seq: u64,
 }
 
 /// Which contracts [`Request::RunContracts`] evaluates.
@@ -365,6 +396,8 @@ pub enum Response {
     /// Part of the answer to [`Request::Ledger`], in the order the
     /// sessions ended; [`Response::End`] follows the last part.
     Ledger(Vec<LedgerEntry>),
+    /// Answer to [`Request::AddContract`].
+    ContractAdded(ContractAddedView),
 }
 
 /// A frame that cannot be accepted.

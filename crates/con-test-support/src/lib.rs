@@ -41,7 +41,11 @@ const SAMPLE_CONTENTS: &[&str] = &[
     "{\"role\":\"user\",\"content\":\"check the disk\"}",
     "{\"system\":\"You are sysadmin.\",\"messages\":,\"tools\":[]}",
     "+ user a-concierge",
+    CONTRACT_SAMPLE,
 ];
+
+/// The contract file the `contract.added` sample attaches.
+const CONTRACT_SAMPLE: &str = "id: CON-SYS-009\ntype: detective\nchecks:\n  - name: up\n    command: {run: 'echo up', test: '[ \"$RESULT\" = up ]'}\n";
 
 /// The contents `payload` references, for a payload built from the samples
 /// (and from contents in [`SAMPLE_CONTENTS`] generally); a reference to
@@ -362,6 +366,17 @@ pub fn samples() -> Vec<Sample> {
                 agents_changed: vec!["sysadmin".into()],
                 keys_changed: true,
                 restart_needed: vec!["contracts.system".into()],
+            }
+            .into(),
+        ),
+        current(
+            ContractAdded {
+                contract: "CON-SYS-009".into(),
+                path: "/srv/con/contracts/CON-SYS-009.yaml".into(),
+                author_uid: 1002,
+                author_agent: Some("sysadmin".into()),
+                content: blob(CONTRACT_SAMPLE),
+                replaced: None,
             }
             .into(),
         ),

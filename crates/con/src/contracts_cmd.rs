@@ -9,7 +9,7 @@ use con_contracts::{CheckStates, is_failure};
 use con_event::payloads::{CheckStatus, ContractResult, Kind};
 use con_event::{Event, Payload, escape_control};
 use con_layout::Layout;
-use con_protocol::{CheckRun, Client, Query, RunContracts};
+use con_protocol::{AddContract, CheckRun, Client, Query, RunContracts};
 use serde::Serialize;
 
 /// `con contracts …`.
@@ -21,6 +21,20 @@ pub enum ContractsCommand {
     /// Run contracts now through the daemon (all of them, or these ids);
     /// one line per check and a summary; exit 1 if any check failed.
     Check(CheckArgs),
+    /// Hand a contract file to the daemon, which checks it, records it and
+    /// stores it root-owned as <contracts dir>/<id>.yaml; its checks run as
+    /// you (operators, and agents of the sysadmin role).
+    Add(AddArgs),
+}
+
+/// Arguments of `con contracts add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The contract file (YAML).
+    file: std::path::PathBuf,
+    /// Print what was stored as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `con contracts list`.
@@ -52,7 +66,32 @@ pub fn run(command: ContractsCommand, layout: &Layout) -> anyhow::Result<ExitCod
             })?;
             print_runs(&runs, args.json)
         }
+        ContractsCommand::Add(args) => add(&args, layout),
     }
+}
+
+/// `con contracts add FILE`: the file is read here, as the caller, and
+/// judged and stored by the daemon.
+fn add(args: &AddArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let content =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let view = Client::connect(&layout.socket())?.add_contract(AddContract {
+        file: args.file.display().to_string(),
+        content,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!(
+            "{} contract {} as {} (its checks run as uid {}; recorded at seq {})",
+            if view.replaced { "replaced" } else { "added" },
+            escape_control(&view.contract),
+            escape_control(&view.path),
+            view.author_uid,
+            view.seq
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints results, one line per check and a summary (or JSON); the exit
