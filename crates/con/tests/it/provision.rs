@@ -809,3 +809,61 @@ fn the_ledger_directory_is_for_those_who_see_the_fleet() {
     host.denied("scribe", &format!("ls {}", ledger.display()));
     host.denied("concierge", &format!("ls {}", ledger.display()));
 }
+
+/// `con bootstrap` while an agent is quarantined leaves its inbox closed to
+/// the other agents (the plan's write grants on it are withheld, from the
+/// daemon's state or, with no daemon, from the log itself); the resume
+/// puts back exactly what the quarantine removed.
+#[test]
+fn bootstrap_keeps_a_quarantined_inbox_closed_until_the_resume() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    let inbox = host.agent_dir("sysadmin").join("inbox");
+    let getfacl = || {
+        let out = Command::new("getfacl")
+            .args(["-cp"])
+            .arg(&inbox)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        text(&out.stdout)
+    };
+    let write = |name: &str| format!("echo hi > {}/{name}.task", inbox.display());
+    let before = getfacl();
+    let out = host.as_agent("concierge", &write("before"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let daemon = Daemon::start_with(CON, &host.root, &["--supervisor", "systemd"], &[]);
+    host.ok(&["agent", "quarantine", "sysadmin"]);
+    host.denied("concierge", &write("quarantined"));
+
+    // Through the daemon's state.
+    let out = host.ok(&["bootstrap"]);
+    assert!(
+        out.contains("write grant(s) withheld while sysadmin is quarantined"),
+        "{out}"
+    );
+    host.denied("concierge", &write("after-bootstrap"));
+    let check = host.con(&["bootstrap", "--check"]);
+    assert!(check.status.success(), "no drift: {}", text(&check.stdout));
+
+    // With no daemon, from the log.
+    drop(daemon);
+    host.ok(&["bootstrap"]);
+    host.denied("concierge", &write("after-offline-bootstrap"));
+    assert!(!inbox.join("after-offline-bootstrap.task").exists());
+
+    let _daemon = Daemon::start_with(CON, &host.root, &["--supervisor", "systemd"], &[]);
+    host.ok(&["agent", "resume", "sysadmin"]);
+    assert_eq!(
+        getfacl(),
+        before,
+        "the resume restores exactly what was removed"
+    );
+    let out = host.as_agent("concierge", &write("resumed"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // And a bootstrap now changes nothing on the inbox.
+    let out = host.ok(&["bootstrap"]);
+    assert!(!out.contains("withheld"), "{out}");
+    assert_eq!(getfacl(), before);
+}
