@@ -262,12 +262,56 @@ pub enum Outcome {
     ProviderError,
     /// The runner itself failed (exec runner exit, IO error…).
     RunnerError,
-    /// Enforcement killed the session.
+    /// The run was told to stop (SIGTERM, SIGINT or SIGHUP: a daemon
+    /// shutting down, `systemctl stop`) and recorded its own end.
     Killed,
     /// The task could not be run at all (unreadable, too large, or its
     /// response could not be written) and was moved to `failed/` before any
     /// model call.
     SetAside,
+    /// Enforcement (`kill_session`, or a halt or quarantine) killed every
+    /// process of the agent's user while the session ran. The run cannot
+    /// say so itself: the daemon, which killed it, records this end, caused
+    /// by the `enforcement.action` (new in `session.ended` version 2).
+    KilledByEnforcement,
+}
+
+/// `Outcome` as `session.ended` version 1 stored it (without
+/// [`Outcome::KilledByEnforcement`]); frozen, upcast one to one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeV1 {
+    /// [`Outcome::Ok`].
+    Ok,
+    /// [`Outcome::MaxIterations`].
+    MaxIterations,
+    /// [`Outcome::Timeout`].
+    Timeout,
+    /// [`Outcome::Budget`].
+    Budget,
+    /// [`Outcome::ProviderError`].
+    ProviderError,
+    /// [`Outcome::RunnerError`].
+    RunnerError,
+    /// [`Outcome::Killed`].
+    Killed,
+    /// [`Outcome::SetAside`].
+    SetAside,
+}
+
+impl From<OutcomeV1> for Outcome {
+    fn from(v1: OutcomeV1) -> Self {
+        match v1 {
+            OutcomeV1::Ok => Outcome::Ok,
+            OutcomeV1::MaxIterations => Outcome::MaxIterations,
+            OutcomeV1::Timeout => Outcome::Timeout,
+            OutcomeV1::Budget => Outcome::Budget,
+            OutcomeV1::ProviderError => Outcome::ProviderError,
+            OutcomeV1::RunnerError => Outcome::RunnerError,
+            OutcomeV1::Killed => Outcome::Killed,
+            OutcomeV1::SetAside => Outcome::SetAside,
+        }
+    }
 }
 
 impl Outcome {
@@ -282,11 +326,14 @@ impl Outcome {
             Outcome::RunnerError => "runner_error",
             Outcome::Killed => "killed",
             Outcome::SetAside => "set_aside",
+            Outcome::KilledByEnforcement => "killed_by_enforcement",
         }
     }
 }
 
-/// `session.ended`.
+/// `session.ended` version 2 (current): recorded by the run when its
+/// session ends, or by the daemon when enforcement killed it
+/// ([`Outcome::KilledByEnforcement`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnded {
     /// The agent.
@@ -303,17 +350,59 @@ pub struct SessionEnded {
     pub detail: String,
 }
 
+/// `session.ended` version 1: the same fields, its outcome without
+/// [`Outcome::KilledByEnforcement`]. Kept so records of this version keep
+/// decoding; upcast to [`SessionEnded`] on read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEndedV1 {
+    /// The agent.
+    pub agent: String,
+    /// How it ended.
+    pub outcome: OutcomeV1,
+    /// Tool-loop iterations used.
+    pub iterations: u32,
+    /// Wall-clock duration.
+    pub duration_ms: u64,
+    /// Final response, if one was produced.
+    pub response: Option<BlobRef>,
+    /// Detail for non-ok outcomes.
+    pub detail: String,
+}
+
+impl From<SessionEndedV1> for SessionEnded {
+    fn from(v1: SessionEndedV1) -> Self {
+        SessionEnded {
+            agent: v1.agent,
+            outcome: v1.outcome.into(),
+            iterations: v1.iterations,
+            duration_ms: v1.duration_ms,
+            response: v1.response,
+            detail: v1.detail,
+        }
+    }
+}
+
 impl Kind for SessionEnded {
     const SPEC: KindSpec = KindSpec {
         id: 4,
         name: "session.ended",
-        version: 1,
+        version: 2,
         authority: Authority::AgentRun,
         message_id: "3c872adf44a7491fab9264eeabbcdbd3",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT@ ended session @CON_SESSION@: @CON_OUTCOME@",
-        description: "An agent session ended. CON_OUTCOME is ok, max_iterations, timeout, budget, provider_error, runner_error or killed.",
+        description: "An agent session ended. CON_OUTCOME is ok, max_iterations, timeout, budget, provider_error, runner_error, killed (the run was told to stop), set_aside or killed_by_enforcement (recorded by the daemon, whose enforcement killed the run; caused by the enforcement.action).",
     };
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        match version {
+            1 => codec::decode::<SessionEndedV1>("session.ended v1", bytes).map(Into::into),
+            2 => codec::decode("session.ended", bytes),
+            _ => Err(DecodeError::UnknownVersion {
+                kind: Self::SPEC.name,
+                version,
+            }),
+        }
+    }
     fn message(&self) -> String {
         format!(
             "agent {} ended its session: {} after {} iterations, {} ms",

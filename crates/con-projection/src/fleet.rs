@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use con_event::payloads::{AclGrant, AgentCondition, CheckStatus, EnforcementDone, Outcome};
-use con_event::{Event, Payload};
+use con_event::{Event, Payload, SessionId};
 use serde::{Deserialize, Serialize};
 
 use crate::Projection;
@@ -35,6 +35,21 @@ pub struct AgentStatus {
     pub last_seq: u64,
     /// ACL entries its quarantine removed and a resume puts back.
     pub acl_removed: Vec<AclGrant>,
+    /// Its sessions started and not yet ended, oldest first: those a kill
+    /// ends (the daemon records their `session.ended`, which their runs,
+    /// killed, cannot).
+    pub running: Vec<RunningSession>,
+}
+
+/// A session started and not yet ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningSession {
+    /// The session.
+    pub session: SessionId,
+    /// Its task, if any.
+    pub task: Option<String>,
+    /// When its `session.started` was recorded (Unix nanoseconds).
+    pub started_unix_nanos: i64,
 }
 
 impl Default for AgentStatus {
@@ -48,6 +63,7 @@ impl Default for AgentStatus {
             spend_micro_usd_by_day: BTreeMap::new(),
             last_seq: 0,
             acl_removed: Vec::new(),
+            running: Vec::new(),
         }
     }
 }
@@ -119,7 +135,9 @@ impl FleetStatus {
         }
         let target = p.target.iter().filter(|_| p.action == "kill_session");
         for name in p.agents.iter().chain(target) {
-            self.agent(name, seq).running_sessions = 0;
+            let a = self.agent(name, seq);
+            a.running_sessions = 0;
+            a.running.clear();
         }
     }
 
@@ -143,7 +161,8 @@ impl Projection for FleetStatus {
     const NAME: &'static str = "fleet-status";
     // 3: checks carry their contract and check names.
     // 4: alerts, and the ACL entries a quarantine removed.
-    const VERSION: u32 = 4;
+    // 5: each agent's open sessions.
+    const VERSION: u32 = 5;
 
     fn apply(&mut self, event: &Event) {
         let seq = event.seq();
@@ -160,11 +179,21 @@ impl Projection for FleetStatus {
                 let a = self.agent(&p.agent, seq);
                 a.running_sessions += 1;
                 a.sessions_total += 1;
+                if let Some(session) = event.envelope.session {
+                    a.running.push(RunningSession {
+                        session,
+                        task: event.envelope.task.clone(),
+                        started_unix_nanos: event.envelope.ts_unix_nanos,
+                    });
+                }
             }
             Payload::SessionEnded(p) => {
                 let a = self.agent(&p.agent, seq);
                 a.running_sessions = a.running_sessions.saturating_sub(1);
                 a.last_outcome = Some(p.outcome);
+                if let Some(session) = event.envelope.session {
+                    a.running.retain(|o| o.session != session);
+                }
             }
             Payload::LlmResponse(p) => {
                 let day = utc_day(event.envelope.ts_unix_nanos);

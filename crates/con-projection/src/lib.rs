@@ -9,7 +9,7 @@
 mod fleet;
 mod ledger;
 
-pub use fleet::{AgentStatus, Alert, CheckState, FleetStatus, utc_day};
+pub use fleet::{AgentStatus, Alert, CheckState, FleetStatus, RunningSession, utc_day};
 pub use ledger::{Ledger, LedgerRow, OpenSession, rfc3339_utc, utc_date};
 
 use con_event::Event;

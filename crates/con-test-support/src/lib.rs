@@ -151,6 +151,28 @@ pub fn samples() -> Vec<Sample> {
         current(
             SessionEnded {
                 agent: "sysadmin".into(),
+                outcome: Outcome::KilledByEnforcement,
+                iterations: 0,
+                duration_ms: 61_000,
+                response: None,
+                detail: "killed by enforcement: kill_session (CON-SYS-004)".into(),
+            }
+            .into(),
+        ),
+        Sample {
+            kind: "session.ended",
+            version: 1,
+            bytes: codec::encode(&SessionEndedV1 {
+                agent: "sysadmin".into(),
+                outcome: OutcomeV1::MaxIterations,
+                iterations: 200,
+                duration_ms: 61_000,
+                response: None,
+                detail: "iteration cap 200 reached".into(),
+            })
+            .expect("sample encodes"),
+            payload: SessionEnded {
+                agent: "sysadmin".into(),
                 outcome: Outcome::MaxIterations,
                 iterations: 200,
                 duration_ms: 61_000,
@@ -158,7 +180,7 @@ pub fn samples() -> Vec<Sample> {
                 detail: "iteration cap 200 reached".into(),
             }
             .into(),
-        ),
+        },
         current(
             LlmRequest {
                 agent: "sysadmin".into(),
