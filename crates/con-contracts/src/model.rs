@@ -48,6 +48,24 @@ pub struct Contract {
     /// `checks`, in file order (may be empty only for a preventive contract,
     /// which records an enforcement that the OS carries out).
     pub checks: Vec<Check>,
+    /// `mechanism`: for a preventive contract, what enforces it elsewhere
+    /// (`nftables`, `acl`, `sudoers`, `file-modes`, `systemd`, …).
+    pub mechanism: Option<String>,
+    /// `agent`: the one agent a preventive contract is about, when not every
+    /// agent (what `scope: agent:<name>` says; both may be given if they
+    /// agree).
+    pub agent: Option<String>,
+    /// `enforcement`: how the mechanism enforces it (a command, a rule, a
+    /// sentence), for the record.
+    pub enforcement: Option<String>,
+}
+
+impl Contract {
+    /// The agent the contract is about (its scope's, or its `agent`), or
+    /// `None` for every agent.
+    pub fn applies_to(&self) -> Option<&str> {
+        self.scope.agent().or(self.agent.as_deref())
+    }
 }
 
 /// `type`.

@@ -151,6 +151,48 @@ struct Row {
     file: Option<String>,
 }
 
+/// A preventive contract in `con contracts list`: what the OS enforces,
+/// registered in the contracts directory.
+#[derive(Debug, Serialize)]
+struct Preventive {
+    contract: String,
+    description: String,
+    /// `system` or `agent:<name>`.
+    scope: String,
+    /// The agent it is about, `null` for every agent.
+    applies_to: Option<String>,
+    /// What enforces it (`nftables`, `acl`, `sudoers`, `file-modes`,
+    /// `systemd`, …), if the file says.
+    mechanism: Option<String>,
+    /// How, if the file says.
+    enforcement: Option<String>,
+    /// Checks that verify the mechanism is in place (listed with the
+    /// others), if any.
+    checks: usize,
+    file: String,
+}
+
+fn preventive(loaded: &con_contracts::Loaded) -> Vec<Preventive> {
+    loaded
+        .contracts
+        .iter()
+        .filter(|c| c.contract.kind == con_contracts::ContractType::Preventive)
+        .map(|c| Preventive {
+            contract: c.contract.id.clone(),
+            description: c.contract.description.clone(),
+            scope: match c.contract.scope.agent() {
+                Some(a) => format!("agent:{a}"),
+                None => "system".to_owned(),
+            },
+            applies_to: c.contract.applies_to().map(str::to_owned),
+            mechanism: c.contract.mechanism.clone(),
+            enforcement: c.contract.enforcement.clone(),
+            checks: c.contract.checks.len(),
+            file: c.file.display().to_string(),
+        })
+        .collect()
+}
+
 fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let dir = layout.contracts_dir();
     let loaded =
@@ -212,6 +254,7 @@ fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         #[derive(Serialize)]
         struct Listing<'a> {
             checks: &'a [Row],
+            preventive: Vec<Preventive>,
             broken: Vec<String>,
         }
         let broken = loaded.broken.iter().map(ToString::to_string).collect();
@@ -219,6 +262,7 @@ fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&Listing {
                 checks: &rows,
+                preventive: preventive(&loaded),
                 broken
             })?
         );
@@ -244,6 +288,22 @@ fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 state,
                 last
             );
+        }
+        let registry = preventive(&loaded);
+        if !registry.is_empty() {
+            println!("preventive (enforced by the OS, registered here):");
+            for p in &registry {
+                println!(
+                    "  {:<14} {:<10} {:<16} {}",
+                    escape_control(&p.contract),
+                    escape_control(p.mechanism.as_deref().unwrap_or("-")),
+                    match &p.applies_to {
+                        Some(a) => format!("for {}", escape_control(a)),
+                        None => "for every agent".to_owned(),
+                    },
+                    escape_control(&p.description)
+                );
+            }
         }
         for b in &loaded.broken {
             println!("broken: {}", escape_control(&b.to_string()));

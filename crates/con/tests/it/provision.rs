@@ -702,6 +702,45 @@ fn the_shipped_contracts_pass_on_a_freshly_bootstrapped_root() {
         assert!(line.contains(" pass "), "{line}");
     }
 
+    // The preventive registry: not run, listed with what enforces it.
+    assert!(
+        !stdout.contains("CON-PREV-"),
+        "preventive contracts have nothing to run"
+    );
+    let list = host.con(&["contracts", "list", "--json"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let registry: Vec<(String, String)> = list["preventive"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert!(p["applies_to"].is_null(), "{p}");
+            assert!(!p["description"].as_str().unwrap().is_empty(), "{p}");
+            (
+                p["contract"].as_str().unwrap().to_owned(),
+                p["mechanism"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("CON-PREV-001", "nftables"),
+        ("CON-PREV-002", "acl"),
+        ("CON-PREV-003", "file-modes"),
+        ("CON-PREV-004", "sudoers"),
+        ("CON-PREV-005", "systemd"),
+        ("CON-PREV-006", "file-modes"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(registry, want);
+    let listed = text(&host.con(&["contracts", "list"]).stdout);
+    assert!(
+        listed.contains("preventive (enforced by the OS, registered here):\n  CON-PREV-001   nftables   for every agent  "),
+        "{listed}"
+    );
+
     // Drift is caught: an AGENTS.md made writable fails its contract.
     let md = host
         .path()
