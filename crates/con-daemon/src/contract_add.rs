@@ -68,6 +68,11 @@ pub(crate) async fn add(
     let id = contract.id.clone();
     let name = con_contracts::stored_name(&id)
         .map_err(|m| rejected(format!("{file}: contract {id}: id: {m}")))?;
+    if crate::health::BUILTIN_IDS.contains(&id.as_str()) {
+        return Err(rejected(format!(
+            "{file}: contract {id}: id: con's built-in check of itself has this id"
+        )));
+    }
 
     // One add at a time: what is there is judged and replaced in one step.
     let _adding = shared.adding.lock().await;
@@ -124,6 +129,12 @@ pub(crate) async fn add(
         && replaced != Some(content)
     {
         attachments.push(e.content);
+    }
+    // An agent's add is its append like any other: its quotas bound how
+    // much of the log its contracts may take.
+    if let Some(me) = identity.agent() {
+        let sizes: Vec<u64> = attachments.iter().map(|a| a.len() as u64).collect();
+        crate::quota::admit_agent(shared, me, id.len() + name.len() + 128, &sizes).await?;
     }
     let event = NewEvent {
         actor: Actor {

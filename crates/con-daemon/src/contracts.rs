@@ -27,8 +27,8 @@ use crate::Shared;
 /// The check name of a contract file that could not be used.
 pub const LOAD_CHECK: &str = "load";
 
-/// Checks run at once.
-const PARALLEL_CHECKS: usize = 4;
+/// Checks run at once, unless the daemon is told otherwise.
+pub const PARALLEL_CHECKS: usize = 4;
 
 /// How often the scheduler looks for due contracts.
 const SCHEDULER_TICK: Duration = Duration::from_secs(1);
@@ -44,6 +44,8 @@ pub struct ContractSettings {
     pub schedule: bool,
     /// How often the built-in checks run when scheduling.
     pub builtin_interval: Duration,
+    /// Checks run at once ([`PARALLEL_CHECKS`]; 0 counts as 1).
+    pub parallel: usize,
 }
 
 impl ContractSettings {
@@ -82,6 +84,7 @@ impl ContractSettings {
             env,
             schedule,
             builtin_interval: Duration::from_secs(sys.healthcheck_interval_secs),
+            parallel: PARALLEL_CHECKS,
         }
     }
 }
@@ -347,8 +350,9 @@ fn run_selected(
             ));
         }
     }
+    let settings = &shared.config.contracts;
     if matches!(due, Due::BuiltinsOnly) {
-        return Ok(run_parallel(work, &shared.config.contracts.env));
+        return Ok(run_parallel(work, &settings.env, settings.parallel));
     }
     for broken in &loaded.broken {
         let id = broken.contract.clone().unwrap_or_else(|| {
@@ -403,7 +407,7 @@ fn run_selected(
             work.push(Work::Check(c.clone(), i));
         }
     }
-    Ok(run_parallel(work, &shared.config.contracts.env))
+    Ok(run_parallel(work, &settings.env, settings.parallel))
 }
 
 /// The contracts directory, or its listing failure as a broken "file".
@@ -458,14 +462,14 @@ fn load_dir(layout: &Layout) -> Loaded {
     })
 }
 
-/// Runs the checks on up to [`PARALLEL_CHECKS`] threads; results keep the
-/// order of `work`, each with the check it is of (for its `on_fail`).
-fn run_parallel(work: Vec<Work>, env: &[(String, String)]) -> Vec<Evaluated> {
+/// Runs the checks on up to `parallel` threads; results keep the order of
+/// `work`, each with the `on_fail` it is decided by.
+fn run_parallel(work: Vec<Work>, env: &[(String, String)], parallel: usize) -> Vec<Evaluated> {
     let n = work.len();
     let slots: Vec<Mutex<Option<Evaluated>>> = (0..n).map(|_| Mutex::new(None)).collect();
     let queue = Mutex::new(work.into_iter().enumerate());
     std::thread::scope(|s| {
-        for _ in 0..PARALLEL_CHECKS.min(n) {
+        for _ in 0..parallel.clamp(1, n.max(1)) {
             s.spawn(|| {
                 loop {
                     let next = queue

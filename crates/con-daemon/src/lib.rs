@@ -27,7 +27,7 @@ mod server;
 mod supervisor;
 
 pub use checkpoint::CheckpointSettings;
-pub use contracts::{ContractSettings, LOAD_CHECK};
+pub use contracts::{ContractSettings, LOAD_CHECK, PARALLEL_CHECKS};
 pub use gateway::{GatewayConfig, Route, micro_usd};
 pub use host::HostConfig;
 pub use quota::{LOG_SIZE_CONTRACT, LogLimits, QUOTA_CONTRACT};

@@ -509,6 +509,10 @@ fn a_worker_may_not_add_contracts_and_a_malformed_file_is_refused_whole() {
             "id: -rf\ntype: detective\nchecks:\n  - name: x\n    command: {run: 'true', test: 'true'}\n",
             "id: \"-rf\" is not a safe file name",
         ),
+        (
+            "id: CON-LOG-001\ntype: detective\nchecks:\n  - name: x\n    command: {run: 'true', test: 'true'}\n",
+            "id: con's built-in check of itself has this id",
+        ),
     ] {
         let (_tmp, bad) = readable_file("bad.yaml", text);
         let out = con(&c.root, &["contracts", "add", bad.to_str().unwrap()]);
