@@ -38,8 +38,10 @@ pub struct Config {
     pub agents: Vec<Agent>,
 }
 
-/// The role whose holder runs the host: the daemon escalates to it what
-/// no run could do (a task set aside as failed).
+/// The role that runs the host: its agents get the sudo whitelist, manage
+/// the contracts directory and may add contracts through the daemon, and
+/// the daemon escalates to its holder what no run could do (a task set
+/// aside as failed).
 pub const SYSADMIN_ROLE: &str = "sysadmin";
 
 /// What one model costs, in USD per million tokens.
@@ -74,6 +76,20 @@ impl Config {
         self.agents
             .iter()
             .find(|a| a.roles.iter().any(|r| r == SYSADMIN_ROLE))
+    }
+
+    /// The names of the agents that may add contracts through the daemon
+    /// (`con contracts add`), in file order: those holding the
+    /// [`SYSADMIN_ROLE`] (the role that manages the contracts directory) at
+    /// tier operator or above. Never a worker, whatever its roles: a
+    /// contract's `on_fail` can halt every agent and its escalation is a
+    /// task the daemon writes.
+    pub fn contract_authors(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .filter(|a| a.tier != Tier::Worker && a.roles.iter().any(|r| r == SYSADMIN_ROLE))
+            .map(|a| a.name.clone())
+            .collect()
     }
 
     /// The names of the agents that see the whole fleet, in file order.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use con_event::payloads::CheckStatus;
 
-use crate::model::{Action, Check};
+use crate::model::{Action, Check, OnFail};
 
 /// The outcome of a finished probe: `timed_out` wins (the group was killed,
 /// whatever its exit code); exit 0 passes, exit 1 fails, and any other
@@ -60,11 +60,17 @@ pub struct Decision {
 
 /// The decision for `check` after `transition`.
 pub fn decide(check: &Check, transition: Transition) -> Decision {
+    decide_on_fail(check.on_fail.as_ref(), transition)
+}
+
+/// The decision for a check whose `on_fail` is `on_fail` after
+/// `transition`: what [`decide`] says of a contract file's check, and what
+/// the daemon's built-in checks (which have no file) are decided by.
+pub fn decide_on_fail(on_fail: Option<&OnFail>, transition: Transition) -> Decision {
     let failing = matches!(
         transition,
         Transition::StartedFailing | Transition::StillFailing
     );
-    let on_fail = check.on_fail.as_ref();
     Decision {
         action: on_fail.filter(|_| failing).map(|o| o.action),
         escalate: on_fail

@@ -14,9 +14,10 @@ pub mod parse;
 pub mod run;
 
 pub use decide::{
-    CheckKey, CheckState, CheckStates, Decision, Transition, decide, is_failure, outcome_of_exit,
+    CheckKey, CheckState, CheckStates, Decision, Transition, decide, decide_on_fail, is_failure,
+    outcome_of_exit,
 };
 pub use load::{Loaded, LoadedContract, load_dir};
-pub use model::{Action, Check, Contract, ContractType, OnFail, Probe, Scope};
+pub use model::{Action, Check, Contract, ContractType, OnFail, Probe, Scope, stored_name};
 pub use parse::{ContractError, parse_contract};
 pub use run::{CheckResult, run_check};

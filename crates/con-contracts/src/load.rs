@@ -22,8 +22,12 @@ pub struct LoadedContract {
     pub file: PathBuf,
     /// Its directory (scripts are relative to it).
     pub dir: PathBuf,
-    /// The file's owner: the uid its checks run as.
+    /// The uid its checks run as: the file's owner. The daemon replaces
+    /// root with the author for a root-owned file whose content was added
+    /// through it (`con contracts add`, recorded as `contract.added`).
     pub owner: u32,
+    /// SHA-256 of the file as read.
+    pub digest: con_event::Digest,
     /// What it says.
     pub contract: Contract,
 }
@@ -85,12 +89,14 @@ fn load_file(file: &Path, dir: &Path) -> Result<LoadedContract, ContractError> {
         message,
     };
     let (bytes, owner) = read_trusted(file).map_err(whole)?;
+    let digest = con_event::Digest::of(&bytes);
     let text = String::from_utf8(bytes).map_err(|_| whole("not valid UTF-8".into()))?;
     let contract = parse_contract(file, &text)?;
     Ok(LoadedContract {
         file: file.to_owned(),
         dir: dir.to_owned(),
         owner,
+        digest,
         contract,
     })
 }

@@ -10,6 +10,27 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// daemon's evaluation until it ends.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The name a contract with `id` is stored under when added through the
+/// daemon (`<id>.yaml`), or why `id` cannot name a file: the parser's id
+/// rule already keeps `/` and everything but `A-Z a-z 0-9 - _ .` out; a
+/// leading `.` (hidden files, `..`) or `-` (read as an option by the
+/// tools that list the directory) is refused here.
+pub fn stored_name(id: &str) -> Result<String, String> {
+    let safe = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with(['.', '-'])
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if safe {
+        Ok(format!("{id}.yaml"))
+    } else {
+        Err(format!(
+            "{id:?} is not a safe file name (A-Z a-z 0-9 - _ ., not starting with . or -)"
+        ))
+    }
+}
+
 /// One contract file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Contract {
@@ -27,6 +48,24 @@ pub struct Contract {
     /// `checks`, in file order (may be empty only for a preventive contract,
     /// which records an enforcement that the OS carries out).
     pub checks: Vec<Check>,
+    /// `mechanism`: for a preventive contract, what enforces it elsewhere
+    /// (`nftables`, `acl`, `sudoers`, `file-modes`, `systemd`, …).
+    pub mechanism: Option<String>,
+    /// `agent`: the one agent a preventive contract is about, when not every
+    /// agent (what `scope: agent:<name>` says; both may be given if they
+    /// agree).
+    pub agent: Option<String>,
+    /// `enforcement`: how the mechanism enforces it (a command, a rule, a
+    /// sentence), for the record.
+    pub enforcement: Option<String>,
+}
+
+impl Contract {
+    /// The agent the contract is about (its scope's, or its `agent`), or
+    /// `None` for every agent.
+    pub fn applies_to(&self) -> Option<&str> {
+        self.scope.agent().or(self.agent.as_deref())
+    }
 }
 
 /// `type`.
@@ -150,5 +189,31 @@ impl Action {
     /// The action spelled `s`.
     pub fn parse(s: &str) -> Option<Action> {
         Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names_are_plain_file_names() {
+        assert_eq!(
+            stored_name("CON-SYS-009").as_deref(),
+            Ok("CON-SYS-009.yaml")
+        );
+        assert_eq!(stored_name("a.b_c").as_deref(), Ok("a.b_c.yaml"));
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "-rf",
+            "a/b",
+            "a b",
+            &"x".repeat(65),
+        ] {
+            assert!(stored_name(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -15,6 +15,9 @@ use crate::model::{
 /// Longest contract id accepted.
 const MAX_ID_LEN: usize = 64;
 
+/// Longest `mechanism` accepted.
+const MAX_MECHANISM_LEN: usize = 32;
+
 /// Why a contract file cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct ContractError {
@@ -134,6 +137,31 @@ pub fn parse_contract(file: &Path, text: &str) -> Result<Contract, ContractError
     if checks.is_empty() && kind == ContractType::Detective {
         return Err(p.err("checks", "a detective contract needs at least one check"));
     }
+    let mechanism = p.opt_string(&top, "", "mechanism")?;
+    if let Some(m) = &mechanism
+        && (m.is_empty()
+            || m.len() > MAX_MECHANISM_LEN
+            || !m
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(p.err(
+            "mechanism",
+            format!(
+                "{m:?}: expected one word of 1 to {MAX_MECHANISM_LEN} of A-Z a-z 0-9 - _ . (nftables, acl, sudoers, file-modes, systemd)"
+            ),
+        ));
+    }
+    let agent = p
+        .opt_string(&top, "", "agent")?
+        .map(|a| p.agent_name("agent", &a))
+        .transpose()?;
+    if let (Some(a), Some(s)) = (&agent, scope.agent())
+        && a != s
+    {
+        return Err(p.err("agent", format!("{a:?} contradicts scope agent:{s}")));
+    }
+    let enforcement = p.opt_string(&top, "", "enforcement")?;
     Ok(Contract {
         id,
         description,
@@ -141,6 +169,9 @@ pub fn parse_contract(file: &Path, text: &str) -> Result<Contract, ContractError
         frequency,
         scope,
         checks,
+        mechanism,
+        agent,
+        enforcement,
     })
 }
 
@@ -390,6 +421,30 @@ checks:
         assert_eq!(c.kind, ContractType::Preventive);
         assert!(c.checks.is_empty());
         assert_eq!(c.scope, Scope::System);
+        assert_eq!(c.mechanism.as_deref(), Some("nftables"));
+        assert_eq!(c.enforcement.as_deref(), Some("nft add rule x\n"));
+        assert_eq!(c.applies_to(), Some("scribe"));
+        let every = parse("id: CON-P-2\ntype: preventive\nmechanism: acl\n").unwrap();
+        assert_eq!(every.applies_to(), None);
+        let scoped = parse("id: CON-P-3\ntype: preventive\nscope: agent:scout\n").unwrap();
+        assert_eq!(scoped.applies_to(), Some("scout"));
+        for (text, want) in [
+            (
+                "id: P\ntype: preventive\nmechanism: 'two words'\n",
+                "/c/X.yaml: contract P: mechanism: \"two words\": expected one word",
+            ),
+            (
+                "id: P\ntype: preventive\nscope: agent:scout\nagent: scribe\n",
+                "/c/X.yaml: contract P: agent: \"scribe\" contradicts scope agent:scout",
+            ),
+            (
+                "id: P\ntype: preventive\nagent: 'Bad/Name'\n",
+                "/c/X.yaml: contract P: agent: \"Bad/Name\"",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.starts_with(want), "{err}");
+        }
     }
 
     #[test]

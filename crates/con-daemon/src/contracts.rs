@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use con_contracts::{Check, CheckResult, CheckStates, ContractType, Loaded, LoadedContract};
+use con_contracts::{
+    Action, CheckResult, CheckStates, ContractType, Loaded, LoadedContract, OnFail,
+};
 use con_event::payloads::{CheckStatus, ContractResult};
 use con_event::{Actor, NewEvent, Payload};
 use con_layout::Layout;
@@ -25,8 +27,8 @@ use crate::Shared;
 /// The check name of a contract file that could not be used.
 pub const LOAD_CHECK: &str = "load";
 
-/// Checks run at once.
-const PARALLEL_CHECKS: usize = 4;
+/// Checks run at once, unless the daemon is told otherwise.
+pub const PARALLEL_CHECKS: usize = 4;
 
 /// How often the scheduler looks for due contracts.
 const SCHEDULER_TICK: Duration = Duration::from_secs(1);
@@ -42,6 +44,8 @@ pub struct ContractSettings {
     pub schedule: bool,
     /// How often the built-in checks run when scheduling.
     pub builtin_interval: Duration,
+    /// Checks run at once ([`PARALLEL_CHECKS`]; 0 counts as 1).
+    pub parallel: usize,
 }
 
 impl ContractSettings {
@@ -80,23 +84,59 @@ impl ContractSettings {
             env,
             schedule,
             builtin_interval: Duration::from_secs(sys.healthcheck_interval_secs),
+            parallel: PARALLEL_CHECKS,
         }
     }
 }
 
-/// A result, with the check it is of (for its `on_fail`) when it came
-/// from a contract file's check.
-type Evaluated = (CheckResult, Option<Check>);
+/// A result, with the `on_fail` it is decided by: its contract file's
+/// check's, or for a built-in check [`builtin_on_fail`]'s; none for a
+/// result no check asks anything of (a broken file, a skipped scope).
+type Evaluated = (CheckResult, Option<OnFail>);
+
+/// The agent a failing built-in check is escalated to, when configured:
+/// the one the shipped library's contracts escalate to.
+const BUILTIN_ESCALATE: &str = "sysadmin";
+
+/// What a failing built-in check (con's own health) asks for, as the
+/// shipped library's checks do: an alert on every failing result, and the
+/// `sysadmin` agent, if one is configured, told once when the check starts
+/// failing. The same [`record`] decides and enforces it, whoever asked for
+/// the evaluation (the scheduler, `con healthcheck`, `con contracts
+/// check`, `RunChecks`).
+fn builtin_on_fail(agents: &[String]) -> OnFail {
+    OnFail {
+        action: Action::Alert,
+        escalate: agents
+            .iter()
+            .any(|a| a == BUILTIN_ESCALATE)
+            .then(|| BUILTIN_ESCALATE.to_owned()),
+        message: None,
+    }
+}
+
+/// Which checks an evaluation runs, besides what its `RunContracts` asks.
+#[derive(Clone, Copy)]
+enum Due<'a> {
+    /// Everything asked for (a request).
+    Asked,
+    /// The scheduler's due contract ids, and the built-ins and broken files
+    /// when they hold [`BUILTIN`].
+    Scheduled(&'a [String]),
+    /// The built-in checks alone (`RunChecks`).
+    BuiltinsOnly,
+}
 
 /// An id asked for that no contract has.
 #[derive(Debug)]
 pub(crate) struct UnknownContract(pub String);
 
 /// One unit of work: a check of a loaded contract, or a result already
-/// known (a broken file, a skipped scope, a built-in check).
+/// known (a broken file, a skipped scope, a built-in check) with the
+/// `on_fail` it is decided by.
 enum Work {
     Check(Arc<LoadedContract>, usize),
-    Known(CheckResult),
+    Known(CheckResult, Option<OnFail>),
 }
 
 /// Evaluates what `which` asks for and records every result, in a stable
@@ -106,32 +146,62 @@ pub(crate) async fn evaluate(
     which: RunContracts,
 ) -> Result<Vec<CheckRun>, Result<UnknownContract, String>> {
     let worker = shared.clone();
-    let results = tokio::task::spawn_blocking(move || run_selected(&worker, &which, None))
+    let results = tokio::task::spawn_blocking(move || run_selected(&worker, &which, Due::Asked))
         .await
         .map_err(|e| Err(e.to_string()))??;
     record(shared, results).await.map_err(Err)
 }
 
-/// Every check's state from the log's `contract.result` events: what the
-/// daemon starts with, so an incident that began before a restart does not
-/// escalate again.
-pub(crate) fn seed_check_states(
+/// Runs con's built-in checks alone and records them through the same
+/// [`record`] as every other evaluation (`RunChecks`).
+pub(crate) async fn evaluate_builtins(shared: &Arc<Shared>) -> Result<Vec<CheckRun>, String> {
+    let worker = shared.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        run_selected(&worker, &RunContracts::default(), Due::BuiltinsOnly)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| match e {
+        Ok(UnknownContract(id)) => format!("no contract {id:?}"),
+        Err(e) => e,
+    })?;
+    record(shared, results).await
+}
+
+/// Whose each content added through the daemon is (`contract.added`): a
+/// root-owned contract file with one of these digests runs as its author.
+/// Keyed by content, not by name, so renaming a file does not change whose
+/// it is; the latest add of a content wins.
+pub(crate) type Authors = HashMap<con_event::Digest, u32>;
+
+/// Every check's state from the log's `contract.result` events (so an
+/// incident that began before a restart does not escalate again) and the
+/// authors of added contracts from its `contract.added` events: what the
+/// daemon starts with, read in one pass.
+pub(crate) fn seed(
     store: &con_store::Store,
-) -> Result<CheckStates, con_store::StoreError> {
+) -> Result<(CheckStates, Authors), con_store::StoreError> {
     let mut states = CheckStates::default();
+    let mut authors = Authors::new();
     for event in store.events_from(1) {
         let event = event?;
-        if let Payload::ContractResult(r) = &event.payload {
-            states.observe(
-                (r.contract.clone(), r.check.clone(), r.scope_agent.clone()),
-                r.status,
-                event.seq(),
-                event.envelope.ts_unix_nanos,
-                &r.detail,
-            );
+        match &event.payload {
+            Payload::ContractResult(r) => {
+                states.observe(
+                    (r.contract.clone(), r.check.clone(), r.scope_agent.clone()),
+                    r.status,
+                    event.seq(),
+                    event.envelope.ts_unix_nanos,
+                    &r.detail,
+                );
+            }
+            Payload::ContractAdded(a) => {
+                authors.insert(a.content.digest, a.author_uid);
+            }
+            _ => {}
         }
     }
-    Ok(states)
+    Ok((states, authors))
 }
 
 /// What a recorded result asks the daemon to do.
@@ -152,7 +222,7 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
     // Held until every result is folded in: a concurrent evaluation of the
     // same check sees this one's transition, so an incident starts once.
     let mut states = shared.check_states.lock().await;
-    for (r, check) in results {
+    for (r, on_fail) in results {
         let duration_ms = u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX);
         let payload = ContractResult {
             contract: r.contract.clone(),
@@ -175,10 +245,10 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
             crate::gateway::now_unix_nanos(),
             &r.output,
         );
-        if let Some(check) = &check {
-            let decision = con_contracts::decide(check, transition);
+        if let Some(on_fail) = &on_fail {
+            let decision = con_contracts::decide_on_fail(Some(on_fail), transition);
             if decision.action.is_some() || decision.escalate.is_some() {
-                let message = check.on_fail.as_ref().and_then(|o| o.message.clone());
+                let message = on_fail.message.clone();
                 asked.push(Asked {
                     contract: r.contract.clone(),
                     scope_agent: r.scope_agent.clone(),
@@ -232,19 +302,22 @@ async fn record(shared: &Arc<Shared>, results: Vec<Evaluated>) -> Result<Vec<Che
     Ok(runs)
 }
 
-/// Loads, selects and runs (blocking). `due` narrows to those contract ids
-/// (and the built-ins only if it holds [`BUILTIN`]).
+/// Loads, selects and runs (blocking); `due` narrows the selection.
 fn run_selected(
     shared: &Shared,
     which: &RunContracts,
-    due: Option<&[String]>,
+    due: Due<'_>,
 ) -> Result<Vec<Evaluated>, Result<UnknownContract, String>> {
     let layout = &shared.config.layout;
-    let loaded = load(layout);
+    let loaded = load(shared);
     let builtins = crate::health::builtin_checks(layout, &shared.mirror.health());
     let wanted = |id: &str| {
         (which.ids.is_empty() || which.ids.iter().any(|w| w == id))
-            && due.is_none_or(|d| d.iter().any(|w| w == id))
+            && match due {
+                Due::Asked => true,
+                Due::Scheduled(d) => d.iter().any(|w| w == id),
+                Due::BuiltinsOnly => false,
+            }
     };
     if let Some(unknown) = which.ids.iter().find(|id| {
         !builtins.iter().any(|b| b.contract == id.as_str())
@@ -258,18 +331,29 @@ fn run_selected(
     }
 
     let mut work: Vec<Work> = Vec::new();
-    let builtins_due = due.is_none_or(|d| d.iter().any(|w| w == BUILTIN));
+    let builtins_due = match due {
+        Due::Asked | Due::BuiltinsOnly => true,
+        Due::Scheduled(d) => d.iter().any(|w| w == BUILTIN),
+    };
+    let on_fail = builtin_on_fail(&shared.agents());
     for b in builtins {
         if builtins_due && (which.ids.is_empty() || which.ids.iter().any(|w| w == b.contract)) {
-            work.push(Work::Known(CheckResult {
-                contract: b.contract.to_owned(),
-                check: b.check.to_owned(),
-                scope_agent: None,
-                status: b.status,
-                output: b.detail,
-                duration: b.duration,
-            }));
+            work.push(Work::Known(
+                CheckResult {
+                    contract: b.contract.to_owned(),
+                    check: b.check.to_owned(),
+                    scope_agent: None,
+                    status: b.status,
+                    output: b.detail,
+                    duration: b.duration,
+                },
+                Some(on_fail.clone()),
+            ));
         }
+    }
+    let settings = &shared.config.contracts;
+    if matches!(due, Due::BuiltinsOnly) {
+        return Ok(run_parallel(work, &settings.env, settings.parallel));
     }
     for broken in &loaded.broken {
         let id = broken.contract.clone().unwrap_or_else(|| {
@@ -282,14 +366,17 @@ fn run_selected(
         // On a schedule, a broken file is reported with the built-ins
         // rather than on every contract's tick.
         if builtins_due && (which.ids.is_empty() || which.ids.contains(&id)) {
-            work.push(Work::Known(CheckResult {
-                contract: id,
-                check: LOAD_CHECK.into(),
-                scope_agent: None,
-                status: CheckStatus::Error,
-                output: broken.to_string(),
-                duration: Duration::ZERO,
-            }));
+            work.push(Work::Known(
+                CheckResult {
+                    contract: id,
+                    check: LOAD_CHECK.into(),
+                    scope_agent: None,
+                    status: CheckStatus::Error,
+                    output: broken.to_string(),
+                    duration: Duration::ZERO,
+                },
+                None,
+            ));
         }
     }
     for c in loaded.contracts {
@@ -303,14 +390,17 @@ fn run_selected(
             && !shared.agents().iter().any(|a| a == agent)
         {
             for check in &c.contract.checks {
-                work.push(Work::Known(CheckResult {
-                    contract: c.contract.id.clone(),
-                    check: check.name.clone(),
-                    scope_agent: Some(agent.to_owned()),
-                    status: CheckStatus::Skipped,
-                    output: format!("agent {agent} is not configured"),
-                    duration: Duration::ZERO,
-                }));
+                work.push(Work::Known(
+                    CheckResult {
+                        contract: c.contract.id.clone(),
+                        check: check.name.clone(),
+                        scope_agent: Some(agent.to_owned()),
+                        status: CheckStatus::Skipped,
+                        output: format!("agent {agent} is not configured"),
+                        duration: Duration::ZERO,
+                    },
+                    None,
+                ));
             }
             continue;
         }
@@ -318,7 +408,7 @@ fn run_selected(
             work.push(Work::Check(c.clone(), i));
         }
     }
-    Ok(run_parallel(work, &shared.config.contracts.env))
+    Ok(run_parallel(work, &settings.env, settings.parallel))
 }
 
 /// The contracts directory, or its listing failure as a broken "file".
@@ -342,7 +432,25 @@ fn listing(dir: &std::path::Path) -> Vec<(std::ffi::OsString, u64, Option<std::t
     out
 }
 
-fn load(layout: &Layout) -> Loaded {
+/// The contracts directory, each root-owned file whose content was added
+/// through the daemon set to run as its author.
+pub(crate) fn load(shared: &Shared) -> Loaded {
+    let mut loaded = load_dir(&shared.config.layout);
+    let authors = shared
+        .authors
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for c in &mut loaded.contracts {
+        if c.owner == 0
+            && let Some(&author) = authors.get(&c.digest)
+        {
+            c.owner = author;
+        }
+    }
+    loaded
+}
+
+fn load_dir(layout: &Layout) -> Loaded {
     let dir = layout.contracts_dir();
     con_contracts::load_dir(&dir).unwrap_or_else(|e| Loaded {
         contracts: Vec::new(),
@@ -355,14 +463,14 @@ fn load(layout: &Layout) -> Loaded {
     })
 }
 
-/// Runs the checks on up to [`PARALLEL_CHECKS`] threads; results keep the
-/// order of `work`, each with the check it is of (for its `on_fail`).
-fn run_parallel(work: Vec<Work>, env: &[(String, String)]) -> Vec<Evaluated> {
+/// Runs the checks on up to `parallel` threads; results keep the order of
+/// `work`, each with the `on_fail` it is decided by.
+fn run_parallel(work: Vec<Work>, env: &[(String, String)], parallel: usize) -> Vec<Evaluated> {
     let n = work.len();
     let slots: Vec<Mutex<Option<Evaluated>>> = (0..n).map(|_| Mutex::new(None)).collect();
     let queue = Mutex::new(work.into_iter().enumerate());
     std::thread::scope(|s| {
-        for _ in 0..PARALLEL_CHECKS.min(n) {
+        for _ in 0..parallel.clamp(1, n.max(1)) {
             s.spawn(|| {
                 loop {
                     let next = queue
@@ -371,12 +479,12 @@ fn run_parallel(work: Vec<Work>, env: &[(String, String)]) -> Vec<Evaluated> {
                         .next();
                     let Some((i, item)) = next else { break };
                     let result = match item {
-                        Work::Known(r) => (r, None),
+                        Work::Known(r, on_fail) => (r, on_fail),
                         Work::Check(c, k) => {
                             let check = &c.contract.checks[k];
                             (
                                 con_contracts::run_check(&c, check, env),
-                                Some(check.clone()),
+                                check.on_fail.clone(),
                             )
                         }
                     };
@@ -428,8 +536,8 @@ pub(crate) async fn schedule(shared: Arc<Shared>) {
             .await
             .ok();
         if listing != seen {
-            let layout = shared.config.layout.clone();
-            let Ok(loaded) = tokio::task::spawn_blocking(move || load(&layout)).await else {
+            let worker = shared.clone();
+            let Ok(loaded) = tokio::task::spawn_blocking(move || load(&worker)).await else {
                 continue;
             };
             every = loaded
@@ -466,8 +574,10 @@ pub(crate) async fn schedule(shared: Arc<Shared>) {
             ids: Vec::new(),
             detective_only: true,
         };
-        let results =
-            tokio::task::spawn_blocking(move || run_selected(&worker, &which, Some(&due))).await;
+        let results = tokio::task::spawn_blocking(move || {
+            run_selected(&worker, &which, Due::Scheduled(&due))
+        })
+        .await;
         if let Ok(Ok(results)) = results
             && let Err(e) = record(&shared, results).await
         {

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use con_config::Tier;
-use con_event::payloads::{AgentCondition, AgentState, EnforcementAction, EnforcementDone};
+use con_event::payloads::{
+    AgentCondition, AgentState, EnforcementAction, EnforcementDone, Outcome, SessionEnded,
+};
 use con_event::{Actor, NewEvent, Payload};
 use con_protocol::EnforcedView;
 use nix::sys::signal::{Signal, kill};
@@ -183,7 +185,7 @@ async fn act(
         }
         "kill_session" => {
             let agent = needs_target()?;
-            kill_agent(shared, &agent, done).await;
+            kill_agent(shared, cause, action, action_seq, &agent, done).await;
         }
         "halt" | "quarantine" => {
             let agent = needs_target()?;
@@ -192,7 +194,15 @@ async fn act(
             } else {
                 AgentCondition::Quarantined
             };
-            hold(shared, cause, &[agent], condition, action_seq, done).await?;
+            hold(
+                shared,
+                cause,
+                &[agent],
+                (condition, action),
+                action_seq,
+                done,
+            )
+            .await?;
         }
         "halt_agents" | "halt_workers" => {
             let tiers = shared.tiers();
@@ -206,7 +216,7 @@ async fn act(
                 shared,
                 cause,
                 &agents,
-                AgentCondition::Halted,
+                (AgentCondition::Halted, action),
                 action_seq,
                 done,
             )
@@ -241,7 +251,7 @@ async fn hold(
     shared: &Arc<Shared>,
     cause: &Cause,
     agents: &[String],
-    condition: AgentCondition,
+    (condition, action): (AgentCondition, &str),
     action_seq: u64,
     done: &mut Done,
 ) -> Result<(), String> {
@@ -272,7 +282,7 @@ async fn hold(
         )
         .await?;
         done.agents.push(agent.clone());
-        kill_agent(shared, agent, done).await;
+        kill_agent(shared, cause, action, action_seq, agent, done).await;
         if condition == AgentCondition::Quarantined {
             let inbox = shared.config.layout.agent_inbox(agent);
             let path = inbox.display().to_string();
@@ -430,23 +440,112 @@ async fn escalate(shared: &Arc<Shared>, cause: &Cause, to: &str, done: &mut Done
 }
 
 /// Ends every process of `agent`'s user (its runs, sessions and anything
-/// they left behind), in supervisor and systemd mode alike.
-async fn kill_agent(shared: &Arc<Shared>, agent: &str, done: &mut Done) {
+/// they left behind), in supervisor and systemd mode alike; then records
+/// `session.ended` ([`Outcome::KilledByEnforcement`], caused by the
+/// action) for each session that was running when the kill began and had
+/// not recorded its end: its run, killed, cannot.
+async fn kill_agent(
+    shared: &Arc<Shared>,
+    cause: &Cause,
+    action: &str,
+    action_seq: u64,
+    agent: &str,
+    done: &mut Done,
+) {
+    let running = |fleet: &con_projection::FleetStatus| {
+        fleet
+            .agents
+            .get(agent)
+            .map(|a| a.running.clone())
+            .unwrap_or_default()
+    };
+    // Only sessions started before the kill: one a supervisor starts right
+    // after it (a kill does not halt) is not this kill's.
+    let before = match shared.fleet_status().await {
+        Ok(fleet) => running(&fleet),
+        Err(e) => {
+            done.errors.push(format!("reading {agent}'s sessions: {e}"));
+            Vec::new()
+        }
+    };
+    if kill_agent_processes(shared, agent, done).await && !before.is_empty() {
+        end_killed_sessions(shared, cause, action, action_seq, agent, &before, done).await;
+    }
+}
+
+/// Records the end of each of `before` still open now (a run that recorded
+/// its own end before the kill reached it is not ended twice).
+async fn end_killed_sessions(
+    shared: &Arc<Shared>,
+    cause: &Cause,
+    action: &str,
+    action_seq: u64,
+    agent: &str,
+    before: &[con_projection::RunningSession],
+    done: &mut Done,
+) {
+    let open = match shared.fleet_status().await {
+        Ok(fleet) => fleet
+            .agents
+            .get(agent)
+            .map(|a| a.running.clone())
+            .unwrap_or_default(),
+        Err(e) => {
+            done.errors.push(format!("reading {agent}'s sessions: {e}"));
+            return;
+        }
+    };
+    let now = crate::gateway::now_unix_nanos();
+    for s in before
+        .iter()
+        .filter(|s| open.iter().any(|o| o.session == s.session))
+    {
+        let event = NewEvent {
+            actor: cause.actor.clone(),
+            session: Some(s.session),
+            task: s.task.clone(),
+            causation: Some(action_seq),
+            payload: SessionEnded {
+                agent: agent.to_owned(),
+                outcome: Outcome::KilledByEnforcement,
+                // The daemon does not count a run's iterations.
+                iterations: 0,
+                duration_ms: u64::try_from((now - s.started_unix_nanos) / 1_000_000).unwrap_or(0),
+                response: None,
+                detail: format!(
+                    "killed by enforcement: {action} ({}: {})",
+                    cause.contract, cause.reason
+                ),
+            }
+            .into(),
+            attachments: Vec::new(),
+        };
+        match shared.appender.submit(event).wait_async().await {
+            Ok(_) => done.notes.push(format!("ended session {}", s.session)),
+            Err(e) => done
+                .errors
+                .push(format!("recording session.ended of {}: {e}", s.session)),
+        }
+    }
+}
+
+/// Kills every process of `agent`'s user; whether none is left.
+async fn kill_agent_processes(shared: &Arc<Shared>, agent: &str, done: &mut Done) -> bool {
     let user_name = shared.config.layout.user(agent);
     let uid = match User::from_name(&user_name) {
         Ok(Some(u)) if !u.uid.is_root() => u.uid.as_raw(),
         Ok(Some(_)) => {
             done.errors.push(format!("{user_name} is root: not killed"));
-            return;
+            return false;
         }
         Ok(None) => {
             done.notes
                 .push(format!("no user {user_name}: nothing to kill"));
-            return;
+            return false;
         }
         Err(e) => {
             done.errors.push(format!("cannot look up {user_name}: {e}"));
-            return;
+            return false;
         }
     };
     match tokio::task::spawn_blocking(move || kill_user(uid)).await {
@@ -456,12 +555,18 @@ async fn kill_agent(shared: &Arc<Shared>, agent: &str, done: &mut Done) {
                 killed.len()
             ));
             done.pids.extend(killed);
-            if !left.is_empty() {
+            if left.is_empty() {
+                true
+            } else {
                 done.errors
                     .push(format!("processes of {user_name} still alive: {left:?}"));
+                false
             }
         }
-        Err(e) => done.errors.push(e.to_string()),
+        Err(e) => {
+            done.errors.push(e.to_string());
+            false
+        }
     }
 }
 

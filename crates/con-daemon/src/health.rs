@@ -13,6 +13,9 @@ use con_layout::Layout;
 
 use crate::host::is_root_only;
 
+/// The contract ids of the built-in checks: no contract file may take one.
+pub const BUILTIN_IDS: &[&str] = &["CON-LOG-001", "CON-LOG-002", "CON-LOG-003"];
+
 /// One check's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -139,6 +142,9 @@ mod tests {
         }
         let v = builtin_checks(&layout, &MirrorHealth::Healthy);
         assert_eq!(v.len(), 4);
+        let mut ids: Vec<&str> = v.iter().map(|v| v.contract).collect();
+        ids.dedup();
+        assert_eq!(ids, BUILTIN_IDS);
         assert_eq!(status_of(&v, "journal-mirror"), CheckStatus::Pass);
         assert_eq!(status_of(&v, "database-permissions"), CheckStatus::Pass);
         assert_eq!(status_of(&v, "state-dir-permissions"), CheckStatus::Pass);

@@ -154,6 +154,7 @@ impl DaemonConfig {
                 .collect(),
             fleet_viewers: config.fleet_viewers(),
             sysadmin: config.sysadmin().map(|a| a.name.clone()),
+            contract_authors: config.contract_authors(),
             mirror_capacity: MIRROR_CAPACITY,
             checkpoints: crate::CheckpointSettings::default(),
             drain_timeout: DRAIN_TIMEOUT,

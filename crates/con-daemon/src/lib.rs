@@ -13,6 +13,7 @@
 
 mod arrivals;
 mod checkpoint;
+mod contract_add;
 mod contracts;
 pub mod diag;
 mod enforce;
@@ -29,7 +30,7 @@ mod server;
 mod supervisor;
 
 pub use checkpoint::CheckpointSettings;
-pub use contracts::{ContractSettings, LOAD_CHECK};
+pub use contracts::{ContractSettings, LOAD_CHECK, PARALLEL_CHECKS};
 pub use gateway::{GatewayConfig, Route, micro_usd};
 pub use host::HostConfig;
 pub use quota::{LOG_SIZE_CONTRACT, LogLimits, QUOTA_CONTRACT};
@@ -71,6 +72,9 @@ pub struct DaemonConfig {
     /// The agent holding the sysadmin role, told about failed tasks
     /// (`con_config::Config::sysadmin`).
     pub sysadmin: Option<String>,
+    /// The agents among them that may add contracts (`con contracts add`):
+    /// `con_config::Config::contract_authors`.
+    pub contract_authors: Vec<String>,
     /// Journal mirror queue length.
     pub mirror_capacity: usize,
     /// How long shutdown waits for in-flight requests.
@@ -177,6 +181,13 @@ pub(crate) struct Shared {
     /// incident (and escalates) or continues one. Held while a result is
     /// recorded and folded in, so two evaluations cannot both start one.
     pub(crate) check_states: tokio::sync::Mutex<con_contracts::CheckStates>,
+    /// Whose each contract content added through the daemon is, seeded
+    /// from the log's `contract.added` events at start and added to before
+    /// each new file is written (see [`contracts::Authors`]).
+    pub(crate) authors: std::sync::RwLock<contracts::Authors>,
+    /// Held while a contract is added: the check of what is there and the
+    /// write are one step.
+    pub(crate) adding: tokio::sync::Mutex<()>,
     pub(crate) store: Store,
     pub(crate) appender: con_store::Appender,
     /// Whether the log records now (the writer's state): while it does
@@ -214,6 +225,7 @@ struct AgentSet {
     tiers: Arc<std::collections::BTreeMap<String, con_config::Tier>>,
     fleet_viewers: Arc<Vec<String>>,
     sysadmin: Option<String>,
+    contract_authors: Arc<Vec<String>>,
 }
 
 impl AgentSet {
@@ -223,6 +235,7 @@ impl AgentSet {
             tiers: Arc::new(config.tiers.clone()),
             fleet_viewers: Arc::new(config.fleet_viewers.clone()),
             sysadmin: config.sysadmin.clone(),
+            contract_authors: Arc::new(config.contract_authors.clone()),
         }
     }
 }
@@ -316,6 +329,11 @@ impl Shared {
         self.agent_set().sysadmin
     }
 
+    /// The configured agents that may add contracts now.
+    pub(crate) fn contract_authors(&self) -> Arc<Vec<String>> {
+        self.agent_set().contract_authors
+    }
+
     fn agent_set(&self) -> AgentSet {
         self.agents
             .read()
@@ -324,7 +342,7 @@ impl Shared {
     }
 
     /// Makes `config`'s agents the configured agents (with their tiers,
-    /// the fleet viewers and the sysadmin among them), from the next
+    /// the fleet viewers, the sysadmin and the contract authors among them), from the next
     /// connection or request on.
     pub(crate) fn set_agents(&self, config: &DaemonConfig) {
         *self
@@ -429,13 +447,15 @@ impl Daemon {
         let socket = config.layout.socket();
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let check_states = contracts::seed_check_states(&store)?;
+        let (check_states, authors) = contracts::seed(&store)?;
         let recorded = arrivals::Recorded::default();
         let (route_tx, route_rx) = tokio::sync::mpsc::channel::<supervisor::RouteRequest>(16);
         let shared = Arc::new(Shared {
             config: config.clone(),
             agents: std::sync::RwLock::new(AgentSet::of(&config)),
             check_states: tokio::sync::Mutex::new(check_states),
+            authors: std::sync::RwLock::new(authors),
+            adding: tokio::sync::Mutex::new(()),
             store,
             appender: writer.appender(),
             log_state: writer.state(),

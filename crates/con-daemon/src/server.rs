@@ -292,6 +292,20 @@ async fn handle(
         Request::Agent(order) => agent_order(shared, identity, order, wr).await,
         Request::Ledger(query) => ledger(shared, identity, query, wr).await,
         Request::RouteInbox => route_inbox(shared, identity, wr).await,
+        Request::AddContract(contract) => add_contract(shared, identity, contract, wr).await,
+    }
+}
+
+/// A contract file to store (see [`crate::contract_add`]).
+async fn add_contract(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    contract: con_protocol::AddContract,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    match crate::contract_add::add(shared, identity, contract).await {
+        Ok(view) => send(wr, &Response::ContractAdded(view)).await,
+        Err((code, message)) => refuse(wr, code, message).await,
     }
 }
 
@@ -972,8 +986,10 @@ async fn agent_order(
     }
 }
 
-/// con's built-in checks, run now; each result is recorded (by the
-/// daemon: `contract.result` is its kind alone) before it is answered.
+/// con's built-in checks, run now and recorded through the one path every
+/// evaluation takes (`contracts::record`: recorded, folded into the check
+/// states, decided and enforced), so a built-in check failing here alerts
+/// and escalates as it would on the scheduler's tick.
 async fn run_checks(
     shared: &Arc<Shared>,
     identity: &Identity,
@@ -982,60 +998,23 @@ async fn run_checks(
     if let Some(refusal) = operators_only(identity, "run the checks") {
         return refuse(wr, ErrorCode::Forbidden, refusal).await;
     }
-    let checked = shared.clone();
-    let verdicts = match tokio::task::spawn_blocking(move || {
-        crate::health::builtin_checks(&checked.config.layout, &checked.mirror.health())
-    })
-    .await
-    {
-        Ok(v) => v,
-        Err(e) => return refuse(wr, ErrorCode::Unavailable, e.to_string()).await,
-    };
-    let mut checks = Vec::with_capacity(verdicts.len());
-    // Folded in like every other result, so the check states the daemon
-    // decides escalations by follow the whole log.
-    let mut states = shared.check_states.lock().await;
-    for verdict in verdicts {
-        let result = verdict.result();
-        let view = |seq| CheckView {
-            contract: result.contract.clone(),
-            check: result.check.clone(),
-            status: result.status,
-            scope_agent: result.scope_agent.clone(),
-            detail: result.detail.clone(),
-            seq,
-        };
-        match shared
-            .appender
-            .submit(NewEvent::system(result.clone()))
-            .wait_async()
-            .await
-        {
-            Ok(a) => {
-                states.observe(
-                    (
-                        result.contract.clone(),
-                        result.check.clone(),
-                        result.scope_agent.clone(),
-                    ),
-                    result.status,
-                    a.seq,
-                    crate::gateway::now_unix_nanos(),
-                    &result.detail,
-                );
-                checks.push(view(a.seq));
-            }
-            Err(e) => {
-                return refuse(
-                    wr,
-                    ErrorCode::Unavailable,
-                    format!("recording contract.result: {e}"),
-                )
-                .await;
-            }
+    match crate::contracts::evaluate_builtins(shared).await {
+        Ok(runs) => {
+            let checks = runs
+                .into_iter()
+                .map(|r| CheckView {
+                    contract: r.contract,
+                    check: r.check,
+                    status: r.status,
+                    scope_agent: r.scope_agent,
+                    detail: r.detail,
+                    seq: r.seq,
+                })
+                .collect();
+            send(wr, &Response::Checks(checks)).await
         }
+        Err(e) => refuse(wr, ErrorCode::Unavailable, e).await,
     }
-    send(wr, &Response::Checks(checks)).await
 }
 
 /// The log's hash chain, walked here because the daemon owns the log.

@@ -224,4 +224,5 @@ registry! {
     TaskFailed,
     LogDegraded,
     LogRecovered,
+    ContractAdded,
 }

@@ -262,16 +262,60 @@ pub enum Outcome {
     ProviderError,
     /// The runner itself failed (exec runner exit, IO error…).
     RunnerError,
-    /// Enforcement killed the session.
+    /// The run was told to stop (SIGTERM, SIGINT or SIGHUP: a daemon
+    /// shutting down, `systemctl stop`) and recorded its own end.
     Killed,
     /// The task could not be run at all (unreadable, too large, or its
     /// response could not be written) and was moved to `failed/` before any
     /// model call.
     SetAside,
+    /// Enforcement (`kill_session`, or a halt or quarantine) killed every
+    /// process of the agent's user while the session ran. The run cannot
+    /// say so itself: the daemon, which killed it, records this end, caused
+    /// by the `enforcement.action` (new in `session.ended` version 2).
+    KilledByEnforcement,
     /// The run ended without recording an end (the daemon was killed under
     /// it, the OOM killer took it…); recorded by the daemon once no process
-    /// of the agent was left.
+    /// of the agent was left (new in `session.ended` version 2).
     Abandoned,
+}
+
+/// `Outcome` as `session.ended` version 1 stored it (without
+/// [`Outcome::KilledByEnforcement`]); frozen, upcast one to one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeV1 {
+    /// [`Outcome::Ok`].
+    Ok,
+    /// [`Outcome::MaxIterations`].
+    MaxIterations,
+    /// [`Outcome::Timeout`].
+    Timeout,
+    /// [`Outcome::Budget`].
+    Budget,
+    /// [`Outcome::ProviderError`].
+    ProviderError,
+    /// [`Outcome::RunnerError`].
+    RunnerError,
+    /// [`Outcome::Killed`].
+    Killed,
+    /// [`Outcome::SetAside`].
+    SetAside,
+}
+
+impl From<OutcomeV1> for Outcome {
+    fn from(v1: OutcomeV1) -> Self {
+        match v1 {
+            OutcomeV1::Ok => Outcome::Ok,
+            OutcomeV1::MaxIterations => Outcome::MaxIterations,
+            OutcomeV1::Timeout => Outcome::Timeout,
+            OutcomeV1::Budget => Outcome::Budget,
+            OutcomeV1::ProviderError => Outcome::ProviderError,
+            OutcomeV1::RunnerError => Outcome::RunnerError,
+            OutcomeV1::Killed => Outcome::Killed,
+            OutcomeV1::SetAside => Outcome::SetAside,
+        }
+    }
 }
 
 impl Outcome {
@@ -287,6 +331,7 @@ impl Outcome {
             Outcome::Killed => "killed",
             Outcome::SetAside => "set_aside",
             Outcome::Abandoned => "abandoned",
+            Outcome::KilledByEnforcement => "killed_by_enforcement",
         }
     }
 }
@@ -302,7 +347,9 @@ fn cap_chars(s: &str, max: usize) -> String {
     }
 }
 
-/// `session.ended`.
+/// `session.ended` version 2 (current): recorded by the run when its
+/// session ends, or by the daemon when enforcement killed it
+/// ([`Outcome::KilledByEnforcement`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionEnded {
     /// The agent.
@@ -319,17 +366,59 @@ pub struct SessionEnded {
     pub detail: String,
 }
 
+/// `session.ended` version 1: the same fields, its outcome without
+/// [`Outcome::KilledByEnforcement`]. Kept so records of this version keep
+/// decoding; upcast to [`SessionEnded`] on read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEndedV1 {
+    /// The agent.
+    pub agent: String,
+    /// How it ended.
+    pub outcome: OutcomeV1,
+    /// Tool-loop iterations used.
+    pub iterations: u32,
+    /// Wall-clock duration.
+    pub duration_ms: u64,
+    /// Final response, if one was produced.
+    pub response: Option<BlobRef>,
+    /// Detail for non-ok outcomes.
+    pub detail: String,
+}
+
+impl From<SessionEndedV1> for SessionEnded {
+    fn from(v1: SessionEndedV1) -> Self {
+        SessionEnded {
+            agent: v1.agent,
+            outcome: v1.outcome.into(),
+            iterations: v1.iterations,
+            duration_ms: v1.duration_ms,
+            response: v1.response,
+            detail: v1.detail,
+        }
+    }
+}
+
 impl Kind for SessionEnded {
     const SPEC: KindSpec = KindSpec {
         id: 4,
         name: "session.ended",
-        version: 1,
+        version: 2,
         authority: Authority::AgentRun,
         message_id: "3c872adf44a7491fab9264eeabbcdbd3",
         priority: Priority::Notice,
         subject: "Agent @CON_AGENT@ ended session @CON_SESSION@: @CON_OUTCOME@",
-        description: "An agent session ended. CON_OUTCOME is ok, max_iterations, timeout, budget, provider_error, runner_error or killed.",
+        description: "An agent session ended. CON_OUTCOME is ok, max_iterations, timeout, budget, provider_error, runner_error, killed (the run was told to stop), set_aside, killed_by_enforcement (recorded by the daemon, whose enforcement killed the run; caused by the enforcement.action) or abandoned (recorded by the daemon: the run ended without recording an end and no process of the agent is left).",
     };
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        match version {
+            1 => codec::decode::<SessionEndedV1>("session.ended v1", bytes).map(Into::into),
+            2 => codec::decode("session.ended", bytes),
+            _ => Err(DecodeError::UnknownVersion {
+                kind: Self::SPEC.name,
+                version,
+            }),
+        }
+    }
     fn message(&self) -> String {
         let mut m = format!(
             "agent {} ended its session: {} after {} iterations, {} ms",
@@ -1509,5 +1598,67 @@ impl Kind for LogRecovered {
         out.push(("CON_REFUSED", self.refused.to_string()));
         out.push(("CON_REOPENED", self.reopened.to_string()));
         out.push(("CON_FREE_BYTES", self.free_bytes.to_string()));
+    }
+}
+
+/// `contract.added`: the daemon stored a contract file someone handed it
+/// (`con contracts add`), after parsing it with the same parser that
+/// evaluates it. The file is root's (0644) in the contracts directory; its
+/// checks run as `author_uid`, never as root unless root added it. The
+/// daemon reads these events at start to know whose each stored content
+/// is, so that survives restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractAdded {
+    /// The contract's `id`.
+    pub contract: String,
+    /// Where it was stored (`<contracts dir>/<id>.yaml`).
+    pub path: String,
+    /// Who added it: its checks run as this uid.
+    pub author_uid: u32,
+    /// The author's agent name, when an agent added it.
+    pub author_agent: Option<String>,
+    /// The file as stored.
+    pub content: BlobRef,
+    /// The content it replaced, if the file existed.
+    pub replaced: Option<BlobRef>,
+}
+
+impl Kind for ContractAdded {
+    const SPEC: KindSpec = KindSpec {
+        id: 23,
+        name: "contract.added",
+        version: 1,
+        authority: Authority::Daemon,
+        message_id: "108cac1d08a44ae6994a8da7d4a07c09",
+        priority: Priority::Notice,
+        subject: "Contract @CON_CONTRACT@ added by uid @CON_AUTHOR_UID@",
+        description: "A contract file was added through the daemon (`con contracts add`): parsed first, then stored root-owned and read-only in the contracts directory. Its checks run as the author's uid (CON_AUTHOR_UID), never with more rights than the author has; the content is attached. Review it with `con logs --kind contract.added` and `con contracts list`.",
+    };
+    fn message(&self) -> String {
+        format!(
+            "contract {} {} by uid {}{} at {}",
+            self.contract,
+            if self.replaced.is_some() {
+                "replaced"
+            } else {
+                "added"
+            },
+            self.author_uid,
+            self.author_agent
+                .as_deref()
+                .map(|a| format!(" (agent {a})"))
+                .unwrap_or_default(),
+            self.path
+        )
+    }
+    fn journal_fields(&self, out: &mut Vec<(&'static str, String)>) {
+        out.push(("CON_CONTRACT", self.contract.clone()));
+        out.push(("CON_AUTHOR_UID", self.author_uid.to_string()));
+    }
+    fn subject_agent(&self) -> Option<&str> {
+        self.author_agent.as_deref()
+    }
+    fn blob_refs(&self) -> Vec<BlobRef> {
+        std::iter::once(self.content).chain(self.replaced).collect()
     }
 }

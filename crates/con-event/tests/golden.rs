@@ -167,6 +167,7 @@ fn stored_enum_variant_indexes_never_change() {
         Outcome::RunnerError,
         Outcome::Killed,
         Outcome::SetAside,
+        Outcome::KilledByEnforcement,
         Outcome::Abandoned,
     ];
     let check = [
@@ -185,7 +186,21 @@ fn stored_enum_variant_indexes_never_change() {
     assert_eq!(trust.iter().map(index).collect::<Vec<_>>(), [0, 1]);
     assert_eq!(
         outcome.iter().map(index).collect::<Vec<_>>(),
-        [0, 1, 2, 3, 4, 5, 6, 7, 8]
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    );
+    let outcome_v1 = [
+        OutcomeV1::Ok,
+        OutcomeV1::MaxIterations,
+        OutcomeV1::Timeout,
+        OutcomeV1::Budget,
+        OutcomeV1::ProviderError,
+        OutcomeV1::RunnerError,
+        OutcomeV1::Killed,
+        OutcomeV1::SetAside,
+    ];
+    assert_eq!(
+        outcome_v1.iter().map(index).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5, 6, 7]
     );
     assert_eq!(check.iter().map(index).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
     assert_eq!(

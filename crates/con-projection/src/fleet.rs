@@ -37,6 +37,21 @@ pub struct AgentStatus {
     pub acl_removed: Vec<AclGrant>,
     /// How its last session ended, with the reason.
     pub last_end: Option<SessionEnd>,
+    /// Its sessions started and not yet ended, oldest first: those a kill
+    /// ends (the daemon records their `session.ended`, which their runs,
+    /// killed, cannot).
+    pub running: Vec<RunningSession>,
+}
+
+/// A session started and not yet ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningSession {
+    /// The session.
+    pub session: SessionId,
+    /// Its task, if any.
+    pub task: Option<String>,
+    /// When its `session.started` was recorded (Unix nanoseconds).
+    pub started_unix_nanos: i64,
 }
 
 /// How a session ended, as its `session.ended` says.
@@ -90,6 +105,7 @@ impl Default for AgentStatus {
             last_seq: 0,
             acl_removed: Vec::new(),
             last_end: None,
+            running: Vec::new(),
         }
     }
 }
@@ -164,7 +180,9 @@ impl FleetStatus {
         }
         let target = p.target.iter().filter(|_| p.action == "kill_session");
         for name in p.agents.iter().chain(target) {
-            self.agent(name, seq).running_sessions = 0;
+            let a = self.agent(name, seq);
+            a.running_sessions = 0;
+            a.running.clear();
         }
     }
 
@@ -189,7 +207,8 @@ impl Projection for FleetStatus {
     // 3: checks carry their contract and check names.
     // 4: alerts, and the ACL entries a quarantine removed.
     // 5: how each agent's last session ended, and failed tasks.
-    const VERSION: u32 = 5;
+    // 6: each agent's open sessions.
+    const VERSION: u32 = 6;
 
     fn apply(&mut self, event: &Event) {
         let seq = event.seq();
@@ -206,6 +225,13 @@ impl Projection for FleetStatus {
                 let a = self.agent(&p.agent, seq);
                 a.running_sessions += 1;
                 a.sessions_total += 1;
+                if let Some(session) = event.envelope.session {
+                    a.running.push(RunningSession {
+                        session,
+                        task: event.envelope.task.clone(),
+                        started_unix_nanos: event.envelope.ts_unix_nanos,
+                    });
+                }
             }
             Payload::SessionEnded(p) => {
                 let a = self.agent(&p.agent, seq);
@@ -218,6 +244,9 @@ impl Projection for FleetStatus {
                     detail: p.detail.clone(),
                     seq,
                 });
+                if let Some(session) = event.envelope.session {
+                    a.running.retain(|o| o.session != session);
+                }
             }
             Payload::TaskFailed(p) => {
                 self.agent(&p.agent, seq);
@@ -310,7 +339,8 @@ impl Projection for FleetStatus {
             | Payload::ProvisionApplied(_)
             | Payload::ConfigReloaded(_)
             | Payload::LogDegraded(_)
-            | Payload::LogRecovered(_) => {}
+            | Payload::LogRecovered(_)
+            | Payload::ContractAdded(_) => {}
         }
     }
 }

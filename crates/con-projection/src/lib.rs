@@ -10,7 +10,8 @@ mod fleet;
 mod ledger;
 
 pub use fleet::{
-    AgentStatus, Alert, CheckState, FailedTask, FleetStatus, MAX_FAILED_TASKS, SessionEnd, utc_day,
+    AgentStatus, Alert, CheckState, FailedTask, FleetStatus, MAX_FAILED_TASKS, RunningSession,
+    SessionEnd, utc_day,
 };
 pub use ledger::{Ledger, LedgerRow, OpenSession, rfc3339_utc, utc_date};
 

@@ -207,6 +207,19 @@ impl Client {
         }
     }
 
+    /// Hands the daemon a contract file to store in the contracts
+    /// directory; its checks will run as the caller.
+    pub fn add_contract(
+        &mut self,
+        contract: crate::AddContract,
+    ) -> Result<crate::ContractAddedView, ClientError> {
+        self.send(&Request::AddContract(contract))?;
+        match self.receive()? {
+            Response::ContractAdded(view) => Ok(view),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
     /// Has the daemon walk the log's hash chain (operators only): the log
     /// has one owner, so a live log is verified where it is.
     pub fn verify(&mut self) -> Result<VerifyView, ClientError> {

@@ -265,6 +265,12 @@ pub enum Request {
     /// Route the outer inbox now (the daemon also does on every arrival and
     /// every second); answered with [`Response::Routed`]. Operators only.
     RouteInbox,
+    /// Store a contract file in the contracts directory (parsed first, the
+    /// same way it is evaluated); answered with [`Response::ContractAdded`]
+    /// once stored and recorded (`contract.added`). Root and `trusted`
+    /// operators, and agents the config lets add contracts (the sysadmin
+    /// role, tier operator or above); refused for any other agent.
+    AddContract(AddContract),
 }
 
 /// What one routing pass of the outer inbox did ([`Request::RouteInbox`]).
@@ -292,6 +298,31 @@ pub struct RoutedTask {
     /// Where it is now.
     pub path: String,
     /// Seq of its `task.routed`.
+    pub seq: u64,
+}
+
+/// A contract file for [`Request::AddContract`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddContract {
+    /// The file's name as the caller gave it: errors name it. Where it is
+    /// stored comes from the contract's `id`, never from this.
+    pub file: String,
+    /// The file's content.
+    pub content: Vec<u8>,
+}
+
+/// What [`Request::AddContract`] stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractAddedView {
+    /// The contract's id.
+    pub contract: String,
+    /// Where it is stored.
+    pub path: String,
+    /// Whose it is: its checks run as this uid.
+    pub author_uid: u32,
+    /// Whether it replaced a file of the same name.
+    pub replaced: bool,
+    /// Seq of its `contract.added`.
     pub seq: u64,
 }
 
@@ -398,6 +429,8 @@ pub enum Response {
     Ledger(Vec<LedgerEntry>),
     /// Answer to [`Request::RouteInbox`].
     Routed(RouteView),
+    /// Answer to [`Request::AddContract`].
+    ContractAdded(ContractAddedView),
 }
 
 /// A frame that cannot be accepted.

@@ -96,13 +96,16 @@ fn check_name(name: &str) -> Result<(), ProvisionError> {
 /// (with nothing touched) if the name is invalid or taken, if a Linux user
 /// of that name already exists (a decommissioned agent keeps its account
 /// and files, which a new agent must not inherit), if a role is not in the
-/// profile, or if the resulting config or plan is invalid.
+/// profile, or if the resulting config or plan is invalid. The inboxes of
+/// the `quarantined` agents stay closed
+/// ([`crate::Plan::withhold_quarantined_inbox_writers`]).
 pub fn commission(
     layout: &Layout,
     env: &BTreeMap<String, String>,
     agent: &NewAgent,
     sudo_user: Option<&str>,
     netns: Option<&str>,
+    quarantined: &[String],
 ) -> Result<Report, ProvisionError> {
     check_name(&agent.name)?;
     for role in &agent.roles {
@@ -147,16 +150,19 @@ pub fn commission(
         config: parse(&text, path, env)?,
         ..installed.input
     };
-    let plan = crate::plan(&input, layout)?;
+    let mut plan = crate::plan(&input, layout)?;
+    let notes = plan.withhold_quarantined_inbox_writers(layout, quarantined);
     config_edit::write_config(path, &text)?;
-    Ok(crate::apply(
+    let mut report = crate::apply(
         &plan,
         layout,
         &ApplyOptions {
             dry_run: false,
             netns: netns.map(str::to_owned),
         },
-    ))
+    );
+    report.steps.extend(notes);
+    Ok(report)
 }
 
 /// An agent acting through its sudo grant of `con commission` or `con
@@ -292,12 +298,15 @@ pub struct Decommissioned {
 /// Retires agent `name` and removes it from the installed config, then
 /// applies the plan without it (see the module docs). Refused if the name
 /// is invalid or not configured, or if the config without it is invalid.
+/// The inboxes of the `quarantined` agents stay closed
+/// ([`crate::Plan::withhold_quarantined_inbox_writers`]).
 pub fn decommission(
     layout: &Layout,
     env: &BTreeMap<String, String>,
     name: &str,
     sudo_user: Option<&str>,
     netns: Option<&str>,
+    quarantined: &[String],
 ) -> Result<Decommissioned, ProvisionError> {
     check_name(name)?;
     let _lock = ConfigLock::take(layout)?;
@@ -331,7 +340,8 @@ pub fn decommission(
         config: parse(&text, path, env)?,
         ..installed.input
     };
-    let plan = crate::plan(&input, layout)?;
+    let mut plan = crate::plan(&input, layout)?;
+    let notes = plan.withhold_quarantined_inbox_writers(layout, quarantined);
 
     let mut report = Report::default();
     retire(layout, name, &units, &mut report);
@@ -363,6 +373,7 @@ pub fn decommission(
         },
     );
     report.steps.extend(applied.steps);
+    report.steps.extend(notes);
     report.withheld = applied.withheld;
     Ok(Decommissioned {
         report,

@@ -13,6 +13,7 @@ mod api;
 pub mod apply;
 pub mod commission;
 pub mod config_edit;
+pub mod contract_file;
 pub mod egress;
 mod host;
 pub mod instructions;

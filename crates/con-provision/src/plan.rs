@@ -390,6 +390,48 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Takes out of each `quarantined` agent's inbox access ACL every named
+    /// entry granting write: what a quarantine removed
+    /// ([`crate::quarantine::revoke_inbox_writers`]) and only a resume puts
+    /// back, from the recorded entries. An apply (bootstrap, commission,
+    /// decommission) while an agent is quarantined therefore leaves its
+    /// inbox closed to the other agents. The default ACL, owner, group and
+    /// mask stay as planned, as quarantine leaves them. Returns a note per
+    /// inbox whose grants are withheld.
+    pub fn withhold_quarantined_inbox_writers(
+        &mut self,
+        layout: &Layout,
+        quarantined: &[String],
+    ) -> Vec<crate::Step> {
+        let mut notes = Vec::new();
+        for agent in quarantined {
+            let inbox = layout.agent_inbox(agent);
+            for r in &mut self.resources {
+                let Resource::Acl { path, access, .. } = r else {
+                    continue;
+                };
+                if *path != inbox {
+                    continue;
+                }
+                let before = access.len();
+                access.retain(|e| {
+                    !(matches!(e.tag, AclTag::User(_) | AclTag::Group(_)) && e.perm & 2 != 0)
+                });
+                let withheld = before - access.len();
+                if withheld > 0 {
+                    notes.push(crate::Step {
+                        change: format!(
+                            "= acl {}: {withheld} write grant(s) withheld while {agent} is quarantined (con agent resume restores them)",
+                            display_under(layout.root(), path)
+                        ),
+                        status: crate::StepStatus::Note,
+                    });
+                }
+            }
+        }
+        notes
+    }
+
     /// One line per resource (see [`Resource::render`]).
     pub fn render(&self, root: &Path) -> String {
         self.resources

@@ -163,17 +163,36 @@ pub struct ContractRef {
     pub id: String,
     /// Its `scope:` (`system`, `agent:<name>`), if written.
     pub scope: Option<String>,
+    /// What it registers, if it is a preventive contract that parses.
+    pub preventive: Option<Registered>,
 }
 
-/// The contracts that watch the agent.
+/// A preventive contract: a rule some mechanism enforces elsewhere,
+/// registered in the contracts directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registered {
+    /// Its `description:`.
+    pub description: String,
+    /// What enforces it (`mechanism:`), if written.
+    pub mechanism: Option<String>,
+    /// The agent it is about (`scope: agent:<name>` or `agent:`); `None`:
+    /// every agent.
+    pub applies_to: Option<String>,
+}
+
+/// The contracts that watch the agent, and the preventive ones that
+/// constrain it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Contracts {
     /// Where they were looked for.
     pub dir: PathBuf,
     /// How many contract files are installed there.
     pub installed: usize,
-    /// Those whose scope is `system` or `agent:<this agent>`.
+    /// Those (not preventive) whose scope is `system` or `agent:<this
+    /// agent>`.
     pub watching: Vec<ContractRef>,
+    /// The preventive contracts for every agent or for this one.
+    pub preventive: Vec<ContractRef>,
 }
 
 /// Everything one agent may do, and why.
@@ -528,8 +547,19 @@ pub fn explain(
                 .contracts
                 .iter()
                 .filter(|c| {
-                    c.scope.as_deref() == Some("system")
-                        || c.scope.as_deref() == Some(&format!("agent:{agent}"))
+                    c.preventive.is_none()
+                        && (c.scope.as_deref() == Some("system")
+                            || c.scope.as_deref() == Some(&format!("agent:{agent}")))
+                })
+                .cloned()
+                .collect(),
+            preventive: input
+                .contracts
+                .iter()
+                .filter(|c| {
+                    c.preventive
+                        .as_ref()
+                        .is_some_and(|p| p.applies_to.as_deref().is_none_or(|a| a == agent))
                 })
                 .cloned()
                 .collect(),
@@ -683,6 +713,27 @@ impl Policy {
                 p(&contract.file)
             ));
         }
+        out.push_str(&format!(
+            "\npreventive contracts that hold for it (enforced by the mechanism named, registered in {}):\n",
+            p(&c.dir)
+        ));
+        if c.preventive.is_empty() {
+            out.push_str("  none registered\n");
+        }
+        for contract in &c.preventive {
+            let Some(r) = &contract.preventive else {
+                continue;
+            };
+            out.push_str(&format!(
+                "  {}  {}  for {}: {}\n",
+                contract.id,
+                r.mechanism.as_deref().unwrap_or("-"),
+                r.applies_to
+                    .as_deref()
+                    .map_or_else(|| "every agent".to_owned(), |a| format!("agent {a}")),
+                r.description
+            ));
+        }
         out
     }
 }
@@ -772,10 +823,21 @@ pub fn scan_contracts(dir: &Path) -> Result<Vec<ContractRef>, ProvisionError> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
+        // Parsed as well, to tell a preventive contract; a file that does
+        // not parse is still listed by its lines.
+        let preventive = con_contracts::parse_contract(&file, &text)
+            .ok()
+            .filter(|c| c.kind == con_contracts::ContractType::Preventive)
+            .map(|c| Registered {
+                applies_to: c.applies_to().map(str::to_owned),
+                description: c.description,
+                mechanism: c.mechanism,
+            });
         out.push(ContractRef {
             id,
             scope: top("scope"),
             file,
+            preventive,
         });
     }
     Ok(out)

@@ -40,6 +40,36 @@ pub const CONTRACTS: &[(&str, &[u8], u32)] = &[
         0o644,
     ),
     (
+        "CON-PREV-001.yaml",
+        include_bytes!("../../../contracts/CON-PREV-001.yaml"),
+        0o644,
+    ),
+    (
+        "CON-PREV-002.yaml",
+        include_bytes!("../../../contracts/CON-PREV-002.yaml"),
+        0o644,
+    ),
+    (
+        "CON-PREV-003.yaml",
+        include_bytes!("../../../contracts/CON-PREV-003.yaml"),
+        0o644,
+    ),
+    (
+        "CON-PREV-004.yaml",
+        include_bytes!("../../../contracts/CON-PREV-004.yaml"),
+        0o644,
+    ),
+    (
+        "CON-PREV-005.yaml",
+        include_bytes!("../../../contracts/CON-PREV-005.yaml"),
+        0o644,
+    ),
+    (
+        "CON-PREV-006.yaml",
+        include_bytes!("../../../contracts/CON-PREV-006.yaml"),
+        0o644,
+    ),
+    (
         "scripts/agent-dirs.sh",
         include_bytes!("../../../contracts/scripts/agent-dirs.sh"),
         0o755,

@@ -56,7 +56,7 @@ pub struct Unit {
 /// `NoNewPrivileges=`, a private user namespace or an empty capability
 /// bounding set (see [`agent_units`]). A sudoers grant for any other role
 /// cannot work under its unit's sandbox: the kernel refuses the setuid.
-pub const SUDO_ROLES: &[&str] = &["sysadmin"];
+pub const SUDO_ROLES: &[&str] = &[con_config::SYSADMIN_ROLE];
 
 /// The daemon's unit; agent units bind to it.
 pub const DAEMON_UNIT: &str = "con-daemon.service";

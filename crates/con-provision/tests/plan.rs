@@ -142,3 +142,47 @@ fn a_sudoers_template_for_another_user_is_refused() {
         "agent sysadmin: sudoers/sysadmin line 2: every rule must start with the user a-sysadmin (got \"root\")"
     );
 }
+
+/// A quarantined agent's inbox loses exactly the named write grants from
+/// the plan; every other resource stays as planned.
+#[test]
+fn a_quarantined_inbox_keeps_no_planned_write_grant() {
+    use con_provision::plan::AclTag;
+    let layout = layout();
+    let planned = con_provision::plan(&input(&profile_dir("default"), ""), &layout).unwrap();
+    let acl_of = |plan: &con_provision::Plan, agent: &str| {
+        plan.resources
+            .iter()
+            .find_map(|r| match r {
+                Resource::Acl { path, access, .. } if *path == layout.agent_inbox(agent) => {
+                    Some(access.clone())
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let named_writers = |entries: &[con_provision::plan::AclEntry]| {
+        entries
+            .iter()
+            .filter(|e| matches!(e.tag, AclTag::User(_) | AclTag::Group(_)) && e.perm & 2 != 0)
+            .count()
+    };
+    assert!(named_writers(&acl_of(&planned, "sysadmin")) > 0);
+    let mut plan = planned.clone();
+    let notes = plan.withhold_quarantined_inbox_writers(&layout, &["sysadmin".to_owned()]);
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0].change.contains("while sysadmin is quarantined"));
+    assert_eq!(named_writers(&acl_of(&plan, "sysadmin")), 0);
+    // Only those entries went: the owner, group, mask and other stay.
+    let kept: Vec<_> = acl_of(&planned, "sysadmin")
+        .into_iter()
+        .filter(|e| !(matches!(e.tag, AclTag::User(_) | AclTag::Group(_)) && e.perm & 2 != 0))
+        .collect();
+    assert_eq!(acl_of(&plan, "sysadmin"), kept);
+    assert_eq!(acl_of(&plan, "concierge"), acl_of(&planned, "concierge"));
+    assert_eq!(
+        plan.resources.len(),
+        planned.resources.len(),
+        "nothing else is left out"
+    );
+}

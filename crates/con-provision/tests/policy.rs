@@ -123,17 +123,43 @@ fn contracts_are_matched_by_scope() {
         file: format!("/r/srv/con/contracts/{id}.yaml").into(),
         id: id.into(),
         scope: scope.map(str::to_owned),
+        preventive: None,
+    };
+    let registered = |id: &str, applies_to: Option<&str>| ContractRef {
+        preventive: Some(policy::Registered {
+            description: format!("{id} cannot happen"),
+            mechanism: Some("acl".into()),
+            applies_to: applies_to.map(str::to_owned),
+        }),
+        ..c(id, Some("system"))
     };
     let contracts = [
         c("sys", Some("system")),
         c("mine", Some("agent:sysadmin")),
         c("theirs", Some("agent:concierge")),
         c("none", None),
+        registered("prev-all", None),
+        registered("prev-mine", Some("sysadmin")),
+        registered("prev-theirs", Some("concierge")),
     ];
     let p = explain("", "sysadmin", &contracts);
     let ids: Vec<&str> = p.contracts.watching.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["sys", "mine"]);
-    assert_eq!(p.contracts.installed, 4);
+    let ids: Vec<&str> = p
+        .contracts
+        .preventive
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    assert_eq!(ids, ["prev-all", "prev-mine"]);
+    assert_eq!(p.contracts.installed, 7);
+    let text = p.render(Path::new("/r"), "con.toml");
+    assert!(
+        text.contains("  prev-all  acl  for every agent: prev-all cannot happen\n")
+            && text.contains("  prev-mine  acl  for agent sysadmin: prev-mine cannot happen\n")
+            && !text.contains("prev-theirs"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -145,13 +171,30 @@ fn contract_files_are_scanned_as_text() {
     )
     .unwrap();
     std::fs::write(dir.path().join("b.yml"), "description: no id\n").unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "id: P-1\ndescription: no way out\ntype: preventive\nmechanism: nftables\nagent: scout\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("c.txt"), "id: skipped\n").unwrap();
     let found = policy::scan_contracts(dir.path()).unwrap();
     let got: Vec<(&str, Option<&str>)> = found
         .iter()
         .map(|c| (c.id.as_str(), c.scope.as_deref()))
         .collect();
-    assert_eq!(got, [("A-1", Some("system")), ("b.yml", None)]);
+    assert_eq!(
+        got,
+        [("A-1", Some("system")), ("b.yml", None), ("P-1", None)]
+    );
+    assert_eq!(found[0].preventive, None);
+    assert_eq!(
+        found[2].preventive,
+        Some(policy::Registered {
+            description: "no way out".into(),
+            mechanism: Some("nftables".into()),
+            applies_to: Some("scout".into()),
+        })
+    );
     assert!(
         policy::scan_contracts(&dir.path().join("missing"))
             .unwrap()

@@ -968,7 +968,8 @@ mod tests {
             calls: vec![same, differs, outside],
         };
         let t = text(&report);
-        assert!(t.contains("as nobody (uid 65534)\nnetwork: none\n"), "{t}");
+        assert!(t.contains("as nobody (uid 65534)\n"), "{t}");
+        assert!(t.contains("\nnetwork: none\n"), "{t}");
         assert!(t.contains(r#"{"command":"cat notes.txt"}"#), "{t}");
         assert!(
             t.contains("not reproduced: reads /etc/hostname outside the workspace"),

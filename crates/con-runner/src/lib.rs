@@ -282,6 +282,10 @@ pub fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<(), RunError> {
 pub fn stops_draining(outcome: Outcome) -> bool {
     matches!(
         outcome,
-        Outcome::Budget | Outcome::ProviderError | Outcome::RunnerError | Outcome::Killed
+        Outcome::Budget
+            | Outcome::ProviderError
+            | Outcome::RunnerError
+            | Outcome::Killed
+            | Outcome::KilledByEnforcement
     )
 }

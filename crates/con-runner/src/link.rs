@@ -182,7 +182,7 @@ impl DaemonLink for ClientLink {
                 match ended.outcome {
                     Outcome::ProviderError | Outcome::RunnerError => failures.push(ended.detail),
                     // Neither is the task's doing: the budget and enforcement.
-                    Outcome::Budget | Outcome::Killed => {}
+                    Outcome::Budget | Outcome::Killed | Outcome::KilledByEnforcement => {}
                     _ => failures.clear(),
                 }
             }

@@ -44,7 +44,11 @@ const SAMPLE_CONTENTS: &[&str] = &[
     "{\"role\":\"user\",\"content\":\"check the disk\"}",
     "{\"system\":\"You are sysadmin.\",\"messages\":,\"tools\":[]}",
     "+ user a-concierge",
+    CONTRACT_SAMPLE,
 ];
+
+/// The contract file the `contract.added` sample attaches.
+const CONTRACT_SAMPLE: &str = "id: CON-SYS-009\ntype: detective\nchecks:\n  - name: up\n    command: {run: 'echo up', test: '[ \"$RESULT\" = up ]'}\n";
 
 /// The contents `payload` references, for a payload built from the samples
 /// (and from contents in [`SAMPLE_CONTENTS`] generally); a reference to
@@ -150,6 +154,28 @@ pub fn samples() -> Vec<Sample> {
         current(
             SessionEnded {
                 agent: "sysadmin".into(),
+                outcome: Outcome::KilledByEnforcement,
+                iterations: 0,
+                duration_ms: 61_000,
+                response: None,
+                detail: "killed by enforcement: kill_session (CON-SYS-004)".into(),
+            }
+            .into(),
+        ),
+        Sample {
+            kind: "session.ended",
+            version: 1,
+            bytes: codec::encode(&SessionEndedV1 {
+                agent: "sysadmin".into(),
+                outcome: OutcomeV1::MaxIterations,
+                iterations: 200,
+                duration_ms: 61_000,
+                response: None,
+                detail: "iteration cap 200 reached".into(),
+            })
+            .expect("sample encodes"),
+            payload: SessionEnded {
+                agent: "sysadmin".into(),
                 outcome: Outcome::MaxIterations,
                 iterations: 200,
                 duration_ms: 61_000,
@@ -157,7 +183,7 @@ pub fn samples() -> Vec<Sample> {
                 detail: "iteration cap 200 reached".into(),
             }
             .into(),
-        ),
+        },
         current(
             LlmRequest {
                 agent: "sysadmin".into(),
@@ -374,6 +400,17 @@ pub fn samples() -> Vec<Sample> {
                 path: "/srv/con/agents/scribe/failed/20261125-0001.task".into(),
                 reason: "3 sessions of it failed; the last: provider error 400".into(),
                 attempts: 3,
+            }
+            .into(),
+        ),
+        current(
+            ContractAdded {
+                contract: "CON-SYS-009".into(),
+                path: "/srv/con/contracts/CON-SYS-009.yaml".into(),
+                author_uid: 1002,
+                author_agent: Some("sysadmin".into()),
+                content: blob(CONTRACT_SAMPLE),
+                replaced: None,
             }
             .into(),
         ),

@@ -51,10 +51,11 @@ pub fn run(args: BootstrapArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         },
     };
     let profile_dir = args.profile.clone().unwrap_or_else(|| layout.profile_dir());
-    let notes = vet_drop_ins(&input.profile, &profile_dir)?;
-    let plan = con_provision::plan(&input, layout)?;
+    let drop_ins = vet_drop_ins(&input.profile, &profile_dir)?;
+    let mut plan = con_provision::plan(&input, layout)?;
+    let notes = plan.withhold_quarantined_inbox_writers(layout, &quarantined(layout)?);
 
-    for note in &notes {
+    for note in &drop_ins {
         eprintln!("con: note: {note}");
     }
 
@@ -80,7 +81,7 @@ pub fn run(args: BootstrapArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     if !args.dry_run {
         con_provision::require_root()?;
     }
-    let report = con_provision::apply(
+    let mut report = con_provision::apply(
         &plan,
         layout,
         &ApplyOptions {
@@ -88,6 +89,7 @@ pub fn run(args: BootstrapArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             netns: None,
         },
     );
+    report.steps.extend(notes);
     if args.dry_run {
         let changes = report.changes();
         if args.json {
@@ -110,6 +112,50 @@ pub fn run(args: BootstrapArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         return Ok(exit_code(&report));
     }
     finish("bootstrap", &report, args.json, layout, Vec::new())
+}
+
+/// The agents quarantined now, as the log tells it: asked of the daemon
+/// when it runs, otherwise read from the event log directly (opened for
+/// inspection: nothing is written); none on a host with no log yet. An
+/// apply must not give other agents back the write access to a
+/// quarantined inbox that only a resume restores, so when neither the
+/// daemon nor the log can say, nothing is applied.
+pub(crate) fn quarantined(layout: &Layout) -> anyhow::Result<Vec<String>> {
+    use con_event::payloads::AgentCondition;
+    use con_projection::Projection;
+
+    if let Ok(mut client) = Client::connect_with_timeout(&layout.socket(), crate::DAEMON_TIMEOUT) {
+        let view = client
+            .status()
+            .context("asking the daemon which agents are quarantined")?;
+        return Ok(view
+            .agents
+            .into_iter()
+            .filter(|a| a.condition == AgentCondition::Quarantined)
+            .map(|a| a.name)
+            .collect());
+    }
+    let db = layout.event_log();
+    if !db.exists() {
+        return Ok(Vec::new());
+    }
+    let why = || {
+        format!(
+            "reading {} to know which agents are quarantined (the daemon is not running)",
+            db.display()
+        )
+    };
+    let store = con_store::Store::open_for_inspection(&db).with_context(why)?;
+    let mut fleet = con_projection::FleetStatus::default();
+    for event in store.events_from(1) {
+        fleet.apply(&event.with_context(why)?);
+    }
+    Ok(fleet
+        .agents
+        .into_iter()
+        .filter(|(_, a)| a.condition == AgentCondition::Quarantined)
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// Prints each step on its own line, failures with their reason.

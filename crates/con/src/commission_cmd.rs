@@ -56,7 +56,9 @@ pub fn commission(args: CommissionArgs, layout: &Layout) -> anyhow::Result<ExitC
     };
     let env = con_config::collect_environment(std::env::vars_os())?;
     let caller = sudo_user()?;
-    let report = con_provision::commission(layout, &env, &agent, caller.as_deref(), None)?;
+    let quarantined = crate::bootstrap_cmd::quarantined(layout)?;
+    let report =
+        con_provision::commission(layout, &env, &agent, caller.as_deref(), None, &quarantined)?;
     finish(
         &format!("commission {}", agent.name),
         &report,
@@ -73,7 +75,15 @@ pub fn decommission(args: DecommissionArgs, layout: &Layout) -> anyhow::Result<E
     con_provision::commission::require_root_for("decommission")?;
     let env = con_config::collect_environment(std::env::vars_os())?;
     let caller = sudo_user()?;
-    let done = con_provision::decommission(layout, &env, &args.name, caller.as_deref(), None)?;
+    let quarantined = crate::bootstrap_cmd::quarantined(layout)?;
+    let done = con_provision::decommission(
+        layout,
+        &env,
+        &args.name,
+        caller.as_deref(),
+        None,
+        &quarantined,
+    )?;
     let state = if done.removed {
         vec![con_protocol::SetCondition {
             agent: args.name.clone(),

@@ -9,7 +9,7 @@ use con_contracts::{CheckStates, is_failure};
 use con_event::payloads::{CheckStatus, ContractResult, Kind};
 use con_event::{Event, Payload, escape_control};
 use con_layout::Layout;
-use con_protocol::{CheckRun, Client, Query, RunContracts};
+use con_protocol::{AddContract, CheckRun, Client, Query, RunContracts};
 use serde::Serialize;
 
 /// `con contracts …`.
@@ -21,6 +21,20 @@ pub enum ContractsCommand {
     /// Run contracts now through the daemon (all of them, or these ids);
     /// one line per check and a summary; exit 1 if any check failed.
     Check(CheckArgs),
+    /// Hand a contract file to the daemon, which checks it, records it and
+    /// stores it root-owned as <contracts dir>/<id>.yaml; its checks run as
+    /// you (operators, and agents of the sysadmin role).
+    Add(AddArgs),
+}
+
+/// Arguments of `con contracts add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The contract file (YAML).
+    file: std::path::PathBuf,
+    /// Print what was stored as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `con contracts list`.
@@ -52,7 +66,32 @@ pub fn run(command: ContractsCommand, layout: &Layout) -> anyhow::Result<ExitCod
             })?;
             print_runs(&runs, args.json)
         }
+        ContractsCommand::Add(args) => add(&args, layout),
     }
+}
+
+/// `con contracts add FILE`: the file is read here, as the caller, and
+/// judged and stored by the daemon.
+fn add(args: &AddArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    let content =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let view = Client::connect(&layout.socket())?.add_contract(AddContract {
+        file: args.file.display().to_string(),
+        content,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        println!(
+            "{} contract {} as {} (its checks run as uid {}; recorded at seq {})",
+            if view.replaced { "replaced" } else { "added" },
+            escape_control(&view.contract),
+            escape_control(&view.path),
+            view.author_uid,
+            view.seq
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints results, one line per check and a summary (or JSON); the exit
@@ -110,6 +149,48 @@ struct Row {
     last_detail: Option<String>,
     /// The file, for contract files.
     file: Option<String>,
+}
+
+/// A preventive contract in `con contracts list`: what the OS enforces,
+/// registered in the contracts directory.
+#[derive(Debug, Serialize)]
+struct Preventive {
+    contract: String,
+    description: String,
+    /// `system` or `agent:<name>`.
+    scope: String,
+    /// The agent it is about, `null` for every agent.
+    applies_to: Option<String>,
+    /// What enforces it (`nftables`, `acl`, `sudoers`, `file-modes`,
+    /// `systemd`, …), if the file says.
+    mechanism: Option<String>,
+    /// How, if the file says.
+    enforcement: Option<String>,
+    /// Checks that verify the mechanism is in place (listed with the
+    /// others), if any.
+    checks: usize,
+    file: String,
+}
+
+fn preventive(loaded: &con_contracts::Loaded) -> Vec<Preventive> {
+    loaded
+        .contracts
+        .iter()
+        .filter(|c| c.contract.kind == con_contracts::ContractType::Preventive)
+        .map(|c| Preventive {
+            contract: c.contract.id.clone(),
+            description: c.contract.description.clone(),
+            scope: match c.contract.scope.agent() {
+                Some(a) => format!("agent:{a}"),
+                None => "system".to_owned(),
+            },
+            applies_to: c.contract.applies_to().map(str::to_owned),
+            mechanism: c.contract.mechanism.clone(),
+            enforcement: c.contract.enforcement.clone(),
+            checks: c.contract.checks.len(),
+            file: c.file.display().to_string(),
+        })
+        .collect()
 }
 
 fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
@@ -173,6 +254,7 @@ fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         #[derive(Serialize)]
         struct Listing<'a> {
             checks: &'a [Row],
+            preventive: Vec<Preventive>,
             broken: Vec<String>,
         }
         let broken = loaded.broken.iter().map(ToString::to_string).collect();
@@ -180,6 +262,7 @@ fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&Listing {
                 checks: &rows,
+                preventive: preventive(&loaded),
                 broken
             })?
         );
@@ -205,6 +288,22 @@ fn list(args: &ListArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 state,
                 last
             );
+        }
+        let registry = preventive(&loaded);
+        if !registry.is_empty() {
+            println!("preventive (enforced by the OS, registered here):");
+            for p in &registry {
+                println!(
+                    "  {:<14} {:<10} {:<16} {}",
+                    escape_control(&p.contract),
+                    escape_control(p.mechanism.as_deref().unwrap_or("-")),
+                    match &p.applies_to {
+                        Some(a) => format!("for {}", escape_control(a)),
+                        None => "for every agent".to_owned(),
+                    },
+                    escape_control(&p.description)
+                );
+            }
         }
         for b in &loaded.broken {
             println!("broken: {}", escape_control(&b.to_string()));

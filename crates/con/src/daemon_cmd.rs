@@ -20,6 +20,10 @@ pub struct DaemonArgs {
     /// appended [default: this con binary].
     #[arg(long, value_name = "PATH")]
     run_program: Option<PathBuf>,
+
+    /// Contract checks run at once (benchmarks compare 1 with the default).
+    #[arg(long, value_name = "N", hide = true, default_value_t = con_daemon::PARALLEL_CHECKS)]
+    check_concurrency: usize,
 }
 
 /// Who starts agent runs.
@@ -63,7 +67,8 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
         Arc::new(move || HostConfig::load(&layout, &env, supervisor, run_program.clone()))
     };
     let host = load()?;
-    let daemon = host.daemon.clone();
+    let mut daemon = host.daemon.clone();
+    daemon.contracts.parallel = args.check_concurrency;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -312,3 +312,229 @@ fn the_supervising_daemon_evaluates_on_each_contracts_frequency() {
     }
     assert!(recorded(&root, "T-IMPOSSIBLE").is_empty());
 }
+
+/// `con --root R --user-prefix P <args>` as `user` through `su`, as a
+/// person (or an agent's shell) on the host would run it.
+fn su_con(c: &crate::runs::Conspiracy, user: &str, args: &str) -> Output {
+    let flags: Vec<String> = c
+        .root
+        .con_flags()
+        .iter()
+        .map(|f| f.to_string_lossy().into_owned())
+        .collect();
+    Command::new("su")
+        .args(["-s", "/bin/sh", user, "-c"])
+        .arg(format!("cd / && {CON} {} {args}", flags.join(" ")))
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .output()
+        .unwrap()
+}
+
+/// A directory any user can read, holding `name` with `text`.
+fn readable_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join(name);
+    write(&path, text, 0o644);
+    (dir, path)
+}
+
+const WHOAMI: &str = "id: T-ADDED\ndescription: who runs me\ntype: detective\nchecks:\n  - name: whoami\n    command: {run: 'id -u', test: 'true'}\n";
+
+fn added_events(root: &Root) -> Vec<(con_event::Event, con_event::payloads::ContractAdded)> {
+    all_events(&root.socket())
+        .into_iter()
+        .filter_map(|e| match e.payload.clone() {
+            Payload::ContractAdded(a) => Some((e, a)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `RESULT=` of T-ADDED's `whoami` check, run now.
+fn runs_as(root: &Root) -> String {
+    let (_, rows) = check(root, &["T-ADDED"]);
+    let r = row(&rows, "T-ADDED", "whoami");
+    assert_eq!(r["status"], "pass", "{r}");
+    r["detail"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("RESULT=")
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_sysadmin_adds_a_contract_that_runs_as_it_whatever_the_file_is_called() {
+    use crate::runs::{Conspiracy, agent};
+    use std::os::unix::fs::MetadataExt;
+
+    let c = Conspiracy::new(
+        "openai-compatible",
+        "http://127.0.0.1:9",
+        &[agent("sysadmin", "operator", "roles = [\"sysadmin\"]")],
+    );
+    let sysadmin = c.user("sysadmin");
+    let _daemon = c.daemon();
+    let (_tmp, file) = readable_file("f.yaml", WHOAMI);
+
+    let out = su_con(
+        &c,
+        &sysadmin.name,
+        &format!("contracts add {}", file.display()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stored = c.root.path().join("srv/con/contracts/T-ADDED.yaml");
+    let meta = std::fs::metadata(&stored).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o644));
+    assert_eq!(std::fs::read_to_string(&stored).unwrap(), WHOAMI);
+    let added = added_events(&c.root);
+    assert_eq!(added.len(), 1);
+    let (event, payload) = &added[0];
+    assert_eq!(payload.author_uid, sysadmin.uid);
+    assert_eq!(payload.author_agent.as_deref(), Some("sysadmin"));
+    assert_eq!(event.envelope.actor.uid, sysadmin.uid);
+    assert_eq!(payload.content, con_event::BlobRef::of(WHOAMI.as_bytes()));
+    assert_eq!(payload.path, stored.display().to_string());
+    // The content is in the log.
+    let blob = con_protocol::Client::connect(&c.root.socket())
+        .unwrap()
+        .blob(payload.content.digest)
+        .unwrap();
+    assert_eq!(blob, WHOAMI.as_bytes());
+
+    // Root's file, the agent's check: it runs as the agent.
+    let uid = sysadmin.uid.to_string();
+    assert_eq!(runs_as(&c.root), uid);
+    // Across a restart (the author comes from the log) and under another
+    // name (whose it is goes with the content).
+    drop(_daemon);
+    let _daemon = c.daemon();
+    std::fs::rename(&stored, stored.with_file_name("renamed.yaml")).unwrap();
+    assert_eq!(runs_as(&c.root), uid);
+    std::fs::rename(stored.with_file_name("renamed.yaml"), &stored).unwrap();
+
+    // The agent may replace its own contract, not root's.
+    let again = WHOAMI.replace("who runs me", "who runs me now");
+    let (_tmp2, mine) = readable_file("mine.yaml", &again);
+    let out = su_con(
+        &c,
+        &sysadmin.name,
+        &format!("contracts add {}", mine.display()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("replaced contract T-ADDED"));
+    let (_tmp3, roots) = readable_file("root.yaml", &WHOAMI.replace("T-ADDED", "T-ROOT"));
+    ok(&con(
+        &c.root,
+        &["contracts", "add", roots.to_str().unwrap()],
+    ));
+    let (_tmp4, theirs) = readable_file(
+        "theirs.yaml",
+        &WHOAMI.replace("T-ADDED", "T-ROOT").replace("who", "whom"),
+    );
+    let out = su_con(
+        &c,
+        &sysadmin.name,
+        &format!("contracts add {}", theirs.display()),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only root replaces another author's contract"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Root replaces the agent's: from then on it runs as root.
+    ok(&con(&c.root, &["contracts", "add", file.to_str().unwrap()]));
+    assert_eq!(runs_as(&c.root), "0");
+    let authors: Vec<u32> = added_events(&c.root)
+        .iter()
+        .map(|(_, a)| a.author_uid)
+        .collect();
+    assert_eq!(authors, [sysadmin.uid, sysadmin.uid, 0, 0]);
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_worker_may_not_add_contracts_and_a_malformed_file_is_refused_whole() {
+    use crate::runs::{Conspiracy, agent};
+
+    let c = Conspiracy::new(
+        "openai-compatible",
+        "http://127.0.0.1:9",
+        &[
+            agent("scribe", "worker", "roles = [\"sysadmin\"]"),
+            agent("concierge", "operator", ""),
+        ],
+    );
+    let _daemon = c.daemon();
+    let dir = c.root.path().join("srv/con/contracts");
+    let (_tmp, file) = readable_file("f.yaml", WHOAMI);
+    // A worker, even one given the role; an operator-tier agent without it.
+    for agent in ["scribe", "concierge"] {
+        let out = su_con(
+            &c,
+            &c.user(agent).name,
+            &format!("contracts add {}", file.display()),
+        );
+        assert!(!out.status.success(), "{agent}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("only operators and agents of the sysadmin role"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().count() == 0);
+
+    // Malformed: one line naming the file and the field; nothing stored,
+    // nothing recorded.
+    for (text, field) in [
+        (
+            "id: T-BAD\ntype: detective\nchecks:\n  - name: x\n    command: {run: 'echo 1', tset: 'true'}\n",
+            "checks[0].command.tset: unknown field",
+        ),
+        ("id: T-BAD\ntype: detective\nchecks: [\n", "bad.yaml: "),
+        (
+            "id: -rf\ntype: detective\nchecks:\n  - name: x\n    command: {run: 'true', test: 'true'}\n",
+            "id: \"-rf\" is not a safe file name",
+        ),
+        (
+            "id: CON-LOG-001\ntype: detective\nchecks:\n  - name: x\n    command: {run: 'true', test: 'true'}\n",
+            "id: con's built-in check of itself has this id",
+        ),
+    ] {
+        let (_tmp, bad) = readable_file("bad.yaml", text);
+        let out = con(&c.root, &["contracts", "add", bad.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&bad.display().to_string()) && err.contains(field),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().count() == 0);
+    assert!(added_events(&c.root).is_empty());
+
+    // A contract whose id another file already defines is refused too.
+    std::fs::create_dir_all(&dir).unwrap();
+    write(&dir.join("by-hand.yaml"), WHOAMI, 0o644);
+    let out = con(&c.root, &["contracts", "add", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already defined in"),
+        "{out:?}"
+    );
+    assert!(!dir.join("T-ADDED.yaml").exists());
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use con_event::payloads::{AgentCondition, Trust};
+use con_event::payloads::{AgentCondition, Outcome, Trust};
 use con_event::{Event, Payload};
 use con_llm_script::{ScriptedServer, Step};
 use con_test_support::all_events;
@@ -349,7 +349,10 @@ fn a_kill_session_contract_ends_its_scope_agents_run() {
         }
         let done = events
             .iter()
-            .find(|e| e.envelope.causation == Some(action.seq()))
+            .find(|e| {
+                matches!(e.payload, Payload::EnforcementDone(_))
+                    && e.envelope.causation == Some(action.seq())
+            })
             .unwrap();
         match &done.payload {
             Payload::EnforcementDone(d) => serde_json::json!({
@@ -414,6 +417,123 @@ fn long_exec_killed(kill: impl FnOnce(&Conspiracy) -> serde_json::Value) {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["running_sessions"], 0, "{rows}");
     assert_eq!(rows[0]["inbox_depth"], 1, "the task stays: {rows}");
+    ended_by_enforcement(&c, "scribe", view["action_seq"].as_u64().unwrap());
+}
+
+/// The one session `agent` ran ended as `killed_by_enforcement`, recorded
+/// by the daemon in that session, caused by the action at `action_seq`,
+/// and shown so in `con agent list` and the ledger.
+fn ended_by_enforcement(c: &Conspiracy, agent: &str, action_seq: u64) {
+    let events = all_events(&c.root.socket());
+    let started: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(&e.payload, Payload::SessionStarted(s) if s.agent == agent))
+        .collect();
+    assert_eq!(started.len(), 1);
+    let ended: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(&e.payload, Payload::SessionEnded(s) if s.agent == agent))
+        .collect();
+    assert_eq!(ended.len(), 1, "one end, recorded once");
+    let end = ended[0];
+    match &end.payload {
+        Payload::SessionEnded(s) => {
+            assert_eq!(s.outcome, Outcome::KilledByEnforcement, "{s:?}");
+            assert!(s.detail.starts_with("killed by enforcement: "), "{s:?}");
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(end.envelope.session, started[0].envelope.session);
+    assert_eq!(end.envelope.task, started[0].envelope.task);
+    assert_eq!(end.envelope.causation, Some(action_seq));
+    assert_eq!(
+        end.envelope.actor.agent, None,
+        "the daemon's record, not the run's"
+    );
+    let done = events
+        .iter()
+        .find(|e| {
+            matches!(e.payload, Payload::EnforcementDone(_))
+                && e.envelope.causation == Some(action_seq)
+        })
+        .unwrap();
+    assert!(
+        end.seq() < done.seq(),
+        "ended before the enforcement is done"
+    );
+    let out = con(c, &["agent", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == agent)
+        .unwrap();
+    assert_eq!(row["last_outcome"], "killed_by_enforcement", "{rows}");
+    let out = con(c, &["ledger", "--json"]);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("killed_by_enforcement"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn kill_session_during_a_long_exec_runner_session_records_its_end() {
+    // An exec runner's command is one word: a script that outlives the test.
+    let script = std::env::temp_dir().join(format!("con-long-runner-{}", std::process::id()));
+    std::fs::write(&script, "#!/bin/sh\ncat > /dev/null\nsleep 300\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = Conspiracy::new(
+        "openai-compatible",
+        "http://127.0.0.1:9",
+        &[agent(
+            "scribe",
+            "worker",
+            &format!("runner = \"exec:{}\"", script.display()),
+        )],
+    );
+    contract(&c, "kill.yaml", KILL_SCRIBE);
+    let _daemon = c.daemon();
+    c.task("scribe", "t-long", "sleep a while");
+    let uid = c.user("scribe").uid;
+    let mut run = c
+        .user("scribe")
+        .command_with_groups(CON)
+        .args(c.root.con_flags())
+        .args(["run", "scribe"])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the exec runner's session", Duration::from_secs(20), || {
+        alive(uid).iter().any(|l| l.contains("sleep 300"))
+            && all_events(&c.root.socket())
+                .iter()
+                .any(|e| matches!(e.payload, Payload::SessionStarted(_)))
+    });
+    assert_eq!(
+        con(&c, &["contracts", "check", "T-KILL"]).status.code(),
+        Some(1)
+    );
+    let _ = run.wait();
+    assert!(alive(uid).is_empty(), "survived: {:?}", alive(uid));
+    let action = all_events(&c.root.socket())
+        .into_iter()
+        .find(|e| matches!(&e.payload, Payload::EnforcementAction(a) if a.action == "kill_session"))
+        .unwrap();
+    ended_by_enforcement(&c, "scribe", action.seq());
+    // A second kill finds nothing running and ends nothing again.
+    ok(&con(&c, &["agent", "kill", "scribe"]));
+    let ends = all_events(&c.root.socket())
+        .iter()
+        .filter(|e| matches!(e.payload, Payload::SessionEnded(_)))
+        .count();
+    assert_eq!(ends, 1);
+    let _ = std::fs::remove_file(&script);
 }
 
 #[test]
@@ -497,6 +617,17 @@ fn a_halt_in_supervisor_mode_ends_the_run_and_none_starts_until_resumed() {
     let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(view["done"]["agents"][0], "scribe", "{view}");
     assert!(alive(uid).is_empty(), "survived: {:?}", alive(uid));
+    // The halt's kill ended the running session, and says so.
+    let killed = all_events(&c.root.socket())
+        .into_iter()
+        .find_map(|e| match e.payload {
+            Payload::SessionEnded(s) => Some((s.outcome, e.envelope.causation)),
+            _ => None,
+        });
+    assert_eq!(
+        killed,
+        Some((Outcome::KilledByEnforcement, view["action_seq"].as_u64()))
+    );
     let runs_started = || {
         all_events(&c.root.socket())
             .iter()

@@ -702,6 +702,45 @@ fn the_shipped_contracts_pass_on_a_freshly_bootstrapped_root() {
         assert!(line.contains(" pass "), "{line}");
     }
 
+    // The preventive registry: not run, listed with what enforces it.
+    assert!(
+        !stdout.contains("CON-PREV-"),
+        "preventive contracts have nothing to run"
+    );
+    let list = host.con(&["contracts", "list", "--json"]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let registry: Vec<(String, String)> = list["preventive"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert!(p["applies_to"].is_null(), "{p}");
+            assert!(!p["description"].as_str().unwrap().is_empty(), "{p}");
+            (
+                p["contract"].as_str().unwrap().to_owned(),
+                p["mechanism"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("CON-PREV-001", "nftables"),
+        ("CON-PREV-002", "acl"),
+        ("CON-PREV-003", "file-modes"),
+        ("CON-PREV-004", "sudoers"),
+        ("CON-PREV-005", "systemd"),
+        ("CON-PREV-006", "file-modes"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(registry, want);
+    let listed = text(&host.con(&["contracts", "list"]).stdout);
+    assert!(
+        listed.contains("preventive (enforced by the OS, registered here):\n  CON-PREV-001   nftables   for every agent  "),
+        "{listed}"
+    );
+
     // Drift is caught: an AGENTS.md made writable fails its contract.
     let md = host
         .path()
@@ -899,4 +938,62 @@ fn the_originals_default_profile_bootstraps_a_test_root() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(broken.accounts().is_empty(), "accounts were created");
+}
+
+/// `con bootstrap` while an agent is quarantined leaves its inbox closed to
+/// the other agents (the plan's write grants on it are withheld, from the
+/// daemon's state or, with no daemon, from the log itself); the resume
+/// puts back exactly what the quarantine removed.
+#[test]
+fn bootstrap_keeps_a_quarantined_inbox_closed_until_the_resume() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    let inbox = host.agent_dir("sysadmin").join("inbox");
+    let getfacl = || {
+        let out = Command::new("getfacl")
+            .args(["-cp"])
+            .arg(&inbox)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        text(&out.stdout)
+    };
+    let write = |name: &str| format!("echo hi > {}/{name}.task", inbox.display());
+    let before = getfacl();
+    let out = host.as_agent("concierge", &write("before"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let daemon = Daemon::start_with(CON, &host.root, &["--supervisor", "systemd"], &[]);
+    host.ok(&["agent", "quarantine", "sysadmin"]);
+    host.denied("concierge", &write("quarantined"));
+
+    // Through the daemon's state.
+    let out = host.ok(&["bootstrap"]);
+    assert!(
+        out.contains("write grant(s) withheld while sysadmin is quarantined"),
+        "{out}"
+    );
+    host.denied("concierge", &write("after-bootstrap"));
+    let check = host.con(&["bootstrap", "--check"]);
+    assert!(check.status.success(), "no drift: {}", text(&check.stdout));
+
+    // With no daemon, from the log.
+    drop(daemon);
+    host.ok(&["bootstrap"]);
+    host.denied("concierge", &write("after-offline-bootstrap"));
+    assert!(!inbox.join("after-offline-bootstrap.task").exists());
+
+    let _daemon = Daemon::start_with(CON, &host.root, &["--supervisor", "systemd"], &[]);
+    host.ok(&["agent", "resume", "sysadmin"]);
+    assert_eq!(
+        getfacl(),
+        before,
+        "the resume restores exactly what was removed"
+    );
+    let out = host.as_agent("concierge", &write("resumed"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // And a bootstrap now changes nothing on the inbox.
+    let out = host.ok(&["bootstrap"]);
+    assert!(!out.contains("withheld"), "{out}");
+    assert_eq!(getfacl(), before);
 }
