@@ -484,6 +484,7 @@ async fn end_killed_sessions(
     before: &[con_projection::RunningSession],
     done: &mut Done,
 ) {
+    let _ending = shared.ending_sessions.lock().await;
     let open = match shared.fleet_status().await {
         Ok(fleet) => fleet
             .agents

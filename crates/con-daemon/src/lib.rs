@@ -188,6 +188,10 @@ pub(crate) struct Shared {
     /// Held while a contract is added: the check of what is there and the
     /// write are one step.
     pub(crate) adding: tokio::sync::Mutex<()>,
+    /// Held by whoever records a `session.ended` for a run that cannot
+    /// (enforcement's kills, the sweep of abandoned sessions) from reading
+    /// the open sessions to recording their ends: one of them ends each.
+    ending_sessions: tokio::sync::Mutex<()>,
     pub(crate) store: Store,
     pub(crate) appender: con_store::Appender,
     /// Whether the log records now (the writer's state): while it does
@@ -456,6 +460,7 @@ impl Daemon {
             check_states: tokio::sync::Mutex::new(check_states),
             authors: std::sync::RwLock::new(authors),
             adding: tokio::sync::Mutex::new(()),
+            ending_sessions: tokio::sync::Mutex::new(()),
             store,
             appender: writer.appender(),
             log_state: writer.state(),

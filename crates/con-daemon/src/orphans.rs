@@ -39,6 +39,9 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// Records `session.ended` (abandoned) for every open session whose agent
 /// has no live process. Returns how many it closed.
 pub(crate) async fn sweep(shared: &Arc<Shared>) -> Result<usize, String> {
+    // Enforcement ends the sessions its kills end; whichever reads the open
+    // sessions first records their end, and the other sees them closed.
+    let _ending = shared.ending_sessions.lock().await;
     let orphans = {
         let shared = shared.clone();
         tokio::task::spawn_blocking(move || orphaned(&shared))
