@@ -322,6 +322,21 @@ impl Container {
             .stdout)
     }
 
+    /// Polls `done` every 250 ms until it holds; panics with `what` and the
+    /// [`Container::diagnostics`] after `limit`. For scenarios: a wait that
+    /// runs out is the test failing.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < limit,
+                "{what}: not after {limit:?};\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Everything useful for a post-mortem, as far as it can be read: failed
     /// units, the end of the journal and nspawn's own output.
     pub fn diagnostics(&self) -> String {

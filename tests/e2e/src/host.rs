@@ -185,3 +185,11 @@ pub fn mirror() -> String {
 pub(crate) fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))
 }
+
+/// The scripted model server to install in containers (`con-llm-script`):
+/// `$CON_E2E_SCRIPT_BIN`, else `<workspace>/target/debug/con-llm-script`.
+pub fn script_server_binary() -> PathBuf {
+    std::env::var_os("CON_E2E_SCRIPT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/con-llm-script"))
+}

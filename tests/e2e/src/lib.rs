@@ -36,6 +36,6 @@ pub use error::{Error, Result};
 pub use exec::{DEFAULT_TIMEOUT, Exec, Output};
 pub use host::{
     BIN_VAR, CACHE_VAR, DEFAULT_CACHE_DIR, DEFAULT_MIRROR, DEFAULT_RUN_DIR, ENABLE_VAR, MIRROR_VAR,
-    RUN_DIR_VAR, Tools, con_binary, enabled, run_dir, workspace,
+    RUN_DIR_VAR, Tools, con_binary, enabled, run_dir, script_server_binary, workspace,
 };
 pub use image::{DEFAULT_PACKAGES, DEFAULT_SUITE, Image, ImageSpec, PRUNE_AFTER};

@@ -6,34 +6,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use con_e2e::{CONFIGS_PATH, Container, Image};
-
-fn script_server_binary() -> std::path::PathBuf {
-    std::env::var_os("CON_E2E_SCRIPT_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| con_e2e::workspace().join("target/debug/con-llm-script"))
-}
-
-fn wait_for(c: &Container, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not after {limit:?};\n{}",
-            c.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 #[test]
 fn the_sysadmin_commissions_a_worker_that_answers_without_a_restart() {
     if !con_e2e::enabled() {
         return;
     }
-    let bin = script_server_binary();
+    let bin = con_e2e::script_server_binary();
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p con-llm-script`",
@@ -80,7 +62,7 @@ con bootstrap --profile /opt/profile >/dev/null
 
     c.exec_ok(&["con", "task", "--to", "sysadmin", "We need a scout."])
         .unwrap();
-    wait_for(&c, "the sysadmin's answer", Duration::from_secs(90), || {
+    c.wait_for("the sysadmin's answer", Duration::from_secs(90), || {
         c.sh("cat /srv/con/agents/sysadmin/outbox/*.response 2>/dev/null")
             .unwrap()
             .stdout
@@ -88,7 +70,7 @@ con bootstrap --profile /opt/profile >/dev/null
     });
     let users = c.exec_ok(&["getent", "passwd", "a-scout"]).unwrap();
     assert!(users.stdout.starts_with("a-scout:"), "{users}");
-    wait_for(&c, "the scout's path unit", Duration::from_secs(30), || {
+    c.wait_for("the scout's path unit", Duration::from_secs(30), || {
         c.exec(&["systemctl", "is-active", "--quiet", "con-agent@scout.path"])
             .unwrap()
             .success()
@@ -96,7 +78,7 @@ con bootstrap --profile /opt/profile >/dev/null
 
     c.exec_ok(&["con", "task", "--to", "scout", "Report."])
         .unwrap();
-    wait_for(&c, "the scout's answer", Duration::from_secs(90), || {
+    c.wait_for("the scout's answer", Duration::from_secs(90), || {
         c.sh("cat /srv/con/agents/scout/outbox/*.response 2>/dev/null")
             .unwrap()
             .stdout
@@ -117,17 +99,12 @@ con bootstrap --profile /opt/profile >/dev/null
     assert!(reloads.stdout.contains("added: scout"), "{reloads}");
 
     c.exec_ok(&["con", "decommission", "scout"]).unwrap();
-    wait_for(
-        &c,
-        "the scout's units gone",
-        Duration::from_secs(30),
-        || {
-            let units = c
-                .sh("systemctl list-units --all --no-legend 'con-agent@scout*' | grep -v not-found")
-                .unwrap();
-            units.stdout.trim().is_empty()
-        },
-    );
+    c.wait_for("the scout's units gone", Duration::from_secs(30), || {
+        let units = c
+            .sh("systemctl list-units --all --no-legend 'con-agent@scout*' | grep -v not-found")
+            .unwrap();
+        units.stdout.trim().is_empty()
+    });
     assert!(
         !c.exec(&["test", "-e", "/etc/systemd/system/con-agent@scout.path"])
             .unwrap()

@@ -11,24 +11,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use con_e2e::{CONFIGS_PATH, Container, Image};
 use serde_json::Value;
 
 const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
-
-fn wait_for(c: &Container, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not after {limit:?};\n{}",
-            c.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 /// A con host answering two tasks with an exec runner; returns its log id.
 fn host(c: &Container) -> String {
@@ -50,13 +38,13 @@ con task --to echo "second from {name}" >/dev/null
         name = c.name()
     ))
     .unwrap();
-    wait_for(c, "two answers", Duration::from_secs(60), || {
+    c.wait_for("two answers", Duration::from_secs(60), || {
         c.sh("ls /srv/con/agents/echo/outbox/*.response 2>/dev/null | wc -l")
             .unwrap()
             .stdout_trimmed()
             == "2"
     });
-    wait_for(c, "both sessions ended", Duration::from_secs(30), || {
+    c.wait_for("both sessions ended", Duration::from_secs(30), || {
         c.exec_ok(&[
             "journalctl",
             "-t",

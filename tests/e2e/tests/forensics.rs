@@ -8,30 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use con_e2e::{CONFIGS_PATH, Container, Image};
 use serde_json::Value;
 
 const KEY: &str = "sk-e2e-forensics-key";
-
-fn script_server_binary() -> std::path::PathBuf {
-    std::env::var_os("CON_E2E_SCRIPT_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| con_e2e::workspace().join("target/debug/con-llm-script"))
-}
-
-fn wait_for(c: &Container, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not after {limit:?};\n{}",
-            c.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn journal_lines(c: &Container, filters: &[&str]) -> Vec<Value> {
     let mut argv = vec!["journalctl", "-t", "con", "-o", "json", "--no-pager"];
@@ -48,7 +30,7 @@ fn a_delegation_is_on_record_closed_to_agents_and_every_source_agrees() {
     if !con_e2e::enabled() {
         return;
     }
-    let bin = script_server_binary();
+    let bin = con_e2e::script_server_binary();
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p con-llm-script`",
@@ -98,13 +80,13 @@ con bootstrap --profile /opt/profile >/dev/null
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    wait_for(&c, "the sysadmin's answer", Duration::from_secs(90), || {
+    c.wait_for("the sysadmin's answer", Duration::from_secs(90), || {
         c.sh("cat /srv/con/agents/sysadmin/outbox/*.response 2>/dev/null")
             .unwrap()
             .stdout
             == "/var is 42% full."
     });
-    wait_for(&c, "both sessions ended", Duration::from_secs(30), || {
+    c.wait_for("both sessions ended", Duration::from_secs(30), || {
         journal_lines(&c, &["CON_EVENT=session_ended"]).len() == 2
     });
 

@@ -6,22 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use con_e2e::{CONFIGS_PATH, Container, Image};
 use serde_json::Value;
-
-fn wait_until(c: &Container, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not after {limit:?};\n{}",
-            c.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn condition(c: &Container, agent: &str) -> String {
     let out = c.exec_ok(&["con", "agent", "list", "--json"]).unwrap();
@@ -81,7 +69,7 @@ chmod 0644 /srv/con/contracts/ZZ-IMPOSSIBLE.yaml
     for _ in 0..2 {
         c.sh("systemctl start con-healthcheck.service").unwrap();
     }
-    wait_until(&c, "echo halted", Duration::from_secs(30), || {
+    c.wait_for("echo halted", Duration::from_secs(30), || {
         condition(&c, "echo") == "halted"
     });
     assert_eq!(
@@ -109,16 +97,11 @@ chmod 0644 /srv/con/contracts/ZZ-IMPOSSIBLE.yaml
 
     // Resume: the task is answered.
     c.exec_ok(&["con", "agent", "resume", "echo"]).unwrap();
-    wait_until(
-        &c,
-        "the waiting task answered",
-        Duration::from_secs(60),
-        || {
-            c.sh("ls /srv/con/agents/echo/outbox/*.response 2>/dev/null")
-                .unwrap()
-                .success()
-        },
-    );
+    c.wait_for("the waiting task answered", Duration::from_secs(60), || {
+        c.sh("ls /srv/con/agents/echo/outbox/*.response 2>/dev/null")
+            .unwrap()
+            .success()
+    });
     assert_eq!(condition(&c, "echo"), "active");
 }
 
@@ -192,7 +175,7 @@ chmod 0644 /srv/con/contracts/ZZ-KILL.yaml
     // kill_session.
     c.exec_ok(&["con", "task", "--to", "sleeper", "sleep"])
         .unwrap();
-    wait_until(&c, "the long exec", Duration::from_secs(60), || {
+    c.wait_for("the long exec", Duration::from_secs(60), || {
         uid_processes(&c, "a-sleeper").contains("sleep 301")
     });
     c.sh("systemctl start con-healthcheck.service").unwrap();
@@ -229,8 +212,7 @@ chmod 0644 /srv/con/contracts/ZZ-KILL.yaml
     );
     // The kill is not a halt: the path unit runs the task again (the
     // runner now answers at once) and the agent's processes all end.
-    wait_until(
-        &c,
+    c.wait_for(
         "the sleeper's task answered after the kill",
         Duration::from_secs(60),
         || {
@@ -239,12 +221,9 @@ chmod 0644 /srv/con/contracts/ZZ-KILL.yaml
                 .success()
         },
     );
-    wait_until(
-        &c,
-        "no process of a-sleeper",
-        Duration::from_secs(30),
-        || uid_processes(&c, "a-sleeper").is_empty(),
-    );
+    c.wait_for("no process of a-sleeper", Duration::from_secs(30), || {
+        uid_processes(&c, "a-sleeper").is_empty()
+    });
     assert_eq!(condition(&c, "sleeper"), "active");
 
     // Quarantine.
@@ -257,17 +236,12 @@ chmod 0644 /srv/con/contracts/ZZ-KILL.yaml
         .success()
     };
     assert!(write("before"), "the concierge may task the clerk");
-    wait_until(
-        &c,
-        "the clerk's first answer",
-        Duration::from_secs(60),
-        || {
-            c.sh("ls /srv/con/agents/clerk/outbox/*.response 2>/dev/null | wc -l")
-                .unwrap()
-                .stdout_trimmed()
-                == "1"
-        },
-    );
+    c.wait_for("the clerk's first answer", Duration::from_secs(60), || {
+        c.sh("ls /srv/con/agents/clerk/outbox/*.response 2>/dev/null | wc -l")
+            .unwrap()
+            .stdout_trimmed()
+            == "1"
+    });
     c.exec_ok(&["con", "agent", "quarantine", "clerk"]).unwrap();
     assert_eq!(condition(&c, "clerk"), "quarantined");
     assert!(!write("during"), "the concierge wrote a quarantined inbox");
@@ -282,17 +256,12 @@ chmod 0644 /srv/con/contracts/ZZ-KILL.yaml
         c.diagnostics()
     );
     c.exec_ok(&["con", "agent", "resume", "clerk"]).unwrap();
-    wait_until(
-        &c,
-        "the queued task answered",
-        Duration::from_secs(60),
-        || {
-            c.sh("ls /srv/con/agents/clerk/outbox/*.response 2>/dev/null | wc -l")
-                .unwrap()
-                .stdout_trimmed()
-                == "2"
-        },
-    );
+    c.wait_for("the queued task answered", Duration::from_secs(60), || {
+        c.sh("ls /srv/con/agents/clerk/outbox/*.response 2>/dev/null | wc -l")
+            .unwrap()
+            .stdout_trimmed()
+            == "2"
+    });
     assert!(write("after"), "resume reopens the inbox");
     assert_eq!(condition(&c, "clerk"), "active");
 }

@@ -5,22 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use con_e2e::{CONFIGS_PATH, Container, Image};
 use serde_json::Value;
-
-fn wait_for(c: &Container, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not after {limit:?};\n{}",
-            c.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 fn count(c: &Container, dir: &str, suffix: &str) -> usize {
     c.sh(&format!("find {dir} -maxdepth 1 -name '*{suffix}' | wc -l"))
@@ -88,11 +76,11 @@ con bootstrap --profile /opt/profile >/dev/null
     c.sh_ok(&both).unwrap();
 
     let left_total = hostile.len() + 5;
-    wait_for(&c, "left's tasks", Duration::from_secs(240), || {
+    c.wait_for("left's tasks", Duration::from_secs(240), || {
         count(&c, "/srv/con/agents/left/outbox", ".response") >= left_total
             && count(&c, "/srv/con/agents/left/failed", ".task") == 1
     });
-    wait_for(&c, "right's tasks", Duration::from_secs(120), || {
+    c.wait_for("right's tasks", Duration::from_secs(120), || {
         count(&c, "/srv/con/agents/right/outbox", ".response") >= 5
     });
     assert_eq!(

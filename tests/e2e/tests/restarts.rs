@@ -7,24 +7,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use con_e2e::{CONFIGS_PATH, Container, Image};
 use serde_json::Value;
 
 const TASKS: usize = 16;
-
-fn wait_for(c: &Container, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not after {limit:?};\n{}",
-            c.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn answered(c: &Container) -> usize {
     c.sh("ls /srv/con/agents/slow/outbox/ 2>/dev/null | grep -c '\\.response$'")
@@ -77,7 +65,7 @@ con bootstrap --profile /opt/profile >/dev/null
         .unwrap();
     }
 
-    wait_for(&c, "the first answers", Duration::from_secs(60), || {
+    c.wait_for("the first answers", Duration::from_secs(60), || {
         answered(&c) >= 3
     });
     let before = daemon_pid(&c);
@@ -85,18 +73,14 @@ con bootstrap --profile /opt/profile >/dev/null
         .unwrap();
     assert_ne!(daemon_pid(&c), before, "restarted");
 
-    wait_for(
-        &c,
-        "answers after the restart",
-        Duration::from_secs(90),
-        || answered(&c) >= 8,
-    );
+    c.wait_for("answers after the restart", Duration::from_secs(90), || {
+        answered(&c) >= 8
+    });
     let before = daemon_pid(&c);
     // `kill -9` of the main process (what an OOM kill does); `systemctl
     // kill` fails on this host's cgroup v1 containers.
     c.exec_ok(&["kill", "-9", &before]).unwrap();
-    wait_for(
-        &c,
+    c.wait_for(
         "the daemon back after SIGKILL",
         Duration::from_secs(30),
         || {
@@ -109,7 +93,7 @@ con bootstrap --profile /opt/profile >/dev/null
         },
     );
 
-    wait_for(&c, "every task answered", Duration::from_secs(180), || {
+    c.wait_for("every task answered", Duration::from_secs(180), || {
         answered(&c) >= TASKS
     });
     // Nothing is answered twice, even later.
@@ -163,15 +147,10 @@ con bootstrap --profile /opt/profile >/dev/null
         ends.sort();
         (arrivals, starts, ends, abandoned)
     };
-    wait_for(
-        &c,
-        "an end for every session",
-        Duration::from_secs(75),
-        || {
-            let (_, starts, ends, _) = record();
-            starts == ends
-        },
-    );
+    c.wait_for("an end for every session", Duration::from_secs(75), || {
+        let (_, starts, ends, _) = record();
+        starts == ends
+    });
     let (arrivals, starts, _, abandoned) = record();
     assert_eq!(arrivals.len(), TASKS, "{arrivals:?}");
     assert!(

@@ -21,18 +21,12 @@ const SUDO_PROBE: &str = "sudo -n /usr/bin/journalctl --no-pager -n 1 -t con >/d
 /// an artifact, both writable for it there.
 const POLICY_WRITE: &str = "echo Answer within a day. > /srv/con/policy/global.md && echo brief > /srv/con/artifacts/brief.md && echo WROTE";
 
-fn script_server_binary() -> std::path::PathBuf {
-    std::env::var_os("CON_E2E_SCRIPT_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| con_e2e::workspace().join("target/debug/con-llm-script"))
-}
-
 #[test]
 fn a_task_is_answered_by_a_systemd_started_agent_run() {
     if !con_e2e::enabled() {
         return;
     }
-    let bin = script_server_binary();
+    let bin = con_e2e::script_server_binary();
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p con-llm-script`",
