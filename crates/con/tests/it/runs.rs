@@ -1895,7 +1895,7 @@ fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
         "{text}"
     );
     let json: serde_json::Value = serde_json::from_str(&con_status(&c, None, &["--json"])).unwrap();
-    assert_eq!(json["view_version"], 4);
+    assert_eq!(json["view_version"], con_protocol::STATUS_VIEW_VERSION);
     let problems = json["problems"].as_array().unwrap();
     assert!(
         problems.iter().any(|p| p["kind"] == "no_model_calls"
