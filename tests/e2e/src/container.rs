@@ -322,6 +322,21 @@ impl Container {
             .stdout)
     }
 
+    /// Bootstraps the repository's default profile with `agents_toml`
+    /// appended to its `con.toml` (extra `[[agents]]`, usually exec-runner
+    /// workers). The load ceiling of the shipped CON-SYS-003 is lifted: it
+    /// halts workers when the host is busy, which a test machine running
+    /// scenarios often is, and that is not what these scenarios are about.
+    pub fn bootstrap_default_with(&self, agents_toml: &str) -> Result<Output> {
+        self.sh_ok(&format!(
+            "set -e\ncp -a {CONFIGS_PATH}/default /opt/profile\n\
+             sed -i 's/^max_load_per_cpu = .*/max_load_per_cpu = 1000.0/' /opt/profile/con.toml\n\
+             grep -q '^max_load_per_cpu = 1000.0' /opt/profile/con.toml\n\
+             cat >> /opt/profile/con.toml <<'TOML'\n\n{agents_toml}\nTOML\n\
+             con bootstrap --profile /opt/profile >/dev/null\n"
+        ))
+    }
+
     /// Polls `done` every 250 ms until it holds; panics with `what` and the
     /// [`Container::diagnostics`] after `limit`. For scenarios: a wait that
     /// runs out is the test failing.

@@ -13,25 +13,22 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{Container, Image};
 use serde_json::Value;
 
 const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 
 /// A con host answering two tasks with an exec runner; returns its log id.
 fn host(c: &Container) -> String {
-    c.sh_ok(&format!(
-        r#"set -e
-cp -a {CONFIGS_PATH}/default /opt/profile
-sed -i 's/^max_load_per_cpu = .*/max_load_per_cpu = 1000.0/' /opt/profile/con.toml
-cat >> /opt/profile/con.toml <<'TOML'
-
-[[agents]]
+    c.bootstrap_default_with(
+        r#"[[agents]]
 name = "echo"
 tier = "worker"
-runner = "exec:cat"
-TOML
-con bootstrap --profile /opt/profile >/dev/null
+runner = "exec:cat""#,
+    )
+    .unwrap();
+    c.sh_ok(&format!(
+        r#"set -e
 con task --to echo "first from {name}" >/dev/null
 con task --to echo "second from {name}" >/dev/null
 "#,

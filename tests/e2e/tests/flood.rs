@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{Container, Image};
 use serde_json::Value;
 
 const TASKS: usize = 1000;
@@ -22,23 +22,14 @@ fn a_thousand_tasks_are_each_recorded_and_answered_once_in_order() {
     }
     let image = Image::ensure().unwrap();
     let c = Container::boot(&image, "flood").unwrap();
-    c.sh_ok(&format!(
-        r#"set -e
-cp -a {CONFIGS_PATH}/default /opt/profile
-# The heartbeat halts workers when the host's load is high, which the flood
-# itself (and a busy test machine) can cause: not what this test is about.
-sed -i 's/^max_load_per_cpu = .*/max_load_per_cpu = 1000.0/' /opt/profile/con.toml
-grep -q '^max_load_per_cpu = 1000.0' /opt/profile/con.toml
-cat >> /opt/profile/con.toml <<'TOML'
-
-[[agents]]
+    // The heartbeat halts workers when the host's load is high, which the
+    // flood itself can cause: the helper lifts that ceiling.
+    c.bootstrap_default_with(
+        r#"[[agents]]
 name = "echo"
 tier = "worker"
-runner = "exec:cat"
-TOML
-con bootstrap --profile /opt/profile >/dev/null
-"#
-    ))
+runner = "exec:cat""#,
+    )
     .unwrap();
 
     // All at once: written aside, then renamed in, as root.

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{Container, Image};
 use serde_json::Value;
 
 fn condition(c: &Container, agent: &str) -> String {
@@ -32,18 +32,15 @@ fn a_failing_contract_halts_workers_until_resumed_under_systemd() {
     }
     let image = Image::ensure().unwrap();
     let c = Container::boot(&image, "heartbeat").unwrap();
-    c.sh_ok(&format!(
-        r#"set -e
-cp -a {CONFIGS_PATH}/default /opt/profile
-sed -i 's/^max_load_per_cpu = .*/max_load_per_cpu = 1000.0/' /opt/profile/con.toml
-cat >> /opt/profile/con.toml <<'TOML'
-
-[[agents]]
+    c.bootstrap_default_with(
+        r#"[[agents]]
 name = "echo"
 tier = "worker"
-runner = "exec:cat"
-TOML
-con bootstrap --profile /opt/profile >/dev/null
+runner = "exec:cat""#,
+    )
+    .unwrap();
+    c.sh_ok(
+        r#"set -e
 cat > /srv/con/contracts/ZZ-IMPOSSIBLE.yaml <<'YAML'
 id: ZZ-IMPOSSIBLE
 description: a threshold no host meets
@@ -61,8 +58,8 @@ checks:
       message: "the impossible check failed"
 YAML
 chmod 0644 /srv/con/contracts/ZZ-IMPOSSIBLE.yaml
-"#
-    ))
+"#,
+    )
     .unwrap();
 
     // The timer's service, started by hand, twice: one incident.
@@ -126,7 +123,7 @@ fn kill_session_and_quarantine_hold_under_systemd() {
     }
     let image = Image::ensure().unwrap();
     let c = Container::boot(&image, "enforce").unwrap();
-    c.sh_ok(&format!(
+    c.sh_ok(
         r#"set -e
 cat > /usr/local/bin/sleep-once <<'SH'
 #!/bin/sh
@@ -137,11 +134,11 @@ sleep 300 &
 sleep 301
 SH
 chmod 0755 /usr/local/bin/sleep-once
-cp -a {CONFIGS_PATH}/default /opt/profile
-sed -i 's/^max_load_per_cpu = .*/max_load_per_cpu = 1000.0/' /opt/profile/con.toml
-cat >> /opt/profile/con.toml <<'TOML'
-
-[[agents]]
+"#,
+    )
+    .unwrap();
+    c.bootstrap_default_with(
+        r#"[[agents]]
 name = "sleeper"
 tier = "worker"
 runner = "exec:/usr/local/bin/sleep-once"
@@ -149,9 +146,11 @@ runner = "exec:/usr/local/bin/sleep-once"
 [[agents]]
 name = "clerk"
 tier = "operator"
-runner = "exec:cat"
-TOML
-con bootstrap --profile /opt/profile >/dev/null
+runner = "exec:cat""#,
+    )
+    .unwrap();
+    c.sh_ok(
+        r#"set -e
 cat > /srv/con/contracts/ZZ-KILL.yaml <<'YAML'
 id: ZZ-KILL
 description: the sleeper may not sleep
@@ -168,8 +167,8 @@ checks:
       message: "the sleeper slept"
 YAML
 chmod 0644 /srv/con/contracts/ZZ-KILL.yaml
-"#
-    ))
+"#,
+    )
     .unwrap();
 
     // kill_session.

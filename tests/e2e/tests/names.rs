@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{Container, Image};
 use serde_json::Value;
 
 fn count(c: &Container, dir: &str, suffix: &str) -> usize {
@@ -25,13 +25,8 @@ fn hostile_task_names_are_recorded_and_routed_and_two_agents_work_at_once() {
     }
     let image = Image::ensure().unwrap();
     let c = Container::boot(&image, "names").unwrap();
-    c.sh_ok(&format!(
-        r#"set -e
-cp -a {CONFIGS_PATH}/default /opt/profile
-sed -i 's/^max_load_per_cpu = .*/max_load_per_cpu = 1000.0/' /opt/profile/con.toml
-cat >> /opt/profile/con.toml <<'TOML'
-
-[[agents]]
+    c.bootstrap_default_with(
+        r#"[[agents]]
 name = "left"
 tier = "worker"
 runner = "exec:cat"
@@ -39,11 +34,8 @@ runner = "exec:cat"
 [[agents]]
 name = "right"
 tier = "worker"
-runner = "exec:cat"
-TOML
-con bootstrap --profile /opt/profile >/dev/null
-"#
-    ))
+runner = "exec:cat""#,
+    )
     .unwrap();
 
     // Names written by root straight into the inbox (so trust is not what

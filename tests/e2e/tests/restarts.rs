@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{Container, Image};
 use serde_json::Value;
 
 const TASKS: usize = 16;
@@ -36,22 +36,19 @@ fn restarts_and_a_killed_daemon_lose_no_task_and_answer_none_twice() {
     }
     let image = Image::ensure().unwrap();
     let c = Container::boot(&image, "restarts").unwrap();
-    c.sh_ok(&format!(
+    c.sh_ok(
         r#"set -e
 printf '#!/bin/sh\nsleep 1\nexec cat\n' > /usr/local/bin/slow-cat
 chmod 0755 /usr/local/bin/slow-cat
-cp -a {CONFIGS_PATH}/default /opt/profile
-sed -i 's/^max_load_per_cpu = .*/max_load_per_cpu = 1000.0/' /opt/profile/con.toml
-cat >> /opt/profile/con.toml <<'TOML'
-
-[[agents]]
+"#,
+    )
+    .unwrap();
+    c.bootstrap_default_with(
+        r#"[[agents]]
 name = "slow"
 tier = "worker"
-runner = "exec:/usr/local/bin/slow-cat"
-TOML
-con bootstrap --profile /opt/profile >/dev/null
-"#
-    ))
+runner = "exec:/usr/local/bin/slow-cat""#,
+    )
     .unwrap();
 
     for i in 0..TASKS {
