@@ -337,6 +337,45 @@ impl Container {
         ))
     }
 
+    /// Bootstraps the default profile with its models served inside the
+    /// container by scripted model servers on loopback (`con-llm-script`,
+    /// started as root, so the gateway trusts their listeners): every agent
+    /// on `base_script`, the sysadmin on `sysadmin_script` (one model per
+    /// agent, so the order in which runs call them cannot matter), with
+    /// `key` in `/etc/con/env`. Each script is a JSON list of steps.
+    pub fn bootstrap_default_on_scripts(
+        &self,
+        base_script: &str,
+        sysadmin_script: &str,
+        key: &str,
+    ) -> Result<()> {
+        let bin = crate::host::script_server_binary();
+        if !bin.exists() {
+            return Err(Error::Prerequisite(format!(
+                "{} is missing: build it with `cargo build -p con-llm-script`",
+                bin.display()
+            )));
+        }
+        self.copy_in(&bin, "/usr/local/bin/con-llm-script")?;
+        self.sh_ok(&format!(
+            "set -e\n\
+             cat > /opt/base.json <<'JSON'\n{base_script}\nJSON\n\
+             cat > /opt/sysadmin.json <<'JSON'\n{sysadmin_script}\nJSON\n\
+             systemd-run --unit=llm-base /usr/local/bin/con-llm-script --script /opt/base.json --listen 127.0.0.1:18080\n\
+             systemd-run --unit=llm-sysadmin /usr/local/bin/con-llm-script --script /opt/sysadmin.json --listen 127.0.0.1:18081\n\
+             cp -a {CONFIGS_PATH}/default /opt/profile\n\
+             sed -i 's|^provider = \"openrouter\"|provider = \"openai-compatible\"\\nbase_url = \"http://127.0.0.1:18080/v1\"|' /opt/profile/con.toml\n\
+             sed -i 's|^roles = \\[\"sysadmin\"\\]|roles = [\"sysadmin\"]\\nbase_url = \"http://127.0.0.1:18081/v1\"|' /opt/profile/con.toml\n\
+             grep -q 'base_url = \"http://127.0.0.1:18080/v1\"' /opt/profile/con.toml\n\
+             grep -q 'base_url = \"http://127.0.0.1:18081/v1\"' /opt/profile/con.toml\n\
+             install -d -m 0755 /etc/con\n\
+             install -m 0600 /dev/null /etc/con/env\n\
+             echo 'CON_OPENROUTER_API_KEY={key}' > /etc/con/env\n\
+             con bootstrap --profile /opt/profile >/dev/null\n"
+        ))?;
+        Ok(())
+    }
+
     /// Polls `done` every 250 ms until it holds; panics with `what` and the
     /// [`Container::diagnostics`] after `limit`. For scenarios: a wait that
     /// runs out is the test failing.

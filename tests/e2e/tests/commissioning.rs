@@ -8,49 +8,23 @@
 
 use std::time::Duration;
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{Container, Image};
 
 #[test]
 fn the_sysadmin_commissions_a_worker_that_answers_without_a_restart() {
     if !con_e2e::enabled() {
         return;
     }
-    let bin = con_e2e::script_server_binary();
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p con-llm-script`",
-        bin.display()
-    );
     let image = Image::ensure().unwrap();
     let c = Container::boot(&image, "commission").unwrap();
-    c.copy_in(&bin, "/usr/local/bin/con-llm-script").unwrap();
     // The sysadmin's model commissions the scout; the scout's (the base
     // model, on another port) answers.
-    c.sh_ok(
-        r#"set -e
-cat > /opt/sysadmin.json <<'JSON'
-[{"reply": {"tool_calls": [{"name": "exec", "arguments": {"command": "sudo -n /usr/local/bin/con commission scout && echo COMMISSIONED"}}]}},
- {"reply": {"text": "scout commissioned"}}]
-JSON
-cat > /opt/scout.json <<'JSON'
-[{"reply": {"text": "scout reporting"}}]
-JSON
-systemd-run --unit=llm-scout /usr/local/bin/con-llm-script --script /opt/scout.json --listen 127.0.0.1:18080
-systemd-run --unit=llm-sysadmin /usr/local/bin/con-llm-script --script /opt/sysadmin.json --listen 127.0.0.1:18081
-"#,
+    c.bootstrap_default_on_scripts(
+        r#"[{"reply": {"text": "scout reporting"}}]"#,
+        r#"[{"reply": {"tool_calls": [{"name": "exec", "arguments": {"command": "sudo -n /usr/local/bin/con commission scout && echo COMMISSIONED"}}]}},
+ {"reply": {"text": "scout commissioned"}}]"#,
+        "sk-e2e-commission",
     )
-    .unwrap();
-    c.sh_ok(&format!(
-        r#"set -e
-cp -a {CONFIGS_PATH}/default /opt/profile
-sed -i 's|^provider = "openrouter"|provider = "openai-compatible"\nbase_url = "http://127.0.0.1:18080/v1"|' /opt/profile/con.toml
-sed -i 's|^roles = \["sysadmin"\]|roles = ["sysadmin"]\nbase_url = "http://127.0.0.1:18081/v1"|' /opt/profile/con.toml
-install -d -m 0755 /etc/con
-install -m 0600 /dev/null /etc/con/env
-echo 'CON_OPENROUTER_API_KEY=sk-e2e-commission' > /etc/con/env
-con bootstrap --profile /opt/profile >/dev/null
-"#
-    ))
     .unwrap();
     let daemon_pid = || {
         c.exec_ok(&["systemctl", "show", "-P", "MainPID", "con-daemon.service"])

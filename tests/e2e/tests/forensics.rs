@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{Container, Image};
 use serde_json::Value;
 
 const KEY: &str = "sk-e2e-forensics-key";
@@ -30,46 +30,19 @@ fn a_delegation_is_on_record_closed_to_agents_and_every_source_agrees() {
     if !con_e2e::enabled() {
         return;
     }
-    let bin = con_e2e::script_server_binary();
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p con-llm-script`",
-        bin.display()
-    );
     let image = Image::ensure().unwrap();
     let c = Container::boot(&image, "forensics").unwrap();
-    c.copy_in(&bin, "/usr/local/bin/con-llm-script").unwrap();
 
     // One model per agent, so the order in which the two runs call them
     // cannot matter: the concierge writes a task into the sysadmin's inbox,
     // the sysadmin runs a command and answers.
-    c.sh_ok(
-        r#"set -e
-cat > /opt/concierge.json <<'JSON'
-[{"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "/srv/con/agents/sysadmin/inbox/job-1.task", "content": "How full is /var?"}}]}},
- {"reply": {"text": "Routed to the sysadmin as job-1."}}]
-JSON
-cat > /opt/sysadmin.json <<'JSON'
-[{"reply": {"tool_calls": [{"name": "exec", "arguments": {"command": "echo VAR-USAGE-42"}}]}},
- {"reply": {"text": "/var is 42% full."}}]
-JSON
-systemd-run --unit=llm-concierge /usr/local/bin/con-llm-script --script /opt/concierge.json --listen 127.0.0.1:18080
-systemd-run --unit=llm-sysadmin /usr/local/bin/con-llm-script --script /opt/sysadmin.json --listen 127.0.0.1:18081
-"#,
+    c.bootstrap_default_on_scripts(
+        r#"[{"reply": {"tool_calls": [{"name": "write_file", "arguments": {"path": "/srv/con/agents/sysadmin/inbox/job-1.task", "content": "How full is /var?"}}]}},
+ {"reply": {"text": "Routed to the sysadmin as job-1."}}]"#,
+        r#"[{"reply": {"tool_calls": [{"name": "exec", "arguments": {"command": "echo VAR-USAGE-42"}}]}},
+ {"reply": {"text": "/var is 42% full."}}]"#,
+        KEY,
     )
-    .unwrap();
-    c.sh_ok(&format!(
-        r#"set -e
-cp -a {CONFIGS_PATH}/default /opt/profile
-sed -i 's|^provider = "openrouter"|provider = "openai-compatible"\nbase_url = "http://127.0.0.1:18080/v1"|' /opt/profile/con.toml
-sed -i 's|^roles = \["sysadmin"\]|roles = ["sysadmin"]\nbase_url = "http://127.0.0.1:18081/v1"|' /opt/profile/con.toml
-grep -q 'base_url = "http://127.0.0.1:18081/v1"' /opt/profile/con.toml
-install -d -m 0755 /etc/con
-install -m 0600 /dev/null /etc/con/env
-echo 'CON_OPENROUTER_API_KEY={KEY}' > /etc/con/env
-con bootstrap --profile /opt/profile >/dev/null
-"#
-    ))
     .unwrap();
 
     let task = c
