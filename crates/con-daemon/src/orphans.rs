@@ -89,9 +89,18 @@ fn orphaned(shared: &Shared) -> Result<Vec<(SessionId, String, u64)>, String> {
                 .collect::<Vec<_>>()
         })
     };
-    let candidates: Vec<(SessionId, String)> = open(shared)?
+    let open_now = open(shared)?;
+    // One /proc sweep per agent, however many of its sessions are open.
+    let agents: std::collections::BTreeSet<&str> =
+        open_now.iter().map(|(_, agent)| agent.as_str()).collect();
+    let idle: std::collections::BTreeSet<&str> = agents
         .into_iter()
-        .filter(|(_, agent)| !has_processes(shared, agent))
+        .filter(|agent| !has_processes(shared, agent))
+        .collect();
+    let candidates: Vec<(SessionId, String)> = open_now
+        .iter()
+        .filter(|(_, agent)| idle.contains(agent.as_str()))
+        .cloned()
         .collect();
     if candidates.is_empty() {
         return Ok(Vec::new());
