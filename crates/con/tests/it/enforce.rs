@@ -385,13 +385,7 @@ fn long_exec_killed(kill: impl FnOnce(&Conspiracy) -> serde_json::Value) {
     c.task("scribe", "t-long", "sleep a while");
     let uid = c.user("scribe").uid;
     let mut run = c
-        .user("scribe")
-        .command_with_groups(CON)
-        .args(c.root.con_flags())
-        .args(["run", "scribe"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .current_dir("/")
+        .run_command("scribe", &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -498,13 +492,7 @@ fn kill_session_during_a_long_exec_runner_session_records_its_end() {
     c.task("scribe", "t-long", "sleep a while");
     let uid = c.user("scribe").uid;
     let mut run = c
-        .user("scribe")
-        .command_with_groups(CON)
-        .args(c.root.con_flags())
-        .args(["run", "scribe"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .current_dir("/")
+        .run_command("scribe", &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -759,13 +747,7 @@ fn a_session_whose_run_died_is_recorded_abandoned_once_its_agent_has_no_process(
     c.task("scribe", "t-long", "sleep a while");
     let uid = c.user("scribe").uid;
     let mut run = c
-        .user("scribe")
-        .command_with_groups(CON)
-        .args(c.root.con_flags())
-        .args(["run", "scribe"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .current_dir("/")
+        .run_command("scribe", &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
