@@ -262,14 +262,7 @@ fn a_run_opens_no_session_until_the_log_records_and_sled_s_own_enospc_is_survive
     // A run started now (as a path unit would) waits and touches nothing.
     let task = c.task("echo", "t-wait", "answered after the disk has room");
     let mut run = c
-        .user("echo")
-        .command_with_groups(CON)
-        .args(c.root.con_flags())
-        .args(["run", "echo"])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", "/nonexistent")
-        .current_dir("/")
+        .run_command("echo", &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -2067,10 +2067,7 @@ fn a_model_call_in_flight_at_shutdown_is_recorded_as_interrupted() {
     let mut daemon = c.daemon();
     c.task("scribe", "t-slow", "take your time");
     let mut run = c
-        .user("scribe")
-        .command_with_groups(CON)
-        .args(c.root.con_flags())
-        .args(["run", "scribe"])
+        .run_command("scribe", &[])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
