@@ -10,7 +10,8 @@
 //! and removed after it; [`unique_name`] and [`unique_prefix`] name them
 //! (and anything else a test creates on the host) so that no two tests
 //! collide. [`Root`] and [`Daemon`] are a con host in a temp dir and the
-//! real `con daemon` on it.
+//! real `con daemon` on it. [`in_private_journald`] gives a benchmark a
+//! journald of its own.
 //!
 //! A fixture that cannot be set up panics: the test fails there, loudly,
 //! which is what a test wants.
@@ -18,10 +19,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // fails loudly on purpose (see above)
 
 mod host;
+mod journald;
 mod processes;
 mod users;
 
 pub use host::{Daemon, Root, all_events, client_event, workspace};
+pub use journald::{PrivateJournald, RUNTIME_MAX_USE, in_private_journald};
 pub use processes::{live_in_group, pgid_of};
 pub use users::{TestGroup, TestUser, remove_accounts, unique_name, unique_prefix};
 
