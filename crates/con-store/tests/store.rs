@@ -545,7 +545,9 @@ fn verify_read_in_chunks_finds_what_one_pass_finds() {
     assert_eq!(report.events, 10_000);
     assert_eq!(report.head, store.head());
 
-    let cases: Vec<(&str, Box<dyn Fn(&sled::Tree)>, u64)> = vec![
+    /// What is damaged, how, and the seq verify must name.
+    type Case = (&'static str, Box<dyn Fn(&sled::Tree)>, u64);
+    let cases: Vec<Case> = vec![
         (
             "missing first key of the second chunk",
             Box::new(|log| {

@@ -16,7 +16,9 @@
 //! the host's journal gets none of it; `CON_BENCH_HOST_JOURNAL=1` uses the
 //! host's instead.
 //!
-//! For looking into the daemon from outside: `CON_BENCH_PROFILE_SECS=N`
+//! `CON_BENCH_CON=PATH` measures another build's `con` daemon (the
+//! in-process baselines stay this build's). For looking into the daemon
+//! from outside: `CON_BENCH_PROFILE_SECS=N`
 //! prints the daemon's pid and then only appends with 8 clients for N
 //! seconds (attach `perf` to it); `CON_BENCH_HOLD=FILE` keeps the filled
 //! daemon up, its pid in FILE, until FILE is removed.
@@ -184,8 +186,10 @@ fn setup() -> Setup {
     )
     .unwrap();
     std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // `CON_BENCH_CON`: another build's `con`, to compare in the same way.
+    let con = std::env::var("CON_BENCH_CON").unwrap_or_else(|_| env!("CARGO_BIN_EXE_con").into());
     let daemon = Daemon::start_with(
-        env!("CARGO_BIN_EXE_con"),
+        con,
         &root,
         &[
             "--supervisor",

@@ -322,7 +322,7 @@ fn generate_log(db: &Path, target: u64) -> (SessionId, String) {
     let mut turn = 0usize;
     while seq < target {
         seq += 1;
-        let ev = if seq % 2000 == 0 {
+        let ev = if seq.is_multiple_of(2000) {
             let agent = agent_name((seq / 2000) as usize % AGENTS);
             event(
                 Actor::system(),
