@@ -57,7 +57,9 @@ pub enum JournalLocation {
 }
 
 /// A conjunction of `FIELD=value` matches; a query is a disjunction of
-/// them, as `journalctl A=1 B=2 + C=3` is.
+/// them, as `journalctl A=1 B=2 + C=3` is. Several values of one field in
+/// a conjunction are alternatives (`A=1 A=2 B=3`: A is 1 or 2, and B is 3),
+/// as journalctl takes them.
 pub type Matches = Vec<(&'static str, String)>;
 
 impl JournalLocation {
@@ -113,15 +115,21 @@ fn is_journal_file(path: &Path) -> Result<bool, QueryError> {
     Ok(got == head.len() && &head == JOURNAL_FILE_SIGNATURE)
 }
 
-/// Whether `entry` satisfies any of `alternatives`.
+/// Whether `entry` satisfies any of `alternatives`: as journalctl takes
+/// them, every field a conjunction names must hold one of the values the
+/// conjunction gives that field.
 fn matches(entry: &ReadEntry, alternatives: &[Matches]) -> bool {
     alternatives.is_empty()
         || alternatives.iter().any(|all| {
-            all.iter().all(|(name, value)| {
-                entry
-                    .fields
-                    .iter()
-                    .any(|(k, v)| k == name && v.as_slice() == value.as_bytes())
+            all.iter().all(|(name, _)| {
+                all.iter()
+                    .filter(|(other, _)| other == name)
+                    .any(|(_, value)| {
+                        entry
+                            .fields
+                            .iter()
+                            .any(|(k, v)| k == name && v.as_slice() == value.as_bytes())
+                    })
             })
         })
 }
@@ -250,5 +258,22 @@ mod tests {
             ]
         ));
         assert!(!matches(&e, &[vec![("CON_SESSION", "s".into())]]));
+        // Two values of one field: either will do, as with journalctl.
+        assert!(matches(
+            &e,
+            &[vec![
+                ("CON_AGENT", "y".into()),
+                ("CON_AGENT", "x".into()),
+                ("CON_LOG_ID", "a".into()),
+            ]]
+        ));
+        assert!(!matches(
+            &e,
+            &[vec![
+                ("CON_AGENT", "y".into()),
+                ("CON_AGENT", "z".into()),
+                ("CON_LOG_ID", "a".into()),
+            ]]
+        ));
     }
 }

@@ -1,14 +1,14 @@
 //! A blocking client for the CLI and agent runs.
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::{
-    AgentOrder, BLOB_CHUNK_BYTES, BlobRequest, CheckRun, CheckView, ClientEvent, EnforcedView,
-    ErrorCode, FrameError, LEN_BYTES, LedgerEntry, LedgerQuery, LlmAnswer, LlmCall, Query, Request,
-    Response, RouteView, RunContracts, SetCondition, StatusView, VerifyView, check_len,
-    decode_body, encode_frame,
+    AgentOrder, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, CheckRun, CheckView, ClientEvent,
+    EnforcedView, ErrorCode, FrameError, LEN_BYTES, LedgerEntry, LedgerQuery, LlmAnswer, LlmCall,
+    Query, Request, Response, RouteView, RunContracts, SetCondition, StatusView, VerifyView,
+    check_len, decode_body, encode_frame,
 };
 use con_event::Digest;
 
@@ -51,9 +51,17 @@ pub enum ClientError {
     Unexpected,
 }
 
+/// Blob requests [`Client::blobs`] keeps in flight at once: their frames
+/// (about 60 bytes each) fit a socket buffer together, so sending a window
+/// never waits for answers that are not read yet.
+pub const BLOB_PIPELINE: usize = 64;
+
 /// A connection to the daemon.
 pub struct Client {
     stream: UnixStream,
+    /// Answers are read through a buffer: a query's answer is many small
+    /// frames, two reads each without one.
+    reader: BufReader<UnixStream>,
     path: String,
     timeout: Option<std::time::Duration>,
 }
@@ -61,16 +69,19 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon's socket.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        UnixStream::connect(path)
-            .map(|stream| Self {
-                stream,
-                path: path.display().to_string(),
-                timeout: None,
-            })
-            .map_err(|cause| ClientError::Connect {
-                path: path.display().to_string(),
-                cause,
-            })
+        let connect_error = |cause| ClientError::Connect {
+            path: path.display().to_string(),
+            cause,
+        };
+        let stream = UnixStream::connect(path).map_err(connect_error)?;
+        // The same socket: its timeouts are the stream's.
+        let reader = BufReader::new(stream.try_clone().map_err(connect_error)?);
+        Ok(Self {
+            stream,
+            reader,
+            path: path.display().to_string(),
+            timeout: None,
+        })
     }
 
     /// Connects with `timeout` on every send and every answer: a daemon
@@ -113,12 +124,12 @@ impl Client {
     /// Reads one response.
     pub fn receive(&mut self) -> Result<Response, ClientError> {
         let mut prefix = [0u8; LEN_BYTES];
-        if let Err(e) = self.stream.read_exact(&mut prefix) {
+        if let Err(e) = self.reader.read_exact(&mut prefix) {
             return Err(self.io(e));
         }
         let len = check_len(prefix)?;
         let mut rest = vec![0u8; len];
-        if let Err(e) = self.stream.read_exact(&mut rest) {
+        if let Err(e) = self.reader.read_exact(&mut rest) {
             return Err(self.io(e));
         }
         match decode_body(&rest)? {
@@ -170,17 +181,78 @@ impl Client {
     /// The whole content of a blob, fetched in chunks; checked against its
     /// digest.
     pub fn blob(&mut self, digest: Digest) -> Result<Vec<u8>, ClientError> {
+        let first = self.blob_chunk(digest, 0)?;
+        self.rest_of_blob(digest, first)
+    }
+
+    /// The whole contents of several blobs, each as [`Client::blob`] gives
+    /// it, in the order of `digests`, with up to [`BLOB_PIPELINE`] requests
+    /// in flight: one round trip per window of blobs rather than per blob
+    /// (a replayed session has hundreds). A refusal (not found, not the
+    /// caller's) is that blob's result and the connection goes on; any
+    /// other failure ends the call.
+    pub fn blobs(
+        &mut self,
+        digests: &[Digest],
+    ) -> Result<Vec<Result<Vec<u8>, ClientError>>, ClientError> {
+        let mut out = Vec::with_capacity(digests.len());
+        for window in digests.chunks(BLOB_PIPELINE) {
+            let mut frames = Vec::new();
+            for digest in window {
+                frames.extend(encode_frame(&Request::Blob(BlobRequest {
+                    digest: *digest,
+                    offset: 0,
+                    limit: BLOB_CHUNK_BYTES,
+                }))?);
+            }
+            if let Err(e) = self.stream.write_all(&frames) {
+                return Err(self.io(e));
+            }
+            let mut firsts = Vec::with_capacity(window.len());
+            for _ in window {
+                firsts.push(match self.receive() {
+                    Ok(Response::Blob(chunk)) => Ok(chunk),
+                    Ok(_) => return Err(ClientError::Unexpected),
+                    Err(refused @ ClientError::Refused { .. }) => Err(refused),
+                    Err(e) => return Err(e),
+                });
+            }
+            // Answers to the whole window are read: the rest of a large
+            // blob is asked for on a quiet connection.
+            for (digest, first) in window.iter().zip(firsts) {
+                out.push(match first {
+                    Ok(chunk) => match self.rest_of_blob(*digest, chunk) {
+                        Err(refused @ ClientError::Refused { .. }) => Err(refused),
+                        Err(ClientError::Unexpected) => Err(ClientError::Unexpected),
+                        Err(e) => return Err(e),
+                        Ok(bytes) => Ok(bytes),
+                    },
+                    Err(refused) => Err(refused),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One chunk of a blob from `offset`.
+    fn blob_chunk(&mut self, digest: Digest, offset: u64) -> Result<BlobChunk, ClientError> {
+        self.send(&Request::Blob(BlobRequest {
+            digest,
+            offset,
+            limit: BLOB_CHUNK_BYTES,
+        }))?;
+        match self.receive()? {
+            Response::Blob(chunk) => Ok(chunk),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The whole blob, given its first chunk: the rest fetched chunk by
+    /// chunk, the whole checked against its digest.
+    fn rest_of_blob(&mut self, digest: Digest, first: BlobChunk) -> Result<Vec<u8>, ClientError> {
         let mut out = Vec::new();
+        let mut chunk = first;
         loop {
-            self.send(&Request::Blob(BlobRequest {
-                digest,
-                offset: out.len() as u64,
-                limit: BLOB_CHUNK_BYTES,
-            }))?;
-            let chunk = match self.receive()? {
-                Response::Blob(chunk) => chunk,
-                _ => return Err(ClientError::Unexpected),
-            };
             if chunk.offset != out.len() as u64
                 || (chunk.bytes.is_empty() && chunk.total_len > chunk.offset)
             {
@@ -190,6 +262,7 @@ impl Client {
             if out.len() as u64 >= chunk.total_len {
                 break;
             }
+            chunk = self.blob_chunk(digest, out.len() as u64)?;
         }
         if Digest::of(&out) != digest {
             return Err(ClientError::Unexpected);

@@ -14,7 +14,7 @@ mod status;
 use con_event::{Digest, SessionId};
 use serde::{Deserialize, Serialize};
 
-pub use client::{Client, ClientError};
+pub use client::{BLOB_PIPELINE, Client, ClientError};
 pub use ledger::{LEDGER_TSV_HEADER, LedgerEntry, LedgerQuery};
 pub use status::{
     AgentView, AlertView, Caller, CallerRole, CheckView, LogPosition, MirrorState, MirrorView,

@@ -22,6 +22,14 @@
 //! so the log again ends at the last acknowledged event and an append that
 //! was refused is truly absent, records `log.degraded` and `log.recovered`,
 //! and records again. Its state is published as a [`LogState`].
+//!
+//! Appenders that wait for each acknowledgement before their next append
+//! (every socket client does) come back a round trip after it. Taking only
+//! what is waiting at that moment splits them into groups that alternate,
+//! each flushing on its own: with 8 socket clients, batches of about 4.
+//! So before flushing, the writer briefly waits for the appenders it
+//! expects: those it just acknowledged plus those that were already waiting
+//! then (see [`WriterState::linger`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,7 +203,8 @@ pub struct WriterStats {
 type Reply = Option<oneshot::Sender<Result<Appended, AppendError>>>;
 
 enum Request {
-    Append(Box<NewEvent>, Reply),
+    /// An event, where to answer, and when it was submitted.
+    Append(Box<NewEvent>, Reply, Instant),
     Shutdown,
 }
 
@@ -223,8 +232,9 @@ impl Appender {
     /// Queues `event`; the ticket resolves once it is durable.
     pub fn submit(&self, event: NewEvent) -> Ticket {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(Request::Append(_, Some(tx)))) =
-            self.0.send(Request::Append(Box::new(event), Some(tx)))
+        if let Err(mpsc::SendError(Request::Append(_, Some(tx), _))) =
+            self.0
+                .send(Request::Append(Box::new(event), Some(tx), Instant::now()))
         {
             let _ = tx.send(Err(AppendError::Stopped));
         }
@@ -283,6 +293,7 @@ impl GroupCommitWriter {
             outage: None,
             state: state_tx,
             stats: stats.clone(),
+            last: None,
         };
         let thread = std::thread::Builder::new()
             .name("con-log-writer".into())
@@ -357,6 +368,8 @@ struct WriterState {
     outage: Option<Outage>,
     state: watch::Sender<LogState>,
     stats: Arc<WriterStats>,
+    /// The last flushed batch, for [`WriterState::linger`].
+    last: Option<LastFlush>,
 }
 
 /// A period in which the log cannot record.
@@ -387,14 +400,55 @@ enum Stop {
     Store(StoreError),
 }
 
+/// What the writer remembers of its last flush.
+#[derive(Clone, Copy, Debug)]
+struct LastFlush {
+    /// Events acknowledged by it.
+    events: usize,
+    /// When the flush began and ended (the acknowledgements went out right
+    /// after the end).
+    began: Instant,
+    ended: Instant,
+}
+
+/// The longest the writer waits for expected appenders before a flush.
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
+/// How many events the next batch should hold before its flush, and until
+/// when to wait for them (see [`WriterState::linger`]); `None` when it
+/// holds them already. `submitted` are the submission times of the events
+/// waiting now.
+fn linger_plan(
+    last: &LastFlush,
+    submitted: &[Instant],
+    max_batch: usize,
+) -> Option<(usize, Instant)> {
+    if submitted.is_empty() {
+        return None;
+    }
+    // Submitted before the last flush ended: not among those it
+    // acknowledged, who come back on top of them.
+    let waiting_then = submitted.iter().filter(|at| **at < last.ended).count();
+    let expected = (last.events + waiting_then).min(max_batch);
+    if expected <= submitted.len() {
+        return None;
+    }
+    let flush = last.ended.saturating_duration_since(last.began);
+    Some((expected, last.ended + flush.min(MAX_LINGER)))
+}
+
+/// A batch waiting to be written: events, where to answer, and when each
+/// was submitted.
+type Batch = Vec<(Box<NewEvent>, Reply, Instant)>;
+
 impl WriterState {
     fn run(&mut self, rx: &mpsc::Receiver<Request>) -> Result<(), AppendError> {
-        let mut batch: Vec<(Box<NewEvent>, Reply)> = Vec::with_capacity(self.config.max_batch);
+        let mut batch: Batch = Vec::with_capacity(self.config.max_batch);
         loop {
             let mut shutting_down = false;
             let mut idle = false;
             match rx.recv_timeout(self.wait()) {
-                Ok(Request::Append(e, r)) => batch.push((e, r)),
+                Ok(Request::Append(e, r, at)) => batch.push((e, r, at)),
                 Ok(Request::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     shutting_down = true
                 }
@@ -404,12 +458,25 @@ impl WriterState {
             // Take whatever else is already waiting; on shutdown, everything.
             while shutting_down || batch.len() < self.config.max_batch {
                 match rx.try_recv() {
-                    Ok(Request::Append(e, r)) => batch.push((e, r)),
+                    Ok(Request::Append(e, r, at)) => batch.push((e, r, at)),
                     Ok(Request::Shutdown) => shutting_down = true,
                     Err(_) => break,
                 }
                 if batch.len() >= self.config.max_batch {
                     self.commit(&mut batch);
+                }
+            }
+            if !shutting_down && self.linger(rx, &mut batch) {
+                // Asked to stop while waiting: everything submitted before
+                // is committed, as above.
+                shutting_down = true;
+                while let Ok(request) = rx.try_recv() {
+                    if let Request::Append(e, r, at) = request {
+                        batch.push((e, r, at));
+                    }
+                    if batch.len() >= self.config.max_batch {
+                        self.commit(&mut batch);
+                    }
                 }
             }
             self.commit(&mut batch);
@@ -601,7 +668,10 @@ impl WriterState {
         let (refused, reopened) = (outage.refused, outage.reopened);
         // Written while the outage lasts: if this fails, the same outage
         // goes on (same start, same count).
-        let mut batch = vec![(Box::new(degraded), None), (Box::new(recovered), None)];
+        let mut batch: Batch = vec![
+            (Box::new(degraded), None, Instant::now()),
+            (Box::new(recovered), None, Instant::now()),
+        ];
         if self.write_batch(&mut batch) {
             self.outage = None;
             log::warn!(
@@ -618,7 +688,38 @@ impl WriterState {
         }
     }
 
-    fn commit_observer_events(&mut self, batch: &mut Vec<(Box<NewEvent>, Reply)>) {
+    /// Waits, before a flush, for the appenders the last one suggests are
+    /// about to submit: the ones it acknowledged (if they append in a loop,
+    /// they come back a round trip later) plus the ones that were already
+    /// waiting when it ended (submitted before its end, so not among them).
+    /// The wait ends as soon as that many are in the batch, and after at
+    /// most the last flush's duration (never more than [`MAX_LINGER`]):
+    /// appenders that do not come back cost at most one flush's latency,
+    /// and a lone appender (last batch of one, nobody waiting) none.
+    /// Whether a shutdown request arrived meanwhile.
+    fn linger(&mut self, rx: &mpsc::Receiver<Request>, batch: &mut Batch) -> bool {
+        let Some(last) = &self.last else {
+            return false;
+        };
+        let submitted: Vec<Instant> = batch.iter().map(|(_, _, at)| *at).collect();
+        let Some((expected, deadline)) = linger_plan(last, &submitted, self.config.max_batch)
+        else {
+            return false;
+        };
+        while batch.len() < expected {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match rx.recv_timeout(left) {
+                Ok(Request::Append(e, r, at)) => batch.push((e, r, at)),
+                Ok(Request::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+            }
+        }
+        false
+    }
+
+    fn commit_observer_events(&mut self, batch: &mut Batch) {
         let Some(observer) = self.observer.as_mut() else {
             return;
         };
@@ -626,17 +727,17 @@ impl WriterState {
             observer
                 .pending_events()
                 .into_iter()
-                .map(|e| (Box::new(e), None)),
+                .map(|e| (Box::new(e), None, Instant::now())),
         );
         self.commit(batch);
     }
 
-    fn commit(&mut self, batch: &mut Vec<(Box<NewEvent>, Reply)>) {
+    fn commit(&mut self, batch: &mut Batch) {
         if batch.is_empty() {
             return;
         }
         if let Some(err) = &self.failed {
-            for (_, reply) in batch.drain(..) {
+            for (_, reply, _) in batch.drain(..) {
                 reply_with(reply, Err(err.clone()));
             }
             return;
@@ -645,7 +746,7 @@ impl WriterState {
             outage.refused += batch.len() as u64;
             let cause = outage.cause.clone();
             let err = AppendError::CannotRecord(self.refusal(&cause));
-            for (_, reply) in batch.drain(..) {
+            for (_, reply, _) in batch.drain(..) {
                 reply_with(reply, Err(err.clone()));
             }
             return;
@@ -655,7 +756,7 @@ impl WriterState {
 
     /// Writes and flushes `batch`, acknowledges what is durable and answers
     /// the rest. False if the log stopped recording (or failed) on the way.
-    fn write_batch(&mut self, batch: &mut Vec<(Box<NewEvent>, Reply)>) -> bool {
+    fn write_batch(&mut self, batch: &mut Batch) -> bool {
         let mut done = Vec::with_capacity(batch.len());
         // Replies of the event that could not be written and of those after
         // it: they are answered with the refusal, not dropped (which would
@@ -667,7 +768,8 @@ impl WriterState {
             (0, _) | (_, None) => None,
             (keep, Some(free)) => Some((free, free.saturating_sub(keep))),
         };
-        for (new, reply) in batch.drain(..) {
+        let began = Instant::now();
+        for (new, reply, _) in batch.drain(..) {
             if stop.is_some() {
                 unwritten.push(reply);
                 continue;
@@ -695,6 +797,11 @@ impl WriterState {
         };
         match flushed {
             Some(Ok(())) => {
+                self.last = Some(LastFlush {
+                    events: done.len(),
+                    began,
+                    ended: Instant::now(),
+                });
                 self.store.set_durable(self.head);
                 if !done.is_empty() {
                     self.stats.flushes.fetch_add(1, Ordering::Relaxed);
@@ -970,4 +1077,61 @@ fn now_nanos() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flush(events: usize, took_us: u64) -> (LastFlush, Instant) {
+        let began = Instant::now();
+        let ended = began + Duration::from_micros(took_us);
+        (
+            LastFlush {
+                events,
+                began,
+                ended,
+            },
+            ended,
+        )
+    }
+
+    #[test]
+    fn a_lone_appender_is_never_kept_waiting() {
+        let (last, ended) = flush(1, 200);
+        let after = ended + Duration::from_micros(50);
+        assert_eq!(linger_plan(&last, &[after], 4096), None);
+        assert_eq!(linger_plan(&last, &[], 4096), None);
+    }
+
+    #[test]
+    fn two_alternating_groups_wait_for_each_other() {
+        // 4 acknowledged by the last flush, 4 others waited through it.
+        let (last, ended) = flush(4, 200);
+        let during = ended - Duration::from_micros(100);
+        let plan = linger_plan(&last, &[during; 4], 4096);
+        assert_eq!(plan, Some((8, ended + Duration::from_micros(200))));
+    }
+
+    #[test]
+    fn a_merged_group_waits_for_its_members_only() {
+        let (last, ended) = flush(8, 200);
+        let back = ended + Duration::from_micros(30);
+        assert_eq!(
+            linger_plan(&last, &[back], 4096),
+            Some((8, ended + Duration::from_micros(200)))
+        );
+        assert_eq!(linger_plan(&last, &[back; 8], 4096), None);
+    }
+
+    #[test]
+    fn the_wait_is_bounded() {
+        // A slow flush: at most MAX_LINGER; never more than a batch.
+        let (last, ended) = flush(8000, 50_000);
+        let during = ended - Duration::from_micros(1);
+        assert_eq!(
+            linger_plan(&last, &[during], 4096),
+            Some((4096, ended + MAX_LINGER))
+        );
+    }
 }

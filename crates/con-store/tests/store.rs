@@ -532,3 +532,176 @@ fn the_writer_never_replaces_an_existing_record() {
         b"already here"
     );
 }
+
+/// A log long enough that `verify`'s readers split it into several chunks
+/// (4,096 seqs each): what it finds is what one pass in key order finds,
+/// wherever the damage is (a chunk's first or last key, deep in a later
+/// chunk, a malformed key between two chunks).
+#[test]
+fn verify_read_in_chunks_finds_what_one_pass_finds() {
+    let (_dir, store) = open();
+    append_n(&store, 10_000);
+    let report = store.verify().unwrap().unwrap();
+    assert_eq!(report.events, 10_000);
+    assert_eq!(report.head, store.head());
+
+    /// What is damaged, how, and the seq verify must name.
+    type Case = (&'static str, Box<dyn Fn(&sled::Tree)>, u64);
+    let cases: Vec<Case> = vec![
+        (
+            "missing first key of the second chunk",
+            Box::new(|log| {
+                log.remove(4096u64.to_be_bytes()).unwrap();
+            }),
+            4096,
+        ),
+        (
+            "missing last key of the first chunk",
+            Box::new(|log| {
+                log.remove(4095u64.to_be_bytes()).unwrap();
+            }),
+            4095,
+        ),
+        (
+            "flipped byte in the third chunk",
+            Box::new(|log| {
+                let key = 9000u64.to_be_bytes();
+                let mut value = log.get(key).unwrap().unwrap().to_vec();
+                let at = value.len() - 50;
+                value[at] ^= 1;
+                log.insert(key, value).unwrap();
+            }),
+            9000,
+        ),
+        (
+            "a malformed key between two chunks",
+            Box::new(|log| {
+                let mut key = 8191u64.to_be_bytes().to_vec();
+                key.push(0);
+                log.insert(key, b"junk".to_vec()).unwrap();
+            }),
+            8192,
+        ),
+    ];
+    for (what, damage, seq) in cases {
+        let before = log_contents(&store);
+        damage(&store.raw_log());
+        let broken = store.verify().unwrap().unwrap_err();
+        assert_eq!(broken.seq, seq, "{what}: {broken:?}");
+        assert_eq!(broken.last_good.seq, seq - 1, "{what}: {broken:?}");
+        // Put the log back for the next case.
+        store.raw_log().clear().unwrap();
+        for (k, v) in before {
+            store.raw_log().insert(k, v).unwrap();
+        }
+        assert!(store.verify().unwrap().is_ok(), "{what}: not restored");
+    }
+}
+
+/// A session's or an agent's records from a store opened for inspection:
+/// the index as far as it was derived, the log scanned past it, and the
+/// log left as it was.
+#[test]
+fn read_only_index_reads_cover_the_log_past_the_index_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let session = SessionId([7; 16]);
+    let in_session = |n: u64| NewEvent {
+        actor: Actor {
+            uid: 1001,
+            agent: Some("scribe".into()),
+        },
+        session: Some(session),
+        ..routed(n)
+    };
+    let (first, second) = {
+        let store = Store::open(&path).unwrap();
+        let writer =
+            GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+        let app = writer.appender();
+        let mut first = Vec::new();
+        for n in 0..30 {
+            let ack = app
+                .append(if n % 3 == 0 { in_session(n) } else { routed(n) })
+                .unwrap();
+            if n % 3 == 0 {
+                first.push(ack.seq);
+            }
+        }
+        // Indexed through here; the rest is appended after the watermark.
+        store.catch_up_indexes().unwrap();
+        let mut second = Vec::new();
+        for n in 30..45 {
+            let ack = app
+                .append(if n % 3 == 0 { in_session(n) } else { routed(n) })
+                .unwrap();
+            if n % 3 == 0 {
+                second.push(ack.seq);
+            }
+        }
+        writer.shutdown().unwrap();
+        (first, second)
+    };
+    let all: Vec<u64> = first.iter().chain(&second).copied().collect();
+    let store = Store::open_for_inspection(&path).unwrap();
+    let before = log_contents(&store);
+    let seqs =
+        |records: Vec<(u64, Vec<u8>)>| records.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(
+            store
+                .session_records_read_only(&session, 1, u64::MAX)
+                .unwrap()
+        ),
+        all
+    );
+    assert_eq!(
+        seqs(
+            store
+                .agent_records_read_only("scribe", 1, u64::MAX)
+                .unwrap()
+        ),
+        all
+    );
+    // Bounded on both sides, across the watermark.
+    let (from, until) = (first[3], second[2]);
+    let bounded: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|s| (from..=until).contains(s))
+        .collect();
+    assert_eq!(
+        seqs(
+            store
+                .session_records_read_only(&session, from, until)
+                .unwrap()
+        ),
+        bounded
+    );
+    assert_eq!(
+        seqs(
+            store
+                .agent_records_read_only("scribe", from, until)
+                .unwrap()
+        ),
+        bounded
+    );
+    assert!(
+        store
+            .agent_records_read_only("nobody", 1, u64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(log_contents(&store), before);
+    drop(store);
+    // A writable open then derives the rest as usual.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store
+            .session_records(&session, 1)
+            .unwrap()
+            .map(|r| r.unwrap().0)
+            .collect::<Vec<_>>(),
+        all
+    );
+}

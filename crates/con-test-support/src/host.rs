@@ -23,7 +23,10 @@ pub fn workspace() -> PathBuf {
 /// `etc/con/con.toml` and a user prefix of its own, so that tests running
 /// in parallel never share an agent's user. Removed on drop.
 pub struct Root {
-    dir: tempfile::TempDir,
+    /// The temp dir, removed on drop; `None` for a root that outlives the
+    /// handle ([`Root::at`]).
+    _dir: Option<tempfile::TempDir>,
+    path: PathBuf,
     user_prefix: String,
 }
 
@@ -44,16 +47,28 @@ impl Root {
         )
         .expect("copy the default con.toml");
         Self {
-            dir,
+            path: dir.path().to_owned(),
+            _dir: Some(dir),
             // One character of tag: 9 characters in all, the width the
             // policy snapshots were taken with.
             user_prefix: unique_prefix("c"),
         }
     }
 
+    /// A root prefix that already exists at `path` (with its own
+    /// `etc/con/con.toml`) and is kept when the handle is dropped: a
+    /// benchmark's data set, made once and reused.
+    pub fn at(path: &Path, user_prefix: &str) -> Self {
+        Self {
+            _dir: None,
+            path: path.to_owned(),
+            user_prefix: user_prefix.to_owned(),
+        }
+    }
+
     /// The root prefix (`--root`).
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// The user prefix of this host's agents (`--user-prefix`).

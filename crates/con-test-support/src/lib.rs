@@ -11,7 +11,8 @@
 //! (and anything else a test creates on the host) so that no two tests
 //! collide. [`Root`] and [`Daemon`] are a con host in a temp dir and the
 //! real `con daemon` on it. [`Tmpfs`] is a small file system of a test's
-//! own, to fill up.
+//! own, to fill up. [`in_private_journald`] gives a benchmark a journald of
+//! its own.
 //!
 //! A fixture that cannot be set up panics: the test fails there, loudly,
 //! which is what a test wants.
@@ -19,11 +20,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // fails loudly on purpose (see above)
 
 mod host;
+mod journald;
 mod processes;
 mod tmpfs;
 mod users;
 
 pub use host::{Daemon, Root, all_events, client_event, workspace};
+pub use journald::{PrivateJournald, RUNTIME_MAX_USE, in_private_journald};
 pub use processes::{live_in_group, pgid_of};
 pub use tmpfs::Tmpfs;
 pub use users::{TestGroup, TestUser, remove_accounts, unique_name, unique_prefix};

@@ -51,6 +51,7 @@ impl From<SupervisorMode> for con_config::Supervisor {
 /// reloads the configuration (so does a change of `con.toml` or the
 /// secrets file).
 pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
+    limit_malloc_arenas();
     // Diagnostics from here on go to journald (and stderr unless it is the
     // journal), rate-limited; see con_daemon::diag.
     con_daemon::diag::DaemonLogger::new(&layout.socket()).install()?;
@@ -122,4 +123,38 @@ pub fn run(args: DaemonArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // Repeats suppressed since they were last said are counted, not lost.
     log::logger().flush();
     Ok(ExitCode::SUCCESS)
+}
+
+/// glibc malloc arenas the daemon may use (`MALLOC_ARENA_MAX`). glibc's
+/// default (8 per core) let each thread that reads much of the log (a
+/// `con verify` through the daemon, a projection's catch-up) leave its
+/// freed pages in an arena of its own: measured on a 1,000,000-event log,
+/// each `con verify` added about 116 MiB of free heap the daemon kept
+/// (326 → 444 → 560 MiB); with 2 arenas it stayed at 367 MiB.
+const MALLOC_ARENAS: &str = "2";
+
+/// Re-executes this program with `MALLOC_ARENA_MAX` set (glibc reads it
+/// only at start), unless it is set already: by the operator, or by this
+/// re-execution. Same process id, arguments and environment otherwise, so
+/// systemd and `sd_notify` see the same service. If the re-execution fails
+/// the daemon runs with glibc's default.
+fn limit_malloc_arenas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let error = std::process::Command::new(&exe)
+        .arg0(arg0)
+        .args(args)
+        .env("MALLOC_ARENA_MAX", MALLOC_ARENAS)
+        .exec();
+    eprintln!(
+        "con daemon: cannot re-execute {} to limit malloc arenas ({error}); going on with glibc's default",
+        exe.display()
+    );
 }

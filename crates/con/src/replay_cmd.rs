@@ -133,6 +133,98 @@ pub(crate) trait Source {
     fn settle_log(&mut self, _query: Query) -> anyhow::Result<()> {
         Ok(())
     }
+    /// What a session's timeline needs besides its own events (`ctx`):
+    /// the arrivals of its task in its agent's inbox up to its start (at
+    /// least the latest, which is the one shown), and the events of
+    /// `ctx.kinds` by or about the agent from its start through its end.
+    /// A source may also fetch ahead the contents `ctx.contents` names.
+    fn session_context(&mut self, ctx: &SessionContext) -> anyhow::Result<Vec<Event>> {
+        let mut out = Vec::new();
+        if ctx.task.is_some() {
+            // Backwards in widening windows: the arrival normally comes just
+            // before its session, and reading from seq 1 would read the
+            // agent's whole history. The query names the agent only, so the
+            // answer streams the agent's events and stops at the window's
+            // end; a rare match (kind and task) would keep the daemon
+            // scanning to the head for more.
+            let mut width = ARRIVAL_WINDOW;
+            loop {
+                let from = ctx.start.saturating_sub(width).max(1);
+                let found: Vec<Event> = self
+                    .events(
+                        Query {
+                            from_seq: from,
+                            agent: Some(ctx.agent.clone()),
+                            ..Query::default()
+                        },
+                        Some(ctx.start),
+                    )?
+                    .into_iter()
+                    .filter(|e| ctx.is_arrival(e))
+                    .collect();
+                if !found.is_empty() || from == 1 {
+                    out.extend(found);
+                    break;
+                }
+                width = width.saturating_mul(16);
+            }
+        }
+        let during = self.events(
+            Query {
+                from_seq: ctx.start,
+                agent: Some(ctx.agent.clone()),
+                ..Query::default()
+            },
+            ctx.end,
+        )?;
+        out.extend(during.into_iter().filter(|e| ctx.is_during(e)));
+        Ok(out)
+    }
+    /// Fetches ahead the contents [`Source::blob`] will be asked for, where
+    /// one request for all of them is cheaper than one each.
+    fn prefetch(&mut self, _digests: &[Digest]) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// How far before a session's start its task's arrival is looked for
+/// first (see [`Source::session_context`]).
+const ARRIVAL_WINDOW: u64 = 4096;
+
+/// What a session's timeline needs besides its own events (see
+/// [`Source::session_context`]).
+pub(crate) struct SessionContext {
+    /// The session's agent.
+    agent: String,
+    /// Its task, if it names one.
+    task: Option<String>,
+    /// Seq of its start, and of its end if it ended.
+    start: u64,
+    end: Option<u64>,
+    /// Kinds of the agent's events to add while it ran.
+    kinds: Vec<u16>,
+    /// Contents its own events reference.
+    contents: Vec<Digest>,
+}
+
+impl SessionContext {
+    /// An arrival of the session's task in its agent's inbox, before it
+    /// started.
+    fn is_arrival(&self, e: &Event) -> bool {
+        e.seq() <= self.start
+            && self.task.is_some()
+            && e.envelope.task == self.task
+            && matches!(&e.payload, Payload::InboxArrived(a) if a.inbox == self.agent)
+    }
+
+    /// One of the agent's events of the kinds asked for while it ran.
+    fn is_during(&self, e: &Event) -> bool {
+        e.seq() >= self.start
+            && self.end.is_none_or(|end| e.seq() <= end)
+            && self.kinds.contains(&e.envelope.kind)
+            && (e.envelope.actor.agent.as_deref() == Some(self.agent.as_str())
+                || e.payload.subject_agent() == Some(self.agent.as_str()))
+    }
 }
 
 /// A walk of a log's chain: how far it holds (or where it breaks), and
@@ -187,9 +279,34 @@ struct DaemonSource {
     socket: PathBuf,
     /// The configuration file, for the host's name in `--list`.
     config: PathBuf,
+    /// The connection blob requests reuse (a connection costs the daemon
+    /// an identity lookup; a session has hundreds of contents).
+    blobs: Option<Client>,
+    /// Contents fetched ahead ([`Source::prefetch`]); `None`: not there or
+    /// not the caller's.
+    fetched: BTreeMap<Digest, Option<Vec<u8>>>,
 }
 
 impl DaemonSource {
+    fn new(layout: &Layout) -> Self {
+        Self {
+            socket: layout.socket(),
+            config: layout.config_file().to_owned(),
+            blobs: None,
+            fetched: BTreeMap::new(),
+        }
+    }
+
+    /// The connection for blob requests.
+    fn blob_client(&mut self) -> anyhow::Result<&mut Client> {
+        if self.blobs.is_none() {
+            self.blobs = Some(self.connect()?);
+        }
+        self.blobs
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("no connection to the con daemon"))
+    }
+
     fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.socket)?)
     }
@@ -231,14 +348,63 @@ impl Source for DaemonSource {
         }
     }
 
+    fn prefetch(&mut self, digests: &[Digest]) -> anyhow::Result<()> {
+        let wanted: Vec<Digest> = digests
+            .iter()
+            .filter(|d| !self.fetched.contains_key(d))
+            .copied()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        // Pipelined on one connection: one round trip per window of
+        // requests instead of one per content.
+        let answers = match self.blob_client()?.blobs(&wanted) {
+            Ok(answers) => answers,
+            Err(e) => {
+                self.blobs = None;
+                return Err(e.into());
+            }
+        };
+        for (digest, answer) in wanted.into_iter().zip(answers) {
+            let content = match answer {
+                Ok(bytes) => Some(bytes),
+                // Not there, or not the caller's to read: shown as
+                // unavailable.
+                Err(ClientError::Refused {
+                    code: ErrorCode::NotFound | ErrorCode::Forbidden,
+                    ..
+                }) => None,
+                Err(e) => return Err(e.into()),
+            };
+            self.fetched.insert(digest, content);
+        }
+        Ok(())
+    }
+
     fn blob(&mut self, digest: Digest) -> anyhow::Result<Option<Vec<u8>>> {
-        match self.connect()?.blob(digest) {
-            Ok(bytes) => Ok(Some(bytes)),
+        if let Some(content) = self.fetched.remove(&digest) {
+            return Ok(content);
+        }
+        let mut client = match self.blobs.take() {
+            Some(client) => client,
+            None => self.connect()?,
+        };
+        let answer = client.blob(digest);
+        match answer {
+            Ok(bytes) => {
+                self.blobs = Some(client);
+                Ok(Some(bytes))
+            }
             // Not there, or not the caller's to read: shown as unavailable.
+            // A refusal is a whole answer: the connection stays usable.
             Err(ClientError::Refused {
                 code: ErrorCode::NotFound | ErrorCode::Forbidden,
                 ..
-            }) => Ok(None),
+            }) => {
+                self.blobs = Some(client);
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -341,40 +507,13 @@ impl JournalSource {
         }
     }
 
-    /// `conjunction` restricted to the log, once it is known.
-    fn in_log(&self, mut conjunction: Matches) -> Matches {
-        if let Some(id) = &self.log_id {
-            conjunction.insert(0, (field::LOG_ID, id.clone()));
-        }
-        conjunction
-    }
-}
-
-impl Source for JournalSource {
-    fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>> {
-        let mut all: Matches = Vec::new();
-        if let Some(s) = query.session {
-            all.push((field::SESSION, s.to_hex()));
-        }
-        if let Some(t) = &query.task {
-            all.push(("CON_TASK", t.clone()));
-        }
-        if let Some(spec) = query.kind.and_then(con_event::kind_by_id) {
-            all.push(("CON_EVENT", spec.journal_name()));
-        }
-        let alternatives = match &query.agent {
-            Some(a) => vec![
-                self.in_log([all.clone(), vec![("CON_AGENT", a.clone())]].concat()),
-                self.in_log([all, vec![("CON_ACTOR", a.clone())]].concat()),
-            ],
-            None if all.is_empty() && self.log_id.is_none() => {
-                vec![vec![("SYSLOG_IDENTIFIER", "con".to_owned())]]
-            }
-            None => vec![self.in_log(all)],
-        };
-        let mut rebuilt = self.journal.read(&alternatives)?;
+    /// The entries matching any of `alternatives`, rebuilt, of the one log
+    /// the source reads (settled by the first read that finds one), and
+    /// the contents they carry kept for [`Source::blob`].
+    fn read_log(&mut self, alternatives: &[Matches]) -> anyhow::Result<Vec<Event>> {
+        let mut rebuilt = self.journal.read(alternatives)?;
         self.blobs.append(&mut rebuilt.blobs);
-        let events = match &self.log_id {
+        Ok(match &self.log_id {
             Some(id) => rebuilt.logs.remove(id).unwrap_or_default(),
             None => match rebuilt.logs.len() {
                 0 => Vec::new(),
@@ -410,7 +549,41 @@ impl Source for JournalSource {
                     )
                 }
             },
+        })
+    }
+
+    /// `conjunction` restricted to the log, once it is known.
+    fn in_log(&self, mut conjunction: Matches) -> Matches {
+        if let Some(id) = &self.log_id {
+            conjunction.insert(0, (field::LOG_ID, id.clone()));
+        }
+        conjunction
+    }
+}
+
+impl Source for JournalSource {
+    fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>> {
+        let mut all: Matches = Vec::new();
+        if let Some(s) = query.session {
+            all.push((field::SESSION, s.to_hex()));
+        }
+        if let Some(t) = &query.task {
+            all.push(("CON_TASK", t.clone()));
+        }
+        if let Some(spec) = query.kind.and_then(con_event::kind_by_id) {
+            all.push(("CON_EVENT", spec.journal_name()));
+        }
+        let alternatives = match &query.agent {
+            Some(a) => vec![
+                self.in_log([all.clone(), vec![("CON_AGENT", a.clone())]].concat()),
+                self.in_log([all, vec![("CON_ACTOR", a.clone())]].concat()),
+            ],
+            None if all.is_empty() && self.log_id.is_none() => {
+                vec![vec![("SYSLOG_IDENTIFIER", "con".to_owned())]]
+            }
+            None => vec![self.in_log(all)],
         };
+        let events = self.read_log(&alternatives)?;
         Ok(events
             .into_iter()
             .filter(|e| e.seq() >= query.from_seq && until.is_none_or(|u| e.seq() <= u))
@@ -496,10 +669,83 @@ impl Source for JournalSource {
         }
         Ok(())
     }
+
+    fn session_context(&mut self, ctx: &SessionContext) -> anyhow::Result<Vec<Event>> {
+        // One journalctl for all of it (each costs a process and a pass
+        // over the journal's files, and each alternative a walk of every
+        // file's indexes): the task's arrivals, the agent's events of the
+        // kinds asked for (matching the kinds keeps journalctl from reading
+        // every entry of the agent: the journal cannot match on seqs), and
+        // the contents the session's own entries did not carry (first
+        // mirrored with another session). Values of one field in one
+        // conjunction are alternatives, as journalctl takes them. The log
+        // is not matched (every entry of it would): what is read is kept to
+        // it when rebuilt, and contents are the same whichever log holds
+        // them (checked against their digests).
+        let agent = ctx.agent.clone();
+        let mut alternatives: Vec<Matches> = Vec::new();
+        if let (Some(task), Some(spec)) = (
+            &ctx.task,
+            kind_id("inbox.arrived").and_then(con_event::kind_by_id),
+        ) {
+            // An arrival is about the inbox's agent: CON_AGENT names it.
+            alternatives.push(vec![
+                ("CON_EVENT", spec.journal_name()),
+                ("CON_TASK", task.clone()),
+                ("CON_AGENT", agent.clone()),
+            ]);
+        }
+        let mut kinds: Matches = ctx
+            .kinds
+            .iter()
+            .filter_map(|&k| con_event::kind_by_id(k))
+            .map(|spec| ("CON_EVENT", spec.journal_name()))
+            .collect();
+        if !kinds.is_empty() {
+            // Only the daemon appends these kinds, so no agent is their
+            // actor: the agent is their subject, which CON_AGENT names.
+            kinds.push(("CON_AGENT", agent));
+            alternatives.push(kinds);
+        }
+        let missing: Matches = ctx
+            .contents
+            .iter()
+            .filter(|d| !self.blobs.contains_key(d))
+            .map(|d| (field::BLOB_DIGEST, d.to_hex()))
+            .collect();
+        if !missing.is_empty() {
+            alternatives.push(missing);
+        }
+        if alternatives.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = self.read_log(&alternatives)?;
+        Ok(events
+            .into_iter()
+            .filter(|e| ctx.is_arrival(e) || ctx.is_during(e))
+            .collect())
+    }
+
+    fn prefetch(&mut self, digests: &[Digest]) -> anyhow::Result<()> {
+        // One journalctl for every content the entries read so far did not
+        // carry (those first mirrored with another session's events).
+        let missing: Vec<Matches> = digests
+            .iter()
+            .filter(|d| !self.blobs.contains_key(d))
+            .map(|d| self.in_log(vec![(field::BLOB_DIGEST, d.to_hex())]))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut rebuilt = self.journal.read(&missing)?;
+        self.blobs.append(&mut rebuilt.blobs);
+        Ok(())
+    }
 }
 
-/// A database directory opened for inspection. Only full scans of the log
-/// are used: its indexes are derived and catching them up would write.
+/// A database directory opened for inspection. Its derived indexes are read
+/// as far as they reach, never caught up (that would write); the log past
+/// them is scanned.
 struct StoreSource {
     store: Store,
     /// The directory, for messages.
@@ -508,8 +754,28 @@ struct StoreSource {
 
 impl Source for StoreSource {
     fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>> {
+        let from = query.from_seq.max(1);
+        let through = until.unwrap_or(u64::MAX);
+        // The indexes as far as they are derived (read, never caught up),
+        // and a scan of the log past them.
+        let indexed = match (&query.session, &query.agent) {
+            (Some(s), _) => Some(self.store.session_records_read_only(s, from, through)?),
+            (None, Some(a)) => Some(self.store.agent_records_read_only(a, from, through)?),
+            (None, None) => None,
+        };
+        if let Some(records) = indexed {
+            let mut out = Vec::new();
+            for (seq, bytes) in records {
+                let event = Event::from_stored(&bytes)
+                    .with_context(|| format!("{}: event log seq {seq}", self.dir.display()))?;
+                if selected(&query, &event) {
+                    out.push(event);
+                }
+            }
+            return Ok(out);
+        }
         let mut out = Vec::new();
-        for event in self.store.events_from(query.from_seq.max(1)) {
+        for event in self.store.events_from(from) {
             let event = event?;
             if until.is_some_and(|u| event.seq() > u) {
                 break;
@@ -578,10 +844,7 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 dir: db.clone(),
             })
         }
-        None => Box::new(DaemonSource {
-            socket: layout.socket(),
-            config: layout.config_file().to_owned(),
-        }),
+        None => Box::new(DaemonSource::new(layout)),
     };
     if let Some(stop) = rerun_stop {
         let id = args.id.as_deref().unwrap_or_default();
@@ -629,6 +892,10 @@ pub fn run(args: ReplayArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     let mut lock = stdout.lock();
     // A closed pipe (`con replay … | head`) ends the output quietly.
     let _ = lock.write_all(out.as_bytes()).and_then(|()| lock.flush());
+    // The process ends here: tearing down an opened log's page table took
+    // a fifth of a `--db` replay of one session out of a million events
+    // (it only reads, so nothing is left to write).
+    std::mem::forget(source);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -701,10 +968,7 @@ fn follow(layout: &Layout, id: &str, args: &ReplayArgs) -> anyhow::Result<ExitCo
             con_event::escape_control(id)
         );
     };
-    let mut source = DaemonSource {
-        socket: layout.socket(),
-        config: layout.config_file().to_owned(),
-    };
+    let mut source = DaemonSource::new(layout);
     let mut input = session_input(&mut source, session)?;
     let Some(agent) = input.iter().find_map(|e| match &e.payload {
         Payload::SessionStarted(p) if e.envelope.session == Some(session) => Some(p.agent.clone()),
@@ -822,7 +1086,13 @@ pub(crate) fn fetch_blobs<'a>(
     events: impl IntoIterator<Item = &'a Event>,
     contents: &mut Contents,
 ) -> anyhow::Result<()> {
-    for blob in blobs_of(events) {
+    let wanted: Vec<_> = blobs_of(events)
+        .into_iter()
+        .filter(|b| !contents.contains_key(&b.digest))
+        .collect();
+    let digests: Vec<Digest> = wanted.iter().map(|b| b.digest).collect();
+    source.prefetch(&digests)?;
+    for blob in wanted {
         if !contents.contains_key(&blob.digest)
             && let Some(bytes) = source.blob(blob.digest)?
         {
@@ -870,39 +1140,19 @@ pub(crate) fn session_input(
         .find(|e| matches!(e.payload, Payload::SessionEnded(_)))
         .map(|e| e.seq());
     let mut all = own;
-    if let Some(task) = task {
-        all.extend(source.events(
-            Query {
-                from_seq: 1,
-                agent: Some(agent.clone()),
-                kind: kind_id("inbox.arrived"),
-                task: Some(task),
-                ..Query::default()
-            },
-            Some(start_seq),
-        )?);
-    }
-    // Checks and enforcement about the agent while the session ran.
-    all.extend(
-        source
-            .events(
-                Query {
-                    from_seq: start_seq,
-                    agent: Some(agent),
-                    ..Query::default()
-                },
-                end_seq,
-            )?
+    let ctx = SessionContext {
+        agent,
+        task,
+        start: start_seq,
+        end: end_seq,
+        // Checks and enforcement about the agent while the session ran.
+        kinds: ["contract.result", "enforcement.action", "enforcement.done"]
             .into_iter()
-            .filter(|e| {
-                matches!(
-                    e.payload,
-                    Payload::ContractResult(_)
-                        | Payload::EnforcementAction(_)
-                        | Payload::EnforcementDone(_)
-                )
-            }),
-    );
+            .filter_map(kind_id)
+            .collect(),
+        contents: blobs_of(&all).iter().map(|b| b.digest).collect(),
+    };
+    all.extend(source.session_context(&ctx)?);
     all.sort_by_key(Event::seq);
     all.dedup_by_key(|e| e.seq());
     Ok(all)

@@ -1193,6 +1193,24 @@ fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
         Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
         other => panic!("{other:?}"),
     }
+    // Many at once, pipelined over several windows: each answer in its
+    // place, a refusal only that blob's, the connection still usable.
+    let nothing = con_event::Digest::of(b"nothing");
+    let wanted: Vec<_> = (0..3 * con_protocol::BLOB_PIPELINE + 5)
+        .map(|i| if i % 7 == 3 { nothing } else { digest })
+        .collect();
+    let answers = client.blobs(&wanted).unwrap();
+    assert_eq!(answers.len(), wanted.len());
+    for (want, answer) in wanted.iter().zip(answers) {
+        match answer {
+            Ok(bytes) if *want == digest => assert_eq!(bytes, prompt),
+            Err(ClientError::Refused { code, .. }) if *want == nothing => {
+                assert_eq!(code, ErrorCode::NotFound)
+            }
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+    assert_eq!(client.blob(digest).unwrap(), prompt);
 }
 
 /// Damages the last record of a log the way a crash, a bad disk or a hand
