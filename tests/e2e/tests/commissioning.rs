@@ -2,13 +2,18 @@
 //! by its (scripted) model, commissions a worker through its sudo grant
 //! from inside its hardened unit; the worker's path unit is installed and
 //! started, a task to it is answered — no restart of anything — and
-//! decommissioning stops and removes its units.
+//! decommissioning stops and removes its units. Both rewrite the roster in
+//! every agent's AGENTS.md, and the log records that they did.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use con_e2e::{Container, Image};
+use con_event::{Digest, Payload};
+
+/// The concierge's instructions, where the roster of the agents is.
+const CONCIERGE_MD: &str = "/home/a-concierge/AGENTS.md";
 
 #[test]
 fn the_sysadmin_commissions_a_worker_that_answers_without_a_restart() {
@@ -33,6 +38,17 @@ fn the_sysadmin_commissions_a_worker_that_answers_without_a_restart() {
             .to_owned()
     };
     let pid_before = daemon_pid();
+    // Read as the concierge itself: what its runs read.
+    let roster = || {
+        c.command(&["cat", CONCIERGE_MD])
+            .user("a-concierge")
+            .ok()
+            .unwrap()
+            .stdout
+    };
+    let before = roster();
+    assert!(before.contains("## Who is here"), "{before}");
+    assert!(!before.contains("`scout`"), "{before}");
 
     c.exec_ok(&["con", "task", "--to", "sysadmin", "We need a scout."])
         .unwrap();
@@ -44,6 +60,11 @@ fn the_sysadmin_commissions_a_worker_that_answers_without_a_restart() {
     });
     let users = c.exec_ok(&["getent", "passwd", "a-scout"]).unwrap();
     assert!(users.stdout.starts_with("a-scout:"), "{users}");
+    let with_scout = roster();
+    assert!(
+        with_scout.contains("- `scout`: worker"),
+        "the concierge's roster does not name the scout:\n{with_scout}"
+    );
     c.wait_for("the scout's path unit", Duration::from_secs(30), || {
         c.exec(&["systemctl", "is-active", "--quiet", "con-agent@scout.path"])
             .unwrap()
@@ -73,6 +94,77 @@ fn the_sysadmin_commissions_a_worker_that_answers_without_a_restart() {
     assert!(reloads.stdout.contains("added: scout"), "{reloads}");
 
     c.exec_ok(&["con", "decommission", "scout"]).unwrap();
+    let after = roster();
+    assert!(
+        !after.contains("`scout`"),
+        "the decommissioned scout is still in the concierge's roster:\n{after}"
+    );
+    assert_eq!(after, before);
+    // Both rewrites are recorded: each is a step of the command's
+    // provision.applied, in the daemon's log (`con logs`) and, with the
+    // steps' content, in the journal.
+    let logged = c
+        .exec_ok(&["con", "logs", "--json", "--kind", "provision.applied"])
+        .unwrap();
+    let applied: Vec<(String, String)> = logged
+        .stdout
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            let payload = &event["payload"];
+            (
+                payload["command"].as_str().unwrap().to_owned(),
+                payload["steps"]["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .filter(|(command, _)| command != "bootstrap")
+        .collect();
+    let commands: Vec<&str> = applied
+        .iter()
+        .map(|(command, _)| command.as_str())
+        .collect();
+    assert_eq!(
+        commands,
+        ["commission scout", "decommission scout"],
+        "{logged}"
+    );
+    // Only these events and their steps' entries: the whole journal is
+    // slow to rebuild in a debug build.
+    let mut query = vec![
+        "journalctl".to_owned(),
+        "-o".to_owned(),
+        "json".to_owned(),
+        "--all".to_owned(),
+        "--no-pager".to_owned(),
+        "CON_EVENT=provision_applied".to_owned(),
+        "+".to_owned(),
+    ];
+    query.extend(applied.iter().map(|(_, d)| format!("CON_BLOB_DIGEST={d}")));
+    let query: Vec<&str> = query.iter().map(String::as_str).collect();
+    let journal = c.exec_ok(&query).unwrap();
+    let rebuilt = con_journal::rebuild_from_json(journal.stdout.as_bytes()).unwrap();
+    for (command, digest) in &applied {
+        let steps = rebuilt
+            .blobs
+            .get(&Digest::from_hex(digest).unwrap())
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+            .unwrap_or_else(|| panic!("{command}: its steps {digest} are not in the journal"));
+        assert!(
+            steps.lines().any(|l| l.contains(CONCIERGE_MD)),
+            "{command} did not record the roster's rewrite:\n{steps}"
+        );
+    }
+    // The journal's copy of the events says the same.
+    let journaled: Vec<String> = rebuilt
+        .logs
+        .values()
+        .flatten()
+        .filter_map(|e| match &e.payload {
+            Payload::ProvisionApplied(p) if p.command != "bootstrap" => Some(p.command.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(journaled, commands);
     c.wait_for("the scout's units gone", Duration::from_secs(30), || {
         let units = c
             .sh("systemctl list-units --all --no-legend 'con-agent@scout*' | grep -v not-found")

@@ -3,16 +3,20 @@
 //! the outer inbox as root, and get the concierge's answer — routed by the
 //! daemon, started by the concierge's path unit in its hardened sandbox,
 //! the model called through the daemon's gateway, every step in the log
-//! and in the journal.
+//! and in the journal; the officer's ledger accounts for it without its
+//! content.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
 use con_e2e::{CONFIGS_PATH, Container, Image};
+use serde_json::Value;
 
 const ANSWER: &str = "Hello from the concierge under systemd.";
 const KEY: &str = "sk-e2e-secret-key";
+/// The concierge's task; neither it nor the answer is in the ledger.
+const TASK: &str = "Say hello.";
 /// Run by the sysadmin inside its unit: a whitelisted sudo command works,
 /// anything else is refused.
 const SUDO_PROBE: &str = "sudo -n /usr/bin/journalctl --no-pager -n 1 -t con >/dev/null && echo SUDO-ALLOWED; sudo -n /bin/cat /etc/con/env || echo SUDO-REFUSED";
@@ -70,7 +74,7 @@ con bootstrap --profile /opt/profile --json > /opt/bootstrap.json
     let key_kept = c.exec_ok(&["cat", "/etc/con/env"]).unwrap();
     assert!(key_kept.stdout.contains(KEY), "bootstrap keeps the secrets");
 
-    c.exec_ok(&["con", "task", "Say hello."]).unwrap();
+    c.exec_ok(&["con", "task", TASK]).unwrap();
     let start = Instant::now();
     let response = loop {
         let out = c
@@ -241,4 +245,95 @@ con bootstrap --profile /opt/profile --json > /opt/bootstrap.json
         .sh("runuser -u a-concierge -- sh -c 'echo x > /srv/con/policy/operators.md'")
         .unwrap();
     assert!(!write.success(), "an operator wrote policy: {write}");
+
+    // The officer's ledger: the concierge's finished task with its outcome,
+    // nothing it was told or said (`con ledger` as the strategist, through
+    // the daemon).
+    let as_strategist = |argv: &[&str]| {
+        let mut full = vec!["runuser", "-u", "a-strategist", "--"];
+        full.extend_from_slice(argv);
+        c.exec(&full).unwrap()
+    };
+    let ledger = as_strategist(&["con", "ledger", "--json"]);
+    assert!(ledger.success(), "{ledger}");
+    for content in [TASK, ANSWER, "Probe sudo.", "Set the policy.", "SUDO-", KEY] {
+        assert!(
+            !ledger.stdout.contains(content),
+            "the ledger shows {content:?}: {ledger}"
+        );
+    }
+    let entries: Vec<Value> = ledger
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|e: &Value| e["agent"] == "concierge")
+        .collect();
+    assert_eq!(entries.len(), 1, "{ledger}");
+    let e = &entries[0];
+    assert_eq!(e["outcome"], "ok", "{e}");
+    assert_eq!(e["trust"], "verified", "{e}");
+    assert_eq!(e["model_calls"], 1, "{e}");
+    let mut keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "agent",
+            "cost_micro_usd",
+            "duration_ms",
+            "ended_unix_nanos",
+            "model",
+            "model_calls",
+            "outcome",
+            "seq",
+            "session",
+            "task",
+            "time",
+            "trust"
+        ],
+        "{e}"
+    );
+    let session = e["session"].as_str().unwrap();
+    // The daily file, written by the daemon, readable by the officer: the
+    // same row.
+    let file = format!("/srv/con/ledger/{}.tsv", &e["time"].as_str().unwrap()[..10]);
+    let mut tsv = String::new();
+    c.wait_for("the ledger file's row", Duration::from_secs(10), || {
+        let out = as_strategist(&["cat", &file]);
+        let read = out.success();
+        tsv = out.stdout;
+        read && tsv.contains(session)
+    });
+    let mut lines = tsv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let row: Vec<&str> = lines
+        .map(|l| l.split('\t').collect::<Vec<&str>>())
+        .find(|r| r.contains(&session))
+        .unwrap();
+    assert_eq!(header.len(), row.len(), "{tsv}");
+    for (column, value) in header.iter().zip(&row) {
+        let json = match &e[*column] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(*value, json, "column {column} of {file}:\n{tsv}");
+    }
+    assert!(!tsv.contains(TASK) && !tsv.contains(ANSWER), "{tsv}");
+    // What the session said stays the concierge's.
+    let replay = as_strategist(&["con", "replay", session]);
+    assert!(
+        !replay.success() && replay.stderr.contains("among the events you may read"),
+        "the strategist replayed the concierge's session: {replay}"
+    );
+    // An operator [fleet_view] does not name gets no ledger.
+    let refused = c
+        .exec(&["runuser", "-u", "a-concierge", "--", "con", "ledger"])
+        .unwrap();
+    assert!(
+        !refused.success()
+            && refused
+                .stderr
+                .contains("the ledger is for operators, officers"),
+        "{refused}"
+    );
 }
