@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use con_event::payloads::CheckStatus;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Action, Check, OnFail};
 
@@ -83,7 +84,7 @@ pub fn decide_on_fail(on_fail: Option<&OnFail>, transition: Transition) -> Decis
 pub type CheckKey = (String, String, Option<String>);
 
 /// One check's state, as its results tell it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckState {
     /// The last result's status (skipped included).
     pub last: CheckStatus,
@@ -98,7 +99,7 @@ pub struct CheckState {
 }
 
 /// Every check's state: a fold over `contract.result` events.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckStates {
     /// State per check.
     pub checks: BTreeMap<CheckKey, CheckState>,

@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use con_event::{NewEvent, Payload};
-use con_inbox::{
-    ArrivalKey, InboxSpec, InboxWatcher, Provenance, WatcherConfig, arrival_key, key_of,
-};
+use con_event::{Event, NewEvent, Payload};
+use con_inbox::{ArrivalKey, InboxSpec, InboxWatcher, Provenance, WatcherConfig, key_of};
+use con_projection::Projection;
 use con_store::{AppendError, Appender, LogState, Store, Ticket};
 use tokio::sync::mpsc::Sender;
 use tokio::sync::watch;
@@ -54,11 +53,39 @@ impl Recorded {
     }
 }
 
-/// Keys of the tasks present now whose arrival is already in the log, and
-/// where every file the log recorded last arrived: provenance outlives the
-/// daemon because it is the log's.
+/// Where every file the log recorded last arrived: a checkpointed
+/// projection of the log's `inbox.arrived` events (of every inbox, also
+/// ones no longer configured: remembering more can only lower trust), so
+/// a start folds only what came after the last checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ArrivalHistory(pub(crate) Provenance);
+
+impl Projection for ArrivalHistory {
+    const NAME: &'static str = "daemon.arrival-history";
+    const VERSION: u32 = 1;
+
+    fn apply(&mut self, event: &Event) {
+        if let Payload::InboxArrived(a) = &event.payload {
+            self.0.remember(a);
+        }
+    }
+}
+
+/// Keys of the tasks present now in `inboxes` whose arrival is the last
+/// one the log recorded for their file, and where every file the log
+/// recorded last arrived: provenance outlives the daemon because it is the
+/// log's.
 fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> (HashSet<ArrivalKey>, Provenance) {
-    let mut present = HashSet::new();
+    let provenance = match crate::project_or_fold::<ArrivalHistory>(store) {
+        Ok(history) => history.0,
+        Err(e) => {
+            // Arrivals we cannot read are not remembered: their files,
+            // should they come back, would be judged by lstat alone.
+            log::error!("cannot read the inbox arrivals in the log: {e}");
+            Provenance::default()
+        }
+    };
+    let mut recorded = HashSet::new();
     for inbox in inboxes {
         let Ok(entries) = std::fs::read_dir(&inbox.dir) else {
             continue;
@@ -66,27 +93,8 @@ fn recorded_and_present(store: &Store, inboxes: &[InboxSpec]) -> (HashSet<Arriva
         for entry in entries.flatten() {
             let path = inbox.dir.join(entry.file_name());
             if let Ok(meta) = std::fs::symlink_metadata(&path) {
-                present.insert(key_of(&path, &meta));
-            }
-        }
-    }
-    let mut recorded = HashSet::new();
-    let mut provenance = Provenance::default();
-    for inbox in inboxes {
-        let events = match store.agent_events(&inbox.name, 1) {
-            Ok(events) => events,
-            Err(e) => {
-                // Arrivals we cannot read are not remembered: their files,
-                // should they come back, would be judged by lstat alone.
-                log::error!("cannot read the arrivals of inbox {}: {e}", inbox.name);
-                continue;
-            }
-        };
-        for event in events.flatten() {
-            if let Payload::InboxArrived(a) = &event.payload {
-                provenance.remember(a);
-                let key = arrival_key(a);
-                if present.contains(&key) {
+                let key = key_of(&path, &meta);
+                if provenance.is_latest_arrival(&key) {
                     recorded.insert(key);
                 }
             }
@@ -345,4 +353,101 @@ fn record(
         settle(&mut in_flight, false);
     }
     settle(&mut in_flight, true);
+}
+
+#[cfg(test)]
+mod tests {
+    use con_event::BlobRef;
+    use con_event::payloads::{CheckStatus, ContractAdded, ContractResult, InboxArrived, Trust};
+    use con_store::{GroupCommitWriter, WriterConfig};
+
+    use super::*;
+    use crate::contracts::ContractHistory;
+
+    fn arrived(path: &str, inode: u64, ctime: i64) -> NewEvent {
+        let event = NewEvent::system(InboxArrived {
+            inbox: "concierge".into(),
+            path: path.into(),
+            owner_uid: 0,
+            owner_gid: 0,
+            mode: 0o100644,
+            nlink: 1,
+            dev: 1,
+            inode,
+            ctime_unix_nanos: ctime,
+            symlink: false,
+            trust: Trust::Verified,
+            trust_reason: "owner uid 0".into(),
+            content: BlobRef::of(b""),
+        });
+        NewEvent {
+            attachments: vec![Vec::new()],
+            ..event
+        }
+    }
+
+    fn result(check: &str, status: CheckStatus) -> NewEvent {
+        NewEvent::system(ContractResult {
+            contract: "C-1".into(),
+            check: check.into(),
+            scope_agent: None,
+            status,
+            detail: "x".into(),
+            duration_ms: 1,
+        })
+    }
+
+    /// The histories the daemon starts from are read from their checkpoint
+    /// plus the events after it, and that is the same as folding the whole
+    /// log: through the real store, so that the states also survive their
+    /// encoding.
+    #[test]
+    fn the_start_histories_from_a_checkpoint_match_a_whole_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("events")).unwrap();
+        let writer =
+            GroupCommitWriter::spawn(store.clone(), WriterConfig::default(), None).unwrap();
+        let append = |e: NewEvent| writer.appender().submit(e).wait().unwrap();
+        append(arrived("/i/a.task", 7, 100));
+        append(result("disk", CheckStatus::Fail));
+        let content = b"id: C-2\n".to_vec();
+        append(NewEvent {
+            attachments: vec![content.clone()],
+            ..NewEvent::system(ContractAdded {
+                contract: "C-2".into(),
+                path: "/srv/con/contracts/C-2.yaml".into(),
+                author_uid: 1234,
+                author_agent: Some("sysadmin".into()),
+                content: BlobRef::of(&content),
+                replaced: None,
+            })
+        });
+        let first = store.project::<ArrivalHistory>().unwrap();
+        assert!(first.0.is_latest_arrival(&ArrivalKey {
+            path: "/i/a.task".into(),
+            dev: 1,
+            inode: 7,
+            ctime_unix_nanos: 100,
+        }));
+        store.project::<ContractHistory>().unwrap();
+
+        append(arrived("/i/b.task", 7, 200));
+        append(result("disk", CheckStatus::Pass));
+        append(result("load", CheckStatus::Timeout));
+        let from_checkpoint = store.project::<ArrivalHistory>().unwrap();
+        assert_eq!(from_checkpoint, store.rebuild::<ArrivalHistory>().unwrap());
+        assert_ne!(from_checkpoint, first, "the events after the checkpoint");
+        let contracts = store.project::<ContractHistory>().unwrap();
+        assert_eq!(contracts, store.rebuild::<ContractHistory>().unwrap());
+        assert_eq!(
+            contracts.authors.values().copied().collect::<Vec<_>>(),
+            [1234]
+        );
+        let disk = &contracts.states.checks[&("C-1".into(), "disk".into(), None)];
+        assert!(
+            disk.failing_since.is_none(),
+            "resolved after the checkpoint"
+        );
+        writer.shutdown().unwrap();
+    }
 }

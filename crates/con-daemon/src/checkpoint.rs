@@ -6,6 +6,12 @@
 //! tail rewritten with recomputed hashes, a truncated tail or a replaced
 //! database shows. A checkpoint at seq N vouches for every seq up to N (the
 //! chain links them), so one every few thousand events is enough.
+//!
+//! With each one the daemon also saves the checkpoints of the projections
+//! it folds at start (the contract history, the arrival history, the fleet
+//! status and the ledger), so that a start after months of running folds
+//! the events since the last chain checkpoint (or since the last clean
+//! stop), not the whole log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +19,12 @@ use std::time::Duration;
 use con_event::NewEvent;
 use con_event::payloads::ChainCheckpoint;
 
+use con_projection::{FleetStatus, Ledger};
+use con_store::ProjectionError;
+
 use crate::Shared;
+use crate::arrivals::ArrivalHistory;
+use crate::contracts::ContractHistory;
 
 /// When checkpoints are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,19 +73,47 @@ impl Plan {
 }
 
 /// Appends a checkpoint of the durable head if the log moved since the last
-/// one; a failure is reported and the next one is tried as planned.
-pub(crate) async fn write(shared: &Shared, plan: &mut Plan) {
+/// one; a failure is reported and the next one is tried as planned. Whether
+/// one was written.
+pub(crate) async fn write(shared: &Shared, plan: &mut Plan) -> bool {
     let head = shared.store.head();
     if !plan.moved(head.seq) {
-        return;
+        return false;
     }
     let event = NewEvent::system(ChainCheckpoint {
         through_seq: head.seq,
         head: head.hash,
     });
     match shared.appender.submit(event).wait_async().await {
-        Ok(appended) => plan.last = appended.seq,
-        Err(e) => log::error!("chain checkpoint at seq {}: {e}", head.seq),
+        Ok(appended) => {
+            plan.last = appended.seq;
+            true
+        }
+        Err(e) => {
+            log::error!("chain checkpoint at seq {}: {e}", head.seq);
+            false
+        }
+    }
+}
+
+/// Saves the checkpoints of the projections the daemon folds at start
+/// (off the async workers: folding reads the log). A failure is reported;
+/// the next start then folds from the checkpoint before.
+pub(crate) async fn save_projections(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        let store = &shared.store;
+        store.project::<ContractHistory>()?;
+        store.project::<ArrivalHistory>()?;
+        store.project::<FleetStatus>()?;
+        store.project::<Ledger>()?;
+        Ok::<(), ProjectionError>(())
+    })
+    .await;
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::error!("saving the projections' checkpoints: {e}"),
+        Err(e) => log::error!("saving the projections' checkpoints: {e}"),
     }
 }
 
@@ -98,11 +137,13 @@ pub(crate) async fn run(shared: Arc<Shared>, settings: CheckpointSettings) -> Pl
                     break;
                 }
                 let seq = *head.borrow_and_update();
-                if plan.due_by_count(seq) {
-                    write(&shared, &mut plan).await;
+                if plan.due_by_count(seq) && write(&shared, &mut plan).await {
+                    save_projections(&shared).await;
                 }
             }
-            _ = tick.tick() => write(&shared, &mut plan).await,
+            _ = tick.tick() => if write(&shared, &mut plan).await {
+                save_projections(&shared).await;
+            },
         }
     }
     plan

@@ -18,8 +18,9 @@ use con_contracts::{
     Action, CheckResult, CheckStates, ContractType, Loaded, LoadedContract, OnFail,
 };
 use con_event::payloads::{CheckStatus, ContractResult};
-use con_event::{Actor, NewEvent, Payload};
+use con_event::{Actor, Event, NewEvent, Payload};
 use con_layout::Layout;
+use con_projection::Projection;
 use con_protocol::{CheckRun, RunContracts};
 
 use crate::Shared;
@@ -174,20 +175,26 @@ pub(crate) async fn evaluate_builtins(shared: &Arc<Shared>) -> Result<Vec<CheckR
 /// it is; the latest add of a content wins.
 pub(crate) type Authors = HashMap<con_event::Digest, u32>;
 
-/// Every check's state from the log's `contract.result` events (so an
-/// incident that began before a restart does not escalate again) and the
-/// authors of added contracts from its `contract.added` events: what the
-/// daemon starts with, read in one pass.
-pub(crate) fn seed(
-    store: &con_store::Store,
-) -> Result<(CheckStates, Authors), con_store::StoreError> {
-    let mut states = CheckStates::default();
-    let mut authors = Authors::new();
-    for event in store.events_from(1) {
-        let event = event?;
+/// What the daemon starts with from the log's contract history: every
+/// check's state from its `contract.result` events (so an incident that
+/// began before a restart does not escalate again) and the authors of added
+/// contracts from its `contract.added` events. A checkpointed projection:
+/// a start folds only what came after the last checkpoint, not the whole
+/// log (minutes of results a day add up over months).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ContractHistory {
+    pub(crate) states: CheckStates,
+    pub(crate) authors: Authors,
+}
+
+impl Projection for ContractHistory {
+    const NAME: &'static str = "daemon.contract-history";
+    const VERSION: u32 = 1;
+
+    fn apply(&mut self, event: &Event) {
         match &event.payload {
             Payload::ContractResult(r) => {
-                states.observe(
+                self.states.observe(
                     (r.contract.clone(), r.check.clone(), r.scope_agent.clone()),
                     r.status,
                     event.seq(),
@@ -196,12 +203,11 @@ pub(crate) fn seed(
                 );
             }
             Payload::ContractAdded(a) => {
-                authors.insert(a.content.digest, a.author_uid);
+                self.authors.insert(a.content.digest, a.author_uid);
             }
             _ => {}
         }
     }
-    Ok((states, authors))
 }
 
 /// What a recorded result asks the daemon to do.

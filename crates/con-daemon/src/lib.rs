@@ -301,6 +301,24 @@ impl<P: Projection> ProjectionCache<P> {
     }
 }
 
+/// The projection `P` through the durable head, from its checkpoint when
+/// there is one (and saving a new one). A state too large for a checkpoint
+/// is still computed, from the whole log.
+pub(crate) fn project_or_fold<P: Projection>(store: &Store) -> Result<P, StoreError> {
+    match store.project::<P>() {
+        Ok(state) => Ok(state),
+        Err(ProjectionError::Store(e)) => Err(e),
+        Err(e @ ProjectionError::State { .. }) => {
+            log::error!("{e}; folding the whole log instead");
+            let mut state = P::default();
+            for event in store.events_from(1) {
+                state.apply(&event?);
+            }
+            Ok(state)
+        }
+    }
+}
+
 /// Whether `e` is the log being unreadable for a while (a failed write,
 /// a reopen in progress) rather than a damaged record.
 fn unreadable_for_now(e: &StoreError) -> bool {
@@ -451,7 +469,10 @@ impl Daemon {
         let socket = config.layout.socket();
         let listener = bind(&socket)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (check_states, authors) = contracts::seed(&store)?;
+        let contracts::ContractHistory {
+            states: check_states,
+            authors,
+        } = project_or_fold(&store)?;
         let recorded = arrivals::Recorded::default();
         let (route_tx, route_rx) = tokio::sync::mpsc::channel::<supervisor::RouteRequest>(16);
         let shared = Arc::new(Shared {
@@ -580,8 +601,11 @@ impl Daemon {
             .await
             .map_err(|e| DaemonError::Shutdown(e.to_string()))?;
         // Last, so that it vouches for everything this run wrote.
-        if let Ok(mut plan) = checkpointing.await {
-            checkpoint::write(&shared, &mut plan).await;
+        if let Ok(mut plan) = checkpointing.await
+            && checkpoint::write(&shared, &mut plan).await
+        {
+            // The next start folds from here.
+            checkpoint::save_projections(&shared).await;
         }
         let mirror = shared.mirror.clone();
         drop(shared);

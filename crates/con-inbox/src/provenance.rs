@@ -23,15 +23,19 @@ use std::collections::HashMap;
 use std::fs::Metadata;
 use std::time::UNIX_EPOCH;
 
+use con_event::Digest;
 use con_event::payloads::{InboxArrived, Trust};
+use serde::{Deserialize, Serialize};
 
-use crate::{Classified, OUTER_INBOX};
+use crate::{ArrivalKey, Classified, OUTER_INBOX};
 
 /// The last recorded arrival of every inode: rebuilt from the log with
 /// [`Provenance::remember`], kept up to date by the watcher. Never dropped
 /// wholesale (a forgotten file would be verified again): it grows by one
-/// small entry per file that ever arrived.
-#[derive(Clone, Debug, Default)]
+/// small entry per file that ever arrived. Serializable, so that the daemon
+/// can keep it as a checkpointed projection of the log instead of reading
+/// every arrival again at each start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Provenance {
     /// (device, inode) → the last recorded arrival on it.
     seen: HashMap<(u64, u64), Seen>,
@@ -39,12 +43,23 @@ pub struct Provenance {
     inboxes: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Seen {
     /// The largest recorded ctime, nanoseconds since the epoch.
     ctime: i64,
     /// Index into [`Provenance::inboxes`] of that record's inbox.
     inbox: usize,
+    /// The first 8 bytes of the SHA-256 of that record's path: with the
+    /// ctime, which arrival it was (see [`Provenance::is_latest_arrival`]).
+    path: [u8; 8],
+}
+
+/// What [`Seen::path`] holds for `path`: stable across builds (a
+/// checkpoint outlives the binary that wrote it).
+fn path_digest(path: &str) -> [u8; 8] {
+    let mut first = [0; 8];
+    first.copy_from_slice(&Digest::of(path.as_bytes()).0[..8]);
+    first
 }
 
 impl Provenance {
@@ -52,19 +67,29 @@ impl Provenance {
     /// for each inode the record with the latest ctime wins).
     pub fn remember(&mut self, arrival: &InboxArrived) {
         let inbox = self.intern(&arrival.inbox);
+        let seen = Seen {
+            ctime: arrival.ctime_unix_nanos,
+            inbox,
+            path: path_digest(&arrival.path),
+        };
         let entry = self
             .seen
             .entry((arrival.dev, arrival.inode))
-            .or_insert(Seen {
-                ctime: arrival.ctime_unix_nanos,
-                inbox,
-            });
+            .or_insert(seen);
         if arrival.ctime_unix_nanos >= entry.ctime {
-            *entry = Seen {
-                ctime: arrival.ctime_unix_nanos,
-                inbox,
-            };
+            *entry = seen;
         }
+    }
+
+    /// Whether `key` is the last recorded arrival of its inode (same path,
+    /// same ctime): a file found in an inbox at start that needs no new
+    /// record. An older arrival of the same inode is not reported, so such
+    /// a file is recorded again — as a re-arrival, which can only lower
+    /// its trust.
+    pub fn is_latest_arrival(&self, key: &ArrivalKey) -> bool {
+        self.seen.get(&(key.dev, key.inode)).is_some_and(|seen| {
+            seen.ctime == key.ctime_unix_nanos && seen.path == path_digest(&key.path)
+        })
     }
 
     /// Takes everything `other` remembers into account (for each inode the
@@ -76,15 +101,10 @@ impl Provenance {
                 continue;
             };
             let inbox = self.intern(name);
-            let entry = self.seen.entry(key).or_insert(Seen {
-                ctime: seen.ctime,
-                inbox,
-            });
+            let seen = Seen { inbox, ..*seen };
+            let entry = self.seen.entry(key).or_insert(seen);
             if seen.ctime >= entry.ctime {
-                *entry = Seen {
-                    ctime: seen.ctime,
-                    inbox,
-                };
+                *entry = seen;
             }
         }
     }
@@ -139,6 +159,7 @@ impl Provenance {
             Seen {
                 ctime: arrival.key.ctime_unix_nanos,
                 inbox,
+                path: path_digest(&arrival.key.path),
             },
         );
     }
@@ -273,5 +294,53 @@ mod tests {
         p.check(&mut again, "sysadmin", Some(50));
         assert_eq!(again.trust, Trust::Unverified);
         assert!(again.trust_reason.starts_with("back in inbox sysadmin"));
+    }
+
+    fn recorded(path: &str, inode: u64, ctime: i64) -> InboxArrived {
+        let a = arrival(inode, ctime);
+        InboxArrived {
+            path: path.into(),
+            ..a.payload("concierge")
+        }
+    }
+
+    fn key(path: &str, inode: u64, ctime: i64) -> ArrivalKey {
+        ArrivalKey {
+            path: path.into(),
+            dev: 1,
+            inode,
+            ctime_unix_nanos: ctime,
+        }
+    }
+
+    #[test]
+    fn only_the_last_arrival_of_a_file_is_the_latest() {
+        let mut p = Provenance::default();
+        p.remember(&recorded("/i/a.task", 7, 100));
+        p.remember(&recorded("/i/b.task", 7, 200));
+        assert!(p.is_latest_arrival(&key("/i/b.task", 7, 200)));
+        // The same file as it was before: recorded again at start, as a
+        // re-arrival.
+        assert!(!p.is_latest_arrival(&key("/i/a.task", 7, 100)));
+        // Same inode and ctime, another name: not that arrival.
+        assert!(!p.is_latest_arrival(&key("/i/c.task", 7, 200)));
+        // Changed since (a new ctime), or never seen.
+        assert!(!p.is_latest_arrival(&key("/i/b.task", 7, 201)));
+        assert!(!p.is_latest_arrival(&key("/i/b.task", 8, 200)));
+    }
+
+    #[test]
+    fn a_checkpointed_history_reads_back_the_same() {
+        let mut p = Provenance::default();
+        p.remember(&recorded("/i/a.task", 7, 100));
+        p.remember(&recorded("/j/b.task", 9, 300));
+        let bytes = con_event::codec::encode(&p).unwrap();
+        let back: Provenance = con_event::codec::decode("provenance", &bytes).unwrap();
+        assert_eq!(back, p);
+        assert!(back.is_latest_arrival(&key("/j/b.task", 9, 300)));
+        let mut moved = arrival(9, 300);
+        let mut fresh = back.clone();
+        fresh.check(&mut moved, "sysadmin", Some(50));
+        assert_eq!(moved.trust, Trust::Unverified, "{}", moved.trust_reason);
     }
 }

@@ -761,6 +761,31 @@ fn main() {
     );
     let rss_after = rss_mib(daemon.pid());
     drop(daemon);
+    // Started again on the same log: the projections it folds at start
+    // now have the checkpoints the first run saved (at start and at its
+    // clean stop).
+    let restart = Instant::now();
+    let restarted = Daemon::start_with(
+        con_bin(),
+        &bench_root(&root),
+        &["--supervisor", "systemd"],
+        &[],
+    );
+    while !con_cmd(&root)
+        .arg("status")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            restart.elapsed().as_secs() < 600,
+            "no status after 10 minutes"
+        );
+    }
+    let restart = restart.elapsed();
+    drop(restarted);
     eprintln!("load average after: {}", load());
 
     let ms = |(mean, sd): (f64, f64)| format!("{:.1} ± {:.1} ms", mean * 1e3, sd * 1e3);
@@ -814,8 +839,9 @@ fn main() {
         live[2].0 / offline[3].0
     );
     println!(
-        "daemon RSS on this log: {rss_started} MiB once started (status answered after {:.1} s), {rss_after} MiB after the runs above",
-        catch_up.as_secs_f64()
+        "daemon RSS on this log: {rss_started} MiB once started (status answered after {:.1} s), {rss_after} MiB after the runs above; started again, status answered after {:.1} s",
+        catch_up.as_secs_f64(),
+        restart.as_secs_f64()
     );
     println!("log id {}, session {session}", data.log_id);
 }
