@@ -14,8 +14,15 @@
 //! `con status` until someone removes the task from `failed/`): when no
 //! agent holds the sysadmin role, and a failed task of the sysadmin itself
 //! (its escalation would land in the same inbox that could not run it).
+//!
+//! Held back while [`MAX_WAITING`] escalated failed tasks of the same agent
+//! are still in its `failed/`: an agent that can make tasks fail (its own,
+//! or ones it writes into another inbox) cannot flood the sysadmin with
+//! escalations — each one a verified task, a session and its cost. The
+//! next is escalated at the first pass after the sysadmin has dealt with
+//! one (removed it or moved it back into an inbox).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +35,10 @@ use crate::enforce::{Cause, enforce};
 /// The `contract` of a failed task's escalation (`enforcement.action` and
 /// `enforcement.done`).
 pub(crate) const FAILED_TASK: &str = "task.failed";
+
+/// Escalated failed tasks of one agent, still in its `failed/`, beyond
+/// which its next failed tasks wait (see the module's doc).
+pub(crate) const MAX_WAITING: usize = 3;
 
 /// How long after a commit the failed tasks are looked at: commits come in
 /// bursts, one pass covers them.
@@ -72,20 +83,23 @@ struct Said {
     /// They are looked at again on every pass: a reload may name a
     /// sysadmin.
     not_escalated: HashSet<u64>,
+    /// Failed tasks held back while their agent has [`MAX_WAITING`]
+    /// escalated ones waiting (said once each).
+    held_back: HashSet<u64>,
     /// Failed tasks whose escalation could not be recorded: not tried again
     /// until a restart, so a failing log is not asked on every commit.
     given_up: HashSet<u64>,
 }
 
-/// Escalates every failed task the log has not escalated yet.
+/// Escalates every failed task the log has not escalated yet, as far as
+/// [`MAX_WAITING`] allows.
 async fn pass(shared: &Arc<Shared>, said: &mut Said) {
-    let pending = match shared
+    let (pending, escalated) = match shared
         .with_fleet(|f| {
             f.failed_tasks
                 .iter()
-                .filter(|(_, t)| t.escalated.is_none())
                 .map(|(seq, t)| (*seq, t.clone()))
-                .collect::<Vec<_>>()
+                .partition::<Vec<_>, _>(|(_, t)| t.escalated.is_none())
         })
         .await
     {
@@ -95,6 +109,15 @@ async fn pass(shared: &Arc<Shared>, said: &mut Said) {
             return;
         }
     };
+    // Escalated and not dealt with yet: still where the run put it.
+    let mut waiting: HashMap<String, usize> = HashMap::new();
+    for (_, task) in &escalated {
+        if in_failed_dir(&shared.config.layout, task)
+            && std::fs::symlink_metadata(&task.path).is_ok()
+        {
+            *waiting.entry(task.agent.clone()).or_default() += 1;
+        }
+    }
     for (seq, task) in pending {
         if said.given_up.contains(&seq) {
             continue;
@@ -127,6 +150,19 @@ async fn pass(shared: &Arc<Shared>, said: &mut Said) {
                 continue;
             }
         };
+        let waiting_now = waiting.entry(task.agent.clone()).or_default();
+        if *waiting_now >= MAX_WAITING {
+            if said.held_back.insert(seq) {
+                log::warn!(
+                    "{what} is not escalated yet: {} escalated failed tasks of agent {} are \
+                     still in its failed/ (`con status` lists them); it is escalated once fewer \
+                     than {MAX_WAITING} are",
+                    *waiting_now,
+                    task.agent
+                );
+            }
+            continue;
+        }
         let cause = Cause {
             actor: Actor::system(),
             contract: FAILED_TASK.to_owned(),
@@ -139,11 +175,14 @@ async fn pass(shared: &Arc<Shared>, said: &mut Said) {
             ),
             escalation: Some(escalation_text(seq, &task)),
         };
-        if let Err(e) = enforce(shared, &cause, "escalate", Some(sysadmin)).await {
-            // Not recorded, so not done: said once, tried again after a
-            // restart.
-            log::error!("{what}: escalation not recorded: {e}");
-            said.given_up.insert(seq);
+        match enforce(shared, &cause, "escalate", Some(sysadmin)).await {
+            Ok(_) => *waiting.entry(task.agent.clone()).or_default() += 1,
+            Err(e) => {
+                // Not recorded, so not done: said once, tried again after
+                // a restart.
+                log::error!("{what}: escalation not recorded: {e}");
+                said.given_up.insert(seq);
+            }
         }
     }
 }

@@ -1751,6 +1751,79 @@ fn a_fifo_in_an_inbox_is_set_aside_without_hanging() {
     assert_eq!(escalations_of(&c, failed[0].0).len(), 1);
 }
 
+/// An agent whose tasks keep failing cannot flood the sysadmin: while
+/// three escalated failed tasks of it are still in its failed/, the next
+/// ones wait (and the daemon says so, once each); once the sysadmin has
+/// dealt with one, the next is escalated.
+#[test]
+fn failed_task_escalations_of_one_agent_wait_while_three_are_unhandled() {
+    let model = ScriptedServer::start(vec![]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[
+            agent("scribe", "worker", ""),
+            agent("ops", "operator", "roles = [\"sysadmin\"]"),
+        ],
+    );
+    let log = c.root.path().join("daemon.stderr");
+    let _daemon = Daemon::start_logging(CON, &c.root, &["--supervisor", "systemd"], &log);
+    // Five tasks that can never be done (never opened, so no model call).
+    for n in 1..=5 {
+        let fifo = c.agent_dir("scribe", "inbox").join(format!("f{n}.task"));
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        arrivals_at(&c, &fifo, 0);
+    }
+    ok(&c.run("scribe", &[]));
+    let failed = failed_events(&c);
+    assert_eq!(failed.len(), 5, "{failed:?}");
+    let inbox = c.agent_dir("ops", "inbox");
+    wait_for("three escalations", Duration::from_secs(10), || {
+        task_files(&inbox).len() == 3
+    });
+    wait_for("the daemon's word", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.contains("of agent scribe")
+                    && l.contains("is not escalated yet: 3 escalated failed tasks of agent scribe are still in its failed/")
+            })
+            .count()
+            == 2
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(task_files(&inbox).len(), 3, "no more while three wait");
+    let escalated: Vec<u64> = failed
+        .iter()
+        .map(|(seq, _, _)| *seq)
+        .filter(|seq| !escalations_of(&c, *seq).is_empty())
+        .collect();
+    assert_eq!(
+        escalated,
+        [failed[0].0, failed[1].0, failed[2].0],
+        "oldest first"
+    );
+
+    // The sysadmin deals with one; the next commit lets the fourth through.
+    std::fs::remove_file(&failed[0].2.path).unwrap();
+    c.task("ops", "z-note", "Something to record.");
+    wait_for("the fourth escalation", Duration::from_secs(10), || {
+        !escalations_of(&c, failed[3].0).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        escalations_of(&c, failed[4].0).is_empty(),
+        "three wait again"
+    );
+}
+
 /// The daemon's diagnostics reach journald as entries of their own, with
 /// their priority, and its stderr (a file here) too.
 #[test]
