@@ -50,8 +50,8 @@ pub use entry::{
 pub use query::{JournalLocation, Matches, QueryError};
 pub use read::{ExportReader, JsonReader, ReadEntry, ReadError, read_export, read_json};
 pub use rebuild::{
-    LogHost, RebuildError, Rebuilder, Rebuilt, rebuild_from_export, rebuild_from_json,
-    verify_chain, verify_chain_from,
+    LogHost, RebuildError, Rebuilder, Rebuilt, UnknownEvent, rebuild_from_export,
+    rebuild_from_json, verify_chain, verify_chain_from,
 };
 
 /// Mirror tuning.

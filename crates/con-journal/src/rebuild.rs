@@ -5,7 +5,7 @@ use std::io::BufRead;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use con_event::{Digest, Envelope, Event, Payload, chain_hash};
+use con_event::{DecodeError, Digest, Envelope, Event, Payload, chain_hash};
 use con_store::{ChainBreak, Head, VerifyReport};
 
 use crate::entry::{BLOB_MESSAGE_ID, field};
@@ -66,6 +66,39 @@ pub struct Rebuilt {
     /// Where each log's entries were written (keyed like
     /// [`Rebuilt::logs`]), as its entry of the lowest seq read says.
     pub hosts: BTreeMap<String, LogHost>,
+    /// Events whose record is intact (it hashes to its `CON_HASH`) but whose
+    /// kind or kind version this build does not know: written by a newer
+    /// con. They are not in [`Rebuilt::logs`]; a reader that needs every
+    /// event (a chain check) must refuse when one of its log is here.
+    pub unknown: Vec<UnknownEvent>,
+}
+
+/// An intact event of a kind or version this build cannot read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownEvent {
+    /// Its `CON_LOG_ID`.
+    pub log_id: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Why it cannot be read (the kind id, or the kind and its version).
+    pub reason: String,
+}
+
+impl Rebuilt {
+    /// The unknown events of `log_id`, as one line for a diagnostic, if
+    /// there are any: how many, and the first.
+    pub fn unknown_in(&self, log_id: &str) -> Option<String> {
+        let mut of_log = self.unknown.iter().filter(|u| u.log_id == log_id);
+        let first = of_log.next()?;
+        let more = of_log.count();
+        Some(format!(
+            "{} event(s) of log {log_id} are of a kind or version this con does not know \
+             (written by a newer con?), first seq {}: {}",
+            more + 1,
+            first.seq,
+            first.reason
+        ))
+    }
 }
 
 /// Where a log's journal entries come from: the fields that tell hosts
@@ -162,6 +195,7 @@ pub struct Rebuilder {
     blobs: BTreeMap<Digest, PartialBlob>,
     repeats: u64,
     other_entries: u64,
+    unknown: Vec<UnknownEvent>,
 }
 
 impl Rebuilder {
@@ -226,8 +260,21 @@ impl Rebuilder {
                 ));
             }
         }
-        let payload = Payload::decode(envelope.kind, envelope.kind_version, &envelope.payload)
-            .map_err(|e| bad(field::RECORD, format!("undecodable payload: {e}")))?;
+        let payload = match Payload::decode(envelope.kind, envelope.kind_version, &envelope.payload)
+        {
+            Ok(payload) => payload,
+            // Intact, and only newer than this build: set apart, not an
+            // error that would hide every other event.
+            Err(e @ (DecodeError::UnknownKind(_) | DecodeError::UnknownVersion { .. })) => {
+                self.unknown.push(UnknownEvent {
+                    log_id,
+                    seq,
+                    reason: e.to_string(),
+                });
+                return Ok(());
+            }
+            Err(e) => return Err(bad(field::RECORD, format!("undecodable payload: {e}"))),
+        };
         let event = Event {
             envelope,
             payload,
@@ -340,6 +387,7 @@ impl Rebuilder {
             blobs: self.inline,
             repeats: self.repeats,
             other_entries: self.other_entries,
+            unknown: self.unknown,
             ..Rebuilt::default()
         };
         for (digest, blob) in self.blobs {

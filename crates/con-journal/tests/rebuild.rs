@@ -583,3 +583,65 @@ fn logs_of_several_hosts_stay_apart_each_with_its_host() {
     );
     assert_eq!(LogHost::default().name(), "-");
 }
+
+/// Entries a newer con wrote (a kind, or a version of a kind, this build
+/// does not know) are intact records: set apart and named, never an error
+/// that hides every other event of the journal.
+#[test]
+fn events_of_a_newer_con_are_set_apart_not_an_error() {
+    let (events, _) = chain();
+    let newer = |base: &Event, kind: u16, version: u16, prev: Digest| -> (ReadEntry, Digest) {
+        let envelope = Envelope {
+            seq: base.seq(),
+            kind,
+            kind_version: version,
+            prev_hash: prev,
+            ..base.envelope.clone()
+        };
+        let record = envelope.encode_record().unwrap();
+        let hash = chain_hash(&prev, &record);
+        let mut entry = entries_for(base);
+        set(&mut entry, field::RECORD, BASE64.encode(&record).as_bytes());
+        set(&mut entry, field::HASH, hash.to_hex().as_bytes());
+        set(&mut entry, field::PREV_HASH, prev.to_hex().as_bytes());
+        (entry, hash)
+    };
+    let known = events[2].envelope.kind;
+    let (fourth, hash) = newer(&events[3], known, 99, events[2].hash);
+    let (fifth, _) = newer(&events[4], 65_000, 1, hash);
+    let mut entries: Vec<ReadEntry> = events[..3].iter().map(entries_for).collect();
+    entries.extend([fourth, fifth]);
+    let rebuilt = rebuild_from_export(&to_export(&entries)[..]).unwrap();
+    let (log_id, log) = rebuilt.logs.first_key_value().unwrap();
+    let seqs: Vec<u64> = log.iter().map(Event::seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let unknown: Vec<(u64, &str)> = rebuilt
+        .unknown
+        .iter()
+        .map(|u| (u.seq, u.reason.as_str()))
+        .collect();
+    let kind_name = kind_by_id(known).unwrap().name;
+    assert_eq!(
+        unknown,
+        [
+            (
+                4,
+                format!("event kind {kind_name} has no version 99").as_str()
+            ),
+            (5, "unknown event kind id 65000")
+        ]
+    );
+    let line = rebuilt.unknown_in(log_id).unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "2 event(s) of log {log_id} are of a kind or version this con does not know"
+        )) && line.contains("first seq 4"),
+        "{line}"
+    );
+    assert!(rebuilt.unknown_in("other").is_none());
+
+    // A record that does not hash to its CON_HASH is still an error.
+    let (mut bad, _) = newer(&events[3], known, 99, events[2].hash);
+    set(&mut bad, field::HASH, "0".repeat(64).as_bytes());
+    assert!(rebuild_from_export(&to_export(&[bad])[..]).is_err());
+}

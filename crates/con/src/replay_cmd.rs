@@ -513,7 +513,7 @@ impl JournalSource {
     fn read_log(&mut self, alternatives: &[Matches]) -> anyhow::Result<Vec<Event>> {
         let mut rebuilt = self.journal.read(alternatives)?;
         self.blobs.append(&mut rebuilt.blobs);
-        Ok(match &self.log_id {
+        let events = match &self.log_id {
             Some(id) => rebuilt.logs.remove(id).unwrap_or_default(),
             None => match rebuilt.logs.len() {
                 0 => Vec::new(),
@@ -549,7 +549,13 @@ impl JournalSource {
                     )
                 }
             },
-        })
+        };
+        if let Some(id) = &self.log_id
+            && let Some(unknown) = rebuilt.unknown_in(id)
+        {
+            eprintln!("con replay: {unknown}; they are left out");
+        }
+        Ok(events)
     }
 
     /// `conjunction` restricted to the log, once it is known.
@@ -612,11 +618,14 @@ impl Source for JournalSource {
             .filter_map(|&k| con_event::kind_by_id(k))
             .map(|spec| self.in_log(vec![("CON_EVENT", spec.journal_name())]))
             .collect();
-        let rebuilt = self.journal.read(&alternatives)?;
+        let mut rebuilt = self.journal.read(&alternatives)?;
         let mut out = Vec::new();
-        for (log_id, events) in rebuilt.logs {
+        for (log_id, events) in std::mem::take(&mut rebuilt.logs) {
             if self.log_id.as_ref().is_some_and(|id| *id != log_id) {
                 continue;
+            }
+            if let Some(unknown) = rebuilt.unknown_in(&log_id) {
+                eprintln!("con replay: {unknown}; they are left out");
             }
             let host = rebuilt.hosts.get(&log_id).cloned().unwrap_or_default();
             out.push((LogOrigin { log_id, host }, of_kinds(events, kinds)));
@@ -632,6 +641,9 @@ impl Source for JournalSource {
         // CON_HASH (and its CON_PREV_HASH is its record's); the walk checks
         // that each links to the one before, from seq 1.
         let mut rebuilt = self.journal.read(&[self.in_log(Vec::new())])?;
+        if let Some(unknown) = rebuilt.unknown_in(&log_id) {
+            anyhow::bail!("--verify: {unknown}: verify with a con that knows them");
+        }
         let events = rebuilt.logs.remove(&log_id).unwrap_or_default();
         let mut chain = con_journal::verify_chain(&events);
         let by_seq: BTreeMap<u64, &Event> = events.iter().map(|e| (e.seq(), e)).collect();

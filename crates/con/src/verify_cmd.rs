@@ -305,6 +305,9 @@ fn against_journal(args: &VerifyArgs, layout: &Layout) -> anyhow::Result<ExitCod
         let mut rebuilt = location
             .read(&[vec![(field::LOG_ID, journal_log_id.clone())]])
             .context("reading the journal")?;
+        if let Some(unknown) = rebuilt.unknown_in(&journal_log_id) {
+            anyhow::bail!("the journal: {unknown}: verify with a con that knows them");
+        }
         let journal = rebuilt.logs.remove(&journal_log_id).unwrap_or_default();
         let mut check = cross_check(&log.records, &journal, &log.blobs, &rebuilt.blobs);
         if log.log_id != journal_log_id {
@@ -434,6 +437,9 @@ fn journal_chains(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     for (log_id, events) in &rebuilt.logs {
         if args.journal.log_id.as_ref().is_some_and(|id| id != log_id) {
             continue;
+        }
+        if let Some(unknown) = rebuilt.unknown_in(log_id) {
+            anyhow::bail!("the journal: {unknown}: verify with a con that knows them");
         }
         let host = rebuilt.hosts.get(log_id).cloned().unwrap_or_default();
         let mut findings = Vec::new();
