@@ -532,11 +532,18 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         .filter(|a| a.roles.iter().any(|r| r == "sysadmin"))
         .map(|a| layout.user(&a.name))
         .collect();
-    let sysadmin_managed = [layout.contracts_dir(), layout.config_overlay_dir()];
-    for dir in &sysadmin_managed {
-        // The sysadmin role manages contracts and the inner config overlay;
-        // the default ACL keeps what root or another sysadmin adds writable.
-        let mut spec = plain("root", "root", 0o755, None);
+    // The sysadmin role manages contracts and the inner config overlay;
+    // the default ACL keeps what root or another sysadmin adds writable.
+    // The contracts directory is sticky: a sysadmin adds and removes its
+    // own files there, never root's (the shipped library, and what `con
+    // contracts add` stored): deleting or renaming one would silence a
+    // check.
+    let sysadmin_managed = [
+        (layout.contracts_dir(), 0o1755),
+        (layout.config_overlay_dir(), 0o755),
+    ];
+    for (dir, mode) in &sysadmin_managed {
+        let mut spec = plain("root", "root", *mode, None);
         for s in &sysadmins {
             spec.named.push((AclTag::User(s.clone()), RWX));
             spec.default_named.push((AclTag::User(s.clone()), RWX));
@@ -643,7 +650,7 @@ pub fn plan(input: &PlanInput, layout: &Layout) -> Result<Plan, ProvisionError> 
         writable
             .entry(s.clone())
             .or_default()
-            .extend(sysadmin_managed.iter().cloned());
+            .extend(sysadmin_managed.iter().map(|(dir, _)| dir.clone()));
     }
     for agent in &config.agents {
         let grants: &[PathBuf] = match agent.tier {

@@ -462,6 +462,46 @@ fn officers_write_policy_operators_write_artifacts_and_everyone_reads() {
     );
 }
 
+/// The sysadmin manages contracts, but root's are root's: the shipped
+/// library cannot be changed, removed or renamed by it (any of which would
+/// silence a check), while its own files come and go. As its uid.
+#[test]
+fn the_sysadmin_cannot_remove_rename_or_change_root_s_contracts() {
+    let host = Host::new();
+    host.bootstrap_profile();
+    let dir = host.path().join("srv/con/contracts");
+    let shipped = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .expect("a shipped contract");
+    let before = std::fs::read(&shipped).unwrap();
+    let shipped = shipped.display();
+    let dir = dir.display();
+    for attack in [
+        format!("rm -f {shipped}"),
+        format!("mv {shipped} {dir}/moved.yaml"),
+        format!("echo 'id: X' > {shipped}"),
+        format!("echo 'id: X' >> {shipped}"),
+    ] {
+        let out = host.as_agent("sysadmin", &attack);
+        assert!(
+            !out.status.success()
+                && (text(&out.stderr).contains("Operation not permitted")
+                    || text(&out.stderr).contains("Permission denied")),
+            "{attack}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(shipped.to_string()).unwrap(), before);
+    // Its own: added, changed and removed.
+    let out = host.as_agent(
+        "sysadmin",
+        &format!("echo 'id: MINE' > {dir}/mine.yaml && mv {dir}/mine.yaml {dir}/mine2.yaml && rm {dir}/mine2.yaml"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 #[test]
 fn bad_names_and_roles_are_refused_before_anything_is_touched() {
     let host = Host::new();
