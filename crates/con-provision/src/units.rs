@@ -201,6 +201,8 @@ fn agent_service(
         "RuntimeMaxSec",
         &format!("{}s", u64::from(agent.max_session_min) * 60 + 60),
     );
+    u.comment("On stop, SIGTERM to the run alone (as the daemon's supervisor does): it kills the command it runs and records the session as `killed`. Sent to the whole cgroup, the command would die first and the session be recorded as the runner's failure. What is left then gets SIGKILL.");
+    u.set("KillMode", "mixed");
     if agent.mode == Mode::Continuous {
         u.set("Restart", "always");
         u.set("RestartSec", &format!("{CONTINUOUS_RESTART_SEC}s"));
