@@ -13,7 +13,9 @@ BIN := target/release/con
 ## sudoers name), bootstrap the profile onto this host (users, groups,
 ## directories, ACLs, sudoers, AGENTS.md, units, nftables egress), verify the
 ## event log if there is one, and run the daemon in the foreground (Ctrl-C
-## stops it cleanly). Under a systemd PID 1 the installed units run it instead.
+## stops it cleanly). Under a systemd PID 1 bootstrap has enabled and started
+## the units, con-daemon.service runs the daemon instead, and `make run` says
+## so and returns.
 run: deps build
 	@echo "==> checking $(CONFIG)"
 	$(BIN) config check $(CONFIG)
@@ -23,9 +25,14 @@ run: deps build
 	@if [ -d "$${CON_ROOT:-}/var/lib/con/events" ]; then \
 	  echo "==> verifying the event log"; $(BIN) verify; \
 	else echo "==> no event log yet: the daemon creates it"; fi
-	@echo "==> starting the daemon; in another shell: $(BIN) status, $(BIN) logs -f, $(BIN) task \"hello\""
-	./scripts/ensure-journald.sh
-	exec /usr/local/bin/con daemon
+	@if { [ -z "$${CON_ROOT:-}" ] || [ "$${CON_ROOT}" = / ]; } \
+	  && systemctl is-active --quiet con-daemon.service 2>/dev/null; then \
+	  echo "==> con-daemon.service runs the daemon (systemd is PID 1: bootstrap enabled and started the units)"; \
+	  echo "    try: con task \"hello\", con status, con logs -f; the daemon's own log: journalctl -u con-daemon -f"; \
+	else \
+	  echo "==> starting the daemon; in another shell: con task \"hello\", con status, con logs -f"; \
+	  ./scripts/ensure-journald.sh && exec /usr/local/bin/con daemon; \
+	fi
 
 ## task: drop MSG into the outer inbox of the running conspiracy (`make run`)
 ## and print the answer when it comes: make task MSG="How full is /var?"

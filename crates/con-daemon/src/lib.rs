@@ -505,6 +505,7 @@ impl Daemon {
         }
         let measuring = tokio::spawn(quota::measure_log(shared.clone()));
         let ledger_files = tokio::spawn(ledger::write_files(shared.clone()));
+        orphans::sweep_at_start(&shared).await;
         let orphans = tokio::spawn(orphans::run(shared.clone()));
         let failed_tasks = tokio::spawn(failed::run(shared.clone()));
 

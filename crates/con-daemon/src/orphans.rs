@@ -4,7 +4,8 @@
 //! the daemon was killed under it and its appends failed, the kernel's OOM
 //! killer took it, a unit was stopped hard. Such a session would stay open
 //! in the record for ever (counted as running in `con status`, missing
-//! from the ledger). At start and then periodically the daemon looks for
+//! from the ledger). At start (before it is ready and any run can start)
+//! and then periodically the daemon looks for
 //! open sessions of agents with **no process left at all**, and records
 //! their end with the outcome `abandoned`. An agent with any live process
 //! is left alone: a run that survived a daemon restart reconnects and ends
@@ -22,16 +23,30 @@ use crate::Shared;
 /// How often open sessions are checked against the live processes.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// Sweeps now, then every [`SWEEP_EVERY`] until the daemon stops.
+/// The sweep at start: awaited before the daemon starts runs or reports
+/// itself ready, so that no run of the agent exists yet. Once one does (a
+/// systemd path unit fires as soon as the daemon is ready, and may take the
+/// very task whose session died), the agent is busy and its dead session
+/// would stay open until it is idle again.
+pub(crate) async fn sweep_at_start(shared: &Arc<Shared>) {
+    match sweep(shared).await {
+        Ok(0) => {}
+        Ok(n) => log::info!("recorded {n} session(s) whose run ended without an end as abandoned"),
+        Err(e) => log::error!("closing abandoned sessions: {e}"),
+    }
+}
+
+/// Sweeps every [`SWEEP_EVERY`] until the daemon stops (the first sweep is
+/// [`sweep_at_start`]'s).
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut stopping = shared.stopping.clone();
     loop {
-        if let Err(e) = sweep(&shared).await {
-            log::error!("closing abandoned sessions: {e}");
-        }
         tokio::select! {
             () = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = stopping.changed() => return,
+        }
+        if let Err(e) = sweep(&shared).await {
+            log::error!("closing abandoned sessions: {e}");
         }
     }
 }

@@ -178,6 +178,9 @@ fn agent_service(
     u.comment("No daemon, no run: the run records through the daemon, so it starts the daemon and stops with it.");
     u.set("BindsTo", DAEMON_UNIT);
     u.set("After", DAEMON_UNIT);
+    u.comment("A path unit whose service hits the start limit fails for good, and the agent takes no task until someone resets it: systemd's default (5 starts in 10 s) is a few quick tasks. A failed run waits 5 s before it exits, so only a runaway reaches this.");
+    u.set("StartLimitIntervalSec", "10s");
+    u.set("StartLimitBurst", "100");
 
     u.section("Service");
     u.set("Type", "exec");
@@ -201,6 +204,8 @@ fn agent_service(
         "RuntimeMaxSec",
         &format!("{}s", u64::from(agent.max_session_min) * 60 + 60),
     );
+    u.comment("On stop, SIGTERM to the run alone (as the daemon's supervisor does): it kills the command it runs and records the session as `killed`. Sent to the whole cgroup, the command would die first and the session be recorded as the runner's failure. What is left then gets SIGKILL.");
+    u.set("KillMode", "mixed");
     if agent.mode == Mode::Continuous {
         u.set("Restart", "always");
         u.set("RestartSec", &format!("{CONTINUOUS_RESTART_SEC}s"));
@@ -414,7 +419,7 @@ fn daemon_service(config: &Config, layout: &Layout) -> String {
     u.set("SyslogIdentifier", "con-daemon");
 
     u.blank();
-    u.comment(&format!("Sandbox: root, because it reads and routes tasks in agents' 0700 directories and owns the root-only event log. It reads {}, writes the log, its socket directory and inboxes, and calls model APIs; nothing else.", layout.etc_dir().display()));
+    u.comment(&format!("Sandbox: root, because it reads and routes tasks in agents' 0700 directories and owns the root-only event log. It reads {}, writes the log, its socket directory and inboxes, evaluates the contracts and calls model APIs; nothing else.", layout.etc_dir().display()));
     u.set("NoNewPrivileges", "yes");
     u.comment("Reading inboxes in agents' 0700 trees, moving tasks out of the sticky outer inbox into the concierge's.");
     u.set(
@@ -441,7 +446,8 @@ fn daemon_service(config: &Config, layout: &Layout) -> String {
             &[layout.state_dir(), layout.runtime_dir(), layout.srv_dir()],
         );
     }
-    u.set("ProtectHome", "yes");
+    u.comment("It evaluates the contracts (`con healthcheck` asks it to), and they check agents' homes (CON-AGENT-001: owners and modes; CON-AGENT-002: AGENTS.md): visible, read-only. Hidden, the first failed on every host and the second passed on nothing.");
+    u.set("ProtectHome", "read-only");
     private_tmp(&mut u, layout);
     confined_protections(&mut u);
     u.set("MemoryDenyWriteExecute", "yes");

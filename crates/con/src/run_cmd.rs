@@ -30,6 +30,13 @@ pub struct RunArgs {
     session_secs: Option<u64>,
 }
 
+/// How long a run that systemd started waits before it exits after a
+/// failure. While a task waits, the agent's path unit starts the run again
+/// as soon as it exits: without the pause a failure (provider down, a
+/// broken `con.toml`) would be retried in a tight loop, and systemd's start
+/// limit would soon fail the path unit for good. SIGTERM ends the pause.
+const SYSTEMD_FAILURE_PAUSE: Duration = Duration::from_secs(5);
+
 /// Runs `con run`.
 pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     con_config::validate_agent_name(&args.agent)
@@ -38,6 +45,28 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     // Before any thread starts (see stop_on_signals).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     con_runner::stop_on_signals(stop.clone())?;
+    let result = drain_inbox(&args, layout, user.dir, stop.clone());
+    // Started by systemd: a unit's main process, child of PID 1, with the
+    // INVOCATION_ID systemd sets. The daemon's supervisor, which backs off
+    // by itself, is the parent of the runs it starts.
+    let by_systemd =
+        std::os::unix::process::parent_id() == 1 && std::env::var_os("INVOCATION_ID").is_some();
+    if by_systemd && !matches!(result, Ok(0)) {
+        let end = Instant::now() + SYSTEMD_FAILURE_PAUSE;
+        while Instant::now() < end && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    result.map(ExitCode::from)
+}
+
+/// Works through the inbox; the exit code: 0, 1, or [`EX_TEMPFAIL`].
+fn drain_inbox(
+    args: &RunArgs,
+    layout: &Layout,
+    dir: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<u8> {
     // No daemon, no audit: nothing happens before the socket answers (the
     // status asked next, and the link once the run may go ahead: a link
     // left idle while waiting would be closed by the daemon).
@@ -57,7 +86,7 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
                 "con run: the event log has failed: {}; not running (tasks stay queued)",
                 view.recording.reason.as_deref().unwrap_or("")
             );
-            return Ok(ExitCode::from(EX_TEMPFAIL));
+            return Ok(EX_TEMPFAIL);
         }
         if !said {
             said = true;
@@ -70,7 +99,7 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             );
         }
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(ExitCode::from(EX_TEMPFAIL));
+            return Ok(EX_TEMPFAIL);
         }
         std::thread::sleep(RECORDING_POLL);
         view = crate::status_cmd::fetch(layout)?;
@@ -87,7 +116,7 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             condition.as_str(),
             args.agent
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let env = con_config::collect_environment(std::env::vars_os())?;
     let config_file = layout.config_file();
@@ -99,7 +128,7 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             args.agent
         )
     })?;
-    let mut run = AgentRun::new(agent, &config.inbox, layout.clone(), user.dir);
+    let mut run = AgentRun::new(agent, &config.inbox, layout.clone(), dir);
     run.stop = stop;
     if let Some(secs) = args.session_secs {
         run.session_limit = Duration::from_secs(secs);
@@ -119,7 +148,7 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
     };
     loop {
         if !waiting.until_allowed()? {
-            return Ok(ExitCode::from(EX_TEMPFAIL));
+            return Ok(EX_TEMPFAIL);
         }
         // A link per pass: one left idle through a long wait would be
         // closed by the daemon.
@@ -140,18 +169,18 @@ pub fn run(args: RunArgs, layout: &Layout) -> anyhow::Result<ExitCode> {
             );
         }
         match drained.stopped {
-            None => return Ok(ExitCode::SUCCESS),
+            None => return Ok(0),
             // Refused for budget mid-run: wait, then go on with the task.
             // At least one poll first, even if the status already says the
             // budget allows (calls in flight count against it too), so a
             // refusal is never retried in a loop.
             Some(Outcome::Budget) => {
                 if !waiting.pause(BUDGET_POLL) {
-                    return Ok(ExitCode::from(EX_TEMPFAIL));
+                    return Ok(EX_TEMPFAIL);
                 }
             }
-            Some(Outcome::ProviderError) => return Ok(ExitCode::from(EX_TEMPFAIL)),
-            Some(_) => return Ok(ExitCode::FAILURE),
+            Some(Outcome::ProviderError) => return Ok(EX_TEMPFAIL),
+            Some(_) => return Ok(1),
         }
     }
 }

@@ -43,6 +43,10 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a container gets to power off after SIGTERM before it is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// systemd-nspawn's exit status when the container's systemd asked for a
+/// reboot (what `RestartForceExitStatus=133` in systemd-nspawn@.service is for).
+const NSPAWN_REBOOT_EXIT: i32 = 133;
+
 /// Journal lines printed when a test fails (`CON_E2E_JOURNAL_LINES` overrides).
 const DEFAULT_JOURNAL_LINES: usize = 400;
 
@@ -91,6 +95,11 @@ pub struct Container {
     name: String,
     dir: PathBuf,
     tools: Tools,
+    /// What a reboot boots again: the same image, writable layer, machine
+    /// name, machine id and network.
+    image_root: PathBuf,
+    uuid: uuid::Uuid,
+    options: BootOptions,
     nspawn: Child,
     /// Host pid of the container's systemd; 0 until it is found.
     pid1: u32,
@@ -130,41 +139,17 @@ impl Container {
         install(&con, &upper.join(CON_PATH.trim_start_matches('/')))?;
         copy_tree(&configs, &upper.join(CONFIGS_PATH.trim_start_matches('/')))?;
 
-        let log_path = dir.join("nspawn.log");
-        let log = fs::File::create(&log_path)
-            .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
-        let mut cmd = Command::new(&tools.nspawn);
-        cmd.arg(format!("--directory={}", image.root().display()))
-            .arg(format!(
-                "--overlay={}:{}:/",
-                overlay_escape(image.root()),
-                overlay_escape(&upper)
-            ))
-            .args(["--boot", "--register=no", "--keep-unit", "--console=pipe"])
-            .arg(format!("--machine={name}"))
-            // Becomes /etc/machine-id (empty in the image).
-            .arg(format!("--uuid={}", uuid::Uuid::new_v4()));
-        if !options.host_network {
-            cmd.arg("--private-network");
-        }
-        // Same process group as the test on purpose: Ctrl-C on `cargo test`
-        // reaches nspawn too, which then powers the container off.
-        let nspawn = cmd
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {}", tools.nspawn.display()), e))?;
-        write_pid(&dir.join("nspawn.pid"), nspawn.id())?;
+        let uuid = uuid::Uuid::new_v4();
+        let nspawn = spawn_nspawn(&tools, image.root(), &dir, &name, uuid, options)?;
 
         // From here on, Drop cleans up whatever happens.
         let mut container = Container {
             name,
             dir,
             tools,
+            image_root: image.root().to_path_buf(),
+            uuid,
+            options: options.clone(),
             nspawn,
             pid1: 0,
             state: BootState::Running,
@@ -178,6 +163,85 @@ impl Container {
         container.state = container.wait_until_up(deadline)?;
         container.boot_time = started.elapsed();
         Ok(container)
+    }
+
+    /// Reboots the container the way an administrator does: `systemctl
+    /// reboot` inside, every unit stopped in order, then systemd-nspawn
+    /// (which exits with 133 when its container asks for a reboot) is
+    /// started again on the same writable layer, machine name and machine
+    /// id, and the boot is waited for as [`Container::boot`] waits. All the
+    /// container wrote — `/etc`, `/var`, `/srv`, the persistent journal —
+    /// is there again; what lives in tmpfs (`/run`, `/tmp`) and processes
+    /// are gone, as on a real host. Units enabled before come up by
+    /// themselves; transient ones (`systemd-run`) do not.
+    pub fn reboot(&mut self) -> Result<()> {
+        let started = Instant::now();
+        // --no-block: the answer must not depend on how far the shutdown
+        // got before this command's own process was killed with the rest.
+        self.exec_ok(&["systemctl", "--no-block", "reboot"])?;
+        let status = self.wait_for_nspawn_exit(SHUTDOWN_TIMEOUT, "after `systemctl reboot`")?;
+        if status.code() != Some(NSPAWN_REBOOT_EXIT) {
+            return Err(self.boot_error(format!(
+                "systemd-nspawn exited with {status} after `systemctl reboot`, not with {NSPAWN_REBOOT_EXIT} (reboot)"
+            )));
+        }
+        self.boot_again(started)
+    }
+
+    /// Reboots the container without shutting anything down: SIGKILL to
+    /// its systemd, which takes every process in it at once (no unit is
+    /// stopped, no daemon flushes or says goodbye), then boots again like
+    /// [`Container::reboot`]. What processes had written to files is kept
+    /// (the host's page cache survives), so this is a crash of everything
+    /// in the container rather than of its disk: it shows what a daemon
+    /// killed mid-write and a session cut off mid-run leave behind.
+    pub fn hard_reboot(&mut self) -> Result<()> {
+        let started = Instant::now();
+        if let Some(pid) = pid_of(self.pid1).filter(|_| self.pid1 != 0) {
+            kill(pid, Signal::SIGKILL)
+                .map_err(|e| Error::io(format!("SIGKILL to pid {}", self.pid1), e.into()))?;
+        }
+        self.wait_for_nspawn_exit(SHUTDOWN_TIMEOUT, "after SIGKILL to its systemd")?;
+        self.boot_again(started)
+    }
+
+    /// Waits for the running systemd-nspawn to exit (the container going
+    /// down) and reaps it.
+    fn wait_for_nspawn_exit(
+        &mut self,
+        limit: Duration,
+        when: &str,
+    ) -> Result<std::process::ExitStatus> {
+        match self.nspawn.wait_timeout(limit) {
+            Ok(Some(status)) => {
+                // Nothing left to enter or signal until the next boot.
+                self.pid1 = 0;
+                Ok(status)
+            }
+            Ok(None) => Err(self.boot_error(format!(
+                "the container did not go down within {limit:?} {when}"
+            ))),
+            Err(e) => Err(Error::io("waiting for systemd-nspawn", e)),
+        }
+    }
+
+    /// Starts systemd-nspawn again on this container's layer and waits for
+    /// the boot; `started` is when the reboot began (for [`Container::boot_time`]).
+    fn boot_again(&mut self, started: Instant) -> Result<()> {
+        self.nspawn = spawn_nspawn(
+            &self.tools,
+            &self.image_root,
+            &self.dir,
+            &self.name,
+            self.uuid,
+            &self.options,
+        )?;
+        let deadline = Instant::now() + self.options.boot_timeout;
+        self.pid1 = self.find_pid1(deadline)?;
+        write_pid(&self.dir.join("pid1"), self.pid1)?;
+        self.state = self.wait_until_up(deadline)?;
+        self.boot_time = started.elapsed();
+        Ok(())
     }
 
     /// The machine name (also the container's hostname).
@@ -196,7 +260,8 @@ impl Container {
     }
 
     /// From the call to boot until systemd reported the boot finished
-    /// (includes claiming a directory and copying con in).
+    /// (includes claiming a directory and copying con in); after a
+    /// [`Container::reboot`], from the reboot's start to the end of the new boot.
     pub fn boot_time(&self) -> Duration {
         self.boot_time
     }
@@ -560,6 +625,54 @@ impl Drop for Container {
             eprintln!("con-e2e: container {}: {e}", self.name);
         }
     }
+}
+
+/// Starts systemd-nspawn booting `image_root` overlaid with `dir/upper`,
+/// its output appended to `dir/nspawn.log`, and records its pid in
+/// `dir/nspawn.pid`.
+fn spawn_nspawn(
+    tools: &Tools,
+    image_root: &Path,
+    dir: &Path,
+    name: &str,
+    uuid: uuid::Uuid,
+    options: &BootOptions,
+) -> Result<Child> {
+    let log_path = dir.join("nspawn.log");
+    // Appended: after a reboot the console of every boot is kept.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+    let mut cmd = Command::new(&tools.nspawn);
+    cmd.arg(format!("--directory={}", image_root.display()))
+        .arg(format!(
+            "--overlay={}:{}:/",
+            overlay_escape(image_root),
+            overlay_escape(&dir.join("upper"))
+        ))
+        .args(["--boot", "--register=no", "--keep-unit", "--console=pipe"])
+        .arg(format!("--machine={name}"))
+        // Becomes /etc/machine-id (empty in the image); the same one at
+        // every boot, so the persistent journal stays this machine's.
+        .arg(format!("--uuid={uuid}"));
+    if !options.host_network {
+        cmd.arg("--private-network");
+    }
+    // Same process group as the test on purpose: Ctrl-C on `cargo test`
+    // reaches nspawn too, which then powers the container off.
+    let nspawn = cmd
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| Error::io(format!("starting {}", tools.nspawn.display()), e))?;
+    write_pid(&dir.join("nspawn.pid"), nspawn.id())?;
+    Ok(nspawn)
 }
 
 /// Under the run directory's lock: cleans up after owners that died, then

@@ -27,7 +27,8 @@ use crate::lock::{self, Lock, Mode};
 
 /// Packages on top of debootstrap's minbase. con needs libacl1 (linked
 /// dynamically), acl, sudo, nftables, iproute2 and procps to provision and
-/// police agents; systemd, systemd-sysv and dbus make it bootable.
+/// police agents; systemd, systemd-sysv and dbus make it bootable; make runs
+/// the README's quick start (`make run`, `make task`) as written.
 pub const DEFAULT_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -38,6 +39,7 @@ pub const DEFAULT_PACKAGES: &[&str] = &[
     "nftables",
     "procps",
     "iproute2",
+    "make",
 ];
 
 /// The Debian release images are made from (the hosts' own release).

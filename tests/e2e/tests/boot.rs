@@ -238,3 +238,56 @@ fn uuid_like() -> String {
         .as_nanos();
     format!("{}-{nanos}", std::process::id())
 }
+
+#[test]
+fn reboots_keep_the_disk_and_the_machine_and_lose_what_is_in_memory() {
+    if !con_e2e::enabled() {
+        return;
+    }
+    let mut c = boot("reboot");
+    c.sh_ok(
+        "set -e\necho kept > /var/lib/marker\necho gone > /run/marker\n\
+         systemd-run --unit=transient sleep 600 >/dev/null",
+    )
+    .unwrap();
+    let machine_id = c.exec_ok(&["cat", "/etc/machine-id"]).unwrap().stdout;
+    let boots = |c: &Container| {
+        c.exec_ok(&["journalctl", "--list-boots", "--no-pager", "-q"])
+            .unwrap()
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    for (n, hard) in [(2, false), (3, true)] {
+        let before = c.pid1();
+        if hard {
+            c.hard_reboot().unwrap();
+        } else {
+            c.reboot().unwrap();
+        }
+        assert_ne!(c.pid1(), before, "a new systemd");
+        assert!(!alive(before), "the old one is gone");
+        assert_eq!(*c.boot_state(), BootState::Running, "hard: {hard}");
+        assert_eq!(
+            c.exec_ok(&["cat", "/var/lib/marker"])
+                .unwrap()
+                .stdout_trimmed(),
+            "kept"
+        );
+        assert!(!c.exec(&["test", "-e", "/run/marker"]).unwrap().success());
+        let transient = c
+            .exec(&["systemctl", "is-active", "transient.service"])
+            .unwrap();
+        assert_ne!(transient.stdout_trimmed(), "active", "{transient}");
+        assert_eq!(
+            c.exec_ok(&["cat", "/etc/machine-id"]).unwrap().stdout,
+            machine_id
+        );
+        assert_eq!(boots(&c), n, "the journal keeps every boot");
+        assert_eq!(c.exec_ok(&["hostname"]).unwrap().stdout_trimmed(), c.name());
+    }
+    let dir = c.state_dir().to_path_buf();
+    drop(c);
+    assert!(!dir.exists(), "removed after its reboots");
+}
