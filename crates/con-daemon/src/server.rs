@@ -284,6 +284,7 @@ async fn handle(
         Request::Status => status(shared, identity, wr).await,
         Request::Llm(call) => llm(shared, identity, call, wr).await,
         Request::Blob(request) => blob(shared, identity, request, wr).await,
+        Request::Blobs(requests) => blobs(shared, identity, requests, wr).await,
         Request::SetCondition(order) => set_condition(shared, identity, order, wr).await,
         Request::RunChecks => run_checks(shared, identity, wr).await,
         Request::Verify => verify(shared, identity, wr).await,
@@ -832,11 +833,79 @@ async fn blob(
     request: BlobRequest,
     wr: &mut OwnedWriteHalf,
 ) -> Result<(), Closed> {
-    let lookup = shared.clone();
-    let reader = identity.agent().map(str::to_owned);
-    let found = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
-        let store = &lookup.store;
-        if let Some(me) = &reader {
+    blobs(shared, identity, vec![request], wr).await
+}
+
+/// Answers each of `requests` in order, as [`blob_answer`] says: looked up
+/// on blocking threads in groups of at most [`BLOBS_ANSWER_BYTES`] of
+/// answer (so a batch of large blobs is never all in memory at once), each
+/// group written at once.
+async fn blobs(
+    shared: &Arc<Shared>,
+    identity: &Identity,
+    requests: Vec<BlobRequest>,
+    wr: &mut OwnedWriteHalf,
+) -> Result<(), Closed> {
+    if requests.len() > con_protocol::MAX_BLOBS_PER_REQUEST {
+        return refuse(
+            wr,
+            ErrorCode::TooLarge,
+            format!(
+                "{} blobs asked for at once; at most {}",
+                requests.len(),
+                con_protocol::MAX_BLOBS_PER_REQUEST
+            ),
+        )
+        .await;
+    }
+    let mut pending: Vec<BlobRequest> = requests;
+    while !pending.is_empty() {
+        let lookup = shared.clone();
+        let who = identity.clone();
+        let group =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, Vec<BlobRequest>), String> {
+                let mut frames = Vec::new();
+                let mut requests = pending.into_iter();
+                while frames.len() < BLOBS_ANSWER_BYTES
+                    && let Some(request) = requests.next()
+                {
+                    let frame = encode_frame(&blob_answer(&lookup.store, &who, &request))
+                        .or_else(|e| {
+                            encode_frame(&Response::Error {
+                                code: ErrorCode::Unavailable,
+                                message: e.to_string(),
+                            })
+                        })
+                        .map_err(|e| e.to_string())?;
+                    frames.extend(frame);
+                }
+                Ok((frames, requests.collect()))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let (frames, rest) = match group {
+            Ok(group) => group,
+            // Answers owed would never come: say why and close.
+            Err(e) => {
+                let _ = refuse(wr, ErrorCode::Unavailable, e).await;
+                return Err(Closed);
+            }
+        };
+        wr.write_all(&frames).await.map_err(|_| Closed)?;
+        pending = rest;
+    }
+    Ok(())
+}
+
+/// Answer bytes one group of [`blobs`] looks up before writing them.
+const BLOBS_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// The answer to one blob request: the chunk asked for, or why not.
+/// Operators may read any blob; an agent only those referenced by events it
+/// may read (not found and not its own read the same to it).
+fn blob_answer(store: &con_store::Store, identity: &Identity, request: &BlobRequest) -> Response {
+    let found = (|| -> Result<Option<Vec<u8>>, String> {
+        if let Some(me) = identity.agent() {
             let mut readable = false;
             for record in store
                 .blob_referrers(&request.digest)
@@ -855,9 +924,7 @@ async fn blob(
             }
         }
         store.blob(&request.digest).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    })();
     let bytes = match found {
         Ok(Some(bytes)) => bytes,
         Ok(None) => {
@@ -874,9 +941,14 @@ async fn blob(
                     format!("no blob sha256:{} in the event log", request.digest),
                 ),
             };
-            return refuse(wr, code, message).await;
+            return Response::Error { code, message };
         }
-        Err(e) => return refuse(wr, ErrorCode::Unavailable, e).await,
+        Err(message) => {
+            return Response::Error {
+                code: ErrorCode::Unavailable,
+                message,
+            };
+        }
     };
     let total_len = bytes.len() as u64;
     let start = usize::try_from(request.offset)
@@ -884,15 +956,11 @@ async fn blob(
         .min(bytes.len());
     let limit = request.limit.min(BLOB_CHUNK_BYTES) as usize;
     let end = start.saturating_add(limit).min(bytes.len());
-    send(
-        wr,
-        &Response::Blob(BlobChunk {
-            total_len,
-            offset: start as u64,
-            bytes: bytes[start..end].to_vec(),
-        }),
-    )
-    .await
+    Response::Blob(BlobChunk {
+        total_len,
+        offset: start as u64,
+        bytes: bytes[start..end].to_vec(),
+    })
 }
 
 /// The refusal for an agent asking what only operators may `what`.

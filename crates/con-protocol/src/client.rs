@@ -196,27 +196,24 @@ impl Client {
         digests: &[Digest],
     ) -> Result<Vec<Result<Vec<u8>, ClientError>>, ClientError> {
         let mut out = Vec::with_capacity(digests.len());
+        let mut batched = true;
         for window in digests.chunks(BLOB_PIPELINE) {
-            let mut frames = Vec::new();
-            for digest in window {
-                frames.extend(encode_frame(&Request::Blob(BlobRequest {
-                    digest: *digest,
-                    offset: 0,
-                    limit: BLOB_CHUNK_BYTES,
-                }))?);
-            }
-            if let Err(e) = self.stream.write_all(&frames) {
-                return Err(self.io(e));
-            }
-            let mut firsts = Vec::with_capacity(window.len());
-            for _ in window {
-                firsts.push(match self.receive() {
-                    Ok(Response::Blob(chunk)) => Ok(chunk),
-                    Ok(_) => return Err(ClientError::Unexpected),
-                    Err(refused @ ClientError::Refused { .. }) => Err(refused),
-                    Err(e) => return Err(e),
-                });
-            }
+            let firsts = match batched.then(|| self.first_chunks_batched(window)) {
+                Some(Ok(firsts)) => firsts,
+                // A daemon older than `Request::Blobs` refuses it as a bad
+                // frame and closes the connection: connect again and ask
+                // one blob at a time.
+                Some(Err(ClientError::Refused {
+                    code: ErrorCode::BadFrame,
+                    ..
+                })) if out.is_empty() => {
+                    batched = false;
+                    self.reconnect()?;
+                    self.first_chunks_pipelined(window)?
+                }
+                Some(Err(e)) => return Err(e),
+                None => self.first_chunks_pipelined(window)?,
+            };
             // Answers to the whole window are read: the rest of a large
             // blob is asked for on a quiet connection.
             for (digest, first) in window.iter().zip(firsts) {
@@ -232,6 +229,79 @@ impl Client {
             }
         }
         Ok(out)
+    }
+
+    /// The first chunk of each of `window` (or its refusal), asked for in
+    /// one [`Request::Blobs`].
+    fn first_chunks_batched(
+        &mut self,
+        window: &[Digest],
+    ) -> Result<Vec<Result<BlobChunk, ClientError>>, ClientError> {
+        self.send(&Request::Blobs(
+            window
+                .iter()
+                .map(|digest| BlobRequest {
+                    digest: *digest,
+                    offset: 0,
+                    limit: BLOB_CHUNK_BYTES,
+                })
+                .collect(),
+        ))?;
+        self.first_chunks(window.len())
+    }
+
+    /// The first chunk of each of `window` (or its refusal), one
+    /// [`Request::Blob`] each, all sent before the answers are read.
+    fn first_chunks_pipelined(
+        &mut self,
+        window: &[Digest],
+    ) -> Result<Vec<Result<BlobChunk, ClientError>>, ClientError> {
+        let mut frames = Vec::new();
+        for digest in window {
+            frames.extend(encode_frame(&Request::Blob(BlobRequest {
+                digest: *digest,
+                offset: 0,
+                limit: BLOB_CHUNK_BYTES,
+            }))?);
+        }
+        if let Err(e) = self.stream.write_all(&frames) {
+            return Err(self.io(e));
+        }
+        self.first_chunks(window.len())
+    }
+
+    /// `n` blob answers: a refusal (not found, not the caller's) is that
+    /// blob's result and the connection goes on; anything else unexpected
+    /// ends the call.
+    fn first_chunks(
+        &mut self,
+        n: usize,
+    ) -> Result<Vec<Result<BlobChunk, ClientError>>, ClientError> {
+        let mut firsts = Vec::with_capacity(n);
+        for i in 0..n {
+            firsts.push(match self.receive() {
+                Ok(Response::Blob(chunk)) => Ok(chunk),
+                Ok(_) => return Err(ClientError::Unexpected),
+                // The whole request refused (an old daemon's bad frame):
+                // the caller's to handle.
+                Err(
+                    refused @ ClientError::Refused {
+                        code: ErrorCode::BadFrame,
+                        ..
+                    },
+                ) if i == 0 => return Err(refused),
+                Err(refused @ ClientError::Refused { .. }) => Err(refused),
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(firsts)
+    }
+
+    /// A new connection to the same socket, with the same timeout.
+    fn reconnect(&mut self) -> Result<(), ClientError> {
+        let timeout = self.timeout;
+        *self = Self::connect(Path::new(&self.path))?;
+        self.set_timeout(timeout)
     }
 
     /// One chunk of a blob from `offset`.
@@ -388,5 +458,70 @@ impl Client {
                 _ => return Err(ClientError::Unexpected),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+    use crate::{BlobChunk, decode_body};
+
+    fn read_request(stream: &mut UnixStream) -> Option<Request> {
+        let mut prefix = [0u8; LEN_BYTES];
+        stream.read_exact(&mut prefix).ok()?;
+        let mut rest = vec![0u8; check_len(prefix).unwrap()];
+        stream.read_exact(&mut rest).unwrap();
+        Some(decode_body(&rest).unwrap_or(Request::Status))
+    }
+
+    /// Against a daemon from before `Request::Blobs` (it refuses the
+    /// unknown request as a bad frame and closes), `blobs` connects again
+    /// and asks one blob at a time.
+    #[test]
+    fn blobs_fall_back_to_one_request_each_with_an_older_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("con.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let contents: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let digests: Vec<Digest> = contents.iter().map(|c| Digest::of(c)).collect();
+        let served = contents.clone();
+        let old_daemon = std::thread::spawn(move || {
+            let (mut first, _) = listener.accept().unwrap();
+            assert!(matches!(read_request(&mut first), Some(Request::Blobs(_))));
+            first
+                .write_all(
+                    &encode_frame(&Response::Error {
+                        code: ErrorCode::BadFrame,
+                        message: "malformed frame".into(),
+                    })
+                    .unwrap(),
+                )
+                .unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().unwrap();
+            let mut asked = 0;
+            while let Some(Request::Blob(r)) = read_request(&mut second) {
+                asked += 1;
+                let content = served.iter().find(|c| Digest::of(c) == r.digest).unwrap();
+                let chunk = BlobChunk {
+                    total_len: content.len() as u64,
+                    offset: 0,
+                    bytes: content.clone(),
+                };
+                second
+                    .write_all(&encode_frame(&Response::Blob(chunk)).unwrap())
+                    .unwrap();
+            }
+            asked
+        });
+        let mut client =
+            Client::connect_with_timeout(&socket, std::time::Duration::from_secs(5)).unwrap();
+        let answers = client.blobs(&digests).unwrap();
+        let answers: Vec<Vec<u8>> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers, contents);
+        drop(client);
+        assert_eq!(old_daemon.join().unwrap(), 3);
     }
 }

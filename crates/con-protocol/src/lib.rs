@@ -271,7 +271,16 @@ pub enum Request {
     /// operators, and agents the config lets add contracts (the sysadmin
     /// role, tier operator or above); refused for any other agent.
     AddContract(AddContract),
+    /// Several blob parts at once (at most [`MAX_BLOBS_PER_REQUEST`]);
+    /// answered with one [`Response::Blob`] or [`Response::Error`] per
+    /// request, in order, each as [`Request::Blob`] would be. One request
+    /// and one lookup on the daemon's side for a replayed session's
+    /// hundreds of contents, instead of one each.
+    Blobs(Vec<BlobRequest>),
 }
+
+/// Most blob parts one [`Request::Blobs`] may ask for.
+pub const MAX_BLOBS_PER_REQUEST: usize = 64;
 
 /// What one routing pass of the outer inbox did ([`Request::RouteInbox`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,7 +416,7 @@ pub enum Response {
     /// Answer to [`Request::Llm`] (after `Error`: variant indexes of a
     /// protocol version never move).
     Llm(LlmAnswer),
-    /// Answer to [`Request::Blob`].
+    /// Answer to [`Request::Blob`] (and to each of [`Request::Blobs`]).
     Blob(BlobChunk),
     /// Answer to [`Request::RunChecks`]: each result as recorded.
     Checks(Vec<CheckView>),

@@ -219,6 +219,25 @@ fn client_as_other_user() {
                 Err(e) => format!("ERROR {e}"),
             }
         }
+        "blobs" => {
+            let digests: Vec<con_event::Digest> = std::env::var("CON_TEST_BLOB")
+                .unwrap()
+                .split(',')
+                .map(|d| con_event::Digest::from_hex(d).unwrap())
+                .collect();
+            match Client::connect(&socket).and_then(|mut c| c.blobs(&digests)) {
+                Ok(answers) => answers
+                    .into_iter()
+                    .map(|a| match a {
+                        Ok(bytes) => format!("BLOB {}", bytes.len()),
+                        Err(ClientError::Refused { code, .. }) => format!("REFUSED {code:?}"),
+                        Err(e) => format!("ERROR {e}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                Err(e) => format!("ERROR {e}"),
+            }
+        }
         "frame-flood" => {
             let len: usize = std::env::var("CON_TEST_FRAME").unwrap().parse().unwrap();
             let threads: Vec<_> = (0..64)
@@ -1186,6 +1205,20 @@ fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
         missing.replace(&con_event::Digest::of(b"nothing").to_hex(), "X"),
         refused.replace(&digest.to_hex(), "X")
     );
+    // Asked for together, each is judged on its own, in order.
+    let batch = |user: &TestUser, digests: &[con_event::Digest]| {
+        let list: Vec<String> = digests.iter().map(|d| d.to_hex()).collect();
+        run_as_with(user, &root, "blobs", &[("CON_TEST_BLOB", list.join(","))])
+    };
+    let nothing = con_event::Digest::of(b"nothing");
+    assert_eq!(
+        batch(&sysadmin, &[digest, nothing, digest]),
+        format!("BLOB {0}; REFUSED Forbidden; BLOB {0}", prompt.len())
+    );
+    assert_eq!(
+        batch(&strategist, &[digest, nothing]),
+        "REFUSED Forbidden; REFUSED Forbidden"
+    );
     // An operator reads any blob, in chunks, checked against its digest.
     let mut client = Client::connect(&root.socket()).unwrap();
     assert_eq!(client.blob(digest).unwrap(), prompt);
@@ -1193,9 +1226,8 @@ fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
         Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
         other => panic!("{other:?}"),
     }
-    // Many at once, pipelined over several windows: each answer in its
-    // place, a refusal only that blob's, the connection still usable.
-    let nothing = con_event::Digest::of(b"nothing");
+    // Many at once, in several batches: each answer in its place, a
+    // refusal only that blob's, the connection still usable.
     let wanted: Vec<_> = (0..3 * con_protocol::BLOB_PIPELINE + 5)
         .map(|i| if i % 7 == 3 { nothing } else { digest })
         .collect();
@@ -1211,6 +1243,32 @@ fn an_agent_reads_the_blobs_of_its_own_events_and_no_other_agents() {
         }
     }
     assert_eq!(client.blob(digest).unwrap(), prompt);
+    // A batch over the limit is refused whole, and says the limit.
+    let mut raw = UnixStream::connect(root.socket()).unwrap();
+    let over = con_protocol::Request::Blobs(
+        (0..=con_protocol::MAX_BLOBS_PER_REQUEST)
+            .map(|_| con_protocol::BlobRequest {
+                digest,
+                offset: 0,
+                limit: 16,
+            })
+            .collect(),
+    );
+    raw.write_all(&con_protocol::encode_frame(&over).unwrap())
+        .unwrap();
+    let mut prefix = [0u8; 4];
+    raw.read_exact(&mut prefix).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    raw.read_exact(&mut body).unwrap();
+    let mut frame = prefix.to_vec();
+    frame.extend(body);
+    match con_protocol::decode_frame::<con_protocol::Response>(&frame) {
+        Ok(Some((con_protocol::Response::Error { code, message }, _))) => {
+            assert_eq!(code, ErrorCode::TooLarge);
+            assert!(message.contains("at most 64"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Damages the last record of a log the way a crash, a bad disk or a hand
