@@ -199,6 +199,13 @@ pub struct Inbox {
     /// Sessions of one task that may end in a provider or runner error
     /// before the task is set aside (`max_attempts`, default 3).
     pub max_attempts: u32,
+    /// `stalled_after` as written (default `10m`): tasks waiting this long
+    /// in an active agent's inbox with no run of it going are a problem in
+    /// `con status` (a failed path unit, a supervisor that does not start
+    /// runs).
+    pub stalled_after: String,
+    /// The same in seconds (always > 0).
+    pub stalled_after_secs: u64,
 }
 
 /// `[infra]` (parsed and validated only).

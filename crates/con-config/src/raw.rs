@@ -200,6 +200,7 @@ pub(crate) struct RawDashboard {
 pub(crate) struct RawInbox {
     pub max_task_kb: Option<i64>,
     pub max_attempts: Option<i64>,
+    pub stalled_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

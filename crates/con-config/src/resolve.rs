@@ -49,6 +49,9 @@ pub(crate) mod defaults {
     pub const LOG_MIN_FREE_MB: u64 = 8;
     /// Default `[infra] client_idle_timeout`.
     pub const CLIENT_IDLE_TIMEOUT: &str = "10m";
+    /// Default `[inbox] stalled_after`: far longer than any start of a run,
+    /// short enough that an operator hears of a stuck inbox the same hour.
+    pub const STALLED_AFTER: &str = "10m";
     /// A MiB short of a TiB: anything larger is a typo.
     pub const LOG_MIN_FREE_MAX_MB: u64 = 1024 * 1024 - 1;
     /// Well above an honest run's largest event: an exec runner's output
@@ -528,9 +531,18 @@ fn resolve_inbox(raw: &RawConfig, path: &Path) -> Result<Inbox, ConfigError> {
                 )
             })?,
     };
+    let stalled_after = raw
+        .inbox
+        .as_ref()
+        .and_then(|i| i.stalled_after.clone())
+        .unwrap_or_else(|| defaults::STALLED_AFTER.to_owned());
+    let stalled_after_secs = crate::parse_duration_secs(&stalled_after)
+        .map_err(|m| ConfigError::section(path, "inbox.stalled_after", m))?;
     Ok(Inbox {
         max_task_bytes: kb * 1024,
         max_attempts,
+        stalled_after,
+        stalled_after_secs,
     })
 }
 

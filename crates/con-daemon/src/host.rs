@@ -83,6 +83,10 @@ impl HostConfig {
                     daemon.client_idle_timeout.as_secs().to_string(),
                 ),
                 (
+                    "inbox.stalled_after",
+                    daemon.stalled_after.as_secs().to_string(),
+                ),
+                (
                     "infra.supervisor",
                     daemon
                         .supervisor
@@ -159,6 +163,7 @@ impl DaemonConfig {
             checkpoints: crate::CheckpointSettings::default(),
             drain_timeout: DRAIN_TIMEOUT,
             client_idle_timeout: Duration::from_secs(config.infra.client_idle_timeout_secs),
+            stalled_after: Duration::from_secs(config.inbox.stalled_after_secs),
             supervisor: Some(SupervisorConfig {
                 run_program,
                 // Runs see the same tree, config and names as the daemon.

@@ -83,6 +83,10 @@ pub struct DaemonConfig {
     /// an agent session it recorded events for is still open
     /// (`[infra] client_idle_timeout`).
     pub client_idle_timeout: Duration,
+    /// How long tasks may wait in an active agent's inbox, with no run of
+    /// it going, before `con status` lists them as a problem
+    /// (`[inbox] stalled_after`).
+    pub stalled_after: Duration,
     /// Start agent runs from the daemon (no systemd), if set.
     pub supervisor: Option<SupervisorConfig>,
     /// Inboxes whose arrivals are recorded (the outer one and every agent's).

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use con_event::payloads::{AgentState, CheckStatus, Outcome, Trust};
+use con_event::payloads::{AgentCondition, AgentState, CheckStatus, Outcome, Trust};
 use con_event::{Actor, Event, NewEvent, Payload, SessionId};
 use con_protocol::{
     AgentView, BLOB_CHUNK_BYTES, BlobChunk, BlobRequest, Caller, CallerRole, CheckView,
@@ -1408,6 +1408,30 @@ async fn status(
     send(wr, &Response::Status(view)).await
 }
 
+/// The `.task` files directly in `inbox` and when the oldest of them last
+/// changed (its ctime: a rename into the inbox sets it), if there are any.
+fn waiting_tasks(inbox: &std::path::Path) -> Option<(usize, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut count = 0;
+    let mut oldest: Option<std::time::SystemTime> = None;
+    for entry in std::fs::read_dir(inbox).ok()?.flatten() {
+        if !entry.file_name().as_encoded_bytes().ends_with(b".task") {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                u64::try_from(meta.ctime()).unwrap_or(0),
+                u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+            );
+        count += 1;
+        oldest = Some(oldest.map_or(changed, |o| o.min(changed)));
+    }
+    oldest.map(|o| (count, o))
+}
+
 /// What is wrong now, as `identity` may see it (see
 /// [`con_protocol::StatusView::problems`]): from the gateway's
 /// configuration (no model calls, budget spent) and the fleet status (the
@@ -1498,6 +1522,44 @@ fn problems(
                 String::new()
             },
             seq: Some(check.seq),
+            task: None,
+            session: None,
+        });
+    }
+    for (agent, status) in &fleet.agents {
+        if !configured.contains(agent)
+            || !visible(Some(agent))
+            || status.condition != AgentCondition::Active
+            || status.running_sessions > 0
+            || status.inbox_depth == 0
+        {
+            continue;
+        }
+        let Some((waiting, oldest)) = waiting_tasks(&shared.config.layout.agent_inbox(agent))
+        else {
+            continue;
+        };
+        let Ok(waited) = oldest.elapsed() else {
+            continue;
+        };
+        if waited < shared.config.stalled_after {
+            continue;
+        }
+        let hint = match &shared.config.supervisor {
+            Some(s) if s.start_runs => "the daemon starts its runs: see its log",
+            _ => "its runs are started by systemd: `systemctl status con-agent@<agent>.path`",
+        };
+        out.push(ProblemView {
+            kind: ProblemKind::TasksStalled,
+            agent: Some(agent.clone()),
+            message: format!(
+                "agent {agent} has {waiting} task(s) waiting, the oldest for {} min, and no run \
+                 is taking them ({})",
+                waited.as_secs() / 60,
+                hint.replace("<agent>", agent)
+            ),
+            detail: String::new(),
+            seq: None,
             task: None,
             session: None,
         });

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Layout version of [`StatusView`]. Bumped whenever a field is added,
 /// removed or changes meaning; readers check it before anything else.
-pub const STATUS_VIEW_VERSION: u16 = 5;
+pub const STATUS_VIEW_VERSION: u16 = 6;
 
 /// Current state of the conspiracy as the daemon sees it, for one caller.
 /// Operators see everything; an agent that sees the fleet (an officer, or
@@ -46,7 +46,8 @@ pub struct StatusView {
     pub alerts: Vec<AlertView>,
     /// What is wrong now, for this caller: agents that cannot make model
     /// calls (and why), sessions that ended early, failing checks, tasks
-    /// set aside that are still in `failed/`. Operators see all, with
+    /// set aside that are still in `failed/`, inboxes nothing takes tasks
+    /// from (since view 6). Operators see all, with
     /// details; a fleet viewer all, with details only of its own; any other
     /// agent its own. Since view 4.
     pub problems: Vec<ProblemView>,
@@ -72,6 +73,10 @@ pub enum ProblemKind {
     /// agent's `failed/`: it stops being one when an operator removes it
     /// or moves it back into an inbox.
     TaskFailed,
+    /// Tasks have waited in an active agent's inbox for at least `[inbox]
+    /// stalled_after` while no run of it is going: nothing is taking them
+    /// (a failed path unit, runs that do not start). Since view 6.
+    TasksStalled,
 }
 
 impl ProblemKind {
@@ -83,6 +88,7 @@ impl ProblemKind {
             ProblemKind::SessionEndedEarly => "session_ended_early",
             ProblemKind::CheckFailing => "check_failing",
             ProblemKind::TaskFailed => "task_failed",
+            ProblemKind::TasksStalled => "tasks_stalled",
         }
     }
 }

@@ -1998,6 +1998,65 @@ fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
 }
 
 /// `con status` as root, or as `user`, with `args`: its standard output.
+/// Tasks that wait in an active agent's inbox for `[inbox] stalled_after`
+/// while no run of it is going are a problem in `con status` (here nothing
+/// starts runs, as when an agent's path unit has failed); a run that takes
+/// them, or a halt that explains them, ends it.
+#[test]
+fn tasks_nothing_takes_are_a_problem_in_status() {
+    let model = ScriptedServer::start(vec![Step::text("done"), Step::text("done too")]);
+    let c = Conspiracy::new(
+        "openai-compatible",
+        &model.base_url(),
+        &[agent("scribe", "worker", ""), agent("clerk", "worker", "")],
+    );
+    let config = c.root.path().join("etc/con/con.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str("\n[inbox]\nstalled_after = \"1s\"\n");
+    std::fs::write(&config, toml).unwrap();
+    let _daemon = c.daemon();
+    let stalled = |c: &Conspiracy| -> Vec<serde_json::Value> {
+        let json: serde_json::Value =
+            serde_json::from_str(&con_status(c, None, &["--json"])).unwrap();
+        json["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "tasks_stalled")
+            .cloned()
+            .collect()
+    };
+    c.task("scribe", "t-1", "Something to answer.");
+    c.task("scribe", "t-2", "Something else.");
+    c.task("clerk", "t-3", "Something for the clerk.");
+    ok(&Command::new(CON)
+        .args(c.root.con_flags())
+        .args(["agent", "halt", "clerk"])
+        .output()
+        .unwrap());
+    assert!(stalled(&c).is_empty(), "not before stalled_after");
+    std::thread::sleep(Duration::from_millis(1500));
+    let problems = stalled(&c);
+    assert_eq!(
+        problems.len(),
+        1,
+        "the halted clerk's wait is explained: {problems:?}"
+    );
+    assert_eq!(problems[0]["agent"], "scribe");
+    let message = problems[0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("agent scribe has 2 task(s) waiting, the oldest for 0 min")
+            && message.contains("systemctl status con-agent@scribe.path"),
+        "{message}"
+    );
+    assert!(
+        con_status(&c, None, &[]).contains("agent scribe has 2 task(s) waiting"),
+        "in the text view too"
+    );
+    ok(&c.run("scribe", &[]));
+    assert!(stalled(&c).is_empty(), "taken: {:?}", stalled(&c));
+}
+
 pub(crate) fn con_status(c: &Conspiracy, user: Option<&TestUser>, args: &[&str]) -> String {
     let mut cmd = match user {
         Some(u) => u.command_with_groups(CON),
