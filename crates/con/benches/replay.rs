@@ -720,21 +720,7 @@ fn main() {
     // The status view needs the fleet projection folded through the head
     // (the ledger is folded at start too, for its files): on a log without
     // their checkpoints, a fold of every event.
-    let catch_up = Instant::now();
-    while !con_cmd(&root)
-        .arg("status")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(
-            catch_up.elapsed().as_secs() < 600,
-            "no status after 10 minutes"
-        );
-    }
-    let catch_up = catch_up.elapsed();
+    let catch_up = answered_since(&root, Instant::now());
     std::thread::sleep(std::time::Duration::from_secs(3));
     let rss_started = rss_mib(daemon.pid());
     let from_daemon = stdout_of({
@@ -771,20 +757,7 @@ fn main() {
         &["--supervisor", "systemd"],
         &[],
     );
-    while !con_cmd(&root)
-        .arg("status")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(
-            restart.elapsed().as_secs() < 600,
-            "no status after 10 minutes"
-        );
-    }
-    let restart = restart.elapsed();
+    let restart = answered_since(&root, restart);
     drop(restarted);
     eprintln!("load average after: {}", load());
 
@@ -844,6 +817,25 @@ fn main() {
         restart.as_secs_f64()
     );
     println!("log id {}, session {session}", data.log_id);
+}
+
+/// How long after `since` the daemon on `root` first answered `con status`
+/// (asked until it does, for at most 10 minutes).
+fn answered_since(root: &Path, since: Instant) -> std::time::Duration {
+    while !con_cmd(root)
+        .arg("status")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            since.elapsed().as_secs() < 600,
+            "no status after 10 minutes"
+        );
+    }
+    since.elapsed()
 }
 
 /// A `Root`-like handle on the bench's own root directory, for `Daemon`.
