@@ -306,14 +306,15 @@ impl<P: Projection> ProjectionCache<P> {
 }
 
 /// The projection `P` through the durable head, from its checkpoint when
-/// there is one (and saving a new one). A state too large for a checkpoint
-/// is still computed, from the whole log.
+/// there is one (and saving a new one). If that fails (a checkpoint that
+/// cannot be saved on a full disk, a state too large for one), it is
+/// folded from the whole log, reading only: a checkpoint is a cache, and
+/// what the daemon starts from must not depend on it.
 pub(crate) fn project_or_fold<P: Projection>(store: &Store) -> Result<P, StoreError> {
     match store.project::<P>() {
         Ok(state) => Ok(state),
-        Err(ProjectionError::Store(e)) => Err(e),
-        Err(e @ ProjectionError::State { .. }) => {
-            log::error!("{e}; folding the whole log instead");
+        Err(e) => {
+            log::error!("{}: {e}; folding the whole log instead", P::NAME);
             let mut state = P::default();
             for event in store.events_from(1) {
                 state.apply(&event?);
