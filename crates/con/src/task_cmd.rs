@@ -111,9 +111,19 @@ fn wait_for_answer(layout: &Layout, id: &str, timeout: Duration) -> anyhow::Resu
             Ok(ExitCode::FAILURE)
         }
         (Err(ClientError::NoAnswer { .. }), None) => {
+            let waited = timeout.as_secs();
+            // What the daemon knows is wrong says more than a guess.
+            let problems: Vec<String> = crate::status_cmd::fetch(layout)
+                .map(|view| view.problems.into_iter().map(|p| p.message).collect())
+                .unwrap_or_default();
+            if problems.is_empty() {
+                anyhow::bail!(
+                    "task {id}: no session of it ended within {waited} s (is an agent running it? `con status`)"
+                )
+            }
             anyhow::bail!(
-                "task {id}: no session of it ended within {} s (is an agent running it? `con status`)",
-                timeout.as_secs()
+                "task {id}: no session of it ended within {waited} s; `con status` lists: {}",
+                con_event::escape_control(&problems.join("; "))
             )
         }
         (Err(e), None) => Err(e.into()),

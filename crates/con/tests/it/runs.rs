@@ -2004,7 +2004,11 @@ fn with_no_key_con_task_wait_names_the_missing_variable_and_the_file() {
 /// them, or a halt that explains them, ends it.
 #[test]
 fn tasks_nothing_takes_are_a_problem_in_status() {
-    let model = ScriptedServer::start(vec![Step::text("done"), Step::text("done too")]);
+    let model = ScriptedServer::start(vec![
+        Step::text("done"),
+        Step::text("done too"),
+        Step::text("and this"),
+    ]);
     let c = Conspiracy::new(
         "openai-compatible",
         &model.base_url(),
@@ -2052,6 +2056,27 @@ fn tasks_nothing_takes_are_a_problem_in_status() {
     assert!(
         con_status(&c, None, &[]).contains("agent scribe has 2 task(s) waiting"),
         "in the text view too"
+    );
+    // Waiting for an answer that cannot come says why.
+    let wait = Command::new(CON)
+        .args(c.root.con_flags())
+        .args([
+            "task",
+            "--to",
+            "scribe",
+            "--wait",
+            "--timeout",
+            "2",
+            "One more.",
+        ])
+        .output()
+        .unwrap();
+    assert!(!wait.status.success());
+    let said = String::from_utf8_lossy(&wait.stderr);
+    assert!(
+        said.contains("no session of it ended within 2 s; `con status` lists: ")
+            && said.contains("agent scribe has 3 task(s) waiting"),
+        "{said}"
     );
     ok(&c.run("scribe", &[]));
     assert!(stalled(&c).is_empty(), "taken: {:?}", stalled(&c));
