@@ -4,7 +4,9 @@
 //! daemon, started by the concierge's path unit in its hardened sandbox,
 //! the model called through the daemon's gateway, every step in the log
 //! and in the journal; the officer's ledger accounts for it without its
-//! content.
+//! content. Then the concierge's path unit stopped (what a failed one is
+//! to its inbox): `con status` names the unit once a task has waited
+//! `[inbox] stalled_after`, and the unit back, the task is answered.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +26,24 @@ const SUDO_PROBE: &str = "sudo -n /usr/bin/journalctl --no-pager -n 1 -t con >/d
 /// Run by the strategist (an officer) inside its unit: standing policy and
 /// an artifact, both writable for it there.
 const POLICY_WRITE: &str = "echo Answer within a day. > /srv/con/policy/global.md && echo brief > /srv/con/artifacts/brief.md && echo WROTE";
+
+/// The concierge's answer to the task that waited while its path unit was
+/// stopped.
+const STALLED_ANSWER: &str = "Answered once the path unit was back.";
+
+/// The `tasks_stalled` problems `con status --json` lists now.
+fn stalled_problems(c: &Container) -> Vec<Value> {
+    let out = c.exec_ok(&["con", "status", "--json"]).unwrap();
+    let view: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("con status --json ({e}): {out}"));
+    view["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems array: {view}"))
+        .iter()
+        .filter(|p| p["kind"] == "tasks_stalled")
+        .cloned()
+        .collect()
+}
 
 #[test]
 fn a_task_is_answered_by_a_systemd_started_agent_run() {
@@ -48,7 +68,8 @@ fn a_task_is_answered_by_a_systemd_started_agent_run() {
  {{"reply": {{"tool_calls": [{{"name": "exec", "arguments": {{"command": "{SUDO_PROBE}"}}}}]}}}},
  {{"reply": {{"text": "probed"}}}},
  {{"reply": {{"tool_calls": [{{"name": "exec", "arguments": {{"command": "{POLICY_WRITE}"}}}}]}}}},
- {{"reply": {{"text": "policy set"}}}}]
+ {{"reply": {{"text": "policy set"}}}},
+ {{"reply": {{"text": "{STALLED_ANSWER}"}}}}]
 JSON
 systemd-run --unit=llm-script /usr/local/bin/con-llm-script --script /opt/script.json --listen 127.0.0.1:18080"#
     ))
@@ -60,6 +81,8 @@ systemd-run --unit=llm-script /usr/local/bin/con-llm-script --script /opt/script
 cp -a {CONFIGS_PATH}/default /opt/profile
 sed -i 's|^provider = "openrouter"|provider = "openai-compatible"\nbase_url = "http://127.0.0.1:18080/v1"|' /opt/profile/con.toml
 grep -q 'base_url = "http://127.0.0.1:18080/v1"' /opt/profile/con.toml
+sed -i 's|^stalled_after = .*|stalled_after = "2s"|' /opt/profile/con.toml
+grep -q '^stalled_after = "2s"$' /opt/profile/con.toml
 install -d -m 0755 /etc/con
 install -m 0600 /dev/null /etc/con/env
 echo 'CON_OPENROUTER_API_KEY={KEY}' > /etc/con/env
@@ -336,4 +359,57 @@ con bootstrap --profile /opt/profile --json > /opt/bootstrap.json
                 .contains("the ledger is for operators, officers"),
         "{refused}"
     );
+
+    // A stopped path unit is what a failed one is to the inbox: nothing
+    // takes the task. Once it has waited `[inbox] stalled_after` (2 s here)
+    // `con status` says so and names the unit to look at; the unit back,
+    // the task is answered and the problem is gone.
+    c.exec_ok(&["systemctl", "stop", "con-agent@concierge.path"])
+        .unwrap();
+    // Before the drop, so that it is at least the task's age.
+    let dropped = Instant::now();
+    let waiting = c
+        .exec_ok(&["con", "task", "--to", "concierge", "Wait for the unit."])
+        .unwrap();
+    let waiting = waiting.stdout_trimmed().to_owned();
+    let stem = std::path::Path::new(&waiting)
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let mut problems = Vec::new();
+    c.wait_for("a tasks_stalled problem", Duration::from_secs(30), || {
+        problems = stalled_problems(&c);
+        !problems.is_empty()
+    });
+    assert!(
+        dropped.elapsed() >= Duration::from_secs(2),
+        "stalled before [inbox] stalled_after: {problems:?}"
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let p = &problems[0];
+    assert_eq!(p["agent"], "concierge", "{p}");
+    let message = p["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("agent concierge has 1 task(s) waiting")
+            && message.contains("`systemctl status con-agent@concierge.path`"),
+        "{p}"
+    );
+    assert!(
+        c.exec(&["test", "-e", &waiting]).unwrap().success(),
+        "the task was taken while the path unit was stopped;\n{}",
+        c.diagnostics()
+    );
+    c.exec_ok(&["systemctl", "start", "con-agent@concierge.path"])
+        .unwrap();
+    let answer = format!("/srv/con/agents/concierge/outbox/{stem}.response");
+    c.wait_for("the waiting task answered", Duration::from_secs(60), || {
+        c.exec(&["cat", &answer])
+            .unwrap()
+            .stdout
+            .contains(STALLED_ANSWER)
+    });
+    c.wait_for("the problem gone", Duration::from_secs(10), || {
+        stalled_problems(&c).is_empty()
+    });
 }
