@@ -28,6 +28,26 @@ fn event(n: u64, attachment: Option<Vec<u8>>) -> NewEvent {
     e
 }
 
+/// A log on a fresh 24 MiB tmpfs with a writer of `config`: the
+/// tmpfs's directory (kept alive), the tmpfs, the database path, the store
+/// and its writer.
+fn writer_on_tmpfs(
+    config: WriterConfig,
+) -> (
+    tempfile::TempDir,
+    Tmpfs,
+    std::path::PathBuf,
+    Store,
+    GroupCommitWriter,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&dir.path().join("fs"), 24);
+    let db = fs.path().join("events");
+    let store = Store::open(&db).unwrap();
+    let writer = GroupCommitWriter::spawn(store.clone(), config, None).unwrap();
+    (dir, fs, db, store, writer)
+}
+
 fn wait_for_state(writer: &GroupCommitWriter, recording: bool, limit: Duration) -> LogState {
     let state = writer.state();
     let start = Instant::now();
@@ -119,19 +139,10 @@ fn outage_records(events: &[Event], last_acked: u64) -> (LogDegraded, LogRecover
 
 #[test]
 fn the_writer_refuses_before_the_disk_is_full_and_records_again_when_space_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Tmpfs::mount(&dir.path().join("fs"), 24);
-    let db = fs.path().join("events");
-    let store = Store::open(&db).unwrap();
-    let writer = GroupCommitWriter::spawn(
-        store.clone(),
-        WriterConfig {
-            min_free_bytes: 4 * MIB,
-            ..WriterConfig::default()
-        },
-        None,
-    )
-    .unwrap();
+    let (_dir, fs, db, store, writer) = writer_on_tmpfs(WriterConfig {
+        min_free_bytes: 4 * MIB,
+        ..WriterConfig::default()
+    });
     let app = writer.appender();
     // Leave 8 MiB: the writer stops with 4 MiB (plus a margin) left.
     let filler = fs.fill("filler", 8 * MIB);
@@ -183,21 +194,12 @@ fn the_writer_refuses_before_the_disk_is_full_and_records_again_when_space_retur
 
 #[test]
 fn after_sled_meets_the_full_disk_the_writer_reopens_the_log_at_its_durable_head() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Tmpfs::mount(&dir.path().join("fs"), 24);
-    let db = fs.path().join("events");
-    let store = Store::open(&db).unwrap();
-    let writer = GroupCommitWriter::spawn(
-        store.clone(),
-        WriterConfig {
-            // No check of our own: sled writes until the disk is full.
-            min_free_bytes: 0,
-            retry_min: Duration::from_millis(50),
-            ..WriterConfig::default()
-        },
-        None,
-    )
-    .unwrap();
+    let (_dir, fs, db, store, writer) = writer_on_tmpfs(WriterConfig {
+        // No check of our own: sled writes until the disk is full.
+        min_free_bytes: 0,
+        retry_min: Duration::from_millis(50),
+        ..WriterConfig::default()
+    });
     let app = writer.appender();
     let filler = fs.fill("filler", 6 * MIB);
     // Small events only: sled's separate value files (over ~128 KiB) are
@@ -251,19 +253,10 @@ fn after_sled_meets_the_full_disk_the_writer_reopens_the_log_at_its_durable_head
 /// so the log still records again by itself.
 #[test]
 fn large_values_are_refused_before_sled_could_fail_to_write_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let fs = Tmpfs::mount(&dir.path().join("fs"), 24);
-    let db = fs.path().join("events");
-    let store = Store::open(&db).unwrap();
-    let writer = GroupCommitWriter::spawn(
-        store.clone(),
-        WriterConfig {
-            min_free_bytes: 0,
-            ..WriterConfig::default()
-        },
-        None,
-    )
-    .unwrap();
+    let (_dir, fs, _db, store, writer) = writer_on_tmpfs(WriterConfig {
+        min_free_bytes: 0,
+        ..WriterConfig::default()
+    });
     let app = writer.appender();
     let filler = fs.fill("filler", 6 * MIB);
     let mut acked = Vec::new();
