@@ -39,6 +39,21 @@ fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
+/// `con replay --json --db <db> <session>` on the conspiracy's root: the
+/// session's JSON view read from a database directly (no daemon).
+fn replay_json_from_db(c: &Conspiracy, db: &std::path::Path, session: SessionId) -> String {
+    stdout(&con(
+        c,
+        &[
+            "replay",
+            "--json",
+            "--db",
+            db.to_str().unwrap(),
+            &session.to_hex(),
+        ],
+    ))
+}
+
 /// The concierge tasks the sysadmin with write_file; the sysadmin answers
 /// after an exec. Both runs done, the daemon still running.
 fn delegation() -> (Conspiracy, ScriptedServer, ScriptedServer) {
@@ -225,16 +240,7 @@ fn replay_reads_the_delegation_back_as_sessions_a_tree_and_identical_json() {
     daemon.terminate();
     let db = c.root.db();
     for (s, live) in [concierge, sysadmin].iter().zip(&live) {
-        let offline = stdout(&con(
-            &c,
-            &[
-                "replay",
-                "--json",
-                "--db",
-                db.to_str().unwrap(),
-                &s.to_hex(),
-            ],
-        ));
+        let offline = replay_json_from_db(&c, &db, *s);
         assert_eq!(&offline, live);
     }
     let offline_tree = stdout(&con(
@@ -336,16 +342,7 @@ fn replay_from_the_journal_matches_the_daemon_and_a_database_copy() {
     daemon.terminate();
     let db = c.root.db();
     for (s, live) in sessions.iter().zip(&live) {
-        let offline = stdout(&con(
-            &c,
-            &[
-                "replay",
-                "--json",
-                "--db",
-                db.to_str().unwrap(),
-                &s.to_hex(),
-            ],
-        ));
+        let offline = replay_json_from_db(&c, &db, *s);
         assert_eq!(&offline, live);
         assert_eq!(&journal_json(&c, *s, &[], live), live);
     }
@@ -922,16 +919,7 @@ fn a_journal_remote_directory_keeps_two_instances_apart() {
             ));
             assert_eq!(&central, live);
             let db = i.c.root.db();
-            let offline = stdout(&con(
-                c,
-                &[
-                    "replay",
-                    "--json",
-                    "--db",
-                    db.to_str().unwrap(),
-                    &s.to_hex(),
-                ],
-            ));
+            let offline = replay_json_from_db(c, &db, *s);
             assert_eq!(&offline, live);
         }
         // Both logs have a task t-1: its trace is read from the log named.
