@@ -11,7 +11,7 @@ use con_event::{Event, Payload};
 use con_llm_script::{Reply, ScriptedServer, Step};
 
 use crate::CON;
-use crate::runs::{concierge_tasking_sysadmin, ok};
+use crate::runs::{concierge_tasking_sysadmin, ok, stdout};
 
 /// The corpus, at the repository's root.
 fn corpus_dir() -> PathBuf {
@@ -51,11 +51,6 @@ fn con(root: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    ok(out);
-    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 /// A copy of `from` in `to` (sled writes to a database it opens, even for

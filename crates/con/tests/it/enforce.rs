@@ -5,7 +5,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use con_event::payloads::{AgentCondition, Outcome, Trust};
@@ -14,15 +14,7 @@ use con_llm_script::{ScriptedServer, Step};
 use con_test_support::all_events;
 
 use crate::CON;
-use crate::runs::{Conspiracy, agent, as_agent, ok, wait_for};
-
-fn con(c: &Conspiracy, args: &[&str]) -> Output {
-    Command::new(CON)
-        .args(c.root.con_flags())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::runs::{Conspiracy, agent, as_agent, con, ok, wait_for};
 
 /// `con logs --json`: every event's JSON view.
 fn logs_json(c: &Conspiracy) -> Vec<serde_json::Value> {

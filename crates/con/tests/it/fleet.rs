@@ -9,7 +9,7 @@ use con_llm_script::{Reply, ScriptedServer};
 use serde_json::Value;
 
 use crate::CON;
-use crate::runs::{Conspiracy, agent, ok, wait_for};
+use crate::runs::{Conspiracy, agent, ok, stdout, wait_for};
 
 /// `con <args>` as an agent's user.
 fn con_as(c: &Conspiracy, agent: &str, args: &[&str]) -> Output {
@@ -22,11 +22,6 @@ fn con_as(c: &Conspiracy, agent: &str, args: &[&str]) -> Output {
         .current_dir("/")
         .output()
         .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    ok(out);
-    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 fn refused(out: &Output) -> String {

@@ -10,16 +10,7 @@ use con_llm_script::{ScriptedServer, Step};
 use con_test_support::all_events;
 
 use crate::CON;
-use crate::runs::{Conspiracy, concierge_tasking_sysadmin, ok};
-
-/// `con <args>` on the conspiracy's root, as root.
-fn con(c: &Conspiracy, args: &[&str]) -> Output {
-    Command::new(CON)
-        .args(c.root.con_flags())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::runs::{Conspiracy, con, concierge_tasking_sysadmin, ok, stdout};
 
 /// `con <args>` as an agent's user.
 fn con_as(c: &Conspiracy, agent: &str, args: &[&str]) -> Output {
@@ -32,11 +23,6 @@ fn con_as(c: &Conspiracy, agent: &str, args: &[&str]) -> Output {
         .current_dir("/")
         .output()
         .unwrap()
-}
-
-fn stdout(out: &Output) -> String {
-    ok(out);
-    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 /// `con replay --json --db <db> <session>` on the conspiracy's root: the

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use con_event::SessionId;
 use con_llm_script::{ScriptedServer, Step};
@@ -14,15 +14,7 @@ use con_test_support::all_events;
 use serde_json::{Value, json};
 
 use crate::CON;
-use crate::runs::{Conspiracy, agent, ok, sessions_of};
-
-fn con(c: &Conspiracy, args: &[&str]) -> Output {
-    Command::new(CON)
-        .args(c.root.con_flags())
-        .args(args)
-        .output()
-        .unwrap()
-}
+use crate::runs::{Conspiracy, agent, con, ok, sessions_of};
 
 /// `con replay --rerun SESSION --json [extra]`: the exit code and the
 /// report.

@@ -172,6 +172,21 @@ pub(crate) fn ok(out: &Output) {
     );
 }
 
+/// `con <args>` on the conspiracy's root, as root.
+pub(crate) fn con(c: &Conspiracy, args: &[&str]) -> Output {
+    Command::new(CON)
+        .args(c.root.con_flags())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The stdout of a command that must have succeeded (checked by [`ok`]).
+pub(crate) fn stdout(out: &Output) -> String {
+    ok(out);
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
 pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
