@@ -39,3 +39,14 @@ pub use host::{
     RUN_DIR_VAR, Tools, con_binary, enabled, run_dir, script_server_binary, workspace,
 };
 pub use image::{DEFAULT_PACKAGES, DEFAULT_SUITE, Image, ImageSpec, PRUNE_AFTER};
+
+/// What a scenario starts with: `None` when the suite is not enabled here
+/// ([`enabled`] prints why), else a container booted from the cached
+/// image, its name made from `name_hint`.
+pub fn scenario(name_hint: &str) -> Result<Option<Container>> {
+    if !enabled() {
+        return Ok(None);
+    }
+    let image = Image::ensure()?;
+    Container::boot(&image, name_hint).map(Some)
+}

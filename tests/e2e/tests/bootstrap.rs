@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use con_config::Mode;
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{CONFIGS_PATH, Container};
 use serde_json::Value;
 
 const PROFILE: &str = "default";
@@ -73,11 +73,9 @@ fn bootstrap(c: &Container) -> Value {
 
 #[test]
 fn bootstrap_provisions_a_running_conspiracy_and_is_idempotent() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("bootstrap").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "bootstrap").unwrap();
+    };
     let expected = expected_units();
 
     let first = bootstrap(&c);

@@ -8,7 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::CONFIGS_PATH;
 
 /// The container's resolvers (TEST-NET-1, reached through a veth made for
 /// the purpose), and another address on the same network.
@@ -18,11 +18,9 @@ const NOT_A_RESOLVER: &str = "192.0.2.1";
 
 #[test]
 fn agents_are_held_to_their_own_trees_and_grants() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("boundaries").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "boundaries").unwrap();
+    };
     // Resolvers of our own, not whatever the image inherited from the host
     // that built it: bootstrap reads them from here.
     c.sh_ok(&format!(

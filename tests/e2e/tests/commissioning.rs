@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use con_e2e::{Container, Image};
 use con_event::{Digest, Payload};
 
 /// The concierge's instructions, where the roster of the agents is.
@@ -17,11 +16,9 @@ const CONCIERGE_MD: &str = "/home/a-concierge/AGENTS.md";
 
 #[test]
 fn the_sysadmin_commissions_a_worker_that_answers_without_a_restart() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("commission").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "commission").unwrap();
+    };
     // The sysadmin's model commissions the scout; the scout's (the base
     // model, on another port) answers.
     c.bootstrap_default_on_scripts(

@@ -8,7 +8,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use con_e2e::{Container, Image};
 use serde_json::Value;
 
 const TASKS: usize = 1000;
@@ -17,11 +16,9 @@ const RSS_LIMIT_KIB: u64 = 200 * 1024;
 
 #[test]
 fn a_thousand_tasks_are_each_recorded_and_answered_once_in_order() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("flood").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "flood").unwrap();
+    };
     // The heartbeat halts workers when the host's load is high, which the
     // flood itself can cause: the helper lifts that ceiling.
     c.bootstrap_default_with(

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use con_e2e::{Container, Image};
+use con_e2e::Container;
 use serde_json::Value;
 
 const KEY: &str = "sk-e2e-forensics-key";
@@ -27,11 +27,9 @@ fn journal_lines(c: &Container, filters: &[&str]) -> Vec<Value> {
 
 #[test]
 fn a_delegation_is_on_record_closed_to_agents_and_every_source_agrees() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("forensics").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "forensics").unwrap();
+    };
 
     // One model per agent, so the order in which the two runs call them
     // cannot matter: the concierge writes a task into the sysadmin's inbox,

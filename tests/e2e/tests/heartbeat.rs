@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use con_e2e::{Container, Image};
+use con_e2e::Container;
 use serde_json::Value;
 
 fn condition(c: &Container, agent: &str) -> String {
@@ -27,11 +27,9 @@ fn condition(c: &Container, agent: &str) -> String {
 
 #[test]
 fn a_failing_contract_halts_workers_until_resumed_under_systemd() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("heartbeat").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "heartbeat").unwrap();
+    };
     c.bootstrap_default_with(
         r#"[[agents]]
 name = "echo"
@@ -118,11 +116,9 @@ fn uid_processes(c: &Container, user: &str) -> String {
 /// the task answered.
 #[test]
 fn kill_session_and_quarantine_hold_under_systemd() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("enforce").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "enforce").unwrap();
+    };
     c.sh_ok(
         r#"set -e
 cat > /usr/local/bin/sleep-once <<'SH'

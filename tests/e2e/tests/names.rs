@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use con_e2e::{Container, Image};
+use con_e2e::Container;
 use serde_json::Value;
 
 fn count(c: &Container, dir: &str, suffix: &str) -> usize {
@@ -20,11 +20,9 @@ fn count(c: &Container, dir: &str, suffix: &str) -> usize {
 
 #[test]
 fn hostile_task_names_are_recorded_and_routed_and_two_agents_work_at_once() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("names").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "names").unwrap();
+    };
     c.bootstrap_default_with(
         r#"[[agents]]
 name = "left"

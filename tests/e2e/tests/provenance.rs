@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use con_e2e::{CONFIGS_PATH, Container, Image};
+use con_e2e::{CONFIGS_PATH, Container};
 use serde_json::Value;
 
 /// The recorded arrivals at `path`, waiting until there is one.
@@ -37,11 +37,9 @@ fn arrivals(c: &Container, path: &str) -> Vec<Value> {
 
 #[test]
 fn only_a_root_task_is_verified() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("provenance").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "provenance").unwrap();
+    };
     c.exec_ok(&[
         "con",
         "bootstrap",

@@ -38,11 +38,9 @@ fn daemon_pid(c: &Container) -> String {
 
 #[test]
 fn restarts_and_a_killed_daemon_lose_no_task_and_answer_none_twice() {
-    if !con_e2e::enabled() {
+    let Some(c) = con_e2e::scenario("restarts").unwrap() else {
         return;
-    }
-    let image = Image::ensure().unwrap();
-    let c = Container::boot(&image, "restarts").unwrap();
+    };
     c.sh_ok(
         r#"set -e
 printf '#!/bin/sh\nsleep 1\nexec cat\n' > /usr/local/bin/slow-cat
