@@ -119,19 +119,26 @@ fn is_journal_file(path: &Path) -> Result<bool, QueryError> {
 /// them, every field a conjunction names must hold one of the values the
 /// conjunction gives that field.
 fn matches(entry: &ReadEntry, alternatives: &[Matches]) -> bool {
-    alternatives.is_empty()
-        || alternatives.iter().any(|all| {
-            all.iter().all(|(name, _)| {
-                all.iter()
-                    .filter(|(other, _)| other == name)
-                    .any(|(_, value)| {
-                        entry
-                            .fields
-                            .iter()
-                            .any(|(k, v)| k == name && v.as_slice() == value.as_bytes())
-                    })
-            })
-        })
+    alternatives.is_empty() || alternatives.iter().any(|all| holds(entry, all))
+}
+
+/// Whether `entry` satisfies the conjunction `all`. Each pair is looked up
+/// once (a conjunction may give hundreds of values of one field, such as
+/// the attachments a replay still lacks), then every field named must be
+/// among those that held.
+fn holds(entry: &ReadEntry, all: &Matches) -> bool {
+    let mut held: Vec<&str> = Vec::new();
+    for (name, value) in all {
+        if !held.contains(name)
+            && entry
+                .fields
+                .iter()
+                .any(|(k, v)| k == name && v.as_slice() == value.as_bytes())
+        {
+            held.push(name);
+        }
+    }
+    all.iter().all(|(name, _)| held.contains(name))
 }
 
 fn read_stream(

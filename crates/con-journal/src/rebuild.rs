@@ -166,7 +166,6 @@ impl Rebuilt {
 struct Read {
     event: Event,
     at: String,
-    host: LogHost,
 }
 
 #[derive(Default)]
@@ -196,6 +195,10 @@ pub struct Rebuilder {
     repeats: u64,
     other_entries: u64,
     unknown: Vec<UnknownEvent>,
+    /// Each log's host, from its entry of the lowest seq read so far (that
+    /// seq alongside): kept per log, not per entry, so that reading a log
+    /// does not copy three fields out of every one of its entries.
+    hosts: BTreeMap<String, (u64, LogHost)>,
 }
 
 impl Rebuilder {
@@ -290,10 +293,17 @@ impl Rebuilder {
                 inline_blob(value).map_err(|reason| bad(field::BLOB_INLINE, reason))?;
             self.inline.insert(digest, content);
         }
+        if self
+            .hosts
+            .get(&log_id)
+            .is_none_or(|(lowest, _)| seq < *lowest)
+        {
+            // Below every seq read of its log, so vacant: inserted next.
+            self.hosts.insert(log_id.clone(), (seq, LogHost::of(entry)));
+        }
         match self.logs.entry(log_id).or_default().entry(seq) {
             Entry::Vacant(v) => {
-                let host = LogHost::of(entry);
-                v.insert(Read { event, at, host });
+                v.insert(Read { event, at });
             }
             Entry::Occupied(o) if o.get().event.hash == hash => self.repeats += 1,
             Entry::Occupied(o) => {
@@ -370,12 +380,9 @@ impl Rebuilder {
     /// Assembles the attachments and returns everything rebuilt.
     pub fn finish(self) -> Result<Rebuilt, RebuildError> {
         let hosts = self
-            .logs
-            .iter()
-            .filter_map(|(id, events)| {
-                let first = events.first_key_value()?.1;
-                Some((id.clone(), first.host.clone()))
-            })
+            .hosts
+            .into_iter()
+            .map(|(id, (_, host))| (id, host))
             .collect();
         let mut rebuilt = Rebuilt {
             hosts,

@@ -243,8 +243,9 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// The file tools, what they do with their `path`, and its default.
-fn file_tool(tool: &str) -> Option<(&'static str, Option<&'static str>)> {
+/// The file tools, what they do with their `path` (`reads` or `writes`),
+/// and its default.
+pub fn file_tool(tool: &str) -> Option<(&'static str, Option<&'static str>)> {
     match tool {
         "read_file" => Some(("reads", None)),
         "list_dir" => Some(("reads", Some("."))),

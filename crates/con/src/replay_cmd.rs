@@ -312,6 +312,20 @@ impl DaemonSource {
     }
 }
 
+/// A content the daemon answered for: `None` when it is not there or not
+/// the caller's to read (shown as unavailable; such a refusal is a whole
+/// answer and the connection stays usable).
+fn available(answer: Result<Vec<u8>, ClientError>) -> Result<Option<Vec<u8>>, ClientError> {
+    match answer {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(ClientError::Refused {
+            code: ErrorCode::NotFound | ErrorCode::Forbidden,
+            ..
+        }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Source for DaemonSource {
     fn events(&mut self, query: Query, until: Option<u64>) -> anyhow::Result<Vec<Event>> {
         // A connection per query: one stopped early (`until`) still has
@@ -367,17 +381,7 @@ impl Source for DaemonSource {
             }
         };
         for (digest, answer) in wanted.into_iter().zip(answers) {
-            let content = match answer {
-                Ok(bytes) => Some(bytes),
-                // Not there, or not the caller's to read: shown as
-                // unavailable.
-                Err(ClientError::Refused {
-                    code: ErrorCode::NotFound | ErrorCode::Forbidden,
-                    ..
-                }) => None,
-                Err(e) => return Err(e.into()),
-            };
-            self.fetched.insert(digest, content);
+            self.fetched.insert(digest, available(answer)?);
         }
         Ok(())
     }
@@ -386,27 +390,12 @@ impl Source for DaemonSource {
         if let Some(content) = self.fetched.remove(&digest) {
             return Ok(content);
         }
-        let mut client = match self.blobs.take() {
-            Some(client) => client,
-            None => self.connect()?,
-        };
-        let answer = client.blob(digest);
-        match answer {
-            Ok(bytes) => {
-                self.blobs = Some(client);
-                Ok(Some(bytes))
-            }
-            // Not there, or not the caller's to read: shown as unavailable.
-            // A refusal is a whole answer: the connection stays usable.
-            Err(ClientError::Refused {
-                code: ErrorCode::NotFound | ErrorCode::Forbidden,
-                ..
-            }) => {
-                self.blobs = Some(client);
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
+        let answer = self.blob_client()?.blob(digest);
+        available(answer).map_err(|e| {
+            // Anything but a refusal may leave the connection mid-answer.
+            self.blobs = None;
+            e.into()
+        })
     }
 
     fn scope(&self) -> &'static str {

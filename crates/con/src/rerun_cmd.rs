@@ -166,15 +166,12 @@ pub(crate) fn run(
     let recorded = rerun::recorded_calls(&timeline);
 
     let live = layout.agent_workspace(&recorded.agent);
-    let live_home = User::from_name(&layout.user(&recorded.agent))
+    let agent_user = User::from_name(&layout.user(&recorded.agent))
         .ok()
-        .flatten()
-        .map_or_else(|| PathBuf::from("/nonexistent"), |u| u.dir);
+        .flatten();
+    let agent_ids = agent_user.as_ref().map(|u| (u.uid, u.gid));
+    let live_home = agent_user.map_or_else(|| PathBuf::from("/nonexistent"), |u| u.dir);
     let run_as = RunAs::nobody();
-    let agent_ids = User::from_name(&layout.user(&recorded.agent))
-        .ok()
-        .flatten()
-        .map(|u| (u.uid, u.gid));
     let scratch = Scratch::new(&live, &run_as, agent_ids)?;
     let ws = Workspaces {
         live: live.clone(),
@@ -240,10 +237,8 @@ pub(crate) fn run(
                         Some(real) => (real, Some("through a symlink in the copy".to_owned())),
                         None => ("?".to_owned(), None),
                     };
-                    let verb = match call.tool.as_str() {
-                        "read_file" | "list_dir" => "reads",
-                        _ => "writes",
-                    };
+                    // Only a file tool's path is checked in the copy.
+                    let verb = rerun::file_tool(&call.tool).map_or("writes", |(verb, _)| verb);
                     (
                         Verdict::NotReproduced(NotReproduced::Outside { verb, path, how }),
                         None,

@@ -490,11 +490,18 @@ fn journal_chains(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 }),
             }
         }
-        for digest in rebuilt.missing_blobs(log_id) {
-            let seq = events
-                .iter()
-                .find(|e| e.payload.blob_refs().iter().any(|b| b.digest == digest))
-                .map_or(0, Event::seq);
+        // Each missing attachment with the first event referencing it, in
+        // one pass over the log (not one pass per missing attachment: a
+        // journal that lost its attachment entries lacks thousands).
+        let mut missing: BTreeMap<Digest, u64> = BTreeMap::new();
+        for e in events {
+            for b in e.payload.blob_refs() {
+                if !rebuilt.blobs.contains_key(&b.digest) {
+                    missing.entry(b.digest).or_insert(e.seq());
+                }
+            }
+        }
+        for (digest, seq) in missing {
             findings.push(FindingJson {
                 kind: FindingKind::MissingBlob.as_str(),
                 seq,
