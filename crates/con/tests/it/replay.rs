@@ -1264,6 +1264,67 @@ fn replay_verify_vouches_for_what_it_shows_and_names_the_seq_of_a_tamper() {
         )),
         "{text}"
     );
+    // Without the attachments (their part entries and the contents carried
+    // inline): the chain holds, and each one is named with the first event
+    // that references it.
+    let all: Vec<con_journal::ReadEntry> =
+        con_journal::read_export(&std::fs::read(&export).unwrap()[..])
+            .map(Result::unwrap)
+            .collect();
+    let intact_log = con_journal::rebuild_from_export(&std::fs::read(&export).unwrap()[..])
+        .unwrap()
+        .logs
+        .remove(&log_id)
+        .unwrap();
+    let mut first_reference: std::collections::BTreeMap<String, u64> = Default::default();
+    for event in &intact_log {
+        for b in event.payload.blob_refs() {
+            first_reference
+                .entry(b.digest.to_hex())
+                .or_insert(event.seq());
+        }
+    }
+    assert!(!first_reference.is_empty());
+    let stripped: Vec<con_journal::ReadEntry> = all
+        .iter()
+        .filter(|e| e.get("CON_RECORD").is_some())
+        .map(|e| {
+            let mut e = e.clone();
+            e.fields.retain(|(k, _)| k != "CON_BLOB_INLINE");
+            e
+        })
+        .collect();
+    let no_blobs = c.root.path().join("no-blobs.export");
+    std::fs::write(&no_blobs, to_export(&stripped)).unwrap();
+    let out = con(
+        &c,
+        &[
+            "verify",
+            "--json",
+            "--journal",
+            "--file",
+            no_blobs.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = &json["logs"][0];
+    assert!(log["first_bad_seq"].is_null(), "the chain holds: {log}");
+    let named: std::collections::BTreeMap<String, u64> = log["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["kind"], "missing_blob");
+            let detail = f["detail"].as_str().unwrap();
+            let digest = detail
+                .strip_prefix("attachment sha256:")
+                .and_then(|d| d.strip_suffix(" is not in the journal"))
+                .unwrap();
+            (digest.to_owned(), f["seq"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(named, first_reference);
     let intact = stdout(&con(
         &c,
         &["verify", "--journal", "--file", export.to_str().unwrap()],
