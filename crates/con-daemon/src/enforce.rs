@@ -629,24 +629,42 @@ pub(crate) fn processes_of(uid: u32) -> Vec<i32> {
         .collect()
 }
 
-fn owned_and_alive(pid: i32, uid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
+/// The users (by real, effective or saved uid) with a live process now:
+/// one scan of `/proc` for any number of users.
+pub(crate) fn users_with_processes() -> std::collections::HashSet<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return std::collections::HashSet::new();
     };
-    let mut owned = false;
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid > 0)
+        .filter_map(live_uids)
+        .flatten()
+        .collect()
+}
+
+fn owned_and_alive(pid: i32, uid: u32) -> bool {
+    live_uids(pid).is_some_and(|ids| ids.contains(&uid))
+}
+
+/// The real, effective and saved uid of `pid`, unless it is gone or a
+/// zombie.
+fn live_uids(pid: i32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut ids = Vec::new();
     let mut dead = false;
     for line in status.lines() {
-        if let Some(ids) = line.strip_prefix("Uid:") {
-            owned = ids
+        if let Some(uids) = line.strip_prefix("Uid:") {
+            ids = uids
                 .split_whitespace()
                 .take(3)
-                .any(|id| id.parse::<u32>() == Ok(uid));
+                .filter_map(|id| id.parse::<u32>().ok())
+                .collect();
         } else if let Some(state) = line.strip_prefix("State:") {
             let state = state.trim_start();
             dead = state.starts_with('Z') || state.starts_with('X');
         }
     }
-    owned && !dead
+    (!dead).then_some(ids)
 }
 
 #[cfg(test)]

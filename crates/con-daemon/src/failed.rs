@@ -109,15 +109,10 @@ async fn pass(shared: &Arc<Shared>, said: &mut Said) {
             return;
         }
     };
-    // Escalated and not dealt with yet: still where the run put it.
-    let mut waiting: HashMap<String, usize> = HashMap::new();
-    for (_, task) in &escalated {
-        if in_failed_dir(&shared.config.layout, task)
-            && std::fs::symlink_metadata(&task.path).is_ok()
-        {
-            *waiting.entry(task.agent.clone()).or_default() += 1;
-        }
-    }
+    // Escalated and not dealt with yet, per agent: counted (a stat per
+    // escalated task) only once a pass has a task it may escalate, not on
+    // every pass after every burst of commits.
+    let mut waiting: Option<HashMap<String, usize>> = None;
     for (seq, task) in pending {
         if said.given_up.contains(&seq) {
             continue;
@@ -150,6 +145,8 @@ async fn pass(shared: &Arc<Shared>, said: &mut Said) {
                 continue;
             }
         };
+        let waiting =
+            waiting.get_or_insert_with(|| still_waiting(&shared.config.layout, &escalated));
         let waiting_now = waiting.entry(task.agent.clone()).or_default();
         if *waiting_now >= MAX_WAITING {
             if said.held_back.insert(seq) {
@@ -185,6 +182,21 @@ async fn pass(shared: &Arc<Shared>, said: &mut Said) {
             }
         }
     }
+}
+
+/// Escalated failed tasks still where the run put them (the sysadmin has
+/// not dealt with them yet), per agent.
+fn still_waiting(
+    layout: &con_layout::Layout,
+    escalated: &[(u64, FailedTask)],
+) -> HashMap<String, usize> {
+    let mut waiting: HashMap<String, usize> = HashMap::new();
+    for (_, task) in escalated {
+        if in_failed_dir(layout, task) && std::fs::symlink_metadata(&task.path).is_ok() {
+            *waiting.entry(task.agent.clone()).or_default() += 1;
+        }
+    }
+    waiting
 }
 
 /// The sysadmin's task about a failed task. What the failed task's writer

@@ -105,12 +105,17 @@ fn orphaned(shared: &Shared) -> Result<Vec<(SessionId, String, u64)>, String> {
         })
     };
     let open_now = open(shared)?;
-    // One /proc sweep per agent, however many of its sessions are open.
     let agents: std::collections::BTreeSet<&str> =
         open_now.iter().map(|(_, agent)| agent.as_str()).collect();
+    // One /proc scan per sweep, however many agents have open sessions.
+    let live = if agents.is_empty() {
+        std::collections::HashSet::new()
+    } else {
+        crate::enforce::users_with_processes()
+    };
     let idle: std::collections::BTreeSet<&str> = agents
         .into_iter()
-        .filter(|agent| !has_processes(shared, agent))
+        .filter(|agent| !has_processes(shared, agent, &live))
         .collect();
     let candidates: Vec<(SessionId, String)> = open_now
         .iter()
@@ -144,12 +149,11 @@ fn orphaned(shared: &Shared) -> Result<Vec<(SessionId, String, u64)>, String> {
 
 /// Whether any process of `agent`'s user is alive. A failed lookup counts
 /// as alive (nothing is closed on a guess); a user that no longer exists
-/// (decommissioned) has none.
-fn has_processes(shared: &Shared, agent: &str) -> bool {
+/// (decommissioned) has none. `live`: the users with a live process
+/// ([`crate::enforce::users_with_processes`]).
+fn has_processes(shared: &Shared, agent: &str, live: &std::collections::HashSet<u32>) -> bool {
     match User::from_name(&shared.config.layout.user(agent)) {
-        Ok(Some(user)) if !user.uid.is_root() => {
-            !crate::enforce::processes_of(user.uid.as_raw()).is_empty()
-        }
+        Ok(Some(user)) if !user.uid.is_root() => live.contains(&user.uid.as_raw()),
         Ok(None) => false,
         _ => true,
     }

@@ -316,21 +316,9 @@ const ROUTE_ARRIVAL_WAIT: Duration = Duration::from_secs(2);
 
 /// `.task` entries of the outer inbox whose arrival is not recorded yet.
 fn unrecorded_outer_tasks(shared: &Shared) -> Vec<std::path::PathBuf> {
-    let dir = shared.config.layout.outer_inbox();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut waiting: Vec<std::path::PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.len() > ".task".len() && n.ends_with(".task"))
-        })
-        .filter(|p| !shared.recorded.contains(p))
-        .collect();
-    waiting.sort();
-    waiting
+    crate::supervisor::task_entries(&shared.config.layout.outer_inbox(), |p| {
+        !shared.recorded.contains(p)
+    })
 }
 
 /// A routing pass of the outer inbox now, by the supervisor (which also
@@ -1415,7 +1403,7 @@ fn waiting_tasks(inbox: &std::path::Path) -> Option<(usize, std::time::SystemTim
     let mut count = 0;
     let mut oldest: Option<std::time::SystemTime> = None;
     for entry in std::fs::read_dir(inbox).ok()?.flatten() {
-        if !entry.file_name().as_encoded_bytes().ends_with(b".task") {
+        if !con_inbox::is_task_name(std::path::Path::new(&entry.file_name())) {
             continue;
         }
         let Ok(meta) = entry.metadata() else {

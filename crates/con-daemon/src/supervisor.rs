@@ -102,12 +102,18 @@ struct Exit {
 /// Recorded `*.task` entries of `dir`, sorted by name (oldest first). A task
 /// whose arrival is not durable yet is not there for the supervisor.
 fn tasks_in(dir: &Path, recorded: &Recorded) -> Vec<PathBuf> {
+    task_entries(dir, |p| recorded.contains(p))
+}
+
+/// The task entries of `dir` (named as the inbox watcher names tasks) for
+/// which `keep` holds, sorted by name (oldest first).
+pub(crate) fn task_entries(dir: &Path, keep: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut tasks: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "task") && recorded.contains(p))
+        .filter(|p| con_inbox::is_task_name(p) && keep(p))
         .collect();
     tasks.sort();
     tasks

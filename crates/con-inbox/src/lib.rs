@@ -201,8 +201,9 @@ impl WatchError {
 }
 
 /// Whether a directory entry's name makes it a task: `<id>.task` with a
-/// non-empty id. Bytes, not UTF-8, so odd names are still seen.
-pub(crate) fn is_task_name(path: &Path) -> bool {
+/// non-empty id. Bytes, not UTF-8, so odd names are still seen. What the
+/// watcher records is what the daemon and the runner take up.
+pub fn is_task_name(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     path.file_name()
         .map(|n| n.as_bytes())

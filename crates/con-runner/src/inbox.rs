@@ -3,7 +3,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -13,11 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 pub(crate) fn pending(inbox: &Path) -> io::Result<Vec<PathBuf>> {
     let mut tasks: Vec<PathBuf> = fs::read_dir(inbox)?
         .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.as_bytes();
-            name.len() > b".task".len() && name.ends_with(b".task")
-        })
+        .filter(|e| con_inbox::is_task_name(Path::new(&e.file_name())))
         .map(|e| e.path())
         .collect();
     tasks.sort();

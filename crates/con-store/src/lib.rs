@@ -790,25 +790,19 @@ impl Store {
     pub fn catch_up_indexes(&self) -> Result<(), StoreError> {
         let _guard = lock(&self.index_lock);
         let h = self.h()?;
-        let mut through = h
-            .meta
-            .get(META_INDEXED_THROUGH)?
-            .and_then(|v| Head::from_bytes(&v))
-            .unwrap_or_default();
-        let layout = h
-            .meta
-            .get(META_INDEX_LAYOUT)?
-            .and_then(|v| Some(u32::from_be_bytes(v.as_ref().try_into().ok()?)));
-        if layout != Some(INDEX_LAYOUT) || !self.still_matches(through)? {
-            // The log was replaced or cut back under the indexes, or they
-            // were built by a build that kept fewer of them.
-            h.by_session.clear()?;
-            h.by_agent.clear()?;
-            h.by_blob.clear()?;
-            h.meta
-                .insert(META_INDEX_LAYOUT, INDEX_LAYOUT.to_be_bytes().as_slice())?;
-            through = Head::default();
-        }
+        let through = match self.valid_index_watermark()? {
+            Some(through) => through,
+            None => {
+                // The log was replaced or cut back under the indexes, or
+                // they were built by a build that kept fewer of them.
+                h.by_session.clear()?;
+                h.by_agent.clear()?;
+                h.by_blob.clear()?;
+                h.meta
+                    .insert(META_INDEX_LAYOUT, INDEX_LAYOUT.to_be_bytes().as_slice())?;
+                Head::default()
+            }
+        };
         let head = self.head();
         if head.seq <= through.seq {
             return Ok(());

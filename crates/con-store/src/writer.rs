@@ -166,6 +166,10 @@ impl Default for WriterConfig {
 
 const MIB: u64 = 1024 * 1024;
 
+/// The cause of a refusal for want of space, whether sled met the full
+/// disk or con refused before it did.
+const NO_SPACE: &str = "no space left on device";
+
 /// With less room than this above `min_free_bytes`, the log stops
 /// recording; it records again from [`RESUME_ROOM`]. The gap keeps a log
 /// near the threshold from flapping (each transition is two events).
@@ -392,6 +396,15 @@ struct Outage {
     backoff: Duration,
 }
 
+impl Outage {
+    /// Schedules the next try after a failed one: the wait doubles, up to
+    /// `max`.
+    fn back_off(&mut self, max: Duration) {
+        self.backoff = (self.backoff * 2).min(max);
+        self.next_try = Instant::now() + self.backoff;
+    }
+}
+
 /// Why a batch stopped before its end.
 enum Stop {
     /// Writing this event would leave less than `min_free_bytes` free.
@@ -518,17 +531,11 @@ impl WriterState {
                 if let Some(free) = free_bytes(self.store.path())
                     && free < self.config.min_free_bytes.saturating_add(STOP_ROOM)
                 {
-                    self.stop_recording(self.no_space_cause(), free, false);
+                    self.stop_recording(NO_SPACE.to_owned(), free, false);
                 }
             }
             None => {}
         }
-    }
-
-    /// `no space left on device`: the cause of a refusal for want of space,
-    /// whether sled met the full disk or con refused before it did.
-    fn no_space_cause(&self) -> String {
-        "no space left on device".to_owned()
     }
 
     /// What an appender is told: the cause and the free space now.
@@ -561,8 +568,7 @@ impl WriterState {
         if let Some(o) = self.outage.as_mut() {
             o.reopen |= reopen;
             o.cause = cause;
-            o.backoff = (o.backoff * 2).min(self.config.retry_max);
-            o.next_try = Instant::now() + o.backoff;
+            o.back_off(self.config.retry_max);
             return;
         }
         let reason = self.refusal(&cause);
@@ -607,8 +613,7 @@ impl WriterState {
             self.config.min_free_bytes.saturating_add(RESUME_ROOM)
         };
         if free.is_some_and(|f| f < room_needed) {
-            outage.backoff = (outage.backoff * 2).min(self.config.retry_max);
-            outage.next_try = Instant::now() + outage.backoff;
+            outage.back_off(self.config.retry_max);
             return;
         }
         if outage.reopen {
@@ -632,8 +637,7 @@ impl WriterState {
                                 }));
                         }
                         o.cause = cause;
-                        o.backoff = (o.backoff * 2).min(self.config.retry_max);
-                        o.next_try = Instant::now() + o.backoff;
+                        o.back_off(self.config.retry_max);
                     }
                     return;
                 }
@@ -742,13 +746,8 @@ impl WriterState {
             }
             return;
         }
-        if let Some(outage) = self.outage.as_mut() {
-            outage.refused += batch.len() as u64;
-            let cause = outage.cause.clone();
-            let err = AppendError::CannotRecord(self.refusal(&cause));
-            for (_, reply, _) in batch.drain(..) {
-                reply_with(reply, Err(err.clone()));
-            }
+        if self.outage.is_some() {
+            self.answer_refused(batch.drain(..).map(|(_, reply, _)| reply));
             return;
         }
         self.write_batch(batch);
@@ -827,7 +826,7 @@ impl WriterState {
                 }
                 match stop {
                     Some(Stop::NoRoom { free }) => {
-                        self.stop_recording(self.no_space_cause(), free, false);
+                        self.stop_recording(NO_SPACE.to_owned(), free, false);
                         self.answer_refused(unwritten);
                         false
                     }
@@ -869,7 +868,7 @@ impl WriterState {
         match e {
             StoreError::Sled(sled::Error::Io(io)) => {
                 let cause = if is_no_space(&io) {
-                    self.no_space_cause()
+                    NO_SPACE.to_owned()
                 } else {
                     format!("write failed: {io}")
                 };
@@ -1052,7 +1051,7 @@ fn reopen_failure(e: &StoreError) -> String {
         | StoreError::Sled(sled::Error::Io(io))
             if is_no_space(io) =>
         {
-            "no space left on device".to_owned()
+            NO_SPACE.to_owned()
         }
         StoreError::Locked(_) => "the database cannot be reopened: its previous opening has not released it yet (if this lasts, restart the daemon)".to_owned(),
         other => format!("the database cannot be reopened: {other}"),
